@@ -1,0 +1,1 @@
+"""Command-line front doors. Click commands only: parse, call a layer, render."""
