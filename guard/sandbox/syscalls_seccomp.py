@@ -1,0 +1,141 @@
+"""The thin ctypes/ioctl layer for seccomp: installing a filter and the user-notification ioctls.
+
+Every struct layout and request number here is from linux/seccomp.h; they are the same on x86_64
+and aarch64 (both little-endian, both LP64). Nothing in this module decides anything.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import os
+import platform
+import struct
+from dataclasses import dataclass
+
+SECCOMP_SET_MODE_FILTER = 1
+SECCOMP_FILTER_FLAG_TSYNC = 1 << 0
+SECCOMP_FILTER_FLAG_NEW_LISTENER = 1 << 3
+SECCOMP_FILTER_FLAG_TSYNC_ESRCH = 1 << 4
+SECCOMP_FILTER_FLAG_WAIT_KILLABLE_RECV = 1 << 5
+
+SECCOMP_USER_NOTIF_FLAG_CONTINUE = 1
+SECCOMP_ADDFD_FLAG_SEND = 1 << 1
+SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP = 1
+
+PR_SET_NO_NEW_PRIVS = 38
+PR_GET_NO_NEW_PRIVS = 39
+
+_NR_SECCOMP = {"x86_64": 317, "aarch64": 277}
+
+# struct seccomp_notif: id, pid, flags, then struct seccomp_data (nr, arch, ip, args[6]).
+_NOTIF = struct.Struct("=QIIiIQ6Q")
+_RESP = struct.Struct("=QqiI")  # struct seccomp_notif_resp: id, val, error, flags
+_ADDFD = struct.Struct("=QIIII")  # struct seccomp_notif_addfd: id, flags, srcfd, newfd, newfd_flags
+_U64 = struct.Struct("=Q")
+
+
+def _ioc(direction: int, nr: int, size: int) -> int:
+    return (direction << 30) | (size << 16) | (ord("!") << 8) | nr
+
+
+_IOW, _IOWR = 1, 3
+IOCTL_NOTIF_RECV = _ioc(_IOWR, 0, _NOTIF.size)
+IOCTL_NOTIF_SEND = _ioc(_IOWR, 1, _RESP.size)
+IOCTL_NOTIF_ID_VALID = _ioc(_IOW, 2, 8)
+IOCTL_NOTIF_ADDFD = _ioc(_IOW, 3, _ADDFD.size)
+IOCTL_NOTIF_SET_FLAGS = _ioc(_IOW, 4, 8)
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.restype = ctypes.c_int
+_libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+class _SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def machine() -> str:
+    """The host architecture as seccomp tables name it ("x86_64", "aarch64")."""
+    name = platform.machine()
+    return {"amd64": "x86_64", "arm64": "aarch64"}.get(name, name)
+
+
+def set_no_new_privs() -> None:
+    if _libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"prctl(PR_SET_NO_NEW_PRIVS): {os.strerror(err)}")
+
+
+def no_new_privs() -> bool:
+    return _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
+
+
+def seccomp_set_filter(program: bytes, flags: int) -> int:
+    """seccomp(SECCOMP_SET_MODE_FILTER, flags, prog); returns the syscall's result (a listener fd or 0)."""
+    arch = machine()
+    if arch not in _NR_SECCOMP:
+        raise OSError(errno.ENOSYS, f"seccomp: unsupported architecture {arch}")
+    buf = ctypes.create_string_buffer(program, len(program))
+    prog = _SockFprog(len(program) // 8, ctypes.cast(buf, ctypes.c_void_p))
+    ret = _libc.syscall(ctypes.c_long(_NR_SECCOMP[arch]), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+                        ctypes.c_long(flags), ctypes.byref(prog))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"seccomp(SET_MODE_FILTER, {flags:#x}): {os.strerror(err)}")
+    return int(ret)
+
+
+@dataclass(frozen=True, slots=True)
+class Notif:
+    """One received notification: which task, which syscall, with which raw arguments."""
+
+    id: int
+    pid: int
+    nr: int
+    arch: int
+    args: tuple[int, int, int, int, int, int]
+
+
+def notif_recv(fd: int) -> Notif:
+    buf = bytearray(_NOTIF.size)  # the kernel insists the buffer is zeroed
+    fcntl.ioctl(fd, IOCTL_NOTIF_RECV, buf, True)
+    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
+    a0, a1, a2, a3, a4, a5 = args
+    return Notif(id=nid, pid=pid, nr=nr, arch=arch, args=(a0, a1, a2, a3, a4, a5))
+
+
+def notif_send(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = False) -> None:
+    """Reply: `error` is a positive errno (sent negated), or `cont` to let the kernel run the syscall."""
+    flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
+    buf = bytearray(_RESP.pack(nid, val, -error, flags))
+    fcntl.ioctl(fd, IOCTL_NOTIF_SEND, buf, True)
+
+
+def notif_id_valid(fd: int, nid: int) -> bool:
+    try:
+        fcntl.ioctl(fd, IOCTL_NOTIF_ID_VALID, bytearray(_U64.pack(nid)), True)
+    except OSError as exc:
+        if exc.errno == errno.ENOENT:
+            return False
+        raise
+    return True
+
+
+def notif_addfd_send(fd: int, nid: int, srcfd: int, *, cloexec: bool) -> int:
+    """Install `srcfd` in the notifying process and make it the syscall's return value, atomically."""
+    buf = bytearray(_ADDFD.pack(nid, SECCOMP_ADDFD_FLAG_SEND, srcfd, 0, os.O_CLOEXEC if cloexec else 0))
+    return int(fcntl.ioctl(fd, IOCTL_NOTIF_ADDFD, buf, True))
+
+
+def notif_set_sync_wakeup(fd: int) -> bool:
+    """Ask for same-CPU wake-ups (kernel 6.6+); False when the kernel does not know the flag."""
+    try:
+        fcntl.ioctl(fd, IOCTL_NOTIF_SET_FLAGS, SECCOMP_USER_NOTIF_FD_SYNC_WAKE_UP)
+    except OSError as exc:
+        if exc.errno in (errno.EINVAL, errno.ENOTTY):
+            return False
+        raise
+    return True
