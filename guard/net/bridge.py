@@ -1,0 +1,116 @@
+"""Where the proxy meets the sandbox: listeners created inside the sandbox's network namespace, a pathname
+unix socket for a proxy that lives in another process, and the environment that points tools at it.
+
+The sandbox creates `127.0.0.1:PORT` listening sockets inside its own namespace and hands them out over
+SCM_RIGHTS; the guard accepts on them here. The accepted connections live in the sandbox's namespace but the
+process serving them does not, so no helper runs inside the sandbox for the agent to kill, and the proxy's
+own outbound connections use the host's network.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import socket
+import stat
+from pathlib import Path
+
+from guard.errors import UsageError
+from guard.net.proxy import Proxy
+
+_RELAY_CHUNK = 256 * 1024
+
+
+def agent_proxy_env(port: int, host: str = "127.0.0.1") -> dict[str, str]:
+    """Environment that sends curl, pip, git, npm, Python and Node traffic through the proxy.
+
+    `ALL_PROXY` uses `socks5h://` so tools that take it resolve names at the proxy (remote DNS): the
+    sandbox has no resolver of its own. Loopback stays local for the agent's own dev servers.
+    """
+    if not 0 < port < 65536:
+        raise UsageError(f"proxy port {port} is out of range 1-65535")
+    http = f"http://{host}:{port}"
+    env = {"HTTP_PROXY": http, "HTTPS_PROXY": http, "ALL_PROXY": f"socks5h://{host}:{port}",
+           "NO_PROXY": "localhost,127.0.0.1"}
+    env.update({name.lower(): value for name, value in env.items()})
+    return env
+
+
+async def serve_bridge(listener: socket.socket, proxy: Proxy) -> asyncio.Server:
+    """Serve every connection accepted on `listener` (typically inside the sandbox's netns) with `proxy`,
+    in this process: no extra hop. The caller owns the returned server (close() and wait_closed())."""
+    _check_listener(listener, (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
+    listener.setblocking(False)
+    return await asyncio.start_server(proxy.handle, sock=listener, limit=_RELAY_CHUNK)
+
+
+async def serve_unix(path: Path | str, proxy: Proxy) -> asyncio.Server:
+    """Serve `proxy` on a pathname unix socket, mode 0600, for a proxy kept in a long-lived process (the
+    daemon). A stale socket file of ours is replaced; anything else at `path` is refused."""
+    path = Path(path)
+    with contextlib.suppress(FileNotFoundError):
+        st = path.lstat()
+        if not stat.S_ISSOCK(st.st_mode) or st.st_uid != os.geteuid():
+            raise UsageError(f"{path} exists and is not a socket of ours",
+                             hint="remove it or pick another path")
+        path.unlink()
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    sock.listen(512)
+    sock.setblocking(False)
+    return await asyncio.start_server(proxy.handle, sock=sock, limit=_RELAY_CHUNK)
+
+
+async def serve_relay_to_unix(listener: socket.socket, path: Path | str) -> asyncio.Server:
+    """Relay every connection accepted on `listener` to a proxy on the unix socket `path`, byte for byte.
+
+    This is the extra hop an in-daemon proxy needs (the listener is received by the session's supervisor,
+    the proxy runs in the daemon); guard uses `serve_bridge` per session instead, see docs/network.md.
+    """
+    _check_listener(listener, (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
+    listener.setblocking(False)
+    target = str(path)
+
+    async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            up_reader, up_writer = await asyncio.open_unix_connection(target, limit=_RELAY_CHUNK)
+        except OSError:
+            writer.close()
+            return
+        tasks = [asyncio.ensure_future(_copy(reader, up_writer)),
+                 asyncio.ensure_future(_copy(up_reader, writer))]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            up_writer.close()
+            writer.close()
+
+    return await asyncio.start_server(relay, sock=listener, limit=_RELAY_CHUNK)
+
+
+async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+    while data := await src.read(_RELAY_CHUNK):
+        dst.write(data)
+        await dst.drain()
+    if dst.can_write_eof() and not dst.is_closing():
+        with contextlib.suppress(OSError):
+            dst.write_eof()
+
+
+def _check_listener(listener: socket.socket, families: tuple[int, ...]) -> None:
+    if listener.type != socket.SOCK_STREAM or listener.family not in families:
+        raise UsageError(f"bridge listener must be a stream socket, got {listener!r}")
+    accepting = listener.getsockopt(socket.SOL_SOCKET, socket.SO_ACCEPTCONN)
+    if not accepting:
+        raise UsageError("bridge listener is not listening", hint="call listen() before handing it over")
