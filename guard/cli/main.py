@@ -19,6 +19,10 @@ COMMANDS: dict[str, str] = {
     "policy": "guard.cli.policy:policy",
     "audit": "guard.cli.audit:audit",
     "keys": "guard.cli.keys:keys",
+    "daemon": "guard.cli.daemon:daemon",
+    "approvals": "guard.cli.approvals:approvals",
+    "approve": "guard.cli.approvals:approve",
+    "deny": "guard.cli.approvals:deny",
 }
 
 

@@ -1,0 +1,319 @@
+"""The daemon's wire format: one JSON object per line, validated here and nowhere else.
+
+Everything that arrives on the socket is hostile until this module has said otherwise, so parsing is a
+pure function from bytes to a frozen `Request` (or a `RequestError` naming the bad field). The server
+never looks at raw JSON, and docs/protocol.md documents exactly the table below.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+
+from guard.errors import GuardError, ProtocolError
+from guard.model import Action, Decision, Verdict
+
+VERSION = 1
+MAX_LINE = 1 << 20  # bytes, newline excluded
+MAX_ID_LEN = 128
+
+# Error codes a reply may carry; clients branch on these, people read the message.
+BAD_JSON = "bad_json"
+BAD_REQUEST = "bad_request"
+BAD_VERSION = "bad_version"
+UNKNOWN_OP = "unknown_op"
+TOO_LARGE = "too_large"
+FORBIDDEN = "forbidden"
+NOT_FOUND = "not_found"
+POLICY = "policy"
+BUSY = "busy"
+SHUTTING_DOWN = "shutting_down"
+INTERNAL = "internal"
+
+RequestId = int | str | None
+
+
+class RequestError(ProtocolError):
+    """A request the daemon refuses; `code` is the machine-readable reason sent back to the peer."""
+
+    def __init__(self, code: str, message: str, *, request_id: RequestId = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.request_id = request_id
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """A validated request: `args` holds exactly the op's fields, already converted (actions, verdicts)."""
+
+    id: int | str
+    op: str
+    args: Mapping[str, Any]
+
+
+_Check = Callable[[str, Any], Any]
+
+
+def _str(name: str, value: Any) -> str:
+    if not isinstance(value, str):
+        raise _field(name, "expected a string")
+    return value
+
+
+def _nonempty_str(name: str, value: Any) -> str:
+    if not isinstance(value, str) or not value:
+        raise _field(name, "expected a non-empty string")
+    if "\x00" in value:
+        raise _field(name, "must not contain NUL")
+    return value
+
+
+def _abs_path(name: str, value: Any) -> str:
+    text = _nonempty_str(name, value)
+    if not text.startswith("/"):
+        raise _field(name, "expected an absolute path")
+    return text
+
+
+def _int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise _field(name, "expected an integer")
+    return value
+
+
+def _opt_int(name: str, value: Any) -> int | None:
+    return None if value is None else _int(name, value)
+
+
+def _str_list(name: str, value: Any) -> tuple[str, ...]:
+    if not isinstance(value, list):
+        raise _field(name, "expected a list of strings")
+    for i, item in enumerate(value):
+        if not isinstance(item, str):
+            raise _field(f"{name}[{i}]", "expected a string")
+    return tuple(value)
+
+
+def _object(name: str, value: Any) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise _field(name, "expected an object")
+    return value
+
+
+def _action(name: str, value: Any) -> Action:
+    data = _object(name, value)
+    try:
+        return Action.from_dict(data)
+    except GuardError as exc:  # the model names the sub-field, e.g. "action.op: ..."
+        raise RequestError(BAD_REQUEST, f"field {exc.message}") from None
+
+
+def _verdict(name: str, value: Any) -> Verdict:
+    if value not in (Verdict.ALLOW.value, Verdict.DENY.value):
+        raise _field(name, "expected 'allow' or 'deny'")
+    return Verdict(value)
+
+
+def _field(name: str, problem: str) -> RequestError:
+    return RequestError(BAD_REQUEST, f"field {name!r}: {problem}")
+
+
+@dataclass(frozen=True, slots=True)
+class _Field:
+    check: _Check
+    required: bool = True
+    default: Any = None
+
+
+# op -> its fields. Anything not listed is refused, so a typo is an error, not a silently ignored field.
+OPS: dict[str, dict[str, _Field]] = {
+    "hello": {},
+    "status": {},
+    "shutdown": {},
+    "session.open": {
+        "policy": _Field(_nonempty_str),
+        "workspace": _Field(_abs_path),
+        "argv": _Field(_str_list, required=False, default=()),
+        "cwd": _Field(_abs_path, required=False),
+        "pid": _Field(_opt_int, required=False),
+    },
+    "decide": {
+        "session": _Field(_nonempty_str),
+        "action": _Field(_action),
+    },
+    "record": {
+        "session": _Field(_nonempty_str),
+        "event": _Field(_object),
+    },
+    "session.close": {
+        "session": _Field(_nonempty_str),
+        "exit_status": _Field(_opt_int, required=False),
+        "summary": _Field(_object, required=False, default=None),
+    },
+    "approvals.list": {},
+    "approvals.decide": {
+        "approval": _Field(_nonempty_str),
+        "verdict": _Field(_verdict),
+        "by": _Field(_str, required=False, default=""),
+    },
+    "approvals.watch": {},
+}
+
+_ENVELOPE = frozenset({"v", "id", "op"})
+
+
+def parse_request(line: bytes) -> Request:
+    """Bytes of one line (without the newline) -> a validated Request, or RequestError naming the field."""
+    if len(line) > MAX_LINE:
+        raise RequestError(TOO_LARGE, f"line of {len(line)} bytes exceeds the limit of {MAX_LINE}")
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise RequestError(BAD_JSON, f"not valid JSON: {exc}") from None
+    if not isinstance(data, dict):
+        raise RequestError(BAD_REQUEST, f"expected a JSON object, got {type(data).__name__}")
+    request_id = data.get("id")
+    if isinstance(request_id, bool) or not isinstance(request_id, int | str):
+        raise RequestError(BAD_REQUEST, "field 'id': expected a string or an integer")
+    if isinstance(request_id, str) and len(request_id) > MAX_ID_LEN:
+        raise RequestError(BAD_REQUEST, f"field 'id': longer than {MAX_ID_LEN} characters")
+    try:
+        return _parse_body(data, request_id)
+    except RequestError as exc:
+        exc.request_id = request_id
+        raise
+
+
+def _parse_body(data: dict[str, Any], request_id: int | str) -> Request:
+    version = data.get("v")
+    if version != VERSION or isinstance(version, bool):
+        raise RequestError(BAD_VERSION, f"field 'v': this daemon speaks protocol version {VERSION}, "
+                                        f"got {version!r}")
+    op = data.get("op")
+    if not isinstance(op, str):
+        raise _field("op", "expected a string")
+    spec = OPS.get(op)
+    if spec is None:
+        raise RequestError(UNKNOWN_OP, f"field 'op': unknown operation {op[:64]!r}; "
+                                       f"known: {', '.join(sorted(OPS))}")
+    for key in data:
+        if key not in _ENVELOPE and key not in spec:
+            raise _field(str(key)[:64], f"not a field of {op!r}")
+    args: dict[str, Any] = {}
+    for name, field in spec.items():
+        if name in data:
+            args[name] = field.check(name, data[name])
+        elif field.required:
+            raise _field(name, f"required by {op!r}")
+        else:
+            args[name] = field.default
+    return Request(id=request_id, op=op, args=args)
+
+
+def encode(message: Mapping[str, Any]) -> bytes:
+    """One message as a line, newline included."""
+    return orjson.dumps(message) + b"\n"
+
+
+def ok_reply(request_id: RequestId, result: Mapping[str, Any]) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "ok": True, "result": result})
+
+
+def error_reply(request_id: RequestId, code: str, message: str) -> bytes:
+    return encode({"v": VERSION, "id": request_id, "ok": False, "error": {"code": code, "message": message}})
+
+
+def request_line(request_id: int | str, op: str, fields: Mapping[str, Any]) -> bytes:
+    """What a client sends; the inverse of `parse_request`."""
+    return encode({"v": VERSION, "id": request_id, "op": op, **fields})
+
+
+def parse_reply(line: bytes) -> dict[str, Any]:
+    """A client's view of one line from the daemon: a reply (with `id`) or a pushed event."""
+    try:
+        data = orjson.loads(line)
+    except orjson.JSONDecodeError as exc:
+        raise ProtocolError(f"daemon sent a line that is not JSON: {exc}") from None
+    if not isinstance(data, dict) or data.get("v") != VERSION:
+        raise ProtocolError(f"daemon sent an unexpected message (protocol v{VERSION} expected)")
+    if "ok" not in data or not isinstance(data["ok"], bool):
+        raise ProtocolError("daemon reply lacks a boolean 'ok'")
+    return data
+
+
+# `record` accepts events decided elsewhere. The daemon owns session and approval records, so clients may
+# only add these types, each with a fixed set of typed fields (the trail's schema stays the daemon's).
+_CONNECTION_FIELDS: dict[str, _Check] = {
+    "target": _nonempty_str,
+    "addresses": _str_list,
+    "protocol": _str,
+    "verdict": lambda name, value: _any_verdict(name, value),
+    "rule_id": lambda name, value: _opt_str(name, value),
+    "reason": _str,
+    "bytes_in": lambda name, value: _nonneg(name, value),
+    "bytes_out": lambda name, value: _nonneg(name, value),
+    "duration_s": lambda name, value: _nonneg_number(name, value),
+    "pid": _int,
+    "error": _str,
+}
+RECORD_TYPES = ("connection", "decision")
+
+
+def _any_verdict(name: str, value: Any) -> str:
+    if value not in {v.value for v in Verdict}:
+        raise _field(name, "expected 'allow', 'ask' or 'deny'")
+    return str(value)
+
+
+def _opt_str(name: str, value: Any) -> str | None:
+    return None if value is None else _str(name, value)
+
+
+def _nonneg(name: str, value: Any) -> int:
+    number = _int(name, value)
+    if number < 0:
+        raise _field(name, "expected a non-negative integer")
+    return number
+
+
+def _nonneg_number(name: str, value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
+        raise _field(name, "expected a non-negative number")
+    return float(value)
+
+
+def parse_record_event(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
+    """Validate the `event` of a `record` request -> (type, fields to record), naming any bad field.
+
+    For "connection" the fields are returned as given (validated); for "decision" they are the parsed
+    `action` and `decision`, which the daemon re-encodes in the trail's canonical shape.
+    """
+    kind = event.get("type")
+    if kind not in RECORD_TYPES:
+        raise _field("event.type", f"expected one of {', '.join(RECORD_TYPES)}")
+    if kind == "decision":
+        for key in event:
+            if key not in ("type", "action", "decision"):
+                raise _field(f"event.{str(key)[:64]}", "not a field of a decision record")
+        action = _action("event.action", event.get("action"))
+        decision_data = _object("event.decision", event.get("decision"))
+        try:
+            decision = Decision.from_dict(decision_data)
+        except GuardError as exc:
+            raise RequestError(BAD_REQUEST, f"field event.{exc.message}") from None
+        return kind, {"action": action, "decision": decision}
+    fields: dict[str, Any] = {}
+    for key, value in event.items():
+        if key == "type":
+            continue
+        check = _CONNECTION_FIELDS.get(key) if isinstance(key, str) else None
+        if check is None:
+            raise _field(f"event.{str(key)[:64]}", "not a field of a connection record")
+        checked = check(f"event.{key}", value)
+        fields[key] = list(checked) if isinstance(checked, tuple) else checked
+    if "target" not in fields:
+        raise _field("event.target", "required by a connection record")
+    return kind, fields

@@ -1,0 +1,641 @@
+"""The daemon: one asyncio process per user that owns the audit writer, sessions, approvals and reloads.
+
+Lifecycle follows uvicorn's shape: take the pid-file lock, replace a stale socket, bind 0600, serve until a
+signal or a `shutdown` request, then shut down gracefully (refuse new work, answer pending approvals with
+deny, mark open sessions, wait a bounded time, cancel the rest), seal the log and remove the socket in
+`finally`. Every connection is checked with SO_PEERCRED before a single byte of it is parsed.
+
+Robustness rules for hostile peers: lines are capped (MAX_LINE), a started line must finish within
+`line_timeout`, replies never wait on a slow reader (a peer that lets its receive buffer fill up past
+`max_buffered` is dropped), in-flight requests per connection and connections overall are capped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import errno
+import fcntl
+import logging
+import os
+import pwd
+import signal
+import socket
+import struct
+import threading
+import time
+from collections.abc import Awaitable, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guard import __version__
+from guard.daemon import protocol as p
+from guard.daemon.approvals import Answer, Approvals, Pending
+from guard.daemon.reload import PolicyWatcher
+from guard.daemon.sessions import Session, SessionTable, sources_hash
+from guard.errors import DaemonError, GuardError
+from guard.home import ensure_private_dir, socket_path
+from guard.model import Action, Decision, Verdict
+
+log = logging.getLogger(__name__)
+
+DAEMON_SESSION = "daemon"  # the session id under which the daemon records its own lifecycle
+
+
+def pid_path(home: Path) -> Path:
+    return home / "daemon.pid"
+
+
+def log_path(home: Path) -> Path:
+    return home / "daemon.log"
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_connections: int = 128
+    max_inflight: int = 64  # concurrent requests on one connection (asks waiting for a human count)
+    line_timeout: float = 10.0  # seconds to finish a line once its first byte arrived
+    idle_timeout: float = 300.0  # for connections that own no session and watch nothing
+    max_buffered: int = 8 << 20  # bytes of unread replies before a peer is dropped
+    shutdown_timeout: float = 5.0
+    tick_interval: float = 0.25
+
+
+@dataclass(eq=False)
+class _Conn:
+    number: int
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+    uid: int
+    pid: int
+    sessions: set[str] = field(default_factory=set)
+    tasks: set[asyncio.Task[None]] = field(default_factory=set)
+    watching: bool = False
+    closed: bool = False
+
+    def send(self, data: bytes, limits: Limits) -> None:
+        if self.closed:
+            return
+        self.writer.write(data)
+        transport = self.writer.transport
+        if transport.get_write_buffer_size() > limits.max_buffered:
+            log.warning("connection %d (pid %d) does not read its replies: dropping it",
+                        self.number, self.pid)
+            self.closed = True
+            transport.abort()
+
+
+def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
+    """(pid, uid, gid) of the process on the other end, as the kernel recorded them at connect()."""
+    raw = sock.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    pid, uid, gid = struct.unpack("3i", raw)
+    return pid, uid, gid
+
+
+class Daemon:
+    """The service. `run()` is the foreground entry point; `serve()` the coroutine behind it."""
+
+    def __init__(self, home: Path, *, limits: Limits | None = None,
+                 now: Callable[[], float] = time.time) -> None:
+        self.home = home
+        self.limits = limits or Limits()
+        self.now = now
+        self.socket = socket_path(home)
+        self.sessions = SessionTable()
+        self.approvals = Approvals()
+        self._conns: dict[int, _Conn] = {}
+        self._conn_tasks: set[asyncio.Task[None]] = set()
+        self._next_conn = 0
+        self._started = now()
+        self._stop: asyncio.Event | None = None
+        self._stopping = False
+        self._force = False
+        self._audit: Any = None
+        self._watcher: PolicyWatcher | None = None
+        self._reloading: set[asyncio.Task[None]] = set()
+
+    # ---- lifecycle -------------------------------------------------------------------------------
+
+    def run(self) -> None:
+        """Serve in the foreground until SIGINT/SIGTERM or a `shutdown` request."""
+        asyncio.run(self.serve(handle_signals=threading.current_thread() is threading.main_thread()))
+
+    def request_shutdown(self) -> None:
+        """First call: graceful shutdown. A second call (a second Ctrl-C) cancels whatever is left."""
+        if self._stopping:
+            self._force = True
+            for task in list(self._conn_tasks):
+                task.cancel()
+        self._stopping = True
+        if self._stop is not None:
+            self._stop.set()
+
+    async def serve(self, *, handle_signals: bool = False,
+                    ready: Callable[[], None] | None = None) -> None:
+        from guard.audit import AuditWriter  # deferred: the CLI's `daemon status` must not pay for it
+
+        loop = asyncio.get_running_loop()
+        self._stop = asyncio.Event()
+        if self._stopping:
+            self._stop.set()
+        ensure_private_dir(self.home)
+        lock_fd = _acquire_pid_lock(pid_path(self.home))
+        restore: dict[int, Any] = {}
+        server: asyncio.AbstractServer | None = None
+        ticker: asyncio.Task[None] | None = None
+        try:
+            _clear_stale_socket(self.socket)
+            self._audit = AuditWriter(self.home, now=self.now).open()
+            try:
+                self._record_daemon("daemon_start", pid=os.getpid(), version=__version__)
+                self._watcher = PolicyWatcher(loop, self._on_policy_change)
+                self._watcher.start()
+                listener = _bind(self.socket)
+                server = await asyncio.start_unix_server(self._on_connect, sock=listener)
+                if handle_signals:
+                    restore = _capture_signals(loop, self.request_shutdown)
+                ticker = asyncio.create_task(self._tick_forever())
+                log.info("guard daemon %s listening on %s (pid %d)", __version__, self.socket, os.getpid())
+                if ready is not None:
+                    ready()
+                await self._stop.wait()
+                log.info("shutting down")
+                await self._shutdown(server)
+            finally:
+                if ticker is not None:
+                    ticker.cancel()
+                    with contextlib.suppress(asyncio.CancelledError):
+                        await ticker
+                if self._watcher is not None:
+                    self._watcher.stop()
+                with contextlib.suppress(GuardError):
+                    self._record_daemon("daemon_stop", pid=os.getpid())
+                self._audit.close()
+        finally:
+            if server is not None:
+                server.close()
+            _restore_signals(loop, restore)
+            with contextlib.suppress(FileNotFoundError):
+                self.socket.unlink()
+            with contextlib.suppress(FileNotFoundError):
+                pid_path(self.home).unlink()
+            os.close(lock_fd)
+
+    async def _shutdown(self, server: asyncio.AbstractServer) -> None:
+        server.close()
+        self.approvals.answer_all(session=None, answer=Answer(Verdict.DENY, "daemon", os.getuid(),
+                                                              "the daemon is shutting down"))
+        self.approvals.close_watchers()
+        inflight = [t for c in self._conns.values() for t in c.tasks]
+        if inflight:
+            await asyncio.wait(inflight, timeout=self.limits.shutdown_timeout)
+        for session in self.sessions:
+            self._end_session(session, status="interrupted", reason="the daemon stopped")
+        for conn in list(self._conns.values()):
+            conn.closed = True
+            conn.writer.close()
+        if self._conn_tasks:
+            _done, pending = await asyncio.wait(list(self._conn_tasks), timeout=self.limits.shutdown_timeout)
+            for task in pending:
+                task.cancel()
+            if pending:
+                await asyncio.wait(pending, timeout=1.0)
+
+    async def _tick_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.limits.tick_interval)
+            try:
+                self._audit.tick()
+            except GuardError as exc:
+                log.error("audit checkpoint failed: %s", exc.diagnostics())
+
+    # ---- connections -----------------------------------------------------------------------------
+
+    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+        except OSError:  # the peer is already gone
+            writer.close()
+            return
+        self._next_conn += 1
+        conn = _Conn(self._next_conn, reader, writer, uid=uid, pid=pid)
+        refusal = self._refusal(conn)
+        if refusal is not None:
+            code, message = refusal
+            conn.send(p.error_reply(None, code, message), self.limits)
+            with contextlib.suppress(ConnectionError):
+                await asyncio.wait_for(writer.drain(), 1.0)
+            writer.close()
+            return
+        task = asyncio.current_task()
+        assert task is not None
+        self._conns[conn.number] = conn
+        self._conn_tasks.add(task)
+        try:
+            await self._read_loop(conn)
+        except (ConnectionError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            conn.closed = True
+            self._conns.pop(conn.number, None)
+            self._conn_tasks.discard(task)
+            for request in list(conn.tasks):
+                request.cancel()
+            for session_id in list(conn.sessions):
+                with contextlib.suppress(p.RequestError):
+                    self._end_session(self.sessions.get(session_id), status="lost",
+                                      reason="the client's connection dropped")
+            writer.close()
+
+    def _refusal(self, conn: _Conn) -> tuple[str, str] | None:
+        me = os.geteuid()
+        if conn.uid not in (me, 0):
+            log.warning("refused peer uid %d pid %d", conn.uid, conn.pid)
+            with contextlib.suppress(GuardError):
+                self._record_daemon("peer_refused", uid=conn.uid, pid=conn.pid)
+            return p.FORBIDDEN, (f"peer credentials: uid {conn.uid} (pid {conn.pid}) may not use this "
+                                 f"daemon; only uid {me} or root may")
+        if self._stopping:
+            return p.SHUTTING_DOWN, "the daemon is shutting down"
+        if len(self._conns) >= self.limits.max_connections:
+            return p.BUSY, f"too many connections (limit {self.limits.max_connections})"
+        return None
+
+    async def _read_loop(self, conn: _Conn) -> None:
+        buffer = bytearray()
+        scanned = 0
+        while not conn.closed:
+            if buffer:
+                timeout: float | None = self.limits.line_timeout
+            elif conn.sessions or conn.watching or conn.tasks:
+                timeout = None
+            else:
+                timeout = self.limits.idle_timeout
+            try:
+                chunk = await asyncio.wait_for(conn.reader.read(1 << 16), timeout)
+            except TimeoutError:
+                if buffer:
+                    conn.send(p.error_reply(None, p.BAD_REQUEST,
+                                            f"line not finished within {self.limits.line_timeout:g} s"),
+                              self.limits)
+                return
+            if not chunk:
+                return
+            buffer += chunk
+            while True:
+                newline = buffer.find(b"\n", scanned)
+                if newline < 0:
+                    scanned = len(buffer)
+                    break
+                line = bytes(buffer[:newline])
+                del buffer[:newline + 1]
+                scanned = 0
+                if len(line) > p.MAX_LINE:
+                    self._too_large(conn, len(line))
+                    return
+                if line.strip():
+                    self._dispatch(conn, line)
+            if len(buffer) > p.MAX_LINE:
+                self._too_large(conn, len(buffer))
+                return
+
+    def _too_large(self, conn: _Conn, size: int) -> None:
+        conn.send(p.error_reply(None, p.TOO_LARGE,
+                                f"line of {size}+ bytes exceeds the limit of {p.MAX_LINE}: closing"),
+                  self.limits)
+
+    def _dispatch(self, conn: _Conn, line: bytes) -> None:
+        try:
+            request = p.parse_request(line)
+        except p.RequestError as exc:
+            conn.send(p.error_reply(exc.request_id, exc.code, exc.message), self.limits)
+            return
+        if len(conn.tasks) >= self.limits.max_inflight:
+            conn.send(p.error_reply(request.id, p.BUSY,
+                                    f"too many requests in flight (limit {self.limits.max_inflight})"),
+                      self.limits)
+            return
+        try:
+            outcome = self._handle(conn, request)
+        except p.RequestError as exc:
+            conn.send(p.error_reply(request.id, exc.code, exc.message), self.limits)
+            return
+        except GuardError as exc:
+            conn.send(p.error_reply(request.id, p.INTERNAL, exc.diagnostics()), self.limits)
+            return
+        except Exception as exc:  # a bug: answer, log it, keep serving everyone else
+            log.exception("op %s failed", request.op)
+            conn.send(p.error_reply(request.id, p.INTERNAL, f"{type(exc).__name__}: {exc}"), self.limits)
+            return
+        if isinstance(outcome, dict):
+            conn.send(p.ok_reply(request.id, outcome), self.limits)
+            return
+        task = asyncio.create_task(self._finish(conn, request, outcome))
+        conn.tasks.add(task)
+        task.add_done_callback(conn.tasks.discard)
+
+    async def _finish(self, conn: _Conn, request: p.Request,
+                      outcome: Awaitable[dict[str, Any] | None]) -> None:
+        try:
+            result = await outcome
+        except p.RequestError as exc:
+            conn.send(p.error_reply(request.id, exc.code, exc.message), self.limits)
+        except GuardError as exc:
+            conn.send(p.error_reply(request.id, p.INTERNAL, exc.diagnostics()), self.limits)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("op %s failed", request.op)
+            conn.send(p.error_reply(request.id, p.INTERNAL, f"{type(exc).__name__}: {exc}"), self.limits)
+        else:
+            if result is not None:
+                conn.send(p.ok_reply(request.id, result), self.limits)
+
+    # ---- operations ------------------------------------------------------------------------------
+
+    def _handle(self, conn: _Conn, request: p.Request) -> dict[str, Any] | Coroutine[Any, Any, Any]:
+        """Answer at once (a dict) or hand back a coroutine for ops that wait (policy load, asks)."""
+        args = request.args
+        op = request.op
+        if op == "decide":
+            return self._decide(self.sessions.get(args["session"]), args["action"])
+        if op == "hello":
+            return {"daemon": "guard", "version": __version__, "protocol": p.VERSION, "pid": os.getpid(),
+                    "peer": {"uid": conn.uid, "pid": conn.pid}}
+        if op == "status":
+            return self._status()
+        if op == "session.open":
+            return self._open_session(conn, args)
+        if op == "record":
+            return self._record(self.sessions.get(args["session"]), args["event"])
+        if op == "session.close":
+            session = self.sessions.get(args["session"])
+            self._end_session(session, status="closed", exit_status=args["exit_status"],
+                              summary=args["summary"])
+            return {"session": session.id, "counts": session.counts.to_dict()}
+        if op == "approvals.list":
+            return {"approvals": self.approvals.list(self.now())}
+        if op == "approvals.decide":
+            return self._approve(conn, args["approval"], args["verdict"], args["by"])
+        if op == "approvals.watch":
+            return self._watch(conn, request)
+        if op == "shutdown":
+            asyncio.get_running_loop().call_soon(self.request_shutdown)
+            return {"stopping": True, "pid": os.getpid()}
+        raise p.RequestError(p.UNKNOWN_OP, f"field 'op': unknown operation {op!r}")
+
+    def _status(self) -> dict[str, Any]:
+        now = self.now()
+        return {"pid": os.getpid(), "version": __version__, "uptime_s": round(now - self._started, 3),
+                "home": str(self.home), "socket": str(self.socket),
+                "sessions": [s.view(now) for s in self.sessions], "approvals": len(self.approvals),
+                "connections": len(self._conns),
+                "watched_policy_files": sorted(self._watcher.watched()) if self._watcher else []}
+
+    async def _open_session(self, conn: _Conn, args: Mapping[str, Any]) -> dict[str, Any]:
+        from guard.audit import session_event
+        from guard.policy import load_policy
+
+        workspace = Path(args["workspace"])
+        try:
+            policy = await asyncio.to_thread(load_policy, args["policy"], workspace=workspace)
+        except GuardError as exc:
+            raise p.RequestError(p.POLICY, exc.diagnostics()) from None
+        if conn.closed:
+            raise p.RequestError(p.SHUTTING_DOWN, "the connection closed while the policy loaded")
+        if self._stopping:
+            raise p.RequestError(p.SHUTTING_DOWN, "the daemon is shutting down")
+        session = Session(id=self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
+                          argv=args["argv"], cwd=args["cwd"], pid=args["pid"], policy=policy,
+                          sources_hash=sources_hash(policy.sources), started=self.now(), owner=conn.number,
+                          peer_uid=conn.uid)
+        self._audit.append(session_event(
+            session.id, "start", argv=list(session.argv), workspace=str(workspace), cwd=session.cwd,
+            pid=session.pid, uid=conn.uid, policy=policy.name, policy_ref=session.policy_ref,
+            policy_mode=policy.mode, sources=[str(s) for s in policy.sources],
+            sources_hash=session.sources_hash))
+        self.sessions.add(session)
+        conn.sessions.add(session.id)
+        self._rewatch()
+        return {"session": session.id, "policy": session.policy_view()}
+
+    def _decide(self, session: Session, action: Action) -> dict[str, Any] | Coroutine[Any, Any, Any]:
+        from guard.audit import decision_event
+
+        decision = session.policy.decide(action)
+        self._audit.append(decision_event(session.id, action, decision))
+        if decision.enforced is Verdict.ASK:
+            session.counts.asked += 1
+            return self._ask(session, action, decision)
+        _count(session, decision.enforced)
+        return {"decision": decision.to_dict()}
+
+    async def _ask(self, session: Session, action: Action, decision: Decision) -> dict[str, Any]:
+        timeout = float(session.policy.ask_timeout)
+        pending = self.approvals.create(session=session.id, policy=session.policy.name, action=action,
+                                        decision=decision, now=self.now(), timeout=timeout)
+        try:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(pending.future), timeout)
+        except asyncio.CancelledError:
+            # the asking connection went away: the request can no longer be answered to anyone
+            if not pending.future.done():
+                pending.future.set_result(Answer(Verdict.DENY, "daemon", None, "the asking client went away"))
+            self._finish_ask(session, pending)
+            raise
+        if not pending.future.done():
+            pending.future.set_result(Answer(Verdict.DENY, "timeout", None,
+                                             f"no answer within {timeout:g} s"))
+        final, approval = self._finish_ask(session, pending)
+        return {"decision": final.to_dict(), "approval": approval}
+
+    def _finish_ask(self, session: Session, pending: Pending) -> tuple[Decision, dict[str, Any]]:
+        answer = pending.future.result()
+        now = self.now()
+        waited = round(now - pending.created, 3)
+        self.approvals.finish(pending, answer, now)
+        final = Decision(answer.verdict, pending.decision.rule_id, answer.reason)
+        _count(session, answer.verdict)
+        approval = {"approval": pending.id, "verdict": answer.verdict.value, "by": answer.by,
+                    "uid": answer.uid, "waited_s": waited}
+        self._audit.append({"type": "approval", "session": session.id, "action": pending.action.to_dict(),
+                            "rule_id": pending.decision.rule_id, "reason": answer.reason, **approval})
+        return final, approval
+
+    def _approve(self, conn: _Conn, approval_id: str, verdict: Verdict, by: str) -> dict[str, Any]:
+        name = _user_name(conn.uid)
+        who = f"{by} (uid {conn.uid})" if by else f"{name} (uid {conn.uid})"
+        word = "approved" if verdict is Verdict.ALLOW else "denied"
+        self.approvals.answer(approval_id, Answer(verdict, by or name, conn.uid, f"{word} by {who}"))
+        return {"approval": approval_id, "verdict": verdict.value, "by": by or name}
+
+    def _watch(self, conn: _Conn, request: p.Request) -> Coroutine[Any, Any, None]:
+        queue = self.approvals.watch()
+        conn.watching = True
+        conn.send(p.ok_reply(request.id, {"watching": True, "approvals": self.approvals.list(self.now())}),
+                  self.limits)
+
+        async def pump() -> None:
+            try:
+                while (message := await queue.get()) is not None:
+                    push = {"v": p.VERSION, "id": request.id, "ok": True, **message}
+                    conn.send(p.encode(push), self.limits)
+            finally:
+                self.approvals.unwatch(queue)
+                conn.watching = False
+        return pump()
+
+    def _record(self, session: Session, event: dict[str, Any]) -> dict[str, Any]:
+        from guard.audit import decision_event
+
+        kind, fields = p.parse_record_event(event)
+        if kind == "decision":
+            record = decision_event(session.id, fields["action"], fields["decision"], source="client")
+            _count(session, fields["decision"].enforced)
+        else:
+            record = {"type": kind, "session": session.id, **fields}
+        return {"seq": self._audit.append(record)}
+
+    def _end_session(self, session: Session, *, status: str, reason: str | None = None,
+                     exit_status: int | None = None, summary: dict[str, Any] | None = None) -> None:
+        from guard.audit import session_event
+
+        self.sessions.remove(session.id)
+        conn = self._conns.get(session.owner)
+        if conn is not None:
+            conn.sessions.discard(session.id)
+        self.approvals.answer_all(session=session.id, answer=Answer(
+            Verdict.DENY, "daemon", None, f"the session ended ({status})"))
+        extra: dict[str, Any] = {"status": status, "counts": session.counts.to_dict(),
+                                 "duration_s": round(self.now() - session.started, 3)}
+        if reason is not None:
+            extra["reason"] = reason
+        if exit_status is not None:
+            extra["exit_status"] = exit_status
+        if summary is not None:
+            extra["summary"] = summary
+        self._audit.append(session_event(session.id, "end", **extra))
+        self._rewatch()
+
+    # ---- policy reload ---------------------------------------------------------------------------
+
+    def _rewatch(self) -> None:
+        if self._watcher is not None:
+            self._watcher.watch(self.sessions.watched_paths())
+
+    def _on_policy_change(self, path: Path) -> None:
+        task = asyncio.get_running_loop().create_task(self._reload(path))
+        self._reloading.add(task)
+        task.add_done_callback(self._reloading.discard)
+
+    async def _reload(self, path: Path) -> None:
+        from guard.audit import session_event
+        from guard.policy import load_policy
+
+        for session in self.sessions.using_source(path):
+            try:
+                policy = await asyncio.to_thread(load_policy, session.policy_ref, workspace=session.workspace)
+            except GuardError as exc:
+                log.warning("session %s keeps its policy: %s", session.id, exc.diagnostics())
+                if session.id in {s.id for s in self.sessions}:
+                    self._audit.append(session_event(session.id, "policy_reload_failed", file=str(path),
+                                                     error=exc.diagnostics(), kept=session.sources_hash))
+                continue
+            digest = sources_hash(policy.sources)
+            if digest == session.sources_hash or session.id not in {s.id for s in self.sessions}:
+                continue
+            session.policy = policy
+            session.sources_hash = digest
+            self._audit.append(session_event(session.id, "policy_reload", file=str(path), policy=policy.name,
+                                             sources=[str(s) for s in policy.sources], sources_hash=digest))
+            log.info("session %s reloaded its policy after a change to %s", session.id, path)
+        self._rewatch()
+
+    def _record_daemon(self, what: str, **extra: Any) -> None:
+        from guard.audit import session_event
+
+        if self._audit is not None:
+            self._audit.append(session_event(DAEMON_SESSION, what, **extra))
+
+
+def _count(session: Session, verdict: Verdict) -> None:
+    if verdict is Verdict.ALLOW:
+        session.counts.allowed += 1
+    else:
+        session.counts.denied += 1
+
+
+def _user_name(uid: int) -> str:
+    try:
+        return pwd.getpwuid(uid).pw_name
+    except KeyError:
+        return f"uid{uid}"
+
+
+def _acquire_pid_lock(path: Path) -> int:
+    """Hold an exclusive flock on the pid file for the daemon's lifetime: one daemon per GUARD_HOME."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 32).decode(errors="replace").strip() or "?"
+        os.close(fd)
+        raise DaemonError(f"a guard daemon is already running for {path.parent} (pid {holder})",
+                          hint="`guard daemon status` shows it; `guard daemon stop` stops it") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, f"{os.getpid()}\n".encode())
+    return fd
+
+
+def _clear_stale_socket(path: Path) -> None:
+    """Remove a socket left by a dead daemon; refuse to touch one that answers or is not a socket."""
+    try:
+        st = path.lstat()
+    except FileNotFoundError:
+        return
+    import stat
+
+    if not stat.S_ISSOCK(st.st_mode):
+        raise DaemonError(f"{path} exists and is not a socket", hint="move it away and start again")
+    probe = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    probe.settimeout(1.0)
+    try:
+        probe.connect(str(path))
+    except OSError as exc:
+        if exc.errno not in (errno.ECONNREFUSED, errno.ENOENT):
+            raise DaemonError(f"cannot probe the existing socket {path}: {exc.strerror}") from None
+        log.info("removing a stale socket %s", path)
+        with contextlib.suppress(FileNotFoundError):
+            path.unlink()
+    else:
+        raise DaemonError(f"another process answers on {path}", hint="`guard daemon stop` it first")
+    finally:
+        probe.close()
+
+
+def _bind(path: Path) -> socket.socket:
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
+    try:
+        listener.bind(str(path))
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(128)
+    listener.setblocking(False)
+    return listener
+
+
+def _capture_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> dict[int, Any]:
+    previous: dict[int, Any] = {}
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        previous[sig] = signal.getsignal(sig)
+        loop.add_signal_handler(sig, handler)
+    return previous
+
+
+def _restore_signals(loop: asyncio.AbstractEventLoop, previous: dict[int, Any]) -> None:
+    for sig, handler in previous.items():
+        loop.remove_signal_handler(sig)
+        signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
