@@ -1,0 +1,411 @@
+"""The decision engine: `Policy.decide(action) -> Decision`, pure, indexed and cached.
+
+Combination is deny > ask > allow whatever the order of rules, then the kind's default. Rules are indexed
+so a decision looks only at rules that can match: file rules under the literal directory prefix of each
+pattern (a path looks up each of its ancestors), network rules under their exact host or the suffix of a
+`*.` pattern (a host looks up itself and each proper suffix), command rules under their program name.
+Ties within a verdict go to the more specific pattern, then the smaller rule id, so the answer, including
+which rule is named, never depends on rule order.
+
+Audit mode never changes what is enforced: an audit-mode rule is reported only when it is stricter than
+the enforced outcome, with `audit_only=True`; a whole policy in audit mode marks every decision audit-only.
+"""
+
+from __future__ import annotations
+
+import functools
+import posixpath
+import shlex
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+from guard.errors import Location, UsageError
+from guard.model import Action, Decision, Kind, Op, Verdict, split_host_port
+from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
+from guard.policy.paths import ancestors, normalize_path
+from guard.policy.rules import FileRule, Rule
+from guard.policy.shell import Unparseable, loose_tokens, split_commands
+
+CACHE_SIZE = 16384
+_VERB = {Verdict.ALLOW: "allowed", Verdict.ASK: "needs approval", Verdict.DENY: "denied"}
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyTest:
+    """One inline test of a policy file, expanded and parsed."""
+
+    text: str
+    action: Action
+    expected: Verdict
+    location: Location
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    rule: Rule
+    specificity: int
+    excluded_by: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Loser:
+    """A rule that matched the action but did not decide it, and why."""
+
+    rule_id: str
+    verdict: Verdict
+    why: str
+    location: Location
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"rule_id": self.rule_id, "verdict": self.verdict.value, "why": self.why,
+                "location": str(self.location)}
+
+
+@dataclass(frozen=True, slots=True)
+class Explanation:
+    """The answer to "why": the decision, the deciding rule, every other match and why it lost.
+
+    For a compound command line, `parts` explains each simple command; the line's decision is the
+    strictest part's. `note` says when the line could not be parsed and the strictest rule decided.
+    """
+
+    action: Action
+    decision: Decision
+    winner: str | None
+    winner_location: Location | None
+    losers: tuple[Loser, ...]
+    parts: tuple[Explanation, ...] = ()
+    note: str | None = None
+    subject: str = ""  # what was judged: the normalized path, host:port, or one command's argv
+
+    @property
+    def matched_rule_ids(self) -> frozenset[str]:
+        ids = {loser.rule_id for loser in self.losers}
+        if self.winner is not None:
+            ids.add(self.winner)
+        for part in self.parts:
+            ids |= part.matched_rule_ids
+        return frozenset(ids)
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"action": self.action.to_dict(), "subject": self.subject,
+                               "decision": self.decision.to_dict(), "winner": self.winner,
+                               "winner_location": str(self.winner_location) if self.winner_location else None,
+                               "losers": [loser.to_dict() for loser in self.losers]}
+        if self.parts:
+            out["parts"] = [part.to_dict() for part in self.parts]
+        if self.note:
+            out["note"] = self.note
+        return out
+
+
+@dataclass(frozen=True, slots=True)
+class _Outcome:
+    decision: Decision
+    winner: Match | None
+    matches: tuple[Match, ...]
+    subject: str
+    parts: tuple[_Outcome, ...] = ()
+    note: str | None = None
+
+
+@dataclass(slots=True)
+class _NetIndex:
+    exact: dict[str, list[Rule]] = field(default_factory=dict)
+    suffix: dict[str, list[Rule]] = field(default_factory=dict)
+    anywhere: list[Rule] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _CmdIndex:
+    by_name: dict[str, list[Rule]] = field(default_factory=dict)
+    by_path: dict[str, list[Rule]] = field(default_factory=dict)
+    anywhere: list[Rule] = field(default_factory=list)
+
+
+class Policy:
+    """A compiled, immutable policy. Build it with `load_policy`."""
+
+    __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_index", "_host_map",
+                 "_net_index", "_rules", "ask_timeout", "description", "home", "mode", "name", "sources",
+                 "tests")
+
+    def __init__(self, *, name: str, description: str, mode: str, defaults: Mapping[Kind, Verdict],
+                 rules: Iterable[Rule], sources: tuple[Any, ...], ask_timeout: float,
+                 host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str) -> None:
+        self.name = name
+        self.description = description
+        self.mode = mode
+        self._defaults = MappingProxyType({kind: defaults.get(kind, Verdict.DENY) for kind in Kind})
+        self._rules = tuple(rules)
+        self._by_id = {rule.id: rule for rule in self._rules}
+        self.sources = sources
+        self.ask_timeout = ask_timeout
+        self._host_map = MappingProxyType(dict(host_map))
+        self.tests = tests
+        self.home = home
+        self._file_index: dict[Op, dict[str, list[Rule]]] = {op: {} for op in Op if op.kind is Kind.FILE}
+        self._net_index = {op: _NetIndex() for op in Op if op.kind is Kind.NETWORK}
+        self._cmd_index = _CmdIndex()
+        for rule in self._rules:
+            self._index(rule)
+        self._decide_cached = functools.lru_cache(maxsize=CACHE_SIZE)(self._decide_key)
+
+    # -- public API (docs/contracts.md) -------------------------------------------------------------------
+
+    @property
+    def defaults(self) -> Mapping[Kind, Verdict]:
+        return self._defaults
+
+    @property
+    def host_map(self) -> Mapping[str, str]:
+        return self._host_map
+
+    @property
+    def rules(self) -> tuple[Rule, ...]:
+        return self._rules
+
+    def rule(self, rule_id: str) -> Rule | None:
+        return self._by_id.get(rule_id)
+
+    def file_rules(self) -> tuple[FileRule, ...]:
+        return tuple(rule.to_file_rule() for rule in self._rules if rule.kind is Kind.FILE)
+
+    def decide(self, action: Action) -> Decision:
+        return self._decide_cached(action.op, action.target, action.cwd, action.addresses)
+
+    def explain(self, action: Action) -> Explanation:
+        outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses)
+        return self._explanation(action, outcome)
+
+    def cache_info(self) -> Any:
+        return self._decide_cached.cache_info()
+
+    # -- indexing -------------------------------------------------------------------------------------------
+
+    def _index(self, rule: Rule) -> None:
+        def add(table: dict[str, list[Rule]], key: str) -> None:
+            bucket = table.setdefault(key, [])
+            if rule not in bucket:
+                bucket.append(rule)
+
+        for op in rule.ops:
+            if rule.kind is Kind.FILE:
+                for path in rule.paths:
+                    add(self._file_index[op], path.prefix)
+            elif rule.kind is Kind.NETWORK:
+                net = self._net_index[op]
+                anywhere = rule.cidrs or any(h.kind is HostKind.ANY for h in rule.hosts)
+                if anywhere and rule not in net.anywhere:
+                    net.anywhere.append(rule)
+                for host in rule.hosts:
+                    if host.kind is HostKind.EXACT:
+                        add(net.exact, host.key)
+                    elif host.kind is HostKind.SUBDOMAINS:
+                        add(net.suffix, host.key)
+        if rule.kind is Kind.PROCESS:
+            for command in rule.commands:
+                if not command.literal_program:
+                    if rule not in self._cmd_index.anywhere:
+                        self._cmd_index.anywhere.append(rule)
+                elif command.by_path:
+                    add(self._cmd_index.by_path, command.program)
+                else:
+                    add(self._cmd_index.by_name, command.program)
+
+    # -- evaluation -----------------------------------------------------------------------------------------
+
+    def _decide_key(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...]) -> Decision:
+        return self._evaluate(op, target, cwd, addresses).decision
+
+    def _evaluate(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...]) -> _Outcome:
+        kind = op.kind
+        if kind is Kind.FILE:
+            return self._evaluate_file(op, target, cwd)
+        if kind is Kind.NETWORK:
+            return self._evaluate_network(op, target, addresses)
+        return self._evaluate_line(target)
+
+    def _evaluate_file(self, op: Op, target: str, cwd: str | None) -> _Outcome:
+        path = target
+        if path == "~" or path.startswith("~/"):
+            path = self.home + path[1:]
+        if not path.startswith("/"):
+            if cwd and cwd.startswith("/"):
+                path = cwd + "/" + path
+            else:
+                return self._refuse(f"relative path {target!r} without a working directory cannot be judged",
+                                    target)
+        path = normalize_path(path)
+        index = self._file_index[op]
+        seen: set[str] = set()
+        matches: list[Match] = []
+        for key in ancestors(path):
+            for rule in index.get(key, ()):
+                if rule.id in seen:
+                    continue
+                seen.add(rule.id)
+                spec = rule.match_path(path)
+                if spec >= 0:
+                    matches.append(Match(rule, spec, rule.path_excluded_by(path)))
+        return self._combine(matches, Kind.FILE, path)
+
+    def _evaluate_network(self, op: Op, target: str, addresses: tuple[str, ...]) -> _Outcome:
+        try:
+            raw_host, port = split_host_port(target)
+        except UsageError as exc:
+            return self._refuse(f"malformed network target: {exc.message}", target)
+        host = normalize_host(raw_host)
+        ips: list[IPAddress] = []
+        literal = parse_ip(host)
+        if literal is not None:
+            ips.append(literal)
+        mapped = self._host_map.get(host)
+        if mapped is not None:
+            mapped_ip = parse_ip(mapped)
+            if mapped_ip is not None:
+                ips.append(mapped_ip)
+        for text in addresses:
+            ip = parse_ip(text)
+            if ip is None:
+                return self._refuse(f"malformed resolved address {text!r}", target)
+            ips.append(ip)
+        ip_tuple = tuple(dict.fromkeys(ips))
+        net = self._net_index[op]
+        candidates: dict[str, Rule] = {}
+        for rule in net.exact.get(host, ()):
+            candidates[rule.id] = rule
+        for suffix in proper_suffixes(host):
+            for rule in net.suffix.get(suffix, ()):
+                candidates[rule.id] = rule
+        for rule in net.anywhere:
+            candidates[rule.id] = rule
+        matches: list[Match] = []
+        for rule in candidates.values():
+            spec = rule.match_network(host, port, ip_tuple)
+            if spec >= 0:
+                matches.append(Match(rule, spec, rule.network_excluded_by(host, ip_tuple)))
+        subject = f"[{host}]:{port}" if ":" in host and port is not None else \
+            (f"{host}:{port}" if port is not None else host)
+        return self._combine(matches, Kind.NETWORK, subject)
+
+    def _command_candidates(self, program: str) -> list[Rule]:
+        index = self._cmd_index
+        out = list(index.by_name.get(posixpath.basename(program), ()))
+        if "/" in program:
+            out.extend(r for r in index.by_path.get(program, ()) if r not in out)
+        out.extend(r for r in index.anywhere if r not in out)
+        return out
+
+    def _evaluate_command(self, argv: tuple[str, ...]) -> _Outcome:
+        matches: list[Match] = []
+        for rule in self._command_candidates(argv[0]):
+            spec = rule.match_command(argv)
+            if spec >= 0:
+                matches.append(Match(rule, spec, rule.command_excluded_by(argv)))
+        return self._combine(matches, Kind.PROCESS, shlex.join(argv))
+
+    def _evaluate_line(self, line: str) -> _Outcome:
+        try:
+            commands = split_commands(line)
+        except Unparseable as exc:
+            return self._evaluate_unparseable(line, str(exc))
+        if not commands:
+            default = self._defaults[Kind.PROCESS]
+            reason = f"the line runs no command; the default for process is {default.value}"
+            return _Outcome(self._final(Decision(default, None, reason)), None, (), line)
+        parts = tuple(self._evaluate_command(argv) for argv in commands)
+        if len(parts) == 1:
+            return parts[0]
+        worst_index = max(range(len(parts)), key=lambda i: (parts[i].decision.enforced.strength,
+                                                            parts[i].decision.verdict.strength, -i))
+        worst = parts[worst_index].decision
+        reason = f"part {worst_index + 1} of {len(parts)} ({parts[worst_index].subject}): {worst.reason}"
+        decision = Decision(worst.verdict, worst.rule_id, reason, worst.audit_only)
+        return _Outcome(decision, parts[worst_index].winner, (), line, parts=parts)
+
+    def _evaluate_unparseable(self, line: str, problem: str) -> _Outcome:
+        tokens = tuple(loose_tokens(line))
+        matches: dict[str, Match] = {}
+        for start in range(len(tokens)):
+            argv = tokens[start:]
+            for rule in self._command_candidates(argv[0]):
+                spec = rule.match_command(argv, loose=True)
+                if spec >= 0 and (rule.id not in matches or matches[rule.id].specificity < spec):
+                    matches[rule.id] = Match(rule, spec)
+        outcome = self._combine(list(matches.values()), Kind.PROCESS, line)
+        note = (f"could not parse the command line safely ({problem}); decided by the strictest rule "
+                "matching any part of it")
+        inner = outcome.decision
+        decision = Decision(inner.verdict, inner.rule_id, f"{note}: {inner.reason}", inner.audit_only)
+        return _Outcome(decision, outcome.winner, outcome.matches, line, note=note)
+
+    def _refuse(self, reason: str, subject: str) -> _Outcome:
+        return _Outcome(self._final(Decision(Verdict.DENY, None, reason)), None, (), subject)
+
+    def _final(self, decision: Decision) -> Decision:
+        if self.mode == "audit" and not decision.audit_only:
+            return Decision(decision.verdict, decision.rule_id, decision.reason, True)
+        return decision
+
+    def _combine(self, matches: list[Match], kind: Kind, subject: str) -> _Outcome:
+        active = [m for m in matches if m.excluded_by is None]
+        policy_audit = self.mode == "audit"
+        enforcing = [m for m in active if policy_audit or not m.rule.audit_only]
+        winner = _best(enforcing)
+        if winner is not None:
+            decision = Decision(winner.rule.verdict, winner.rule.id, _reason(winner.rule))
+        else:
+            default = self._defaults[kind]
+            reason = f"no rule matched; the default for {kind.value} is {default.value}"
+            decision = Decision(default, None, reason)
+        if decision.verdict is Verdict.ALLOW:
+            auditing = _best([m for m in active if m.rule.audit_only and not policy_audit])
+            if auditing is not None and auditing.rule.strength > decision.verdict.strength:
+                winner = auditing
+                decision = Decision(auditing.rule.verdict, auditing.rule.id,
+                                    f"[audit mode, not enforced] {_reason(auditing.rule)}", True)
+        return _Outcome(self._final(decision), winner, tuple(matches), subject)
+
+    def _explanation(self, action: Action, outcome: _Outcome) -> Explanation:
+        winner = outcome.winner
+        losers: list[Loser] = []
+        for match in sorted(outcome.matches, key=_rank):
+            if winner is not None and match.rule.id == winner.rule.id:
+                continue
+            losers.append(Loser(match.rule.id, match.rule.verdict, self._why_lost(match, winner),
+                                match.rule.location))
+        parts = tuple(self._explanation(action, part) for part in outcome.parts)
+        return Explanation(action=action, decision=outcome.decision,
+                           winner=winner.rule.id if winner is not None else None,
+                           winner_location=winner.rule.location if winner is not None else None,
+                           losers=tuple(losers), parts=parts, note=outcome.note, subject=outcome.subject)
+
+    def _why_lost(self, match: Match, winner: Match | None) -> str:
+        if match.excluded_by is not None:
+            return f"excluded by its except pattern {match.excluded_by!r}"
+        if match.rule.audit_only and self.mode != "audit" and (winner is None or not winner.rule.audit_only):
+            return "audit-mode rule: recorded when stricter than the outcome, never enforced"
+        if winner is None:
+            return "the kind's default decided"
+        if match.rule.strength < winner.rule.strength:
+            return f"{match.rule.verdict.value} loses to {winner.rule.verdict.value} (deny > ask > allow)"
+        if winner.rule.audit_only and not match.rule.audit_only:
+            return "the audit-mode winner is reported because it is stricter; this rule is what is enforced"
+        if match.specificity < winner.specificity:
+            return f"same verdict; {winner.rule.id!r} matches more specifically"
+        return f"same verdict and specificity; {winner.rule.id!r} comes first by id"
+
+
+def _rank(match: Match) -> tuple[int, int, str]:
+    return (-match.rule.strength, -match.specificity, match.rule.id)
+
+
+def _best(matches: list[Match]) -> Match | None:
+    return min(matches, key=_rank) if matches else None
+
+
+def _reason(rule: Rule) -> str:
+    return rule.reason or f"{_VERB[rule.verdict]} by rule {rule.id!r}"

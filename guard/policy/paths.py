@@ -1,0 +1,148 @@
+"""Path globs: compiled once, matched by the cheapest test that is exact.
+
+Semantics (docs/policy.md): `*` and `?` stay inside one segment, `**` as a whole segment spans any depth
+including none, `[...]` is a character class, `dir/**` also matches `dir`, and a leading `**/` matches at
+any depth (it is stored as `/**/`, so every compiled pattern is absolute and the sandbox planner can take
+its literal prefix as a Landlock root).
+"""
+
+from __future__ import annotations
+
+import posixpath
+import re
+from dataclasses import dataclass
+from enum import Enum
+
+_GLOB_CHARS = frozenset("*?[")
+
+
+class PathKind(Enum):
+    EXACT = "exact"  # no glob at all: string equality
+    TREE = "tree"  # literal/** : the directory and everything under it
+    GLOB = "glob"  # anything else: a regular expression
+
+
+class GlobError(ValueError):
+    """A pattern that is not a valid path glob; the message says what is wrong."""
+
+
+@dataclass(frozen=True, slots=True)
+class PathPattern:
+    text: str  # normalized absolute pattern, as shown to people and to the sandbox planner
+    kind: PathKind
+    prefix: str  # longest literal leading directory ("/" at least); the index key
+    regex: re.Pattern[str] | None
+
+    @property
+    def specificity(self) -> int:
+        """Longer literal parts are more specific; exact paths beat any glob of the same length."""
+        return len(self.prefix) * 2 + (1 if self.kind is PathKind.EXACT else 0)
+
+    def matches(self, path: str) -> bool:
+        if self.kind is PathKind.EXACT:
+            return path == self.text
+        if self.kind is PathKind.TREE:
+            prefix = self.prefix
+            return prefix == "/" or path == prefix or path.startswith(prefix + "/")
+        assert self.regex is not None
+        return self.regex.fullmatch(path) is not None
+
+
+def normalize_path(path: str) -> str:
+    """Collapse `.`, `..`, repeated and trailing slashes of an absolute path (no disk access)."""
+    norm = posixpath.normpath(path)
+    if norm.startswith("//"):
+        norm = "/" + norm.lstrip("/")
+    return norm
+
+
+def compile_path(text: str) -> PathPattern:
+    """Compile an expanded pattern; raises GlobError naming the problem."""
+    if not text:
+        raise GlobError("empty path pattern")
+    if text == "**" or text.startswith("**/"):
+        text = "/" + text
+    if not text.startswith("/"):
+        raise GlobError(f"path pattern {text!r} is not absolute")
+    text = normalize_path(text)
+    segments = text.split("/")[1:] if text != "/" else []
+    for seg in segments:
+        if "**" in seg and seg != "**":
+            raise GlobError(f"'**' must be a whole path segment in {text!r}; "
+                            "write '*' to stay within one segment")
+    globbed = [i for i, seg in enumerate(segments) if _has_glob(seg)]
+    if not globbed:
+        return PathPattern(text, PathKind.EXACT, text, None)
+    literal = segments[: globbed[0]]
+    prefix = "/" + "/".join(literal)
+    parts = [_segment_regex(seg, text) for seg in segments]  # validates every segment
+    if globbed == [len(segments) - 1] and segments[-1] == "**":
+        return PathPattern(text, PathKind.TREE, prefix, None)
+    body = ""
+    for seg, part in zip(segments, parts, strict=True):
+        body += "(?:/.*)?" if seg == "**" else "/" + part
+    return PathPattern(text, PathKind.GLOB, prefix, re.compile(body or "/", re.DOTALL))
+
+
+def _has_glob(segment: str) -> bool:
+    return any(c in _GLOB_CHARS for c in segment) or "\\" in segment
+
+
+def _segment_regex(seg: str, pattern: str) -> str:
+    if seg == "**":
+        return ""
+    out: list[str] = []
+    i, n = 0, len(seg)
+    while i < n:
+        c = seg[i]
+        if c == "*":
+            out.append("[^/]*")
+        elif c == "?":
+            out.append("[^/]")
+        elif c == "\\":
+            if i + 1 >= n:
+                raise GlobError(f"trailing backslash in {pattern!r}")
+            i += 1
+            out.append(re.escape(seg[i]))
+        elif c == "[":
+            end, cls = _char_class(seg, i, pattern)
+            out.append(cls)
+            i = end
+        else:
+            out.append(re.escape(c))
+        i += 1
+    return "".join(out)
+
+
+def _char_class(seg: str, start: int, pattern: str) -> tuple[int, str]:
+    """Translate `[...]` starting at `start`; returns the index of the closing bracket and the regex."""
+    i = start + 1
+    negate = i < len(seg) and seg[i] in "!^"
+    if negate:
+        i += 1
+    body_start = i
+    if i < len(seg) and seg[i] == "]":
+        i += 1  # a leading ']' is literal
+    while i < len(seg) and seg[i] != "]":
+        i += 1
+    if i >= len(seg):
+        raise GlobError(f"unclosed '[' in {pattern!r}")
+    body = seg[body_start:i]
+    if not body:
+        raise GlobError(f"empty character class '[]' in {pattern!r}")
+    escaped = "".join("\\" + ch if ch in "\\^]" else ch for ch in body)
+    if "/" in body:
+        raise GlobError(f"'/' cannot appear in a character class in {pattern!r}")
+    return i, f"[{'^' if negate else ''}{escaped}]" if not negate else f"[^/{escaped}]"
+
+
+def ancestors(path: str) -> list[str]:
+    """`/a/b/c` -> ["/", "/a", "/a/b", "/a/b/c"]: every key a path index must look up."""
+    keys = ["/"]
+    idx = path.find("/", 1)
+    while idx != -1:
+        keys.append(path[:idx])
+        idx = path.find("/", idx + 1)
+    if path != "/":
+        keys.append(path)
+    return keys

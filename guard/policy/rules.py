@@ -1,0 +1,111 @@
+"""Compiled rules: every pattern expanded, validated and ready to match.
+
+Matching answers "how specific was the best pattern that matched" (or -1), because specificity is the
+order-independent tie-break between rules of the same verdict. Unknown facts count against the action:
+a deny or ask rule with `ports` matches a target without a port, while an allow rule does not; an allow
+rule with `cidrs` needs every known address inside its ranges, a deny rule needs just one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from guard.errors import Location
+from guard.model import Kind, Op, Verdict
+from guard.policy.commands import CommandPattern
+from guard.policy.hosts import HostPattern, IPAddress, IPNetwork, PortRange, in_networks
+from guard.policy.paths import PathPattern
+
+
+@dataclass(frozen=True, slots=True)
+class FileRule:
+    """What the sandbox planner needs from a file rule (docs/contracts.md)."""
+
+    rule_id: str
+    verdict: Verdict
+    ops: frozenset[Op]
+    patterns: tuple[str, ...]
+    excepts: tuple[str, ...]
+    audit_only: bool
+
+
+@dataclass(frozen=True, slots=True)
+class Rule:
+    id: str
+    verdict: Verdict
+    ops: frozenset[Op]
+    kind: Kind
+    reason: str
+    audit_only: bool
+    location: Location
+    paths: tuple[PathPattern, ...] = ()
+    hosts: tuple[HostPattern, ...] = ()
+    cidrs: tuple[IPNetwork, ...] = ()
+    ports: tuple[PortRange, ...] = ()
+    commands: tuple[CommandPattern, ...] = ()
+    except_paths: tuple[PathPattern, ...] = ()
+    except_hosts: tuple[HostPattern, ...] = ()
+    except_cidrs: tuple[IPNetwork, ...] = ()
+    except_commands: tuple[CommandPattern, ...] = ()
+
+    @property
+    def strength(self) -> int:
+        return self.verdict.strength
+
+    def match_path(self, path: str) -> int:
+        best = -1
+        for pattern in self.paths:
+            if pattern.specificity > best and pattern.matches(path):
+                best = pattern.specificity
+        return best
+
+    def path_excluded_by(self, path: str) -> str | None:
+        for pattern in self.except_paths:
+            if pattern.matches(path):
+                return pattern.text
+        return None
+
+    def match_network(self, host: str, port: int | None, ips: tuple[IPAddress, ...]) -> int:
+        allow = self.verdict is Verdict.ALLOW
+        if self.ports:
+            if port is None:
+                if allow:
+                    return -1
+            elif not any(port in r for r in self.ports):
+                return -1
+        best = -1
+        for pattern in self.hosts:
+            if pattern.specificity > best and pattern.matches(host):
+                best = pattern.specificity
+        if best < 0 and self.cidrs and ips:
+            inside = [in_networks(ip, self.cidrs) for ip in ips]
+            if all(inside) if allow else any(inside):
+                best = max(net.prefixlen for net in self.cidrs)
+        return best
+
+    def network_excluded_by(self, host: str, ips: tuple[IPAddress, ...]) -> str | None:
+        for pattern in self.except_hosts:
+            if pattern.matches(host):
+                return pattern.text
+        for net in self.except_cidrs:
+            if ips and all(in_networks(ip, (net,)) for ip in ips):
+                return str(net)
+        return None
+
+    def match_command(self, argv: tuple[str, ...], *, loose: bool = False) -> int:
+        best = -1
+        for pattern in self.commands:
+            if pattern.specificity > best and pattern.matches(argv, prefix=loose):
+                best = pattern.specificity
+        return best
+
+    def command_excluded_by(self, argv: tuple[str, ...]) -> str | None:
+        for pattern in self.except_commands:
+            if pattern.matches(argv):
+                return pattern.text
+        return None
+
+    def to_file_rule(self) -> FileRule:
+        return FileRule(rule_id=self.id, verdict=self.verdict, ops=self.ops,
+                        patterns=tuple(p.text for p in self.paths),
+                        excepts=tuple(p.text for p in self.except_paths), audit_only=self.audit_only)
