@@ -387,17 +387,17 @@ async def _reply_error(writer: asyncio.StreamWriter, conn: _Conn, exc: NetError)
             writer.write(b"\x05" + bytes([exc.socks_reply]) + _SOCKS_OK[2:])
         else:
             status = exc.http_status
-            rule = exc.rule_id if isinstance(exc, Denied) else None
             target = format_target(conn.host, conn.port) if conn.host and conn.port else "request"
             body = f"guard: {target}: {exc.message}\n"
-            if rule:
+            if isinstance(exc, Denied):
+                rule = exc.rule_id or "default"
                 body = f"guard: connect {target} denied by rule {rule}: {exc.message}\n"
             head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
                     "Content-Type: text/plain; charset=utf-8",
                     f"Content-Length: {len(body.encode())}",
                     "Connection: close"]
             if isinstance(exc, Denied):
-                head.append(f"X-Guard-Rule: {_header_safe(rule or 'default')}")
+                head.append(f"X-Guard-Rule: {_header_safe(exc.rule_id or 'default')}")
             writer.write(("\r\n".join(head) + "\r\n\r\n" + body).encode())
         async with asyncio.timeout(5):
             await writer.drain()
