@@ -1,0 +1,343 @@
+"""Apply a SandboxPlan in a child, in the one order that is safe, and hand the parent what it must serve.
+
+Process shape (pids as the supervisor sees them):
+
+    supervisor (guard run) ─ fork ─▶ relay ── unshare(user, mount, pid, ipc, net, uts), maps ids
+                                      └ fork ─▶ init (pid 1 inside): masks, /proc, lo, listeners
+                                                 └ fork ─▶ agent: caps dropped, no_new_privs, Landlock,
+                                                           seccomp, go-ahead, chdir, execve
+
+Every link has PDEATHSIG=SIGKILL and checks its parent survived the fork, and the init is pid 1 of its
+namespace, so when the supervisor dies the whole tree dies (fail closed). The relay and the init ignore
+terminal-generated signals: the agent shares the engineer's foreground process group, so Ctrl-C and
+window resizes reach it directly, and it keeps its terminal. Until exec, every failure travels to the
+supervisor over a SOCK_SEQPACKET socketpair with a precise reason, and spawn raises SandboxError; nothing
+ever runs unsandboxed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import select
+import signal
+import socket
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from guard.errors import SandboxError
+from guard.sandbox import _syscalls as sc
+from guard.sandbox import landlock, mounts, namespaces
+from guard.sandbox.plan import SandboxPlan
+from guard.sandbox.report import EnforcementReport, Protection, State
+
+if TYPE_CHECKING:
+    from guard.sandbox.seccomp import SeccompSpec
+
+SETUP_TIMEOUT = 30.0
+_GO = b"G"
+_FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
+_TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
+
+
+@dataclass
+class SandboxedProcess:
+    """The running sandbox as the supervisor sees it.
+
+    `pid` is the relay (our direct child: waiting on it yields the agent's status); `init_pid` is the
+    sandbox's pid 1 seen from outside. The agent is held before exec until `start()`: start serving
+    `listener_fd` first, or the agent's first execve waits on a supervisor that is not there.
+    """
+
+    pid: int
+    init_pid: int
+    listener_fd: int | None
+    inner_listeners: list[socket.socket]
+    report: EnforcementReport
+    _control: socket.socket | None = field(default=None, repr=False)
+    _status: int | None = field(default=None, repr=False)
+
+    def start(self) -> None:
+        """Release the agent: it chdirs and execs."""
+        if self._control is None:
+            raise SandboxError("sandbox already started")
+        try:
+            self._control.send(_GO)
+        except OSError as exc:
+            raise SandboxError(f"sandbox died before start: {exc.strerror}") from None
+        finally:
+            self._control.close()
+            self._control = None
+
+    def poll(self) -> int | None:
+        if self._status is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self._status = os.waitstatus_to_exitcode(status)
+        return self._shell_status()
+
+    def wait(self) -> int:
+        """Exit status as a shell reports it: the code, or 128+signal."""
+        if self._status is None:
+            _, status = os.waitpid(self.pid, 0)
+            self._status = os.waitstatus_to_exitcode(status)
+        shell = self._shell_status()
+        assert shell is not None
+        return shell
+
+    def _shell_status(self) -> int | None:
+        if self._status is None:
+            return None
+        return 128 - self._status if self._status < 0 else self._status
+
+    def kill(self) -> None:
+        """Kill the whole tree: SIGKILL to the namespace's init takes every process in it down."""
+        if self._status is None:
+            for pid in (self.init_pid, self.pid):
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
+
+    def close(self) -> None:
+        """Release the supervisor-side descriptors (after the session)."""
+        if self._control is not None:
+            self._control.close()
+            self._control = None
+        for s in self.inner_listeners:
+            s.close()
+        if self.listener_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self.listener_fd)
+            self.listener_fd = None
+
+
+def spawn(plan: SandboxPlan, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
+          seccomp: SeccompSpec | None, inner_listen_ports: Sequence[int] = ()) -> SandboxedProcess:
+    """Start `argv` in the sandbox described by `plan` and return once it waits for `start()`.
+
+    `seccomp=None` runs without the decision tier (the report says so); otherwise the spec is installed
+    last, after Landlock, and its listener fd is handed back.
+    """
+    if not argv:
+        raise SandboxError("nothing to run: empty command")
+    if os.path.isabs(argv[0]) is False and "/" in argv[0]:
+        argv = [os.path.abspath(argv[0]), *argv[1:]]
+    parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    supervisor_pid = os.getpid()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - the relay; never returns
+        code = 125
+        try:
+            parent_sock.close()
+            code = _relay(plan, list(argv), dict(env), str(cwd), seccomp, tuple(inner_listen_ports),
+                          child_sock, supervisor_pid)
+        except BaseException as exc:  # report, then die: never fall back into the caller's code
+            _send_error(child_sock, "relay", exc)
+        os._exit(code)
+    child_sock.close()
+    try:
+        return _receive(parent_sock, pid, plan, seccomp is not None, len(inner_listen_ports))
+    except BaseException:
+        parent_sock.close()
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError):
+            os.waitpid(pid, 0)
+        raise
+
+
+def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, want_seccomp: bool,
+             n_listeners: int) -> SandboxedProcess:
+    init_pid = 0
+    listeners: list[socket.socket] = []
+    deadline = time.monotonic() + SETUP_TIMEOUT
+    try:
+        while True:
+            left = deadline - time.monotonic()
+            if left <= 0 or not select.select([sock], [], [], left)[0]:
+                raise SandboxError(f"sandbox setup did not finish within {SETUP_TIMEOUT:g} s")
+            data, fds, _flags, _addr = socket.recv_fds(sock, 65536, 8)
+            if not data:
+                _, status = os.waitpid(pid, 0)
+                raise SandboxError(f"sandbox setup died without a reason "
+                                   f"(status {os.waitstatus_to_exitcode(status)})")
+            msg: dict[str, Any] = json.loads(data)
+            kind = msg.get("t")
+            if kind == "error":
+                for fd in fds:
+                    os.close(fd)
+                raise SandboxError(f"sandbox setup failed in {msg.get('stage')}: {msg.get('message')}",
+                                   hint=msg.get("hint"))
+            if kind == "init":
+                init_pid = int(msg["pid"])
+            elif kind == "listener":
+                listeners.extend(socket.socket(fileno=fd) for fd in fds)
+            elif kind == "ready":
+                listener_fd = fds[0] if fds else None
+                if want_seccomp and listener_fd is None:
+                    raise SandboxError("seccomp filter installed but no listener fd was received")
+                if len(listeners) != n_listeners:
+                    raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
+                decision = (Protection("decision tier (seccomp user notification)", State.FULLY,
+                                       "execs and write-opens are decided by the supervisor")
+                            if want_seccomp else
+                            Protection("decision tier (seccomp user notification)", State.NOT,
+                                       "no seccomp spec given: execs and write-opens are not decided"))
+                report = plan.report.with_protections([decision])
+                return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
+            else:
+                raise SandboxError(f"unexpected message from the sandbox: {msg!r}")
+    except BaseException:
+        for s in listeners:
+            s.close()
+        raise
+
+
+def _send(sock: socket.socket, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
+    socket.send_fds(sock, [json.dumps(msg).encode()], list(fds))
+
+
+def _send_error(sock: socket.socket, stage: str, exc: BaseException) -> None:
+    text = exc.message if isinstance(exc, SandboxError) else f"{type(exc).__name__}: {exc}"
+    hint = exc.hint if isinstance(exc, SandboxError) else None
+    with contextlib.suppress(OSError):
+        _send(sock, {"t": "error", "stage": stage, "message": text, "hint": hint})
+
+
+def _parent_gone_guard(expected_ppid: int) -> None:
+    if os.getppid() != expected_ppid:
+        raise SandboxError("the supervisor died during setup")
+
+
+# --- relay (outside pid namespace, inside the others) -------------------------------------------------
+def _relay(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
+           ports: tuple[int, ...], sock: socket.socket, supervisor_pid: int) -> int:  # pragma: no cover
+    sc.set_pdeathsig(signal.SIGKILL)
+    _parent_gone_guard(supervisor_pid)
+    for sig in _TTY_SIGNALS:
+        signal.signal(sig, signal.SIG_IGN)
+    namespaces.enter(os.geteuid(), os.getegid())
+    alive_r, alive_w = os.pipe()  # the init's way to check the relay survived its fork
+    child = os.fork()
+    if child == 0:
+        code = 125
+        try:
+            os.close(alive_w)
+            code = _init(plan, argv, env, cwd, seccomp, ports, sock, alive_r)
+        except BaseException as exc:
+            _send_error(sock, "init", exc)
+        os._exit(code)
+    os.close(alive_r)
+    _send(sock, {"t": "init", "pid": child})
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(child, signum)
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+        except ChildProcessError:
+            return 125
+        if os.WIFEXITED(status) or os.WIFSIGNALED(status):
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+
+
+# --- init: pid 1 of the sandbox -------------------------------------------------------------------------
+def _close_stray_fds(keep: Sequence[int]) -> None:
+    low = 3
+    for fd in sorted(k for k in keep if k >= 3):
+        os.closerange(low, fd)
+        low = fd + 1
+    os.closerange(low, 1 << 20)
+
+
+def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
+          ports: tuple[int, ...], sock: socket.socket, alive_r: int) -> int:  # pragma: no cover
+    sc.set_pdeathsig(signal.SIGKILL)
+    if select.select([alive_r], [], [], 0)[0]:  # EOF: the relay died before PDEATHSIG was armed
+        raise SandboxError("the relay died during setup")
+    os.close(alive_r)
+    _close_stray_fds([sock.fileno()])
+    sc.sethostname(plan.hostname)
+    mounts.make_private()
+    mounts.apply_masks(plan.mounts)
+    mounts.mount_proc_and_sys()
+    sc.loopback_up()
+    for port in ports:
+        lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            lsock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            lsock.bind(("127.0.0.1", port))
+            lsock.listen(128)
+        except OSError as exc:
+            raise SandboxError(f"inner listener 127.0.0.1:{port}: {exc.strerror}") from None
+        _send(sock, {"t": "listener", "port": port}, [lsock.fileno()])
+        lsock.close()
+    agent = os.fork()
+    if agent == 0:
+        code = 125
+        try:
+            _agent(plan, argv, env, cwd, seccomp, sock)
+        except BaseException as exc:
+            _send_error(sock, "agent", exc)
+        os._exit(code)
+    sock.close()
+
+    def forward(signum: int, _frame: object) -> None:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(agent, signum)
+
+    for sig in _FORWARDED:
+        signal.signal(sig, forward)
+    while True:  # reap every orphan; leave with the agent's status (the kernel then kills the rest)
+        try:
+            pid, status = os.wait()
+        except ChildProcessError:
+            return 125
+        if pid == agent and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
+            code = os.waitstatus_to_exitcode(status)
+            return 128 - code if code < 0 else code
+
+
+# --- the agent, up to exec ------------------------------------------------------------------------------
+def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
+           sock: socket.socket) -> None:  # pragma: no cover
+    sc.set_pdeathsig(signal.SIGKILL)
+    if os.getppid() != 1:
+        raise SandboxError("the sandbox init died during setup")
+    for sig in (*_TTY_SIGNALS, *_FORWARDED, signal.SIGPIPE, signal.SIGXFSZ, signal.SIGCHLD):
+        signal.signal(sig, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+    sc.drop_capabilities()
+    sc.set_no_new_privs()
+    landlock.restrict(plan.landlock)
+    try:
+        os.chdir(cwd)
+    except OSError as exc:
+        raise SandboxError(f"cannot enter the working directory {cwd} inside the sandbox: {exc.strerror}",
+                           hint="grant it in the policy, or run from the workspace") from None
+    listener: int | None = None
+    if seccomp is not None:
+        from guard.sandbox import seccomp as seccomp_mod
+
+        listener = seccomp_mod.install(seccomp)
+    _send(sock, {"t": "ready", "seccomp": listener is not None}, [listener] if listener is not None else [])
+    if listener is not None:
+        os.close(listener)  # the agent must never hold its own notification listener
+    go = sock.recv(1)
+    if go != _GO:
+        os._exit(125)  # the supervisor gave up on us: leave quietly
+    sock.close()
+    try:
+        os.execvpe(argv[0], argv, env)  # noqa: S606 - argv as given, no shell
+    except OSError as exc:
+        os.write(2, f"guard: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        os._exit(127 if isinstance(exc, FileNotFoundError) else 126)

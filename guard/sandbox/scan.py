@@ -1,0 +1,402 @@
+"""The one filesystem walk of a launch: what the policy's denies refer to *right now*.
+
+Landlock and bind mounts judge paths, not inodes, and a mount can only cover something that exists. So
+before the sandbox starts we find the existing paths that explicit denies (and write-protections, and the
+guard's own files) point at inside trees the policy grants: literal paths, glob matches such as
+`**/.env`, and files elsewhere in a granted tree that are hard links to any of them. Denies whose path does
+not exist yet are listed with their nearest existing ancestor: only the decision tier can guard those.
+
+The walk is bounded (entries and time); a capped walk is reported, never silently treated as complete.
+Symlinks are never followed by the walk; a literal deny that is a symlink is resolved, because the kernel
+resolves it too when the agent opens it.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import stat
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+from guard.model import Op, Verdict
+
+SELF_PROTECTION_RULE = "guard:self-protection"
+FILE_OPS = frozenset({Op.READ, Op.WRITE, Op.EXEC})
+# device paths the plan may grant IOCTL_DEV on (terminals): their existence is a launch fact too
+TERMINAL_PATHS = ("/dev/tty", "/dev/pts", "/dev/ptmx")
+_PSEUDO_ROOTS = ("/proc", "/sys", "/dev")
+_GLOB_CHARS = frozenset("*?[")
+
+
+class FileRuleLike(Protocol):
+    """The slice of `guard.policy.FileRule` the sandbox needs (docs/contracts.md)."""
+
+    @property
+    def rule_id(self) -> str: ...
+    @property
+    def verdict(self) -> Verdict: ...
+    @property
+    def ops(self) -> frozenset[Op]: ...
+    @property
+    def patterns(self) -> tuple[str, ...]: ...
+    @property
+    def excepts(self) -> tuple[str, ...]: ...
+    @property
+    def audit_only(self) -> bool: ...
+
+
+class PolicyLike(Protocol):
+    def file_rules(self) -> tuple[FileRuleLike, ...]: ...
+
+    @property
+    def sources(self) -> tuple[Path, ...]: ...
+
+
+# --- globs --------------------------------------------------------------------------------------------
+def _components(pattern: str) -> list[str]:
+    return [c for c in pattern.split("/") if c]
+
+
+def is_glob(component: str) -> bool:
+    return any(ch in _GLOB_CHARS for ch in component)
+
+
+def literal_prefix(pattern: str) -> str:
+    """The longest leading run of components without glob characters ('/' when the first one is a glob)."""
+    out: list[str] = []
+    for comp in _components(pattern):
+        if is_glob(comp):
+            break
+        out.append(comp)
+    return "/" + "/".join(out)
+
+
+def is_subtree_pattern(pattern: str) -> bool:
+    """True for `literal` and `literal/**`: the pattern names one path and (maybe) all beneath it."""
+    comps = _components(pattern)
+    if comps and comps[-1] == "**":
+        comps = comps[:-1]
+    return not any(is_glob(c) for c in comps)
+
+
+def _component_regex(comp: str) -> str:
+    out, i = [], 0
+    while i < len(comp):
+        ch = comp[i]
+        if ch == "*":
+            out.append("[^/]*")
+        elif ch == "?":
+            out.append("[^/]")
+        elif ch == "[":
+            end = comp.find("]", i + 2 if i + 1 < len(comp) and comp[i + 1] in "!^" else i + 1)
+            if end == -1:
+                out.append(re.escape(ch))
+            else:
+                body = comp[i + 1:end]
+                if body.startswith("!"):
+                    body = "^" + body[1:]
+                out.append("[" + body.replace("\\", "\\\\") + "]")
+                i = end
+        else:
+            out.append(re.escape(ch))
+        i += 1
+    return "".join(out)
+
+
+def glob_regex(pattern: str) -> re.Pattern[str]:
+    """`*`, `?` and `[...]` stay inside one component; `**` spans any number (a trailing `/**` also
+    matches the directory itself)."""
+    comps = _components(pattern)
+    parts: list[str] = []
+    for idx, comp in enumerate(comps):
+        if comp == "**":
+            parts.append("(?:/.*)?" if idx == len(comps) - 1 else "(?:/[^/]+)*")
+        else:
+            parts.append("/" + _component_regex(comp))
+    return re.compile("".join(parts) or "/", re.DOTALL)
+
+
+def is_beneath(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
+
+
+# --- facts --------------------------------------------------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class PathFact:
+    """What exists at `path` at launch: kind is dir, file, other (device, fifo, socket) or missing;
+    `resolved` is the path with every symlink resolved (what the kernel will judge)."""
+
+    path: str
+    kind: str
+    resolved: str
+
+
+@dataclass(frozen=True, slots=True)
+class Match:
+    """An existing path that a deny-like rule covers; `via` says how it was found."""
+
+    path: str
+    kind: str
+    rule_id: str
+    ops: frozenset[Op]
+    verdict: Verdict
+    via: str
+
+
+@dataclass(frozen=True, slots=True)
+class MissingDeny:
+    pattern: str
+    rule_id: str
+    ops: frozenset[Op]
+    ancestor: str  # nearest existing ancestor: whoever can create entries there can create the path
+
+
+@dataclass(frozen=True, slots=True)
+class LaunchFacts:
+    paths: tuple[PathFact, ...]
+    matches: tuple[Match, ...]
+    missing: tuple[MissingDeny, ...] = ()
+    walked: tuple[str, ...] = ()
+    capped: tuple[str, ...] = ()
+    unreadable: tuple[str, ...] = ()
+    _index: dict[str, PathFact] = field(default_factory=dict, compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        self._index.update({p.path: p for p in self.paths})
+
+    def fact(self, path: str) -> PathFact | None:
+        return self._index.get(path)
+
+
+@dataclass(frozen=True, slots=True)
+class _Target:
+    pattern: str
+    rule_id: str
+    ops: frozenset[Op]
+    verdict: Verdict
+    regex: re.Pattern[str]
+    prefix: str
+    subtree: bool
+
+
+def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]:
+    """Everything a mask or a write-protection may be needed for: deny and ask rules (not audit-only),
+    the excepts of allow rules (carved out of a grant), and the guard's own files."""
+    out: list[_Target] = []
+
+    def add(pattern: str, rule_id: str, ops: frozenset[Op], verdict: Verdict) -> None:
+        pattern = pattern if pattern.startswith("/") else "/" + pattern
+        out.append(_Target(pattern, rule_id, ops, verdict, glob_regex(pattern), literal_prefix(pattern),
+                           is_subtree_pattern(pattern)))
+
+    for rule in policy.file_rules():
+        ops = frozenset(rule.ops) & FILE_OPS
+        if not ops or rule.audit_only:
+            continue
+        if rule.verdict in (Verdict.DENY, Verdict.ASK):
+            for pattern in rule.patterns:
+                add(pattern, rule.rule_id, ops, rule.verdict)
+        else:
+            for pattern in rule.excepts:
+                add(pattern, rule.rule_id, ops, Verdict.DENY)
+    everything = frozenset(FILE_OPS)
+    for path in protected:
+        add(os.path.abspath(path), SELF_PROTECTION_RULE, everything, Verdict.DENY)
+    return out
+
+
+def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
+    """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath."""
+    out: list[tuple[str, frozenset[Op], str]] = []
+    for rule in policy.file_rules():
+        ops = frozenset(rule.ops) & FILE_OPS
+        if rule.verdict is Verdict.ALLOW and ops:
+            out.extend((literal_prefix(p if p.startswith("/") else "/" + p), ops, rule.rule_id)
+                       for p in rule.patterns)
+    return out
+
+
+def _kind(mode: int) -> str:
+    if stat.S_ISDIR(mode):
+        return "dir"
+    if stat.S_ISREG(mode):
+        return "file"
+    return "other"
+
+
+def path_fact(path: str) -> PathFact:
+    resolved = os.path.realpath(path)
+    try:
+        st = os.stat(resolved)
+    except OSError:
+        return PathFact(path, "missing", resolved)
+    return PathFact(path, _kind(st.st_mode), resolved)
+
+
+def _nearest_existing(path: str) -> str:
+    cur = path
+    while cur != "/" and not os.path.lexists(cur):
+        cur = os.path.dirname(cur)
+    return cur
+
+
+class _Budget:
+    def __init__(self, max_entries: int, seconds: float, clock: Callable[[], float]) -> None:
+        self.left = max_entries
+        self.deadline = clock() + seconds
+        self.clock = clock
+        self.capped: list[str] = []
+        self.max_entries, self.seconds = max_entries, seconds
+
+    def spend(self, root: str) -> bool:
+        self.left -= 1
+        if self.left < 0 or (self.left % 512 == 0 and self.clock() > self.deadline):
+            why = f"{self.max_entries} entries" if self.left < 0 else f"{self.seconds:g} s"
+            self.capped.append(f"scan of {root} stopped after {why}: files beyond it were not checked")
+            return False
+        return True
+
+
+def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterable[tuple[str, os.stat_result | None,
+                                                                               bool]]:
+    """Yield (path, stat or None, is_dir) beneath root without following symlinks. Regular files are
+    stat'ed (for st_nlink); directories are not. Stops (and records why) when the budget runs out."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        try:
+            with os.scandir(top) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append(f"{top}: {exc.strerror}")
+            continue
+        for entry in entries:
+            if not budget.spend(root):
+                return
+            try:
+                is_dir = entry.is_dir(follow_symlinks=False)
+                st = None if is_dir else entry.stat(follow_symlinks=False)
+            except OSError as exc:
+                unreadable.append(f"{entry.path}: {exc.strerror}")
+                continue
+            yield entry.path, st, is_dir
+            if is_dir:
+                stack.append(entry.path)
+
+
+def _walk_roots(grants: list[tuple[str, frozenset[Op], str]], workspace: str, home: str) -> list[str]:
+    """Granted directories worth scanning: writable ones (the agent could create files there, and
+    anything planted there before launch is in reach), and anything granted under home or the workspace
+    (where secrets live). System trees granted read-only are not walked (reported by the planner)."""
+    roots = {workspace} if os.path.isdir(workspace) else set()
+    for prefix, ops, _ in grants:
+        if any(is_beneath(prefix, p) for p in _PSEUDO_ROOTS) or not os.path.isdir(prefix):
+            continue
+        if Op.WRITE in ops or is_beneath(prefix, home) or is_beneath(prefix, workspace):
+            roots.add(os.path.realpath(prefix))
+    ordered = sorted(roots, key=lambda p: (p.count("/"), p))
+    kept: list[str] = []
+    for root in ordered:
+        if not any(is_beneath(root, k) for k in kept):
+            kept.append(root)
+    return kept
+
+
+def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
+                      home: Path | None = None, max_entries: int = 200_000, seconds: float = 3.0,
+                      clock: Callable[[], float] = time.monotonic) -> LaunchFacts:
+    """Walk what the policy's denies refer to at launch; see the module docstring."""
+    ws = os.path.realpath(workspace)
+    home_dir = os.path.realpath(home if home is not None else Path.home())
+    targets = deny_targets(policy, protected)
+    grants = grant_prefixes(policy)
+    budget = _Budget(max_entries, seconds, clock)
+    unreadable: list[str] = []
+
+    facts: dict[str, PathFact] = {}
+    for path in [g[0] for g in grants] + [t.prefix for t in targets] + list(TERMINAL_PATHS) + [ws]:
+        if path not in facts:
+            facts[path] = path_fact(path)
+
+    matches: dict[str, Match] = {}
+    missing: list[MissingDeny] = []
+    denied_inodes: dict[tuple[int, int], Match] = {}
+
+    def record(m: Match) -> None:
+        old = matches.get(m.path)
+        if old is None or _strength(m) > _strength(old):
+            matches[m.path] = m
+
+    def collect_inodes(root: str, owner: Match) -> None:
+        for _path, st, _is_dir in _walk(root, budget, unreadable):
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
+
+    # literal targets: resolve, record, and remember the inodes they protect
+    for t in targets:
+        if not t.subtree:
+            continue
+        fact = facts[t.prefix]
+        if fact.kind == "missing":
+            missing.append(MissingDeny(t.pattern, t.rule_id, t.ops, _nearest_existing(t.prefix)))
+            continue
+        m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict,
+                  "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern")
+        record(m)
+        if fact.kind == "dir":
+            collect_inodes(fact.resolved, m)
+        else:
+            try:
+                lst = os.stat(fact.resolved)
+                denied_inodes.setdefault((lst.st_dev, lst.st_ino), m)
+            except OSError as exc:
+                unreadable.append(f"{fact.resolved}: {exc.strerror}")
+
+    # one walk of the granted trees: glob matches, plus every multiply-linked file for the alias check
+    globs = [t for t in targets if not t.subtree]
+    roots = _walk_roots(grants, ws, home_dir)
+    linked: list[tuple[str, int, int]] = []
+    for root in roots:
+        relevant = [t for t in globs if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
+        inside: list[tuple[str, Match]] = []  # matched directories we are walking beneath
+        for path, st, is_dir in _walk(root, budget, unreadable):
+            while inside and not is_beneath(path, inside[-1][0]):
+                inside.pop()
+            owner = inside[-1][1] if inside else None
+            if owner is None:
+                for t in relevant:
+                    if t.regex.fullmatch(path):
+                        owner = Match(os.path.realpath(path), "dir" if is_dir else _kind(st.st_mode if st
+                                      else 0), t.rule_id, t.ops, t.verdict, f"glob {t.pattern}")
+                        record(owner)
+                        if is_dir:
+                            inside.append((path, owner))
+                        break
+            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                if owner is not None:
+                    denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
+                else:
+                    linked.append((path, st.st_dev, st.st_ino))
+    denied_dirs = [m.path for m in matches.values() if m.kind == "dir"]
+    for path, dev, ino in linked:
+        orig = denied_inodes.get((dev, ino))
+        if orig is not None and path not in matches and not any(is_beneath(path, d) for d in denied_dirs):
+            record(Match(path, "file", orig.rule_id, orig.ops, orig.verdict, f"hard link to {orig.path}"))
+
+    ordered = tuple(sorted(matches.values(), key=lambda m: m.path))
+    return LaunchFacts(paths=tuple(facts.values()), matches=ordered,
+                       missing=tuple(missing), walked=tuple(roots), capped=tuple(budget.capped),
+                       unreadable=tuple(unreadable))
+
+
+def _strength(m: Match) -> int:
+    """Which of two matches on one path wins: hiding beats write-protecting beats no-exec."""
+    if Op.READ in m.ops:
+        return 3
+    if Op.WRITE in m.ops:
+        return 2
+    return 1

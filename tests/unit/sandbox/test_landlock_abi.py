@@ -1,0 +1,110 @@
+"""Best-effort downgrade by Landlock ABI: what each kernel generation can enforce, and what we say."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from guard.errors import SandboxError
+from guard.model import Op, Verdict
+from guard.sandbox import _syscalls as sc
+from guard.sandbox import landlock as ll
+from guard.sandbox.plan import build_plan
+from guard.sandbox.report import State
+from guard.sandbox.scan import LaunchFacts, PathFact
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    verdict: Verdict
+    ops: frozenset[Op]
+    patterns: tuple[str, ...]
+    excepts: tuple[str, ...] = ()
+    audit_only: bool = False
+
+
+@dataclass(frozen=True)
+class Pol:
+    rules: tuple[Rule, ...]
+    sources: tuple[Path, ...] = ()
+
+    def file_rules(self) -> tuple[Rule, ...]:
+        return self.rules
+
+
+POLICY = Pol((Rule("ws", Verdict.ALLOW, frozenset({Op.READ, Op.WRITE, Op.EXEC}), ("/ws/**",)),))
+FACTS = LaunchFacts(paths=(PathFact("/ws", "dir", "/ws"), PathFact("/dev/tty", "other", "/dev/tty"),
+                           PathFact("/dev/pts", "dir", "/dev/pts")), matches=())
+
+
+def _plan(abi: int):
+    return build_plan(POLICY, FACTS, workspace=Path("/ws"), protected=[], abi=abi)
+
+
+@pytest.mark.parametrize(("abi", "refer", "truncate", "ioctl"), [
+    (1, False, False, False), (2, True, False, False), (3, True, True, False), (4, True, True, False),
+    (5, True, True, True), (6, True, True, True), (7, True, True, True), (9, True, True, True)])
+def test_handled_rights_follow_the_abi(abi: int, refer: bool, truncate: bool, ioctl: bool) -> None:
+    handled = ll.handled_fs(abi)
+    assert bool(handled & sc.ACCESS_FS_REFER) is refer
+    assert bool(handled & sc.ACCESS_FS_TRUNCATE) is truncate
+    assert bool(handled & sc.ACCESS_FS_IOCTL_DEV) is ioctl
+    assert handled & sc.ACCESS_FS_MAKE_SYM and handled & sc.ACCESS_FS_EXECUTE
+    plan = _plan(abi)
+    for grant in plan.landlock.grants:  # a rule never carries a right the ruleset does not handle
+        assert grant.access & ~handled == 0
+
+
+def test_no_landlock_means_not_enforced_and_require_full_refuses() -> None:
+    plan = _plan(0)
+    assert not plan.landlock.enabled and plan.landlock.grants == ()
+    assert plan.report.get("files: allowlist (Landlock)").state is State.NOT
+    with pytest.raises(SandboxError, match="allowlist"):
+        plan.report.require_full()
+
+
+@pytest.mark.parametrize("abi", [1, 2, 3, 4, 5])
+def test_scopes_before_abi6_are_partly(abi: int) -> None:
+    plan = _plan(abi)
+    assert plan.landlock.scoped == 0
+    assert plan.report.get("scope: signals to processes outside").state is State.PARTLY
+    assert plan.report.overall is State.PARTLY
+
+
+def test_abi6_has_scopes_but_no_logging_flags() -> None:
+    plan = _plan(6)
+    assert plan.landlock.scoped == sc.SCOPE_SIGNAL | sc.SCOPE_ABSTRACT_UNIX_SOCKET
+    assert plan.landlock.restrict_flags == 0
+    # logging is informational: its absence does not block --require-full
+    assert plan.report.get("audit: Landlock denials logged after exec").state is State.NOT
+    plan.report.require_full()
+
+
+def test_abi7_full() -> None:
+    plan = _plan(7)
+    assert plan.landlock.restrict_flags == sc.RESTRICT_SELF_LOG_NEW_EXEC_ON
+    assert plan.report.overall is State.FULLY
+    tty = {g.path: g for g in plan.landlock.grants}
+    assert tty["/dev/tty"].access == sc.ACCESS_FS_IOCTL_DEV and not tty["/dev/tty"].is_dir
+    assert tty["/dev/pts"].access == sc.ACCESS_FS_IOCTL_DEV
+
+
+def test_ioctl_dev_only_on_terminals() -> None:
+    for g in _plan(7).landlock.grants:
+        if g.access & sc.ACCESS_FS_IOCTL_DEV:
+            assert g.path in ("/dev/tty", "/dev/pts", "/dev/ptmx")
+
+
+def test_abi1_refer_is_partly() -> None:
+    prot = _plan(1).report.get("files: rename/link across directories (REFER)")
+    assert prot.state is State.PARTLY and "ABI 1" in prot.reason
+
+
+def test_host_abi_is_probed() -> None:
+    abi = sc.landlock_abi()
+    if abi == 0:
+        pytest.skip("Landlock is not available on this kernel")
+    assert abi >= 1

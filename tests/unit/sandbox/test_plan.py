@@ -1,0 +1,206 @@
+"""The pure planner and the one launch-time walk: hand-built policies, real temporary trees, no kernel."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from guard.errors import SandboxError
+from guard.model import Op, Verdict
+from guard.sandbox import landlock as ll
+from guard.sandbox.plan import MountKind, build_plan
+from guard.sandbox.report import State
+from guard.sandbox.scan import LaunchFacts, glob_regex, literal_prefix, scan_launch_facts
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    verdict: Verdict
+    ops: frozenset[Op]
+    patterns: tuple[str, ...]
+    excepts: tuple[str, ...] = ()
+    audit_only: bool = False
+
+
+@dataclass(frozen=True)
+class Pol:
+    """Stands in for guard.policy.Policy: the two members the sandbox reads (docs/contracts.md)."""
+
+    rules: tuple[Rule, ...]
+    sources: tuple[Path, ...] = ()
+
+    def file_rules(self) -> tuple[Rule, ...]:
+        return self.rules
+
+
+RW = frozenset({Op.READ, Op.WRITE})
+R = frozenset({Op.READ})
+W = frozenset({Op.WRITE})
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> dict[str, Path]:
+    ws = tmp_path / "ws"
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    (ws / "src").mkdir()
+    (ws / "src" / ".env").write_text("TOKEN=1")
+    (ws / "src" / "main.py").write_text("print(1)")
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("KEY")
+    gh = tmp_path / "guard-home"
+    gh.mkdir()
+    return {"ws": ws, "home": home, "gh": gh, "root": tmp_path}
+
+
+def _policy(t: dict[str, Path], *extra: Rule) -> Pol:
+    return Pol((Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)),
+                Rule("home-read", Verdict.ALLOW, R, (f"{t['home']}/**",)),
+                Rule("ssh", Verdict.DENY, RW, (f"{t['home']}/.ssh/**",)),
+                Rule("env", Verdict.DENY, RW, ("/**/.env",)),
+                Rule("hooks", Verdict.ASK, W, (f"{t['ws']}/.git/hooks/**",)),
+                *extra))
+
+
+def _plan(t: dict[str, Path], pol: Pol, abi: int = 7, **scan_kw: object):
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"], **scan_kw)  # type: ignore[arg-type]
+    return facts, build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=abi)
+
+
+def test_glob_semantics() -> None:
+    assert literal_prefix("/a/b/**/c") == "/a/b"
+    assert literal_prefix("/**/.env") == "/"
+    rx = glob_regex("/ws/**/.env")
+    assert rx.fullmatch("/ws/.env") and rx.fullmatch("/ws/a/b/.env")
+    assert not rx.fullmatch("/ws/a/.envrc")
+    sub = glob_regex("/h/.ssh/**")
+    assert sub.fullmatch("/h/.ssh") and sub.fullmatch("/h/.ssh/id") and not sub.fullmatch("/h/.sshx")
+    one = glob_regex("/ws/*.py")
+    assert one.fullmatch("/ws/a.py") and not one.fullmatch("/ws/d/a.py")
+    cls = glob_regex("/ws/[!a]x")
+    assert cls.fullmatch("/ws/bx") and not cls.fullmatch("/ws/ax")
+
+
+def test_denies_inside_granted_trees_become_mounts(tree: dict[str, Path]) -> None:
+    _, plan = _plan(tree, _policy(tree))
+    by_path = {m.path: m.kind for m in plan.mounts}
+    assert by_path[str(tree["home"] / ".ssh")] is MountKind.HIDE_DIR
+    assert by_path[str(tree["ws"] / "src" / ".env")] is MountKind.HIDE_FILE
+    assert by_path[str(tree["ws"] / ".git" / "hooks")] is MountKind.READ_ONLY
+    assert by_path[str(tree["gh"])] is MountKind.HIDE_DIR
+    assert str(tree["ws"] / "src" / "main.py") not in by_path
+    # shallowest first, so a deeper mount lands on top of a shallower one
+    depths = [m.path.count("/") for m in plan.mounts]
+    assert depths == sorted(depths)
+
+
+def test_guard_home_is_hidden_even_when_the_policy_grants_it(tree: dict[str, Path]) -> None:
+    pol = _policy(tree, Rule("gh", Verdict.ALLOW, RW, (f"{tree['gh']}/**",)))
+    _, plan = _plan(tree, pol)
+    assert any(m.path == str(tree["gh"]) and m.kind is MountKind.HIDE_DIR for m in plan.mounts)
+
+
+def test_deny_outside_every_grant_needs_no_mount(tree: dict[str, Path]) -> None:
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{tree['ws']}/**",)),
+               Rule("ssh", Verdict.DENY, RW, (f"{tree['home']}/.ssh/**",))))
+    _, plan = _plan(tree, pol)
+    assert str(tree["home"] / ".ssh") not in {m.path for m in plan.mounts}
+    # ... but without Landlock the mount is the only protection left
+    _, plan0 = _plan(tree, pol, abi=0)
+    assert str(tree["home"] / ".ssh") in {m.path for m in plan0.mounts}
+
+
+def test_hard_link_planted_before_launch_is_masked(tree: dict[str, Path]) -> None:
+    link = tree["ws"] / "innocent.txt"
+    os.link(tree["home"] / ".ssh" / "id_ed25519", link)
+    facts, plan = _plan(tree, _policy(tree))
+    hit = [m for m in facts.matches if m.path == str(link)]
+    assert hit and hit[0].via.startswith("hard link to")
+    assert any(m.path == str(link) and m.kind is MountKind.HIDE_FILE for m in plan.mounts)
+    assert "1 found" in plan.report.get("files: hard links planted before launch").reason
+
+
+def test_hard_link_to_a_glob_matched_file_found_later_in_the_walk(tree: dict[str, Path]) -> None:
+    (tree["ws"] / "aaa").mkdir()
+    os.link(tree["ws"] / "src" / ".env", tree["ws"] / "aaa" / "copy")
+    facts, _ = _plan(tree, _policy(tree))
+    assert str(tree["ws"] / "aaa" / "copy") in {m.path for m in facts.matches}
+
+
+def test_symlinked_literal_deny_is_resolved(tree: dict[str, Path]) -> None:
+    real = tree["root"] / "aws-real"
+    real.mkdir()
+    (tree["home"] / ".aws").symlink_to(real)
+    pol = _policy(tree, Rule("aws", Verdict.DENY, RW, (f"{tree['home']}/.aws/**",)),
+                  Rule("real", Verdict.ALLOW, R, (f"{real}/**",)))
+    _, plan = _plan(tree, pol)
+    assert str(real) in {m.path for m in plan.mounts}
+
+
+def test_landlock_grants_from_literal_prefixes(tree: dict[str, Path]) -> None:
+    f = tree["root"] / "tool"
+    f.write_text("x")
+    pol = _policy(tree, Rule("tool", Verdict.ALLOW, frozenset({Op.READ, Op.EXEC, Op.WRITE}), (str(f),)),
+                  Rule("py", Verdict.ALLOW, R, (f"{tree['root']}/lib/*.py",)))
+    _, plan = _plan(tree, pol)
+    grants = {g.path: g for g in plan.landlock.grants}
+    ws = grants[str(tree["ws"])]
+    assert ws.is_dir and ws.access & ll.WRITE_RIGHTS == ll.WRITE_RIGHTS
+    assert not ws.access & ll.EXEC_RIGHTS
+    tool = grants[str(f)]
+    assert not tool.is_dir and tool.access & ~ll.FILE_RIGHTS == 0 and tool.access & ll.EXEC_RIGHTS
+    assert str(tree["root"] / "lib") not in grants  # missing at launch: not granted, and reported
+    assert "does not exist at launch" in plan.report.get("files: allowlist (Landlock)").reason
+
+
+def test_missing_deny_under_a_writable_tree_is_reported_partly(tree: dict[str, Path]) -> None:
+    pol = _policy(tree, Rule("secret", Verdict.DENY, RW, (f"{tree['ws']}/secrets/**",)))
+    facts, plan = _plan(tree, pol)
+    assert [m.ancestor for m in facts.missing] == [str(tree["ws"])]
+    prot = plan.report.get("files: denies inside granted trees")
+    assert prot.state is State.PARTLY and "secrets" in prot.reason
+    with pytest.raises(SandboxError, match="denies inside granted trees"):
+        plan.report.require_full()
+
+
+def test_capped_scan_is_reported(tree: dict[str, Path]) -> None:
+    for i in range(20):
+        (tree["ws"] / f"f{i}").write_text("")
+    _, plan = _plan(tree, _policy(tree), max_entries=5)
+    assert plan.report.get("files: hard links planted before launch").state is State.PARTLY
+    assert "stopped after 5 entries" in plan.report.get("files: denies inside granted trees").reason
+
+
+def test_audit_only_deny_does_not_mask(tree: dict[str, Path]) -> None:
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{tree['ws']}/**",)),
+               Rule("env", Verdict.DENY, RW, ("/**/.env",), audit_only=True)))
+    _, plan = _plan(tree, pol)
+    assert str(tree["ws"] / "src" / ".env") not in {m.path for m in plan.mounts}
+
+
+def test_allow_excepts_are_carved_out(tree: dict[str, Path]) -> None:
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{tree['ws']}/**",), excepts=(f"{tree['ws']}/src/**",)),))
+    _, plan = _plan(tree, pol)
+    assert any(m.path == str(tree["ws"] / "src") and m.kind is MountKind.HIDE_DIR for m in plan.mounts)
+
+
+def test_nothing_under_a_hidden_directory_is_mounted_again(tree: dict[str, Path]) -> None:
+    pol = _policy(tree, Rule("key", Verdict.DENY, RW, (str(tree["home"] / ".ssh" / "id_ed25519"),)))
+    _, plan = _plan(tree, pol)
+    assert str(tree["home"] / ".ssh" / "id_ed25519") not in {m.path for m in plan.mounts}
+
+
+def test_plan_is_pure_given_facts(tree: dict[str, Path]) -> None:
+    pol = _policy(tree)
+    facts = scan_launch_facts(pol, workspace=tree["ws"], protected=[tree["gh"]], home=tree["home"])
+    a = build_plan(pol, facts, workspace=tree["ws"], protected=[tree["gh"]], abi=7)
+    b = build_plan(pol, facts, workspace=tree["ws"], protected=[tree["gh"]], abi=7)
+    assert a == b
+    empty = LaunchFacts(paths=(), matches=())
+    bare = build_plan(pol, empty, workspace=tree["ws"], protected=[], abi=7)
+    assert bare.mounts == () and bare.landlock.grants == ()
