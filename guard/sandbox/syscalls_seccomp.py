@@ -70,7 +70,7 @@ def set_no_new_privs() -> None:
 
 
 def no_new_privs() -> bool:
-    return _libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1
+    return bool(_libc.prctl(PR_GET_NO_NEW_PRIVS, 0, 0, 0, 0) == 1)
 
 
 def seccomp_set_filter(program: bytes, flags: int) -> int:

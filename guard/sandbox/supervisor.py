@@ -1,0 +1,777 @@
+"""The decision tier: serve seccomp user notifications from a sandboxed process tree.
+
+The supervisor runs outside the sandbox, as the user, not under Landlock. For each notification it reads
+the syscall's arguments from the task's memory, turns them into an `Action`, asks `decide`, calls
+`record`, and replies. Three kinds of reply, each chosen for what it can guarantee:
+
+- Write-opens are *performed by the supervisor*: it resolves the path itself, component by component,
+  in the task's root with no symlink followed by the kernel, decides on the canonical path, opens the
+  final name relative to the parent directory it already holds (O_NOFOLLOW), and injects the descriptor
+  with SECCOMP_IOCTL_NOTIF_ADDFD|SEND. A thread that rewrites the path after the check changes nothing:
+  the kernel never reads that path again. Because the supervisor is not confined, the decision must be
+  the policy's complete answer for that path; nothing else stands behind it.
+- exec, rename, link, mkdir, ... are decided and then CONTINUEd: the kernel re-reads the arguments, so a
+  racing thread can swap them after the check. Landlock bounds what can actually happen there (exec
+  allowlist, writable trees); this tier adds the `run`/deny/ask rules and the record of every exec.
+- Everything that goes wrong replies an errno (fail closed): a decide() that raises, a path that cannot
+  be resolved, a magic link we cannot vouch for. A vanished task is skipped. No exception ends the loop.
+
+The notification id is re-validated (SECCOMP_IOCTL_NOTIF_ID_VALID) after every read of /proc, because a
+task that died between RECV and the read may have had its pid reused by an unrelated process.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import logging
+import os
+import select
+import shlex
+import stat
+import struct
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox import syscalls_seccomp as sc
+from guard.sandbox.seccomp import ARCHES, SeccompSpec
+
+log = logging.getLogger(__name__)
+
+PATH_MAX = 4096
+ARGV_MAX_ARGS = 1024
+ARGV_MAX_BYTES = 128 * 1024
+SYMLINK_MAX = 40
+TRUNCATED_MARK = "[guard: argv truncated]"
+PROC_SUPER_MAGIC = 0x9FA0
+
+AT_FDCWD = -100
+AT_SYMLINK_NOFOLLOW = 0x100
+AT_SYMLINK_FOLLOW = 0x400
+AT_EMPTY_PATH = 0x1000
+O_PATH = 0o10000000
+O_TMPFILE = 0o20000000 | os.O_DIRECTORY
+RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
+RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 0x08, 0x10, 0x20
+_OPEN_HOW = struct.Struct("=QQQ")
+
+Decide = Callable[[Action], Decision]
+Record = Callable[[Action, Decision], None]
+
+
+class _Reply(Exception):
+    """Raised inside a handler to answer the syscall with an errno."""
+
+    def __init__(self, err: int) -> None:
+        super().__init__(os.strerror(err))
+        self.err = err
+
+
+class _Gone(Exception):
+    """The notification is no longer valid (task died or was interrupted): nothing to answer."""
+
+
+@dataclass(frozen=True, slots=True)
+class _PathArg:
+    dirfd_arg: int | None  # index of the dirfd argument, None for AT_FDCWD
+    path_arg: int
+    follow: bool
+
+
+_AT = None
+# syscall -> the paths it writes (op WRITE on each), as (dirfd arg, path arg, follow final symlink).
+_PATH_OPS: dict[str, tuple[_PathArg, ...]] = {
+    "rename": (_PathArg(_AT, 0, False), _PathArg(_AT, 1, False)),
+    "renameat": (_PathArg(0, 1, False), _PathArg(2, 3, False)),
+    "renameat2": (_PathArg(0, 1, False), _PathArg(2, 3, False)),
+    "link": (_PathArg(_AT, 0, False), _PathArg(_AT, 1, False)),
+    "linkat": (_PathArg(0, 1, False), _PathArg(2, 3, False)),  # source follow: see _path_op
+    "symlink": (_PathArg(_AT, 1, False),),
+    "symlinkat": (_PathArg(1, 2, False),),
+    "mkdir": (_PathArg(_AT, 0, False),),
+    "mkdirat": (_PathArg(0, 1, False),),
+    "mknod": (_PathArg(_AT, 0, False),),
+    "mknodat": (_PathArg(0, 1, False),),
+    "truncate": (_PathArg(_AT, 0, True),),
+    "unlink": (_PathArg(_AT, 0, False),),
+    "unlinkat": (_PathArg(0, 1, False),),
+    "rmdir": (_PathArg(_AT, 0, False),),
+}
+
+
+def _s32(value: int) -> int:
+    value &= 0xFFFFFFFF
+    return value - (1 << 32) if value & 0x80000000 else value
+
+
+class _Task:
+    """Access to one notifying task through the supervisor's /proc, opened lazily, closed at the end."""
+
+    def __init__(self, pid: int, stack: ExitStack) -> None:
+        self.pid = pid
+        self._stack = stack
+        self._mem: int | None = None
+        self._root: int | None = None
+        self._root_text: str | None = None
+        self._status: dict[str, str] | None = None
+
+    def _fd(self, fd: int) -> int:
+        self._stack.callback(os.close, fd)
+        return fd
+
+    def _proc(self, name: str, flags: int) -> int:
+        try:
+            return self._fd(os.open(f"/proc/{self.pid}/{name}", flags))
+        except (ProcessLookupError, FileNotFoundError) as exc:
+            raise _Gone() from exc
+
+    # memory -----------------------------------------------------------------------------------------
+    def _memfd(self) -> int:
+        if self._mem is None:
+            self._mem = self._proc("mem", os.O_RDONLY | os.O_CLOEXEC)
+        return self._mem
+
+    def read(self, addr: int, size: int) -> bytes:
+        """Up to `size` bytes at `addr`, stopping early at an unmapped page; EFAULT if none."""
+        if addr == 0:
+            raise _Reply(errno.EFAULT)
+        out = bytearray()
+        while len(out) < size:
+            want = min(4096 - (addr + len(out)) % 4096, size - len(out))
+            try:
+                chunk = os.pread(self._memfd(), want, addr + len(out))
+            except OSError:
+                chunk = b""
+            if not chunk:
+                break
+            out += chunk
+        if not out:
+            raise _Reply(errno.EFAULT)
+        return bytes(out)
+
+    def read_str(self, addr: int, limit: int) -> tuple[bytes, bool]:
+        """The NUL-terminated string at `addr`, at most `limit` bytes; (text, complete)."""
+        out = bytearray()
+        while len(out) < limit:
+            start = addr + len(out)
+            want = min(4096 - start % 4096, limit - len(out))
+            try:
+                chunk = self.read(start, want)
+            except _Reply:
+                if not out:
+                    raise
+                raise _Reply(errno.EFAULT) from None
+            nul = chunk.find(0)
+            if nul >= 0:
+                return bytes(out + chunk[:nul]), True
+            out += chunk
+        return bytes(out), False
+
+    def read_path(self, addr: int) -> str:
+        raw, complete = self.read_str(addr, PATH_MAX)
+        if not complete:
+            raise _Reply(errno.ENAMETOOLONG)
+        return os.fsdecode(raw)
+
+    def read_argv(self, addr: int) -> tuple[tuple[str, ...], bool]:
+        """argv with bounds (ARGV_MAX_ARGS, ARGV_MAX_BYTES); (argv, truncated)."""
+        args: list[str] = []
+        budget = ARGV_MAX_BYTES
+        if addr == 0:
+            return (), False
+        while len(args) < ARGV_MAX_ARGS:
+            raw = self.read(addr + 8 * len(args), 8)
+            if len(raw) < 8:
+                raise _Reply(errno.EFAULT)
+            ptr = int.from_bytes(raw, "little")
+            if ptr == 0:
+                return tuple(args), False
+            if budget <= 0:
+                return tuple(args), True
+            text, complete = self.read_str(ptr, budget)
+            args.append(os.fsdecode(text))
+            budget -= len(text) + 1
+            if not complete:
+                return tuple(args), True
+        raw = self.read(addr + 8 * len(args), 8)
+        return tuple(args), int.from_bytes(raw[:8], "little") != 0
+
+    # file system view -------------------------------------------------------------------------------
+    def root(self) -> int:
+        if self._root is None:
+            self._root = self._proc("root", O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
+        return self._root
+
+    def root_text(self) -> str:
+        if self._root_text is None:
+            try:
+                self._root_text = os.readlink(f"/proc/{self.pid}/root")
+            except (ProcessLookupError, FileNotFoundError) as exc:
+                raise _Gone() from exc
+        return self._root_text
+
+    def status(self, key: str) -> str:
+        if self._status is None:
+            try:
+                with open(f"/proc/{self.pid}/status", encoding="utf-8", errors="replace") as fh:
+                    self._status = dict(line.rstrip("\n").split(":\t", 1) for line in fh if ":\t" in line)
+            except (ProcessLookupError, FileNotFoundError) as exc:
+                raise _Gone() from exc
+        return self._status.get(key, "")
+
+    def ns_ids(self) -> tuple[str, str]:
+        """(tgid, tid) as the task's own pid namespace numbers them: what its /proc/self means."""
+        tgid = self.status("NStgid").split() or [self.status("Tgid")]
+        tid = self.status("NSpid").split() or [self.status("Pid")]
+        return tgid[-1], tid[-1]
+
+    def base(self, dirfd: int | None) -> int:
+        """An O_PATH fd for the task's cwd (dirfd None or AT_FDCWD) or for its descriptor `dirfd`."""
+        name = "cwd" if dirfd is None or dirfd == AT_FDCWD else f"fd/{dirfd}"
+        try:
+            return self._fd(os.open(f"/proc/{self.pid}/{name}", O_PATH | os.O_CLOEXEC))
+        except FileNotFoundError as exc:
+            if name == "cwd" or not os.path.exists(f"/proc/{self.pid}"):
+                raise _Gone() from exc
+            raise _Reply(errno.EBADF) from exc
+        except ProcessLookupError as exc:
+            raise _Gone() from exc
+
+    def open_dir(self, comps: list[str]) -> int:
+        """Walk canonical components from the task's root, following nothing."""
+        fd = self.root()
+        for name in comps:
+            fd = self._fd(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd))
+        return fd
+
+    def canonical(self, objfd: int) -> list[str] | None:
+        """The components of `objfd`'s path in the task's view of the file system, or None when it has
+        none we can vouch for (deleted, outside the task's root, or no longer at that path)."""
+        text = os.readlink(f"/proc/self/fd/{objfd}")
+        root = self.root_text()
+        if not text.startswith("/"):
+            return None
+        if root != "/":
+            if text != root and not text.startswith(root + "/"):
+                return None
+            text = text[len(root):] or "/"
+        comps = [c for c in text.split("/") if c]
+        try:
+            if comps:
+                found = os.stat(comps[-1], dir_fd=self.open_dir(comps[:-1]), follow_symlinks=False)
+            else:
+                found = os.fstat(self.root())
+        except OSError:
+            return None
+        want = os.fstat(objfd)
+        if (found.st_dev, found.st_ino) != (want.st_dev, want.st_ino):
+            return None
+        return comps
+
+
+@dataclass(slots=True)
+class _Resolved:
+    """Where a path leads: the held parent directory and final name, or a held object (magic link)."""
+
+    parent: int
+    name: str  # "." when the path names a directory itself
+    comps: list[str]  # canonical components of the full path
+    obj: int | None = None  # an O_PATH fd of the object a /proc magic link pointed at
+    anonymous: bool = False  # obj is not in the file system (pipe, socket, anon inode)
+
+    @property
+    def path(self) -> str:
+        return "/" + "/".join(self.comps)
+
+
+class _Walker:
+    """Resolves a path as the task would, one component at a time, never letting the kernel follow a
+    symlink, and tracking the canonical path in the task's view."""
+
+    def __init__(self, task: _Task, stack: ExitStack, *, no_symlinks: bool = False,
+                 no_magic: bool = False) -> None:
+        self.task = task
+        self.stack = stack
+        self.no_symlinks = no_symlinks
+        self.no_magic = no_magic
+
+    def _hold(self, fd: int) -> int:
+        self.stack.callback(os.close, fd)
+        return fd
+
+    def resolve(self, dirfd: int | None, path: str, *, follow: bool, empty_ok: bool = False,
+                beneath: bool = False, in_root: bool = False) -> _Resolved:
+        task = self.task
+        if path == "":
+            if not empty_ok:
+                raise _Reply(errno.ENOENT)
+            obj = task.base(dirfd)
+            comps = task.canonical(obj)
+            if comps is None:
+                return _Resolved(parent=obj, name=".", comps=[], obj=obj, anonymous=True)
+            return _Resolved(parent=obj, name=".", comps=comps, obj=obj)
+        # floor: how far ".." may climb (the task's root, or the dirfd for BENEATH/IN_ROOT).
+        base_comps: list[str] = []
+        if not path.startswith("/") or beneath or in_root:
+            base = task.base(dirfd)
+            if not stat.S_ISDIR(os.fstat(base).st_mode):
+                raise _Reply(errno.ENOTDIR)
+            found = task.canonical(base)
+            if found is None:
+                raise _Reply(errno.EACCES)
+            base_comps = found
+        floor = len(base_comps) if (beneath or in_root) else 0
+        if path.startswith("/"):
+            if beneath:
+                raise _Reply(errno.EXDEV)
+            comps = list(base_comps[:floor])
+        else:
+            comps = list(base_comps)
+        fds = [task.root()]
+        for name in comps:
+            fds.append(self._hold(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
+                                          dir_fd=fds[-1])))
+        todo = [c for c in path.split("/") if c]
+        must_be_dir = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
+        links = 0
+        if not todo:
+            return _Resolved(parent=fds[-1], name=".", comps=comps)
+        while todo:
+            name = todo.pop(0)
+            last = not todo
+            if name == ".":
+                if last:
+                    return _Resolved(parent=fds[-1], name=".", comps=comps)
+                continue
+            if name == "..":
+                if len(comps) > floor:
+                    comps.pop()
+                    fds.pop()
+                if last:
+                    return _Resolved(parent=fds[-1], name=".", comps=comps)
+                continue
+            try:
+                fd = self._hold(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
+            except FileNotFoundError:
+                if last and not must_be_dir:
+                    return _Resolved(parent=fds[-1], name=name, comps=[*comps, name])
+                raise _Reply(errno.ENOENT) from None
+            st = os.fstat(fd)
+            if stat.S_ISLNK(st.st_mode) and (not last or follow or must_be_dir):
+                links += 1
+                if links > SYMLINK_MAX or self.no_symlinks:
+                    raise _Reply(errno.ELOOP)
+                target = self._link_target(fds[-1], fd, name, comps)
+                if isinstance(target, _Resolved):
+                    if not last:
+                        if target.anonymous:
+                            raise _Reply(errno.ENOTDIR)
+                        todo = [*target.comps, *todo]
+                        comps, fds = [], [task.root()]
+                        continue
+                    return target
+                if target.startswith("/"):
+                    if beneath:
+                        raise _Reply(errno.EXDEV)
+                    del comps[floor:]
+                    del fds[floor + 1:]
+                todo = [c for c in target.split("/") if c] + todo
+                if last and target.endswith("/"):
+                    must_be_dir = True
+                continue
+            if last:
+                if must_be_dir and not stat.S_ISDIR(st.st_mode):
+                    raise _Reply(errno.ENOTDIR)
+                return _Resolved(parent=fds[-1], name=name, comps=[*comps, name])
+            if not stat.S_ISDIR(st.st_mode):
+                raise _Reply(errno.ENOTDIR)
+            comps.append(name)
+            fds.append(fd)
+        raise AssertionError("unreachable: the loop returns on the last component")
+
+    def _link_target(self, dirfd: int, linkfd: int, name: str, comps: list[str]) -> str | _Resolved:
+        """A symlink's text, or for a /proc magic link the object it stands for (see module doc)."""
+        if not _is_procfs(dirfd):
+            return os.readlink("", dir_fd=linkfd)
+        tgid, tid = self.task.ns_ids()
+        if name == "self":
+            return tgid
+        if name == "thread-self":
+            return f"{tgid}/task/{tid}"
+        text = os.readlink("", dir_fd=linkfd)
+        if not text.startswith("/") and ":" not in text:
+            return text  # an ordinary symlink inside procfs, e.g. mounts -> self/mounts
+        if self.no_magic:
+            raise _Reply(errno.ELOOP)
+        own_fd_dir = (len(comps) >= 2 and comps[-1] == "fd" and comps[-2] == tgid) or (
+            len(comps) >= 4 and comps[-1] == "fd" and comps[-3] == "task" and comps[-4] == tgid)
+        if not own_fd_dir or not name.isdigit():
+            raise _Reply(errno.EACCES)  # another process's fds, cwd/root/exe links: not vouched for
+        try:
+            obj = self._hold(os.open(f"/proc/{self.task.pid}/fd/{name}", O_PATH | os.O_CLOEXEC))
+        except FileNotFoundError:
+            raise _Reply(errno.ENOENT) from None
+        canon = self.task.canonical(obj)
+        if canon is None:
+            mode = os.fstat(obj).st_mode
+            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
+                raise _Reply(errno.EACCES)  # a deleted or unreachable file: no path to decide on
+            return _Resolved(parent=obj, name=".", comps=[], obj=obj, anonymous=True)
+        return "/" + "/".join(canon)
+
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_libc.fstatfs.restype = ctypes.c_int
+
+
+def _is_procfs(fd: int) -> bool:
+    """Whether `fd` lives on a procfs, whose symlinks may be magic (struct statfs starts with f_type)."""
+    buf = ctypes.create_string_buffer(256)
+    if _libc.fstatfs(fd, buf) != 0:
+        return False
+    return int.from_bytes(buf.raw[:8], "little") == PROC_SUPER_MAGIC
+
+
+class Supervisor:
+    """Serves one seccomp listener. See the module docstring for what each reply guarantees.
+
+    `decide` must return the final answer (an `ask` already resolved); anything but ALLOW (after
+    audit-only downgrades: `Decision.enforced`) refuses. `record` is called once for every Action that
+    reached a decision, including the DENY the supervisor substitutes when decide() fails.
+    """
+
+    def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
+                 spec: SeccompSpec | None = None) -> None:
+        self.fd = listener_fd
+        self.spec = spec or SeccompSpec()
+        self._decide = decide
+        self._record = record
+        table = ARCHES[self.spec.arch]
+        self._names = table.names()
+        self._arch = table.audit_arch
+        self._closed = False
+        self.sync_wakeup = sc.notif_set_sync_wakeup(listener_fd)
+        self.handled = 0
+
+    # loop -------------------------------------------------------------------------------------------
+    def serve_forever(self, stop: threading.Event, *, poll_ms: int = 100) -> None:
+        """Serve until `stop` is set or every task using the filter is gone (the listener hangs up)."""
+        poller = select.poll()
+        poller.register(self.fd, select.POLLIN)
+        while not stop.is_set():
+            try:
+                events = poller.poll(poll_ms)
+            except InterruptedError:
+                continue
+            for _fd, ev in events:
+                if ev & select.POLLIN:
+                    self.serve_one()
+                elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                    return
+
+    def serve_one(self) -> None:
+        """Receive and answer one notification; never raises for anything the task can cause."""
+        try:
+            notif = sc.notif_recv(self.fd)
+        except OSError as exc:
+            if exc.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                return  # the task was interrupted or died between poll and RECV
+            raise
+        self.handled += 1
+        try:
+            self._handle(notif)
+        except _Gone:
+            pass
+        except Exception:
+            log.exception("seccomp supervisor: failed on syscall %s of pid %d", notif.nr, notif.pid)
+            self._send(notif.id, error=errno.EPERM)
+
+    def close(self) -> None:
+        if not self._closed:
+            self._closed = True
+            os.close(self.fd)
+
+    # replies ----------------------------------------------------------------------------------------
+    def _send(self, nid: int, *, error: int = 0, cont: bool = False) -> None:
+        try:
+            sc.notif_send(self.fd, nid, error=error, cont=cont)
+        except OSError as exc:
+            if exc.errno != errno.ENOENT:
+                raise
+
+    def _check(self, nid: int) -> None:
+        if not sc.notif_id_valid(self.fd, nid):
+            raise _Gone()
+
+    def _judge(self, actions: list[Action]) -> bool:
+        """Decide and record each action; True only when every one is allowed."""
+        allowed = True
+        for action in actions:
+            try:
+                decision = self._decide(action)
+            except Exception as exc:
+                log.exception("seccomp supervisor: decide() failed for %s", action)
+                decision = Decision(Verdict.DENY, None, f"guard: decision failed, refused: {exc!r}")
+            if decision.enforced is not Verdict.ALLOW:
+                allowed = False
+            try:
+                self._record(action, decision)
+            except Exception:
+                log.exception("seccomp supervisor: record() failed for %s", action)
+                allowed = False
+        return allowed
+
+    # dispatch ---------------------------------------------------------------------------------------
+    def _handle(self, n: sc.Notif) -> None:
+        name = self._names.get(n.nr, "")
+        if n.arch != self._arch:
+            self._send(n.id, error=errno.EPERM)
+            return
+        with ExitStack() as stack:
+            task = _Task(n.pid, stack)
+            try:
+                if name in ("execve", "execveat"):
+                    self._exec(n, name, task, stack)
+                elif name in ("open", "openat", "creat", "openat2"):
+                    self._open(n, name, task, stack)
+                elif name in _PATH_OPS:
+                    self._path_op(n, name, task, stack)
+                else:
+                    self._send(n.id, error=errno.ENOSYS)
+            except _Reply as reply:
+                self._send(n.id, error=reply.err)
+            except ProcessLookupError as exc:
+                raise _Gone() from exc
+            except OSError as exc:  # our walk failed the way the task's own lookup would have
+                self._check(n.id)
+                self._send(n.id, error=exc.errno or errno.EACCES)
+
+    def _exec(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        a = n.args
+        if name == "execve":
+            dirfd, path_addr, argv_addr, flags = None, a[0], a[1], 0
+        else:
+            dirfd, path_addr, argv_addr, flags = _s32(a[0]), a[1], a[2], _s32(a[4])
+        path = task.read_path(path_addr)
+        argv, truncated = task.read_argv(argv_addr)
+        self._check(n.id)
+        exe: str | None
+        try:
+            res = _Walker(task, stack).resolve(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
+                                               empty_ok=bool(flags & AT_EMPTY_PATH))
+            exe = None if res.anonymous else res.path
+        except (_Reply, OSError):
+            exe = None  # the kernel will fail the exec itself; the attempt is still decided and recorded
+        cwd: str | None
+        try:
+            comps = task.canonical(task.base(None))
+            cwd = None if comps is None else "/" + "/".join(comps)
+        except OSError:
+            cwd = None
+        self._check(n.id)
+        shown = (*argv, TRUNCATED_MARK) if truncated else argv
+        actions = [Action(op=Op.RUN, target=shlex.join(shown) or path, argv=shown, exe=exe or path,
+                          cwd=cwd, pid=n.pid)]
+        if exe is not None:
+            actions.append(Action(op=Op.EXEC, target=exe, exe=exe, argv=shown, cwd=cwd, pid=n.pid))
+        if self._judge(actions):
+            self._send(n.id, cont=True)
+        else:
+            self._send(n.id, error=errno.EACCES)
+
+    def _path_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        a = n.args
+        walker = _Walker(task, stack)
+        targets: list[str] = []
+        flags = _s32(a[4]) if name == "linkat" else 0
+        for i, spec in enumerate(_PATH_OPS[name]):
+            dirfd = None if spec.dirfd_arg is None else _s32(a[spec.dirfd_arg])
+            follow = spec.follow or (name == "linkat" and i == 0 and bool(flags & AT_SYMLINK_FOLLOW))
+            empty_ok = name == "linkat" and i == 0 and bool(flags & AT_EMPTY_PATH)
+            path = task.read_path(a[spec.path_arg])
+            self._check(n.id)
+            res = walker.resolve(dirfd, path, follow=follow, empty_ok=empty_ok)
+            if not res.anonymous:
+                targets.append(res.path)
+        self._check(n.id)
+        actions = [Action(op=Op.WRITE, target=t, pid=n.pid) for t in dict.fromkeys(targets)]
+        if self._judge(actions):
+            self._send(n.id, cont=True)
+        else:
+            self._send(n.id, error=errno.EACCES)
+
+    def _open(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        a = n.args
+        resolve = 0
+        if name == "openat":
+            dirfd, path_addr, flags, mode = _s32(a[0]), a[1], a[2] & 0xFFFFFFFF, a[3] & 0o7777
+        elif name == "open":
+            dirfd, path_addr, flags, mode = None, a[0], a[1] & 0xFFFFFFFF, a[2] & 0o7777
+        elif name == "creat":
+            dirfd, path_addr, flags = None, a[0], os.O_CREAT | os.O_WRONLY | os.O_TRUNC
+            mode = a[1] & 0o7777
+        else:
+            dirfd, path_addr = _s32(a[0]), a[1]
+            flags, mode, resolve = self._open_how(task, a[2], a[3])
+        path = task.read_path(path_addr)
+        self._check(n.id)
+        write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
+        if flags & O_PATH or (not write and not self.spec.full_audit):
+            self._send(n.id, cont=True)  # O_PATH grants no access; read-only opens Landlock bounds
+            return
+        if resolve & RESOLVE_CACHED:
+            raise _Reply(errno.EAGAIN)  # callers retry without RESOLVE_CACHED
+        no_magic = RESOLVE_NO_MAGICLINKS | RESOLVE_NO_SYMLINKS | RESOLVE_BENEATH | RESOLVE_IN_ROOT
+        walker = _Walker(task, stack, no_symlinks=bool(resolve & RESOLVE_NO_SYMLINKS),
+                         no_magic=bool(resolve & no_magic))
+        excl = bool(flags & os.O_CREAT and flags & os.O_EXCL)
+        res = walker.resolve(dirfd, path, follow=not (flags & os.O_NOFOLLOW or excl),
+                             beneath=bool(resolve & RESOLVE_BENEATH), in_root=bool(resolve & RESOLVE_IN_ROOT))
+        self._check(n.id)
+        if not write:  # full audit: a read-only open is decided, then CONTINUEd (Landlock bounds reads)
+            if res.anonymous or self._judge([Action(op=Op.READ, target=res.path, pid=n.pid)]):
+                self._send(n.id, cont=True)
+            else:
+                self._send(n.id, error=errno.EACCES)
+            return
+        if not res.anonymous and not self._judge([Action(op=Op.WRITE, target=res.path, pid=n.pid)]):
+            self._send(n.id, error=errno.EACCES)
+            return
+        cloexec = bool(flags & os.O_CLOEXEC)
+        target: os.stat_result | None
+        if res.obj is not None:
+            target = os.fstat(res.obj)
+            held, name, ours = os.dup(res.obj), "", _our_flags(flags) & ~os.O_NOFOLLOW
+        else:
+            target = _lstat_or_none(res.parent, res.name)
+            held, name, ours = os.dup(res.parent), res.name, 0
+        fifo = target is not None and stat.S_ISFIFO(target.st_mode)
+        task.status("Umask")  # read now: the task may be gone by the time a blocking open returns
+
+        def opener() -> int:
+            try:
+                if ours:
+                    return os.open(f"/proc/self/fd/{held}", ours)
+                return self._open_at(task, held, name, flags, mode)
+            finally:
+                os.close(held)
+
+        self._inject(n.id, opener, cloexec, blocking=fifo)
+
+    def _open_how(self, task: _Task, addr: int, size: int) -> tuple[int, int, int]:
+        if size < _OPEN_HOW.size:
+            raise _Reply(errno.EINVAL)
+        if size > 4096:
+            raise _Reply(errno.E2BIG)
+        raw = task.read(addr, size)
+        if len(raw) < size:
+            raise _Reply(errno.EFAULT)
+        if any(raw[_OPEN_HOW.size:]):
+            raise _Reply(errno.E2BIG)
+        flags, mode, resolve = _OPEN_HOW.unpack_from(raw)
+        if flags >> 32 or mode & ~0o7777 or resolve & ~0x3F:
+            raise _Reply(errno.EINVAL)
+        return flags, mode, resolve
+
+    def _open_at(self, task: _Task, parent: int, name: str, flags: int, mode: int) -> int:
+        """Open `name` under the held `parent` as the task asked, creating it with the task's umask
+        and owner when the open creates it."""
+        ours = _our_flags(flags)
+        creates = bool(flags & os.O_CREAT) or (flags & O_TMPFILE) == O_TMPFILE
+        if not creates:
+            return os.open(name, ours, dir_fd=parent)
+        umask = int(task.status("Umask") or "022", 8)
+        for _ in range(3):
+            try:
+                if (flags & O_TMPFILE) == O_TMPFILE:
+                    fd = os.open(name, ours, mode & ~umask, dir_fd=parent)
+                else:
+                    fd = os.open(name, ours | os.O_EXCL, mode & ~umask, dir_fd=parent)
+            except FileExistsError:
+                if flags & os.O_EXCL:
+                    raise
+                try:
+                    return os.open(name, ours & ~os.O_CREAT, dir_fd=parent)
+                except FileNotFoundError:
+                    continue  # removed between our two opens: try creating again
+            self._adopt(task, fd, mode & ~umask)
+            return fd
+        raise OSError(errno.EAGAIN, "file kept appearing and disappearing")
+
+    def _adopt(self, task: _Task, fd: int, mode: int) -> None:
+        """Give a file the supervisor created the mode and owner the task would have given it."""
+        os.fchmod(fd, mode)
+        uids, gids = task.status("Uid").split(), task.status("Gid").split()
+        if len(uids) == 4 and len(gids) == 4:
+            fsuid, fsgid = int(uids[3]), int(gids[3])
+            if (fsuid, fsgid) != (os.geteuid(), os.getegid()):
+                try:
+                    os.fchown(fd, fsuid, fsgid)
+                except PermissionError:
+                    pass
+
+    def _inject(self, nid: int, opener: Callable[[], int], cloexec: bool, *, blocking: bool) -> None:
+        """Open with `opener` and install the result in the task as the syscall's return value.
+
+        A FIFO open blocks until the other end shows up, so it runs on its own thread rather than
+        stalling every other notification."""
+        def work() -> None:
+            try:
+                fd = opener()
+            except OSError as exc:
+                self._send(nid, error=exc.errno or errno.EACCES)
+                return
+            try:
+                sc.notif_addfd_send(self.fd, nid, fd, cloexec=cloexec)
+            except OSError as exc:
+                if exc.errno not in (errno.ENOENT, errno.EINPROGRESS):
+                    self._send(nid, error=exc.errno or errno.EACCES)
+            finally:
+                os.close(fd)
+
+        if not blocking:
+            work()
+            return
+        threading.Thread(target=_quiet(work), name="guard-fifo-open", daemon=True).start()
+
+
+def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
+    def run() -> None:
+        try:
+            fn()
+        except Exception:
+            log.exception("seccomp supervisor: background open failed")
+    return run
+
+
+def _our_flags(flags: int) -> int:
+    """The task's open flags as the supervisor passes them: never follow the final name (it was
+    resolved already), never acquire a controlling terminal, close-on-exec in our own process."""
+    return (flags | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC) & 0xFFFFFFFF
+
+
+def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
+    try:
+        return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
+    except OSError:
+        return None
+
+
+@contextmanager
+def serving(listener_fd: int, *, decide: Decide, record: Record,
+            spec: SeccompSpec | None = None) -> Iterator[Supervisor]:
+    """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
+    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec)
+    stop = threading.Event()
+    thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
+    thread.start()
+    try:
+        yield sup
+    finally:
+        stop.set()
+        thread.join()
+        sup.close()
