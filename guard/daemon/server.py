@@ -35,7 +35,7 @@ from guard.daemon.approvals import Answer, Approvals, Pending
 from guard.daemon.reload import PolicyWatcher
 from guard.daemon.sessions import Session, SessionTable, sources_hash
 from guard.errors import DaemonError, GuardError
-from guard.home import ensure_private_dir, socket_path
+from guard.home import ensure_private_dir, log_dir, socket_path
 from guard.model import Action, Decision, Verdict
 
 log = logging.getLogger(__name__)
@@ -146,6 +146,7 @@ class Daemon:
         ticker: asyncio.Task[None] | None = None
         try:
             _clear_stale_socket(self.socket)
+            self._ensure_keys()
             self._audit = AuditWriter(self.home, now=self.now).open()
             try:
                 self._record_daemon("daemon_start", pid=os.getpid(), version=__version__)
@@ -181,6 +182,23 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 pid_path(self.home).unlink()
             os.close(lock_fd)
+
+    def _ensure_keys(self) -> None:
+        """Create the keyring on first start, so `guard run` needs no set-up step.
+
+        Only when there is no log yet: keys that vanished under an existing trail are an incident for
+        `guard keys`, not something to paper over with a fresh root key the auditors never pinned.
+        """
+        from guard.audit import Keyring
+
+        keyring = Keyring(self.home)
+        if keyring.exists():
+            return
+        trail = log_dir(self.home)
+        if trail.exists() and any(trail.iterdir()):
+            return  # AuditWriter.open() reports the missing keys with its own remedy
+        root = keyring.init(now=self.now())
+        log.info("created a new keyring in %s (root key %s)", keyring.dir, root.name)
 
     async def _shutdown(self, server: asyncio.AbstractServer) -> None:
         server.close()
@@ -538,11 +556,13 @@ class Daemon:
                 policy = await asyncio.to_thread(load_policy, session.policy_ref, workspace=session.workspace)
             except GuardError as exc:
                 log.warning("session %s keeps its policy: %s", session.id, exc.diagnostics())
+                session.reload_error = exc.diagnostics()
                 if session.id in {s.id for s in self.sessions}:
                     self._audit.append(session_event(session.id, "policy_reload_failed", file=str(path),
                                                      error=exc.diagnostics(), kept=session.sources_hash))
                 continue
             digest = sources_hash(policy.sources)
+            session.reload_error = None
             if digest == session.sources_hash or session.id not in {s.id for s in self.sessions}:
                 continue
             session.policy = policy

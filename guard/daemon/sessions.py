@@ -57,11 +57,14 @@ class Session:
     owner: int  # connection number
     peer_uid: int
     counts: Counts = field(default_factory=Counts)
+    reload_error: str | None = None  # the last failed reload, cleared by a good one
+
 
     def view(self, now: float) -> dict[str, Any]:
         return {"session": self.id, "policy": self.policy.name, "workspace": str(self.workspace),
                 "argv": list(self.argv), "pid": self.pid, "age_s": round(now - self.started, 3),
-                "counts": self.counts.to_dict()}
+                "counts": self.counts.to_dict(), "sources_hash": self.sources_hash,
+                "reload_error": self.reload_error}
 
     def policy_view(self) -> dict[str, Any]:
         return {"name": self.policy.name, "sources": [str(p) for p in self.policy.sources],
