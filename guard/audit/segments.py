@@ -1,0 +1,122 @@
+"""The log on disk: segment files under $GUARD_HOME/log, read line by line in bounded chunks.
+
+This is the I/O shell around the pure verifier: it lists segments in order and feeds their lines, so the
+same replay serves `guard audit verify`, the writer's recovery on restart, `show`, `export` and `prove`.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from guard.audit.note import SignedNote, parse_note
+from guard.audit.verify import LogVerifier, Report
+from guard.errors import AuditError, UsageError
+
+SEGMENT_RE = re.compile(r"^seg-(\d{8})\.jsonl$")
+CHUNK = 1 << 20
+
+
+def segment_name(index: int) -> str:
+    return f"seg-{index:08d}.jsonl"
+
+
+@dataclass(frozen=True, slots=True)
+class Segment:
+    index: int
+    path: Path
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+
+def list_segments(log: Path) -> list[Segment]:
+    """Segment files in index order; raises UsageError if the directory cannot be read."""
+    try:
+        names = os.listdir(log)
+    except FileNotFoundError:
+        raise UsageError(f"{log}: no audit log here", hint="pass --log DIR or set GUARD_HOME") from None
+    except OSError as exc:
+        raise UsageError(f"{log}: cannot list the audit log: {exc.strerror}") from None
+    segs = []
+    for name in names:
+        m = SEGMENT_RE.match(name)
+        if m:
+            segs.append(Segment(int(m.group(1)), log / name))
+    return sorted(segs, key=lambda s: s.index)
+
+
+def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
+    """(1-based line number, bytes without newline, terminated) for each line; memory bounded by CHUNK."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read segment: {exc.strerror}") from None
+    try:
+        lineno = 0
+        rest = b""
+        while True:
+            chunk = f.read(CHUNK)
+            if not chunk:
+                break
+            buf = rest + chunk if rest else chunk
+            lines = buf.split(b"\n")
+            rest = lines.pop()
+            for line in lines:
+                lineno += 1
+                yield lineno, line, True
+        if rest:
+            yield lineno + 1, rest, False
+    finally:
+        f.close()
+
+
+def iter_batches(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """(first line number, complete lines, torn tail or b"") per chunk; the tail is set only at EOF."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read segment: {exc.strerror}") from None
+    try:
+        lineno = 1
+        rest = b""
+        while chunk := f.read(CHUNK):
+            lines = (rest + chunk if rest else chunk).split(b"\n")
+            rest = lines.pop()
+            yield lineno, lines, b""
+            lineno += len(lines)
+        if rest:
+            yield lineno, [], rest
+    finally:
+        f.close()
+
+
+def replay(log: Path, verifier: LogVerifier) -> LogVerifier:
+    """Feed every segment of `log` to `verifier`, in order."""
+    for seg in list_segments(log):
+        verifier.begin_segment(seg.index, seg.name)
+        for lineno, lines, torn in iter_batches(seg.path):
+            if lines:
+                verifier.feed_lines(lines, lineno)
+            if torn:
+                verifier.feed_torn(torn, lineno)
+    return verifier
+
+
+def verify_log(log: Path, root_public: bytes, *, witness: SignedNote | None = None) -> Report:
+    return replay(log, LogVerifier(root_public, witness=witness)).finish()
+
+
+def read_witness(path: Path) -> SignedNote:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise UsageError(f"{path}: cannot read the witnessed checkpoint: {exc}") from None
+    try:
+        return parse_note(text, where=str(path))
+    except AuditError as exc:
+        raise UsageError(exc.message) from None

@@ -1,0 +1,344 @@
+"""The one writer of the audit trail (the daemon owns it).
+
+Append is cheap: encode, hash, grow the Merkle frontier, buffer. Sealing writes the buffer, a checkpoint
+signed by the current epoch key (or, when the epoch is due, the next epoch's certificate signed by the
+current key, which is then erased), and fdatasyncs. A crash therefore loses at most lines after the last
+checkpoint; on restart the log is replayed through the verifier, a torn last line is acknowledged by a
+`recovery` record in a fresh segment, and the chain continues. An exclusive flock keeps a second writer out.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import os
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+from guard.audit.canon import TimeFormatter, encode
+from guard.audit.chain import (
+    LINE_CHECKPOINT,
+    LINE_EPOCH,
+    LINE_RECOVERY,
+    RECORD_TYPES,
+    epoch_checkpoint,
+    plain_checkpoint,
+)
+from guard.audit.keys import EpochKey, KeyFactory, Keyring
+from guard.audit.merkle import Frontier
+from guard.audit.note import parse_note, sign_checkpoint
+from guard.audit.segments import replay, segment_name
+from guard.audit.verify import LogVerifier
+from guard.errors import AuditError, KeyringError
+from guard.home import ensure_private_dir, log_dir
+
+_SHA256 = hashlib.sha256
+_OPTS = orjson.OPT_SORT_KEYS
+
+CHECKPOINT_EVERY = 1000  # records
+CHECKPOINT_INTERVAL = 0.5  # seconds; with tick() every <=250 ms a record is sealed within 1 s
+EPOCH_CHECKPOINTS = 10  # a new epoch key at least every 10 checkpoints ...
+EPOCH_SECONDS = 10.0  # ... or every 10 seconds, whichever comes first
+SEGMENT_MAX_BYTES = 64 << 20
+BUFFER_BYTES = 1 << 18
+
+
+class AuditWriter:
+    """Append-only writer; see the module docstring. One per log (flock); thread-safe within a process."""
+
+    def __init__(self, home: Path, *, now: Callable[[], float] = time.time,
+                 checkpoint_every: int = CHECKPOINT_EVERY, checkpoint_interval: float = CHECKPOINT_INTERVAL,
+                 epoch_checkpoints: int = EPOCH_CHECKPOINTS, epoch_seconds: float = EPOCH_SECONDS,
+                 segment_max_bytes: int = SEGMENT_MAX_BYTES, new_key: KeyFactory = Ed25519PrivateKey.generate,
+                 sync: bool = True) -> None:
+        if checkpoint_every < 1 or checkpoint_interval <= 0 or epoch_checkpoints < 1 or epoch_seconds <= 0:
+            raise AuditError("checkpoint and epoch limits must be positive")
+        self.home = home
+        self.log = log_dir(home)
+        self._now = now
+        self._every = checkpoint_every
+        self._interval = checkpoint_interval
+        self._epoch_checkpoints_max = epoch_checkpoints
+        self._epoch_seconds = epoch_seconds
+        self._segment_max = segment_max_bytes
+        self._new_key = new_key
+        self._sync = sync
+        self._keyring = Keyring(home)
+        self._lock = threading.Lock()
+        self._ts = TimeFormatter()
+        self._lock_fd: int | None = None
+        self._fd: int | None = None
+        self._frontier = Frontier()
+        self._buf: list[bytes] = []
+        self._buf_bytes = 0
+        self._key: EpochKey | None = None
+        self._origin = ""
+        self._pending = 0  # lines after the last seal line
+        self._first_pending_at = 0.0
+        self._epoch_started_at = 0.0
+        self._epoch_checkpoints = 0
+        self._last_t = 0.0
+        self._segment_index = 0
+        self._segment_bytes = 0
+        self._sealed = 0
+
+    # -- lifecycle ----------------------------------------------------------------------------------------
+    def __enter__(self) -> AuditWriter:
+        return self.open()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.close()
+
+    @property
+    def is_open(self) -> bool:
+        return self._fd is not None
+
+    @property
+    def size(self) -> int:
+        """Lines in the tree so far (the next seq)."""
+        return self._frontier.size
+
+    @property
+    def sealed_size(self) -> int:
+        """Lines [0, sealed_size) are covered by a checkpoint that has been fdatasync'ed."""
+        return self._sealed
+
+    def open(self) -> AuditWriter:
+        with self._lock:
+            if self._fd is not None:
+                raise AuditError("audit writer is already open")
+            root = self._keyring.root()
+            ensure_private_dir(self.log)
+            self._take_lock()
+            try:
+                self._recover(root.public)
+            except BaseException:
+                self._release()
+                raise
+        return self
+
+    def _take_lock(self) -> None:
+        fd = os.open(self.log / ".lock", os.O_RDWR | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise AuditError(f"{self.log}: another audit writer holds the log",
+                             hint="only the guard daemon writes the trail; stop the other writer") from None
+        self._lock_fd = fd
+
+    def _release(self) -> None:
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # closing drops the flock
+            self._lock_fd = None
+        self._key = None
+
+    def _recover(self, root_public: bytes) -> None:
+        report_v = replay(self.log, LogVerifier(root_public))
+        state = report_v.resume_state()
+        report = report_v.finish()
+        breaks = [f for f in report.findings if f.tampering and f.kind != "empty"]
+        if breaks:
+            first = breaks[0]
+            raise AuditError(f"{self.log}: the existing trail fails verification ({first}); refusing to "
+                             "extend it",
+                             hint="run 'guard audit verify' and preserve the evidence; move the log aside to "
+                                  "start a new trail")
+        key = self._keyring.epoch_key()
+        staged = self._keyring.next_key()
+        now = self._now()
+        self._last_t = now
+        if state.epoch is None:  # empty log: write the genesis certificate
+            if key.epoch != 0 or state.frontier.size:
+                raise KeyringError(f"the log is empty but the epoch key is at epoch {key.epoch}",
+                                   hint="the trail was deleted; run 'guard keys init --force' to start anew "
+                                        "(auditors must pin the new root key)")
+            genesis = self._keyring.genesis()
+            note = parse_note(genesis, where="keys/genesis.note")
+            self._origin = note.checkpoint.origin
+            self._key = key
+            self._frontier = state.frontier
+            self._segment_index = max(state.segment_index, 0)
+            self._open_segment(self._segment_index)
+            if state.torn is not None:  # only a torn genesis line: nothing was ever sealed or recorded
+                assert self._fd is not None
+                os.ftruncate(self._fd, 0)
+                self._segment_bytes = 0
+            self._write_line(encode({"epoch": 0, "note": genesis, "seq": 0, "type": LINE_EPOCH}))
+            self._seal_written(seal_index=0)
+            self._epoch_started_at = now
+            return
+        assert state.epoch_key is not None
+        if staged is not None and staged.verifier == state.epoch_key and staged.epoch == state.epoch:
+            self._keyring.commit_next()  # crashed after the certificate was durable
+            key = staged
+        elif staged is not None:
+            self._keyring.drop_next()  # crashed before the certificate was written
+        if key.epoch != state.epoch or key.verifier != state.epoch_key:
+            raise KeyringError(f"the epoch key on disk is for epoch {key.epoch}, the log is at epoch "
+                               f"{state.epoch}",
+                               hint="the key file was replaced or restored from a backup; the trail cannot "
+                                    "continue with it")
+        self._key = key
+        self._origin = key.origin
+        self._frontier = state.frontier
+        self._epoch_checkpoints = state.epoch_checkpoints
+        self._epoch_started_at = now
+        self._sealed = max(state.last_seal, 0)
+        self._pending = self._frontier.size - state.last_seal - 1
+        self._first_pending_at = now
+        torn = state.torn
+        if torn is not None and torn.segment == state.segment_name:
+            self._open_segment(state.segment_index + 1)
+        else:
+            self._open_segment(max(state.segment_index, 0))
+        if torn is not None:
+            self._append_locked({"type": LINE_RECOVERY, "segment": torn.segment, "torn_bytes": torn.size,
+                                 "torn_sha256": torn.sha256})
+        if self._pending:
+            self._seal()
+
+    def close(self) -> None:
+        """Seal whatever is pending, sync, and release the log."""
+        with self._lock:
+            if self._fd is None:
+                return
+            try:
+                if self._pending:
+                    self._seal()
+                else:
+                    self._flush()
+            finally:
+                self._release()
+
+    # -- appending ----------------------------------------------------------------------------------------
+    def append(self, event: Mapping[str, Any]) -> int:
+        """Add one record (the writer sets `seq` and `ts`); returns its seq."""
+        if not isinstance(event, Mapping):
+            raise AuditError(f"event: expected a mapping, got {type(event).__name__}")
+        kind = event.get("type")
+        if kind not in RECORD_TYPES:
+            raise AuditError(f"event.type: {kind!r} is not one of {', '.join(sorted(RECORD_TYPES))}")
+        if "seq" in event or "ts" in event:
+            raise AuditError("event: 'seq' and 'ts' are set by the writer; remove them")
+        with self._lock:
+            if self._fd is None:
+                raise AuditError("audit writer is not open",
+                                 hint="call open() or use it as a context manager")
+            return self._append_locked(event)
+
+    def _append_locked(self, event: Mapping[str, Any]) -> int:
+        seq = self._frontier.size
+        t = self._now()
+        if t < self._last_t:  # keep timestamps monotonic across clock steps
+            t = self._last_t
+        self._last_t = t
+        record = dict(event)
+        record["seq"] = seq
+        record["ts"] = self._ts(t)
+        try:
+            data = orjson.dumps(record, option=_OPTS)
+        except TypeError as exc:
+            raise AuditError(f"event (seq {seq}): cannot be encoded: {exc}") from None
+        self._write_line(data)
+        if not self._pending:
+            self._first_pending_at = t
+        self._pending += 1
+        if self._pending >= self._every or t - self._first_pending_at >= self._interval:
+            self._seal()
+        elif self._buf_bytes >= BUFFER_BYTES:
+            self._flush()
+        return seq
+
+    def _write_line(self, data: bytes) -> None:
+        self._frontier.append(_SHA256(b"\x00" + data).digest())
+        self._buf.append(data)
+        self._buf.append(b"\n")
+        self._buf_bytes += len(data) + 1
+
+    def tick(self) -> None:
+        """Seal if the oldest unsealed record is due; otherwise hand buffered lines to the OS."""
+        with self._lock:
+            if self._fd is None:
+                return
+            if self._pending and self._now() - self._first_pending_at >= self._interval:
+                self._seal()
+            else:
+                self._flush()
+
+    # -- sealing ------------------------------------------------------------------------------------------
+    def _seal(self) -> None:
+        key = self._key
+        assert key is not None
+        n = self._frontier.size
+        root = self._frontier.root()
+        t = max(self._now(), self._last_t)
+        ts = self._ts(t)
+        due = (self._epoch_checkpoints + 1 >= self._epoch_checkpoints_max
+               or t - self._epoch_started_at >= self._epoch_seconds)
+        if due:
+            nxt = EpochKey(key.epoch + 1, self._new_key(), self._origin)
+            self._keyring.stage_next(nxt)
+            cp = epoch_checkpoint(self._origin, n, root, ts, nxt.epoch, nxt.verifier)
+            note = sign_checkpoint(cp, key.name, key.private)
+            self._write_line(encode({"epoch": nxt.epoch, "note": note, "seq": n, "type": LINE_EPOCH}))
+            self._seal_written(seal_index=n)
+            self._keyring.commit_next()
+            self._key = nxt
+            self._epoch_checkpoints = 0
+            self._epoch_started_at = t
+        else:
+            note = sign_checkpoint(plain_checkpoint(self._origin, n, root, ts), key.name, key.private)
+            self._write_line(encode({"epoch": key.epoch, "note": note, "seq": n, "type": LINE_CHECKPOINT}))
+            self._seal_written(seal_index=n)
+            self._epoch_checkpoints += 1
+        if self._segment_bytes >= self._segment_max:
+            self._open_segment(self._segment_index + 1)
+
+    def _seal_written(self, *, seal_index: int) -> None:
+        self._flush()
+        if self._sync:
+            assert self._fd is not None
+            os.fdatasync(self._fd)
+        self._sealed = seal_index
+        self._pending = 0
+
+    def _flush(self) -> None:
+        if not self._buf:
+            return
+        data = b"".join(self._buf)
+        self._buf.clear()
+        self._buf_bytes = 0
+        assert self._fd is not None
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view):]
+        self._segment_bytes += len(data)
+
+    def _open_segment(self, index: int) -> None:
+        self._flush()
+        path = self.log / segment_name(index)
+        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        if self._fd is not None:
+            os.close(self._fd)
+        self._fd = fd
+        self._segment_index = index
+        self._segment_bytes = os.fstat(fd).st_size
+        if self._sync:
+            dfd = os.open(self.log, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
+
