@@ -15,6 +15,7 @@ import os
 import socket
 import stat
 from pathlib import Path
+from typing import Any
 
 from guard.errors import UsageError
 from guard.net.proxy import Proxy
@@ -76,8 +77,13 @@ async def serve_relay_to_unix(listener: socket.socket, path: Path | str) -> asyn
     _check_listener(listener, (socket.AF_INET, socket.AF_INET6, socket.AF_UNIX))
     listener.setblocking(False)
     target = str(path)
+    live: set[asyncio.Task[Any]] = set()  # strong references: the loop and the streams hold tasks weakly
 
     async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        if task is not None:
+            live.add(task)
+            task.add_done_callback(live.discard)
         try:
             up_reader, up_writer = await asyncio.open_unix_connection(target, limit=_RELAY_CHUNK)
         except OSError:

@@ -104,6 +104,9 @@ class Proxy:
         self._max_connections = max_connections
         self._active = 0
         self._clock = clock
+        # The event loop holds tasks weakly, and a stream's protocol holds its reader weakly: once the
+        # client's transport stops polling (EOF both ways), nothing else keeps a relaying connection alive.
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def active(self) -> int:
@@ -122,6 +125,9 @@ class Proxy:
             self._emit(conn, error, started)
             return
         self._active += 1
+        task = asyncio.current_task()
+        if task is not None:
+            self._tasks.add(task)
         try:
             try:
                 async with asyncio.timeout(self._head_timeout):
@@ -142,6 +148,8 @@ class Proxy:
             error = BadRequest(f"client connection lost: {exc.__class__.__name__}")
         finally:
             self._active -= 1
+            if task is not None:
+                self._tasks.discard(task)
             writer.close()
             self._emit(conn, error, started)
 

@@ -579,3 +579,40 @@ def test_socks5_unresolvable_name_is_host_unreachable(kit: Any) -> None:
             assert (await socks(port, socks_request("nx.example", 443)))[0] == 0x04
 
     run(go)
+
+
+def test_half_closed_tunnel_survives_garbage_collection(kit: Any) -> None:
+    """Regression: after the client's EOF its transport stops polling, and asyncio holds tasks and stream
+    readers only weakly; the proxy must keep the relay alive until the destination answers."""
+    import gc
+
+    release = asyncio.Event()
+
+    async def late(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await reader.read()  # until the client's EOF arrives through the tunnel
+        await release.wait()
+        writer.write(b"late answer")
+        await writer.drain()
+        writer.close()
+
+    async def go() -> None:
+        upstream = await asyncio.start_server(late, "127.0.0.1", 0)
+        up_port = upstream.sockets[0].getsockname()[1]
+        proxy = Proxy(kit.Rules([("net.a", "allow", "a.test", None)]), kit.Recorder(),
+                      host_map={"a.test": "127.0.0.1"})
+        try:
+            async with kit.serving(proxy) as port:
+                reader, writer = await connect_via(port, f"a.test:{up_port}")
+                status, _ = await read_status(reader)
+                assert status == 200
+                writer.write_eof()
+                await asyncio.sleep(0.3)
+                gc.collect()
+                release.set()
+                assert await asyncio.wait_for(reader.read(), T) == b"late answer"
+                writer.close()
+        finally:
+            upstream.close()
+            await upstream.wait_closed()
+
+    run(go)
