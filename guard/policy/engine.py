@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import posixpath
+import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,13 +23,15 @@ from types import MappingProxyType
 from typing import Any
 
 from guard.errors import Location, UsageError
-from guard.model import Action, Decision, Kind, Op, Verdict, split_host_port
+from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
 from guard.policy.paths import ancestors, normalize_path
 from guard.policy.rules import FileRule, Rule
 from guard.policy.shell import Unparseable, loose_tokens, split_commands
 
 CACHE_SIZE = 16384
+_VAR = re.compile(r"\$\{([^{}]*)\}")
+_FILE_OPS = frozenset(op.value for op in Op if op.kind is Kind.FILE)
 _VERB = {Verdict.ALLOW: "allowed", Verdict.ASK: "needs approval", Verdict.DENY: "denied"}
 
 
@@ -129,12 +132,13 @@ class Policy:
     """A compiled, immutable policy. Build it with `load_policy`."""
 
     __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_index", "_host_map",
-                 "_net_index", "_rules", "ask_timeout", "description", "home", "mode", "name", "sources",
-                 "tests")
+                 "_net_index", "_rules", "_variables", "ask_timeout", "description", "home", "mode", "name",
+                 "sources", "tests")
 
     def __init__(self, *, name: str, description: str, mode: str, defaults: Mapping[Kind, Verdict],
                  rules: Iterable[Rule], sources: tuple[Any, ...], ask_timeout: float,
-                 host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str) -> None:
+                 host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str,
+                 variables: Mapping[str, str] | None = None) -> None:
         self.name = name
         self.description = description
         self.mode = mode
@@ -146,6 +150,7 @@ class Policy:
         self._host_map = MappingProxyType(dict(host_map))
         self.tests = tests
         self.home = home
+        self._variables = MappingProxyType(dict(variables or {}))
         self._file_index: dict[Op, dict[str, list[Rule]]] = {op: {} for op in Op if op.kind is Kind.FILE}
         self._net_index = {op: _NetIndex() for op in Op if op.kind is Kind.NETWORK}
         self._cmd_index = _CmdIndex()
@@ -172,6 +177,20 @@ class Policy:
 
     def file_rules(self) -> tuple[FileRule, ...]:
         return tuple(rule.to_file_rule() for rule in self._rules if rule.kind is Kind.FILE)
+
+    @property
+    def variables(self) -> Mapping[str, str]:
+        """Built-in and policy variables as expanded at load time (workspace, home, tmp, vars)."""
+        return self._variables
+
+    def action(self, text: str, *, cwd: str | None = None) -> Action:
+        """Parse `<op> <target>` as people write it, expanding `${var}` (and `~` for file targets)."""
+        op_text, _, rest = text.strip().partition(" ")
+        rest = _VAR.sub(lambda m: self._variables.get(m.group(1), m.group(0)), rest.strip())
+        if op_text in _FILE_OPS and (rest == "~" or rest.startswith("~/")):
+            rest = self.home + rest[1:]
+        action = parse_action(f"{op_text} {rest}")
+        return Action(op=action.op, target=action.target, argv=action.argv, cwd=cwd) if cwd else action
 
     def decide(self, action: Action) -> Decision:
         return self._decide_cached(action.op, action.target, action.cwd, action.addresses)

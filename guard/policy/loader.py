@@ -107,6 +107,7 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
     expander = _Expander(merged.vars, merged.lists, builtins, env, col)
     rules = [_compile_rule(raw, expander) for raw in merged.rules]
     tests = tuple(t for t in (_compile_test(raw, expander) for raw in top.tests) if t is not None)
+    variables = {**builtins, **{k: v for k in merged.vars if (v := expander.var_value(k)) is not None}}
     result.used_lists = expander.used_lists
     if col.errors:
         return result
@@ -114,7 +115,8 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
         name=top.name or path.stem, description=top.description or "", mode=merged.mode,
         defaults=merged.defaults,
         rules=[r for r in rules if r is not None], sources=tuple(f.path.resolve() for f in reader.order),
-        ask_timeout=merged.ask_timeout, host_map=merged.host_map, tests=tests, home=builtins["home"])
+        ask_timeout=merged.ask_timeout, host_map=merged.host_map, tests=tests, home=builtins["home"],
+        variables=variables)
     return result
 
 
@@ -259,6 +261,9 @@ class _Expander:
         if tilde and (result == "~" or result.startswith("~/")):
             result = self.builtins["home"] + result[1:]
         return result
+
+    def var_value(self, name: str) -> str | None:
+        return self._var(name, self.vars[name].loc)
 
     def _lookup(self, name: str, loc: Location) -> str | None:
         if name.startswith("env:"):

@@ -1,0 +1,214 @@
+"""`guard policy lint|test|explain|diff`: write, test and understand policies.
+
+Commands only parse, call guard.policy and render: a table-like text for people, `--json` for tools.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from guard.model import Verdict
+from guard.policy import Explanation, Policy, compile_policy, load_policy
+from guard.policy.lint import lint as lint_policy
+from guard.policy.lint import own_rule_ids
+from guard.policy.testing import TestReport, run_tests
+
+_workspace_option = click.option(
+    "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help="Directory that ${workspace} stands for (default: the current directory).")
+_json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for tools instead of text.")
+
+
+def _workspace(value: Path | None) -> Path:
+    return (value or Path.cwd()).absolute()
+
+
+def _emit(data: Any) -> None:
+    click.echo(json.dumps(data, indent=2, sort_keys=False))
+
+
+@click.group()
+def policy() -> None:
+    """Lint, test, explain and compare policies."""
+
+
+@policy.command()
+@click.argument("files", nargs=-1, required=True)
+@_workspace_option
+@_json_option
+def lint(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
+    """Report every error (FILE:LINE:COL: message) and warning in each policy; exit 1 on any error."""
+    reports = [lint_policy(ref, workspace=_workspace(workspace)) for ref in files]
+    if as_json:
+        _emit({"ok": all(r.ok for r in reports), "policies": [r.to_dict() for r in reports]})
+    else:
+        for report in reports:
+            for diag in report.diagnostics:
+                click.echo(str(diag), err=diag.severity.value == "error")
+            errors = sum(1 for d in report.diagnostics if d.severity.value == "error")
+            warnings = len(report.diagnostics) - errors
+            status = "ok" if report.ok else "FAILED"
+            click.echo(f"{report.ref}: {status} ({errors} error(s), {warnings} warning(s))")
+    sys.exit(0 if all(r.ok for r in reports) else 1)
+
+
+@policy.command()
+@click.argument("files", nargs=-1, required=True)
+@_workspace_option
+@_json_option
+def test(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
+    """Run each policy's inline tests; print failures with their location; exit 1 on any failure."""
+    ok = True
+    out: list[dict[str, Any]] = []
+    for ref in files:
+        compiled = compile_policy(ref, workspace=_workspace(workspace))
+        if compiled.policy is None:
+            ok = False
+            if as_json:
+                out.append({"policy": ref, "ok": False, "errors": [d.to_dict() for d in compiled.errors]})
+            else:
+                for diag in compiled.errors:
+                    click.echo(str(diag), err=True)
+                click.echo(f"{ref}: cannot run tests, the policy does not load")
+            continue
+        report = run_tests(compiled.policy, own_rule_ids(compiled))
+        ok = ok and not report.failures and bool(report.results)
+        if as_json:
+            out.append({"file": ref, "ok": not report.failures and bool(report.results), **report.to_dict()})
+        else:
+            _print_test_report(ref, report)
+    if as_json:
+        _emit({"ok": ok, "policies": out})
+    sys.exit(0 if ok else 1)
+
+
+def _print_test_report(ref: str, report: TestReport) -> None:
+    for result in report.failures:
+        got = result.decision
+        click.echo(f"{result.test.location}: FAIL {result.test.text}: expected {result.test.expected.value}, "
+                   f"got {got.verdict.value} ({'rule ' + repr(got.rule_id) if got.rule_id else 'default'}: "
+                   f"{got.reason})")
+    passed = len(report.results) - len(report.failures)
+    if not report.results:
+        click.echo(f"{ref}: no tests (a policy without tests fails 'guard policy test')")
+    cover = f"{len(report.covered)}/{len(report.own_rules)} rules exercised ({report.coverage:.0%})"
+    missing = f"; not exercised: {', '.join(report.uncovered)}" if report.uncovered else ""
+    click.echo(f"{ref}: {passed} passed, {len(report.failures)} failed; {cover}{missing}")
+
+
+@policy.command()
+@click.argument("policy_ref", metavar="POLICY")
+@click.argument("action", nargs=-1, required=True)
+@_workspace_option
+@_json_option
+def explain(policy_ref: str, action: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
+    """Decide ACTION ("read ~/.ssh/id_rsa", "connect pypi.org:443", "run git push") and say why.
+
+    POLICY is a shipped policy name (see `guard policy list`) or a policy file.
+    """
+    loaded = load_policy(policy_ref, workspace=_workspace(workspace))
+    parsed = loaded.action(" ".join(action), cwd=os.getcwd())
+    explanation = loaded.explain(parsed)
+    if as_json:
+        _emit({"policy": loaded.name, **explanation.to_dict()})
+        return
+    _print_explanation(loaded, explanation)
+
+
+def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> None:
+    decision = exp.decision
+    audit = " (audit only: not enforced)" if decision.audit_only else ""
+    click.echo(f"{indent}{decision.verdict.value.upper()}{audit}  {exp.action.op.value} {exp.subject}")
+    if exp.winner is not None:
+        click.echo(f"{indent}  rule:   {exp.winner} ({exp.winner_location})")
+    else:
+        click.echo(f"{indent}  rule:   none (policy {loaded.name!r} default)")
+    click.echo(f"{indent}  reason: {decision.reason}")
+    if exp.note:
+        click.echo(f"{indent}  note:   {exp.note}")
+    if exp.losers:
+        click.echo(f"{indent}  also matched:")
+        for loser in exp.losers:
+            click.echo(f"{indent}    - {loser.rule_id} ({loser.verdict.value}, {loser.location}): {loser.why}")
+    for i, part in enumerate(exp.parts, start=1):
+        click.echo(f"{indent}  part {i}:")
+        _print_explanation(loaded, part, indent + "    ")
+
+
+@policy.command(name="list")
+@_json_option
+def list_cmd(as_json: bool) -> None:
+    """List the shipped policies."""
+    from guard.policy import list_shipped, shipped_policy_path
+
+    names = list_shipped()
+    if as_json:
+        _emit([{"name": n, "path": str(shipped_policy_path(n))} for n in names])
+    else:
+        for name in names:
+            click.echo(name)
+
+
+@policy.command()
+@click.argument("old")
+@click.argument("new")
+@_workspace_option
+@_json_option
+def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
+    """Compare two policies: rules added, removed or changed, defaults, and test actions decided differently.
+
+    Exit 1 when NEW loosens anything (a decision became weaker, or a default did).
+    """
+    ws = _workspace(workspace)
+    a, b = load_policy(old, workspace=ws), load_policy(new, workspace=ws)
+    rules_a = {r.id: r for r in a.rules}
+    rules_b = {r.id: r for r in b.rules}
+    changed = sorted(i for i in rules_a.keys() & rules_b.keys() if _rule_key(rules_a[i]) != _rule_key(rules_b[i]))
+    defaults = {k.value: [a.defaults[k].value, b.defaults[k].value] for k in a.defaults
+                if a.defaults[k] is not b.defaults[k]}
+    seen: set[str] = set()
+    decisions: list[dict[str, Any]] = []
+    for test in (*a.tests, *b.tests):
+        key = str(test.action)
+        if key in seen:
+            continue
+        seen.add(key)
+        da, db = a.decide(test.action), b.decide(test.action)
+        if da.verdict is not db.verdict or da.audit_only != db.audit_only:
+            decisions.append({"action": key, "old": da.to_dict(), "new": db.to_dict(),
+                              "loosened": db.enforced.strength < da.enforced.strength})
+    loosened = any(d["loosened"] for d in decisions) or any(
+        Verdict(v[1]).strength < Verdict(v[0]).strength for v in defaults.values())
+    result = {"old": old, "new": new, "added": sorted(rules_b.keys() - rules_a.keys()),
+              "removed": sorted(rules_a.keys() - rules_b.keys()), "changed": changed, "defaults": defaults,
+              "mode": [a.mode, b.mode] if a.mode != b.mode else None, "decisions": decisions, "loosened": loosened}
+    if as_json:
+        _emit(result)
+    else:
+        for label in ("added", "removed", "changed"):
+            for rule_id in result[label]:
+                click.echo(f"{label:8} rule {rule_id}")
+        for kind, (va, vb) in defaults.items():
+            click.echo(f"default  {kind}: {va} -> {vb}")
+        if result["mode"]:
+            click.echo(f"mode     {a.mode} -> {b.mode}")
+        for d in decisions:
+            flag = "  LOOSER" if d["loosened"] else ""
+            click.echo(f"decision {d['action']}: {d['old']['verdict']} -> {d['new']['verdict']}{flag}")
+        if not any((result["added"], result["removed"], changed, defaults, result["mode"], decisions)):
+            click.echo("no differences")
+    sys.exit(1 if loosened else 0)
+
+
+def _rule_key(rule: Any) -> tuple[Any, ...]:
+    return (rule.verdict, rule.ops, rule.audit_only, tuple(p.text for p in rule.paths),
+            tuple(h.text for h in rule.hosts), tuple(str(c) for c in rule.cidrs), tuple(str(p) for p in rule.ports),
+            tuple(c.text for c in rule.commands), tuple(p.text for p in rule.except_paths),
+            tuple(h.text for h in rule.except_hosts), tuple(str(c) for c in rule.except_cidrs),
+            tuple(c.text for c in rule.except_commands))
