@@ -135,7 +135,8 @@ def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> No
     if exp.losers:
         click.echo(f"{indent}  also matched:")
         for loser in exp.losers:
-            click.echo(f"{indent}    - {loser.rule_id} ({loser.verdict.value}, {loser.location}): {loser.why}")
+            where = f"{loser.verdict.value}, {loser.location}"
+            click.echo(f"{indent}    - {loser.rule_id} ({where}): {loser.why}")
     for i, part in enumerate(exp.parts, start=1):
         click.echo(f"{indent}  part {i}:")
         _print_explanation(loaded, part, indent + "    ")
@@ -169,7 +170,8 @@ def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
     a, b = load_policy(old, workspace=ws), load_policy(new, workspace=ws)
     rules_a = {r.id: r for r in a.rules}
     rules_b = {r.id: r for r in b.rules}
-    changed = sorted(i for i in rules_a.keys() & rules_b.keys() if _rule_key(rules_a[i]) != _rule_key(rules_b[i]))
+    common = rules_a.keys() & rules_b.keys()
+    changed = sorted(i for i in common if _rule_key(rules_a[i]) != _rule_key(rules_b[i]))
     defaults = {k.value: [a.defaults[k].value, b.defaults[k].value] for k in a.defaults
                 if a.defaults[k] is not b.defaults[k]}
     seen: set[str] = set()
@@ -185,9 +187,10 @@ def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
                               "loosened": db.enforced.strength < da.enforced.strength})
     loosened = any(d["loosened"] for d in decisions) or any(
         Verdict(v[1]).strength < Verdict(v[0]).strength for v in defaults.values())
-    result = {"old": old, "new": new, "added": sorted(rules_b.keys() - rules_a.keys()),
+    result: dict[str, Any] = {"old": old, "new": new, "added": sorted(rules_b.keys() - rules_a.keys()),
               "removed": sorted(rules_a.keys() - rules_b.keys()), "changed": changed, "defaults": defaults,
-              "mode": [a.mode, b.mode] if a.mode != b.mode else None, "decisions": decisions, "loosened": loosened}
+              "mode": [a.mode, b.mode] if a.mode != b.mode else None, "decisions": decisions,
+              "loosened": loosened}
     if as_json:
         _emit(result)
     else:
@@ -208,7 +211,8 @@ def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
 
 def _rule_key(rule: Any) -> tuple[Any, ...]:
     return (rule.verdict, rule.ops, rule.audit_only, tuple(p.text for p in rule.paths),
-            tuple(h.text for h in rule.hosts), tuple(str(c) for c in rule.cidrs), tuple(str(p) for p in rule.ports),
+            tuple(h.text for h in rule.hosts), tuple(str(c) for c in rule.cidrs),
+            tuple(str(p) for p in rule.ports),
             tuple(c.text for c in rule.commands), tuple(p.text for p in rule.except_paths),
             tuple(h.text for h in rule.except_hosts), tuple(str(c) for c in rule.except_cidrs),
             tuple(c.text for c in rule.except_commands))

@@ -75,13 +75,14 @@ def _warnings(compiled: Compiled, report: TestReport) -> list[Diagnostic]:
                 out.append(Diagnostic(Severity.WARNING,
                                       f"rule {rule.id!r} never decides anything: the broader deny rule "
                                       f"{other.id!r} ({other.location}) matches everything it matches",
-                                      rule.location, hint="narrow the deny, add an 'except', or remove this rule"))
+                                      rule.location,
+                                      hint="narrow the deny, add an 'except', or remove this rule"))
                 break
     if top.tests:
         for rule_id in report.uncovered:
-            rule = compiled.policy.rule(rule_id)
-            assert rule is not None
-            out.append(Diagnostic(Severity.WARNING, f"no test exercises rule {rule_id!r}", rule.location,
+            untested = compiled.policy.rule(rule_id)
+            assert untested is not None
+            out.append(Diagnostic(Severity.WARNING, f"no test exercises rule {rule_id!r}", untested.location,
                                   hint="add a test under 'tests:' whose action this rule matches"))
     elif top.rules:
         out.append(Diagnostic(Severity.WARNING, "the policy has no tests", Location(top.display, 1, 1),
@@ -135,6 +136,6 @@ def _command_covers(q: CommandPattern, p: CommandPattern) -> bool:
     if q.tokens[-1] != ELLIPSIS or q.by_path != p.by_path:
         return False
     head = q.tokens[:-1]
-    if any(ELLIPSIS == t or any(c in t for c in "*?[") for t in head):
+    if any(t == ELLIPSIS or any(c in t for c in "*?[") for t in head):
         return False
     return p.tokens[: len(head)] == head and len(p.tokens) >= len(head)
