@@ -1,0 +1,451 @@
+"""The kernel tier against the real kernel: real sandboxed /bin/sh processes, real masks, real namespaces.
+
+Each test builds a policy by hand (the shape guard.policy hands the planner), scans, plans and spawns,
+then checks from inside and outside. The key ones run again as the unprivileged user `nobody`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from guard.errors import SandboxError
+from guard.model import Op, Verdict
+from guard.sandbox import _syscalls as sc
+from guard.sandbox import namespaces
+from guard.sandbox.launch import SandboxedProcess, spawn
+from guard.sandbox.plan import build_plan
+from guard.sandbox.scan import scan_launch_facts
+
+ABI = sc.landlock_abi()
+NS_PROBLEM = namespaces.probe()
+pytestmark = [
+    pytest.mark.landlock,
+    pytest.mark.skipif(ABI == 0, reason="Landlock is not available on this kernel"),
+    pytest.mark.skipif(NS_PROBLEM is not None, reason=f"cannot create the sandbox namespaces: {NS_PROBLEM}"),
+]
+
+NOBODY = 65534
+SYSTEM = ("/usr/**", "/bin/**", "/lib/**", "/lib64/**", "/etc/**", "/proc/**", "/sys/**")
+ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+
+
+@dataclass(frozen=True)
+class Rule:
+    rule_id: str
+    verdict: Verdict
+    ops: frozenset[Op]
+    patterns: tuple[str, ...]
+    excepts: tuple[str, ...] = ()
+    audit_only: bool = False
+
+
+@dataclass(frozen=True)
+class Pol:
+    rules: tuple[Rule, ...]
+    sources: tuple[Path, ...] = ()
+
+    def file_rules(self) -> tuple[Rule, ...]:
+        return self.rules
+
+
+@dataclass
+class Tree:
+    root: Path
+    ws: Path
+    home: Path
+    other: Path
+    gh: Path
+
+    def policy(self, *extra: Rule) -> Pol:
+        rw = frozenset({Op.READ, Op.WRITE})
+        return Pol((Rule("system", Verdict.ALLOW, frozenset({Op.READ, Op.EXEC}), SYSTEM),
+                    Rule("devnull", Verdict.ALLOW, rw, ("/dev/null",)),
+                    Rule("ws", Verdict.ALLOW, rw, (f"{self.ws}/**",)),
+                    Rule("home", Verdict.ALLOW, frozenset({Op.READ}), (f"{self.home}/**",)),
+                    Rule("ssh", Verdict.DENY, rw, (f"{self.home}/.ssh/**",)),
+                    Rule("env", Verdict.DENY, rw, ("/**/.env",)),
+                    Rule("hooks", Verdict.ASK, frozenset({Op.WRITE}), (f"{self.ws}/.git/hooks/**",)),
+                    *extra))
+
+    def launch(self, script: str, *, policy: Pol | None = None, ports: tuple[int, ...] = (),
+               cwd: Path | None = None) -> SandboxedProcess:
+        pol = policy or self.policy()
+        facts = scan_launch_facts(pol, workspace=self.ws, protected=[self.gh], home=self.home)
+        plan = build_plan(pol, facts, workspace=self.ws, protected=[self.gh], abi=ABI)
+        out = self.ws / "out.txt"
+        return spawn(plan, ["/bin/sh", "-c", f"exec >{out} 2>&1\n{script}"], env=ENV, cwd=cwd or self.ws,
+                     seccomp=None, inner_listen_ports=ports)
+
+    def run(self, script: str, **kw: object) -> tuple[int, str]:
+        sp = self.launch(script, **kw)  # type: ignore[arg-type]
+        try:
+            sp.start()
+            rc = sp.wait()
+        finally:
+            sp.kill()
+            sp.close()
+        return rc, (self.ws / "out.txt").read_text()
+
+
+def make_tree(root: Path) -> Tree:
+    ws, home, other, gh = root / "ws", root / "home", root / "other", root / "guard-home"
+    for d in (ws / ".git" / "hooks", home / ".ssh", other, gh / "keys"):
+        d.mkdir(parents=True)
+    (ws / ".env").write_text("SECRET=hunter2\n")
+    (ws / ".git" / "hooks" / "pre-commit").write_text("#!/bin/sh\n")
+    (home / ".ssh" / "id_ed25519").write_text("PRIVATE KEY\n")
+    (home / ".gitconfig").write_text("[user]\n")
+    (gh / "keys" / "epoch.key").write_text("GUARD KEY\n")
+    (other / "existing").write_text("outside\n")
+    return Tree(root, ws, home, other, gh)
+
+
+@pytest.fixture
+def tree(tmp_path: Path) -> Tree:
+    return make_tree(tmp_path)
+
+
+# --- files -----------------------------------------------------------------------------------------------
+def test_granted_dir_writable_and_other_dir_not(tree: Tree) -> None:
+    rc, out = tree.run(f"echo ok > {tree.ws}/new && echo wrote-ws\n"
+                       f"echo bad > {tree.other}/new || echo denied-other\n"
+                       f"cat {tree.other}/existing || echo unreadable-other\n")
+    assert rc == 0, out
+    assert "wrote-ws" in out and "denied-other" in out and "unreadable-other" in out
+    assert "Permission denied" in out
+    assert (tree.ws / "new").read_text() == "ok\n"
+    assert not (tree.other / "new").exists()
+
+
+def test_exec_from_a_non_exec_path_fails(tree: Tree) -> None:
+    shutil.copy("/bin/true", tree.ws / "mytrue")
+    os.chmod(tree.ws / "mytrue", 0o755)
+    rc, out = tree.run("./mytrue; echo rc=$?\n/bin/true; echo sys=$?")
+    assert "rc=126" in out and "sys=0" in out, out
+    assert rc == 0
+
+
+def test_denied_file_inside_granted_tree_is_masked(tree: Tree) -> None:
+    _, out = tree.run(f"cat {tree.ws}/.env; echo read=$?\n"
+                       f"echo stolen > {tree.ws}/.env; echo write=$?\n"
+                       f"rm {tree.ws}/.env; echo rm=$?\n"
+                       f"cat {tree.home}/.ssh/id_ed25519; echo ssh=$?\n"
+                       f"cat {tree.home}/.gitconfig")
+    assert "hunter2" not in out and "PRIVATE KEY" not in out, out
+    assert "write=0" not in out and "rm=0" not in out
+    assert "[user]" in out  # the rest of home stays readable
+    assert (tree.ws / ".env").read_text() == "SECRET=hunter2\n"
+
+
+def test_write_protected_path_is_read_only_but_readable(tree: Tree) -> None:
+    hook = tree.ws / ".git" / "hooks" / "pre-commit"
+    _, out = tree.run(f"cat {hook}; echo 'curl evil' >> {hook}; echo append=$?\n"
+                       f"echo x > {tree.ws}/.git/hooks/post-checkout; echo create=$?")
+    assert "append=0" not in out and "create=0" not in out, out
+    assert "#!/bin/sh" in out
+    assert hook.read_text() == "#!/bin/sh\n"
+    assert not (tree.ws / ".git" / "hooks" / "post-checkout").exists()
+
+
+def test_hard_link_planted_before_launch_is_masked(tree: Tree) -> None:
+    os.link(tree.home / ".ssh" / "id_ed25519", tree.ws / "notes.txt")
+    _, out = tree.run(f"cat {tree.ws}/notes.txt; echo read=$?\necho pwn >> {tree.ws}/notes.txt; echo w=$?")
+    assert "PRIVATE KEY" not in out and "w=0" not in out, out
+    assert (tree.home / ".ssh" / "id_ed25519").read_text() == "PRIVATE KEY\n"
+
+
+def test_guard_home_is_invisible_even_if_granted(tree: Tree) -> None:
+    pol = tree.policy(Rule("oops", Verdict.ALLOW, frozenset({Op.READ, Op.WRITE}), (f"{tree.gh}/**",)))
+    _, out = tree.run(f"ls -A {tree.gh}; echo ls=$?\ncat {tree.gh}/keys/epoch.key; echo cat=$?\n"
+                       f"touch {tree.gh}/planted; echo touch=$?", policy=pol)
+    assert "GUARD KEY" not in out and "keys" not in out.split("ls=")[0], out
+    assert "touch=0" not in out
+    assert not (tree.gh / "planted").exists()
+
+
+# --- processes, signals, sockets, network --------------------------------------------------------------
+def test_proc_shows_only_sandbox_pids(tree: Tree) -> None:
+    _, out = tree.run("ls /proc | grep -E '^[0-9]+$' | tr '\\n' ' '; echo; cat /proc/1/cmdline | tr '\\0' ' '")
+    pids = [int(p) for p in out.splitlines()[0].split()]
+    assert 1 in pids and len(pids) <= 5 and max(pids) < 10, out
+    assert os.getpid() not in pids or os.getpid() < 10
+
+
+def test_signal_to_an_outside_process_fails(tree: Tree) -> None:
+    victim = subprocess.Popen(["sleep", "60"])
+    try:
+        _, out = tree.run(f"kill -TERM {victim.pid}; echo kill=$?\nkill -0 1; echo self-init=$?")
+        assert "kill=0" not in out, out
+        assert victim.poll() is None, "the victim outside the sandbox was signalled"
+    finally:
+        victim.kill()
+        victim.wait()
+
+
+def test_abstract_unix_socket_to_outside_listener_fails(tree: Tree) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("needs /usr/bin/python3 inside the sandbox")
+    name = f"guard-test-{uuid.uuid4().hex}"
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind("\0" + name)
+    listener.listen(1)
+    listener.settimeout(0.5)
+    try:
+        code = ("import socket,sys\ns=socket.socket(socket.AF_UNIX)\n"
+                f"try:\n  s.connect('\\0{name}'); print('connected')\n"
+                "except OSError as e: print('refused', e.errno)\n")
+        (tree.ws / "probe.py").write_text(code)
+        _, out = tree.run("/usr/bin/python3 probe.py")
+        assert "refused" in out and "connected" not in out, out
+        with pytest.raises(TimeoutError):
+            listener.accept()
+    finally:
+        listener.close()
+
+
+def test_network_namespace_has_only_lo_and_it_is_up(tree: Tree) -> None:
+    _, out = tree.run("ls /sys/class/net | tr '\\n' ' '; echo\ncat /sys/class/net/lo/operstate "
+                       "/sys/class/net/lo/flags; hostname")
+    first = out.splitlines()[0].split()
+    assert first == ["lo"], out
+    assert int(out.splitlines()[2], 16) & 1, out  # IFF_UP
+    assert out.splitlines()[3] == "guard"
+
+
+def test_inner_listener_is_handed_to_the_parent(tree: Tree) -> None:
+    with socket.socket() as probe:  # pick a port number; inside the netns it is free anyway
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    sp = tree.launch(f"/bin/bash -c 'exec 3<>/dev/tcp/127.0.0.1/{port}; echo hello-from-inside >&3; "
+                     "read reply <&3; echo got=$reply'", ports=(port,), policy=None)
+    try:
+        assert len(sp.inner_listeners) == 1
+        lst = sp.inner_listeners[0]
+        assert lst.getsockname() == ("127.0.0.1", port)
+        sp.start()
+        lst.settimeout(30)
+        conn, _ = lst.accept()
+        with conn:
+            assert conn.makefile().readline() == "hello-from-inside\n"
+            conn.sendall(b"pong\n")
+        assert sp.wait() == 0
+    finally:
+        sp.kill()
+        sp.close()
+    assert "got=pong" in (tree.ws / "out.txt").read_text()
+
+
+def test_exit_status_as_a_shell_reports_it(tree: Tree) -> None:
+    assert tree.run("exit 7")[0] == 7
+    assert tree.run("kill -9 $$")[0] == 128 + signal.SIGKILL
+    rc, _ = tree.run("exec /no/such/binary")
+    assert rc == 127
+
+
+def test_setup_failure_raises_sandbox_error_and_nothing_runs(tree: Tree) -> None:
+    marker = tree.ws / "ran"
+    with pytest.raises(SandboxError, match="working directory"):
+        tree.launch(f"touch {marker}", cwd=tree.root / "vanished")
+    assert not marker.exists()
+
+
+def test_the_agent_holds_no_capabilities_and_no_new_privs(tree: Tree) -> None:
+    _, out = tree.run("grep -E '^(CapEff|CapPrm|CapBnd|CapAmb|NoNewPrivs|Seccomp)' /proc/self/status")
+    fields = dict(line.split(":\t") for line in out.splitlines())
+    assert int(fields["CapEff"], 16) == 0 and int(fields["CapPrm"], 16) == 0, out
+    assert int(fields["CapBnd"], 16) == 0 and int(fields["CapAmb"], 16) == 0
+    assert fields["NoNewPrivs"].strip() == "1"
+
+
+def test_umount_of_a_mask_is_refused(tree: Tree) -> None:
+    _, out = tree.run(f"umount {tree.ws}/.env; echo umount=$?\ncat {tree.ws}/.env")
+    assert "umount=0" not in out and "hunter2" not in out, out
+
+
+# --- fail closed ---------------------------------------------------------------------------------------
+def _descendants(pid: int) -> set[int]:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return {p.pid for p in psutil.Process(pid).children(recursive=True)}
+    except psutil.NoSuchProcess:
+        return set()
+
+
+def _alive(pid: int) -> bool:
+    psutil = pytest.importorskip("psutil")
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def _wait_until(cond: Callable[[], bool], limit: float = 20.0) -> bool:
+    end = time.monotonic() + limit
+    while time.monotonic() < end:
+        if cond():
+            return True
+        time.sleep(0.05)
+    return cond()
+
+
+def test_tree_dies_with_the_supervisor(tree: Tree) -> None:
+    rfd, wfd = os.pipe()
+    sup = os.fork()
+    if sup == 0:  # the stand-in supervisor: spawn, report pids, then wait to be killed
+        try:
+            os.close(rfd)
+            sp = tree.launch("sleep 1000 & sleep 1000 & sleep 1000")
+            sp.start()
+            os.write(wfd, f"{sp.pid} {sp.init_pid}\n".encode())
+            time.sleep(1000)
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd) as r:
+            relay, init = (int(x) for x in r.readline().split())
+        assert _wait_until(lambda: len(_descendants(init)) >= 4), "sandbox did not start its sleeps"
+        tree_pids = {relay, init} | _descendants(init)
+        os.kill(sup, signal.SIGKILL)
+        os.waitpid(sup, 0)
+        assert _wait_until(lambda: not any(_alive(p) for p in tree_pids)), \
+            f"survivors: {[p for p in tree_pids if _alive(p)]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(sup, signal.SIGKILL)
+            os.waitpid(sup, 0)
+
+
+def test_kill_takes_the_whole_tree_down(tree: Tree) -> None:
+    sp = tree.launch("sleep 1000 & sleep 1000")
+    try:
+        sp.start()
+        assert _wait_until(lambda: len(_descendants(sp.init_pid)) >= 3)
+        pids = {sp.pid, sp.init_pid} | _descendants(sp.init_pid)
+        sp.kill()
+        assert sp.wait() == 128 + signal.SIGKILL
+        assert _wait_until(lambda: not any(_alive(p) for p in pids))
+    finally:
+        sp.kill()
+        sp.close()
+
+
+# --- the same, unprivileged ------------------------------------------------------------------------------
+@pytest.fixture
+def nobody_tree() -> Iterator[Tree]:
+    if os.geteuid() != 0:
+        pytest.skip("dropping to nobody needs root")
+    root = Path(tempfile.mkdtemp(prefix="guard-nobody-", dir="/tmp"))
+    try:
+        tree = make_tree(root)
+        for path in [root, *root.rglob("*")]:
+            os.chown(path, NOBODY, NOBODY, follow_symlinks=False)
+        os.chmod(root, 0o700)
+        yield tree
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _as_nobody(fn: Callable[[], None]) -> tuple[int, str]:
+    """Run fn in a forked child after a full drop to nobody; its assertion text comes back on a pipe."""
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            fn()
+        except BaseException as exc:
+            os.write(wfd, f"{type(exc).__name__}: {exc}".encode()[:8000])
+            code = 1
+        os._exit(code)
+    os.close(wfd)
+    with os.fdopen(rfd) as r:
+        text = r.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), text
+
+
+def test_key_protections_as_nobody(nobody_tree: Tree) -> None:
+    problem = namespaces.probe(drop_to=NOBODY)
+    if problem is not None:
+        pytest.skip(f"unprivileged user namespaces unavailable: {problem}")
+    t = nobody_tree
+    os.link(t.home / ".ssh" / "id_ed25519", t.ws / "notes.txt")
+
+    def body() -> None:
+        assert os.geteuid() == NOBODY
+        rc, out = t.run(f"echo ok > {t.ws}/new; echo ws=$?\n"
+                        f"echo bad > {t.other}/new; echo other=$?\n"
+                        f"cat {t.ws}/.env {t.ws}/notes.txt {t.home}/.ssh/id_ed25519\n"
+                        f"ls -A {t.gh}; cat {t.gh}/keys/epoch.key\n"
+                        "ls /proc | grep -cE '^[0-9]+$'\n"
+                        "ls /sys/class/net\n"
+                        "grep NoNewPrivs /proc/self/status\n"
+                        "id -u")
+        assert rc == 0, out
+        assert "ws=0" in out and "other=0" not in out, out
+        for secret in ("hunter2", "PRIVATE KEY", "GUARD KEY", "\nkeys\n"):
+            assert secret not in out, out
+        assert f"\n{NOBODY}" in out, out
+        assert out.count("\nlo\n") == 1, out
+        assert not (t.other / "new").exists()
+
+    code, text = _as_nobody(body)
+    assert code == 0, text
+
+
+def test_tree_dies_with_the_supervisor_as_nobody(nobody_tree: Tree) -> None:
+    problem = namespaces.probe(drop_to=NOBODY)
+    if problem is not None:
+        pytest.skip(f"unprivileged user namespaces unavailable: {problem}")
+    t = nobody_tree
+    rfd, wfd = os.pipe()
+    sup = os.fork()
+    if sup == 0:
+        try:
+            os.close(rfd)
+            os.setgroups([])
+            os.setresgid(NOBODY, NOBODY, NOBODY)
+            os.setresuid(NOBODY, NOBODY, NOBODY)
+            sp = t.launch("sleep 1000 & sleep 1000")
+            sp.start()
+            os.write(wfd, f"{sp.pid} {sp.init_pid}\n".encode())
+            time.sleep(1000)
+        except BaseException as exc:
+            sys.stderr.write(f"supervisor stand-in failed: {exc}\n")
+        finally:
+            os._exit(1)
+    os.close(wfd)
+    try:
+        with os.fdopen(rfd) as r:
+            line = r.readline()
+        assert line, "the unprivileged supervisor failed to spawn"
+        relay, init = (int(x) for x in line.split())
+        assert _wait_until(lambda: len(_descendants(init)) >= 3)
+        pids = {relay, init} | _descendants(init)
+        os.kill(sup, signal.SIGKILL)
+        os.waitpid(sup, 0)
+        assert _wait_until(lambda: not any(_alive(p) for p in pids)), \
+            f"survivors: {[p for p in pids if _alive(p)]}"
+    finally:
+        with contextlib.suppress(ProcessLookupError, ChildProcessError):
+            os.kill(sup, signal.SIGKILL)
+            os.waitpid(sup, 0)
