@@ -281,6 +281,7 @@ class _Resolved:
     comps: list[str]  # canonical components of the full path
     obj: int | None = None  # an O_PATH fd of the object a /proc magic link pointed at
     anonymous: bool = False  # obj is not in the file system (pipe, socket, anon inode)
+    must_be_dir: bool = False  # the path ended in "/": the final name must be (or become) a directory
 
     @property
     def path(self) -> str:
@@ -347,6 +348,8 @@ class _Walker:
                     return _Resolved(parent=fds[-1], name=".", comps=comps)
                 continue
             if name == "..":
+                if beneath and len(comps) <= floor:
+                    raise _Reply(errno.EXDEV)
                 if len(comps) > floor:
                     comps.pop()
                     fds.pop()
@@ -356,8 +359,8 @@ class _Walker:
             try:
                 fd = self._hold(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
             except FileNotFoundError:
-                if last and not must_be_dir:
-                    return _Resolved(parent=fds[-1], name=name, comps=[*comps, name])
+                if last:  # a name to create; with a trailing "/" only mkdir may create it
+                    return _Resolved(parent=fds[-1], name=name, comps=[*comps, name], must_be_dir=must_be_dir)
                 raise _Reply(errno.ENOENT) from None
             st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode) and (not last or follow or must_be_dir):
@@ -385,7 +388,7 @@ class _Walker:
             if last:
                 if must_be_dir and not stat.S_ISDIR(st.st_mode):
                     raise _Reply(errno.ENOTDIR)
-                return _Resolved(parent=fds[-1], name=name, comps=[*comps, name])
+                return _Resolved(parent=fds[-1], name=name, comps=[*comps, name], must_be_dir=must_be_dir)
             if not stat.S_ISDIR(st.st_mode):
                 raise _Reply(errno.ENOTDIR)
             comps.append(name)
@@ -641,6 +644,10 @@ class Supervisor:
         if not res.anonymous and not self._judge([Action(op=Op.WRITE, target=res.path, pid=n.pid)]):
             self._send(n.id, error=errno.EACCES)
             return
+        if res.obj is None and (res.must_be_dir or res.name == "."):
+            # Writing to a directory, or creating "name/": the kernel refuses both the same way.
+            exists = res.name == "." or _lstat_or_none(res.parent, res.name) is not None
+            raise _Reply(errno.EISDIR if exists or flags & os.O_CREAT else errno.ENOENT)
         cloexec = bool(flags & os.O_CLOEXEC)
         target: os.stat_result | None
         if res.obj is not None:

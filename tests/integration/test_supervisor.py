@@ -1,0 +1,447 @@
+"""The notification supervisor against real sandboxed children: each child installs the notifying filter,
+hands the listener to the test over a socketpair, and then acts; the test serves it and inspects what
+was decided, recorded and done."""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import fcntl
+import json
+import os
+import socket
+import stat
+import struct
+import sys
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox import seccomp
+from guard.sandbox import syscalls_seccomp as sc
+from guard.sandbox.supervisor import ARGV_MAX_ARGS, TRUNCATED_MARK, serving
+
+pytestmark = pytest.mark.skipif(sc.machine() != "x86_64", reason="raw syscall numbers are x86_64")
+
+libc = ctypes.CDLL(None, use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.open.argtypes = [ctypes.c_char_p, ctypes.c_int, ctypes.c_int]
+
+
+@dataclass
+class Run:
+    status: int
+    output: bytes
+    records: list[tuple[Action, Decision]] = field(default_factory=list)
+
+    @property
+    def result(self) -> object:
+        body = json.loads(self.output)
+        if "error" in body:
+            raise AssertionError(f"child failed: {body['error']}")
+        return body["ok"]
+
+    def actions(self, op: Op) -> list[Action]:
+        return [a for a, _ in self.records if a.op is op]
+
+    def verdicts(self, op: Op) -> dict[str, Verdict]:
+        return {a.target: d.verdict for a, d in self.records if a.op is op}
+
+
+def deny_if(word: str, *, ops: tuple[Op, ...] = tuple(Op)) -> Callable[[Action], Decision]:
+    def decide(action: Action) -> Decision:
+        if action.op in ops and word in action.target:
+            return Decision(Verdict.DENY, "test-deny", f"{word!r} in target")
+        return Decision(Verdict.ALLOW, "test-allow", "allowed")
+    return decide
+
+
+def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action], Decision], *,
+               cwd: Path, spec: seccomp.SeccompSpec | None = None) -> Run:
+    """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
+    back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits."""
+    spec = spec or seccomp.SeccompSpec()
+    parent_sock, child_sock = socket.socketpair()
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        code = 0
+        try:
+            parent_sock.close()
+            os.close(r)
+            os.chdir(cwd)
+            sc.set_no_new_privs()
+            fd = seccomp.install(spec)
+            assert fd is not None
+            socket.send_fds(child_sock, [b"L"], [fd])
+            os.close(fd)
+            child_sock.close()
+            if isinstance(child, list):
+                os.dup2(w, 1)
+                os.dup2(w, 2)
+                os.execv(child[0], child)
+            out = json.dumps({"ok": child()})
+        except BaseException as exc:
+            out = json.dumps({"error": repr(exc)})
+            code = 3
+        os.write(w, out.encode())
+        os._exit(code)
+    child_sock.close()
+    os.close(w)
+    try:
+        _, fds, _, _ = socket.recv_fds(parent_sock, 1, 1)
+    finally:
+        parent_sock.close()
+    records: list[tuple[Action, Decision]] = []
+    lock = threading.Lock()
+
+    def record(action: Action, decision: Decision) -> None:
+        with lock:
+            records.append((action, decision))
+
+    chunks = []
+    with serving(fds[0], decide=decide, record=record, spec=spec):
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+    return Run(status, b"".join(chunks), records)
+
+
+@pytest.fixture
+def ws(tmp_path: Path) -> Path:
+    d = tmp_path / "ws"
+    d.mkdir()
+    return d
+
+
+# --- exec --------------------------------------------------------------------------------------------
+
+def test_denied_command_line_fails_allowed_runs_every_exec_recorded(ws: Path) -> None:
+    script = ws / "script.sh"
+    script.write_text("/bin/echo ok-run\n/bin/echo forbidden-run\necho rc=$?\n")
+    run = supervised(["/bin/sh", str(script)], deny_if("forbidden", ops=(Op.RUN,)), cwd=ws)
+    out = run.output.decode()
+    assert "ok-run" in out
+    assert "forbidden-run\n" not in out.replace("/bin/echo forbidden-run", "")
+    assert "Permission denied" in out and "rc=126" in out
+    runs = run.actions(Op.RUN)
+    argvs = [a.argv for a in runs]
+    assert argvs == [("/bin/sh", str(script)), ("/bin/echo", "ok-run"), ("/bin/echo", "forbidden-run")]
+    assert all(a.pid and a.cwd == str(ws) for a in runs)
+    assert run.verdicts(Op.RUN)["/bin/echo forbidden-run"] is Verdict.DENY
+    exes = {a.exe for a in run.actions(Op.EXEC)}
+    assert os.path.realpath("/bin/echo") in exes and os.path.realpath("/bin/sh") in exes
+
+
+def test_exec_through_relative_path_and_dirfd_resolves_exe(ws: Path) -> None:
+    tool = ws / "bin" / "tool"
+    tool.parent.mkdir()
+    tool.write_text("#!/bin/sh\necho tool-ran\n")
+    tool.chmod(0o755)
+
+    def child() -> object:
+        pid = os.fork()
+        if pid == 0:
+            os.execv("./bin/tool", ["tool", "a b"])
+        _, status = os.waitpid(pid, 0)
+        return os.WEXITSTATUS(status)
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == 0
+    first = run.actions(Op.RUN)[0]
+    assert first.target == "tool 'a b'" and first.exe == str(tool)
+    assert str(tool) in run.verdicts(Op.EXEC)
+
+
+def test_huge_argv_is_truncated_and_says_so(ws: Path) -> None:
+    args = [f"arg{i}" for i in range(ARGV_MAX_ARGS + 100)]
+    run = supervised(["/bin/true", *args], deny_if("nothing"), cwd=ws)
+    assert os.WEXITSTATUS(run.status) == 0
+    argv = run.actions(Op.RUN)[0].argv
+    assert argv is not None and len(argv) == ARGV_MAX_ARGS + 1 and argv[-1] == TRUNCATED_MARK
+
+
+# --- write-opens -------------------------------------------------------------------------------------
+
+def test_write_open_allowed_via_addfd_denied_refused(ws: Path) -> None:
+    def child() -> object:
+        with open("allowed.txt", "w") as fh:
+            fh.write("content landed")
+        try:
+            open("secret.txt", "w").close()
+        except PermissionError as exc:
+            return exc.errno
+        return "opened"
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == errno.EACCES
+    assert (ws / "allowed.txt").read_text() == "content landed"
+    assert not (ws / "secret.txt").exists()
+    assert run.verdicts(Op.WRITE) == {str(ws / "allowed.txt"): Verdict.ALLOW,
+                                      str(ws / "secret.txt"): Verdict.DENY}
+
+
+def test_injected_fd_respects_cloexec_umask_and_flags(ws: Path) -> None:
+    (ws / "existing").write_text("0123456789")
+
+    def child() -> object:
+        os.umask(0o077)
+        plain = libc.open(b"plain", os.O_WRONLY | os.O_CREAT, 0o666)
+        cloexec = libc.open(b"cloexec", os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        appender = libc.open(b"existing", os.O_WRONLY | os.O_APPEND, 0)
+        os.write(appender, b"+")
+        excl = libc.open(b"existing", os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        excl_err = ctypes.get_errno()
+        return [fcntl.fcntl(plain, fcntl.F_GETFD), fcntl.fcntl(cloexec, fcntl.F_GETFD),
+                fcntl.fcntl(appender, fcntl.F_GETFL) & os.O_APPEND, excl, excl_err]
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    plain_fd, cloexec_fd, append, excl, excl_err = run.result
+    assert plain_fd & fcntl.FD_CLOEXEC == 0 and cloexec_fd & fcntl.FD_CLOEXEC
+    assert append and (ws / "existing").read_text() == "0123456789+"
+    assert (excl, excl_err) == (-1, errno.EEXIST)
+    assert stat.S_IMODE((ws / "plain").stat().st_mode) == 0o600
+    assert stat.S_IMODE((ws / "cloexec").stat().st_mode) == 0o600
+
+
+def test_symlink_redirecting_a_write_is_judged_by_its_target(tmp_path: Path, ws: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.mkdir()
+    (ws / "out.txt").symlink_to(secret / "target")
+    (ws / "rel").symlink_to("../secret/t2")
+    (ws / "dirlink").symlink_to(secret)
+    (ws / "chain").symlink_to("rel")
+
+    def child() -> object:
+        results = {}
+        for name in ("out.txt", "rel", "dirlink/x", "chain", "./sub/../out.txt"):
+            try:
+                open(name, "w").close()
+                results[name] = "opened"
+            except OSError as exc:
+                results[name] = exc.errno
+        return results
+
+    (ws / "sub").mkdir()
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == {n: errno.EACCES for n in ("out.txt", "rel", "dirlink/x", "chain", "./sub/../out.txt")}
+    assert list(secret.iterdir()) == []
+    denied = {t for t, v in run.verdicts(Op.WRITE).items() if v is Verdict.DENY}
+    assert denied == {str(secret / "target"), str(secret / "t2"), str(secret / "x")}
+
+
+def test_reopening_a_read_only_fd_for_write_through_proc_is_decided(ws: Path) -> None:
+    (ws / "secret-ro").write_text("keep")
+    (ws / "fine").write_text("")
+
+    def child() -> object:
+        ro = os.open("secret-ro", os.O_RDONLY)
+        fine = os.open("fine", os.O_RDONLY)
+        out = []
+        for fd in (ro, fine):
+            try:
+                with open(f"/proc/self/fd/{fd}", "w") as fh:
+                    fh.write("changed")
+                out.append("written")
+            except OSError as exc:
+                out.append(exc.errno)
+        r, w = os.pipe()
+        with open(f"/dev/fd/{w}", "w") as fh:  # an anonymous pipe: no path to decide on
+            fh.write("through-pipe")
+        out.append(os.read(r, 100).decode())
+        return out
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == [errno.EACCES, "written", "through-pipe"]
+    assert (ws / "secret-ro").read_text() == "keep" and (ws / "fine").read_text() == "changed"
+    assert run.verdicts(Op.WRITE) == {str(ws / "secret-ro"): Verdict.DENY, str(ws / "fine"): Verdict.ALLOW}
+
+
+def test_openat_dirfd_and_openat2_resolve_like_the_kernel(ws: Path) -> None:
+    (ws / "sub").mkdir()
+
+    def openat2(dirfd: int, path: bytes, flags: int, resolve: int) -> int:
+        how = ctypes.create_string_buffer(struct.pack("=QQQ", flags, 0o600, resolve))
+        ctypes.set_errno(0)
+        ret = libc.syscall(ctypes.c_long(437), ctypes.c_long(dirfd), ctypes.c_char_p(path),
+                           ctypes.c_void_p(ctypes.addressof(how)), ctypes.c_long(24))
+        return ret if ret >= 0 else -ctypes.get_errno()
+
+    def child() -> object:
+        d = os.open("sub", os.O_RDONLY | os.O_DIRECTORY)
+        fd = os.open("via-dirfd", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=d)
+        os.write(fd, b"1")
+        flags = os.O_WRONLY | os.O_CREAT
+        got = [openat2(d, b"plain2", flags, 0) >= 0,
+               openat2(d, b"/in-root", flags, 0x10) >= 0,  # RESOLVE_IN_ROOT: "/" is the dirfd
+               openat2(d, b"../escape", flags, 0x08),  # RESOLVE_BENEATH
+               openat2(d, b"secret2", flags, 0)]
+        return got
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == [True, True, -errno.EXDEV, -errno.EACCES]
+    assert (ws / "sub" / "via-dirfd").read_text() == "1"
+    assert (ws / "sub" / "in-root").exists() and not (ws / "escape").exists()
+    assert set(run.verdicts(Op.WRITE)) == {str(ws / "sub" / n) for n in ("via-dirfd", "plain2", "in-root",
+                                                                        "secret2")}
+
+
+def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path) -> None:
+    allowed = str(ws / "allowed-target").encode()
+    denied = str(ws / "secrets-target").encode()
+    assert len(allowed) == len(denied)
+    attempts = 2000
+
+    def child() -> object:
+        buf = ctypes.create_string_buffer(allowed, len(allowed) + 1)
+        stop = threading.Event()
+
+        def flip() -> None:
+            while not stop.is_set():
+                ctypes.memmove(buf, denied, len(denied))
+                ctypes.memmove(buf, allowed, len(allowed))
+
+        t = threading.Thread(target=flip)
+        t.start()
+        opened = refused = escapes = 0
+        try:
+            for _ in range(attempts):
+                fd = libc.open(buf, os.O_WRONLY | os.O_CREAT, 0o644)
+                if fd < 0:
+                    refused += 1
+                    continue
+                opened += 1
+                if b"secret" in os.fsencode(os.readlink(f"/proc/self/fd/{fd}")):
+                    escapes += 1
+                os.close(fd)
+        finally:
+            stop.set()
+            t.join()
+        return [opened, refused, escapes]
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    opened, refused, escapes = run.result
+    assert escapes == 0
+    assert not (ws / "secrets-target").exists()
+    assert opened + refused == attempts
+    assert opened > 0 and refused > 0, "the race never flipped the path: the test proved nothing"
+
+
+def test_decide_raising_fails_closed_and_is_recorded(ws: Path) -> None:
+    def explode(action: Action) -> Decision:
+        if action.op in (Op.WRITE, Op.RUN) and "boom" in action.target:
+            raise RuntimeError("policy engine down")
+        return Decision(Verdict.ALLOW, None, "ok")
+
+    def child() -> object:
+        out = []
+        try:
+            open("boom.txt", "w").close()
+            out.append("opened")
+        except OSError as exc:
+            out.append(exc.errno)
+        pid = os.fork()
+        if pid == 0:
+            try:
+                os.execv("/bin/echo", ["/bin/echo", "boom"])
+            except OSError as exc:
+                os._exit(exc.errno)
+        _, status = os.waitpid(pid, 0)
+        out.append(os.WEXITSTATUS(status))
+        with open("fine.txt", "w") as fh:  # the loop survived both failures
+            fh.write("ok")
+        return out
+
+    run = supervised(child, explode, cwd=ws)
+    assert run.result == [errno.EACCES, errno.EACCES]
+    assert (ws / "fine.txt").read_text() == "ok" and not (ws / "boom.txt").exists()
+    failed = [(a, d) for a, d in run.records if "boom" in a.target]
+    assert failed and all(d.verdict is Verdict.DENY and "decision failed" in d.reason for _, d in failed)
+
+
+# --- path operations ---------------------------------------------------------------------------------
+
+def test_rename_link_mkdir_unlink_into_denied_paths_refused(ws: Path) -> None:
+    (ws / "a").write_text("a")
+    (ws / "secret-existing").write_text("keep")
+
+    def child() -> object:
+        out = {}
+        for name, op in [
+            ("rename", lambda: os.rename("a", "secret-b")),
+            ("link", lambda: os.link("a", "secret-l")),
+            ("symlink", lambda: os.symlink("a", "secret-s")),
+            ("mkdir", lambda: os.mkdir("secret-d")),
+            ("unlink", lambda: os.unlink("secret-existing")),
+            ("truncate", lambda: os.truncate("secret-existing", 0)),
+            ("mkdir-ok", lambda: os.mkdir("d")),
+            ("link-ok", lambda: os.link("a", "d/l")),
+            ("rename-ok", lambda: os.rename("a", "b")),
+        ]:
+            try:
+                op()
+                out[name] = "done"
+            except OSError as exc:
+                out[name] = exc.errno
+        return out
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == {"rename": errno.EACCES, "link": errno.EACCES, "symlink": errno.EACCES,
+                          "mkdir": errno.EACCES, "unlink": errno.EACCES, "truncate": errno.EACCES,
+                          "mkdir-ok": "done", "link-ok": "done", "rename-ok": "done"}
+    assert (ws / "secret-existing").read_text() == "keep"
+    assert sorted(p.name for p in ws.iterdir()) == ["b", "d", "secret-existing"]
+    verdicts = run.verdicts(Op.WRITE)
+    assert verdicts[str(ws / "secret-b")] is Verdict.DENY and verdicts[str(ws / "d" / "l")] is Verdict.ALLOW
+
+
+def test_full_audit_decides_read_only_opens(ws: Path) -> None:
+    (ws / "readme").write_text("r")
+    (ws / "secret-r").write_text("s")
+
+    def child() -> object:
+        out = []
+        for name in ("readme", "secret-r"):
+            try:
+                with open(name) as fh:
+                    out.append(fh.read())
+            except OSError as exc:
+                out.append(exc.errno)
+        return out
+
+    run = supervised(child, deny_if("secret"), cwd=ws, spec=seccomp.SeccompSpec(full_audit=True))
+    assert run.result == ["r", errno.EACCES]
+    reads = run.verdicts(Op.READ)
+    assert reads[str(ws / "readme")] is Verdict.ALLOW and reads[str(ws / "secret-r")] is Verdict.DENY
+
+
+def test_read_only_opens_never_reach_the_supervisor(ws: Path) -> None:
+    (ws / "secret-r").write_text("s")
+
+    def child() -> object:
+        with open("secret-r") as fh:
+            return fh.read()
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == "s"
+    assert run.records == []
+
+
+def test_ordinary_shell_work_under_supervision(ws: Path) -> None:
+    script = ws / "work.sh"
+    script.write_text(
+        "set -e\nmkdir -p src && echo 'print(40 + 2)' > src/m.py\n"
+        f"{sys.executable} src/m.py > out.txt\ncat out.txt >> log.txt\nmv log.txt final.txt\n"
+        "git init -q repo && cd repo && git config user.email t@t && git config user.name t\n"
+        "echo x > f && git add f && git commit -qm init && git log --oneline | wc -l\n"
+    )
+    run = supervised(["/bin/sh", str(script)], deny_if("nothing"), cwd=ws)
+    assert os.WEXITSTATUS(run.status) == 0, run.output.decode()
+    assert (ws / "final.txt").read_text() == "42\n"
+    assert run.output.decode().strip().endswith("1")
+    assert len(run.actions(Op.RUN)) >= 8
