@@ -443,8 +443,8 @@ class LogVerifier:
         if self.witness is not None:
             witnessed = self.witness.checkpoint.size
             if leaves < witnessed:
-                self._add("truncated", f"log has {leaves} lines but a witness saw {witnessed}: the tail was cut "
-                          "or the log rolled back to an older copy", segment=None, seq=leaves)
+                self._add("truncated", f"log has {leaves} lines but a witness saw {witnessed}: the tail was "
+                          "cut or the log rolled back to an older copy", segment=None, seq=leaves)
             else:
                 self._check_witness_signature()
         if self._segments == 0 or leaves == 0:

@@ -1,0 +1,353 @@
+"""`guard audit`: verify the signed trail, hand checkpoints to witnesses, prove records, read and export.
+
+Only parsing, feeding files to the pure verifier, and rendering live here. Exit codes of `verify`:
+0 valid and sealed, 1 tampering, 3 records after the last checkpoint (unsealed), 2 usage or I/O.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import orjson
+
+from guard.audit.canon import parse_ts
+from guard.audit.export import iter_records, to_ocsf
+from guard.audit.keys import Keyring, fingerprint, read_pinned_key
+from guard.audit.note import VerifierKey
+from guard.audit.receipt import build_receipt, encode_receipt, load_receipt, verify_receipt
+from guard.audit.segments import SEGMENT_RE, read_witness, verify_log
+from guard.audit.verify import Report
+from guard.errors import AuditError, KeyringError, UsageError
+from guard.home import guard_home, log_dir
+
+MAX_LISTED = 20
+
+
+def _log(path: Path | None) -> Path:
+    return path if path is not None else log_dir(guard_home())
+
+
+def _root_key(pin: Path | None) -> VerifierKey:
+    if pin is not None:
+        return read_pinned_key(pin)
+    try:
+        key = Keyring(guard_home()).root()
+    except KeyringError as exc:
+        raise UsageError(exc.message, hint=exc.hint or "pass the auditor's pinned key with --key") from None
+    click.echo(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
+               "key instead: --key root.pub", err=True)
+    return key
+
+
+def _write(output: Path, data: bytes) -> None:
+    if str(output) == "-":
+        sys.stdout.buffer.write(data)
+        sys.stdout.flush()
+        return
+    try:
+        output.write_bytes(data)
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+
+
+@click.group()
+def audit() -> None:
+    """Verify, prove, read and export the signed audit trail."""
+
+
+_log_opt = click.option("--log", "log", type=click.Path(file_okay=False, path_type=Path),
+                        help="Log directory (default: $GUARD_HOME/log).")
+
+
+@audit.command("verify")
+@_log_opt
+@click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The pinned root public key (from `guard keys export-public`).")
+@click.option("--witness", type=click.Path(dir_okay=False, path_type=Path),
+              help="A checkpoint a witness kept: a shorter or different log is tampering.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable report.")
+def verify_cmd(log: Path | None, key: Path | None, witness: Path | None, as_json: bool) -> None:
+    """Check every record, the Merkle tree, checkpoint signatures and the epoch key chain."""
+    root = _root_key(key)
+    witnessed = read_witness(witness) if witness is not None else None
+    try:
+        report = verify_log(_log(log), root.public, witness=witnessed)
+    except AuditError as exc:
+        raise UsageError(exc.message, hint=exc.hint) from None
+    if as_json:
+        out = report.to_dict()
+        out["root_key"] = fingerprint(root)
+        out["pinned"] = key is not None
+        click.echo(orjson.dumps(out).decode())
+    else:
+        _render(report)
+    sys.exit(report.exit_code)
+
+
+def _render(report: Report) -> None:
+    first = report.first_break
+    if first is not None:
+        click.echo(f"TAMPERED: first break at {first.where()}: {first.message}")
+        others = [f for f in report.findings if f is not first]
+        if others:
+            click.echo("also found:")
+            for f in others[:MAX_LISTED]:
+                tag = "" if f.tampering else " (not tampering)"
+                click.echo(f"  - {f}{tag}")
+            more = report.findings_total - 1 - min(len(others), MAX_LISTED)
+            if more > 0:
+                click.echo(f"  ... and {more} more (use --json for all kept findings)")
+    summary = (f"{report.records} records, {report.leaves} lines in {report.segments} segment(s), "
+               f"{report.checkpoints} checkpoints, {report.epochs} epoch key(s), "
+               f"root {report.root.hex()[:16]}…")
+    if report.witness_size is not None:
+        summary += f", consistent with the witnessed size {report.witness_size}" if first is None else ""
+    if first is None and report.exit_code == 0:
+        click.echo(f"VALID: {summary}; every line is sealed")
+        return
+    if first is None:
+        click.echo(f"NOT FULLY SEALED: {summary}")
+    else:
+        click.echo(summary)
+    if report.unsealed:
+        click.echo(f"UNSEALED: {report.unsealed} line(s) after the last checkpoint (from seq "
+                   f"{report.sealed + 1}) are not proven valid")
+    if report.torn_tail is not None:
+        t = report.torn_tail
+        click.echo(f"TORN: segment {t.segment} line {t.line} ends in {t.size} bytes without a newline "
+                   "(a crash mid-append; not a record)")
+
+
+@audit.command("checkpoint")
+@_log_opt
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the latest signed checkpoint ('-' for stdout).")
+def checkpoint_cmd(log: Path | None, output: Path) -> None:
+    """Write the latest signed checkpoint, for a witness to keep (after verifying the log)."""
+    root = _root_key(None)
+    report = verify_log(_log(log), root.public)
+    if report.tampered:
+        raise AuditError(f"the log fails verification ({report.first_break}); not exporting a checkpoint",
+                         hint="run 'guard audit verify'")
+    if report.last_note is None:
+        raise AuditError("the log has no checkpoint yet")
+    _write(output, report.last_note.encode())
+    click.echo(f"checkpoint at tree size {report.sealed} written to {output}", err=True)
+
+
+@audit.command("prove")
+@_log_opt
+@click.argument("seq", type=int)
+@click.option("-o", "--output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="Where to write the receipt ('-' for stdout).")
+def prove_cmd(log: Path | None, seq: int, output: Path) -> None:
+    """Write a receipt for record SEQ: the record, its inclusion proof, checkpoint and key chain."""
+    receipt = build_receipt(_log(log), seq)
+    root = _root_key(None)
+    verify_receipt(receipt, root)  # never hand out a receipt that does not check
+    _write(output, encode_receipt(receipt))
+    click.echo(f"receipt for seq {seq} (tree size {receipt['tree_size']}) written to {output}", err=True)
+
+
+@audit.command("verify-receipt")
+@click.argument("receipt", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The pinned root public key.")
+@click.option("--json", "as_json", is_flag=True, help="Print the proven record as JSON.")
+def verify_receipt_cmd(receipt: Path, key: Path | None, as_json: bool) -> None:
+    """Check a receipt alone, with only the root public key."""
+    root = _root_key(key)
+    check = verify_receipt(load_receipt(receipt), root)
+    if as_json:
+        click.echo(orjson.dumps({"valid": True, "seq": check.seq, "tree_size": check.tree_size,
+                                 "epoch": check.epoch, "record": check.record}).decode())
+        return
+    click.echo(f"VALID: record seq {check.seq} is in the log {check.origin} at tree size {check.tree_size}, "
+               f"sealed by the epoch {check.epoch} key")
+    click.echo(_row(check.record))
+
+
+# -- reading ------------------------------------------------------------------------------------------------
+_REL = re.compile(r"^(\d+)([smhd])$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_since(text: str, *, now: float) -> float:
+    """`10m`, `2h`, `1d` (ago) or an ISO 8601 time (UTC unless it says otherwise)."""
+    m = _REL.match(text.strip())
+    if m:
+        return now - int(m.group(1)) * _UNITS[m.group(2)]
+    try:
+        when = dt.datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError:
+        raise UsageError(f"--since {text!r}: expected e.g. 10m, 2h, 1d or 2025-01-31T12:00:00Z") from None
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=dt.UTC)
+    return when.timestamp()
+
+
+def _row_fields(r: dict[str, Any]) -> list[str]:
+    action, decision = r.get("action") or {}, r.get("decision") or {}
+    verdict = str(decision.get("verdict", ""))
+    if decision.get("audit_only"):
+        verdict += "(audit)"
+    what = action.get("op", r.get("event", r.get("type", "")))
+    target = action.get("target", r.get("target", ""))
+    if r.get("type") == "recovery":
+        target = f"torn {r.get('torn_bytes')} bytes in {r.get('segment')}"
+    return [str(r.get("seq", "")), str(r.get("ts", ""))[:19] + "Z", str(r.get("session", ""))[:12],
+            str(r.get("type", "")), verdict, str(what), str(target), str(decision.get("rule_id") or "")]
+
+
+_HEAD = ["SEQ", "TIME", "SESSION", "TYPE", "VERDICT", "OP", "TARGET", "RULE"]
+_WIDTHS = [7, 20, 12, 10, 12, 8, 48, 0]
+
+
+def _fmt(fields: list[str]) -> str:
+    out = []
+    for value, width in zip(fields, _WIDTHS, strict=True):
+        if width and len(value) > width:
+            value = value[:width - 1] + "…"
+        out.append(value.ljust(width) if width else value)
+    return " ".join(out).rstrip()
+
+
+def _row(r: dict[str, Any]) -> str:
+    return _fmt(_row_fields(r))
+
+
+def _matches(r: dict[str, Any], session: str | None, verdict: str | None, since: float | None) -> bool:
+    if session is not None and r.get("session") != session:
+        return False
+    if verdict is not None and (r.get("decision") or {}).get("verdict") != verdict:
+        return False
+    if since is not None:
+        try:
+            return parse_ts(str(r.get("ts"))) >= since
+        except ValueError:
+            return False
+    return True
+
+
+@audit.command("show")
+@_log_opt
+@click.option("--session", help="Only this session.")
+@click.option("--verdict", type=click.Choice(["allow", "ask", "deny"]), help="Only this verdict.")
+@click.option("--since", help="Only records since: 10m, 2h, 1d, or an ISO 8601 time.")
+@click.option("--json", "as_json", is_flag=True, help="One canonical JSON record per line.")
+def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: str | None,
+             as_json: bool) -> None:
+    """A readable table of records (does not verify: run `guard audit verify` for that)."""
+    since_t = parse_since(since, now=time.time()) if since else None
+    if not as_json:
+        click.echo(_fmt(_HEAD))
+    for data, r in iter_records(_log(log)):
+        if _matches(r, session, verdict, since_t):
+            click.echo(data.decode() if as_json else _row(r))
+
+
+def _follow(log: Path, interval: float, stop_after: float | None) -> Iterator[bytes]:
+    """Yield complete lines appended to the log from now on, polling every `interval` seconds."""
+    def segments() -> list[tuple[int, Path]]:
+        try:
+            names = os.listdir(log)
+        except OSError:
+            return []
+        return sorted((int(m.group(1)), log / n) for n in names if (m := SEGMENT_RE.match(n)))
+
+    segs = segments()
+    index, offset = (segs[-1][0], segs[-1][1].stat().st_size) if segs else (0, 0)
+    partial = b""
+    deadline = None if stop_after is None else time.monotonic() + stop_after
+    while deadline is None or time.monotonic() < deadline:
+        for seg_index, path in segments():
+            if seg_index < index:
+                continue
+            if seg_index > index:
+                index, offset, partial = seg_index, 0, b""
+            try:
+                with open(path, "rb") as f:
+                    f.seek(offset)
+                    chunk = f.read()
+            except OSError:
+                continue
+            offset += len(chunk)
+            lines = (partial + chunk).split(b"\n")
+            partial = lines.pop()
+            yield from lines
+        time.sleep(interval)
+
+
+@audit.command("tail")
+@_log_opt
+@click.option("-n", "count", default=20, show_default=True, help="How many recent records to show first.")
+@click.option("-f", "--follow", is_flag=True, help="Keep printing records as they are appended.")
+@click.option("--interval", default=0.5, show_default=True, help="Polling interval for -f, in seconds.")
+@click.option("--for", "stop_after", type=float, default=None, help="Stop following after this many seconds.")
+def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_after: float | None) -> None:
+    """The most recent records; with -f, keep following (bounded polling, no busy loop)."""
+    if interval <= 0:
+        raise UsageError("--interval must be positive")
+    path = _log(log)
+    recent: list[dict[str, Any]] = []
+    for _data, r in iter_records(path):
+        recent.append(r)
+        if len(recent) > count:
+            recent.pop(0)
+    click.echo(_fmt(_HEAD))
+    for r in recent:
+        click.echo(_row(r))
+    if not follow:
+        return
+    try:
+        for line in _follow(path, interval, stop_after):
+            try:
+                r = orjson.loads(line)
+            except ValueError:
+                continue
+            if isinstance(r, dict) and r.get("type") not in ("checkpoint", "epoch"):
+                click.echo(_row(r))
+    except KeyboardInterrupt:
+        return
+
+
+@audit.command("export")
+@_log_opt
+@click.option("--format", "fmt", type=click.Choice(["ocsf", "jsonl"]), required=True,
+              help="ocsf: OCSF 1.1 events for SIEMs; jsonl: the records as written.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("-"),
+              help="Output file (default stdout).")
+def export_cmd(log: Path | None, fmt: str, output: Path) -> None:
+    """Export records for a SIEM (run `guard audit verify` first: export does not verify)."""
+    out = sys.stdout.buffer if str(output) == "-" else None
+    try:
+        fh = out or open(output, "wb")  # noqa: SIM115 - closed below unless stdout
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    count = 0
+    try:
+        for data, r in iter_records(_log(log)):
+            if fmt == "jsonl":
+                fh.write(data + b"\n")
+            else:
+                event = to_ocsf(r)
+                if event is None:
+                    continue
+                fh.write(orjson.dumps(event, option=orjson.OPT_SORT_KEYS) + b"\n")
+            count += 1
+    finally:
+        if out is None:
+            fh.close()
+        else:
+            fh.flush()
+    click.echo(f"exported {count} event(s) as {fmt}", err=True)
+
+

@@ -1,0 +1,65 @@
+"""`guard keys`: create the audit trail's root key, show its fingerprint, export the pin auditors keep."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import click
+
+from guard.audit.keys import Keyring, fingerprint
+from guard.errors import UsageError
+from guard.home import guard_home
+
+
+@click.group()
+def keys() -> None:
+    """Manage the audit trail's signing keys (root key and forward-secure epoch keys)."""
+
+
+@keys.command("init")
+@click.option("--force", is_flag=True,
+              help="Replace existing keys (starts a new trail; auditors must re-pin).")
+def init_cmd(force: bool) -> None:
+    """Create the root key, certify the first epoch key with it, and forget the root private key."""
+    home = guard_home()
+    root = Keyring(home).init(now=time.time(), force=force)
+    click.echo(f"root key: {root.name}")
+    click.echo(f"fingerprint: {fingerprint(root)}")
+    click.echo("the root private key was used once and not stored; give auditors the public key:")
+    click.echo("  guard keys export-public -o root.pub")
+
+
+@keys.command("show")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+def show_cmd(as_json: bool) -> None:
+    """Show the root key's fingerprint and the current epoch."""
+    ring = Keyring(guard_home())
+    root = ring.root()
+    epoch = ring.epoch_key().epoch
+    if as_json:
+        click.echo(json.dumps({"name": root.name, "key": root.encode(), "fingerprint": fingerprint(root),
+                               "epoch": epoch}))
+        return
+    click.echo(f"root key:    {root.name}")
+    click.echo(f"fingerprint: {fingerprint(root)}")
+    click.echo(f"public key:  {root.encode()}")
+    click.echo(f"epoch:       {epoch}")
+
+
+@keys.command("export-public")
+@click.option("-o", "--output", "output", required=True, type=click.Path(dir_okay=False, path_type=Path),
+              help="File to write the root public key to ('-' for stdout).")
+def export_public_cmd(output: Path) -> None:
+    """Write the root public key: the pin an auditor passes to `guard audit verify --key`."""
+    root = Keyring(guard_home()).root()
+    text = root.encode() + "\n"
+    if str(output) == "-":
+        click.echo(text, nl=False)
+        return
+    try:
+        output.write_text(text, encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    click.echo(f"wrote {output} ({fingerprint(root)})", err=True)
