@@ -48,6 +48,11 @@ RIGHT_MIN_ABI.update({sc.ACCESS_FS_REFER: 2, sc.ACCESS_FS_TRUNCATE: 3, sc.ACCESS
 SCOPE_NAMES = {sc.SCOPE_ABSTRACT_UNIX_SOCKET: "abstract_unix_socket", sc.SCOPE_SIGNAL: "signal"}
 
 
+def abi() -> int:
+    """The running kernel's Landlock ABI (0 = none); the only impure function here."""
+    return sc.landlock_abi()
+
+
 def handled_fs(abi: int) -> int:
     """Every file right this ABI can enforce; 0 when Landlock is absent."""
     if abi <= 0:

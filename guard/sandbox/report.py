@@ -53,6 +53,22 @@ class EnforcementReport:
             return State.FULLY
         return State.PARTLY
 
+    @property
+    def fully_enforced(self) -> bool:
+        return self.overall is State.FULLY
+
+    def summary(self) -> str:
+        """One line: the overall state and what falls short."""
+        short = self.shortfalls()
+        if not short:
+            return "fully enforced"
+        names = ", ".join(f"{p.name} ({p.state.value})" for p in short)
+        return f"{self.overall.value} enforced; short: {names}"
+
+    def warnings(self) -> list[str]:
+        """One line per required protection that is not fully enforced, with the reason."""
+        return [f"{p.name}: {p.state.value} enforced: {p.reason}" for p in self.shortfalls()]
+
     def shortfalls(self) -> tuple[Protection, ...]:
         return tuple(p for p in self.protections if p.required and p.state is not State.FULLY)
 

@@ -14,7 +14,6 @@ resolves it too when the agent opens it.
 from __future__ import annotations
 
 import os
-import re
 import stat
 import time
 from collections.abc import Callable, Iterable, Sequence
@@ -22,7 +21,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from guard.errors import SandboxError
 from guard.model import Op, Verdict
+from guard.policy.paths import GlobError, PathPattern, compile_path
 
 SELF_PROTECTION_RULE = "guard:self-protection"
 FILE_OPS = frozenset({Op.READ, Op.WRITE, Op.EXEC})
@@ -83,41 +84,13 @@ def is_subtree_pattern(pattern: str) -> bool:
     return not any(is_glob(c) for c in comps)
 
 
-def _component_regex(comp: str) -> str:
-    out, i = [], 0
-    while i < len(comp):
-        ch = comp[i]
-        if ch == "*":
-            out.append("[^/]*")
-        elif ch == "?":
-            out.append("[^/]")
-        elif ch == "[":
-            end = comp.find("]", i + 2 if i + 1 < len(comp) and comp[i + 1] in "!^" else i + 1)
-            if end == -1:
-                out.append(re.escape(ch))
-            else:
-                body = comp[i + 1:end]
-                if body.startswith("!"):
-                    body = "^" + body[1:]
-                out.append("[" + body.replace("\\", "\\\\") + "]")
-                i = end
-        else:
-            out.append(re.escape(ch))
-        i += 1
-    return "".join(out)
-
-
-def glob_regex(pattern: str) -> re.Pattern[str]:
-    """`*`, `?` and `[...]` stay inside one component; `**` spans any number (a trailing `/**` also
-    matches the directory itself)."""
-    comps = _components(pattern)
-    parts: list[str] = []
-    for idx, comp in enumerate(comps):
-        if comp == "**":
-            parts.append("(?:/.*)?" if idx == len(comps) - 1 else "(?:/[^/]+)*")
-        else:
-            parts.append("/" + _component_regex(comp))
-    return re.compile("".join(parts) or "/", re.DOTALL)
+def matcher(pattern: str) -> PathPattern:
+    """The policy engine's own compiled glob, so the scan and the decisions can never disagree on what
+    a pattern covers (`*`/`?`/`[...]` inside a segment, `**` any depth, `dir/**` includes `dir`)."""
+    try:
+        return compile_path(pattern)
+    except GlobError as exc:
+        raise SandboxError(f"bad path pattern {pattern!r}: {exc}") from None
 
 
 def is_beneath(path: str, root: str) -> bool:
@@ -178,7 +151,7 @@ class _Target:
     rule_id: str
     ops: frozenset[Op]
     verdict: Verdict
-    regex: re.Pattern[str]
+    glob: PathPattern
     prefix: str
     subtree: bool
 
@@ -190,7 +163,7 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]
 
     def add(pattern: str, rule_id: str, ops: frozenset[Op], verdict: Verdict) -> None:
         pattern = pattern if pattern.startswith("/") else "/" + pattern
-        out.append(_Target(pattern, rule_id, ops, verdict, glob_regex(pattern), literal_prefix(pattern),
+        out.append(_Target(pattern, rule_id, ops, verdict, matcher(pattern), literal_prefix(pattern),
                            is_subtree_pattern(pattern)))
 
     for rule in policy.file_rules():
@@ -369,7 +342,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
             owner = inside[-1][1] if inside else None
             if owner is None:
                 for t in relevant:
-                    if t.regex.fullmatch(path):
+                    if t.glob.matches(path):
                         owner = Match(os.path.realpath(path), "dir" if is_dir else _kind(st.st_mode if st
                                       else 0), t.rule_id, t.ops, t.verdict, f"glob {t.pattern}")
                         record(owner)
