@@ -89,11 +89,16 @@ class Proxy:
     `decide` is awaited for every destination (the daemon may hold it while a person approves an `ask`);
     a decision that is not an enforced allow refuses the connection, and so does an exception from `decide`
     (fail closed). `record` receives one `connection` record per client connection.
+
+    `cidr_grant(address, port)` says whether the policy grants a special-purpose address by CIDR (see
+    guard.net.grants.policy_cidr_grant); without it such addresses are reachable only through `host_map`.
+    Cloud metadata addresses need the CIDR grant even when `host_map` names them.
     """
 
     def __init__(self, decide: Decide, record: Record, *, host_map: Mapping[str, str] | None = None,
                  resolver: Resolver = system_resolver, connect_timeout: float = 10.0,
                  head_timeout: float = 30.0, max_connections: int = 1024,
+                 cidr_grant: Callable[[str, int], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self._decide_fn = decide
         self._record_fn = record
@@ -104,6 +109,7 @@ class Proxy:
         self._max_connections = max_connections
         self._active = 0
         self._clock = clock
+        self._cidr_grant = cidr_grant
         # The event loop holds tasks weakly, and a stream's protocol holds its reader weakly: once the
         # client's transport stops polling (EOF both ways), nothing else keeps a relaying connection alive.
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -185,6 +191,9 @@ class Proxy:
             what = special_range(address)
             if what is None or (resolution.source == "map" and what != CLOUD_METADATA):
                 vetted.append(address)  # the static map names it: the policy author means it
+                continue
+            if self._cidr_grant is None or not self._cidr_grant(address, port):
+                refused.append(f"{address} ({what})")
                 continue
             if resolution.source == "literal":
                 grant = decision  # the policy was just asked about this very address

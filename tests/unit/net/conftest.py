@@ -1,65 +1,57 @@
-"""Real sockets on loopback for the proxy tests: a small real rule-based decider, an echo server, a tiny
+"""Real sockets on loopback for the proxy tests: a real Policy loaded from YAML, an echo server, a tiny
 HTTP origin, and a proxy served on 127.0.0.1:0. Every wait is bounded."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import ipaddress
+import tempfile
 from collections.abc import AsyncIterator, Sequence
-from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
+import yaml
 
-from guard.model import Action, Decision, Verdict
+from guard.model import Action, Decision
 from guard.net import Proxy
+from guard.net.grants import policy_cidr_grant
+from guard.policy import load_policy
 
 TIMEOUT = 10.0
 
 
-@dataclass
 class Rules:
-    """A small rule engine with the policy's combination (deny > ask > allow > default deny).
+    """A real guard Policy, written as YAML into a temporary file and loaded with `load_policy`.
 
-    Each rule is (rule_id, verdict, pattern, ports): pattern is an exact host, `*.suffix` (names below the
-    suffix only), or a CIDR that matches an IP target or any resolved address.
+    Each rule is (rule_id, verdict, pattern, ports): a CIDR pattern becomes `cidrs`, anything else `hosts`.
+    Calling the object decides like the daemon would (an awaitable), and remembers what it was asked;
+    `grant` is the proxy's CIDR grant for this policy.
     """
 
-    rules: Sequence[tuple[str, str, str, Sequence[int] | None]]
-    asked: list[Action] = field(default_factory=list)
+    def __init__(self, directory: Path, rules: Sequence[tuple[str, str, str, Sequence[int] | None]],
+                 *, hosts: dict[str, str] | None = None) -> None:
+        body: dict[str, Any] = {"version": 1, "name": "net-test", "mode": "enforce",
+                                "defaults": {"file": "deny", "network": "deny", "process": "deny"},
+                                "rules": []}
+        for rule_id, verdict, pattern, ports in rules:
+            rule: dict[str, Any] = {"id": rule_id, verdict: ["connect"],
+                                    ("cidrs" if "/" in pattern else "hosts"): [pattern],
+                                    "reason": f"rule {rule_id} says {verdict}"}
+            if ports is not None:
+                rule["ports"] = list(ports)
+            body["rules"].append(rule)
+        if hosts:
+            body["network"] = {"hosts": hosts}
+        path = Path(tempfile.mkdtemp(dir=directory)) / "policy.yaml"
+        path.write_text(yaml.safe_dump(body, sort_keys=False))
+        self.policy = load_policy(path, workspace=directory)
+        self.grant = policy_cidr_grant(self.policy)
+        self.asked: list[Action] = []
 
     async def __call__(self, action: Action) -> Decision:
         self.asked.append(action)
-        host, port = action.host_port()
-        best: tuple[int, str, str] | None = None
-        for rule_id, verdict, pattern, ports in self.rules:
-            if ports is not None and port not in ports:
-                continue
-            if not self._matches(pattern, host, action.addresses):
-                continue
-            strength = Verdict(verdict).strength
-            if best is None or strength > best[0]:
-                best = (strength, rule_id, verdict)
-        if best is None:
-            return Decision(Verdict.DENY, None, f"no rule allows connect {action.target}")
-        return Decision(Verdict(best[2]), best[1], f"rule {best[1]} says {best[2]}")
-
-    @staticmethod
-    def _matches(pattern: str, host: str, addresses: Sequence[str]) -> bool:
-        if "/" in pattern:
-            net = ipaddress.ip_network(pattern)
-            candidates = [host, *addresses]
-            for text in candidates:
-                try:
-                    if ipaddress.ip_address(text) in net:
-                        return True
-                except ValueError:
-                    continue
-            return False
-        if pattern.startswith("*."):
-            return host.endswith(pattern[1:]) and host != pattern[2:]
-        return host == pattern
+        return self.policy.decide(action)
 
 
 class Recorder(list[dict[str, Any]]):
@@ -134,9 +126,14 @@ async def read_response(reader: asyncio.StreamReader) -> tuple[int, dict[str, st
     return status, headers, body
 
 
-@dataclass
 class Kit:
-    Rules = Rules
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+
+    def Rules(self, rules: Sequence[tuple[str, str, str, Sequence[int] | None]],
+              **kw: Any) -> Rules:
+        return Rules(self.directory, rules, **kw)
+
     Recorder = Recorder
     echo_server = staticmethod(echo_server)
     http_origin = staticmethod(http_origin)
@@ -146,5 +143,5 @@ class Kit:
 
 
 @pytest.fixture
-def kit() -> type[Kit]:
-    return Kit
+def kit(tmp_path: Path) -> Kit:
+    return Kit(tmp_path)

@@ -106,7 +106,7 @@ def test_denied_host_gets_403_with_rule_and_reason_and_no_dns_query(kit: Any) ->
             status, headers, body = await kit.read_response(reader)
             writer.close()
             assert status == 403 and headers["x-guard-rule"] == "default"
-            assert b"no rule allows connect c2vjcmv0.exfil.example:443" in body
+            assert b"connect c2vjcmv0.exfil.example:443 denied by rule default: no rule matched" in body
         assert calls == []
         assert [r["verdict"] for r in records] == ["deny", "deny"]
         assert records[0]["rule_id"] == "net.deny-paste"
@@ -139,13 +139,67 @@ def test_cidr_grant_lets_an_ip_literal_through(kit: Any) -> None:
     rules = kit.Rules([("net.loopback-dev", "allow", "127.0.0.1/32", None)])
 
     async def go() -> None:
-        async with kit.echo_server() as (echo_port, _), kit.serving(Proxy(rules, kit.Recorder())) as port:
+        proxy = Proxy(rules, kit.Recorder(), cidr_grant=rules.grant)
+        async with kit.echo_server() as (echo_port, _), kit.serving(proxy) as port:
             reader, writer = await connect_via(port, f"127.0.0.1:{echo_port}")
             status, _ = await read_status(reader)
             assert status == 200
             writer.write(b"ping")
             assert await asyncio.wait_for(reader.readexactly(4), T) == b"ping"
             writer.close()
+
+    run(go)
+
+
+@pytest.mark.parametrize(("rule", "target"), [
+    (("loopback", "allow", "127.0.0.1", None), "127.0.0.1"),
+    (("anything", "allow", "*", None), "127.0.0.1"),
+    (("anything", "allow", "*", None), "169.254.169.254"),
+    (("lo-by-name", "allow", "localhost", None), "localhost"),
+])
+def test_host_rules_never_open_special_addresses_at_the_proxy(kit: Any, rule: Any, target: str) -> None:
+    """Inside the sandbox 127.0.0.1 is its own loopback; at the proxy it is the host's. Only a CIDR grant
+    opens it, never a host rule naming the address, never `*`."""
+    rules = kit.Rules([rule])
+    records = kit.Recorder()
+
+    async def go() -> None:
+        async with kit.echo_server() as (echo_port, peers):
+            proxy = Proxy(rules, records, cidr_grant=rules.grant,
+                          resolver=fixed_resolver({"localhost": ["127.0.0.1", "::1"]}, []))
+            async with kit.serving(proxy) as port:
+                reader, writer = await connect_via(port, f"{target}:{echo_port}")
+                status, headers, _ = await kit.read_response(reader)
+                writer.close()
+            assert peers == []
+        assert status == 403 and headers["x-guard-rule"] == "guard:special-address"
+
+    run(go)
+
+
+def test_shipped_coding_agent_policy_at_the_proxy(kit: Any, tmp_path: Any) -> None:
+    from guard.net.grants import policy_cidr_grant
+    from guard.policy import load_policy
+
+    policy = load_policy("coding-agent", workspace=tmp_path)
+
+    async def decide(action: Action) -> Decision:
+        return policy.decide(action)
+
+    async def go() -> None:
+        table = {"pypi.org": ["10.0.0.9"], "files.pythonhosted.org": ["151.101.0.223"]}
+        proxy = Proxy(decide, kit.Recorder(), cidr_grant=policy_cidr_grant(policy),
+                      resolver=fixed_resolver(table, []))
+        async with kit.serving(proxy) as port:
+            for target, rule in (("127.0.0.1:22", "guard:special-address"),
+                                 ("169.254.169.254:80", "private-networks"),
+                                 ("pypi.org:443", "private-networks"),
+                                 ("pypi.org:80", "default"),
+                                 ("evil.example:443", "default")):
+                reader, writer = await connect_via(port, target)
+                status, headers, _ = await kit.read_response(reader)
+                writer.close()
+                assert (status, headers["x-guard-rule"]) == (403, rule), target
 
     run(go)
 
@@ -223,7 +277,7 @@ def test_special_addresses_are_skipped_and_no_second_resolution(kit: Any) -> Non
     async def go() -> None:
         async with kit.echo_server() as (echo_port, _):
             table = {"api.example.com": ["169.254.169.254", "127.0.0.1"]}
-            proxy = Proxy(rules, records, resolver=fixed_resolver(table, calls))
+            proxy = Proxy(rules, records, resolver=fixed_resolver(table, calls), cidr_grant=rules.grant)
             async with kit.serving(proxy) as port:
                 reader, writer = await connect_via(port, f"api.example.com:{echo_port}")
                 status, _ = await read_status(reader)
@@ -238,7 +292,7 @@ def test_special_addresses_are_skipped_and_no_second_resolution(kit: Any) -> Non
         assert calls == ["api.example.com"]
         assert records[0]["address"] == "127.0.0.1"
         assert [a.target for a in rules.asked] == [f"api.example.com:{echo_port}", f"api.example.com:{echo_port}",
-                                                   f"169.254.169.254:{echo_port}", f"127.0.0.1:{echo_port}"]
+                                                   f"127.0.0.1:{echo_port}"]
 
     run(go)
 
@@ -530,7 +584,7 @@ def test_socks5_address_types_relay(kit: Any, host: str, listen: str, grant: tup
     records = kit.Recorder()
 
     async def go() -> None:
-        proxy = Proxy(rules, records, host_map={"allowed.test": "127.0.0.1"})
+        proxy = Proxy(rules, records, host_map={"allowed.test": "127.0.0.1"}, cidr_grant=rules.grant)
         async with kit.echo_server(listen) as (echo_port, _), kit.serving(proxy) as port:
             code, reader, writer = await socks(port, socks_request(host, echo_port))
             assert code == 0
