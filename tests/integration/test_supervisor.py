@@ -9,6 +9,7 @@ import errno
 import fcntl
 import json
 import os
+import select
 import socket
 import stat
 import struct
@@ -61,9 +62,11 @@ def deny_if(word: str, *, ops: tuple[Op, ...] = tuple(Op)) -> Callable[[Action],
 
 
 def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action], Decision], *,
-               cwd: Path, spec: seccomp.SeccompSpec | None = None) -> Run:
+               cwd: Path, spec: seccomp.SeccompSpec | None = None,
+               server: Callable[[int], None] | None = None) -> Run:
     """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
-    back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits."""
+    back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits,
+    with the Supervisor or, for a control experiment, with `server(listener_fd)` on a thread."""
     spec = spec or seccomp.SeccompSpec()
     parent_sock, child_sock = socket.socketpair()
     r, w = os.pipe()
@@ -104,12 +107,42 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
             records.append((action, decision))
 
     chunks = []
+    if server is not None:
+        thread = threading.Thread(target=server, args=(fds[0],))
+        thread.start()
+        while chunk := os.read(r, 65536):
+            chunks.append(chunk)
+        os.close(r)
+        _, status = os.waitpid(pid, 0)
+        thread.join()
+        os.close(fds[0])
+        return Run(status, b"".join(chunks), records)
     with serving(fds[0], decide=decide, record=record, spec=spec):
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         os.close(r)
         _, status = os.waitpid(pid, 0)
     return Run(status, b"".join(chunks), records)
+
+
+def check_then_continue(listener: int) -> None:
+    """The naive design, as a control: read the path, refuse it if denied, else CONTINUE."""
+    poller = select.poll()
+    poller.register(listener, select.POLLIN)
+    while True:
+        events = poller.poll(100)
+        if any(ev & select.POLLHUP and not ev & select.POLLIN for _, ev in events):
+            return
+        for _ in events:
+            try:
+                n = sc.notif_recv(listener)
+                with open(f"/proc/{n.pid}/mem", "rb", buffering=0) as mem:
+                    mem.seek(n.args[1])
+                    path = mem.read(256).split(b"\0")[0]
+                sc.notif_send(listener, n.id, error=errno.EACCES if b"secret" in path else 0,
+                              cont=b"secret" not in path)
+            except OSError:
+                continue
 
 
 @pytest.fixture
@@ -291,7 +324,8 @@ def test_openat_dirfd_and_openat2_resolve_like_the_kernel(ws: Path) -> None:
                                                                         "secret2")}
 
 
-def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path) -> None:
+@pytest.mark.parametrize("design", ["supervisor", "check-then-continue"])
+def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path, design: str) -> None:
     allowed = str(ws / "allowed-target").encode()
     denied = str(ws / "secrets-target").encode()
     assert len(allowed) == len(denied)
@@ -324,6 +358,13 @@ def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path) -> 
             t.join()
         return [opened, refused, escapes]
 
+    if design == "check-then-continue":
+        # Control: the same race against a check followed by CONTINUE does get denied files opened,
+        # so a zero below means the supervisor closed the race, not that the race never happened.
+        run = supervised(child, deny_if("secret"), cwd=ws, server=check_then_continue)
+        opened, refused, escapes = run.result
+        assert escapes > 0 and (ws / "secrets-target").exists()
+        return
     run = supervised(child, deny_if("secret"), cwd=ws)
     opened, refused, escapes = run.result
     assert escapes == 0
