@@ -205,7 +205,8 @@ class Proxy:
             else:
                 refused.append(f"{address} ({what})")
         if not vetted:
-            raise Denied(f"{host} resolves to {', '.join(refused)}, which no rule grants by CIDR",
+            what = "is" if resolution.source == "literal" else "resolves to"
+            raise Denied(f"{host} {what} {', '.join(refused)}, which no rule grants by CIDR",
                          rule_id=RULE_SPECIAL_ADDRESS)
         return tuple(vetted)
 

@@ -5,6 +5,9 @@ A child process enters new user and network namespaces (only `lo`, brought up), 
 does. This process serves the listener with the proxy. Clients inside the namespace then reach an allowed
 loopback server of the host only through the proxy, are refused a denied one, and cannot reach the host's
 loopback or any other network directly. Run as root and as the unprivileged user `nobody`.
+
+The last test does the same through guard's own launcher (guard.sandbox.launch.spawn with
+`inner_listen_ports`), a real Policy deciding both the sandbox plan and the proxy.
 """
 
 from __future__ import annotations
@@ -178,3 +181,112 @@ def test_netns_client_reaches_the_host_only_through_the_bridge(user: int | None)
     for rec in records:
         client = rec["client"].rsplit(":", 1)[0]
         assert ipaddress.ip_address(client).is_loopback  # a peer inside the sandbox's namespace
+
+
+# -- the same through guard's own sandbox launcher ---------------------------------------------------------
+
+
+def _sandbox_ready() -> str | None:
+    try:
+        from guard.sandbox import _syscalls as sc
+        from guard.sandbox import namespaces
+    except ImportError as exc:  # pragma: no cover - the sandbox layer is part of the tree
+        return f"guard.sandbox unavailable: {exc}"
+    if sc.landlock_abi() == 0:
+        return "Landlock is not available on this kernel"
+    return namespaces.probe()
+
+
+POLICY = """\
+version: 1
+name: proxy-through-sandbox
+defaults: {file: deny, network: deny, process: allow}
+network:
+  hosts: {allowed.test: 127.0.0.1}
+rules:
+  - id: system
+    allow: [read, exec]
+    paths: [/usr/**, /bin/**, /lib/**, /lib64/**, /etc/**]
+    reason: programs and their libraries
+  - id: devices
+    allow: [read, write]
+    paths: [/dev/null]
+    reason: curl writes to /dev/null
+  - id: workspace
+    allow: [read, write, exec]
+    paths: ["${workspace}/**"]
+    reason: the test's workspace
+  - id: stand-in
+    allow: [connect]
+    hosts: [allowed.test]
+    reason: the allowed host stand-in
+  - id: loopback
+    allow: [connect]
+    hosts: [127.0.0.1]
+    reason: inside the sandbox, loopback is the sandbox's own
+"""
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="curl is not installed")
+def test_sandboxed_agent_reaches_the_host_only_through_the_launchers_listener(tmp_path: Path) -> None:
+    problem = _sandbox_ready()
+    if problem is not None:
+        pytest.skip(problem)
+    from guard.net.grants import policy_cidr_grant
+    from guard.policy import load_policy
+    from guard.sandbox import _syscalls as sc
+    from guard.sandbox.launch import spawn
+    from guard.sandbox.plan import build_plan
+    from guard.sandbox.scan import scan_launch_facts
+
+    ws, home = tmp_path / "ws", tmp_path / "home"
+    ws.mkdir()
+    home.mkdir()
+    (tmp_path / "policy.yaml").write_text(POLICY)
+    policy = load_policy(tmp_path / "policy.yaml", workspace=ws, home=home)
+    facts = scan_launch_facts(policy, workspace=ws, protected=[], home=home)
+    plan = build_plan(policy, facts, workspace=ws, protected=[], abi=sc.landlock_abi())
+    records: list[dict[str, Any]] = []
+
+    async def policy_decide(action: Action) -> Decision:
+        return policy.decide(action)
+
+    async def go() -> str:
+        origin_server = await asyncio.start_server(origin, "127.0.0.1", 0)
+        origin_port = origin_server.sockets[0].getsockname()[1]
+        inner_port = 3128
+        env = {**agent_proxy_env(inner_port), "PATH": "/usr/bin:/bin", "LC_ALL": "C"}
+        script = (f"exec >{ws}/out.txt 2>&1\n"
+                  f"curl -sS -w '\\n%{{http_code}}\\n' http://allowed.test:{origin_port}/in\n"
+                  f"curl -sS -w '\\n%{{http_code}}\\n' http://denied.test:{origin_port}/in\n"
+                  f"curl -sS -w '\\n%{{http_code}}\\n' --noproxy '' http://127.0.0.1:{origin_port}/in\n"
+                  f"curl -sS --max-time 5 --noproxy '*' http://127.0.0.1:{origin_port}/direct; echo direct=$?\n")
+        sp = spawn(plan, ["/bin/sh", "-c", script], env=env, cwd=ws, seccomp=None,
+                   inner_listen_ports=[inner_port])
+        server = None
+        try:
+            [listener] = sp.inner_listeners
+            server = await serve_bridge(listener, Proxy(policy_decide, records.append, host_map=policy.host_map,
+                                                        cidr_grant=policy_cidr_grant(policy)))
+            sp.start()
+            loop = asyncio.get_running_loop()
+            rc = await asyncio.wait_for(loop.run_in_executor(None, sp.wait), 90)
+            assert rc == 0
+        finally:
+            sp.kill()
+            if server is not None:
+                server.close()
+                await server.wait_closed()
+            sp.close()
+            origin_server.close()
+            await origin_server.wait_closed()
+        return (ws / "out.txt").read_text()
+
+    out = asyncio.run(go())
+    lines = [line for line in out.splitlines() if line]
+    assert lines[0:2] == ["origin says hi to /in", "200"], out
+    assert "denied by rule default" in lines[2] and lines[3] == "403", out
+    assert "guard:special-address" in lines[4] and lines[5] == "403", out
+    assert lines[6].startswith("curl: (7)") and lines[7] == "direct=7", out
+    assert sorted((r["host"], r["verdict"]) for r in records) == [
+        ("127.0.0.1", "deny"), ("allowed.test", "allow"), ("denied.test", "deny")]
