@@ -97,7 +97,9 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
     reader.visit(path, display, via=None)
     top = reader.top
     result = Compiled(policy=None, diagnostics=col.items, top=top, files=reader.order)
-    if top is None or col.errors:
+    if top is None or reader.incomplete:
+        # without every file, names defined in a missing parent would be reported as undefined: stop here
+        result.diagnostics = _sorted(col.items, reader.order)
         return result
     home_path = home if home is not None else Path(env.get("HOME") or Path.home())
     builtins = {"workspace": normalize_path(str(Path(workspace).absolute())),
@@ -109,6 +111,7 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
     tests = tuple(t for t in (_compile_test(raw, expander) for raw in top.tests) if t is not None)
     variables = {**builtins, **{k: v for k in merged.vars if (v := expander.var_value(k)) is not None}}
     result.used_lists = expander.used_lists
+    result.diagnostics = _sorted(col.items, reader.order)
     if col.errors:
         return result
     result.policy = Policy(
@@ -120,6 +123,12 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
     return result
 
 
+def _sorted(items: list[Diagnostic], files: list[RawFile]) -> list[Diagnostic]:
+    """File order as read (parents first would bury the file being linted: the top file goes first)."""
+    rank = {doc.display: i for i, doc in enumerate(reversed(files))}
+    return sorted(items, key=lambda d: (rank.get(d.location.file, -1), d.location.line, d.location.col))
+
+
 class _Reader:
     """Reads a file and its parents, depth first, each once, recording cycles."""
 
@@ -129,6 +138,7 @@ class _Reader:
         self.done: set[Path] = set()
         self.stack: list[tuple[Path, str]] = []
         self.top: RawFile | None = None
+        self.incomplete = False  # a file could not be read or parsed at all
 
     def visit(self, path: Path, display: str, via: Location | None) -> None:
         real = path.resolve()
@@ -136,6 +146,7 @@ class _Reader:
             names = [d for p, d in self.stack[[p for p, _ in self.stack].index(real):]] + [display]
             assert via is not None
             self.col.error(f"extends cycle: {' -> '.join(names)}", via)
+            self.incomplete = True
             return
         if real in self.done:
             return
@@ -144,16 +155,20 @@ class _Reader:
         except (OSError, UnicodeDecodeError) as exc:
             message = exc.strerror if isinstance(exc, OSError) and exc.strerror else str(exc)
             self.col.error(f"cannot read {display}: {message}", via or Location(display))
+            self.incomplete = True
             return
         doc = parse_document(text, path, display, self.col)
         if doc is None:
+            self.incomplete = True
             return
         if not self.stack:
             self.top = doc
         self.stack.append((real, display))
         for item in doc.extends:
             parent = self._resolve(str(item.value), path, display, item.loc)
-            if parent is not None:
+            if parent is None:
+                self.incomplete = True
+            else:
                 self.visit(parent[0], parent[1], via=item.loc)
         self.stack.pop()
         self.done.add(real)
@@ -202,8 +217,8 @@ def _merge(files: list[RawFile], col: Collector) -> _Merged:
             if rule.id in first_seen:
                 col.error(f"duplicate rule id {rule.id!r}", rule.loc,
                           hint=f"first defined at {first_seen[rule.id].loc}")
-                continue
-            first_seen[rule.id] = rule
+            else:
+                first_seen[rule.id] = rule
             merged.rules.append(rule)
     return merged
 

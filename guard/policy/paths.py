@@ -128,8 +128,6 @@ def _char_class(seg: str, start: int, pattern: str) -> tuple[int, str]:
     if i >= len(seg):
         raise GlobError(f"unclosed '[' in {pattern!r}")
     body = seg[body_start:i]
-    if not body:
-        raise GlobError(f"empty character class '[]' in {pattern!r}")
     escaped = "".join("\\" + ch if ch in "\\^]" else ch for ch in body)
     if "/" in body:
         raise GlobError(f"'/' cannot appear in a character class in {pattern!r}")
