@@ -40,6 +40,7 @@ from guard.model import Action, Decision, Verdict
 
 log = logging.getLogger(__name__)
 
+_REFUSAL_LINGER = 1.0  # seconds a refused connection stays half-open so the peer can read why
 DAEMON_SESSION = "daemon"  # the session id under which the daemon records its own lifecycle
 
 
@@ -65,10 +66,14 @@ class Limits:
 @dataclass(eq=False)
 class _Conn:
     number: int
-    reader: asyncio.StreamReader
-    writer: asyncio.StreamWriter
+    transport: asyncio.Transport
     uid: int
     pid: int
+    last_active: float  # monotonic
+    lost: asyncio.Future[None]
+    buffer: bytearray = field(default_factory=bytearray)
+    scanned: int = 0  # bytes of `buffer` known to hold no newline
+    line_started: float | None = None
     sessions: set[str] = field(default_factory=set)
     tasks: set[asyncio.Task[None]] = field(default_factory=set)
     watching: bool = False
@@ -77,13 +82,38 @@ class _Conn:
     def send(self, data: bytes, limits: Limits) -> None:
         if self.closed:
             return
-        self.writer.write(data)
-        transport = self.writer.transport
-        if transport.get_write_buffer_size() > limits.max_buffered:
+        self.transport.write(data)
+        if self.transport.get_write_buffer_size() > limits.max_buffered:
             log.warning("connection %d (pid %d) does not read its replies: dropping it",
                         self.number, self.pid)
             self.closed = True
-            transport.abort()
+            self.transport.abort()
+
+    def close(self) -> None:
+        """Close after what was written is flushed."""
+        if not self.closed:
+            self.closed = True
+            self.transport.close()
+
+
+class _Protocol(asyncio.Protocol):
+    """Per-connection glue: requests are parsed and answered in the same callback that received them."""
+
+    def __init__(self, daemon: Daemon) -> None:
+        self._daemon = daemon
+        self._conn: _Conn | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self._conn = self._daemon._accept(transport)
+
+    def data_received(self, data: bytes) -> None:
+        if self._conn is not None and not self._conn.closed:
+            self._daemon._received(self._conn, data)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._daemon._lost(self._conn)
 
 
 def peer_credentials(sock: socket.socket) -> tuple[int, int, int]:
@@ -105,7 +135,6 @@ class Daemon:
         self.sessions = SessionTable()
         self.approvals = Approvals()
         self._conns: dict[int, _Conn] = {}
-        self._conn_tasks: set[asyncio.Task[None]] = set()
         self._next_conn = 0
         self._started = now()
         self._stop: asyncio.Event | None = None
@@ -125,8 +154,11 @@ class Daemon:
         """First call: graceful shutdown. A second call (a second Ctrl-C) cancels whatever is left."""
         if self._stopping:
             self._force = True
-            for task in list(self._conn_tasks):
-                task.cancel()
+            for conn in list(self._conns.values()):
+                for task in list(conn.tasks):
+                    task.cancel()
+                conn.closed = True
+                conn.transport.abort()
         self._stopping = True
         if self._stop is not None:
             self._stop.set()
@@ -153,7 +185,7 @@ class Daemon:
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
                 listener = _bind(self.socket)
-                server = await asyncio.start_unix_server(self._on_connect, sock=listener)
+                server = await loop.create_unix_server(lambda: _Protocol(self), sock=listener)
                 if handle_signals:
                     restore = _capture_signals(loop, self.request_shutdown)
                 ticker = asyncio.create_task(self._tick_forever())
@@ -210,15 +242,14 @@ class Daemon:
             await asyncio.wait(inflight, timeout=self.limits.shutdown_timeout)
         for session in self.sessions:
             self._end_session(session, status="interrupted", reason="the daemon stopped")
-        for conn in list(self._conns.values()):
-            conn.closed = True
-            conn.writer.close()
-        if self._conn_tasks:
-            _done, pending = await asyncio.wait(list(self._conn_tasks), timeout=self.limits.shutdown_timeout)
-            for task in pending:
-                task.cancel()
-            if pending:
-                await asyncio.wait(pending, timeout=1.0)
+        conns = list(self._conns.values())
+        for conn in conns:
+            conn.close()
+        if conns:
+            await asyncio.wait([c.lost for c in conns], timeout=self.limits.shutdown_timeout)
+        for conn in conns:
+            if not conn.lost.done():
+                conn.transport.abort()
 
     async def _tick_forever(self) -> None:
         while True:
@@ -227,44 +258,56 @@ class Daemon:
                 self._audit.tick()
             except GuardError as exc:
                 log.error("audit checkpoint failed: %s", exc.diagnostics())
+            self._sweep(time.monotonic())
+
+    def _sweep(self, now: float) -> None:
+        """Close connections that stall mid-line or idle without a reason to stay."""
+        for conn in list(self._conns.values()):
+            if conn.line_started is not None and now - conn.line_started > self.limits.line_timeout:
+                conn.send(p.error_reply(None, p.BAD_REQUEST,
+                                        f"line not finished within {self.limits.line_timeout:g} s: closing"),
+                          self.limits)
+                conn.close()
+            elif (not conn.buffer and not (conn.sessions or conn.watching or conn.tasks)
+                  and now - conn.last_active > self.limits.idle_timeout):
+                conn.close()
 
     # ---- connections -----------------------------------------------------------------------------
 
-    async def _on_connect(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    def _accept(self, transport: asyncio.Transport) -> _Conn | None:
         try:
-            pid, uid, _gid = peer_credentials(writer.get_extra_info("socket"))
+            pid, uid, _gid = peer_credentials(transport.get_extra_info("socket"))
         except OSError:  # the peer is already gone
-            writer.close()
-            return
+            transport.abort()
+            return None
         self._next_conn += 1
-        conn = _Conn(self._next_conn, reader, writer, uid=uid, pid=pid)
+        conn = _Conn(self._next_conn, transport, uid=uid, pid=pid, last_active=time.monotonic(),
+                     lost=asyncio.get_running_loop().create_future())
         refusal = self._refusal(conn)
         if refusal is not None:
+            # Say why, end our side, and drain (not read) what the peer sends for a moment: closing with
+            # its request unread would reset the connection and could swallow the explanation.
             code, message = refusal
             conn.send(p.error_reply(None, code, message), self.limits)
-            with contextlib.suppress(ConnectionError):
-                await asyncio.wait_for(writer.drain(), 1.0)
-            writer.close()
-            return
-        task = asyncio.current_task()
-        assert task is not None
-        self._conns[conn.number] = conn
-        self._conn_tasks.add(task)
-        try:
-            await self._read_loop(conn)
-        except (ConnectionError, asyncio.IncompleteReadError):
-            pass
-        finally:
+            if transport.can_write_eof():
+                transport.write_eof()
             conn.closed = True
-            self._conns.pop(conn.number, None)
-            self._conn_tasks.discard(task)
-            for request in list(conn.tasks):
-                request.cancel()
-            for session_id in list(conn.sessions):
-                with contextlib.suppress(p.RequestError):
-                    self._end_session(self.sessions.get(session_id), status="lost",
-                                      reason="the client's connection dropped")
-            writer.close()
+            asyncio.get_running_loop().call_later(_REFUSAL_LINGER, transport.close)
+            return conn
+        self._conns[conn.number] = conn
+        return conn
+
+    def _lost(self, conn: _Conn) -> None:
+        conn.closed = True
+        self._conns.pop(conn.number, None)
+        for request in list(conn.tasks):
+            request.cancel()
+        for session_id in list(conn.sessions):
+            with contextlib.suppress(p.RequestError):
+                self._end_session(self.sessions.get(session_id), status="lost",
+                                  reason="the client's connection dropped")
+        if not conn.lost.done():
+            conn.lost.set_result(None)
 
     def _refusal(self, conn: _Conn) -> tuple[str, str] | None:
         me = os.geteuid()
@@ -280,48 +323,38 @@ class Daemon:
             return p.BUSY, f"too many connections (limit {self.limits.max_connections})"
         return None
 
-    async def _read_loop(self, conn: _Conn) -> None:
-        buffer = bytearray()
-        scanned = 0
+    def _received(self, conn: _Conn, data: bytes) -> None:
+        conn.last_active = time.monotonic()
+        buffer = conn.buffer
+        buffer += data
+        completed = False
         while not conn.closed:
-            if buffer:
-                timeout: float | None = self.limits.line_timeout
-            elif conn.sessions or conn.watching or conn.tasks:
-                timeout = None
-            else:
-                timeout = self.limits.idle_timeout
-            try:
-                chunk = await asyncio.wait_for(conn.reader.read(1 << 16), timeout)
-            except TimeoutError:
-                if buffer:
-                    conn.send(p.error_reply(None, p.BAD_REQUEST,
-                                            f"line not finished within {self.limits.line_timeout:g} s"),
-                              self.limits)
+            newline = buffer.find(b"\n", conn.scanned)
+            if newline < 0:
+                conn.scanned = len(buffer)
+                break
+            line = bytes(buffer[:newline])
+            del buffer[:newline + 1]
+            conn.scanned = 0
+            completed = True
+            if len(line) > p.MAX_LINE:
+                self._too_large(conn, len(line))
                 return
-            if not chunk:
-                return
-            buffer += chunk
-            while True:
-                newline = buffer.find(b"\n", scanned)
-                if newline < 0:
-                    scanned = len(buffer)
-                    break
-                line = bytes(buffer[:newline])
-                del buffer[:newline + 1]
-                scanned = 0
-                if len(line) > p.MAX_LINE:
-                    self._too_large(conn, len(line))
-                    return
-                if line.strip():
-                    self._dispatch(conn, line)
-            if len(buffer) > p.MAX_LINE:
-                self._too_large(conn, len(buffer))
-                return
+            if line.strip():
+                self._dispatch(conn, line)
+        if not buffer:
+            conn.line_started = None
+        elif completed or conn.line_started is None:
+            conn.line_started = conn.last_active
+        if len(buffer) > p.MAX_LINE:
+            self._too_large(conn, len(buffer))
 
     def _too_large(self, conn: _Conn, size: int) -> None:
         conn.send(p.error_reply(None, p.TOO_LARGE,
                                 f"line of {size}+ bytes exceeds the limit of {p.MAX_LINE}: closing"),
                   self.limits)
+        conn.buffer.clear()
+        conn.close()
 
     def _dispatch(self, conn: _Conn, line: bytes) -> None:
         try:
