@@ -141,7 +141,7 @@ def spawn(plan: SandboxPlan, argv: Sequence[str], *, env: Mapping[str, str], cwd
         os._exit(code)
     child_sock.close()
     try:
-        return _receive(parent_sock, pid, plan, seccomp is not None, len(inner_listen_ports))
+        return _receive(parent_sock, pid, plan, seccomp, len(inner_listen_ports))
     except BaseException:
         parent_sock.close()
         with contextlib.suppress(ProcessLookupError):
@@ -151,8 +151,22 @@ def spawn(plan: SandboxPlan, argv: Sequence[str], *, env: Mapping[str, str], cwd
         raise
 
 
-def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, want_seccomp: bool,
+def _seccomp_protections(seccomp: SeccompSpec | None, listener: bool) -> list[Protection]:
+    filt = (Protection("syscall filter (seccomp)", State.FULLY,
+                       "foreign arches, x32, io_uring, ptrace, bpf, mount, keyctl and friends refused")
+            if seccomp is not None else
+            Protection("syscall filter (seccomp)", State.NOT, "no seccomp spec given"))
+    name = "decision tier (seccomp user notification)"
+    if listener:
+        tier = Protection(name, State.FULLY, "execs and write-opens are decided by the supervisor")
+    else:
+        tier = Protection(name, State.NOT, "no notification listener: execs and write-opens are not decided")
+    return [filt, tier]
+
+
+def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompSpec | None,
              n_listeners: int) -> SandboxedProcess:
+    want_listener = seccomp is not None and bool(getattr(seccomp, "notify", True))
     init_pid = 0
     listeners: list[socket.socket] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
@@ -179,16 +193,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, want_seccomp: boo
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
                 listener_fd = fds[0] if fds else None
-                if want_seccomp and listener_fd is None:
+                if want_listener and listener_fd is None:
                     raise SandboxError("seccomp filter installed but no listener fd was received")
                 if len(listeners) != n_listeners:
                     raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
-                decision = (Protection("decision tier (seccomp user notification)", State.FULLY,
-                                       "execs and write-opens are decided by the supervisor")
-                            if want_seccomp else
-                            Protection("decision tier (seccomp user notification)", State.NOT,
-                                       "no seccomp spec given: execs and write-opens are not decided"))
-                report = plan.report.with_protections([decision])
+                report = plan.report.with_protections(_seccomp_protections(seccomp, listener_fd is not None))
                 return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
             else:
                 raise SandboxError(f"unexpected message from the sandbox: {msg!r}")

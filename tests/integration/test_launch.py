@@ -449,3 +449,64 @@ def test_tree_dies_with_the_supervisor_as_nobody(nobody_tree: Tree) -> None:
         with contextlib.suppress(ProcessLookupError, ChildProcessError):
             os.kill(sup, signal.SIGKILL)
             os.waitpid(sup, 0)
+
+
+# --- with the real seccomp filter and supervisor (skipped until guard.sandbox.seccomp is importable) ----
+def _spawn_with(tree: Tree, script: str, spec: object) -> SandboxedProcess:
+    pol = tree.policy()
+    facts = scan_launch_facts(pol, workspace=tree.ws, protected=[tree.gh], home=tree.home)
+    plan = build_plan(pol, facts, workspace=tree.ws, protected=[tree.gh], abi=ABI)
+    return spawn(plan, ["/bin/sh", "-c", f"exec >{tree.ws}/out.txt 2>&1\n{script}"], env=ENV, cwd=tree.ws,
+                 seccomp=spec)  # type: ignore[arg-type]
+
+
+def test_seccomp_filter_is_installed_last_and_the_agent_still_runs(tree: Tree) -> None:
+    seccomp = pytest.importorskip("guard.sandbox.seccomp")
+    sp = _spawn_with(tree, "grep -E '^(Seccomp|NoNewPrivs)' /proc/self/status; echo done",
+                     seccomp.SeccompSpec(notify=False))
+    try:
+        assert sp.listener_fd is None
+        assert sp.report.get("syscall filter (seccomp)").state.value == "fully"
+        assert sp.report.get("decision tier (seccomp user notification)").state.value == "not"
+        sp.start()
+        assert sp.wait() == 0
+    finally:
+        sp.kill()
+        sp.close()
+    out = (tree.ws / "out.txt").read_text()
+    assert "Seccomp:\t2" in out and "done" in out, out
+
+
+def test_first_exec_waits_for_the_supervisor(tree: Tree) -> None:
+    import threading
+
+    seccomp = pytest.importorskip("guard.sandbox.seccomp")
+    supervisor_mod = pytest.importorskip("guard.sandbox.supervisor")
+    from guard.model import Action, Decision
+
+    seen: list[tuple[Action, Decision]] = []
+
+    def decide(action: Action) -> Decision:
+        if action.op is Op.RUN and action.argv and action.argv[0] == "/bin/echo":
+            return Decision(Verdict.DENY, "test", "denied by the test")
+        return Decision(Verdict.ALLOW, "test", "allowed by the test")
+
+    sp = _spawn_with(tree, "echo inside; /bin/echo forbidden-marker; echo rc=$?", seccomp.SeccompSpec())
+    stop = threading.Event()
+    try:
+        assert sp.listener_fd is not None
+        sup = supervisor_mod.Supervisor(sp.listener_fd, decide=decide, record=lambda a, d: seen.append((a, d)))
+        thread = threading.Thread(target=sup.serve_forever, args=(stop,), daemon=True)
+        thread.start()
+        sp.start()
+        rc = sp.wait()
+        assert rc == 0, seen
+    finally:
+        stop.set()
+        sp.kill()
+        sp.close()
+    out = (tree.ws / "out.txt").read_text()
+    # the agent's own execve of /bin/sh was decided: the supervisor was serving before the first exec
+    assert any(a.op is Op.RUN and a.argv and a.argv[0] == "/bin/sh" for a, _ in seen), seen
+    assert "inside" in out and "forbidden-marker" not in out, out
+    assert "rc=0" not in out  # the denied exec failed inside the sandbox
