@@ -81,6 +81,7 @@ class _Conn:
     address: str | None = None
     decision: Decision | None = None
     counts: list[int] = field(default_factory=lambda: [0, 0])
+    answered: bool = False  # the client already got its protocol's final answer
 
 
 class Proxy:
@@ -303,6 +304,7 @@ class Proxy:
                 methods = await reader.readexactly(count)
                 if 0x00 not in methods:
                     writer.write(b"\x05\xff")
+                    conn.answered = True
                     raise BadRequest("SOCKS5 client offers no 'no authentication' method")
                 writer.write(b"\x05\x00")
                 version, command, _reserved, atyp = await reader.readexactly(4)
@@ -400,6 +402,8 @@ async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: li
 
 async def _reply_error(writer: asyncio.StreamWriter, conn: _Conn, exc: NetError) -> None:
     """Tell the client why, in its protocol; never raise from here."""
+    if conn.answered:
+        return
     try:
         if conn.protocol == "socks5":
             writer.write(b"\x05" + bytes([exc.socks_reply]) + _SOCKS_OK[2:])

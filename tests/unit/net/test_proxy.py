@@ -625,6 +625,17 @@ def test_socks5_refusals_use_the_right_reply_codes(kit: Any) -> None:
     run(go)
 
 
+def test_socks5_without_no_auth_method_gets_ff_and_nothing_more(kit: Any) -> None:
+    async def go() -> None:
+        async with kit.serving(Proxy(kit.Rules([]), kit.Recorder())) as port:
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.write(b"\x05\x02\x01\x02")  # GSSAPI, username/password
+            assert await asyncio.wait_for(reader.read(), T) == b"\x05\xff"
+            writer.close()
+
+    run(go)
+
+
 def test_socks5_unresolvable_name_is_host_unreachable(kit: Any) -> None:
     rules = kit.Rules([("net.nx", "allow", "nx.example", None)])
 
