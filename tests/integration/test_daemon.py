@@ -6,6 +6,8 @@ only the public key, the way an auditor would.
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import os
 import shutil
 import signal
@@ -639,3 +641,151 @@ def test_requests_after_the_daemon_dies_fail_closed(daemon: Daemon, workspace: P
             client.hello()
     finally:
         client.close()
+
+
+def test_watch_streams_pending_and_resolved_approvals(daemon: Daemon, workspace: Path) -> None:
+    from guard.daemon.client import watch_approvals
+
+    policy = write_policy(workspace.parent / "policy.yaml", ask_timeout=30)
+    events: list[dict[str, Any]] = []
+    watching = threading.Event()
+
+    def watch() -> None:
+        for event in watch_approvals(daemon.home, timeout=20):
+            events.append(event)
+            watching.set()
+            if event["event"] == "resolved":
+                return
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        assert watching.wait(20)
+        with daemon.client() as agent:
+            session = agent.open_session(policy, workspace)["session"]
+            result: dict[str, Any] = {}
+            asker = threading.Thread(target=lambda: result.update(
+                decision=agent.decide(session, Action(Op.RUN, "git push", argv=("git", "push")))))
+            asker.start()
+            try:
+                [pending] = wait_until(agent.approvals, what="a pending approval")
+                agent.approve(pending["approval"], by="carol")
+            finally:
+                asker.join(timeout=30)
+    finally:
+        watcher.join(timeout=30)
+    assert [e["event"] for e in events] == ["snapshot", "pending", "resolved"]
+    assert events[0]["approvals"] == []
+    assert events[1]["approval"]["approval"] == pending["approval"]
+    assert events[2]["verdict"] == "allow" and events[2]["by"] == "carol"
+
+
+class InProcess:
+    """A real daemon served on a background thread's event loop, for tests that need small limits."""
+
+    def __init__(self, home: Path, limits: Any) -> None:
+        from guard.daemon.server import Daemon as Service
+
+        self.service = Service(home, limits=limits)
+        self.loop = asyncio.new_event_loop()
+        self.ready = threading.Event()
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._run)
+
+    def _run(self) -> None:
+        try:
+            self.loop.run_until_complete(self.service.serve(ready=self.ready.set))
+        except BaseException as exc:
+            self.error = exc
+            self.ready.set()
+        finally:
+            self.loop.close()
+
+    def __enter__(self) -> InProcess:
+        self.thread.start()
+        assert self.ready.wait(20) and self.error is None, self.error
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.service.request_shutdown)
+        self.thread.join(timeout=30)
+        assert not self.thread.is_alive()
+
+
+def raw_connect(home: Path) -> socket.socket:
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    sock.settimeout(20)
+    sock.connect(str(socket_path(home)))
+    return sock
+
+
+def read_all(sock: socket.socket) -> bytes:
+    data = b""
+    while chunk := sock.recv(65536):
+        data += chunk
+    return data
+
+
+def test_a_line_left_unfinished_is_answered_and_closed(guard_home: Path) -> None:
+    from guard.daemon.server import Limits
+
+    with InProcess(guard_home, Limits(line_timeout=0.3, tick_interval=0.05)):
+        with raw_connect(guard_home) as sock:
+            sock.sendall(b'{"v": 1, "id": 1, "op": "hel')
+            reply = orjson.loads(read_all(sock))  # returns once the daemon gave up on the line
+        assert reply["error"]["code"] == p.BAD_REQUEST and "not finished" in reply["error"]["message"]
+        with DaemonClient.connect(guard_home) as client:
+            assert client.hello()["protocol"] == 1
+
+
+def test_an_idle_connection_without_a_session_is_closed(guard_home: Path) -> None:
+    from guard.daemon.server import Limits
+
+    with InProcess(guard_home, Limits(idle_timeout=0.3, tick_interval=0.05)), raw_connect(guard_home) as sock:
+        assert read_all(sock) == b""  # EOF: the daemon closed it
+
+
+def test_a_peer_that_never_reads_is_dropped_without_hurting_others(guard_home: Path,
+                                                                   caplog: pytest.LogCaptureFixture) -> None:
+    from guard.daemon.server import Limits
+
+    caplog.set_level(logging.WARNING, logger="guard.daemon.server")
+
+    with InProcess(guard_home, Limits(max_buffered=64 << 10)):
+        hog = raw_connect(guard_home)
+        try:
+            hog.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+            request = p.request_line(1, "status", {})
+            dropped = False
+            for _ in range(200_000):  # bounded: the daemon drops us long before
+                try:
+                    hog.sendall(request * 64)
+                except (BrokenPipeError, ConnectionResetError):
+                    dropped = True
+                    break
+            assert dropped
+            assert "does not read its replies" in caplog.text
+            with DaemonClient.connect(guard_home) as client:
+                assert client.hello()["protocol"] == 1
+        finally:
+            hog.close()
+
+
+def test_in_flight_requests_per_connection_are_capped(guard_home: Path, workspace: Path) -> None:
+    from guard.daemon.server import Limits
+
+    policy = write_policy(workspace.parent / "policy.yaml", ask_timeout=30)
+    with InProcess(guard_home, Limits(max_inflight=3)), DaemonClient.connect(guard_home) as client:
+        session = client.open_session(policy, workspace)["session"]
+        ask = {"session": session, "action": {"op": "run", "target": "git push", "argv": ["git", "push"]}}
+        with raw_connect(guard_home) as sock:
+            # the raw connection does not own the session, so it is kept alive only by its requests
+            sock.sendall(b"".join(p.request_line(i, "decide", ask) for i in range(4)))
+            buffer = b""
+            while b"\n" not in buffer:
+                buffer += sock.recv(65536)
+            reply = orjson.loads(buffer.split(b"\n")[0])
+            assert reply["id"] == 3 and reply["error"]["code"] == p.BUSY
+            for pending in client.approvals():
+                client.deny(pending["approval"])
