@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "approvals": "guard.cli.approvals:approvals",
     "approve": "guard.cli.approvals:approve",
     "deny": "guard.cli.approvals:deny",
+    "doctor": "guard.cli.doctor:doctor",
 }
 
 

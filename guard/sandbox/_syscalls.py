@@ -291,7 +291,7 @@ def seccomp_action_available(action: int) -> bool:
     return _syscall(nr, SECCOMP_GET_ACTION_AVAIL, 0, buf) == 0
 
 
-def seccomp_install_notify_all() -> int:
+def seccomp_install_probe_filter() -> int:
     """Install a filter that notifies on `getppid` only and return its listener fd (a probe, used in a
     throw-away child by `guard doctor`). Requires no_new_privs or CAP_SYS_ADMIN."""
     nr = _NR.get("seccomp")
@@ -312,17 +312,17 @@ def seccomp_install_notify_all() -> int:
 
 
 def seccomp_ioctl_supported(listener_fd: int, request: int) -> bool:
-    """Whether the kernel knows an ioctl on a notify listener: an unknown one fails with EINVAL or
-    ENOTTY before looking at the (deliberately bogus) argument; a known one fails on the argument."""
-    arg = ctypes.create_string_buffer(bytes(24), 24)
+    """Whether the kernel knows an ioctl on a notify listener.
+
+    ADDFD gets a zeroed struct for notification id 0, which a kernel that knows it refuses with ENOENT
+    (no such notification) and one that does not with EINVAL/ENOTTY. SET_FLAGS takes its flags by value:
+    SYNC_WAKE_UP (1) either works or is EINVAL.
+    """
     if request == SECCOMP_IOCTL_NOTIF_SET_FLAGS:
-        arg = ctypes.create_string_buffer(struct.pack("=Q", 1 << 63), 8)  # an unknown flag -> EINVAL
+        result = int(_libc.ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(request), ctypes.c_ulong(1)))
+        return result == 0
+    arg = ctypes.create_string_buffer(bytes(24), 24)
     result = int(_libc.ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(request), arg))
     if result == 0:
         return True
-    err = ctypes.get_errno()
-    if request == SECCOMP_IOCTL_NOTIF_SET_FLAGS:
-        # both "unknown ioctl" and "unknown flag" are EINVAL; retry with the real flag (SYNC_WAKE_UP = 1)
-        arg = ctypes.create_string_buffer(struct.pack("=Q", 1), 8)
-        return int(_libc.ioctl(ctypes.c_int(listener_fd), ctypes.c_ulong(request), arg)) == 0
-    return err not in (errno.EINVAL, errno.ENOTTY)
+    return ctypes.get_errno() not in (errno.EINVAL, errno.ENOTTY)

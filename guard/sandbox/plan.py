@@ -131,7 +131,7 @@ def _rank(kind: MountKind) -> int:
     return {MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3, MountKind.HIDE_DIR: 3}[kind]
 
 
-def _landlock_protections(abi: int, widened: list[str], missing_grants: list[str]) -> list[Protection]:
+def landlock_protections(abi: int, widened: list[str], missing_grants: list[str]) -> list[Protection]:
     if abi <= 0:
         return [Protection("files: allowlist (Landlock)", State.NOT,
                            "Landlock is absent or disabled on this kernel: only mount masks apply")]
@@ -154,7 +154,7 @@ def _landlock_protections(abi: int, widened: list[str], missing_grants: list[str
     return out
 
 
-def _scope_protections(abi: int) -> list[Protection]:
+def scope_protections(abi: int) -> list[Protection]:
     if abi >= 6:
         return [Protection("scope: signals to processes outside", State.FULLY,
                            "Landlock SCOPE_SIGNAL and the pid namespace"),
@@ -179,8 +179,8 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
                       for p in rule.patterns if any(is_glob(c) for c in p.split("/")[:-1])
                       or (is_glob(p.rsplit("/", 1)[-1]) and p.rsplit("/", 1)[-1] != "**")})
 
-    protections = _landlock_protections(abi, widened, missing_grants)
-    protections += _scope_protections(abi)
+    protections = landlock_protections(abi, widened, missing_grants)
+    protections += scope_protections(abi)
 
     deny_notes: list[str] = []
     deny_state = State.FULLY

@@ -101,3 +101,114 @@ class EnforcementReport:
                  + ("" if p.required else "  (informational)") for p in self.protections]
         lines.append(f"overall: {self.overall.value}")
         return "\n".join(lines)
+
+
+# --- what this host can enforce (for `guard doctor`) ----------------------------------------------------
+@dataclass(frozen=True, slots=True)
+class HostFacts:
+    """Measured by `probe_host`; each `*_problem` is None when the probe worked, else why not."""
+
+    kernel: str
+    landlock_abi: int
+    userns_problem: str | None
+    unprivileged_userns_problem: str | None
+    running_as_root: bool
+    seccomp_filter: bool
+    user_notif: bool
+    addfd: bool
+    sync_wakeup: bool
+    seccomp_problem: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {f: getattr(self, f) for f in self.__dataclass_fields__}
+
+
+def host_report(host: HostFacts) -> EnforcementReport:
+    """Pure: the protections the default policy needs, judged against measured host facts."""
+    from guard.sandbox import landlock as ll
+    from guard.sandbox.plan import landlock_protections, scope_protections
+
+    out = landlock_protections(host.landlock_abi, [], [])
+    handled = ll.handled_fs(host.landlock_abi)
+    if host.landlock_abi > 0:
+        missing = [name for bit, name in ll.RIGHT_NAMES.items() if not handled & bit]
+        out.append(Protection("landlock rights", State.FULLY if not missing else State.PARTLY,
+                              "handled: " + ", ".join(ll.right_names(handled))
+                              + (f"; missing: {', '.join(missing)}" if missing else "")))
+    out += scope_protections(host.landlock_abi)
+    out.append(Protection("audit: Landlock denials logged after exec",
+                          State.FULLY if host.landlock_abi >= 7 else State.NOT,
+                          "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if host.landlock_abi >= 7
+                          else f"needs Landlock ABI 7, host has {host.landlock_abi}", required=False))
+    out.append(Protection("namespaces: user, mount, pid, ipc, network, uts",
+                          State.FULLY if host.userns_problem is None else State.NOT,
+                          "unshare works for this user" if host.userns_problem is None
+                          else host.userns_problem))
+    unpriv = host.unprivileged_userns_problem
+    out.append(Protection("namespaces: for unprivileged users", State.FULLY if unpriv is None else State.NOT,
+                          "unshare works after dropping to nobody" if unpriv is None else unpriv,
+                          required=not host.running_as_root))
+    out.append(Protection("syscall filter (seccomp)", State.FULLY if host.seccomp_filter else State.NOT,
+                          "seccomp filters can be installed" if host.seccomp_filter
+                          else host.seccomp_problem or "seccomp filters unavailable"))
+    out.append(Protection("decision tier (seccomp user notification)",
+                          State.FULLY if host.user_notif and host.addfd else State.NOT,
+                          "user notification with fd injection (ADDFD)" if host.user_notif and host.addfd
+                          else ("SECCOMP_RET_USER_NOTIF unavailable" if not host.user_notif
+                                else "SECCOMP_IOCTL_NOTIF_ADDFD unavailable (kernel < 5.9)")))
+    out.append(Protection("decision tier: same-CPU wake-ups (SYNC_WAKE_UP)",
+                          State.FULLY if host.sync_wakeup else State.NOT,
+                          "SECCOMP_IOCTL_NOTIF_SET_FLAGS available" if host.sync_wakeup
+                          else "unavailable (kernel < 6.6): notified syscalls are slower", required=False))
+    return EnforcementReport(tuple(out))
+
+
+def probe_host() -> HostFacts:
+    """Measure this host: Landlock ABI, namespaces (as we are, and as nobody when we are root), seccomp
+    user notification and its ioctls, each in a throw-away child so nothing sticks to this process."""
+    import os
+    import platform
+
+    from guard.sandbox import _syscalls as sc
+    from guard.sandbox import namespaces
+
+    root = os.geteuid() == 0
+    userns = namespaces.probe()
+    unpriv = namespaces.probe(drop_to=65534) if root else userns
+    notif_avail = sc.seccomp_action_available(sc.SECCOMP_RET_USER_NOTIF)
+    filt, addfd, wake, problem = _probe_seccomp()
+    return HostFacts(kernel=platform.release(), landlock_abi=sc.landlock_abi(), userns_problem=userns,
+                     unprivileged_userns_problem=unpriv, running_as_root=root, seccomp_filter=filt,
+                     user_notif=notif_avail and filt, addfd=addfd, sync_wakeup=wake, seccomp_problem=problem)
+
+
+def _probe_seccomp() -> tuple[bool, bool, bool, str | None]:
+    import json
+    import os
+
+    from guard.sandbox import _syscalls as sc
+
+    rfd, wfd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - child
+        result: dict[str, Any] = {"filter": False, "addfd": False, "wake": False, "problem": None}
+        try:
+            os.close(rfd)
+            sc.set_no_new_privs()
+            listener = sc.seccomp_install_probe_filter()
+            result["filter"] = True
+            result["addfd"] = sc.seccomp_ioctl_supported(listener, sc.SECCOMP_IOCTL_NOTIF_ADDFD)
+            result["wake"] = sc.seccomp_ioctl_supported(listener, sc.SECCOMP_IOCTL_NOTIF_SET_FLAGS)
+        except Exception as exc:
+            result["problem"] = str(exc)
+        os.write(wfd, json.dumps(result).encode())
+        os._exit(0)
+    os.close(wfd)
+    with os.fdopen(rfd, "rb") as r:
+        data = r.read()
+    os.waitpid(pid, 0)
+    try:
+        got = json.loads(data)
+    except ValueError:
+        return False, False, False, "seccomp probe died"
+    return bool(got["filter"]), bool(got["addfd"]), bool(got["wake"]), got["problem"]

@@ -510,3 +510,22 @@ def test_first_exec_waits_for_the_supervisor(tree: Tree) -> None:
     assert any(a.op is Op.RUN and a.argv and a.argv[0] == "/bin/sh" for a, _ in seen), seen
     assert "inside" in out and "forbidden-marker" not in out, out
     assert "rc=0" not in out  # the denied exec failed inside the sandbox
+
+
+# --- guard doctor on this host -----------------------------------------------------------------------------
+def test_doctor_reports_this_host() -> None:
+    import json
+
+    from click.testing import CliRunner
+
+    from guard.cli.main import main
+
+    result = CliRunner().invoke(main, ["doctor", "--json"])
+    data = json.loads(result.output)
+    assert data["host"]["landlock_abi"] == ABI
+    assert data["host"]["userns_problem"] is None  # the module-level probe succeeded, or we were skipped
+    assert result.exit_code == (1 if data["missing"] else 0)
+    names = {p["name"] for p in data["protections"]}
+    assert "decision tier (seccomp user notification)" in names
+    text = CliRunner().invoke(main, ["doctor"])
+    assert f"Landlock ABI {ABI}" in text.output and "overall:" in text.output

@@ -108,3 +108,49 @@ def test_host_abi_is_probed() -> None:
     if abi == 0:
         pytest.skip("Landlock is not available on this kernel")
     assert abi >= 1
+
+
+# --- guard doctor's judgement, over measured facts -------------------------------------------------------
+def _host(**kw: object):
+    from guard.sandbox.report import HostFacts
+
+    base: dict[str, object] = {"kernel": "x", "landlock_abi": 7, "userns_problem": None,
+                               "unprivileged_userns_problem": None, "running_as_root": False,
+                               "seccomp_filter": True, "user_notif": True, "addfd": True, "sync_wakeup": True}
+    base.update(kw)
+    return HostFacts(**base)  # type: ignore[arg-type]
+
+
+def test_doctor_full_host_has_no_shortfalls() -> None:
+    from guard.sandbox.report import host_report
+
+    report = host_report(_host())
+    assert report.shortfalls() == () and report.overall is State.FULLY
+
+
+@pytest.mark.parametrize(("kw", "missing"), [
+    ({"landlock_abi": 5}, {"scope: signals to processes outside", "scope: abstract unix sockets outside"}),
+    ({"landlock_abi": 3}, {"scope: signals to processes outside", "scope: abstract unix sockets outside",
+                           "landlock rights", "devices: ioctl (IOCTL_DEV)"}),
+    ({"landlock_abi": 0}, {"files: allowlist (Landlock)", "scope: signals to processes outside",
+                           "scope: abstract unix sockets outside"}),
+    ({"userns_problem": "unshare failed: EPERM"}, {"namespaces: user, mount, pid, ipc, network, uts"}),
+    ({"addfd": False}, {"decision tier (seccomp user notification)"}),
+    ({"seccomp_filter": False, "user_notif": False, "addfd": False},
+     {"syscall filter (seccomp)", "decision tier (seccomp user notification)"}),
+    ({"unprivileged_userns_problem": "EPERM"}, {"namespaces: for unprivileged users"}),
+])
+def test_doctor_names_what_is_missing(kw: dict[str, object], missing: set[str]) -> None:
+    from guard.sandbox.report import host_report
+
+    report = host_report(_host(**kw))
+    assert {p.name for p in report.shortfalls()} == missing
+
+
+def test_doctor_informational_lines_never_fail() -> None:
+    from guard.sandbox.report import host_report
+
+    report = host_report(_host(landlock_abi=6, sync_wakeup=False, running_as_root=True,
+                               unprivileged_userns_problem="EPERM"))
+    assert report.shortfalls() == ()
+    assert report.get("audit: Landlock denials logged after exec").state is State.NOT
