@@ -42,10 +42,8 @@ class PolicyLoadError(PolicyError):
 
     def __init__(self, diagnostics: Iterable[Diagnostic]) -> None:
         self.diagnostics_list = tuple(diagnostics)
-        first = self.diagnostics_list[0] if self.diagnostics_list else None
         message = "\n".join(str(d) for d in self.diagnostics_list) or "policy could not be loaded"
-        super().__init__(message, location=None,
-                         hint=first.hint if first is not None and len(self.diagnostics_list) == 1 else None)
+        super().__init__(message)  # each line already carries its location and hint
 
 
 class Collector:
