@@ -149,9 +149,13 @@ def records(home: Path) -> list[dict[str, Any]]:
 
 
 def verified(home: Path) -> Any:
+    """The trail verifies, both through the API and as an auditor runs it (`guard audit verify`)."""
     report = verify_log(log_dir(home), Keyring(home).root().public)
     assert not report.tampered, report.first_break
     assert report.findings_total == 0, report.findings
+    cli = subprocess.run([sys.executable, "-m", "guard", "audit", "verify"], capture_output=True, text=True,
+                         env={**os.environ, "GUARD_HOME": str(home)}, timeout=60)
+    assert cli.returncode == 0 and cli.stdout.startswith("VALID"), cli.stdout + cli.stderr
     return report
 
 
