@@ -5,10 +5,10 @@ from pathlib import Path
 import pytest
 
 from guard.errors import UsageError
-from guard.model import Verdict
+from guard.model import Kind, Verdict
 from guard.policy import PolicyLoadError, list_shipped, load_policy, shipped_policy_path
 
-from .helpers import HOME, WS, act, file, load, write
+from .helpers import WS, act, file, load, write
 
 
 def test_extends_merges_parents_first_and_child_lists_and_vars_replace_the_parents(tmp_path: Path) -> None:
@@ -42,7 +42,7 @@ def test_extends_merges_parents_first_and_child_lists_and_vars_replace_the_paren
     assert child.decide(file("read", "/data/private/k")).rule_id == "secrets"  # child's list
     assert child.decide(file("read", "/srv/keys/k")).rule_id is None
     assert child.mode == "enforce" and child.ask_timeout == 5.0 and child.name == "child"
-    assert child.defaults[__import__("guard.model").model.Kind.PROCESS] is Verdict.ALLOW
+    assert child.defaults[Kind.PROCESS] is Verdict.ALLOW
     assert child.sources == ((tmp_path / "parent.yaml").resolve(), (tmp_path / "child.yaml").resolve())
     assert dict(child.host_map) == {"db.internal": "10.0.0.7"}
 
