@@ -151,7 +151,7 @@ class Proxy:
         except NetError as exc:
             error = exc
             await _reply_error(writer, conn, exc)
-        except (ConnectionError, asyncio.IncompleteReadError) as exc:
+        except (OSError, asyncio.IncompleteReadError) as exc:
             error = BadRequest(f"client connection lost: {exc.__class__.__name__}")
         finally:
             self._active -= 1
@@ -159,6 +159,14 @@ class Proxy:
                 self._tasks.discard(task)
             writer.close()
             self._emit(conn, error, started)
+
+    async def aclose(self) -> None:
+        """End every connection being served (each still gets its record); for session shutdown, after
+        the servers feeding this proxy are closed."""
+        tasks = list(self._tasks)
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     # -- decisions -------------------------------------------------------------------------------------
 

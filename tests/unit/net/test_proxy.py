@@ -681,3 +681,23 @@ def test_half_closed_tunnel_survives_garbage_collection(kit: Any) -> None:
             await upstream.wait_closed()
 
     run(go)
+
+
+def test_aclose_ends_live_tunnels_and_records_them(kit: Any) -> None:
+    records = kit.Recorder()
+
+    async def go() -> None:
+        proxy = Proxy(kit.Rules([("net.a", "allow", "a.test", None)]), records, host_map={"a.test": "127.0.0.1"})
+        async with kit.echo_server() as (echo_port, _), kit.serving(proxy) as port:
+            reader, writer = await connect_via(port, f"a.test:{echo_port}")
+            assert (await read_status(reader))[0] == 200
+            writer.write(b"hi")
+            assert await asyncio.wait_for(reader.readexactly(2), T) == b"hi"
+            assert proxy.active == 1
+            await proxy.aclose()
+            assert proxy.active == 0
+            assert await asyncio.wait_for(reader.read(), T) == b""
+            writer.close()
+        assert len(records) == 1 and records[0]["bytes_up"] == 2 and records[0]["verdict"] == "allow"
+
+    run(go)
