@@ -238,7 +238,7 @@ def make(out: Path) -> None:
     segs = copy()
     del segs[mid[0]][1][mid[1]]
     twin("record-deleted", segs, "bad-seq", "a sealed record removed from the middle",
-         also=("root-mismatch",))
+         also=("checkpoint-size",))
 
     segs = copy()
     ls = segs[mid[0]][1]
@@ -269,7 +269,7 @@ def make(out: Path) -> None:
     s, i = find(segs, lambda o: o["type"] == "epoch" and o["epoch"] == 2)[0]
     del segs[s][1][i]
     twin("epoch-cert-removed", segs, "bad-seq", "the epoch 2 certificate line deleted",
-         also=("epoch-mismatch", "root-mismatch"))
+         also=("epoch-mismatch", "checkpoint-size"))
 
     segs = copy()
     forged = Keys("forger")

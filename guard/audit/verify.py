@@ -357,9 +357,9 @@ class LogVerifier:
             self._add("bad-field", f"{kind} line needs a note (string) and an epoch (integer)", seq=idx,
                       line=lineno)
             return
-        if encode({"epoch": epoch, "note": text, "seq": idx, "type": kind}) != data:
-            self._add("non-canonical", f"{kind} line has extra fields, a wrong seq or a non-canonical "
-                      "encoding", seq=idx, line=lineno)
+        if encode({"epoch": epoch, "note": text, "seq": obj.get("seq"), "type": kind}) != data:
+            self._add("non-canonical", f"{kind} line has extra fields or a non-canonical encoding", seq=idx,
+                      line=lineno)
         try:
             note = parse_note(text, where=kind)
         except AuditError as exc:
@@ -368,11 +368,12 @@ class LogVerifier:
         cp = note.checkpoint
         self._last_note = text
         if cp.origin != self.origin:
-            self._add("origin", f"{kind} is for origin {cp.origin!r}, expected {self.origin!r}", seq=idx,
+            self._add("origin", f"{kind} is for origin {cp.origin!r}, but the root key verified against "
+                      f"belongs to {self.origin!r}: the log was made under a different root key", seq=idx,
                       line=lineno)
         if cp.size != idx:
-            self._add("checkpoint-size", f"{kind} covers tree size {cp.size} but stands after {idx} lines",
-                      seq=idx, line=lineno)
+            self._add("checkpoint-size", f"{kind} covers tree size {cp.size} but {idx} lines precede it: "
+                      "lines before it were removed or added", seq=idx, line=lineno)
         elif cp.root != self._frontier.root():
             self._add("root-mismatch", f"{kind} root does not match lines 0..{idx - 1}: a sealed line "
                       "before it was changed, removed, reordered or inserted", seq=idx, line=lineno)
