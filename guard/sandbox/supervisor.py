@@ -57,6 +57,8 @@ O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
 RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 0x08, 0x10, 0x20
 _OPEN_HOW = struct.Struct("=QQQ")
+_DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
+_STRICT = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
 
 Decide = Callable[[Action], Decision]
 Record = Callable[[Action, Decision], None]
@@ -241,11 +243,10 @@ class _Task:
             raise _Gone() from exc
 
     def open_dir(self, comps: list[str]) -> int:
-        """Walk canonical components from the task's root, following nothing."""
-        fd = self.root()
-        for name in comps:
-            fd = self._fd(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=fd))
-        return fd
+        """Open canonical components from the task's root in one lookup that follows no symlink."""
+        if not comps:
+            return self.root()
+        return self._fd(sc.openat2(self.root(), "/".join(comps), _DIR_FLAGS, _STRICT | RESOLVE_IN_ROOT))
 
     def canonical(self, objfd: int) -> list[str] | None:
         """The components of `objfd`'s path in the task's view of the file system, or None when it has
@@ -316,6 +317,7 @@ class _Walker:
             return _Resolved(parent=obj, name=".", comps=comps, obj=obj)
         # floor: how far ".." may climb (the task's root, or the dirfd for BENEATH/IN_ROOT).
         base_comps: list[str] = []
+        base: int | None = None
         if not path.startswith("/") or beneath or in_root:
             base = task.base(dirfd)
             if not stat.S_ISDIR(os.fstat(base).st_mode):
@@ -331,21 +333,36 @@ class _Walker:
             comps = list(base_comps[:floor])
         else:
             comps = list(base_comps)
-        fds = [task.root()]
-        for name in comps:
-            fds.append(self._hold(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_DIRECTORY | os.O_CLOEXEC,
-                                          dir_fd=fds[-1])))
+        # fds[i] is the directory at comps[:i]; None until needed (reopened from the root, see _top).
+        fds: list[int | None] = [task.root(), *([None] * len(comps))]
+        if comps and base is not None:
+            fds[-1] = base  # canonical() checked that comps lead to this very directory
         todo = [c for c in path.split("/") if c]
         must_be_dir = path.endswith("/") or path.endswith("/.") or path.endswith("/..")
         links = 0
         if not todo:
-            return _Resolved(parent=fds[-1], name=".", comps=comps)
+            return _Resolved(parent=self._top(fds, comps), name=".", comps=comps)
         while todo:
+            # Fast path: a run of plain directory names in one openat2 that refuses every symlink;
+            # on ELOOP (a symlink in the run) fall back to one component at a time.
+            run = _plain_run(todo)
+            if run:
+                try:
+                    fd = self._hold(sc.openat2(self._top(fds, comps), "/".join(run), _DIR_FLAGS,
+                                               _STRICT | RESOLVE_BENEATH))
+                except OSError as exc:
+                    if exc.errno != errno.ELOOP:
+                        raise
+                else:
+                    comps.extend(run)
+                    fds.extend([*([None] * (len(run) - 1)), fd])
+                    del todo[:len(run)]
+                    continue
             name = todo.pop(0)
             last = not todo
             if name == ".":
                 if last:
-                    return _Resolved(parent=fds[-1], name=".", comps=comps)
+                    return _Resolved(parent=self._top(fds, comps), name=".", comps=comps)
                 continue
             if name == "..":
                 if beneath and len(comps) <= floor:
@@ -354,20 +371,20 @@ class _Walker:
                     comps.pop()
                     fds.pop()
                 if last:
-                    return _Resolved(parent=fds[-1], name=".", comps=comps)
+                    return _Resolved(parent=self._top(fds, comps), name=".", comps=comps)
                 continue
+            parent = self._top(fds, comps)
             try:
-                fd = self._hold(os.open(name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=fds[-1]))
+                st = os.stat(name, dir_fd=parent, follow_symlinks=False)
             except FileNotFoundError:
                 if last:  # a name to create; with a trailing "/" only mkdir may create it
-                    return _Resolved(parent=fds[-1], name=name, comps=[*comps, name], must_be_dir=must_be_dir)
+                    return _Resolved(parent=parent, name=name, comps=[*comps, name], must_be_dir=must_be_dir)
                 raise _Reply(errno.ENOENT) from None
-            st = os.fstat(fd)
             if stat.S_ISLNK(st.st_mode) and (not last or follow or must_be_dir):
                 links += 1
                 if links > SYMLINK_MAX or self.no_symlinks:
                     raise _Reply(errno.ELOOP)
-                target = self._link_target(fds[-1], fd, name, comps)
+                target = self._link_target(parent, name, comps)
                 if isinstance(target, _Resolved):
                     if not last:
                         if target.anonymous:
@@ -388,23 +405,30 @@ class _Walker:
             if last:
                 if must_be_dir and not stat.S_ISDIR(st.st_mode):
                     raise _Reply(errno.ENOTDIR)
-                return _Resolved(parent=fds[-1], name=name, comps=[*comps, name], must_be_dir=must_be_dir)
+                return _Resolved(parent=parent, name=name, comps=[*comps, name], must_be_dir=must_be_dir)
             if not stat.S_ISDIR(st.st_mode):
                 raise _Reply(errno.ENOTDIR)
             comps.append(name)
-            fds.append(fd)
+            fds.append(self._hold(os.open(name, _DIR_FLAGS | os.O_NOFOLLOW, dir_fd=parent)))
         raise AssertionError("unreachable: the loop returns on the last component")
 
-    def _link_target(self, dirfd: int, linkfd: int, name: str, comps: list[str]) -> str | _Resolved:
+    def _top(self, fds: list[int | None], comps: list[str]) -> int:
+        """The directory at `comps`, reopened from the root (no symlinks, canonical path) if not held."""
+        top = fds[-1]
+        if top is None:
+            top = fds[-1] = self.task.open_dir(comps)
+        return top
+
+    def _link_target(self, dirfd: int, name: str, comps: list[str]) -> str | _Resolved:
         """A symlink's text, or for a /proc magic link the object it stands for (see module doc)."""
         if not _is_procfs(dirfd):
-            return os.readlink("", dir_fd=linkfd)
+            return os.readlink(name, dir_fd=dirfd)
         tgid, tid = self.task.ns_ids()
         if name == "self":
             return tgid
         if name == "thread-self":
             return f"{tgid}/task/{tid}"
-        text = os.readlink("", dir_fd=linkfd)
+        text = os.readlink(name, dir_fd=dirfd)
         if not text.startswith("/") and ":" not in text:
             return text  # an ordinary symlink inside procfs, e.g. mounts -> self/mounts
         if self.no_magic:
@@ -429,6 +453,16 @@ class _Walker:
 _libc = ctypes.CDLL(None, use_errno=True)
 _libc.fstatfs.argtypes = [ctypes.c_int, ctypes.c_void_p]
 _libc.fstatfs.restype = ctypes.c_int
+
+
+def _plain_run(todo: list[str]) -> list[str]:
+    """The leading names of `todo` that are ordinary directory names, never including the final one."""
+    run: list[str] = []
+    for name in todo[:-1]:
+        if name in (".", ".."):
+            break
+        run.append(name)
+    return run
 
 
 def _is_procfs(fd: int) -> bool:
@@ -657,7 +691,6 @@ class Supervisor:
             target = _lstat_or_none(res.parent, res.name)
             held, name, ours = os.dup(res.parent), res.name, 0
         fifo = target is not None and stat.S_ISFIFO(target.st_mode)
-        task.status("Umask")  # read now: the task may be gone by the time a blocking open returns
 
         def opener() -> int:
             try:
@@ -691,6 +724,11 @@ class Supervisor:
         creates = bool(flags & os.O_CREAT) or (flags & O_TMPFILE) == O_TMPFILE
         if not creates:
             return os.open(name, ours, dir_fd=parent)
+        if not flags & os.O_EXCL and (flags & O_TMPFILE) != O_TMPFILE:
+            try:  # the common case: the file exists, and O_CREAT without O_EXCL just opens it
+                return os.open(name, ours & ~os.O_CREAT, dir_fd=parent)
+            except FileNotFoundError:
+                pass
         umask = int(task.status("Umask") or "022", 8)
         for _ in range(3):
             try:

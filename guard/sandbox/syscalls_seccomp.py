@@ -139,3 +139,18 @@ def notif_set_sync_wakeup(fd: int) -> bool:
             return False
         raise
     return True
+
+
+_OPEN_HOW = struct.Struct("=QQQ")
+_NR_OPENAT2 = 437  # the same number on every architecture
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2) with `struct open_how {flags, mode=0, resolve}`; raises OSError like os.open."""
+    how = ctypes.create_string_buffer(_OPEN_HOW.pack(flags, 0, resolve), _OPEN_HOW.size)
+    ret = _libc.syscall(ctypes.c_long(_NR_OPENAT2), ctypes.c_long(dirfd), ctypes.c_char_p(os.fsencode(path)),
+                        ctypes.c_void_p(ctypes.addressof(how)), ctypes.c_long(_OPEN_HOW.size))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err), path)
+    return int(ret)
