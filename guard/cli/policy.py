@@ -102,7 +102,7 @@ def _print_test_report(ref: str, report: TestReport) -> None:
     click.echo(f"{ref}: {passed} passed, {len(report.failures)} failed; {cover}{missing}")
 
 
-@policy.command()
+@policy.command(context_settings={"ignore_unknown_options": True})
 @click.argument("policy_ref", metavar="POLICY")
 @click.argument("action", nargs=-1, required=True)
 @_workspace_option
