@@ -24,6 +24,7 @@ from guard.sandbox.scan import (
     TERMINAL_PATHS,
     LaunchFacts,
     Match,
+    PathFact,
     PolicyLike,
     grant_prefixes,
     is_beneath,
@@ -71,14 +72,27 @@ def _mount_kind(m: Match) -> MountKind:
 def _grants(policy: PolicyLike, facts: LaunchFacts, handled: int) -> tuple[list[ll.PathGrant], list[str]]:
     merged: dict[str, tuple[int, bool, tuple[str, ...]]] = {}
     notes: list[str] = []
+    missing: list[str] = []
+    widened_proc: list[str] = []
+    via_target: list[str] = []
     for prefix, ops, rule_id in grant_prefixes(policy):
         fact = facts.fact(prefix)
         if fact is None or fact.kind == "missing":
-            notes.append(f"{prefix} (rule {rule_id}) does not exist at launch: not granted")
+            missing.append(prefix)
             continue
         rights = 0
         for op in ops:
             rights |= _OP_RIGHTS[op]
+        if fact.kind == "proc-link":
+            if not is_beneath(prefix, "/proc"):
+                via_target.append(prefix)  # /dev/stdout and friends: the kernel judges the file they reach
+                continue
+            # Per-process entries cannot be named before the processes exist; the sandbox's /proc shows
+            # only its own processes, so read on /proc is the faithful translation. Never write: /proc/sys
+            # is host-wide, and writes through /proc/self/fd are judged on the file they reach anyway.
+            widened_proc.append(prefix)
+            fact = PathFact("/proc", "dir", "/proc")
+            rights &= ll.READ_RIGHTS
         is_dir = fact.kind == "dir"
         if not is_dir:
             rights &= ll.FILE_RIGHTS
@@ -94,6 +108,14 @@ def _grants(policy: PolicyLike, facts: LaunchFacts, handled: int) -> tuple[list[
                 merged[fact.resolved] = (old_rights | ll.IOCTL_RIGHTS, fact.kind == "dir",
                                          (*old_ids, "guard:terminal"))
     grants = [ll.PathGrant(p, r, d, ids) for p, (r, d, ids) in sorted(merged.items()) if r]
+    if widened_proc:
+        notes.append(f"per-process /proc grants widened to read on the sandbox's own /proc: "
+                     f"{', '.join(sorted(set(widened_proc)))}")
+    if via_target:
+        reach = ", ".join(sorted(set(via_target)))
+        notes.append(f"judged by the file they reach, not granted as such: {reach}")
+    if missing:
+        notes.append(f"missing at launch, so not granted: {', '.join(sorted(set(missing)))}")
     return grants, notes
 
 
@@ -106,6 +128,8 @@ def _granted(path: str, op: Op, grants: Sequence[ll.PathGrant]) -> bool:
 def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: bool) -> list[MountOp]:
     chosen: dict[str, tuple[MountKind, str]] = {}
     for m in facts.matches:
+        if m.kind == "proc-link" or is_beneath(m.path, "/proc") or is_beneath(m.path, "/sys"):
+            continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
         kind = _mount_kind(m)
         protected = m.rule_id == SELF_PROTECTION_RULE
         # outside every grant for the op, Landlock already refuses it: no mount needed

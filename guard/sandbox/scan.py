@@ -202,12 +202,46 @@ def _kind(mode: int) -> str:
 
 
 def path_fact(path: str) -> PathFact:
+    """Resolve like the kernel will, except through /proc: /proc/self and /dev/stdout resolve to *this*
+    process's entries, which mean nothing inside the sandbox (kind `proc-link`, left unresolved)."""
+    if _through_proc_pid(path):
+        return PathFact(path, "proc-link", path)
     resolved = os.path.realpath(path)
     try:
         st = os.stat(resolved)
     except OSError:
         return PathFact(path, "missing", resolved)
     return PathFact(path, _kind(st.st_mode), resolved)
+
+
+def _via_proc_pid(path: str) -> bool:
+    """True for /proc/self/..., /proc/thread-self/... and /proc/<pid>/...: per-process entries."""
+    comps = _components(path)
+    if len(comps) < 2 or comps[0] != "proc":
+        return False
+    return comps[1] in ("self", "thread-self") or comps[1].isdigit()
+
+
+def _through_proc_pid(path: str) -> bool:
+    """Whether resolving `path` (symlink by symlink) passes through a per-process /proc entry."""
+    parts, cur, hops = _components(path), "/", 0
+    while parts:
+        nxt = os.path.normpath(os.path.join(cur, parts.pop(0)))
+        if _via_proc_pid(nxt):
+            return True
+        if not os.path.islink(nxt):
+            cur = nxt
+            continue
+        hops += 1
+        if hops > 40:
+            return False
+        try:
+            target = os.readlink(nxt)
+        except OSError:
+            return False
+        parts = _components(target) + parts
+        cur = "/" if target.startswith("/") else cur
+    return False
 
 
 def _nearest_existing(path: str) -> str:
@@ -236,29 +270,35 @@ class _Budget:
 
 def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterable[tuple[str, os.stat_result | None,
                                                                                bool]]:
-    """Yield (path, stat or None, is_dir) beneath root without following symlinks. Regular files are
-    stat'ed (for st_nlink); directories are not. Stops (and records why) when the budget runs out."""
-    stack = [root]
-    while stack:
-        top = stack.pop()
+    """Yield (path, stat or None, is_dir) beneath root in depth-first pre-order (a directory, then all
+    of its contents, then its next sibling) without following symlinks. Regular files are stat'ed (for
+    st_nlink); directories are not. Stops (and records why) when the budget runs out."""
+
+    def listing(path: str) -> list[os.DirEntry[str]]:
         try:
-            with os.scandir(top) as it:
-                entries = list(it)
+            with os.scandir(path) as it:
+                return sorted(it, key=lambda e: e.name, reverse=True)
         except OSError as exc:
-            unreadable.append(f"{top}: {exc.strerror}")
+            unreadable.append(f"{path}: {exc.strerror}")
+            return []
+
+    stack = [listing(root)]
+    while stack:
+        if not stack[-1]:
+            stack.pop()
             continue
-        for entry in entries:
-            if not budget.spend(root):
-                return
-            try:
-                is_dir = entry.is_dir(follow_symlinks=False)
-                st = None if is_dir else entry.stat(follow_symlinks=False)
-            except OSError as exc:
-                unreadable.append(f"{entry.path}: {exc.strerror}")
-                continue
-            yield entry.path, st, is_dir
-            if is_dir:
-                stack.append(entry.path)
+        entry = stack[-1].pop()
+        if not budget.spend(root):
+            return
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            st = None if is_dir else entry.stat(follow_symlinks=False)
+        except OSError as exc:
+            unreadable.append(f"{entry.path}: {exc.strerror}")
+            continue
+        yield entry.path, st, is_dir
+        if is_dir:
+            stack.append(listing(entry.path))
 
 
 def _walk_roots(grants: list[tuple[str, frozenset[Op], str]], workspace: str, home: str) -> list[str]:

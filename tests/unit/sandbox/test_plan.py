@@ -157,7 +157,7 @@ def test_landlock_grants_from_literal_prefixes(tree: dict[str, Path]) -> None:
     tool = grants[str(f)]
     assert not tool.is_dir and tool.access & ~ll.FILE_RIGHTS == 0 and tool.access & ll.EXEC_RIGHTS
     assert str(tree["root"] / "lib") not in grants  # missing at launch: not granted, and reported
-    assert "does not exist at launch" in plan.report.get("files: allowlist (Landlock)").reason
+    assert "missing at launch, so not granted" in plan.report.get("files: allowlist (Landlock)").reason
 
 
 def test_missing_deny_under_a_writable_tree_is_reported_partly(tree: dict[str, Path]) -> None:
@@ -206,3 +206,28 @@ def test_plan_is_pure_given_facts(tree: dict[str, Path]) -> None:
     empty = LaunchFacts(paths=(), matches=())
     bare = build_plan(pol, empty, workspace=tree["ws"], protected=[], abi=7)
     assert bare.mounts == () and bare.landlock.grants == ()
+
+
+def test_matched_directory_is_mounted_once_not_file_by_file(tree: dict[str, Path]) -> None:
+    for name in ("a.sample", "b.sample", "c.sample"):
+        (tree["ws"] / ".git" / "hooks" / name).write_text("")
+    (tree["ws"] / ".git" / "zzz").mkdir()  # a sibling walked after the hooks directory
+    _, plan = _plan(tree, _policy(tree))
+    hooks = str(tree["ws"] / ".git" / "hooks")
+    assert [m.path for m in plan.mounts if m.path.startswith(hooks)] == [hooks]
+
+
+def test_per_process_proc_grants_widen_to_read_on_proc(tree: dict[str, Path]) -> None:
+    pol = Pol((Rule("self", Verdict.ALLOW, RW, ("/proc/self/**", "/proc/self/fd/**")),
+               Rule("std", Verdict.ALLOW, RW, ("/dev/stdout",)),
+               Rule("cpu", Verdict.ALLOW, R, ("/proc/cpuinfo",)),
+               Rule("deny", Verdict.DENY, R, ("/proc/1/environ",))))
+    _, plan = _plan(tree, pol)
+    grants = {g.path: g for g in plan.landlock.grants}
+    assert grants["/proc"].access == ll.READ_RIGHTS  # never write under /proc: /proc/sys is host-wide
+    assert not any(p.startswith("/proc/") and p[6:7].isdigit() for p in grants)
+    assert "/dev/stdout" not in grants and not any(g.startswith("/tmp/") for g in grants)
+    assert "/proc/cpuinfo" in grants
+    assert not any(m.path.startswith("/proc") for m in plan.mounts)
+    reason = plan.report.get("files: allowlist (Landlock)").reason
+    assert "/proc/self" in reason and "/dev/stdout" in reason
