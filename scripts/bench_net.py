@@ -10,7 +10,8 @@ Three paths to one loopback HTTP server (its own process):
 
 Throughput: N parallel clients each download --big-mib MiB several times (through a CONNECT tunnel when
 proxied). Connection rate: N parallel clients each make requests on fresh connections (absolute-form
-plain-HTTP forward when proxied). Latency: one client, sequential small requests; p50 difference in ms.
+plain-HTTP forward when proxied). Latency: one client, sequential small requests, the paths interleaved;
+p50 difference in ms. Each measure is repeated --repeat times, paths interleaved, and the median kept.
 The last line is one JSON object.
 """
 
@@ -233,9 +234,10 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--clients", type=int, default=4)
     parser.add_argument("--big-mib", type=int, default=32)
-    parser.add_argument("--rounds", type=int, default=4)
-    parser.add_argument("--conns", type=int, default=300, help="connections per client for the rate")
-    parser.add_argument("--latency-samples", type=int, default=400)
+    parser.add_argument("--rounds", type=int, default=3, help="downloads per client per round")
+    parser.add_argument("--conns", type=int, default=200, help="connections per client for the rate")
+    parser.add_argument("--latency-samples", type=int, default=600)
+    parser.add_argument("--repeat", type=int, default=3, help="interleaved rounds; medians are reported")
     args = parser.parse_args()
 
     tmp = Path(tempfile.mkdtemp(prefix="guard-bench-net-"))
@@ -252,18 +254,29 @@ def main() -> None:
         procs.append(relay)
         paths = {"direct": None, "session": session_port, "daemon": daemon_port}
 
-        latencies(server_port, session_port, 50)  # warm up every path
-        latencies(server_port, daemon_port, 50)
-        latencies(server_port, None, 50)
-        result: dict[str, Any] = {"clients": args.clients}
-        for name, port in paths.items():
-            mb_s = throughput(server_port, port, args.clients, args.rounds)
-            rate = conn_rate(server_port, port, args.clients, args.conns)
-            p50 = statistics.median(latencies(server_port, port, args.latency_samples)) * 1000
+        for port in paths.values():  # warm up every path
+            latencies(server_port, port, 50)
+        # Interleave the paths and repeat, then take medians: other work on the machine shifts all paths
+        # alike within a round, so ratios stay meaningful when absolute numbers drift.
+        samples: dict[str, dict[str, list[float]]] = {name: {"mb_s": [], "conn": [], "lat": []}
+                                                      for name in paths}
+        for _ in range(args.repeat):
+            for name, port in paths.items():
+                samples[name]["mb_s"].append(throughput(server_port, port, args.clients, args.rounds))
+                samples[name]["conn"].append(conn_rate(server_port, port, args.clients, args.conns))
+            for _ in range(args.latency_samples // args.repeat):
+                for name, port in paths.items():
+                    samples[name]["lat"].extend(latencies(server_port, port, 1))
+        result: dict[str, Any] = {}
+        for name in paths:
+            mb_s = statistics.median(samples[name]["mb_s"])
+            rate = statistics.median(samples[name]["conn"])
+            p50 = statistics.median(samples[name]["lat"]) * 1000
             result[f"{name}_mb_s"] = round(mb_s, 1)
             result[f"{name}_conn_per_s"] = round(rate, 1)
             result[f"{name}_p50_ms"] = round(p50, 3)
-            print(f"{name:8s} {mb_s:9.1f} MB/s  {rate:8.1f} conn/s  p50 {p50:.3f} ms", flush=True)
+            print(f"{name:8s} {mb_s:9.1f} MB/s  {rate:8.1f} conn/s  p50 {p50:.3f} ms  "
+                  f"(median of {args.repeat} rounds)", flush=True)
         out = {
             "direct_mb_s": result["direct_mb_s"],
             "proxy_mb_s": result["session_mb_s"],
@@ -276,6 +289,7 @@ def main() -> None:
             "daemon_conn_per_s": result["daemon_conn_per_s"],
             "daemon_added_latency_p50_ms": round(result["daemon_p50_ms"] - result["direct_p50_ms"], 3),
             "clients": args.clients,
+            "repeat": args.repeat,
             "cpus": os.cpu_count(),
         }
         print(json.dumps(out))
