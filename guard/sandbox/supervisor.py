@@ -32,9 +32,11 @@ import stat
 import struct
 import threading
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
+from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
 from guard.sandbox.seccomp import ARCHES, SeccompSpec
@@ -59,6 +61,7 @@ RESOLVE_BENEATH, RESOLVE_IN_ROOT, RESOLVE_CACHED = 0x08, 0x10, 0x20
 _OPEN_HOW = struct.Struct("=QQQ")
 _DIR_FLAGS = O_PATH | os.O_DIRECTORY | os.O_CLOEXEC
 _STRICT = RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS
+_DEV_TTY = os.makedev(5, 0)
 
 Decide = Callable[[Action], Decision]
 Record = Callable[[Action, Decision], None]
@@ -223,6 +226,28 @@ class _Task:
             except (ProcessLookupError, FileNotFoundError) as exc:
                 raise _Gone() from exc
         return self._status.get(key, "")
+
+    def controlling_tty(self) -> int:
+        """An O_PATH fd on the task's controlling terminal, found among its own open descriptors;
+        ENXIO when it has none (as opening /dev/tty would fail for it)."""
+        try:
+            with open(f"/proc/{self.pid}/stat", "rb") as fh:
+                fields = fh.read().rsplit(b")", 1)[1].split()
+        except (ProcessLookupError, FileNotFoundError) as exc:
+            raise _Gone() from exc
+        tty_nr = int(fields[4])
+        if tty_nr == 0:
+            raise _Reply(errno.ENXIO)
+        want = ((tty_nr >> 8) & 0xFFF, (tty_nr & 0xFF) | ((tty_nr >> 12) & 0xFFF00))
+        for name in os.listdir(f"/proc/{self.pid}/fd"):
+            try:
+                fd = self._fd(os.open(f"/proc/{self.pid}/fd/{name}", O_PATH | os.O_CLOEXEC))
+            except OSError:
+                continue
+            st = os.fstat(fd)
+            if stat.S_ISCHR(st.st_mode) and (os.major(st.st_rdev), os.minor(st.st_rdev)) == want:
+                return fd
+        raise _Reply(errno.ENXIO)
 
     def ns_ids(self) -> tuple[str, str]:
         """(tgid, tid) as the task's own pid namespace numbers them: what its /proc/self means."""
@@ -482,7 +507,10 @@ class Supervisor:
     """
 
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
-                 spec: SeccompSpec | None = None) -> None:
+                 spec: SeccompSpec | None = None, workers: int = 1) -> None:
+        if workers < 1:
+            raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
+        self.workers = workers
         self.fd = listener_fd
         self.spec = spec or SeccompSpec()
         self._decide = decide
@@ -496,36 +524,62 @@ class Supervisor:
 
     # loop -------------------------------------------------------------------------------------------
     def serve_forever(self, stop: threading.Event, *, poll_ms: int = 100) -> None:
-        """Serve until `stop` is set or every task using the filter is gone (the listener hangs up)."""
+        """Serve until `stop` is set or every task using the filter is gone (the listener hangs up).
+
+        With `workers` > 1, notifications are answered on a thread pool, so one that waits (an `ask`
+        pending a human) does not hold up the rest of the tree; `decide` must then be thread-safe."""
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        while not stop.is_set():
-            try:
-                events = poller.poll(poll_ms)
-            except InterruptedError:
-                continue
-            for _fd, ev in events:
-                if ev & select.POLLIN:
-                    self.serve_one()
-                elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
-                    return
+        pool = ThreadPoolExecutor(self.workers, "guard-seccomp") if self.workers > 1 else None
+        try:
+            while not stop.is_set():
+                try:
+                    events = poller.poll(poll_ms)
+                except InterruptedError:
+                    continue
+                for _fd, ev in events:
+                    if ev & select.POLLIN:
+                        notif = self._receive()
+                        if notif is None:
+                            continue
+                        if pool is None:
+                            self._answer(notif)
+                        else:
+                            pool.submit(self._answer, notif)
+                    elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        return
+        finally:
+            if pool is not None:
+                pool.shutdown(wait=True)
 
     def serve_one(self) -> None:
-        """Receive and answer one notification; never raises for anything the task can cause."""
+        """Receive and answer one notification (the caller polled the listener)."""
+        notif = self._receive()
+        if notif is not None:
+            self._answer(notif)
+
+    def _receive(self) -> sc.Notif | None:
         try:
             notif = sc.notif_recv(self.fd)
         except OSError as exc:
-            if exc.errno in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
-                return  # the task was interrupted or died between poll and RECV
-            raise
+            if exc.errno not in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
+                log.error("seccomp supervisor: RECV failed: %s", exc)
+            return None  # ENOENT: the task was interrupted or died between poll and RECV
         self.handled += 1
+        return notif
+
+    def _answer(self, notif: sc.Notif) -> None:
+        """Answer one notification; never raises, whatever the task or decide() does."""
         try:
             self._handle(notif)
         except _Gone:
             pass
         except Exception:
             log.exception("seccomp supervisor: failed on syscall %s of pid %d", notif.nr, notif.pid)
-            self._send(notif.id, error=errno.EPERM)
+            try:
+                self._send(notif.id, error=errno.EPERM)
+            except OSError:
+                log.exception("seccomp supervisor: could not refuse syscall of pid %d", notif.pid)
 
     def close(self) -> None:
         if not self._closed:
@@ -684,11 +738,16 @@ class Supervisor:
             raise _Reply(errno.EISDIR if exists or flags & os.O_CREAT else errno.ENOENT)
         cloexec = bool(flags & os.O_CLOEXEC)
         target: os.stat_result | None
-        if res.obj is not None:
-            target = os.fstat(res.obj)
-            held, name, ours = os.dup(res.obj), "", _our_flags(flags) & ~os.O_NOFOLLOW
-        else:
+        obj = res.obj
+        if obj is None:
             target = _lstat_or_none(res.parent, res.name)
+            if target is not None and stat.S_ISCHR(target.st_mode) and target.st_rdev == _DEV_TTY:
+                # /dev/tty means the opener's controlling terminal: the task's, not ours.
+                obj = task.controlling_tty()
+        if obj is not None:
+            target = os.fstat(obj)
+            held, name, ours = os.dup(obj), "", _our_flags(flags) & ~os.O_NOFOLLOW
+        else:
             held, name, ours = os.dup(res.parent), res.name, 0
         fifo = target is not None and stat.S_ISFIFO(target.st_mode)
 
@@ -807,10 +866,10 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 
 
 @contextmanager
-def serving(listener_fd: int, *, decide: Decide, record: Record,
-            spec: SeccompSpec | None = None) -> Iterator[Supervisor]:
+def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
+            workers: int = 1) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
-    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec)
+    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers)
     stop = threading.Event()
     thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
     thread.start()

@@ -14,6 +14,7 @@ import socket
 import stat
 import struct
 import sys
+import termios
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -486,3 +487,95 @@ def test_ordinary_shell_work_under_supervision(ws: Path) -> None:
     assert (ws / "final.txt").read_text() == "42\n"
     assert run.output.decode().strip().endswith("1")
     assert len(run.actions(Op.RUN)) >= 8
+
+
+# --- terminals, FIFOs, concurrency -------------------------------------------------------------------
+
+def test_dev_tty_opens_the_tasks_own_controlling_terminal(ws: Path) -> None:
+    def child() -> object:
+        master, slave = os.openpty()
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
+        fd = os.open("/dev/tty", os.O_RDWR)
+        os.write(fd, b"via-dev-tty")
+        got = os.read(master, 100)
+        r, w = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # a new session has no controlling terminal: /dev/tty must not open
+            os.setsid()
+            try:
+                os.open("/dev/tty", os.O_RDWR)
+                os.write(w, b"opened")
+            except OSError as exc:
+                os.write(w, str(exc.errno).encode())
+            os._exit(0)
+        os.waitpid(pid, 0)
+        return [got.decode(), os.read(r, 100).decode()]
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == ["via-dev-tty", str(errno.ENXIO)]
+
+
+@pytest.mark.timeout(60)
+def test_blocking_fifo_open_does_not_stall_other_notifications(ws: Path) -> None:
+    fifo = ws / "fifo"
+    os.mkfifo(fifo)
+
+    def child() -> object:
+        writer = os.fork()
+        if writer == 0:
+            fd = os.open("fifo", os.O_WRONLY)  # blocks until a reader comes
+            os.write(fd, b"through-fifo")
+            os._exit(0)
+        while not Path(f"/proc/{writer}/syscall").read_text().startswith("257 "):
+            os.sched_yield()  # wait until the writer is parked in its openat
+        with open("other.txt", "w") as fh:  # must be served while the FIFO open is pending
+            fh.write("served")
+        with open("fifo", "rb") as fh:
+            data = fh.read()
+        os.waitpid(writer, 0)
+        return data.decode()
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == "through-fifo"
+    assert (ws / "other.txt").read_text() == "served"
+
+
+def test_workers_let_a_slow_decision_wait_without_blocking_others(ws: Path) -> None:
+    fast_seen = threading.Event()
+
+    def decide(action: Action) -> Decision:
+        if action.target.endswith("/slow"):
+            ok = fast_seen.wait(20)  # an `ask` waiting for a human, who only answers after "fast"
+            return Decision(Verdict.ALLOW if ok else Verdict.DENY, None, "waited")
+        if action.target.endswith("/fast"):
+            fast_seen.set()
+        return Decision(Verdict.ALLOW, None, "ok")
+
+    def child() -> object:
+        slow = os.fork()
+        if slow == 0:
+            try:
+                open("slow", "w").close()
+                os._exit(0)
+            except OSError:
+                os._exit(1)
+        while not Path(f"/proc/{slow}/syscall").read_text().startswith("257 "):
+            os.sched_yield()
+        open("fast", "w").close()
+        _, status = os.waitpid(slow, 0)
+        return os.WEXITSTATUS(status)
+
+    parent_run = supervised_with_workers(child, decide, ws, workers=2)
+    assert parent_run.result == 0
+
+
+def supervised_with_workers(child: Callable[[], object], decide: Callable[[Action], Decision], cwd: Path,
+                            *, workers: int) -> Run:
+    def server(listener: int) -> None:
+        stop = threading.Event()
+        from guard.sandbox.supervisor import Supervisor
+
+        Supervisor(listener, decide=decide, record=lambda _a, _d: None, workers=workers).serve_forever(stop)
+
+    return supervised(child, decide, cwd=cwd, server=server)
