@@ -1,0 +1,49 @@
+"""`guard run`: run a command (an agent) inside the policy's sandbox and exit with its status."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import click
+
+from guard.errors import UsageError
+
+
+def _parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
+    import ipaddress
+
+    out: dict[str, str] = {}
+    for value in values:
+        name, sep, addr = value.rpartition(":") if value.count(":") == 1 else value.partition(":")
+        if not sep or not name or not addr:
+            raise UsageError(f"--resolve {value!r}: expected NAME:ADDRESS",
+                             hint="e.g. --resolve pypi.org:127.0.0.1")
+        try:
+            ipaddress.ip_address(addr.strip("[]"))
+        except ValueError:
+            raise UsageError(f"--resolve {value!r}: {addr!r} is not an IP address") from None
+        out[name.lower().rstrip(".")] = addr.strip("[]")
+    return out
+
+
+@click.command(context_settings={"ignore_unknown_options": True, "allow_interspersed_args": False})
+@click.option("-p", "--policy", default="coding-agent", show_default=True,
+              help="A shipped policy name or a policy file.")
+@click.option("-w", "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+              help="The workspace the policy's ${workspace} means (default: the current directory).")
+@click.option("--require-full", is_flag=True, help="Refuse to run unless every protection is enforced here.")
+@click.option("--json-summary", is_flag=True, help="Print the exit summary as one JSON line on stderr.")
+@click.option("--resolve", "resolve", multiple=True, metavar="NAME:ADDR",
+              help="Pin a host name to an address for the proxy (like curl --resolve).")
+@click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
+def run(policy: str, workspace: Path | None, require_full: bool, json_summary: bool,
+        resolve: tuple[str, ...], command: tuple[str, ...]) -> None:
+    """Run COMMAND under the guard: guard run [OPTIONS] -- COMMAND [ARGS]..."""
+    from guard.runner import RunOptions, run_guarded
+
+    cwd = Path.cwd()
+    opts = RunOptions(argv=tuple(command), policy=policy, workspace=(workspace or cwd).resolve(), cwd=cwd,
+                      require_full=require_full, json_summary=json_summary,
+                      resolve=_parse_resolve(resolve))
+    sys.exit(run_guarded(opts))

@@ -1,0 +1,248 @@
+"""One guarded session: the imperative shell that wires the layers together for `guard run`.
+
+Order matters and is the whole point of this module:
+  1. load the policy (pure) and open a session with the daemon (which decides, approves and records);
+  2. scan what exists at launch and build the kernel plan (pure) — refuse if `--require-full` and the host
+     cannot enforce everything the policy needs;
+  3. spawn the sandbox; serve its seccomp notifications (decided by the daemon) and its netns loopback
+     listener (relayed through the proxy, decided by the daemon) from threads of this process;
+  4. wait, close the session with a summary, and exit with the command's own status.
+If anything before the command starts fails, we raise SandboxError (exit 125): never an unguarded run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from guard.errors import DaemonError, GuardError, SandboxError
+from guard.home import guard_home
+from guard.model import Action, Decision, Verdict
+
+# The loopback port inside the sandbox's network namespace where the proxy answers.
+PROXY_PORT = 3128
+
+
+@dataclass(frozen=True)
+class RunOptions:
+    """What `guard run` was asked to do."""
+
+    argv: tuple[str, ...]
+    policy: str = "coding-agent"
+    workspace: Path = field(default_factory=Path.cwd)
+    cwd: Path = field(default_factory=Path.cwd)
+    require_full: bool = False
+    json_summary: bool = False
+    resolve: Mapping[str, str] = field(default_factory=dict)
+    env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
+
+
+@dataclass
+class Tally:
+    """Counts what happened in a session, for the one-line summary; updated from several threads."""
+
+    allowed: int = 0
+    denied: int = 0
+    asked: int = 0
+    execs: int = 0
+    connections: int = 0
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def count(self, action: Action, decision: Decision) -> None:
+        with self.lock:
+            if decision.enforced is Verdict.DENY:
+                self.denied += 1
+            else:
+                self.allowed += 1
+            if decision.verdict is Verdict.ASK:
+                self.asked += 1
+            if action.op.value == "run":
+                self.execs += 1
+            if action.op.value == "connect":
+                self.connections += 1
+
+    def as_dict(self) -> dict[str, int]:
+        with self.lock:
+            return {"allowed": self.allowed, "denied": self.denied, "asked": self.asked,
+                    "execs": self.execs, "connections": self.connections}
+
+
+def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
+    """The environment the agent sees: the caller's, plus the proxy settings and a marker.
+
+    Variables that point into guard's state are dropped: the sandbox hides that directory anyway, and an
+    agent has no business knowing where it is.
+    """
+    from guard.net.proxy_env import agent_proxy_env
+
+    env = {k: v for k, v in base.items() if k not in ("GUARD_HOME",)}
+    env.update(agent_proxy_env(proxy_port))
+    env["GUARD_SANDBOX"] = "1"
+    return env
+
+
+def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> int:
+    """Run `opts.argv` under the guard and return its exit status (125 when the guard could not start)."""
+    from guard.daemon.client import DaemonClient
+    from guard.policy import load_policy
+    from guard.sandbox import landlock
+    from guard.sandbox.launch import spawn
+    from guard.sandbox.plan import build_plan
+    from guard.sandbox.scan import scan_launch_facts
+    from guard.sandbox.seccomp import SeccompSpec
+    from guard.sandbox.supervisor import Supervisor
+
+    say = out or (lambda line: print(line, file=sys.stderr))
+    if not opts.argv:
+        raise SandboxError("no command given", hint="guard run -- COMMAND [ARGS...]")
+    home = guard_home(opts.env)
+    workspace = opts.workspace.resolve()
+    policy = load_policy(opts.policy, workspace=workspace, env=opts.env)
+
+    try:
+        client = DaemonClient.ensure_running(home)
+    except GuardError as exc:
+        raise SandboxError(f"the guard daemon could not be reached: {exc.message}",
+                           hint="see `guard daemon status`; the command was not started") from exc
+    session = client.open_session(policy=opts.policy, workspace=str(workspace), argv=list(opts.argv),
+                                  cwd=str(opts.cwd), pid=os.getpid())
+    session_id: str = session["session"]
+    tally = Tally()
+    status = 125
+    try:
+        protected = (home, *policy.sources)
+        facts = scan_launch_facts(policy, workspace=workspace, protected=protected)
+        plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi())
+        report = plan.report
+        if opts.require_full and not report.fully_enforced:
+            raise SandboxError(f"--require-full: this host cannot enforce everything: {report.summary()}",
+                               hint="run `guard doctor` to see what is missing")
+        for warning in report.warnings():
+            say(f"guard: warning: {warning}")
+
+        def decide(action: Action) -> Decision:
+            try:
+                decision = client.decide(session_id, action)
+            except DaemonError as exc:
+                # Fail closed: no daemon, no decision, no action.
+                decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
+            tally.count(action, decision)
+            return decision
+
+        proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
+                     seccomp=SeccompSpec(notify=True), inner_listen_ports=(PROXY_PORT,))
+        stop = threading.Event()
+        threads: list[threading.Thread] = []
+        if proc.listener_fd is not None:
+            supervisor = Supervisor(proc.listener_fd, decide=decide, record=lambda a, d: None)
+            threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
+                                            name="guard-supervisor", daemon=True))
+        net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve), tally)
+        threads.append(net.thread)
+        for t in threads:
+            t.start()
+        proc.release()
+        status = _wait_forwarding_signals(proc)
+        stop.set()
+        net.stop()
+        for t in threads:
+            t.join(timeout=2)
+    finally:
+        summary = tally.as_dict()
+        try:
+            client.close_session(session_id, exit_status=status, summary=summary)
+        except GuardError as exc:
+            say(f"guard: could not close the session cleanly: {exc.message}")
+        client.close()
+    _print_summary(say, session_id, status, summary, opts.json_summary)
+    return status
+
+
+def _wait_forwarding_signals(proc: Any) -> int:
+    """Wait for the sandbox. Ctrl-C belongs to the agent (its process group); SIGTERM/SIGHUP kill the tree."""
+    def terminate(signum: int, _frame: object) -> None:
+        proc.kill()
+
+    previous = {
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
+        signal.SIGTERM: signal.signal(signal.SIGTERM, terminate),
+        signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
+    }
+    try:
+        return int(proc.wait())
+    finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
+
+
+class _NetworkThread:
+    """Runs the proxy on the listeners that live inside the sandbox's network namespace."""
+
+    def __init__(self, listeners: Sequence[Any], client: Any, session_id: str, policy: Any,
+                 resolve: dict[str, str], tally: Tally) -> None:
+        self._listeners = list(listeners)
+        self._client = client
+        self._session = session_id
+        self._host_map = {**dict(policy.host_map), **resolve}
+        self._tally = tally
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="guard-proxy", daemon=True)
+
+    def _run(self) -> None:
+        from guard.net.bridge import serve_bridge
+        from guard.net.proxy import Proxy
+
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+
+        async def decide(action: Action) -> Decision:
+            def ask() -> Decision:
+                try:
+                    return self._client.decide(self._session, action)  # type: ignore[no-any-return]
+                except DaemonError as exc:
+                    return Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
+            decision = await loop.run_in_executor(None, ask)
+            self._tally.count(action, decision)
+            return decision
+
+        def record(event: dict[str, Any]) -> None:
+            try:
+                self._client.record(self._session, event)
+            except DaemonError:
+                pass  # the decision itself is already in the trail; byte counts are best effort
+
+        proxy = Proxy(decide, record, host_map=self._host_map)
+        tasks = [loop.create_task(serve_bridge(sock, proxy)) for sock in self._listeners]
+        self._ready.set()
+        try:
+            loop.run_forever()
+        finally:
+            for task in tasks:
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            loop.close()
+
+    def stop(self) -> None:
+        self._ready.wait(timeout=2)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def _print_summary(say: Callable[[str], None], session_id: str, status: int, summary: dict[str, int],
+                   as_json: bool) -> None:
+    if as_json:
+        say(json.dumps({"session": session_id, "exit_status": status, **summary}, sort_keys=True))
+        return
+    denied = summary["denied"]
+    tail = f"; see them: guard audit show --session {session_id} --verdict deny" if denied else ""
+    say(f"guard: session {session_id} exited {status}: {denied} denied, {summary['allowed']} allowed, "
+        f"{summary['execs']} execs, {summary['connections']} connections{tail}")
