@@ -73,12 +73,14 @@ class Approvals:
             self._notify({"event": "resolved", "approval": pending.view(now), "verdict": answer.verdict.value,
                           "by": answer.by})
 
-    def answer_all(self, *, session: str | None, answer: Answer) -> int:
-        """Answer every pending request (of one session, or all): used on session loss and shutdown."""
+    def answer_all(self, *, session: str | None, answer: Answer, now: float) -> int:
+        """Answer and forget every pending request (of one session, or all), at once: on session loss and
+        shutdown nobody may approve them any more, even before their waiters wake up to record the answer."""
         count = 0
         for pending in list(self._pending.values()):
             if (session is None or pending.session == session) and not pending.future.done():
                 pending.future.set_result(answer)
+                self.finish(pending, answer, now)
                 count += 1
         return count
 

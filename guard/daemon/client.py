@@ -89,6 +89,12 @@ class DaemonClient:
                               hint="is GUARD_HOME yours?") from None
         return cls(sock, timeout=timeout)
 
+    @staticmethod
+    def ensure_running(home: Path | None = None, *, wait: float = 10.0,
+                       timeout: float = DEFAULT_TIMEOUT) -> DaemonClient:
+        """Same as the module's `ensure_running` (both spellings appear in callers)."""
+        return ensure_running(home, wait=wait, timeout=timeout)
+
     def close(self) -> None:
         with self._cv:
             if self._broken is None:

@@ -246,19 +246,25 @@ def parse_reply(line: bytes) -> dict[str, Any]:
 
 # `record` accepts events decided elsewhere. The daemon owns session and approval records, so clients may
 # only add these types, each with a fixed set of typed fields (the trail's schema stays the daemon's).
+# The connection fields are those of guard.net.records.ConnectionRecord.to_dict().
 _CONNECTION_FIELDS: dict[str, _Check] = {
-    "target": _nonempty_str,
+    "protocol": lambda name, value: _nonempty_str(name, value),
+    "client": lambda name, value: _str(name, value),
+    "host": lambda name, value: _opt_str(name, value),
+    "port": lambda name, value: _opt_port(name, value),
     "addresses": _str_list,
-    "protocol": _str,
+    "address": lambda name, value: _opt_str(name, value),
     "verdict": lambda name, value: _any_verdict(name, value),
     "rule_id": lambda name, value: _opt_str(name, value),
     "reason": _str,
-    "bytes_in": lambda name, value: _nonneg(name, value),
-    "bytes_out": lambda name, value: _nonneg(name, value),
+    "bytes_up": lambda name, value: _nonneg(name, value),
+    "bytes_down": lambda name, value: _nonneg(name, value),
     "duration_s": lambda name, value: _nonneg_number(name, value),
+    "audit_only": lambda name, value: _bool(name, value),
+    "error": lambda name, value: _opt_str(name, value),
     "pid": _int,
-    "error": _str,
 }
+_CONNECTION_REQUIRED = ("protocol", "verdict")
 RECORD_TYPES = ("connection", "decision")
 
 
@@ -270,6 +276,21 @@ def _any_verdict(name: str, value: Any) -> str:
 
 def _opt_str(name: str, value: Any) -> str | None:
     return None if value is None else _str(name, value)
+
+
+def _opt_port(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    port = _int(name, value)
+    if not 0 <= port <= 65535:
+        raise _field(name, "expected a port number 0-65535")
+    return port
+
+
+def _bool(name: str, value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise _field(name, "expected true or false")
+    return value
 
 
 def _nonneg(name: str, value: Any) -> int:
@@ -314,6 +335,7 @@ def parse_record_event(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
             raise _field(f"event.{str(key)[:64]}", "not a field of a connection record")
         checked = check(f"event.{key}", value)
         fields[key] = list(checked) if isinstance(checked, tuple) else checked
-    if "target" not in fields:
-        raise _field("event.target", "required by a connection record")
+    for required in _CONNECTION_REQUIRED:
+        if required not in fields:
+            raise _field(f"event.{required}", "required by a connection record")
     return kind, fields

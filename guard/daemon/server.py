@@ -235,7 +235,7 @@ class Daemon:
     async def _shutdown(self, server: asyncio.AbstractServer) -> None:
         server.close()
         self.approvals.answer_all(session=None, answer=Answer(Verdict.DENY, "daemon", os.getuid(),
-                                                              "the daemon is shutting down"))
+                                                              "the daemon is shutting down"), now=self.now())
         self.approvals.close_watchers()
         inflight = [t for c in self._conns.values() for t in c.tasks]
         if inflight:
@@ -557,7 +557,7 @@ class Daemon:
         if conn is not None:
             conn.sessions.discard(session.id)
         self.approvals.answer_all(session=session.id, answer=Answer(
-            Verdict.DENY, "daemon", None, f"the session ended ({status})"))
+            Verdict.DENY, "daemon", None, f"the session ended ({status})"), now=self.now())
         extra: dict[str, Any] = {"status": status, "counts": session.counts.to_dict(),
                                  "duration_s": round(self.now() - session.started, 3)}
         if reason is not None:

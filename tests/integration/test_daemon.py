@@ -173,8 +173,8 @@ def test_round_trip_is_recorded_and_verifies(daemon: Daemon, workspace: Path) ->
         denied = client.decide(session, Action(Op.READ, "/etc/shadow"))
         assert (allowed.verdict, allowed.rule_id) == (Verdict.ALLOW, "workspace")
         assert denied.verdict is Verdict.DENY
-        seq = client.record(session, {"type": "connection", "target": "example.com:443", "bytes_in": 10,
-                                      "bytes_out": 3, "verdict": "allow"})
+        seq = client.record(session, {"type": "connection", "protocol": "connect", "host": "example.com",
+                                      "port": 443, "bytes_up": 3, "bytes_down": 10, "verdict": "allow"})
         [listed] = client.status()["sessions"]
         assert listed["session"] == session and listed["counts"] == {"allowed": 1, "denied": 1, "asked": 0}
         closed = client.close_session(session, exit_status=0, summary={"note": "done"})
@@ -190,7 +190,7 @@ def test_round_trip_is_recorded_and_verifies(daemon: Daemon, workspace: Path) ->
     assert start["policy"] == "daemon-test" and start["sources_hash"].startswith("sha256:")
     assert end["event"] == "end" and end["status"] == "closed" and end["exit_status"] == 0
     assert end["summary"] == {"note": "done"}
-    assert mine[3]["seq"] == seq and mine[3]["bytes_in"] == 10
+    assert mine[3]["seq"] == seq and mine[3]["bytes_down"] == 10 and mine[3]["host"] == "example.com"
 
 
 def test_socket_and_state_are_private(daemon: Daemon) -> None:

@@ -47,8 +47,9 @@ def test_answer_all_only_touches_the_named_session() -> None:
         approvals = Approvals()
         mine = approvals.create(session="s1", policy="p", action=ACTION, decision=ASK, now=0, timeout=5)
         other = approvals.create(session="s2", policy="p", action=ACTION, decision=ASK, now=0, timeout=5)
-        assert approvals.answer_all(session="s1", answer=Answer(Verdict.DENY, "daemon", None, "lost")) == 1
+        assert approvals.answer_all(session="s1", answer=Answer(Verdict.DENY, "daemon", None, "lost"), now=1) == 1
         assert mine.future.done() and not other.future.done()
+        assert [v["approval"] for v in approvals.list(now=1)] == [other.id]  # gone at once, not on wake-up
     run(scenario())
 
 

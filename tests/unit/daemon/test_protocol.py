@@ -113,12 +113,22 @@ def test_request_line_is_parse_request_inverse() -> None:
 
 class TestRecordEvents:
     def test_connection_event_keeps_validated_fields(self) -> None:
-        kind, fields = p.parse_record_event({"type": "connection", "target": "example.com:443",
-                                             "bytes_in": 10, "bytes_out": 0, "verdict": "allow",
-                                             "addresses": ["93.184.216.34"], "duration_s": 1})
+        kind, fields = p.parse_record_event({"type": "connection", "protocol": "connect", "client": "127.0.0.1:5",
+                                             "host": "example.com", "port": 443, "bytes_up": 10,
+                                             "bytes_down": 0, "verdict": "allow", "address": None,
+                                             "addresses": ["93.184.216.34"], "duration_s": 1, "rule_id": None,
+                                             "reason": "allowed", "audit_only": False, "error": None})
         assert kind == "connection"
-        assert fields == {"target": "example.com:443", "bytes_in": 10, "bytes_out": 0, "verdict": "allow",
-                          "addresses": ["93.184.216.34"], "duration_s": 1.0}
+        assert fields["addresses"] == ["93.184.216.34"] and fields["duration_s"] == 1.0
+        assert fields["port"] == 443 and fields["address"] is None
+
+    def test_the_net_layers_record_is_accepted_as_it_is(self) -> None:
+        from guard.net.records import ConnectionRecord
+
+        record = ConnectionRecord(protocol="socks5", client="127.0.0.1:1", verdict="deny", rule_id="guard:x",
+                                  reason="no", host="h", port=1, error="refused", audit_only=True)
+        kind, fields = p.parse_record_event(record.to_dict())
+        assert kind == "connection" and fields["error"] == "refused" and fields["audit_only"] is True
 
     def test_decision_event_is_parsed_into_model_types(self) -> None:
         kind, fields = p.parse_record_event({"type": "decision", "action": {"op": "read", "target": "/x"},
@@ -131,12 +141,16 @@ class TestRecordEvents:
         ({"type": "session", "event": "end"}, "event.type"),
         ({"type": "approval"}, "event.type"),
         ({}, "event.type"),
-        ({"type": "connection"}, "event.target"),
-        ({"type": "connection", "target": "h:1", "bytes_in": -1}, "event.bytes_in"),
-        ({"type": "connection", "target": "h:1", "bytes_in": True}, "event.bytes_in"),
-        ({"type": "connection", "target": "h:1", "duration_s": float("nan")}, "event.duration_s"),
-        ({"type": "connection", "target": "h:1", "verdict": "maybe"}, "event.verdict"),
-        ({"type": "connection", "target": "h:1", "seq": 5}, "event.seq"),
+        ({"type": "connection"}, "event.protocol"),
+        ({"type": "connection", "protocol": "http"}, "event.verdict"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "bytes_up": -1}, "event.bytes_up"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "bytes_up": True}, "event.bytes_up"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "duration_s": float("nan")},
+         "event.duration_s"),
+        ({"type": "connection", "protocol": "http", "verdict": "maybe"}, "event.verdict"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "port": 70000}, "event.port"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "audit_only": 1}, "event.audit_only"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "seq": 5}, "event.seq"),
         ({"type": "decision", "action": {"op": "read", "target": "/x"}}, "event.decision"),
         ({"type": "decision", "action": {"op": "read", "target": "/x"}, "decision": {"verdict": "x"}},
          "decision.verdict"),
