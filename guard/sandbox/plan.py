@@ -125,8 +125,10 @@ def _granted(path: str, op: Op, grants: Sequence[ll.PathGrant]) -> bool:
                for g in grants)
 
 
-def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: bool) -> list[MountOp]:
+def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
+            landlock_on: bool) -> tuple[list[MountOp], list[str]]:
     chosen: dict[str, tuple[MountKind, str]] = {}
+    overlaps: list[str] = []
     for m in facts.matches:
         if m.kind == "proc-link" or is_beneath(m.path, "/proc") or is_beneath(m.path, "/sys"):
             continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
@@ -134,6 +136,11 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
         protected = m.rule_id == SELF_PROTECTION_RULE
         # outside every grant for the op, Landlock already refuses it: no mount needed
         if landlock_on and not protected and not _granted(m.path, _NEEDS[kind], grants):
+            continue
+        if m.via.startswith("except") and any(is_beneath(g.path, m.path) for g in grants):
+            # an except only narrows its own rule; another rule grants something inside it, so a mask
+            # would take that grant away too. Left to the decision tier, and said so.
+            overlaps.append(f"{m.path} (except of {m.rule_id})")
             continue
         reason = f"{m.rule_id} ({m.via})"
         old = chosen.get(m.path)
@@ -148,7 +155,7 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
         out.append(MountOp(kind, path, reason))
         if kind is MountKind.HIDE_DIR:
             hidden.append(path)
-    return out
+    return out, overlaps
 
 
 def _rank(kind: MountKind) -> int:
@@ -196,7 +203,14 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     downgrade is a pure function and unit-testable for every ABI."""
     handled = ll.handled_fs(abi)
     grants, missing_grants = _grants(policy, facts, handled)
-    mounts = _mounts(facts, grants, abi > 0)
+    mounts, overlaps = _mounts(facts, grants, abi > 0)
+    # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
+    hidden = [m.path for m in mounts if m.kind is MountKind.HIDE_DIR]
+    dead = [g for g in grants if any(g.path != h and is_beneath(g.path, h) for h in hidden)]
+    if dead:
+        grants = [g for g in grants if g not in dead]
+        missing_grants.append("inside hidden (denied) directories, so not granted: "
+                              + ", ".join(g.path for g in dead))
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
                                     restrict_flags=ll.restrict_flags(abi), grants=tuple(grants))
     widened = sorted({p for rule in policy.file_rules() if rule.verdict is Verdict.ALLOW
@@ -213,6 +227,9 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         deny_notes.extend(facts.capped)
     open_missing = [m for m in facts.missing if m.rule_id != SELF_PROTECTION_RULE
                     and _granted(m.ancestor, Op.WRITE, grants)]
+    if overlaps:
+        deny_state = State.PARTLY
+        deny_notes.append("excepts overlapping other grants, not masked: " + ", ".join(overlaps))
     if open_missing:
         deny_state = State.PARTLY
         deny_notes.append("created after launch only the decision tier can refuse: "

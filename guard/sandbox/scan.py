@@ -154,6 +154,7 @@ class _Target:
     glob: PathPattern
     prefix: str
     subtree: bool
+    carve: bool = False  # an allow rule's except: a hole in that grant, not a deny of its own
 
 
 def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]:
@@ -161,10 +162,10 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]
     the excepts of allow rules (carved out of a grant), and the guard's own files."""
     out: list[_Target] = []
 
-    def add(pattern: str, rule_id: str, ops: frozenset[Op], verdict: Verdict) -> None:
+    def add(pattern: str, rule_id: str, ops: frozenset[Op], verdict: Verdict, carve: bool = False) -> None:
         pattern = pattern if pattern.startswith("/") else "/" + pattern
         out.append(_Target(pattern, rule_id, ops, verdict, matcher(pattern), literal_prefix(pattern),
-                           is_subtree_pattern(pattern)))
+                           is_subtree_pattern(pattern), carve))
 
     for rule in policy.file_rules():
         ops = frozenset(rule.ops) & FILE_OPS
@@ -175,7 +176,7 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]
                 add(pattern, rule.rule_id, ops, rule.verdict)
         else:
             for pattern in rule.excepts:
-                add(pattern, rule.rule_id, ops, Verdict.DENY)
+                add(pattern, rule.rule_id, ops, Verdict.DENY, carve=True)
     everything = frozenset(FILE_OPS)
     for path in protected:
         add(os.path.abspath(path), SELF_PROTECTION_RULE, everything, Verdict.DENY)
@@ -357,8 +358,8 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         if fact.kind == "missing":
             missing.append(MissingDeny(t.pattern, t.rule_id, t.ops, _nearest_existing(t.prefix)))
             continue
-        m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict,
-                  "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern")
+        via = "except" if t.carve else "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern"
+        m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, via)
         record(m)
         if fact.kind == "dir":
             collect_inodes(fact.resolved, m)
@@ -384,7 +385,8 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 for t in relevant:
                     if t.glob.matches(path):
                         owner = Match(os.path.realpath(path), "dir" if is_dir else _kind(st.st_mode if st
-                                      else 0), t.rule_id, t.ops, t.verdict, f"glob {t.pattern}")
+                                      else 0), t.rule_id, t.ops, t.verdict,
+                                      f"{'except' if t.carve else 'glob'} {t.pattern}")
                         record(owner)
                         if is_dir:
                             inside.append((path, owner))

@@ -529,3 +529,45 @@ def test_doctor_reports_this_host() -> None:
     assert "decision tier (seccomp user notification)" in names
     text = CliRunner().invoke(main, ["doctor"])
     assert f"Landlock ABI {ABI}" in text.output and "overall:" in text.output
+
+
+# --- the shipped default policy, end to end ----------------------------------------------------------------
+def test_default_policy_runs_honest_work_and_hides_secrets(tmp_path: Path, isolated_home: Path) -> None:
+    policy_mod = pytest.importorskip("guard.policy")
+    if not shutil.which("git") or not Path("/usr/bin/python3").exists():
+        pytest.skip("needs git and /usr/bin/python3")
+    ws = tmp_path / "project"
+    ws.mkdir()
+    (ws / ".env").write_text("API_KEY=topsecret\n")
+    (ws / "main.py").write_text("import json, os\nprint(json.dumps({'cwd': os.getcwd()}))\n")
+    (isolated_home / ".ssh").mkdir()
+    (isolated_home / ".ssh" / "id_rsa").write_text("PRIVATE\n")
+    (isolated_home / ".gitconfig").write_text("[user]\n\tname = t\n\temail = t@example.com\n")
+    gh = Path(os.environ["GUARD_HOME"])
+    gh.mkdir(parents=True)
+    (gh / "key").write_text("GUARD KEY\n")
+    subprocess.run(["git", "init", "-q", str(ws)], check=True)  # hooks exist at launch: masks apply
+    pol = policy_mod.load_policy("coding-agent", workspace=ws)
+    protected = (gh, *pol.sources)
+    facts = scan_launch_facts(pol, workspace=ws, protected=protected)
+    plan = build_plan(pol, facts, workspace=ws, protected=protected, abi=ABI)
+    script = (f"exec >{ws}/out.txt 2>&1\n"
+              "git add main.py && git commit -qm init && echo git-ok\n"
+              "/usr/bin/python3 main.py\n"
+              f"cat .env {isolated_home}/.ssh/id_rsa {gh}/key\n"
+              f"echo x > .git/hooks/pre-commit; echo hook=$?\n"
+              f"cat {policy_mod.shipped_policy_path('coding-agent')}; echo policy=$?\n")
+    env = {"PATH": "/usr/bin:/bin", "HOME": str(isolated_home), "LC_ALL": "C"}
+    sp = spawn(plan, ["/bin/sh", "-c", script], env=env, cwd=ws, seccomp=None)
+    try:
+        sp.start()
+        assert sp.wait() == 0
+    finally:
+        sp.kill()
+        sp.close()
+    out = (ws / "out.txt").read_text()
+    assert "git-ok" in out and '"cwd"' in out, out
+    policy_text = policy_mod.shipped_policy_path("coding-agent").read_text().splitlines()[0]
+    for secret in ("topsecret", "PRIVATE", "GUARD KEY", policy_text):
+        assert secret not in out, out
+    assert "hook=0" not in out and not (ws / ".git" / "hooks" / "pre-commit").exists()

@@ -231,3 +231,21 @@ def test_per_process_proc_grants_widen_to_read_on_proc(tree: dict[str, Path]) ->
     assert not any(m.path.startswith("/proc") for m in plan.mounts)
     reason = plan.report.get("files: allowlist (Landlock)").reason
     assert "/proc/self" in reason and "/dev/stdout" in reason
+
+
+def test_except_overlapping_another_grant_is_not_masked_but_reported(tree: dict[str, Path]) -> None:
+    (tree["home"] / ".gitconfig").write_text("[user]\n")
+    pol = Pol((Rule("root", Verdict.ALLOW, RW, (f"{tree['root']}/**",), excepts=(f"{tree['home']}/**",)),
+               Rule("cfg", Verdict.ALLOW, R, (str(tree["home"] / ".gitconfig"),))))
+    _, plan = _plan(tree, pol)
+    assert str(tree["home"]) not in {m.path for m in plan.mounts}
+    prot = plan.report.get("files: denies inside granted trees")
+    assert prot.state is State.PARTLY and "except of root" in prot.reason
+
+
+def test_grant_inside_a_denied_directory_is_dropped(tree: dict[str, Path]) -> None:
+    (tree["home"] / ".ssh" / "config").write_text("Host *\n")
+    pol = _policy(tree, Rule("sshcfg", Verdict.ALLOW, R, (str(tree["home"] / ".ssh" / "config"),)))
+    _, plan = _plan(tree, pol)
+    assert str(tree["home"] / ".ssh" / "config") not in {g.path for g in plan.landlock.grants}
+    assert "inside hidden (denied) directories" in plan.report.get("files: allowlist (Landlock)").reason
