@@ -202,8 +202,11 @@ def test_socket_and_state_are_private(daemon: Daemon) -> None:
     assert (daemon.home / "daemon.pid").read_text().strip() == str(daemon.proc.pid)
 
 
-def test_graceful_stop_removes_socket_and_pid_file(daemon: Daemon) -> None:
-    assert daemon.stop() == 0
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT, signal.SIGHUP])
+def test_graceful_stop_removes_socket_and_pid_file(daemon: Daemon, sig: signal.Signals) -> None:
+    assert daemon.proc is not None
+    daemon.proc.send_signal(sig)
+    assert daemon.proc.wait(timeout=20) == 0
     assert not socket_path(daemon.home).exists()
     assert not (daemon.home / "daemon.pid").exists()
     kinds = [(r.get("type"), r.get("event")) for r in records(daemon.home)]
@@ -793,3 +796,24 @@ def test_in_flight_requests_per_connection_are_capped(guard_home: Path, workspac
             assert reply["id"] == 3 and reply["error"]["code"] == p.BUSY
             for pending in client.approvals():
                 client.deny(pending["approval"])
+
+
+def test_stopping_denies_pending_asks_and_marks_open_sessions_interrupted(daemon: Daemon,
+                                                                        workspace: Path) -> None:
+    policy = write_policy(workspace.parent / "policy.yaml", ask_timeout=60)
+    with daemon.client() as client:
+        session = client.open_session(policy, workspace)["session"]
+        result: dict[str, Any] = {}
+        asker = threading.Thread(target=lambda: result.update(
+            decision=client.decide(session, Action(Op.RUN, "git push", argv=("git", "push")))))
+        asker.start()
+        try:
+            wait_until(client.approvals, what="a pending approval")
+            assert daemon.stop() == 0
+        finally:
+            asker.join(timeout=30)
+        assert result["decision"].verdict is Verdict.DENY
+        assert result["decision"].reason == "the daemon is shutting down"
+    verified(daemon.home)
+    [end] = [r for r in records(daemon.home) if r.get("session") == session and r.get("event") == "end"]
+    assert end["status"] == "interrupted" and end["counts"] == {"allowed": 0, "denied": 1, "asked": 1}
