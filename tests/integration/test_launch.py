@@ -196,6 +196,38 @@ def test_signal_to_an_outside_process_fails(tree: Tree) -> None:
         victim.wait()
 
 
+def test_landlock_signal_scope_refuses_the_sandbox_init(tree: Tree) -> None:
+    if ABI < 6:
+        pytest.skip(f"Landlock scopes need ABI 6, host has {ABI}")
+    # pid 1 is visible (same pid namespace) and has a SIGTERM handler, but it is outside the agent's
+    # Landlock domain: only SCOPE_SIGNAL stands between the agent and the guard's own process here.
+    rc, out = tree.run("kill -TERM 1; echo kill=$?")
+    assert rc == 0 and "kill=0" not in out, out
+    assert "not permitted" in out.lower(), out
+
+
+def test_agent_cannot_read_the_init_environment(tree: Tree) -> None:
+    _, out = tree.run("cat /proc/1/environ; echo env=$?\ncat /proc/self/status | head -1\n"
+                      "readlink /proc/1/fd/0; echo link=$?\nls /proc/1/root/; echo root=$?")
+    assert "env=0" not in out and "link=0" not in out and "root=0" not in out, out
+    assert "Name:" in out  # its own entries stay readable
+
+
+def test_relay_forwards_sigterm_and_ignores_terminal_sigint(tree: Tree) -> None:
+    sp = tree.launch("sleep 1000")
+    try:
+        sp.start()
+        assert _wait_until(lambda: len(_descendants(sp.init_pid)) >= 1)
+        os.kill(sp.pid, signal.SIGINT)  # Ctrl-C belongs to the agent (same process group), not the relay
+        os.kill(sp.init_pid, signal.SIGINT)
+        assert not _wait_until(lambda: sp.poll() is not None, limit=0.5)
+        os.kill(sp.pid, signal.SIGTERM)
+        assert sp.wait() == 128 + signal.SIGTERM
+    finally:
+        sp.kill()
+        sp.close()
+
+
 def test_abstract_unix_socket_to_outside_listener_fails(tree: Tree) -> None:
     if not Path("/usr/bin/python3").exists():
         pytest.skip("needs /usr/bin/python3 inside the sandbox")
