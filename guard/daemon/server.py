@@ -139,7 +139,6 @@ class Daemon:
         self._started = now()
         self._stop: asyncio.Event | None = None
         self._stopping = False
-        self._force = False
         self._audit: Any = None
         self._watcher: PolicyWatcher | None = None
         self._reloading: set[asyncio.Task[None]] = set()
@@ -153,7 +152,6 @@ class Daemon:
     def request_shutdown(self) -> None:
         """First call: graceful shutdown. A second call (a second Ctrl-C) cancels whatever is left."""
         if self._stopping:
-            self._force = True
             for conn in list(self._conns.values()):
                 for task in list(conn.tasks):
                     task.cancel()
@@ -176,6 +174,7 @@ class Daemon:
         restore: dict[int, Any] = {}
         server: asyncio.AbstractServer | None = None
         ticker: asyncio.Task[None] | None = None
+        bound = False
         try:
             _clear_stale_socket(self.socket)
             self._ensure_keys()
@@ -185,6 +184,7 @@ class Daemon:
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
                 listener = _bind(self.socket)
+                bound = True
                 server = await loop.create_unix_server(lambda: _Protocol(self), sock=listener)
                 if handle_signals:
                     restore = _capture_signals(loop, self.request_shutdown)
@@ -202,6 +202,10 @@ class Daemon:
                         await ticker
                 if self._watcher is not None:
                     self._watcher.stop()
+                for task in list(self._reloading):
+                    task.cancel()
+                if self._reloading:
+                    await asyncio.wait(list(self._reloading), timeout=self.limits.shutdown_timeout)
                 with contextlib.suppress(GuardError):
                     self._record_daemon("daemon_stop", pid=os.getpid())
                 self._audit.close()
@@ -209,8 +213,9 @@ class Daemon:
             if server is not None:
                 server.close()
             _restore_signals(loop, restore)
-            with contextlib.suppress(FileNotFoundError):
-                self.socket.unlink()
+            if bound:  # never remove a socket some other process answers on
+                with contextlib.suppress(FileNotFoundError):
+                    self.socket.unlink()
             with contextlib.suppress(FileNotFoundError):
                 pid_path(self.home).unlink()
             os.close(lock_fd)
@@ -587,12 +592,13 @@ class Daemon:
         for session in self.sessions.using_source(path):
             try:
                 policy = await asyncio.to_thread(load_policy, session.policy_ref, workspace=session.workspace)
-            except GuardError as exc:
-                log.warning("session %s keeps its policy: %s", session.id, exc.diagnostics())
-                session.reload_error = exc.diagnostics()
+            except Exception as exc:  # any failure keeps the last good policy; a GuardError says where
+                error = exc.diagnostics() if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
+                log.warning("session %s keeps its policy: %s", session.id, error)
+                session.reload_error = error
                 if session.id in {s.id for s in self.sessions}:
                     self._audit.append(session_event(session.id, "policy_reload_failed", file=str(path),
-                                                     error=exc.diagnostics(), kept=session.sources_hash))
+                                                     error=error, kept=session.sources_hash))
                 continue
             digest = sources_hash(policy.sources)
             session.reload_error = None
