@@ -711,7 +711,10 @@ class Supervisor:
         path = task.read_path(path_addr)
         self._check(n.id)
         write = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT | os.O_TRUNC))
-        if flags & O_PATH or (not write and not self.spec.full_audit):
+        # A read-only open/openat only reaches us from a full-audit filter, so it is always decided;
+        # openat2 always reaches us, and its read-only opens are decided only in full-audit mode.
+        audit_read = self.spec.full_audit or name != "openat2"
+        if flags & O_PATH or (not write and not audit_read):
             self._send(n.id, cont=True)  # O_PATH grants no access; read-only opens Landlock bounds
             return
         if resolve & RESOLVE_CACHED:
@@ -759,6 +762,7 @@ class Supervisor:
             finally:
                 os.close(held)
 
+        self._check(n.id)  # /proc was read since the last check (the tty lookup)
         self._inject(n.id, opener, cloexec, blocking=fifo)
 
     def _open_how(self, task: _Task, addr: int, size: int) -> tuple[int, int, int]:

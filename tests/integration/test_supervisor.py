@@ -462,6 +462,29 @@ def test_full_audit_decides_read_only_opens(ws: Path) -> None:
     assert reads[str(ws / "readme")] is Verdict.ALLOW and reads[str(ws / "secret-r")] is Verdict.DENY
 
 
+def test_full_audit_filter_is_decided_even_by_a_default_supervisor(ws: Path) -> None:
+    # The integrator installed a full-audit filter but built the Supervisor without the spec: the
+    # read-only opens it receives must still be decided, not waved through.
+    (ws / "secret-r").write_text("s")
+
+    def child() -> object:
+        try:
+            with open("secret-r") as fh:
+                return fh.read()
+        except OSError as exc:
+            return exc.errno
+
+    def server(listener: int) -> None:
+        from guard.sandbox.supervisor import Supervisor
+
+        Supervisor(listener, decide=deny_if("secret"), record=lambda _a, _d: None).serve_forever(
+            threading.Event())
+
+    run = supervised(child, deny_if("secret"), cwd=ws, spec=seccomp.SeccompSpec(full_audit=True),
+                     server=server)
+    assert run.result == errno.EACCES
+
+
 def test_read_only_opens_never_reach_the_supervisor(ws: Path) -> None:
     (ws / "secret-r").write_text("s")
 
