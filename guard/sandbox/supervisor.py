@@ -410,13 +410,9 @@ class _Walker:
                 if links > SYMLINK_MAX or self.no_symlinks:
                     raise _Reply(errno.ELOOP)
                 target = self._link_target(parent, name, comps)
-                if isinstance(target, _Resolved):
+                if isinstance(target, _Resolved):  # an anonymous object: no directory to go on into
                     if not last:
-                        if target.anonymous:
-                            raise _Reply(errno.ENOTDIR)
-                        todo = [*target.comps, *todo]
-                        comps, fds = [], [task.root()]
-                        continue
+                        raise _Reply(errno.ENOTDIR)
                     return target
                 if target.startswith("/"):
                     if beneath:
