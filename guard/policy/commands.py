@@ -7,9 +7,8 @@ token `...` stands for zero or more arguments.
 
 from __future__ import annotations
 
-import posixpath
 import shlex
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
 ELLIPSIS = "..."
@@ -24,6 +23,12 @@ class CommandPatternError(ValueError):
 class CommandPattern:
     text: str
     tokens: tuple[str, ...]
+    specificity: int = field(init=False, compare=False)
+
+    def __post_init__(self) -> None:
+        literal = not any(c in _GLOB for c in self.tokens[0])
+        spec = sum(len(t) for t in self.tokens if t != ELLIPSIS) + (100 if literal else 0)
+        object.__setattr__(self, "specificity", spec)
 
     @property
     def program(self) -> str:
@@ -37,15 +42,11 @@ class CommandPattern:
     def literal_program(self) -> bool:
         return not any(c in _GLOB for c in self.tokens[0])
 
-    @property
-    def specificity(self) -> int:
-        return sum(len(t) for t in self.tokens if t != ELLIPSIS) + (100 if self.literal_program else 0)
-
     def matches(self, argv: tuple[str, ...], *, prefix: bool = False) -> bool:
         """Does `argv` match? With `prefix`, a trailing remainder of argv is allowed (loose matching)."""
         if not argv:
             return False
-        program = argv[0] if self.by_path else posixpath.basename(argv[0])
+        program = argv[0] if self.by_path else argv[0][argv[0].rfind("/") + 1:]
         if not _token_matches(self.tokens[0], program):
             return False
         tokens = (*self.tokens[1:], ELLIPSIS) if prefix else self.tokens[1:]

@@ -14,7 +14,6 @@ the enforced outcome, with `audit_only=True`; a whole policy in audit mode marks
 from __future__ import annotations
 
 import functools
-import posixpath
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -118,7 +117,9 @@ class _Outcome:
 class _NetIndex:
     exact: dict[str, list[Rule]] = field(default_factory=dict)
     suffix: dict[str, list[Rule]] = field(default_factory=dict)
-    anywhere: list[Rule] = field(default_factory=list)
+    any_host: list[Rule] = field(default_factory=list)
+    by_net: dict[tuple[int, int], list[Rule]] = field(default_factory=dict)  # (version, leading bits)
+    wide_nets: list[Rule] = field(default_factory=list)  # /0-/7 (v4), /0-/15 (v6)
 
 
 @dataclass(slots=True)
@@ -131,7 +132,8 @@ class _CmdIndex:
 class Policy:
     """A compiled, immutable policy. Build it with `load_policy`."""
 
-    __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_index", "_host_map",
+    __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_base_index", "_file_index",
+                 "_host_map",
                  "_net_index", "_rules", "_variables", "ask_timeout", "description", "home", "mode", "name",
                  "sources", "tests")
 
@@ -152,6 +154,7 @@ class Policy:
         self.home = home
         self._variables = MappingProxyType(dict(variables or {}))
         self._file_index: dict[Op, dict[str, list[Rule]]] = {op: {} for op in Op if op.kind is Kind.FILE}
+        self._file_base_index: dict[Op, dict[str, list[Rule]]] = {op: {} for op in Op if op.kind is Kind.FILE}
         self._net_index = {op: _NetIndex() for op in Op if op.kind is Kind.NETWORK}
         self._cmd_index = _CmdIndex()
         for rule in self._rules:
@@ -195,6 +198,10 @@ class Policy:
     def decide(self, action: Action) -> Decision:
         return self._decide_cached(action.op, action.target, action.cwd, action.addresses)
 
+    def decide_uncached(self, action: Action) -> Decision:
+        """`decide` without the LRU: for benchmarks and for callers that must not share a cache."""
+        return self._evaluate(action.op, action.target, action.cwd, action.addresses).decision
+
     def explain(self, action: Action) -> Explanation:
         outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses)
         return self._explanation(action, outcome)
@@ -213,12 +220,23 @@ class Policy:
         for op in rule.ops:
             if rule.kind is Kind.FILE:
                 for path in rule.paths:
-                    add(self._file_index[op], path.prefix)
+                    if path.basename is not None:
+                        add(self._file_base_index[op], path.basename)
+                    else:
+                        add(self._file_index[op], path.prefix)
             elif rule.kind is Kind.NETWORK:
                 net = self._net_index[op]
-                anywhere = rule.cidrs or any(h.kind is HostKind.ANY for h in rule.hosts)
-                if anywhere and rule not in net.anywhere:
-                    net.anywhere.append(rule)
+                if any(h.kind is HostKind.ANY for h in rule.hosts) and rule not in net.any_host:
+                    net.any_host.append(rule)
+                for cidr in rule.cidrs:
+                    bits = 8 if cidr.version == 4 else 16
+                    if cidr.prefixlen >= bits:
+                        key = (cidr.version, int(cidr.network_address) >> (cidr.max_prefixlen - bits))
+                        net_bucket = net.by_net.setdefault(key, [])
+                        if rule not in net_bucket:
+                            net_bucket.append(rule)
+                    elif rule not in net.wide_nets:
+                        net.wide_nets.append(rule)
                 for host in rule.hosts:
                     if host.kind is HostKind.EXACT:
                         add(net.exact, host.key)
@@ -259,16 +277,21 @@ class Policy:
                                     target)
         path = normalize_path(path)
         index = self._file_index[op]
-        seen: set[str] = set()
-        matches: list[Match] = []
+        candidates: dict[str, Rule] = {}
         for key in ancestors(path):
-            for rule in index.get(key, ()):
-                if rule.id in seen:
-                    continue
-                seen.add(rule.id)
-                spec = rule.match_path(path)
-                if spec >= 0:
-                    matches.append(Match(rule, spec, rule.path_excluded_by(path)))
+            bucket = index.get(key)
+            if bucket:
+                for rule in bucket:
+                    candidates[rule.id] = rule
+        bucket = self._file_base_index[op].get(path[path.rfind("/") + 1:])
+        if bucket:
+            for rule in bucket:
+                candidates[rule.id] = rule
+        matches: list[Match] = []
+        for rule in candidates.values():
+            spec = rule.match_path(path)
+            if spec >= 0:
+                matches.append(Match(rule, spec, rule.path_excluded_by(path) if rule.except_paths else None))
         return self._combine(matches, Kind.FILE, path)
 
     def _evaluate_network(self, op: Op, target: str, addresses: tuple[str, ...]) -> _Outcome:
@@ -299,8 +322,15 @@ class Policy:
         for suffix in proper_suffixes(host):
             for rule in net.suffix.get(suffix, ()):
                 candidates[rule.id] = rule
-        for rule in net.anywhere:
+        for rule in net.any_host:
             candidates[rule.id] = rule
+        if ip_tuple:
+            for ip in ip_tuple:
+                bits = 8 if ip.version == 4 else 16
+                for rule in net.by_net.get((ip.version, int(ip) >> (ip.max_prefixlen - bits)), ()):
+                    candidates[rule.id] = rule
+            for rule in net.wide_nets:
+                candidates[rule.id] = rule
         matches: list[Match] = []
         for rule in candidates.values():
             spec = rule.match_network(host, port, ip_tuple)
@@ -312,7 +342,7 @@ class Policy:
 
     def _command_candidates(self, program: str) -> list[Rule]:
         index = self._cmd_index
-        out = list(index.by_name.get(posixpath.basename(program), ()))
+        out = list(index.by_name.get(program[program.rfind("/") + 1:], ()))
         if "/" in program:
             out.extend(r for r in index.by_path.get(program, ()) if r not in out)
         out.extend(r for r in index.anywhere if r not in out)

@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 IPNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
+_IP_CHARS = frozenset("0123456789abcdef.:[]%")  # % for zone ids, which ip_address then rejects
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
 
 
@@ -35,10 +36,11 @@ class HostPattern:
     text: str
     kind: HostKind
     key: str  # the exact name, or the suffix after "*."
+    specificity: int = field(init=False, compare=False)
 
-    @property
-    def specificity(self) -> int:
-        return {HostKind.EXACT: 1000, HostKind.SUBDOMAINS: 1, HostKind.ANY: 0}[self.kind] + len(self.key)
+    def __post_init__(self) -> None:
+        base = {HostKind.EXACT: 1000, HostKind.SUBDOMAINS: 1, HostKind.ANY: 0}[self.kind]
+        object.__setattr__(self, "specificity", base + len(self.key))
 
     def matches(self, host: str) -> bool:
         """`host` must already be normalized with `normalize_host`."""
@@ -72,6 +74,8 @@ def normalize_host(host: str) -> str:
 
 def parse_ip(text: str) -> IPAddress | None:
     """An IP literal (IPv4-mapped IPv6 unwrapped to IPv4), or None when `text` is a name."""
+    if not _IP_CHARS.issuperset(text.lower()):
+        return None  # a name: skip ipaddress's two failing parses
     try:
         ip = ipaddress.ip_address(text.strip("[]"))
     except ValueError:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import posixpath
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 _GLOB_CHARS = frozenset("*?[")
@@ -30,13 +30,19 @@ class GlobError(ValueError):
 class PathPattern:
     text: str  # normalized absolute pattern, as shown to people and to the sandbox planner
     kind: PathKind
-    prefix: str  # longest literal leading directory ("/" at least); the index key
+    prefix: str  # longest literal leading directory ("/" at least)
     regex: re.Pattern[str] | None
+    # Longer literal parts are more specific; exact paths beat any glob of the same length.
+    specificity: int = field(init=False, compare=False)
+    # A pattern that matches anywhere (`**/.env`) is indexed by its literal last segment instead.
+    basename: str | None = field(init=False, compare=False)
 
-    @property
-    def specificity(self) -> int:
-        """Longer literal parts are more specific; exact paths beat any glob of the same length."""
-        return len(self.prefix) * 2 + (1 if self.kind is PathKind.EXACT else 0)
+    def __post_init__(self) -> None:
+        exact = 1 if self.kind is PathKind.EXACT else 0
+        object.__setattr__(self, "specificity", len(self.prefix) * 2 + exact)
+        last = self.text.rsplit("/", 1)[-1]
+        anywhere = self.prefix == "/" and self.kind is PathKind.GLOB
+        object.__setattr__(self, "basename", last if anywhere and last and not _has_glob(last) else None)
 
     def matches(self, path: str) -> bool:
         if self.kind is PathKind.EXACT:

@@ -11,12 +11,13 @@ option, unbalanced quotes) raises `Unparseable` so the engine can apply its stri
 
 from __future__ import annotations
 
-import posixpath
 import re
 import shlex
 from dataclasses import dataclass
 
 _ASSIGNMENT = re.compile(r"[A-Za-z_][A-Za-z0-9_]*=")
+_SPECIAL = frozenset("'\"\\$`;&|<>()#{}!\t\n\r\x0b\x0c")
+_PLAIN_RUN = re.compile(r"[^ \t\n;&|<>()'\"\\$`]+")
 _SHELLS = frozenset({"sh", "bash", "dash", "zsh", "ksh", "ash", "busybox-sh"})
 
 
@@ -52,10 +53,16 @@ def split_commands(line: str) -> list[tuple[str, ...]]:
 def _split(line: str, depth: int) -> list[tuple[str, ...]]:
     if depth > 8:
         raise Unparseable("commands nested more than 8 levels deep")
-    reader = _Reader(line, depth)
-    reader.parse_list(end=None)
+    if _SPECIAL.isdisjoint(line):
+        # nothing but words separated by spaces: the shell would split it exactly like this
+        words = tuple(w for w in line.split(" ") if w)
+        raw_commands = [(words, False)] if words else []
+    else:
+        reader = _Reader(line, depth)
+        reader.parse_list(end=None)
+        raw_commands = reader.commands
     out: list[tuple[str, ...]] = []
-    for raw, dynamic_name in reader.commands:
+    for raw, dynamic_name in raw_commands:
         if dynamic_name:
             raise Unparseable("the command name is computed when the line runs")
         argv = _look_through(raw)
@@ -199,8 +206,10 @@ class _Reader:
             return True, False
         if c == "$":
             return self._dollar(word), False
-        word.append(c)
-        self.i += 1
+        run = _PLAIN_RUN.match(s, self.i)
+        assert run is not None  # c is not special here, so the run has at least one character
+        word.append(run.group(0))
+        self.i = run.end()
         return False, False
 
     def _double_quoted(self, word: list[str]) -> bool:
@@ -276,7 +285,7 @@ def _look_through(argv: tuple[str, ...]) -> tuple[str, ...]:
             i += 1
         if i >= n:
             return ()
-        wrapper = _WRAPPERS.get(posixpath.basename(argv[i]))
+        wrapper = _WRAPPERS.get(_basename(argv[i]))
         if wrapper is None:
             return argv[i:]
         j, split = _skip_wrapper_options(argv, i, wrapper)
@@ -288,7 +297,7 @@ def _look_through(argv: tuple[str, ...]) -> tuple[str, ...]:
 
 
 def _skip_wrapper_options(argv: tuple[str, ...], i: int, wrapper: _Wrapper) -> tuple[int, list[str] | None]:
-    name = posixpath.basename(argv[i])
+    name = _basename(argv[i])
     j, n = i + 1, len(argv)
     positional = wrapper.positional
     while j < n:
@@ -326,6 +335,10 @@ def _skip_wrapper_options(argv: tuple[str, ...], i: int, wrapper: _Wrapper) -> t
     return j, None
 
 
+def _basename(path: str) -> str:
+    return path[path.rfind("/") + 1:]
+
+
 def _shlex(text: str) -> list[str]:
     try:
         return shlex.split(text)
@@ -335,7 +348,7 @@ def _shlex(text: str) -> list[str]:
 
 def _shell_c_argument(argv: tuple[str, ...]) -> str | None:
     """The command string of `sh -c STRING ...`, which the shell will run as a line of its own."""
-    if posixpath.basename(argv[0]) not in _SHELLS:
+    if _basename(argv[0]) not in _SHELLS:
         return None
     for k, word in enumerate(argv[1:], start=1):
         if not word.startswith("-") or word == "--":
