@@ -602,3 +602,56 @@ def supervised_with_workers(child: Callable[[], object], decide: Callable[[Actio
         Supervisor(listener, decide=decide, record=lambda _a, _d: None, workers=workers).serve_forever(stop)
 
     return supervised(child, decide, cwd=cwd, server=server)
+
+
+def test_task_killed_while_its_decision_is_pending_is_skipped(ws: Path) -> None:
+    def decide(action: Action) -> Decision:
+        if action.target.endswith("/victim") and action.pid:
+            os.kill(action.pid, 9)  # the task dies while the supervisor is deciding for it
+            for _ in range(1000):
+                if Path(f"/proc/{action.pid}/stat").read_text().split(")")[1].split()[0] in "ZX":
+                    break
+                os.sched_yield()
+        return Decision(Verdict.ALLOW, None, "ok")
+
+    def child() -> object:
+        pid = os.fork()
+        if pid == 0:
+            open("victim", "w").close()
+            os._exit(0)
+        _, status = os.waitpid(pid, 0)
+        with open("after", "w") as fh:  # the loop is still serving
+            fh.write("served")
+        return os.WTERMSIG(status) if os.WIFSIGNALED(status) else -1
+
+    run = supervised(child, decide, cwd=ws)
+    assert run.result == 9
+    assert (ws / "after").read_text() == "served"
+    assert not (ws / "victim").exists()  # the id was re-checked before the supervisor opened anything
+
+
+def test_another_processes_fd_magic_link_is_refused(ws: Path) -> None:
+    (ws / "target").write_text("t")
+
+    def child() -> object:
+        to_parent, from_child = os.pipe()
+        to_child, from_parent = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            fd = os.open("target", os.O_RDONLY)
+            os.write(from_child, str(fd).encode())
+            os.read(to_child, 1)  # hold the fd until the parent has tried
+            os._exit(0)
+        fd = int(os.read(to_parent, 32))
+        try:
+            open(f"/proc/{pid}/fd/{fd}", "w").close()
+            got: object = "opened"
+        except OSError as exc:
+            got = exc.errno
+        os.write(from_parent, b"x")
+        os.waitpid(pid, 0)
+        return got
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == errno.EACCES
+    assert (ws / "target").read_text() == "t"
