@@ -45,6 +45,15 @@ class RunOptions:
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
+@dataclass(frozen=True)
+class RunResult:
+    """How a guarded session ended: the command's status, its session id and what was decided."""
+
+    status: int
+    session: str
+    summary: Mapping[str, int]
+
+
 @dataclass
 class Tally:
     """Counts what happened in a session, for the one-line summary; updated from several threads."""
@@ -89,8 +98,8 @@ def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
     return env
 
 
-def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> int:
-    """Run `opts.argv` under the guard and return its exit status (125 when the guard could not start)."""
+def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
+    """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
     from guard.policy import load_policy
     from guard.sandbox import landlock
@@ -163,7 +172,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             say(f"guard: could not close the session cleanly: {exc.message}")
         client.close()
     _print_summary(say, session_id, status, summary, opts.json_summary)
-    return status
+    return RunResult(status=status, session=session_id, summary=summary)
 
 
 def _wait_forwarding_signals(proc: Any) -> int:

@@ -25,6 +25,7 @@ COMMANDS: dict[str, str] = {
     "deny": "guard.cli.approvals:deny",
     "doctor": "guard.cli.doctor:doctor",
     "run": "guard.cli.run:run",
+    "demo": "guard.cli.demo:demo",
 }
 
 

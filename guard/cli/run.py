@@ -46,4 +46,4 @@ def run(policy: str, workspace: Path | None, require_full: bool, json_summary: b
     opts = RunOptions(argv=tuple(command), policy=policy, workspace=(workspace or cwd).resolve(), cwd=cwd,
                       require_full=require_full, json_summary=json_summary,
                       resolve=_parse_resolve(resolve))
-    sys.exit(run_guarded(opts))
+    sys.exit(run_guarded(opts).status)
