@@ -18,6 +18,7 @@ import re
 import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
@@ -138,7 +139,7 @@ class Policy:
                  "sources", "tests")
 
     def __init__(self, *, name: str, description: str, mode: str, defaults: Mapping[Kind, Verdict],
-                 rules: Iterable[Rule], sources: tuple[Any, ...], ask_timeout: float,
+                 rules: Iterable[Rule], sources: tuple[Path, ...], ask_timeout: float,
                  host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str,
                  variables: Mapping[str, str] | None = None) -> None:
         self.name = name

@@ -45,3 +45,19 @@ def test_coding_agent_is_usable_from_a_workspace_under_home(tmp_path: Path) -> N
     assert p.decide(p.action(f"read {ws}/.env")).verdict is Verdict.DENY
     assert p.decide(p.action("read ~/.gitconfig")).verdict is Verdict.ALLOW
     assert p.decide(p.action("write ~/.claude/projects/x.jsonl")).verdict is Verdict.ALLOW
+
+
+def test_shipped_policies_match_the_editor_schema() -> None:
+    jsonschema = pytest.importorskip("jsonschema", reason="jsonschema is not installed")
+    import json
+
+    import yaml
+
+    from guard.policy import shipped_policy_path
+
+    schema = json.loads((shipped_policy_path("base").parent / "schema.json").read_text())
+    jsonschema.Draft202012Validator.check_schema(schema)
+    for name in list_shipped():
+        jsonschema.validate(yaml.safe_load(shipped_policy_path(name).read_text()), schema)
+    with pytest.raises(jsonschema.ValidationError):
+        jsonschema.validate({"version": 1, "rules": [{"id": "x", "allow": ["raed"], "paths": ["/a"]}]}, schema)
