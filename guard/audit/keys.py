@@ -28,6 +28,8 @@ ROOT_PUB = "root.pub"
 GENESIS = "genesis.note"
 EPOCH_KEY = "epoch.key"
 EPOCH_NEXT = "epoch.key.next"
+EPOCH_TMP = "epoch.key.tmp"
+EPOCH_OLD = "epoch.key.old"
 
 KeyFactory = Callable[[], Ed25519PrivateKey]
 
@@ -151,7 +153,7 @@ class Keyring:
                                     "must re-pin it")
         ensure_private_dir(self.dir)
         _check_private(self.dir, directory=True)
-        for name in (ROOT_PUB, GENESIS, EPOCH_KEY, EPOCH_NEXT):
+        for name in (ROOT_PUB, GENESIS, EPOCH_KEY, EPOCH_NEXT, EPOCH_TMP, EPOCH_OLD):
             erase(self.dir / name)
         root = new_key()
         root_vk = VerifierKey(root_key_name(origin_for(public_bytes(root))), public_bytes(root))
@@ -176,6 +178,12 @@ class Keyring:
         path = self.dir / EPOCH_KEY
         return _decode_epoch(path, _read_private(path))
 
+    def epoch_key_if_any(self) -> EpochKey | None:
+        """None only when a crash fell between erasing the old key and promoting the staged one."""
+        if not (self.dir / EPOCH_KEY).exists() and (self.dir / EPOCH_NEXT).exists():
+            return None
+        return self.epoch_key()
+
     def next_key(self) -> EpochKey | None:
         path = self.dir / EPOCH_NEXT
         if not path.exists():
@@ -183,17 +191,31 @@ class Keyring:
         return _decode_epoch(path, _read_private(path))
 
     def stage_next(self, key: EpochKey) -> None:
-        """Step 1 of a rotation: persist the successor before the log certifies it."""
-        erase(self.dir / EPOCH_NEXT)
-        _write_private(self.dir / EPOCH_NEXT, _encode_epoch(key))
-
-    def commit_next(self) -> None:
-        """Step 3 (after the certificate is durable in the log): erase the old key, promote the new one."""
-        erase(self.dir / EPOCH_KEY)
-        os.rename(self.dir / EPOCH_NEXT, self.dir / EPOCH_KEY)
+        """Step 1 of a rotation: persist the successor (temp file + rename) before the log certifies it."""
+        self.drop_next()
+        _write_private(self.dir / EPOCH_TMP, _encode_epoch(key))
+        os.rename(self.dir / EPOCH_TMP, self.dir / EPOCH_NEXT)
         _fsync_dir(self.dir)
 
+    def commit_next(self) -> None:
+        """Step 3 (after the certificate is durable in the log): erase the old key, promote the new one.
+
+        The old key is first moved aside, so a crash at any point leaves either the old key or the staged
+        one under its expected name (plus a retired copy that the next open erases).
+        """
+        if (self.dir / EPOCH_KEY).exists():  # absent if a crash already moved it aside
+            os.rename(self.dir / EPOCH_KEY, self.dir / EPOCH_OLD)
+        os.rename(self.dir / EPOCH_NEXT, self.dir / EPOCH_KEY)
+        _fsync_dir(self.dir)
+        erase(self.dir / EPOCH_OLD)
+
+    def drop_leftovers(self) -> None:
+        """Erase what a crash mid-rotation can leave: a half-written staged key, a retired key."""
+        erase(self.dir / EPOCH_TMP)
+        erase(self.dir / EPOCH_OLD)
+
     def drop_next(self) -> None:
+        erase(self.dir / EPOCH_TMP)
         erase(self.dir / EPOCH_NEXT)
 
 

@@ -155,11 +155,13 @@ class AuditWriter:
                              "extend it",
                              hint="run 'guard audit verify' and preserve the evidence; move the log aside to "
                                   "start a new trail")
-        key = self._keyring.epoch_key()
+        self._keyring.drop_leftovers()
+        current = self._keyring.epoch_key_if_any()
         staged = self._keyring.next_key()
         now = self._now()
         self._last_t = now
         if state.epoch is None:  # empty log: write the genesis certificate
+            key = self._keyring.epoch_key()
             if key.epoch != 0 or state.frontier.size:
                 raise KeyringError(f"the log is empty but the epoch key is at epoch {key.epoch}",
                                    hint="the trail was deleted; run 'guard keys init --force' to start anew "
@@ -183,8 +185,10 @@ class AuditWriter:
         if staged is not None and staged.verifier == state.epoch_key and staged.epoch == state.epoch:
             self._keyring.commit_next()  # crashed after the certificate was durable
             key = staged
-        elif staged is not None:
-            self._keyring.drop_next()  # crashed before the certificate was written
+        else:
+            if staged is not None:
+                self._keyring.drop_next()  # crashed before the certificate was written
+            key = current if current is not None else self._keyring.epoch_key()
         if key.epoch != state.epoch or key.verifier != state.epoch_key:
             raise KeyringError(f"the epoch key on disk is for epoch {key.epoch}, the log is at epoch "
                                f"{state.epoch}",
