@@ -127,8 +127,8 @@ async def scenario(user: int | None) -> tuple[dict[str, Any], list[dict[str, Any
             pytest.skip(f"could not create the namespace here: {msg.decode(errors='replace')}")
         listener = socket.socket(fileno=fds[0])
         assert listener.getsockname() == ("127.0.0.1", int(msg))
-        server = await serve_bridge(listener, Proxy(decide, records.append,
-                                                    host_map={"allowed.test": "127.0.0.1"}))
+        proxy = Proxy(decide, records.append, host_map={"allowed.test": "127.0.0.1"})
+        server = await serve_bridge(listener, proxy)
         env = {**agent_proxy_env(int(msg)), "PATH": os.environ["PATH"]}
         await loop.sock_sendall(parent, json.dumps(env).encode())
         data = b""
@@ -136,6 +136,7 @@ async def scenario(user: int | None) -> tuple[dict[str, Any], list[dict[str, Any
             while chunk := await loop.sock_recv(parent, 65536):
                 data += chunk
         assert await asyncio.wait_for(proc.wait(), 30) == 0
+        await settled(proxy)
         return json.loads(data), records
     finally:
         if proc.returncode is None:
@@ -147,6 +148,13 @@ async def scenario(user: int | None) -> tuple[dict[str, Any], list[dict[str, Any
         origin_server.close()
         await origin_server.wait_closed()
         parent.close()
+
+
+async def settled(proxy: Proxy) -> None:
+    """Every connection has ended and been recorded (the client may finish before the proxy does)."""
+    async with asyncio.timeout(30):
+        while proxy.active:
+            await asyncio.sleep(0.01)
 
 
 def _recv_fds(sock: socket.socket) -> tuple[bytes, list[int], int, Any]:
@@ -266,12 +274,14 @@ def test_sandboxed_agent_reaches_the_host_only_through_the_launchers_listener(tm
         server = None
         try:
             [listener] = sp.inner_listeners
-            server = await serve_bridge(listener, Proxy(policy_decide, records.append, host_map=policy.host_map,
-                                                        cidr_grant=policy_cidr_grant(policy)))
+            proxy = Proxy(policy_decide, records.append, host_map=policy.host_map,
+                          cidr_grant=policy_cidr_grant(policy))
+            server = await serve_bridge(listener, proxy)
             sp.start()
             loop = asyncio.get_running_loop()
             rc = await asyncio.wait_for(loop.run_in_executor(None, sp.wait), 90)
             assert rc == 0
+            await settled(proxy)
         finally:
             sp.kill()
             if server is not None:

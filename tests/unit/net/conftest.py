@@ -6,7 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -106,11 +106,20 @@ async def http_origin(body: bytes = b"hello from origin\n") -> AsyncIterator[tup
         await server.wait_closed()
 
 
+async def until(condition: Callable[[], bool], limit: float = 30.0) -> None:
+    """Wait for something the proxy does after the client has seen its answer (bounded)."""
+    async with asyncio.timeout(limit):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
 @contextlib.asynccontextmanager
 async def serving(proxy: Proxy) -> AsyncIterator[int]:
+    """Serve `proxy` on 127.0.0.1; on exit, wait until every connection has ended (and been recorded)."""
     server = await asyncio.start_server(proxy.handle, "127.0.0.1", 0)
     try:
         yield server.sockets[0].getsockname()[1]
+        await until(lambda: proxy.active == 0)
     finally:
         server.close()
         await server.wait_closed()
@@ -138,6 +147,7 @@ class Kit:
     echo_server = staticmethod(echo_server)
     http_origin = staticmethod(http_origin)
     serving = staticmethod(serving)
+    until = staticmethod(until)
     read_response = staticmethod(read_response)
     TIMEOUT = TIMEOUT
 

@@ -199,6 +199,7 @@ def test_curl_honours_the_env_for_http_https_and_socks5h(kit: Any, tmp_path: Pat
                 assert out == "403"
                 code, out, err = await tool(["curl", "-sS", "-k", f"https://denied.test:{tls}/"], env)
                 assert code != 0 and "403" in err
+                await kit.until(lambda: proxy.active == 0)
             finally:
                 server.close()
                 await server.wait_closed()
@@ -226,12 +227,14 @@ def test_python_urllib_honours_the_env(kit: Any, tmp_path: Path) -> None:
         with threaded(http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Hello)) as web, \
                 tls_origin(tmp_path) as tls:
             lsock = listener()
-            server = await serve_bridge(lsock, Proxy(rules, records, host_map={"allowed.test": "127.0.0.1"}))
+            proxy = Proxy(rules, records, host_map={"allowed.test": "127.0.0.1"})
+            server = await serve_bridge(lsock, proxy)
             try:
                 code, out, err = await tool(
                     [sys.executable, "-c", script, f"http://allowed.test:{web}/a",
                      f"https://allowed.test:{tls}/b", f"http://denied.test:{web}/c"],
                     agent_proxy_env(lsock.getsockname()[1]))
+                await kit.until(lambda: proxy.active == 0)
             finally:
                 server.close()
                 await server.wait_closed()
@@ -264,8 +267,8 @@ def test_git_clone_over_smart_http_through_the_proxy(kit: Any, tmp_path: Path) -
     async def go() -> None:
         with threaded(http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)) as web:
             lsock = listener()
-            server = await serve_bridge(lsock, Proxy(rules, records,
-                                                     host_map={"git.allowed.test": "127.0.0.1"}))
+            proxy = Proxy(rules, records, host_map={"git.allowed.test": "127.0.0.1"})
+            server = await serve_bridge(lsock, proxy)
             env = {**agent_proxy_env(lsock.getsockname()[1]), "GIT_TERMINAL_PROMPT": "0"}
             try:
                 code, out, err = await tool(["git", "ls-remote", f"http://git.allowed.test:{web}/repo.git"], env)
@@ -275,6 +278,7 @@ def test_git_clone_over_smart_http_through_the_proxy(kit: Any, tmp_path: Path) -
                 assert code == 0, err
                 code, out, err = await tool(["git", "ls-remote", f"http://other.test:{web}/repo.git"], env)
                 assert code != 0 and "403" in err
+                await kit.until(lambda: proxy.active == 0)
             finally:
                 server.close()
                 await server.wait_closed()
@@ -303,10 +307,7 @@ def test_serve_unix_is_private_and_names_the_peer(kit: Any, tmp_path: Path) -> N
                 writer.write(b"abc")
                 assert await asyncio.wait_for(reader.readexactly(3), T) == b"abc"
                 writer.close()
-                for _ in range(100):
-                    if records:
-                        break
-                    await asyncio.sleep(0.02)
+                await kit.until(lambda: bool(records))
             finally:
                 server.close()
                 await server.wait_closed()

@@ -67,10 +67,7 @@ def test_connect_relays_both_ways_and_records_bytes(kit: Any) -> None:
                 assert await asyncio.wait_for(reader.read(), T) == b""
                 writer.close()
                 await asyncio.sleep(0)
-                for _ in range(100):
-                    if records:
-                        break
-                    await asyncio.sleep(0.02)
+                await kit.until(lambda: bool(records))
         assert len(peers) == 1
         [rec] = records
         assert rec["type"] == "connection"
@@ -285,10 +282,7 @@ def test_special_addresses_are_skipped_and_no_second_resolution(kit: Any) -> Non
                 writer.write(b"x")
                 assert await asyncio.wait_for(reader.readexactly(1), T) == b"x"
                 writer.close()
-                for _ in range(100):
-                    if records:
-                        break
-                    await asyncio.sleep(0.02)
+                await kit.until(lambda: bool(records))
         assert calls == ["api.example.com"]
         assert records[0]["address"] == "127.0.0.1"
         assert [a.target for a in rules.asked] == [f"api.example.com:{echo_port}", f"api.example.com:{echo_port}",
@@ -465,10 +459,7 @@ def test_half_open_flood_does_not_starve_other_clients(kit: Any) -> None:
                     reader, writer = await asyncio.open_connection("127.0.0.1", port)
                     writer.write(b"CONNECT allowed.te" if i % 2 else b"\x05\x01")
                     flood.append(writer)
-                for _ in range(200):
-                    if proxy.active >= 300:
-                        break
-                    await asyncio.sleep(0.01)
+                await kit.until(lambda: proxy.active >= 300)
                 assert proxy.active == 300
                 reader, writer = await connect_via(port, f"allowed.test:{echo_port}")
                 status, _ = await read_status(reader)
@@ -478,10 +469,7 @@ def test_half_open_flood_does_not_starve_other_clients(kit: Any) -> None:
                 writer.close()
                 for w in flood:
                     w.close()
-                for _ in range(200):
-                    if proxy.active == 0:
-                        break
-                    await asyncio.sleep(0.01)
+                await kit.until(lambda: proxy.active == 0)
                 assert proxy.active == 0
 
     run(go)
@@ -510,10 +498,7 @@ def test_connection_cap_refuses_beyond_the_limit(kit: Any) -> None:
         proxy = Proxy(kit.Rules([]), records, max_connections=2)
         async with kit.serving(proxy) as port:
             held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(2)]
-            for _ in range(100):
-                if proxy.active == 2:
-                    break
-                await asyncio.sleep(0.01)
+            await kit.until(lambda: proxy.active == 2)
             reader, writer = await asyncio.open_connection("127.0.0.1", port)
             assert await asyncio.wait_for(reader.read(), T) == b""
             writer.close()
@@ -591,10 +576,7 @@ def test_socks5_address_types_relay(kit: Any, host: str, listen: str, grant: tup
             writer.write(b"over socks")
             assert await asyncio.wait_for(reader.readexactly(10), T) == b"over socks"
             writer.close()
-            for _ in range(100):
-                if records:
-                    break
-                await asyncio.sleep(0.02)
+            await kit.until(lambda: bool(records))
         assert records[0]["protocol"] == "socks5" and records[0]["address"] == listen
         assert records[0]["bytes_up"] == 10 == records[0]["bytes_down"]
 
