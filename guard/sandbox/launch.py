@@ -169,6 +169,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     want_listener = seccomp is not None and bool(getattr(seccomp, "notify", True))
     init_pid = 0
     listeners: list[socket.socket] = []
+    vanished: list[str] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
         while True:
@@ -189,6 +190,8 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                                    hint=msg.get("hint"))
             if kind == "init":
                 init_pid = int(msg["pid"])
+            elif kind == "vanished":
+                vanished.extend(str(p) for p in msg.get("paths", []))
             elif kind == "listener":
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
@@ -197,7 +200,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                     raise SandboxError("seccomp filter installed but no listener fd was received")
                 if len(listeners) != n_listeners:
                     raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
-                report = plan.report.with_protections(_seccomp_protections(seccomp, listener_fd is not None))
+                extra = _seccomp_protections(seccomp, listener_fd is not None)
+                if vanished:
+                    extra.append(Protection("files: masks skipped (path gone between scan and launch)",
+                                            State.PARTLY, ", ".join(vanished), required=False))
+                report = plan.report.with_protections(extra)
                 return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
             else:
                 raise SandboxError(f"unexpected message from the sandbox: {msg!r}")
@@ -279,7 +286,9 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     _close_stray_fds([sock.fileno()])
     sc.sethostname(plan.hostname)
     mounts.make_private()
-    mounts.apply_masks(plan.mounts)
+    vanished = mounts.apply_masks(plan.mounts)
+    if vanished:
+        _send(sock, {"t": "vanished", "paths": vanished})
     mounts.mount_proc_and_sys()
     sc.loopback_up()
     for port in ports:

@@ -27,21 +27,31 @@ def make_private() -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def apply_masks(ops: Sequence[MountOp]) -> None:
-    """Apply the plan's mounts, shallowest first (the planner sorted them), so deeper ones land on top."""
+def apply_masks(ops: Sequence[MountOp]) -> list[str]:
+    """Apply the plan's mounts, shallowest first (the planner sorted them), so deeper ones land on top.
+
+    Returns the paths that vanished between the scan and now (nothing left there to hide or protect;
+    a later re-creation is the decision tier's to refuse, like any creation after launch). Any other
+    failure raises.
+    """
     if not ops:
-        return
+        return []
+    vanished: list[str] = []
     sc.mount("tmpfs", _STAGING, "tmpfs", _HARDEN, "mode=0755,size=16k")
     try:
         fd = os.open(_EMPTY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
         os.close(fd)
         for op in ops:
-            _apply(op)
+            if not _apply(op):
+                vanished.append(op.path)
     finally:
         sc.umount2(_STAGING, sc.MNT_DETACH)
+    return vanished
 
 
-def _apply(op: MountOp) -> None:
+def _apply(op: MountOp) -> bool:
+    if not os.path.lexists(op.path):
+        return False
     try:
         if op.kind is MountKind.HIDE_DIR:
             sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0555,size=4k,nr_inodes=1")
@@ -54,7 +64,10 @@ def _apply(op: MountOp) -> None:
             flags = sc.locked_mount_flags(op.path) | extra
             sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
     except SandboxError as exc:
+        if not os.path.lexists(op.path):
+            return False
         raise SandboxError(f"mask {op.kind.value} {op.path} for {op.reason}: {exc.message}") from None
+    return True
 
 
 def mount_proc_and_sys() -> None:

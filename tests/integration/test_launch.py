@@ -115,8 +115,19 @@ def make_tree(root: Path) -> Tree:
 
 
 @pytest.fixture
-def tree(tmp_path: Path) -> Tree:
-    return make_tree(tmp_path)
+def private_tmp() -> Iterator[Path]:
+    """A scratch directory outside pytest's basetemp: concurrent pytest runs on this machine prune old
+    basetemps, which would pull the tree out from under a running sandbox."""
+    root = Path(tempfile.mkdtemp(prefix="guard-launch-"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+@pytest.fixture
+def tree(private_tmp: Path) -> Tree:
+    return make_tree(private_tmp)
 
 
 # --- files -----------------------------------------------------------------------------------------------
@@ -279,6 +290,23 @@ def test_inner_listener_is_handed_to_the_parent(tree: Tree) -> None:
         sp.kill()
         sp.close()
     assert "got=pong" in (tree.ws / "out.txt").read_text()
+
+
+def test_a_denied_file_removed_between_scan_and_launch_is_reported_not_fatal(tree: Tree) -> None:
+    pol = tree.policy()
+    facts = scan_launch_facts(pol, workspace=tree.ws, protected=[tree.gh], home=tree.home)
+    plan = build_plan(pol, facts, workspace=tree.ws, protected=[tree.gh], abi=ABI)
+    assert str(tree.ws / ".env") in {m.path for m in plan.mounts}
+    (tree.ws / ".env").unlink()
+    sp = spawn(plan, ["/bin/true"], env=ENV, cwd=tree.ws, seccomp=None)
+    try:
+        prot = sp.report.get("files: masks skipped (path gone between scan and launch)")
+        assert str(tree.ws / ".env") in prot.reason and not prot.required
+        sp.start()
+        assert sp.wait() == 0
+    finally:
+        sp.kill()
+        sp.close()
 
 
 def test_exit_status_as_a_shell_reports_it(tree: Tree) -> None:
@@ -564,11 +592,11 @@ def test_doctor_reports_this_host() -> None:
 
 
 # --- the shipped default policy, end to end ----------------------------------------------------------------
-def test_default_policy_runs_honest_work_and_hides_secrets(tmp_path: Path, isolated_home: Path) -> None:
+def test_default_policy_runs_honest_work_and_hides_secrets(private_tmp: Path, isolated_home: Path) -> None:
     policy_mod = pytest.importorskip("guard.policy")
     if not shutil.which("git") or not Path("/usr/bin/python3").exists():
         pytest.skip("needs git and /usr/bin/python3")
-    ws = tmp_path / "project"
+    ws = private_tmp / "project"
     ws.mkdir()
     (ws / ".env").write_text("API_KEY=topsecret\n")
     (ws / "main.py").write_text("import json, os\nprint(json.dumps({'cwd': os.getcwd()}))\n")
