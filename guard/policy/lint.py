@@ -117,7 +117,7 @@ def _path_covers(q: PathPattern, p: PathPattern) -> bool:
         return True
     if q.kind is PathKind.TREE:
         return q.prefix == "/" or p.text == q.prefix or p.text.startswith(q.prefix + "/")
-    return q.kind is PathKind.GLOB and p.kind is PathKind.EXACT and q.matches(p.text)
+    return q.kind in (PathKind.GLOB, PathKind.SEGMENTS) and p.kind is PathKind.EXACT and q.matches(p.text)
 
 
 def _host_covers(q: HostPattern, p: HostPattern) -> bool:

@@ -19,7 +19,8 @@ _GLOB_CHARS = frozenset("*?[")
 class PathKind(Enum):
     EXACT = "exact"  # no glob at all: string equality
     TREE = "tree"  # literal/** : the directory and everything under it
-    GLOB = "glob"  # anything else: a regular expression
+    GLOB = "glob"  # at most one inner `**`: a regular expression
+    SEGMENTS = "segments"  # several inner `**`: matched segment by segment, linear in the path's depth
 
 
 class GlobError(ValueError):
@@ -32,6 +33,9 @@ class PathPattern:
     kind: PathKind
     prefix: str  # longest literal leading directory ("/" at least)
     regex: re.Pattern[str] | None
+    # For SEGMENTS: one regex per segment, None for `**`. A regex with several `(?:/.*)?` groups can
+    # backtrack for a very long time on a path an agent chose; this cannot.
+    segments: tuple[re.Pattern[str] | None, ...] | None = None
     # Longer literal parts are more specific; exact paths beat any glob of the same length.
     specificity: int = field(init=False, compare=False)
     # A pattern that matches anywhere (`**/.env`) is indexed by its literal last segment instead.
@@ -41,7 +45,7 @@ class PathPattern:
         exact = 1 if self.kind is PathKind.EXACT else 0
         object.__setattr__(self, "specificity", len(self.prefix) * 2 + exact)
         last = self.text.rsplit("/", 1)[-1]
-        anywhere = self.prefix == "/" and self.kind is PathKind.GLOB
+        anywhere = self.prefix == "/" and self.kind in (PathKind.GLOB, PathKind.SEGMENTS)
         object.__setattr__(self, "basename", last if anywhere and last and not _has_glob(last) else None)
 
     def matches(self, path: str) -> bool:
@@ -50,8 +54,10 @@ class PathPattern:
         if self.kind is PathKind.TREE:
             prefix = self.prefix
             return prefix == "/" or path == prefix or path.startswith(prefix + "/")
-        assert self.regex is not None
-        return self.regex.fullmatch(path) is not None
+        if self.regex is not None:
+            return self.regex.fullmatch(path) is not None
+        assert self.segments is not None
+        return _match_segments(self.segments, path.split("/")[1:] if path != "/" else [])
 
 
 def normalize_path(path: str) -> str:
@@ -72,6 +78,9 @@ def compile_path(text: str) -> PathPattern:
         raise GlobError(f"path pattern {text!r} is not absolute")
     text = normalize_path(text)
     segments = text.split("/")[1:] if text != "/" else []
+    segments = [seg for i, seg in enumerate(segments)
+                if not (seg == "**" and i > 0 and segments[i - 1] == "**")]  # /**/**/ is /**/
+    text = "/" + "/".join(segments)
     for seg in segments:
         if "**" in seg and seg != "**":
             raise GlobError(f"'**' must be a whole path segment in {text!r}; "
@@ -84,10 +93,37 @@ def compile_path(text: str) -> PathPattern:
     parts = [_segment_regex(seg, text) for seg in segments]  # validates every segment
     if globbed == [len(segments) - 1] and segments[-1] == "**":
         return PathPattern(text, PathKind.TREE, prefix, None)
+    if segments[:-1].count("**") > 1:
+        compiled = tuple(None if seg == "**" else re.compile(part, re.DOTALL)
+                         for seg, part in zip(segments, parts, strict=True))
+        return PathPattern(text, PathKind.SEGMENTS, prefix, None, compiled)
     body = ""
     for seg, part in zip(segments, parts, strict=True):
         body += "(?:/.*)?" if seg == "**" else "/" + part
     return PathPattern(text, PathKind.GLOB, prefix, re.compile(body or "/", re.DOTALL))
+
+
+def _match_segments(pattern: tuple[re.Pattern[str] | None, ...], parts: list[str]) -> bool:
+    """Glob matching with `**` (None) as any number of segments, in O(len(parts) * len(pattern)) steps."""
+    pi = si = 0
+    star_pi, star_si = -1, 0
+    while si < len(parts):
+        more = pi < len(pattern)
+        current = pattern[pi] if more else None
+        if more and current is None:
+            star_pi, star_si = pi, si
+            pi += 1
+        elif current is not None and current.fullmatch(parts[si]):
+            pi += 1
+            si += 1
+        elif star_pi != -1:
+            star_si += 1
+            pi, si = star_pi + 1, star_si
+        else:
+            return False
+    while pi < len(pattern) and pattern[pi] is None:
+        pi += 1
+    return pi == len(pattern)
 
 
 def _has_glob(segment: str) -> bool:

@@ -86,10 +86,20 @@ class _Reader:
         self.s = text
         self.i = 0
         self.depth = depth
+        self.nesting = 0
         self.commands: list[tuple[tuple[str, ...], bool]] = []
 
     def parse_list(self, end: str | None) -> None:
         """Read simple commands until `end` (a closing `)`) or the end of the text."""
+        self.nesting += 1
+        if self.nesting > 32:
+            raise Unparseable("groups and substitutions nested more than 32 levels deep")
+        try:
+            self._parse_list(end)
+        finally:
+            self.nesting -= 1
+
+    def _parse_list(self, end: str | None) -> None:
         s = self.s
         words: list[str] = []
         first_dynamic = False

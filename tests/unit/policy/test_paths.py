@@ -80,3 +80,41 @@ def test_tree_matches_exactly_the_subtree(prefix: list[str], rest: list[str]) ->
     glob = compile_path(base + "/**/" + "*")
     target = base + "/" + "/".join(rest) if rest else base
     assert glob.matches(target) is (bool(rest))
+
+
+@pytest.mark.parametrize(("pattern", "path", "expected"), [
+    ("/**/a/**/b/**/c", "/a/b/c", True),
+    ("/**/a/**/b/**/c", "/x/a/y/b/z/w/c", True),
+    ("/**/a/**/b/**/c", "/x/a/y/c/b", False),
+    ("/**/a/**/b/**", "/a/b", True),
+    ("/r/**/**/x", "/r/x", True),  # consecutive ** collapse
+    ("/r/**/*.py/**/t?", "/r/a/m.py/q/tz", True),
+    ("/r/**/*.py/**/t?", "/r/a/m.py/q/tzz", False),
+])
+def test_several_inner_double_stars(pattern: str, path: str, expected: bool) -> None:
+    compiled = compile_path(pattern)
+    assert compiled.kind is PathKind.SEGMENTS or pattern == "/r/**/**/x"
+    assert compiled.matches(path) is expected
+
+
+def test_adversarial_path_is_matched_in_linear_steps() -> None:
+    # With regex backtracking this would take O(n^3) steps; the segment matcher takes O(n * m).
+    pattern = compile_path("/**/a/**/a/**/a/**/z")
+    assert pattern.kind is PathKind.SEGMENTS
+    assert not pattern.matches("/a" * 2000 + "/y")
+
+
+@given(st.lists(st.sampled_from(["a", "b", "**", "*", "?"]), min_size=1, max_size=6),
+       st.lists(st.sampled_from(["a", "b", "ab", "c"]), min_size=0, max_size=6))
+def test_segment_matcher_agrees_with_the_regex_translation(pattern_segs: list[str], path_segs: list[str]) -> None:
+    import re
+
+    from guard.policy import paths
+
+    pattern = "/" + "/".join(pattern_segs)
+    path = "/" + "/".join(path_segs) if path_segs else "/"
+    compiled = compile_path(pattern)
+    segs = [s for i, s in enumerate(pattern_segs) if not (s == "**" and i > 0 and pattern_segs[i - 1] == "**")]
+    body = "".join("(?:/.*)?" if s == "**" else "/" + paths._segment_regex(s, pattern) for s in segs)
+    reference = re.fullmatch(body or "/", path, re.DOTALL) is not None
+    assert compiled.matches(path) is reference

@@ -62,3 +62,14 @@ def test_unparseable(line: str, why: str) -> None:
 
 def test_loose_tokens() -> None:
     assert loose_tokens("cat <<EOF | sudo tee '/etc/x'") == ["cat", "EOF", "sudo", "tee", "/etc/x"]
+
+
+@pytest.mark.parametrize("line", ["(" * 500 + "ls" + ")" * 500, "echo " + "$(echo " * 500 + "x" + ")" * 500])
+def test_deep_nesting_is_refused_not_a_crash(line: str) -> None:
+    with pytest.raises(Unparseable):
+        split_commands(line)
+
+
+def test_nesting_within_limits_is_read() -> None:
+    commands = split_commands("echo " + "$(echo " * 10 + "$(sudo x)" + ")" * 10)
+    assert commands[0] == ("sudo", "x") and len(commands) == 12
