@@ -330,7 +330,9 @@ def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path, des
     allowed = str(ws / "allowed-target").encode()
     denied = str(ws / "secrets-target").encode()
     assert len(allowed) == len(denied)
-    attempts = 2000
+    # The control stops at its first escape; the escape rate of check-then-CONTINUE swings with
+    # scheduling (0.1% to 20% seen here), so it gets a larger budget than the 2,000 the supervisor faces.
+    attempts = 2000 if design == "supervisor" else 50_000
 
     def child() -> object:
         buf = ctypes.create_string_buffer(allowed, len(allowed) + 1)
@@ -354,6 +356,8 @@ def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path, des
                 if b"secret" in os.fsencode(os.readlink(f"/proc/self/fd/{fd}")):
                     escapes += 1
                 os.close(fd)
+                if escapes and design != "supervisor":
+                    break
         finally:
             stop.set()
             t.join()
@@ -370,7 +374,7 @@ def test_racing_thread_swapping_the_path_never_opens_a_denied_file(ws: Path, des
     opened, refused, escapes = run.result
     assert escapes == 0
     assert not (ws / "secrets-target").exists()
-    assert opened + refused == attempts
+    assert opened + refused == attempts == 2000
     assert opened > 0 and refused > 0, "the race never flipped the path: the test proved nothing"
 
 
