@@ -30,6 +30,8 @@ from guard.policy.rules import FileRule, Rule
 from guard.policy.shell import Unparseable, loose_tokens, split_commands
 
 CACHE_SIZE = 16384
+CACHE_MAX_TARGET = 4096  # longer targets are judged every time: the cache must not hold megabytes of argv
+LOOSE_MAX_TOKENS = 1024  # an unparseable line longer than this is denied rather than searched word by word
 _VAR = re.compile(r"\$\{([^{}]*)\}")
 _FILE_OPS = frozenset(op.value for op in Op if op.kind is Kind.FILE)
 _VERB = {Verdict.ALLOW: "allowed", Verdict.ASK: "needs approval", Verdict.DENY: "denied"}
@@ -197,6 +199,8 @@ class Policy:
         return Action(op=action.op, target=action.target, argv=action.argv, cwd=cwd) if cwd else action
 
     def decide(self, action: Action) -> Decision:
+        if len(action.target) > CACHE_MAX_TARGET:
+            return self._evaluate(action.op, action.target, action.cwd, action.addresses).decision
         return self._decide_cached(action.op, action.target, action.cwd, action.addresses)
 
     def decide_uncached(self, action: Action) -> Decision:
@@ -378,6 +382,9 @@ class Policy:
 
     def _evaluate_unparseable(self, line: str, problem: str) -> _Outcome:
         tokens = tuple(loose_tokens(line))
+        if len(tokens) > LOOSE_MAX_TOKENS:
+            return self._refuse(f"could not parse the command line safely ({problem}) and it is too long "
+                                f"({len(tokens)} words) to search for matching rules", line)
         matches: dict[str, Match] = {}
         for start in range(len(tokens)):
             argv = tokens[start:]

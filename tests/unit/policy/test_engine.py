@@ -285,3 +285,12 @@ def test_rule_order_never_changes_a_decision(rules: list[dict[str, object]], rnd
         b = load_policy(b_path, workspace=WS, home=HOME, env={})
     for action in _ACTIONS:
         assert a.decide(action) == b.decide(action), str(action)
+
+
+def test_huge_inputs_are_judged_without_caching_or_quadratic_search(tmp_path: Path) -> None:
+    p = load(tmp_path, ORDERED)
+    long_line = "git push origin " + "x " * 5000
+    assert p.decide(act(f"run {long_line}")).rule_id == "publish"
+    assert p.cache_info().currsize == 0
+    d = p.decide(act("run cat <<EOF " + "git " * 2000))
+    assert (d.verdict, d.rule_id) == (Verdict.DENY, None) and "too long" in d.reason
