@@ -200,6 +200,7 @@ class _NetworkThread:
         self._listeners = list(listeners)
         self._client = client
         self._session = session_id
+        self._policy = policy
         self._host_map = {**dict(policy.host_map), **resolve}
         self._tally = tally
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -207,10 +208,10 @@ class _NetworkThread:
         self.thread = threading.Thread(target=self._run, name="guard-proxy", daemon=True)
 
     def _run(self) -> None:
-        from guard.net.bridge import serve_bridge
-        from guard.net.proxy import Proxy
+        from guard.net import Proxy, policy_cidr_grant, serve_bridge
 
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
 
         async def decide(action: Action) -> Decision:
@@ -223,22 +224,36 @@ class _NetworkThread:
             self._tally.count(action, decision)
             return decision
 
-        def record(event: dict[str, Any]) -> None:
+        def send_record(event: dict[str, Any]) -> None:
             try:
                 self._client.record(self._session, event)
             except DaemonError:
                 pass  # the decision itself is already in the trail; byte counts are best effort
 
-        proxy = Proxy(decide, record, host_map=self._host_map)
-        tasks = [loop.create_task(serve_bridge(sock, proxy)) for sock in self._listeners]
+        def record(event: dict[str, Any]) -> None:
+            # Called on the proxy's loop when a connection ends: never block the loop on the socket.
+            loop.run_in_executor(None, send_record, event)
+
+        proxy = Proxy(decide, record, host_map=self._host_map, cidr_grant=policy_cidr_grant(self._policy))
+        async def start() -> list[asyncio.Server]:
+            return [await serve_bridge(sock, proxy) for sock in self._listeners]
+
+        servers = loop.run_until_complete(start())
         self._ready.set()
         try:
             loop.run_forever()
         finally:
-            for task in tasks:
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+            for server in servers:
+                server.close()
+            loop.run_until_complete(self._drain(proxy, servers))
             loop.close()
+
+    @staticmethod
+    async def _drain(proxy: Any, servers: list[asyncio.Server]) -> None:
+        """End live connections (each still recorded), then flush records before the session closes."""
+        await proxy.aclose()
+        await asyncio.gather(*(s.wait_closed() for s in servers), return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
         self._ready.wait(timeout=2)
