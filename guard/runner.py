@@ -29,6 +29,7 @@ from guard.model import Action, Decision, Verdict
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
+SUPERVISOR_WORKERS = 4
 
 
 @dataclass(frozen=True)
@@ -146,12 +147,16 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             tally.count(action, decision)
             return decision
 
+        spec = SeccompSpec(notify=True)
         proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
-                     seccomp=SeccompSpec(notify=True), inner_listen_ports=(PROXY_PORT,))
+                     seccomp=spec, inner_listen_ports=(PROXY_PORT,))
         stop = threading.Event()
         threads: list[threading.Thread] = []
         if proc.listener_fd is not None:
-            supervisor = Supervisor(proc.listener_fd, decide=decide, record=lambda a, d: None)
+            # The daemon records every decision it makes; several workers so one pending `ask` does not
+            # stall the rest of the agent's tree (the daemon client is thread-safe).
+            supervisor = Supervisor(proc.listener_fd, decide=decide, record=lambda a, d: None, spec=spec,
+                                    workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve), tally)

@@ -651,7 +651,15 @@ class Supervisor:
             res = _Walker(task, stack).resolve(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                                                empty_ok=bool(flags & AT_EMPTY_PATH))
             exe = None if res.anonymous else res.path
-        except (_Reply, OSError):
+            if res.obj is None and res.name != ".":
+                os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # raises ENOENT when absent
+        except (_Reply, OSError) as exc:
+            err = exc.err if isinstance(exc, _Reply) else exc.errno
+            if err in (errno.ENOENT, errno.ENOTDIR):
+                # execvp probing each PATH entry: nothing exists there, nothing runs, nothing to decide.
+                # We answer the errno ourselves, so a file created after this check is never executed.
+                self._check(n.id)
+                raise _Reply(err) from None
             exe = None  # the kernel will fail the exec itself; the attempt is still decided and recorded
         cwd: str | None
         try:

@@ -192,6 +192,26 @@ def test_exec_through_relative_path_and_dirfd_resolves_exe(ws: Path) -> None:
     assert str(tool) in run.verdicts(Op.EXEC)
 
 
+def test_exec_of_a_missing_file_is_answered_enoent_and_not_recorded(ws: Path) -> None:
+    """execvp probes every PATH entry; the misses are not actions and must not flood the trail."""
+    def child() -> object:
+        results = []
+        for path in (str(ws / "missing"), str(ws / "nodir" / "tool"), "/bin/true"):
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    os.execv(path, [path])
+                except OSError as exc:
+                    os._exit(100 + exc.errno)
+            _, status = os.waitpid(pid, 0)
+            results.append(os.WEXITSTATUS(status))
+        return results
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == [100 + errno.ENOENT, 100 + errno.ENOENT, 0]
+    assert [a.argv for a in run.actions(Op.RUN)] == [("/bin/true",)]
+
+
 def test_huge_argv_is_truncated_and_says_so(ws: Path) -> None:
     args = [f"arg{i}" for i in range(ARGV_MAX_ARGS + 100)]
     run = supervised(["/bin/true", *args], deny_if("nothing"), cwd=ws)
