@@ -152,6 +152,14 @@ def test_the_command_works_in_the_workspace(ws: Path) -> None:
 
 
 # --- 125: the guard could not set the sandbox up, and nothing ran ------------------------------------------
+def test_relative_policy_path_is_the_callers(ws: Path, tmp_path: Path) -> None:
+    """`-p ../p.yaml` means the file next to the caller's workspace, for the kernel plan and the decisions."""
+    minimal_policy(tmp_path)
+    res = guard_run(ws, "-p", "../minimal.yaml", "--", "/bin/sh", "-c", "echo ok")
+    assert res.returncode == 0, res.stderr
+    assert res.stdout == "ok\n"
+
+
 def test_no_command_is_a_usage_error(ws: Path) -> None:
     res = guard_run(ws)
     assert res.returncode == 2
