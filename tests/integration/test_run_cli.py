@@ -152,6 +152,23 @@ def test_the_command_works_in_the_workspace(ws: Path) -> None:
 
 
 # --- 125: the guard could not set the sandbox up, and nothing ran ------------------------------------------
+def test_policy_file_with_an_error_exits_125_naming_file_line_col(ws: Path, tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("version: 1\nname: bad\nrules:\n  - id: x\n    allow: [flarp]\n    paths: ['/tmp/**']\n")
+    res = guard_run(ws, "-p", str(bad), "--", "/bin/sh", "-c", "echo ran > ran.txt")
+    assert f"{bad}:5:" in res.stderr, res.stderr
+    assert "flarp" in res.stderr
+    assert not (ws / "ran.txt").exists()
+    assert res.returncode == 125, f"a policy error must be exit 125 (sandbox not set up): {res.stderr}"
+
+
+def test_unknown_policy_name_exits_125(ws: Path) -> None:
+    res = guard_run(ws, "-p", "no-such-policy", "--", "/bin/sh", "-c", "echo ran > ran.txt")
+    assert "no-such-policy" in res.stderr
+    assert not (ws / "ran.txt").exists()
+    assert res.returncode == 125, res.stderr
+
+
 def test_relative_policy_path_is_the_callers(ws: Path, tmp_path: Path) -> None:
     """`-p ../p.yaml` means the file next to the caller's workspace, for the kernel plan and the decisions."""
     minimal_policy(tmp_path)
