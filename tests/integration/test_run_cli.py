@@ -169,6 +169,13 @@ def test_unknown_policy_name_exits_125(ws: Path) -> None:
     assert res.returncode == 125, res.stderr
 
 
+def test_nonexistent_command_exits_125_with_the_reason(ws: Path, tmp_path: Path) -> None:
+    res = guard_run(ws, "-p", str(minimal_policy(tmp_path)), "--", "no-such-command-xyz")
+    assert "no-such-command-xyz" in res.stderr
+    assert re.search(r"not found|no such file", res.stderr, re.I), res.stderr
+    assert res.returncode == 125, res.stderr
+
+
 def test_relative_policy_path_is_the_callers(ws: Path, tmp_path: Path) -> None:
     """`-p ../p.yaml` means the file next to the caller's workspace, for the kernel plan and the decisions."""
     minimal_policy(tmp_path)
