@@ -100,8 +100,9 @@ class SandboxedProcess:
         """Kill the whole tree: SIGKILL to the namespace's init takes every process in it down."""
         if self._status is None:
             for pid in (self.init_pid, self.pid):
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, signal.SIGKILL)
+                if pid > 0:  # never 0 or -1: those would signal our own process group or everyone
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
 
     def close(self) -> None:
         """Release the supervisor-side descriptors (after the session)."""
@@ -170,6 +171,8 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     init_pid = 0
     listeners: list[socket.socket] = []
     vanished: list[str] = []
+    ready = False
+    listener_fd: int | None = None
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
         while True:
@@ -190,27 +193,35 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                                    hint=msg.get("hint"))
             if kind == "init":
                 init_pid = int(msg["pid"])
+                if init_pid <= 0:
+                    raise SandboxError(f"the relay reported an impossible init pid {init_pid}")
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
             elif kind == "listener":
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
+                ready = True
                 listener_fd = fds[0] if fds else None
                 if want_listener and listener_fd is None:
                     raise SandboxError("seccomp filter installed but no listener fd was received")
-                if len(listeners) != n_listeners:
-                    raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
-                extra = _seccomp_protections(seccomp, listener_fd is not None)
-                if vanished:
-                    extra.append(Protection("files: masks skipped (path gone between scan and launch)",
-                                            State.PARTLY, ", ".join(vanished), required=False))
-                report = plan.report.with_protections(extra)
-                return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
             else:
                 raise SandboxError(f"unexpected message from the sandbox: {msg!r}")
+            # the relay's "init" and the agent's "ready" race each other: wait for both
+            if ready and init_pid > 0:
+                break
+        if len(listeners) != n_listeners:
+            raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
+        extra = _seccomp_protections(seccomp, listener_fd is not None)
+        if vanished:
+            extra.append(Protection("files: masks skipped (path gone between scan and launch)",
+                                    State.PARTLY, ", ".join(vanished), required=False))
+        report = plan.report.with_protections(extra)
+        return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
     except BaseException:
         for s in listeners:
             s.close()
+        if listener_fd is not None:
+            os.close(listener_fd)
         raise
 
 

@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 import stat
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -156,6 +156,15 @@ class _Target:
     subtree: bool
     carve: bool = False  # an allow rule's except: a hole in that grant, not a deny of its own
 
+    @property
+    def anchor(self) -> str | None:
+        """The name the first matching path must end in (the last non-`**` component, when literal).
+
+        In a pre-order walk the first path to match a pattern is the shallowest, and it ends in this
+        name; everything beneath it is then covered without matching again. None: test every path."""
+        comps = [c for c in _components(self.pattern) if c != "**"]
+        return comps[-1] if comps and not is_glob(comps[-1]) else None
+
 
 def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]:
     """Everything a mask or a write-protection may be needed for: deny and ask rules (not audit-only),
@@ -269,16 +278,16 @@ class _Budget:
         return True
 
 
-def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterable[tuple[str, os.stat_result | None,
-                                                                               bool]]:
-    """Yield (path, stat or None, is_dir) beneath root in depth-first pre-order (a directory, then all
-    of its contents, then its next sibling) without following symlinks. Regular files are stat'ed (for
-    st_nlink); directories are not. Stops (and records why) when the budget runs out."""
+def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterator[tuple[str, str]]:
+    """Yield (path, kind) beneath root in depth-first pre-order (a directory, then all of its contents,
+    then its next sibling), never following symlinks. Kind is dir, file (regular) or other, from the
+    directory entry itself: no stat per file, so a walk costs one getdents per directory. Stops (and
+    records why) when the budget runs out."""
 
     def listing(path: str) -> list[os.DirEntry[str]]:
         try:
             with os.scandir(path) as it:
-                return sorted(it, key=lambda e: e.name, reverse=True)
+                return list(it)
         except OSError as exc:
             unreadable.append(f"{path}: {exc.strerror}")
             return []
@@ -292,14 +301,15 @@ def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterable[tuple[s
         if not budget.spend(root):
             return
         try:
-            is_dir = entry.is_dir(follow_symlinks=False)
-            st = None if is_dir else entry.stat(follow_symlinks=False)
+            if entry.is_dir(follow_symlinks=False):
+                yield entry.path, "dir"
+                stack.append(listing(entry.path))
+            elif entry.is_file(follow_symlinks=False):
+                yield entry.path, "file"
+            else:
+                yield entry.path, "other"
         except OSError as exc:
             unreadable.append(f"{entry.path}: {exc.strerror}")
-            continue
-        yield entry.path, st, is_dir
-        if is_dir:
-            stack.append(listing(entry.path))
 
 
 def _walk_roots(grants: list[tuple[str, frozenset[Op], str]], workspace: str, home: str) -> list[str]:
@@ -345,10 +355,15 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         if old is None or _strength(m) > _strength(old):
             matches[m.path] = m
 
-    def collect_inodes(root: str, owner: Match) -> None:
-        for _path, st, _is_dir in _walk(root, budget, unreadable):
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
+    def remember_inode(path: str, owner: Match) -> None:
+        """Only a file with more than one link can have another name to find."""
+        try:
+            st = os.lstat(path)
+        except OSError as exc:
+            unreadable.append(f"{path}: {exc.strerror}")
+            return
+        if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+            denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
 
     # literal targets: resolve, record, and remember the inodes they protect
     for t in targets:
@@ -362,45 +377,72 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, via)
         record(m)
         if fact.kind == "dir":
-            collect_inodes(fact.resolved, m)
-        else:
-            try:
-                lst = os.stat(fact.resolved)
-                denied_inodes.setdefault((lst.st_dev, lst.st_ino), m)
-            except OSError as exc:
-                unreadable.append(f"{fact.resolved}: {exc.strerror}")
+            for path, kind in _walk(fact.resolved, budget, unreadable):
+                if kind == "file":
+                    remember_inode(path, m)
+        elif fact.kind == "file":
+            remember_inode(fact.resolved, m)
 
-    # one walk of the granted trees: glob matches, plus every multiply-linked file for the alias check
+    # one walk of the granted trees: glob matches by name, and the regular files an alias could hide in
     globs = [t for t in targets if not t.subtree]
     roots = _walk_roots(grants, ws, home_dir)
-    linked: list[tuple[str, int, int]] = []
+    candidates: list[str] = []
     for root in roots:
         relevant = [t for t in globs if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
+        by_anchor: dict[str, list[_Target]] = {}
+        unanchored: list[_Target] = []
+        for t in relevant:
+            anchor = t.anchor
+            if anchor is None:
+                unanchored.append(t)
+            else:
+                by_anchor.setdefault(anchor, []).append(t)
         inside: list[tuple[str, Match]] = []  # matched directories we are walking beneath
-        for path, st, is_dir in _walk(root, budget, unreadable):
+        for t in relevant:  # the root itself may already lie inside a match (a grant below `x/**/.git/**`)
+            if t.glob.matches(root):
+                m = Match(root, "dir", t.rule_id, t.ops, t.verdict,
+                          f"{'except' if t.carve else 'glob'} {t.pattern}")
+                record(m)
+                inside.append((root, m))
+                break
+        for path, kind in _walk(root, budget, unreadable):
             while inside and not is_beneath(path, inside[-1][0]):
                 inside.pop()
             owner = inside[-1][1] if inside else None
             if owner is None:
-                for t in relevant:
+                name = path.rpartition("/")[2]
+                for t in (*by_anchor.get(name, ()), *unanchored):
                     if t.glob.matches(path):
-                        owner = Match(os.path.realpath(path), "dir" if is_dir else _kind(st.st_mode if st
-                                      else 0), t.rule_id, t.ops, t.verdict,
+                        target = path_fact(path)  # a matched symlink hides what it points at
+                        if target.kind == "missing":
+                            break
+                        owner = Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict,
                                       f"{'except' if t.carve else 'glob'} {t.pattern}")
                         record(owner)
-                        if is_dir:
+                        if kind == "dir":
                             inside.append((path, owner))
                         break
-            if st is not None and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-                if owner is not None:
-                    denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
-                else:
-                    linked.append((path, st.st_dev, st.st_ino))
-    denied_dirs = [m.path for m in matches.values() if m.kind == "dir"]
-    for path, dev, ino in linked:
-        orig = denied_inodes.get((dev, ino))
-        if orig is not None and path not in matches and not any(is_beneath(path, d) for d in denied_dirs):
-            record(Match(path, "file", orig.rule_id, orig.ops, orig.verdict, f"hard link to {orig.path}"))
+            if kind != "file":
+                continue
+            if owner is not None:
+                remember_inode(path, owner)
+            else:
+                candidates.append(path)
+
+    # aliases: only when some denied file has another name somewhere (st_nlink > 1) is a stat per
+    # candidate worth paying; in the common case this loop does not run at all
+    if denied_inodes:
+        denied_dirs = [m.path for m in matches.values() if m.kind == "dir"]
+        for path in candidates:
+            if not budget.spend("hard-link check"):
+                break
+            try:
+                st = os.lstat(path)
+            except OSError:
+                continue  # gone since the walk: nothing left to alias
+            orig = denied_inodes.get((st.st_dev, st.st_ino))
+            if orig is not None and path not in matches and not any(is_beneath(path, d) for d in denied_dirs):
+                record(Match(path, "file", orig.rule_id, orig.ops, orig.verdict, f"hard link to {orig.path}"))
 
     ordered = tuple(sorted(matches.values(), key=lambda m: m.path))
     return LaunchFacts(paths=tuple(facts.values()), matches=ordered,
