@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import sys
 import threading
@@ -99,6 +100,28 @@ def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
     return env
 
 
+_ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+def policy_environment(sources: Sequence[Path], env: Mapping[str, str]) -> dict[str, str]:
+    """The caller's values of every variable the policy reads, for the daemon to compile the same policy.
+
+    The daemon was started by some earlier command with its own environment; without these, `~` or
+    `${env:NAME}` could mean one thing in the kernel plan and another in the daemon's decisions.
+    """
+    names = {"HOME", "TMPDIR"}
+    for source in sources:
+        names.update(_ENV_REFERENCE.findall(source.read_text(encoding="utf-8", errors="replace")))
+    return {name: env[name] for name in sorted(names) if name in env}
+
+
+def policy_ref(ref: str) -> str:
+    """A policy name as is; a policy file as an absolute path (the daemon's cwd is not ours)."""
+    from guard.policy.loader import is_policy_name
+
+    return ref if is_policy_name(ref) else str(Path(ref).resolve())
+
+
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
@@ -122,8 +145,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     except GuardError as exc:
         raise SandboxError(f"the guard daemon could not be reached: {exc.message}",
                            hint="see `guard daemon status`; the command was not started") from exc
-    session = client.open_session(policy=opts.policy, workspace=str(workspace), argv=list(opts.argv),
-                                  cwd=str(opts.cwd), pid=os.getpid())
+    session = client.open_session(policy=policy_ref(opts.policy), workspace=str(workspace),
+                                  argv=list(opts.argv), cwd=str(opts.cwd), pid=os.getpid(),
+                                  env=policy_environment(policy.sources, opts.env))
     session_id: str = session["session"]
     tally = Tally()
     status = 125

@@ -119,7 +119,8 @@ class DaemonClient:
         return self.request("status")
 
     def open_session(self, policy: str | Path, workspace: str | Path, *, argv: Sequence[str] = (),
-                     cwd: str | Path | None = None, pid: int | None = None) -> dict[str, Any]:
+                     cwd: str | Path | None = None, pid: int | None = None,
+                     env: Mapping[str, str] | None = None) -> dict[str, Any]:
         """-> {"session": id, "policy": {"name", "sources", "ask_timeout", "mode", "sources_hash"}}."""
         fields: dict[str, Any] = {"policy": str(policy), "workspace": os.path.abspath(workspace),
                                   "argv": list(argv)}
@@ -127,6 +128,8 @@ class DaemonClient:
             fields["cwd"] = os.path.abspath(cwd)
         if pid is not None:
             fields["pid"] = pid
+        if env is not None:
+            fields["env"] = dict(env)
         result = self.request("session.open", fields)
         self._ask_timeouts[result["session"]] = float(result["policy"]["ask_timeout"])
         return result

@@ -88,6 +88,15 @@ def _opt_int(name: str, value: Any) -> int | None:
     return None if value is None else _int(name, value)
 
 
+def _env_map(name: str, value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise _field(name, "expected an object of strings")
+    for key, item in value.items():
+        if not isinstance(item, str):
+            raise _field(f"{name}.{key}", "expected a string")
+    return dict(value)
+
+
 def _str_list(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _field(name, "expected a list of strings")
@@ -139,6 +148,9 @@ OPS: dict[str, dict[str, _Field]] = {
         "argv": _Field(_str_list, required=False, default=()),
         "cwd": _Field(_abs_path, required=False),
         "pid": _Field(_opt_int, required=False),
+        # the client's values of the variables the policy reads (HOME, TMPDIR, ${env:NAME}), so the daemon
+        # compiles the same policy the client built its sandbox from
+        "env": _Field(_env_map, required=False),
     },
     "decide": {
         "session": _Field(_nonempty_str),

@@ -455,7 +455,8 @@ class Daemon:
 
         workspace = Path(args["workspace"])
         try:
-            policy = await asyncio.to_thread(load_policy, args["policy"], workspace=workspace)
+            policy = await asyncio.to_thread(load_policy, args["policy"], workspace=workspace,
+                                             env=args.get("env"))
         except GuardError as exc:
             raise p.RequestError(p.POLICY, exc.diagnostics()) from None
         if conn.closed:
@@ -465,7 +466,7 @@ class Daemon:
         session = Session(id=self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
                           argv=args["argv"], cwd=args["cwd"], pid=args["pid"], policy=policy,
                           sources_hash=sources_hash(policy.sources), started=self.now(), owner=conn.number,
-                          peer_uid=conn.uid)
+                          peer_uid=conn.uid, env=args.get("env"))
         self._audit.append(session_event(
             session.id, "start", argv=list(session.argv), workspace=str(workspace), cwd=session.cwd,
             pid=session.pid, uid=conn.uid, policy=policy.name, policy_ref=session.policy_ref,
@@ -591,7 +592,8 @@ class Daemon:
 
         for session in self.sessions.using_source(path):
             try:
-                policy = await asyncio.to_thread(load_policy, session.policy_ref, workspace=session.workspace)
+                policy = await asyncio.to_thread(load_policy, session.policy_ref, workspace=session.workspace,
+                                                 env=session.env)
             except Exception as exc:  # any failure keeps the last good policy; a GuardError says where
                 error = exc.diagnostics() if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
                 log.warning("session %s keeps its policy: %s", session.id, error)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import secrets
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -58,6 +58,7 @@ class Session:
     peer_uid: int
     counts: Counts = field(default_factory=Counts)
     reload_error: str | None = None  # the last failed reload, cleared by a good one
+    env: Mapping[str, str] | None = None  # the client's policy variables; None: the daemon's own environment
 
 
     def view(self, now: float) -> dict[str, Any]:

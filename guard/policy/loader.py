@@ -55,6 +55,11 @@ def _is_name(ref: str) -> bool:
     return "/" not in ref and not ref.endswith((".yaml", ".yml")) and ref not in ("", ".", "..")
 
 
+def is_policy_name(ref: str) -> bool:
+    """True when `ref` names a shipped policy rather than a file (how load_policy reads it)."""
+    return _is_name(ref)
+
+
 @dataclass(slots=True)
 class Compiled:
     """Everything lint and test need: the policy (None on errors) and what was learned on the way."""

@@ -817,3 +817,26 @@ def test_stopping_denies_pending_asks_and_marks_open_sessions_interrupted(daemon
     verified(daemon.home)
     [end] = [r for r in records(daemon.home) if r.get("session") == session and r.get("event") == "end"]
     assert end["status"] == "interrupted" and end["counts"] == {"allowed": 0, "denied": 1, "asked": 1}
+
+
+def test_session_policy_is_compiled_with_the_clients_variables(daemon: Daemon, workspace: Path,
+                                                               tmp_path: Path) -> None:
+    """The daemon's own HOME is not the client's: `~` and `${env:NAME}` must mean what they meant when
+    the client built its sandbox from the same policy."""
+    client_home = tmp_path / "client-home"
+    policy = workspace.parent / "env-policy.yaml"
+    policy.write_text(
+        "version: 1\nname: env-test\n"
+        "rules:\n"
+        "  - {id: keys, deny: [read], paths: ['~/.ssh/**']}\n"
+        "  - {id: data, allow: [read], paths: ['${env:DATA_DIR}/**']}\n")
+    with daemon.client() as client:
+        session = client.open_session(policy, workspace,
+                                      env={"HOME": str(client_home), "DATA_DIR": "/srv/data"})["session"]
+        key = client.decide(session, Action(Op.READ, str(client_home / ".ssh" / "id_rsa")))
+        data = client.decide(session, Action(Op.READ, "/srv/data/x.csv"))
+        assert (key.verdict, key.rule_id) == (Verdict.DENY, "keys")
+        assert (data.verdict, data.rule_id) == (Verdict.ALLOW, "data")
+        with pytest.raises(DaemonError, match="env"):
+            client.request("session.open", {"policy": str(policy), "workspace": str(workspace),
+                                            "env": {"HOME": 3}})
