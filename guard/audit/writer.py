@@ -88,6 +88,7 @@ class AuditWriter:
         self._segment_index = 0
         self._segment_bytes = 0
         self._sealed = 0
+        self._syncer: _Syncer | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def __enter__(self) -> AuditWriter:
@@ -108,8 +109,8 @@ class AuditWriter:
 
     @property
     def sealed_size(self) -> int:
-        """Lines [0, sealed_size) are covered by a checkpoint that has been fdatasync'ed."""
-        return self._sealed
+        """Lines [0, sealed_size) are covered by a checkpoint whose fdatasync has completed."""
+        return self._syncer.durable if self._syncer is not None else self._sealed
 
     def open(self) -> AuditWriter:
         with self._lock:
@@ -118,6 +119,8 @@ class AuditWriter:
             root = self._keyring.root()
             ensure_private_dir(self.log)
             self._take_lock()
+            if self._sync:
+                self._syncer = _Syncer()
             try:
                 self._recover(root.public)
             except BaseException:
@@ -136,13 +139,18 @@ class AuditWriter:
         self._lock_fd = fd
 
     def _release(self) -> None:
-        if self._fd is not None:
-            os.close(self._fd)
-            self._fd = None
-        if self._lock_fd is not None:
-            os.close(self._lock_fd)  # closing drops the flock
-            self._lock_fd = None
-        self._key = None
+        syncer, self._syncer = self._syncer, None
+        try:
+            if syncer is not None:
+                self._sealed = syncer.stop()
+        finally:
+            if self._fd is not None:
+                os.close(self._fd)
+                self._fd = None
+            if self._lock_fd is not None:
+                os.close(self._lock_fd)  # closing drops the flock
+                self._lock_fd = None
+            self._key = None
 
     def _recover(self, root_public: bytes) -> None:
         report_v = replay(self.log, LogVerifier(root_public))
@@ -178,7 +186,7 @@ class AuditWriter:
                 os.ftruncate(self._fd, 0)
                 self._segment_bytes = 0
             self._write_line(encode({"epoch": 0, "note": genesis, "seq": 0, "type": LINE_EPOCH}))
-            self._seal_written(seal_index=0)
+            self._seal_written(seal_index=0, wait=True)
             self._epoch_started_at = now
             return
         assert state.epoch_key is not None
@@ -200,6 +208,8 @@ class AuditWriter:
         self._epoch_checkpoints = state.epoch_checkpoints
         self._epoch_started_at = now
         self._sealed = max(state.last_seal, 0)
+        if self._syncer is not None:
+            self._syncer.mark(self._sealed)
         self._pending = self._frontier.size - state.last_seal - 1
         self._first_pending_at = now
         torn = state.torn
@@ -297,7 +307,7 @@ class AuditWriter:
             cp = epoch_checkpoint(self._origin, n, root, ts, nxt.epoch, nxt.verifier)
             note = sign_checkpoint(cp, key.name, key.private)
             self._write_line(encode({"epoch": nxt.epoch, "note": note, "seq": n, "type": LINE_EPOCH}))
-            self._seal_written(seal_index=n)
+            self._seal_written(seal_index=n, wait=True)  # the certificate is durable before the old key goes
             self._keyring.commit_next()
             self._key = nxt
             self._epoch_checkpoints = 0
@@ -310,13 +320,28 @@ class AuditWriter:
         if self._segment_bytes >= self._segment_max:
             self._open_segment(self._segment_index + 1)
 
-    def _seal_written(self, *, seal_index: int) -> None:
+    def _seal_written(self, *, seal_index: int, wait: bool = False) -> None:
+        """Make the seal line durable: in the background (appends go on meanwhile), or now when `wait`."""
         self._flush()
-        if self._sync:
-            assert self._fd is not None
-            os.fdatasync(self._fd)
-        self._sealed = seal_index
         self._pending = 0
+        syncer = self._syncer
+        if syncer is None:
+            self._sealed = seal_index
+            return
+        assert self._fd is not None
+        if wait:
+            syncer.drain()
+            os.fdatasync(self._fd)
+            syncer.mark(seal_index)
+        else:
+            syncer.submit(os.dup(self._fd), seal_index)
+
+    def sync(self) -> int:
+        """Wait for the last checkpoint's fdatasync; returns `sealed_size`."""
+        with self._lock:
+            if self._syncer is not None:
+                self._syncer.drain()
+        return self.sealed_size
 
     def _flush(self) -> None:
         if not self._buf:
@@ -346,3 +371,75 @@ class AuditWriter:
             finally:
                 os.close(dfd)
 
+
+
+class _Syncer:
+    """One background thread running fdatasync for checkpoints, at most one in flight.
+
+    fdatasync releases the GIL, so the daemon keeps appending while the disk catches up; `durable` only
+    advances once the seal line is on disk. A failed sync is raised at the next submit, drain or stop.
+    """
+
+    def __init__(self) -> None:
+        self._cv = threading.Condition()
+        self._job: tuple[int, int] | None = None
+        self._error: OSError | None = None
+        self._stopping = False
+        self.durable = 0
+        self._thread = threading.Thread(target=self._run, name="guard-audit-fsync", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        while True:
+            with self._cv:
+                while self._job is None and not self._stopping:
+                    self._cv.wait()
+                if self._job is None:
+                    return
+                fd, index = self._job
+            try:
+                os.fdatasync(fd)
+            except OSError as exc:
+                with self._cv:
+                    self._error = exc
+            finally:
+                os.close(fd)
+            with self._cv:
+                if self._error is None:
+                    self.durable = max(self.durable, index)
+                self._job = None
+                self._cv.notify_all()
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            err, self._error = self._error, None
+            raise AuditError(f"fdatasync of the audit log failed: {err.strerror}",
+                             hint="the disk holding $GUARD_HOME/log is failing or full")
+
+    def submit(self, fd: int, index: int) -> None:
+        with self._cv:
+            while self._job is not None:
+                self._cv.wait()
+            self._raise()
+            self._job = (fd, index)
+            self._cv.notify_all()
+
+    def drain(self) -> None:
+        with self._cv:
+            while self._job is not None:
+                self._cv.wait()
+            self._raise()
+
+    def mark(self, index: int) -> None:
+        with self._cv:
+            self.durable = max(self.durable, index)
+
+    def stop(self) -> int:
+        with self._cv:
+            while self._job is not None:
+                self._cv.wait()
+            self._stopping = True
+            self._cv.notify_all()
+        self._thread.join()
+        self._raise()
+        return self.durable

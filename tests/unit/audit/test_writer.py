@@ -61,7 +61,7 @@ def test_checkpoint_every_n_records_and_fsync_point(guard_home: Path, root: Veri
             w.append(sample_event(i))
         assert w.sealed_size == 0
         w.append(sample_event(4))
-        assert w.sealed_size == 6  # genesis + 5 records sealed by the checkpoint at leaf 6
+        assert w.sync() == 6  # genesis + 5 records sealed by the checkpoint at leaf 6
         assert lines(guard_home)[6]["type"] == "checkpoint"
 
 
@@ -74,7 +74,7 @@ def test_idle_records_are_sealed_by_tick(guard_home: Path, root: VerifierKey, cl
         assert report.exit_code == 3 and report.unsealed == 2 and not report.tampered
         clock.advance(0.6)
         w.tick()
-        assert w.sealed_size == 3
+        assert w.sync() == 3
         assert verify_log(guard_home / "log", root.public).exit_code == 0
 
 
