@@ -316,6 +316,23 @@ def test_exit_status_as_a_shell_reports_it(tree: Tree) -> None:
     assert rc == 127
 
 
+def test_back_to_back_launches_always_learn_the_init_pid(tree: Tree) -> None:
+    """The relay's report and the agent's race; spawn must wait for both, or start() would close the
+    channel under the relay and the whole tree would die."""
+    pol = tree.policy()
+    facts = scan_launch_facts(pol, workspace=tree.ws, protected=[tree.gh], home=tree.home)
+    plan = build_plan(pol, facts, workspace=tree.ws, protected=[tree.gh], abi=ABI)
+    for _ in range(15):
+        sp = spawn(plan, ["/bin/true"], env=ENV, cwd=tree.ws, seccomp=None)
+        try:
+            assert sp.init_pid > 0 and sp.pid > 0
+            sp.start()
+            assert sp.wait() == 0
+        finally:
+            sp.kill()
+            sp.close()
+
+
 def test_setup_failure_raises_sandbox_error_and_nothing_runs(tree: Tree) -> None:
     marker = tree.ws / "ran"
     with pytest.raises(SandboxError, match="working directory"):

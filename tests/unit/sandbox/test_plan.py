@@ -249,3 +249,21 @@ def test_grant_inside_a_denied_directory_is_dropped(tree: dict[str, Path]) -> No
     _, plan = _plan(tree, pol)
     assert str(tree["home"] / ".ssh" / "config") not in {g.path for g in plan.landlock.grants}
     assert "inside hidden (denied) directories" in plan.report.get("files: allowlist (Landlock)").reason
+
+
+def test_a_walk_root_inside_a_glob_match_is_matched_whole(tree: dict[str, Path]) -> None:
+    hooks = tree["root"] / "proj" / ".git" / "hooks"
+    hooks.mkdir(parents=True)
+    (hooks / "pre-push").write_text("")
+    pol = Pol((Rule("hooks-rw", Verdict.ALLOW, RW, (f"{hooks}/**",)),
+               Rule("hooks-ask", Verdict.ASK, W, ("/**/.git/hooks/**",))))
+    facts = scan_launch_facts(pol, workspace=tree["ws"], protected=[], home=tree["home"])
+    plan = build_plan(pol, facts, workspace=tree["ws"], protected=[], abi=7)
+    assert [(m.path, m.kind) for m in plan.mounts] == [(str(hooks), MountKind.READ_ONLY)]
+
+
+def test_glob_without_a_literal_anchor_is_tested_on_every_path(tree: dict[str, Path]) -> None:
+    (tree["ws"] / "src" / "server.pem").write_text("KEY")
+    pol = _policy(tree, Rule("pem", Verdict.DENY, RW, ("/**/*.pem",)))
+    _, plan = _plan(tree, pol)
+    assert str(tree["ws"] / "src" / "server.pem") in {m.path for m in plan.mounts}
