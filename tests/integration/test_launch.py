@@ -349,8 +349,22 @@ def test_the_agent_holds_no_capabilities_and_no_new_privs(tree: Tree) -> None:
 
 
 def test_umount_of_a_mask_is_refused(tree: Tree) -> None:
-    _, out = tree.run(f"umount {tree.ws}/.env; echo umount=$?\ncat {tree.ws}/.env")
-    assert "umount=0" not in out and "hunter2" not in out, out
+    _, out = tree.run(f"umount {tree.ws}/.env; echo umount=$?\ncat {tree.ws}/.env\n"
+                      f"unshare -Urm sh -c 'umount -l {tree.ws}/.env; echo nested=$?; cat {tree.ws}/.env'\n"
+                      "echo unshare=$?")
+    assert "umount=0" not in out and "nested=0" not in out and "hunter2" not in out, out
+
+
+def test_a_nested_user_and_mount_namespace_cannot_unmount_a_mask(tree: Tree) -> None:
+    if not Path("/usr/bin/python3").exists():
+        pytest.skip("needs /usr/bin/python3 inside the sandbox")
+    code = (f"import ctypes, os\nlibc = ctypes.CDLL(None, use_errno=True)\n"
+            f"print('unshare', libc.unshare(0x10000000 | 0x00020000))\n"
+            f"print('umount', libc.umount2(b'{tree.ws}/.env', 2), os.strerror(ctypes.get_errno()))\n"
+            f"print('content', repr(open('{tree.ws}/.env').read()))\n")
+    (tree.ws / "nested.py").write_text(code)
+    _, out = tree.run("/usr/bin/python3 nested.py")
+    assert "umount -1" in out and "hunter2" not in out, out
 
 
 # --- fail closed ---------------------------------------------------------------------------------------
