@@ -66,13 +66,20 @@ def parse_yaml(text: str, file: str) -> YNode | None:
     if root is None:
         return None
     constructor = yaml.SafeLoader("")
-    return _convert(root, file, constructor, depth=0)
+    return _convert(root, file, constructor, depth=0, budget=[MAX_NODES])
 
 
-def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader, depth: int) -> YNode:
+MAX_NODES = 200_000  # aliases can make a small file expand exponentially ("billion laughs")
+
+
+def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader, depth: int,
+             budget: list[int]) -> YNode:
     loc = _loc(file, node.start_mark)
     if depth > 64:
         raise YamlSyntaxError("YAML nesting deeper than 64 levels", loc)
+    budget[0] -= 1
+    if budget[0] < 0:
+        raise YamlSyntaxError(f"YAML expands to more than {MAX_NODES} nodes (aliases?)", loc)
     if isinstance(node, yaml.ScalarNode):
         try:
             value = constructor.construct_object(node, deep=True)
@@ -83,14 +90,14 @@ def _convert(node: yaml.Node, file: str, constructor: yaml.SafeLoader, depth: in
             value = str(node.value)
         return YScalar(value, loc)
     if isinstance(node, yaml.SequenceNode):
-        return YSeq(tuple(_convert(item, file, constructor, depth + 1) for item in node.value), loc)
+        return YSeq(tuple(_convert(item, file, constructor, depth + 1, budget) for item in node.value), loc)
     if isinstance(node, yaml.MappingNode):
         entries: list[tuple[YScalar, YNode]] = []
         for key_node, value_node in node.value:
-            key = _convert(key_node, file, constructor, depth + 1)
+            key = _convert(key_node, file, constructor, depth + 1, budget)
             if not isinstance(key, YScalar):
                 raise YamlSyntaxError("mapping keys must be plain strings", key.loc)
-            entries.append((key, _convert(value_node, file, constructor, depth + 1)))
+            entries.append((key, _convert(value_node, file, constructor, depth + 1, budget)))
         return YMap(tuple(entries), loc)
     raise YamlSyntaxError(f"unsupported YAML node {type(node).__name__}", loc)
 

@@ -272,3 +272,18 @@ def test_missing_file_is_a_diagnostic_in_lint(tmp_path: Path) -> None:
     report = lint(tmp_path / "nope.yaml", workspace=WS, home=HOME, env={})
     assert not report.ok
     assert "cannot read policy file" in report.diagnostics[0].message
+
+
+def test_alias_bombs_and_deep_nesting_are_errors_not_hangs(tmp_path: Path) -> None:
+    bomb = ["version: 1", "a0: &a0 [x, x, x, x, x, x, x, x, x, x]"]
+    bomb += [f"a{i}: &a{i} [" + ", ".join([f"*a{i - 1}"] * 10) + "]" for i in range(1, 9)]
+    out = errors(tmp_path, "\n".join(bomb) + "\n")
+    assert len(out) == 1 and "YAML expands to more than 200000 nodes (aliases?)" in out[0]
+    out = errors(tmp_path, "version: 1\nx: " + "[" * 70 + "]" * 70 + "\n")
+    assert out == ["p.yaml:2:68: YAML nesting deeper than 64 levels"]
+
+
+def test_unreadable_policy_file_is_located(tmp_path: Path) -> None:
+    (tmp_path / "bin.yaml").write_bytes(b"version: 1\n\xff\xfe\n")
+    assert errors(tmp_path, "version: 1\nextends: [bin.yaml]\n")[0].startswith(
+        "p.yaml:2:11: cannot read bin.yaml: 'utf-8' codec can't decode byte 0xff")
