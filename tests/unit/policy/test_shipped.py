@@ -61,3 +61,15 @@ def test_shipped_policies_match_the_editor_schema() -> None:
         jsonschema.validate(yaml.safe_load(shipped_policy_path(name).read_text()), schema)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"version": 1, "rules": [{"id": "x", "allow": ["raed"], "paths": ["/a"]}]}, schema)
+
+
+def test_shipped_files_are_packaged_through_the_data_link() -> None:
+    # pyproject's package-data takes guard/data/policies/*.yaml and *.json; that directory must be the
+    # repository's policies/ so a non-editable install carries the same files.
+    from guard.policy import shipped_policy_path
+
+    repo = Path(__file__).resolve().parents[3]
+    link = repo / "guard" / "data" / "policies"
+    assert link.is_symlink() and link.resolve() == (repo / "policies").resolve()
+    assert shipped_policy_path("coding-agent").resolve() == (repo / "policies" / "coding-agent.yaml").resolve()
+    assert (link / "schema.json").is_file()
