@@ -160,7 +160,8 @@ def main() -> None:
           f"verify {b_verify:,.0f}/s")
     log_bytes = sum(p.stat().st_size for p in (home / "log").glob("seg-*.jsonl"))
     result = {
-        "records": n, "append_per_s": round(n / append_s), "verify_per_s": round(ver["records"] / ver["seconds"]),
+        "records": n, "append_per_s": round(n / append_s),
+        "verify_per_s": round(ver["records"] / ver["seconds"]),
         "baseline_append_per_s": round(b_append), "baseline_verify_per_s": round(b_verify),
         "append_speedup": round(n / append_s / b_append, 1),
         "verify_speedup": round(ver["records"] / ver["seconds"] / b_verify, 1),

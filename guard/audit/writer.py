@@ -44,8 +44,8 @@ _OPTS = orjson.OPT_SORT_KEYS
 
 CHECKPOINT_EVERY = 1000  # records
 CHECKPOINT_INTERVAL = 0.5  # seconds; with tick() every <=250 ms a record is sealed within 1 s
-EPOCH_CHECKPOINTS = 10  # a new epoch key at least every 10 checkpoints ...
-EPOCH_SECONDS = 10.0  # ... or every 10 seconds, whichever comes first
+EPOCH_CHECKPOINTS = 60  # a new epoch key at least every 60 checkpoints ...
+EPOCH_SECONDS = 60.0  # ... or every 60 seconds, whichever comes first (docs/audit-format.md)
 SEGMENT_MAX_BYTES = 64 << 20
 BUFFER_BYTES = 1 << 18
 
