@@ -126,8 +126,6 @@ def spawn(plan: SandboxPlan, argv: Sequence[str], *, env: Mapping[str, str], cwd
     """
     if not argv:
         raise SandboxError("nothing to run: empty command")
-    if os.path.isabs(argv[0]) is False and "/" in argv[0]:
-        argv = [os.path.abspath(argv[0]), *argv[1:]]
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     supervisor_pid = os.getpid()
     pid = os.fork()
@@ -249,6 +247,7 @@ def _relay(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     for sig in _TTY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     namespaces.enter(os.geteuid(), os.getegid())
+    _close_stray_fds([sock.fileno()])  # the supervisor's daemon connection and files are not ours to hold
     alive_r, alive_w = os.pipe()  # the init's way to check the relay survived its fork
     child = os.fork()
     if child == 0:

@@ -333,6 +333,50 @@ def test_back_to_back_launches_always_learn_the_init_pid(tree: Tree) -> None:
             sp.close()
 
 
+def test_relay_and_init_hold_none_of_the_supervisors_descriptors(tree: Tree) -> None:
+    held = os.open(tree.other / "existing", os.O_RDONLY)  # stands in for the daemon connection, the log
+    sp = tree.launch("sleep 1000")
+    try:
+        sp.start()
+        assert _wait_until(lambda: len(_descendants(sp.init_pid)) >= 1)
+        for pid in (sp.pid, sp.init_pid):
+            targets = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
+            assert str(tree.other / "existing") not in targets.values(), (pid, targets)
+            extra = {fd: t for fd, t in targets.items() if int(fd) > 2 and not t.startswith("pipe:")}
+            assert not extra, (pid, extra)  # the relay keeps only the pipe the init watches
+    finally:
+        os.close(held)
+        sp.kill()
+        sp.close()
+
+
+def test_relative_command_runs_from_the_sandbox_cwd(tree: Tree) -> None:
+    sub = tree.ws / "sub"
+    sub.mkdir()
+    (sub / "hello.sh").write_text("#!/bin/sh\necho hello-from-script\n")
+    os.chmod(sub / "hello.sh", 0o755)
+    pol = tree.policy(Rule("exec-sub", Verdict.ALLOW, frozenset({Op.EXEC, Op.READ}), (f"{sub}/**",)))
+    facts = scan_launch_facts(pol, workspace=tree.ws, protected=[tree.gh], home=tree.home)
+    plan = build_plan(pol, facts, workspace=tree.ws, protected=[tree.gh], abi=ABI)
+    rfd, wfd = os.pipe()
+    saved = os.dup(1)
+    os.dup2(wfd, 1)
+    try:
+        sp = spawn(plan, ["./hello.sh"], env=ENV, cwd=sub, seccomp=None)
+    finally:
+        os.dup2(saved, 1)
+        os.close(saved)
+        os.close(wfd)
+    try:
+        sp.start()
+        assert sp.wait() == 0
+    finally:
+        sp.kill()
+        sp.close()
+    with os.fdopen(rfd) as r:
+        assert r.read() == "hello-from-script\n"
+
+
 def test_setup_failure_raises_sandbox_error_and_nothing_runs(tree: Tree) -> None:
     marker = tree.ws / "ran"
     with pytest.raises(SandboxError, match="working directory"):
