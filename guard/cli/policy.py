@@ -130,7 +130,7 @@ def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> No
     else:
         click.echo(f"{indent}  rule:   none (policy {loaded.name!r} default)")
     click.echo(f"{indent}  reason: {decision.reason}")
-    if exp.note:
+    if exp.note and exp.note not in decision.reason:
         click.echo(f"{indent}  note:   {exp.note}")
     if exp.losers:
         click.echo(f"{indent}  also matched:")

@@ -294,3 +294,22 @@ def test_huge_inputs_are_judged_without_caching_or_quadratic_search(tmp_path: Pa
     assert p.cache_info().currsize == 0
     d = p.decide(act("run cat <<EOF " + "git " * 2000))
     assert (d.verdict, d.rule_id) == (Verdict.DENY, None) and "too long" in d.reason
+
+
+_label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(_label, min_size=1, max_size=3).map(".".join), _label, st.sampled_from(["", ".", "X"]))
+def test_engine_never_lets_a_wildcard_reach_the_apex_or_a_lookalike(apex: str, label: str, suffix: str) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp, "p.yaml")
+        path.write_text(f'version: 1\nrules:\n  - {{id: w, allow: [connect], hosts: ["*.{apex}"]}}\n')
+        p = load_policy(path, workspace=WS, home=HOME, env={})
+
+    def host(name: str) -> str:
+        return (name.upper() if suffix == "X" else name + suffix) + ":443"
+
+    assert p.decide(act(f"connect {host(apex)}")).verdict is Verdict.DENY
+    assert p.decide(act(f"connect {host(label + apex)}")).verdict is Verdict.DENY
+    assert p.decide(act(f"connect {host(label + '.' + apex)}")).rule_id == "w"
