@@ -135,8 +135,10 @@ class World:
 
     def guard_run(self, argv: Sequence[str], *, policy: str | Path | None = None,
                   extra_args: Sequence[str] = (), timeout: float = 60, cwd: Path | None = None,
-                  env: Mapping[str, str] | None = None, input: str | None = None) -> Run:
-        cmd = self.guard_run_argv(argv, policy=policy, extra_args=extra_args)
+                  env: Mapping[str, str] | None = None, input: str | None = None,
+                  prefix: Sequence[str] = ()) -> Run:
+        """`prefix` wraps the guard command, e.g. a shell that exports its own pid and execs it."""
+        cmd = [*prefix, *self.guard_run_argv(argv, policy=policy, extra_args=extra_args)]
         proc = subprocess.run(cmd, env={**self.env, **(env or {})}, cwd=cwd or self.ws, capture_output=True,
                               text=True, timeout=timeout, input=input,
                               stdin=None if input is not None else subprocess.DEVNULL)
