@@ -151,6 +151,16 @@ def test_the_command_works_in_the_workspace(ws: Path) -> None:
     assert res.stdout.splitlines() == ["made", str(ws)]
 
 
+def test_git_init_add_commit_in_the_workspace_under_the_default_policy(ws: Path) -> None:
+    """Honest work the issue lists as never denied: a new repository in the workspace."""
+    (ws / "a.txt").write_text("a\n")
+    script = "git init -q && git add -A && git -c user.name=t -c user.email=t@example.org commit -q -m one"
+    res = guard_run(ws, "--", "/bin/sh", "-c", script)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert (ws / ".git" / "HEAD").exists()
+    assert summary_of(res.stderr)["denied"] == "0"
+
+
 # --- 125: the guard could not set the sandbox up, and nothing ran ------------------------------------------
 def test_policy_file_with_an_error_exits_125_naming_file_line_col(ws: Path, tmp_path: Path) -> None:
     bad = tmp_path / "bad.yaml"
