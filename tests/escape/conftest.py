@@ -176,10 +176,12 @@ class World:
         return found
 
     def assert_denied(self, run: Run, op: str, target: str | Path) -> None:
-        """The session recorded a deny (or an unanswered ask) of `op` on `target`."""
+        """The session recorded a deny (or an unanswered ask) of `op` on `target` or on the directory
+        that would have held it (mkdir -p stops at the first refused component)."""
         got = self.decisions(run.session)
-        refused = [(o, t) for o, t, v in got if v in ("deny", "ask")]
-        assert (op, str(target)) in refused, f"no refusal of {op} {target} recorded; decisions: {got}"
+        refused = [t for o, t, v in got if v in ("deny", "ask") and o == op]
+        hit = [t for t in refused if t == str(target) or str(target).startswith(t.rstrip("/") + "/")]
+        assert hit, f"no refusal of {op} {target} recorded; decisions: {got}"
 
     def daemon_status(self) -> dict[str, Any]:
         return dict(json.loads(self.guard("daemon", "status", "--json", check=False).stdout or "{}"))
