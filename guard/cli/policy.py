@@ -25,8 +25,16 @@ _workspace_option = click.option(
 _json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for tools instead of text.")
 
 
-def _workspace(value: Path | None) -> Path:
-    return (value or Path.cwd()).absolute()
+# Inline tests must not depend on where they are run (a workspace of / or $HOME would grant everything),
+# so lint, test and diff judge them against this fixed, non-existent workspace unless told otherwise.
+TEST_WORKSPACE = Path("/guard-test-workspace")
+_test_workspace_option = click.option(
+    "--workspace", type=click.Path(file_okay=False, path_type=Path), default=None,
+    help=f"Directory that ${{workspace}} stands for in the tests (default: {TEST_WORKSPACE}).")
+
+
+def _workspace(value: Path | None, default: Path | None = None) -> Path:
+    return (value or default or Path.cwd()).absolute()
 
 
 def _emit(data: Any) -> None:
@@ -40,11 +48,11 @@ def policy() -> None:
 
 @policy.command()
 @click.argument("files", nargs=-1, required=True)
-@_workspace_option
+@_test_workspace_option
 @_json_option
 def lint(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
     """Report every error (FILE:LINE:COL: message) and warning in each policy; exit 1 on any error."""
-    reports = [lint_policy(ref, workspace=_workspace(workspace)) for ref in files]
+    reports = [lint_policy(ref, workspace=_workspace(workspace, TEST_WORKSPACE)) for ref in files]
     if as_json:
         _emit({"ok": all(r.ok for r in reports), "policies": [r.to_dict() for r in reports]})
     else:
@@ -60,14 +68,14 @@ def lint(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
 
 @policy.command()
 @click.argument("files", nargs=-1, required=True)
-@_workspace_option
+@_test_workspace_option
 @_json_option
 def test(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
     """Run each policy's inline tests; print failures with their location; exit 1 on any failure."""
     ok = True
     out: list[dict[str, Any]] = []
     for ref in files:
-        compiled = compile_policy(ref, workspace=_workspace(workspace))
+        compiled = compile_policy(ref, workspace=_workspace(workspace, TEST_WORKSPACE))
         if compiled.policy is None:
             ok = False
             if as_json:
@@ -159,14 +167,14 @@ def list_cmd(as_json: bool) -> None:
 @policy.command()
 @click.argument("old")
 @click.argument("new")
-@_workspace_option
+@_test_workspace_option
 @_json_option
 def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
     """Compare two policies: rules added, removed or changed, defaults, and test actions decided differently.
 
     Exit 1 when NEW loosens anything (a decision became weaker, or a default did).
     """
-    ws = _workspace(workspace)
+    ws = _workspace(workspace, TEST_WORKSPACE)
     a, b = load_policy(old, workspace=ws), load_policy(new, workspace=ws)
     rules_a = {r.id: r for r in a.rules}
     rules_b = {r.id: r for r in b.rules}

@@ -38,10 +38,11 @@ def test_policy_test_passes_on_every_shipped_policy(tmp_path: Path) -> None:
     assert "(100%)" in out
 
 
-def test_policy_test_as_a_real_process_from_another_directory(tmp_path: Path) -> None:
+def test_policy_test_as_a_real_process_from_the_home_directory(isolated_home: Path) -> None:
+    # run from $HOME: the tests use a fixed workspace, so the home directory is not granted as one
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "guard", "policy", "test", "--json", *SHIPPED],
-                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=60, check=False)
+                          cwd=isolated_home, env=env, capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr + proc.stdout
     data = json.loads(proc.stdout)
     assert data["ok"] is True
