@@ -1,0 +1,291 @@
+"""What `guard run` costs a real session: a fixed file-heavy workload bare, under the guard, and under
+bubblewrap with a comparable policy, interleaved in one run (bare, guard, bwrap, bare, ...) so a busy
+machine slows every mode alike; medians of the rounds.
+
+The workload, the same shell script in every mode, in a fresh directory of a scratch workspace:
+  1. /usr/bin/python3 writes N small files (default 3,000 of 1 KiB, 30 directories) and reads them back;
+  2. /usr/bin/python3 imports a fixed set of standard-library modules;
+  3. `tar cf` of the tree;
+  4. `git add -A && git commit` (the repository is initialised outside the timed run, for every mode).
+Also measured: `launch_ms`, the median wall time of `guard run -- true` with the daemon warm;
+`notified_per_s`, write-opens per second that go through the seccomp supervisor inside `guard run`.
+
+Everything lives under a scratch directory with its own HOME and GUARD_HOME; the daemon started for the
+run is stopped at the end (by pid if it will not stop). Last line: one JSON object.
+Targets (issue 4): ratio <= 1.10, launch_ms <= 50.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+PY = "/usr/bin/python3"
+GUARD = [sys.executable, "-m", "guard"]
+
+FILES_PY = r"""
+import os, sys
+root, n, size = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+blob = bytes(range(256)) * (size // 256) + b"x" * (size % 256)
+dirs = max(1, n // 100)
+for d in range(dirs):
+    os.mkdir(os.path.join(root, f"d{d:03}"))
+for i in range(n):
+    with open(os.path.join(root, f"d{i % dirs:03}", f"f{i:05}.txt"), "wb") as fh:
+        fh.write(blob)
+total = 0
+for dirpath, _dirs, names in os.walk(root):
+    for name in names:
+        with open(os.path.join(dirpath, name), "rb") as fh:
+            total += len(fh.read())
+assert total == n * size, (total, n * size)
+"""
+
+IMPORTS = [
+    "json", "csv", "email.parser", "http.client", "urllib.request", "xml.etree.ElementTree", "sqlite3",
+    "decimal", "fractions", "asyncio", "unittest", "argparse", "logging.handlers", "concurrent.futures",
+    "multiprocessing", "tarfile", "zipfile", "hashlib", "ssl", "difflib", "pathlib", "dataclasses", "typing",
+    "inspect", "ast", "dis", "tokenize", "textwrap", "pprint", "statistics", "random", "uuid", "shutil",
+    "tempfile", "subprocess", "socket", "selectors",
+]
+
+WORKLOAD_SH = f"""set -e
+mkdir tree
+{PY} "$1/files.py" tree "$2" "$3"
+{PY} -c 'import {", ".join(IMPORTS)}'
+tar cf tree.tar tree
+git add -A
+git -c user.name=bench -c user.email=bench@example.invalid commit -q -m bench
+"""
+
+OPENS_PY = r"""
+import os, sys, time
+n = int(sys.argv[1])
+path = "opens.dat"
+flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+os.close(os.open(path, flags, 0o644))
+start = time.perf_counter()
+for _ in range(n):
+    os.close(os.open(path, flags, 0o644))
+print(round(n / (time.perf_counter() - start)))
+"""
+
+
+class BenchError(Exception):
+    """A mode failed to run the workload: the numbers would mean nothing."""
+
+
+def timed(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], what: str) -> float:
+    """Wall seconds of one run; a failure stops the benchmark with the command's own words."""
+    start = time.perf_counter()
+    res = subprocess.run(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL,
+                         capture_output=True, check=False)
+    elapsed = time.perf_counter() - start
+    if res.returncode != 0:
+        tail = (res.stdout + res.stderr).decode(errors="replace")[-1500:]
+        raise BenchError(f"{what}: exit {res.returncode}: {' '.join(argv)}\n{tail}")
+    return elapsed
+
+
+def output_of(argv: Sequence[str], *, cwd: Path, env: Mapping[str, str], what: str) -> str:
+    res = subprocess.run(list(argv), cwd=cwd, env=dict(env), stdin=subprocess.DEVNULL, capture_output=True,
+                         text=True, check=False)
+    if res.returncode != 0:
+        raise BenchError(f"{what}: exit {res.returncode}\n{(res.stdout + res.stderr)[-1500:]}")
+    return res.stdout
+
+
+def bwrap_prefix(workspace: Path, home: Path) -> list[str]:
+    """A bubblewrap policy comparable to coding-agent: system read-only, the workspace read-write, /tmp
+    private, home read-only, every namespace unshared (no network), killed with its parent."""
+    argv = ["bwrap", "--unshare-all", "--die-with-parent", "--dev", "/dev", "--proc", "/proc",
+            "--tmpfs", "/tmp"]
+    for top in ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/opt", "/etc"):
+        if os.path.islink(top):
+            argv += ["--symlink", os.readlink(top), top]
+        elif os.path.isdir(top):
+            argv += ["--ro-bind", top, top]
+    argv += ["--ro-bind", str(home), str(home), "--bind", str(workspace), str(workspace)]
+    return argv
+
+
+class Scratch:
+    """A scratch workspace, HOME and GUARD_HOME, and the environment every mode runs with."""
+
+    def __init__(self, parent: Path | None, files: int, size: int) -> None:
+        self.root = Path(tempfile.mkdtemp(prefix="guard-bench-", dir=parent)).resolve()
+        self.home = self.root / "home"
+        self.guard_home = self.root / "guard-home"
+        self.ws = self.root / "ws"
+        for d in (self.home, self.ws):
+            d.mkdir()
+        self.guard_home.mkdir(mode=0o700)
+        (self.ws / "files.py").write_text(FILES_PY)
+        (self.ws / "workload.sh").write_text(WORKLOAD_SH)
+        (self.ws / "opens.py").write_text(OPENS_PY)
+        self.files, self.size = files, size
+        self.env = {**os.environ, "HOME": str(self.home), "GUARD_HOME": str(self.guard_home),
+                    "XDG_CONFIG_HOME": str(self.home / ".config"),
+                    "XDG_CACHE_HOME": str(self.home / ".cache"),
+                    "XDG_STATE_HOME": str(self.root / "state"), "GIT_CONFIG_NOSYSTEM": "1"}
+        self._n = 0
+
+    def fresh_run_dir(self) -> Path:
+        """A new git repository for one run (initialised here, untimed, the same for every mode)."""
+        self._n += 1
+        run = self.ws / f"run{self._n:04}"
+        run.mkdir()
+        (run / ".gitignore").write_text("*.tar\n")
+        subprocess.run(["git", "init", "-q", str(run)], env=self.env, check=True, stdin=subprocess.DEVNULL)
+        return run
+
+    def workload_argv(self) -> list[str]:
+        return ["/bin/sh", str(self.ws / "workload.sh"), str(self.ws), str(self.files), str(self.size)]
+
+    def guard(self, *args: str) -> list[str]:
+        return [*GUARD, "run", "--workspace", str(self.ws), *args]
+
+    def daemon_pid(self) -> int | None:
+        res = subprocess.run([*GUARD, "daemon", "status", "--json"], env=self.env, capture_output=True,
+                             text=True, check=False)
+        try:
+            info: dict[str, Any] = json.loads(res.stdout)
+        except ValueError:
+            return None
+        return int(info["pid"]) if info.get("running") else None
+
+    def stop_daemon(self) -> None:
+        pid = self.daemon_pid()
+        subprocess.run([*GUARD, "daemon", "stop"], env=self.env, capture_output=True, check=False, timeout=30)
+        if pid is not None:
+            try:
+                os.kill(pid, 0)
+            except ProcessLookupError:
+                return
+            os.kill(pid, signal.SIGKILL)
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
+def median_ms(samples: Sequence[float]) -> float:
+    return round(statistics.median(samples) * 1000, 1)
+
+
+def launch_samples(n: int, argv: Sequence[str], s: Scratch) -> list[float]:
+    return [timed(argv, cwd=s.ws, env=s.env, what=f"launch {argv[0]}") for _ in range(n)]
+
+
+Modes = dict[str, Callable[[Path], list[str]]]
+
+
+def run_rounds(s: Scratch, rounds: int, modes: Modes) -> dict[str, list[float]]:
+    times: dict[str, list[float]] = {m: [] for m in modes}
+    for r in range(rounds):
+        for mode, argv_for in modes.items():
+            run = s.fresh_run_dir()
+            times[mode].append(timed(argv_for(run), cwd=run, env=s.env, what=f"{mode} round {r + 1}"))
+            shutil.rmtree(run)  # untimed: keep the workspace (and guard's launch scan) the same size
+        line = "  ".join(f"{m} {times[m][-1]:.3f}s" for m in modes)
+        print(f"round {r + 1}/{rounds}: {line}", flush=True)
+    return times
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
+    ap.add_argument("--files", type=int, default=3000, help="small files written then read")
+    ap.add_argument("--size", type=int, default=1024, help="bytes per file")
+    ap.add_argument("--launch-runs", type=int, default=20, help="runs of `guard run -- true`")
+    ap.add_argument("--opens", type=int, default=3000, help="write-opens for notified_per_s")
+    ap.add_argument("--policy", default="coding-agent")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="parent of the scratch directory (default: $TMPDIR)")
+    ap.add_argument("--no-bwrap", action="store_true", help="skip bubblewrap even when installed")
+    ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    args = ap.parse_args()
+
+    s = Scratch(args.dir, args.files, args.size)
+    bwrap = None if args.no_bwrap else shutil.which("bwrap")
+    policy = ["--policy", args.policy]
+    modes: Modes = {
+        "bare": lambda run: s.workload_argv(),
+        "guard": lambda run: [*s.guard(*policy), "--", *s.workload_argv()],
+    }
+    if bwrap:
+        modes["bwrap"] = lambda run: [*bwrap_prefix(s.ws, s.home), "--chdir", str(run), "--",
+                                      *s.workload_argv()]
+    try:
+        print(f"scratch {s.root}; workload: {args.files} files of {args.size} B, "
+              f"{len(IMPORTS)} stdlib imports, tar, git add+commit; "
+              f"{args.rounds} rounds of {', '.join(modes)}", flush=True)
+        subprocess.run([*GUARD, "daemon", "start"], env=s.env, check=True, capture_output=True)
+        # Warm-up, untimed: page cache, the daemon's first session, bwrap's first namespace setup.
+        for mode, argv_for in modes.items():
+            run = s.fresh_run_dir()
+            timed(argv_for(run), cwd=run, env=s.env, what=f"{mode} warm-up")
+            shutil.rmtree(run)
+        times = run_rounds(s, args.rounds, modes)
+
+        true_guard = launch_samples(args.launch_runs, [*s.guard(*policy), "--", "true"], s)
+        true_bare = launch_samples(args.launch_runs, ["true"], s)
+        cli_floor = launch_samples(args.launch_runs, [*GUARD, "--version"], s)
+        true_bwrap = (launch_samples(args.launch_runs, [*bwrap_prefix(s.ws, s.home), "--", "true"], s)
+                      if bwrap else None)
+
+        opens_argv = [PY, str(s.ws / "opens.py"), str(args.opens)]
+        notified = int(output_of([*s.guard(*policy), "--", *opens_argv], cwd=s.ws, env=s.env,
+                                 what="notified write-opens").split()[-1])
+        opens_bare = int(output_of(opens_argv, cwd=s.ws, env=s.env, what="bare write-opens").split()[-1])
+    except BenchError as exc:
+        print(f"bench_run: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        s.stop_daemon()
+        if args.keep:
+            print(f"kept {s.root}")
+        else:
+            s.cleanup()
+
+    bare_s = statistics.median(times["bare"])
+    guard_s = statistics.median(times["guard"])
+    bwrap_s = statistics.median(times["bwrap"]) if "bwrap" in times else None
+    result = {
+        "bare_s": round(bare_s, 3),
+        "guard_s": round(guard_s, 3),
+        "ratio": round(guard_s / bare_s, 3),
+        "bwrap_s": round(bwrap_s, 3) if bwrap_s is not None else None,
+        "bwrap_ratio": round(bwrap_s / bare_s, 3) if bwrap_s is not None else None,
+        "notified_per_s": notified,
+        "bare_write_opens_per_s": opens_bare,
+        "launch_ms": median_ms(true_guard),
+        "launch_bare_ms": median_ms(true_bare),
+        "launch_bwrap_ms": median_ms(true_bwrap) if true_bwrap is not None else None,
+        "cli_floor_ms": median_ms(cli_floor),
+        "rounds": args.rounds,
+        "files": args.files,
+        "policy": args.policy,
+    }
+    print(f"workload: bare {result['bare_s']} s, guard {result['guard_s']} s (ratio {result['ratio']}, "
+          f"target <= 1.10), bwrap {result['bwrap_s']} s (ratio {result['bwrap_ratio']})")
+    print(f"launch: guard run -- true {result['launch_ms']} ms (target <= 50), "
+          f"bare {result['launch_bare_ms']} ms, "
+          f"bwrap {result['launch_bwrap_ms']} ms, `python -m guard --version` {result['cli_floor_ms']} ms")
+    print(f"write-opens: {notified}/s through the supervisor, {opens_bare}/s bare")
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
