@@ -5,8 +5,10 @@
 
 With --out DIR, DIR is used as $GUARD_HOME (DIR/log, DIR/keys) and DIR/root.pub is written, so anyone can
 run `guard audit verify --log DIR/log --key DIR/root.pub` on the result. The verifier runs in a child process
-so its peak RSS is its own. The baseline (sign and verify each record with Ed25519, as a naive signed log
-would) is measured in the same run on the first min(N, 20,000) records. Last line: one JSON object.
+so its peak RSS is its own. Rates are wall-clock records/s; the *_cpu_per_s fields divide by the
+process's own CPU time, which is what "on one core" means on a shared machine. The baseline (sign and
+verify each record with Ed25519, as a naive signed log would) is measured in the same run on the first
+min(N, 20,000) records. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -29,24 +31,33 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey 
 from guard.audit import AuditWriter, Keyring, decision_event, session_event  # noqa: E402
 from guard.model import Action, Decision, Op, Verdict  # noqa: E402
 
-VERIFY_CHILD = """
-import resource, sys, time, json
+PEAK = """
+def peak_mb():
+    # VmHWM is per address space, so unlike ru_maxrss it does not inherit the forking parent's peak
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return float("nan")
+"""
+
+VERIFY_CHILD = PEAK + """
+import sys, time, json
 from pathlib import Path
 from guard.audit.keys import read_pinned_key
 from guard.audit.segments import verify_log
 root = read_pinned_key(Path(sys.argv[2])).public
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 report = verify_log(Path(sys.argv[1]), root)
-elapsed = time.perf_counter() - t
-print(json.dumps({"seconds": elapsed, "exit_code": report.exit_code, "leaves": report.leaves,
-                  "records": report.records,
-                  "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+elapsed, cpu = time.perf_counter() - t, time.process_time() - c
+print(json.dumps({"seconds": elapsed, "cpu_seconds": cpu, "exit_code": report.exit_code,
+                  "leaves": report.leaves, "records": report.records,
+                  "peak_rss_mb": peak_mb()}))
 """
 
-IDLE_CHILD = """
-import resource, json
+IDLE_CHILD = PEAK + """
+import json
 import guard.audit.segments, guard.audit.keys
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+print(json.dumps({"peak_rss_mb": peak_mb()}))
 """
 
 
@@ -130,7 +141,7 @@ def main() -> None:
     pin = home / "root.pub"
     pin.write_text(Keyring(home).root().encode() + "\n")
 
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     with AuditWriter(home) as w:
         append = w.append
         done = 0
@@ -138,7 +149,7 @@ def main() -> None:
             for ev in chunk[: n - done]:
                 append(ev)
             done += min(len(chunk), n - done)
-    append_s = time.perf_counter() - t
+    append_s, append_cpu = time.perf_counter() - t, time.process_time() - c
     print(f"append: {n} records in {append_s:.2f} s ({n / append_s:,.0f}/s, fdatasync at each checkpoint)")
 
     env = {**os.environ, "PYTHONPATH": str(REPO)}
@@ -165,6 +176,8 @@ def main() -> None:
         "baseline_append_per_s": round(b_append), "baseline_verify_per_s": round(b_verify),
         "append_speedup": round(n / append_s / b_append, 1),
         "verify_speedup": round(ver["records"] / ver["seconds"] / b_verify, 1),
+        "append_cpu_per_s": round(n / append_cpu),
+        "verify_cpu_per_s": round(ver["records"] / ver["cpu_seconds"]),
         "verify_seconds": round(ver["seconds"], 2), "verify_peak_rss_mb": round(ver["peak_rss_mb"], 1),
         "idle_rss_mb": round(idle["peak_rss_mb"], 1), "log_bytes": log_bytes, "cores_used": 1,
     }

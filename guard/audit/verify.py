@@ -228,7 +228,7 @@ class LogVerifier:
         opts = orjson.OPT_SORT_KEYS
         sha256 = hashlib.sha256
         frontier = self._frontier
-        stack = frontier.stack
+        push, pop = frontier.stack.append, frontier.stack.pop
         record_types = RECORD_TYPES
         verdicts = _VERDICTS
         witness_at = self.witness.checkpoint.size - 1 if self.witness is not None else -1
@@ -241,20 +241,21 @@ class LogVerifier:
             lineno += 1
             try:
                 obj = loads(data)
-            except ValueError:
-                obj = None
-            if (idx == witness_at or type(obj) is not dict or obj.get("seq") != idx
-                    or (kind := obj.get("type")) not in record_types
-                    or type(ts := obj.get("ts")) is not str or len(ts) != 27
-                    or type(obj.get("session")) is not str
-                    or (kind == "decision" and (
-                        type(action := obj.get("action")) is not dict or type(action.get("op")) is not str
-                        or type(action.get("target")) is not str
-                        or type(decision := obj.get("decision")) is not dict
-                        or decision.get("verdict") not in verdicts))
-                    or dumps(obj, option=opts) != data):
+                ts = obj["ts"]
+                kind = obj["type"]
+                seq = obj["seq"]
+                ok = (seq == idx and type(seq) is int and kind in record_types
+                      and type(ts) is str and len(ts) == 27 and type(obj["session"]) is str
+                      and (kind != "decision" or (type(obj["action"]["op"]) is str
+                                                  and type(obj["action"]["target"]) is str
+                                                  and obj["decision"]["verdict"] in verdicts))
+                      and idx != witness_at and dumps(obj, option=opts) == data)
+            except (ValueError, KeyError, TypeError):
+                ok = False
+            if not ok:
                 self._records += records
                 records = 0
+                frontier.size = idx
                 if fast:
                     self._last_seq = idx - 1
                     self._last_ts = last_ts
@@ -268,11 +269,11 @@ class LogVerifier:
             h = sha256(b"\x00" + data).digest()
             n = idx
             while n & 1:
-                h = sha256(b"\x01" + stack.pop() + h).digest()
+                h = sha256(b"\x01" + pop() + h).digest()
                 n >>= 1
-            stack.append(h)
+            push(h)
             idx += 1
-            frontier.size = idx
+        frontier.size = idx
         self._records += records
         if lines:
             self._seg_lines = lineno
@@ -294,7 +295,7 @@ class LogVerifier:
             self._last_seq += 1
             return
         seq = obj.get("seq")
-        if seq != idx and not (type(seq) is int and seq == self._last_seq + 1):
+        if type(seq) is not int or (seq != idx and seq != self._last_seq + 1):
             self._add("bad-seq", f"seq {seq!r} where {self._last_seq + 1} follows {self._last_seq}: "
                       "records were deleted, reordered, inserted or replayed", seq=idx, line=lineno)
         self._last_seq = seq if type(seq) is int else idx
