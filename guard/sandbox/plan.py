@@ -227,12 +227,13 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         deny_notes.extend(facts.capped)
     open_missing = [m for m in facts.missing if m.rule_id != SELF_PROTECTION_RULE
                     and _granted(m.ancestor, Op.WRITE, grants)]
-    if overlaps:
+    if overlaps:  # Landlock cannot carve an except out of a grant, and a mask would hide the other grant
         deny_state = State.PARTLY
         deny_notes.append("excepts overlapping other grants, not masked: " + ", ".join(overlaps))
+    # By design, not a host shortfall (so not PARTLY, and no warning at every launch): a denied path
+    # created after launch is refused by the decision tier.
     if open_missing:
-        deny_state = State.PARTLY
-        deny_notes.append("created after launch only the decision tier can refuse: "
+        deny_notes.append("absent at launch, so the decision tier refuses creating them: "
                           + ", ".join(sorted({m.pattern for m in open_missing})))
     hides = sum(1 for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.HIDE_FILE))
     ro = sum(1 for m in mounts if m.kind is MountKind.READ_ONLY)

@@ -313,21 +313,14 @@ def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterator[tuple[s
 
 
 def _walk_roots(grants: list[tuple[str, frozenset[Op], str]], workspace: str, home: str) -> list[str]:
-    """Granted directories worth scanning: writable ones (the agent could create files there, and
-    anything planted there before launch is in reach), and anything granted under home or the workspace
-    (where secrets live). System trees granted read-only are not walked (reported by the planner)."""
-    roots = {workspace} if os.path.isdir(workspace) else set()
-    for prefix, ops, _ in grants:
-        if any(is_beneath(prefix, p) for p in _PSEUDO_ROOTS) or not os.path.isdir(prefix):
-            continue
-        if Op.WRITE in ops or is_beneath(prefix, home) or is_beneath(prefix, workspace):
-            roots.add(os.path.realpath(prefix))
-    ordered = sorted(roots, key=lambda p: (p.count("/"), p))
-    kept: list[str] = []
-    for root in ordered:
-        if not any(is_beneath(root, k) for k in kept):
-            kept.append(root)
-    return kept
+    """The trees walked for glob denies and planted hard links: the workspace, where projects keep their
+    `.env` files and where something outside the sandbox may have planted a link before launch.
+
+    Walking every granted tree (toolchains, caches, /tmp) costs seconds on a real workstation at every
+    launch; elsewhere, literal denies are still masked, and writes matching a glob deny are refused by
+    the decision tier whenever they happen. docs/sandbox.md says what that leaves open."""
+    del grants, home
+    return [workspace] if os.path.isdir(workspace) else []
 
 
 def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
@@ -376,6 +369,12 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         via = "except" if t.carve else "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern"
         m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, via)
         record(m)
+        if t.carve or Op.READ not in t.ops:
+            # Other names are hunted for secrets (read denies) only. An except is just "not granted by
+            # that rule"; write-protected trees (toolchains: hundreds of thousands of files) would cost
+            # seconds at every launch, so a hard link planted in the workspace to a toolchain file is
+            # not found (docs/sandbox.md lists this).
+            continue
         if fact.kind == "dir":
             for path, kind in _walk(fact.resolved, budget, unreadable):
                 if kind == "file":
@@ -386,6 +385,16 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
     # one walk of the granted trees: glob matches by name, and the regular files an alias could hide in
     globs = [t for t in targets if not t.subtree]
     roots = _walk_roots(grants, ws, home_dir)
+    # a granted tree that is not walked may still lie wholly inside a glob deny (a grant of
+    # `x/.git/hooks/**` against a deny of `**/.git/hooks/**`): that costs one match per grant, no walk
+    for prefix, _, _ in grants:
+        if any(is_beneath(prefix, r) for r in roots) or facts[prefix].kind != "dir":
+            continue
+        for t in globs:
+            if t.glob.matches(prefix):
+                record(Match(facts[prefix].resolved, "dir", t.rule_id, t.ops, t.verdict,
+                             f"{'except' if t.carve else 'glob'} {t.pattern}"))
+                break
     candidates: list[str] = []
     for root in roots:
         relevant = [t for t in globs if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]

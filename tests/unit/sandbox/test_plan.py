@@ -160,14 +160,15 @@ def test_landlock_grants_from_literal_prefixes(tree: dict[str, Path]) -> None:
     assert "missing at launch, so not granted" in plan.report.get("files: allowlist (Landlock)").reason
 
 
-def test_missing_deny_under_a_writable_tree_is_reported_partly(tree: dict[str, Path]) -> None:
+def test_missing_deny_under_a_writable_tree_is_left_to_the_decision_tier(tree: dict[str, Path]) -> None:
+    """Nothing exists to mask; creating it later is refused by the supervisor. That is the design, not a
+    host shortfall, so the protection stays fully enforced (and --require-full does not refuse it)."""
     pol = _policy(tree, Rule("secret", Verdict.DENY, RW, (f"{tree['ws']}/secrets/**",)))
     facts, plan = _plan(tree, pol)
     assert [m.ancestor for m in facts.missing] == [str(tree["ws"])]
     prot = plan.report.get("files: denies inside granted trees")
-    assert prot.state is State.PARTLY and "secrets" in prot.reason
-    with pytest.raises(SandboxError, match="denies inside granted trees"):
-        plan.report.require_full()
+    assert prot.state is State.FULLY and "secrets" in prot.reason and "decision tier" in prot.reason
+    assert not plan.report.warnings()
 
 
 def test_capped_scan_is_reported(tree: dict[str, Path]) -> None:
