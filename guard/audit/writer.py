@@ -46,7 +46,8 @@ CHECKPOINT_EVERY = 1000  # records
 CHECKPOINT_INTERVAL = 0.5  # seconds; with tick() every <=250 ms a record is sealed within 1 s
 EPOCH_CHECKPOINTS = 60  # a new epoch key at least every 60 checkpoints ...
 EPOCH_SECONDS = 60.0  # ... or every 60 seconds, whichever comes first (docs/audit-format.md)
-SEGMENT_MAX_BYTES = 64 << 20
+SEGMENT_MAX_BYTES = 64 << 20  # segments rotate after a seal once past either limit
+SEGMENT_MAX_LINES = 250_000
 BUFFER_BYTES = 1 << 18
 
 
@@ -56,7 +57,8 @@ class AuditWriter:
     def __init__(self, home: Path, *, now: Callable[[], float] = time.time,
                  checkpoint_every: int = CHECKPOINT_EVERY, checkpoint_interval: float = CHECKPOINT_INTERVAL,
                  epoch_checkpoints: int = EPOCH_CHECKPOINTS, epoch_seconds: float = EPOCH_SECONDS,
-                 segment_max_bytes: int = SEGMENT_MAX_BYTES, new_key: KeyFactory = Ed25519PrivateKey.generate,
+                 segment_max_bytes: int = SEGMENT_MAX_BYTES, segment_max_lines: int = SEGMENT_MAX_LINES,
+                 new_key: KeyFactory = Ed25519PrivateKey.generate,
                  sync: bool = True) -> None:
         if checkpoint_every < 1 or checkpoint_interval <= 0 or epoch_checkpoints < 1 or epoch_seconds <= 0:
             raise AuditError("checkpoint and epoch limits must be positive")
@@ -68,6 +70,7 @@ class AuditWriter:
         self._epoch_checkpoints_max = epoch_checkpoints
         self._epoch_seconds = epoch_seconds
         self._segment_max = segment_max_bytes
+        self._segment_max_lines = segment_max_lines
         self._new_key = new_key
         self._sync = sync
         self._keyring = Keyring(home)
@@ -87,6 +90,7 @@ class AuditWriter:
         self._last_t = 0.0
         self._segment_index = 0
         self._segment_bytes = 0
+        self._segment_start = 0  # leaf index of the current segment's first line (or of this open)
         self._sealed = 0
         self._syncer: _Syncer | None = None
 
@@ -217,6 +221,7 @@ class AuditWriter:
             self._open_segment(state.segment_index + 1)
         else:
             self._open_segment(max(state.segment_index, 0))
+            self._segment_start -= state.segment_lines
         if torn is not None:
             self._append_locked({"type": LINE_RECOVERY, "segment": torn.segment, "torn_bytes": torn.size,
                                  "torn_sha256": torn.sha256})
@@ -317,7 +322,8 @@ class AuditWriter:
             self._write_line(encode({"epoch": key.epoch, "note": note, "seq": n, "type": LINE_CHECKPOINT}))
             self._seal_written(seal_index=n)
             self._epoch_checkpoints += 1
-        if self._segment_bytes >= self._segment_max:
+        if (self._segment_bytes >= self._segment_max
+                or self._frontier.size - self._segment_start >= self._segment_max_lines):
             self._open_segment(self._segment_index + 1)
 
     def _seal_written(self, *, seal_index: int, wait: bool = False) -> None:
@@ -364,6 +370,7 @@ class AuditWriter:
         self._fd = fd
         self._segment_index = index
         self._segment_bytes = os.fstat(fd).st_size
+        self._segment_start = self._frontier.size
         if self._sync:
             dfd = os.open(self.log, os.O_RDONLY | os.O_DIRECTORY)
             try:

@@ -124,6 +124,15 @@ def test_segments_rotate_after_a_seal(guard_home: Path, root: VerifierKey, write
     assert verify_log(guard_home / "log", root.public).exit_code == 0
 
 
+def test_segments_rotate_by_line_count(guard_home: Path, root: VerifierKey, write_log: WriteLog) -> None:
+    write_log(20, segment_max_lines=8)
+    write_log(20, start=20, segment_max_lines=8)  # the count carries over a restart
+    segs = list_segments(guard_home / "log")
+    counts = [len(s.path.read_bytes().split(b"\n")) - 1 for s in segs]
+    assert len(segs) >= 5 and max(counts) <= 8 + 5  # rotation waits for the next seal (every 5 records)
+    assert verify_log(guard_home / "log", root.public).exit_code == 0
+
+
 def test_torn_tail_is_reported_then_acknowledged(guard_home: Path, root: VerifierKey,
                                                  write_log: WriteLog) -> None:
     write_log(12)
