@@ -138,7 +138,12 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         raise SandboxError("no command given", hint="guard run -- COMMAND [ARGS...]")
     home = guard_home(opts.env)
     workspace = opts.workspace.resolve()
-    policy = load_policy(opts.policy, workspace=workspace, env=opts.env)
+    _refuse_broad_workspace(workspace, opts.env)
+    try:
+        policy = load_policy(opts.policy, workspace=workspace, env=opts.env)
+    except GuardError as exc:  # no policy, no sandbox: 125, with the file:line:col diagnostics intact
+        raise SandboxError(f"policy {opts.policy!r} could not be loaded, nothing was started:\n"
+                           f"{exc.diagnostics()}") from exc
 
     try:
         client = DaemonClient.ensure_running(home)
@@ -202,6 +207,15 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         client.close()
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
+
+
+def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
+    """A workspace is read/write for the agent: the home directory or / would hand it nearly everything."""
+    home = Path(env.get("HOME") or Path.home()).resolve()
+    if workspace in (Path("/"), home) or home.is_relative_to(workspace):
+        raise SandboxError(f"refusing workspace {workspace}: it contains your home directory, so the agent "
+                           "could write nearly everything you can",
+                           hint="cd into a project directory, or pass --workspace DIR")
 
 
 def _wait_forwarding_signals(proc: Any) -> int:
