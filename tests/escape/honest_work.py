@@ -1,0 +1,84 @@
+"""The reverse of the attacks: ordinary work an agent does must not be denied under coding-agent.
+
+Each run must exit 0 with no denial in its summary, and produce what the same command produces bare.
+"""
+
+from __future__ import annotations
+
+import shutil
+
+import pytest
+
+pytestmark = pytest.mark.timeout(120)
+
+
+def _ok(run) -> None:
+    assert run.returncode == 0, run
+    assert run.summary is not None and run.summary["denied"] == 0, run
+
+
+def test_git_init_add_commit_reads_gitconfig(world):
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    run = world.guard_run(world.sh(
+        "mkdir -p proj && cd proj && git init -q . && echo hello > README && git add README && "
+        "git commit -q -m first && git log --format='%an <%ae> %s'"))
+    _ok(run)
+    assert "Escape Tester <escape@example.invalid> first" in run.stdout, run
+
+
+def test_python_imports(world):
+    run = world.guard_run(world.py(
+        "import json, sqlite3, ssl, hashlib, tempfile\n"
+        "db = sqlite3.connect('honest.db'); db.execute('create table t (x)'); db.commit()\n"
+        "with tempfile.NamedTemporaryFile() as f: f.write(b'x')\n"
+        "print('IMPORTS-OK', ssl.OPENSSL_VERSION.split()[0], json.dumps([1]))\n"))
+    _ok(run)
+    assert "IMPORTS-OK" in run.stdout and (world.ws / "honest.db").exists(), run
+
+
+def test_node_imports(world):
+    if shutil.which("node", path="/usr/local/bin:/usr/bin:/bin") is None:
+        pytest.skip("node is not installed")
+    run = world.guard_run(["node", "-e", "const c = require('crypto'); require('fs').writeFileSync('n.txt', "
+                                         "c.randomBytes(4).toString('hex')); console.log('NODE-OK')"])
+    _ok(run)
+    assert "NODE-OK" in run.stdout and (world.ws / "n.txt").exists(), run
+
+
+def test_gcc_compiles_and_runs_hello(world):
+    if shutil.which("gcc") is None:
+        pytest.skip("gcc is not installed")
+    (world.ws / "hello.c").write_text('#include <stdio.h>\nint main(void){puts("HELLO-C");return 0;}\n')
+    run = world.guard_run(world.sh("gcc -O1 -o hello hello.c && ./hello"))
+    _ok(run)
+    assert "HELLO-C" in run.stdout, run
+
+
+def test_pip_reads_its_cache(world):
+    (world.home / ".cache" / "pip" / "selfcheck").mkdir(parents=True, exist_ok=True)
+    bare = world.bare_run(["python3", "-m", "pip", "--version"])
+    if bare.returncode != 0:
+        pytest.skip(f"pip is not installed for the system python: {bare.stderr.strip()}")
+    run = world.guard_run(world.sh("python3 -m pip --version && python3 -m pip list --disable-pip-version-check"))
+    _ok(run)
+    assert "pip " in run.stdout, run
+
+
+def test_read_gitconfig_and_tar(world):
+    run = world.guard_run(world.sh(f'cat "{world.home}/.gitconfig" && mkdir -p t && echo a > t/a && '
+                                   'tar czf t.tgz t && tar tzf t.tgz'))
+    _ok(run)
+    assert "Escape Tester" in run.stdout and "t/a" in run.stdout, run
+
+
+def test_o_tmpfile_in_workspace(world):
+    """O_TMPFILE (an unnamed file, then linked into place) is how careful tools write atomically."""
+    run = world.guard_run(world.py(
+        "import os\nfd = os.open('.', os.O_TMPFILE | os.O_WRONLY, 0o644)\nos.write(fd, b'x')\nprint('TMPFILE-OK')\n"))
+    _ok(run)
+    assert "TMPFILE-OK" in run.stdout, run
+
+
+def test_zz_trail_verifies(world):
+    world.check_trail()
