@@ -342,6 +342,15 @@ class AuditWriter:
         else:
             syncer.submit(os.dup(self._fd), seal_index)
 
+    def seal(self) -> None:
+        """Seal every record appended so far, now (a session ended: its trail should verify at once)."""
+        with self._lock:
+            if self._fd is None:
+                raise AuditError("audit writer is not open",
+                                 hint="call open() or use it as a context manager")
+            if self._pending:
+                self._seal()
+
     def sync(self) -> int:
         """Wait for the last checkpoint's fdatasync; returns `sealed_size`."""
         with self._lock:

@@ -573,6 +573,7 @@ class Daemon:
         if summary is not None:
             extra["summary"] = summary
         self._audit.append(session_event(session.id, "end", **extra))
+        self._audit.seal()  # a finished session's trail verifies at once, not at the next tick
         self._rewatch()
 
     # ---- policy reload ---------------------------------------------------------------------------

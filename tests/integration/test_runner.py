@@ -36,3 +36,18 @@ def test_a_project_inside_the_home_directory_is_accepted(isolated_home: Path) ->
         assert (project / "out.txt").read_text() == "ok\n"
     finally:
         subprocess.run([sys.executable, "-m", "guard", "daemon", "stop"], capture_output=True, timeout=30)
+
+
+def test_a_finished_session_is_sealed_at_once(isolated_home: Path) -> None:
+    """An auditor running verify right after a session must not see its records as unsealed."""
+    project = isolated_home / "project"
+    project.mkdir()
+    env = dict(os.environ)
+    try:
+        res = guard_run(project, "--", "/bin/sh", "-c", "echo hi > a.txt; cat /etc/hostname >/dev/null")
+        assert res.returncode == 0, res.stderr
+        verify = subprocess.run([sys.executable, "-m", "guard", "audit", "verify", "--json"], env=env,
+                                capture_output=True, text=True, timeout=60)
+        assert verify.returncode == 0, verify.stdout + verify.stderr
+    finally:
+        subprocess.run([sys.executable, "-m", "guard", "daemon", "stop"], capture_output=True, timeout=30)

@@ -78,6 +78,23 @@ def test_idle_records_are_sealed_by_tick(guard_home: Path, root: VerifierKey, cl
         assert verify_log(guard_home / "log", root.public).exit_code == 0
 
 
+def test_seal_seals_everything_now_without_waiting_for_the_interval(guard_home: Path, root: VerifierKey,
+                                                                     clock: Clock) -> None:
+    with AuditWriter(guard_home, now=clock, checkpoint_interval=60, checkpoint_every=1000) as w:
+        for i in range(3):
+            w.append(sample_event(i))
+        w.tick()  # not due for a minute
+        assert verify_log(guard_home / "log", root.public).exit_code == 3
+        w.seal()
+        assert w.sync() == 4  # genesis + 3 records
+        assert verify_log(guard_home / "log", root.public).exit_code == 0
+        w.seal()  # nothing pending: no empty checkpoint
+        assert w.sync() == 4
+    w2 = AuditWriter(guard_home, now=clock)
+    with pytest.raises(AuditError, match="not open"):
+        w2.seal()
+
+
 def test_close_seals_the_tail(guard_home: Path, root: VerifierKey, clock: Clock) -> None:
     w = AuditWriter(guard_home, now=clock, checkpoint_every=1000).open()
     for i in range(7):
