@@ -13,7 +13,8 @@ from typing import Any
 
 import click
 
-from guard.model import Verdict
+from guard.errors import UsageError
+from guard.model import Op, Verdict
 from guard.policy import Explanation, Policy, compile_policy, load_policy
 from guard.policy.lint import lint as lint_policy
 from guard.policy.lint import own_rule_ids
@@ -114,19 +115,41 @@ def _print_test_report(ref: str, report: TestReport) -> None:
 @click.argument("policy_ref", metavar="POLICY")
 @click.argument("action", nargs=-1, required=True)
 @_workspace_option
+@click.option("--resolve", "resolve", multiple=True, metavar="NAME:ADDR",
+              help="For connect: pin a name as `guard run --resolve` does.")
+@click.option("--no-resolve", is_flag=True, help="For connect: do not ask what the proxy would do (no DNS).")
 @_json_option
-def explain(policy_ref: str, action: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
+def explain(policy_ref: str, action: tuple[str, ...], workspace: Path | None, resolve: tuple[str, ...],
+            no_resolve: bool, as_json: bool) -> None:
     """Decide ACTION ("read ~/.ssh/id_rsa", "connect pypi.org:443", "run git push") and say why.
 
-    POLICY is a shipped policy name (see `guard policy list`) or a policy file.
+    POLICY is a shipped policy name (see `guard policy list`) or a policy file. For `connect`, also
+    shows what the guard's proxy would do: what the host resolves to and which addresses it would use
+    (a name the policy refuses is never resolved).
     """
+    from guard.cli.run import parse_resolve
+
+    pins = parse_resolve(resolve)
     loaded = load_policy(policy_ref, workspace=_workspace(workspace))
     parsed = loaded.action(" ".join(action), cwd=os.getcwd())
     explanation = loaded.explain(parsed)
+    proxy = None
+    if parsed.op is Op.CONNECT and not no_resolve:
+        from guard.net.explain import explain_connect
+
+        host, port = parsed.host_port()
+        if port is None:
+            raise UsageError(f"connect {parsed.target!r}: name a port (host:port) to ask the proxy")
+        proxy = explain_connect(loaded, host, port, resolve=pins)
     if as_json:
-        _emit({"policy": loaded.name, **explanation.to_dict()})
+        _emit({"policy": loaded.name, **explanation.to_dict(),
+               **({"proxy": proxy.to_dict()} if proxy else {})})
         return
     _print_explanation(loaded, explanation)
+    if proxy is not None:
+        verdict = "ALLOW" if proxy.allowed else "DENY"
+        rule = f" (rule {proxy.rule_id})" if proxy.rule_id else ""
+        click.echo(f"proxy:   {verdict}{rule}: {proxy.reason}")
 
 
 def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> None:

@@ -10,7 +10,7 @@ import click
 from guard.errors import UsageError
 
 
-def _parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
+def parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
     import ipaddress
 
     out: dict[str, str] = {}
@@ -45,5 +45,5 @@ def run(policy: str, workspace: Path | None, require_full: bool, json_summary: b
     cwd = Path.cwd()
     opts = RunOptions(argv=tuple(command), policy=policy, workspace=(workspace or cwd).resolve(), cwd=cwd,
                       require_full=require_full, json_summary=json_summary,
-                      resolve=_parse_resolve(resolve))
+                      resolve=parse_resolve(resolve))
     sys.exit(run_guarded(opts).status)
