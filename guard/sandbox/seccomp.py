@@ -15,8 +15,10 @@ Shape of the filter, and why:
 - Syscalls whose outcome does not depend on arguments are decided before any argument is loaded, so the
   kernel's per-syscall allow cache (5.11+) skips the filter for them entirely.
 - With `notify`, exec, write-intent opens (decided in BPF from the flags, so read-only opens never leave
-  the kernel), openat2 and path-creating/removing syscalls return SECCOMP_RET_USER_NOTIF. `full_audit`
-  notifies every open as well, which roughly doubles the cost of file-heavy work.
+  the kernel), openat2, path-creating/removing syscalls and attribute changes (mode, owner, times,
+  xattrs, inode flags, truncation) return SECCOMP_RET_USER_NOTIF. Landlock has no right for attribute
+  changes at all, so without this tier `chmod` reaches any file the user owns. `full_audit` notifies every
+  open as well, which roughly doubles the cost of file-heavy work.
 """
 
 from __future__ import annotations
@@ -50,6 +52,9 @@ def arg_lo(i: int) -> int:
 O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
 WRITE_INTENT = O_WRONLY | O_RDWR | O_CREAT | O_TRUNC
 TIOCSTI, TIOCLINUX = 0x5412, 0x541C
+# chattr's ioctls: they change inode flags (append-only, immutable, nodump, ...) through any open fd.
+FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR = 0x40086602, 0x40046602, 0x401C5820
+NOTIFIED_IOCTLS = (FS_IOC_SETFLAGS, FS_IOC32_SETFLAGS, FS_IOC_FSSETXATTR)
 CLONE_NEW_MASK = 0x00020000 | 0x02000000 | 0x04000000 | 0x08000000 | 0x10000000 | 0x20000000 | 0x40000000
 CLONE_NEWTIME = 0x00000080  # only meaningful to unshare/setns (in clone() it is part of CSIGNAL)
 PER_LINUX, PER_QUERY = 0x0, 0xFFFFFFFF
@@ -73,6 +78,10 @@ NOTIFIED = (
     "execve", "execveat", "openat2", "creat",
     "rename", "renameat", "renameat2", "link", "linkat", "symlink", "symlinkat",
     "mkdir", "mkdirat", "mknod", "mknodat", "truncate", "unlink", "unlinkat", "rmdir",
+    *("chmod", "fchmod", "fchmodat", "fchmodat2", "chown", "fchown", "lchown", "fchownat",
+      "utime", "utimes", "futimesat", "utimensat",
+      "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
+      "setxattrat", "removexattrat", "file_setattr", "ftruncate"),
 )
 FLAG_OPENS = {"openat": 2, "open": 1}  # syscall -> index of its flags argument
 
@@ -93,6 +102,10 @@ _X86_64 = {
     "rename": 82, "renameat": 264, "renameat2": 316, "link": 86, "linkat": 265, "symlink": 88,
     "symlinkat": 266, "mkdir": 83, "mkdirat": 258, "mknod": 133, "mknodat": 259, "truncate": 76,
     "unlink": 87, "unlinkat": 263, "rmdir": 84,
+    "chmod": 90, "fchmod": 91, "fchmodat": 268, "fchmodat2": 452, "chown": 92, "fchown": 93,
+    "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
+    "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
+    "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 77,
 }
 
 # The generic table (asm-generic/unistd.h) as arm64 uses it; it has no legacy path syscalls.
@@ -110,6 +123,9 @@ _AARCH64 = {
     "adjtimex": 171, "unshare": 97, "clone": 220, "clone3": 435, "personality": 92, "ioctl": 29,
     "execve": 221, "execveat": 281, "openat": 56, "openat2": 437, "renameat": 38, "renameat2": 276,
     "linkat": 37, "symlinkat": 36, "mkdirat": 34, "mknodat": 33, "truncate": 45, "unlinkat": 35,
+    "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
+    "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
+    "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 46,
 }
 
 
@@ -191,6 +207,9 @@ def build_filter(spec: SeccompSpec) -> bytes:
                 a.jset(WRITE_INTENT, jt="notify", jf="allow")
     a.label("ioctl")
     a.load_abs(arg_lo(1))
+    if spec.notify:
+        for cmd in NOTIFIED_IOCTLS:
+            a.jeq(cmd, jt="notify")
     a.jeq(TIOCSTI, jt="eperm")
     a.jeq(TIOCLINUX, jt="eperm", jf="allow")
     a.label("clone")

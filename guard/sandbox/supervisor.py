@@ -75,6 +75,14 @@ class _Reply(Exception):
         self.err = err
 
 
+class _Unvouched(_Reply):
+    """EACCES because the object is a file we cannot name in the task's view (deleted, or reached
+    through a descriptor or directory from outside it): there is no path to decide on."""
+
+    def __init__(self) -> None:
+        super().__init__(errno.EACCES)
+
+
 class _Gone(Exception):
     """The notification is no longer valid (task died or was interrupted): nothing to answer."""
 
@@ -105,6 +113,49 @@ _PATH_OPS: dict[str, tuple[_PathArg, ...]] = {
     "unlinkat": (_PathArg(0, 1, False),),
     "rmdir": (_PathArg(_AT, 0, False),),
 }
+
+
+@dataclass(frozen=True, slots=True)
+class _AttrArg:
+    """Where an attribute-changing syscall names its object: a dirfd (or the fd itself, for the f*
+    calls), a path (None: the fd alone), an AT_* flags argument, and whether the final symlink is
+    followed when the flags do not say AT_SYMLINK_NOFOLLOW."""
+
+    fd_arg: int | None
+    path_arg: int | None
+    flags_arg: int | None
+    follow: bool
+
+
+# syscall -> the object whose mode, owner, times, xattrs or inode flags it changes (op WRITE on it).
+_ATTR_OPS: dict[str, _AttrArg] = {
+    "chmod": _AttrArg(_AT, 0, None, True),
+    "fchmodat": _AttrArg(0, 1, None, True),
+    "fchmodat2": _AttrArg(0, 1, 3, True),
+    "chown": _AttrArg(_AT, 0, None, True),
+    "lchown": _AttrArg(_AT, 0, None, False),
+    "fchownat": _AttrArg(0, 1, 4, True),
+    "utime": _AttrArg(_AT, 0, None, True),
+    "utimes": _AttrArg(_AT, 0, None, True),
+    "futimesat": _AttrArg(0, 1, None, True),
+    "utimensat": _AttrArg(0, 1, 3, True),
+    "setxattr": _AttrArg(_AT, 0, None, True),
+    "lsetxattr": _AttrArg(_AT, 0, None, False),
+    "removexattr": _AttrArg(_AT, 0, None, True),
+    "lremovexattr": _AttrArg(_AT, 0, None, False),
+    "setxattrat": _AttrArg(0, 1, 2, True),
+    "removexattrat": _AttrArg(0, 1, 2, True),
+    "file_setattr": _AttrArg(0, 1, 4, True),
+    "fchmod": _AttrArg(0, None, None, True),
+    "fchown": _AttrArg(0, None, None, True),
+    "fsetxattr": _AttrArg(0, None, None, True),
+    "fremovexattr": _AttrArg(0, None, None, True),
+    "ftruncate": _AttrArg(0, None, None, True),
+    "ioctl": _AttrArg(0, None, None, True),  # only the chattr ioctls reach the supervisor
+}
+
+# The rule id of decisions the supervisor makes itself, without asking the policy.
+SUPERVISOR_RULE = "guard-supervisor"
 
 
 def _s32(value: int) -> int:
@@ -349,7 +400,7 @@ class _Walker:
                 raise _Reply(errno.ENOTDIR)
             found = task.canonical(base)
             if found is None:
-                raise _Reply(errno.EACCES)
+                raise _Unvouched()
             base_comps = found
         floor = len(base_comps) if (beneath or in_root) else 0
         if path.startswith("/"):
@@ -466,7 +517,7 @@ class _Walker:
         if canon is None:
             mode = os.fstat(obj).st_mode
             if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                raise _Reply(errno.EACCES)  # a deleted or unreachable file: no path to decide on
+                raise _Unvouched()  # a deleted or unreachable file: no path to decide on
             return _Resolved(parent=obj, name=".", comps=[], obj=obj, anonymous=True)
         return "/" + "/".join(canon)
 
@@ -627,6 +678,8 @@ class Supervisor:
                     self._open(n, name, task, stack)
                 elif name in _PATH_OPS:
                     self._path_op(n, name, task, stack)
+                elif name in _ATTR_OPS:
+                    self._attr_op(n, name, task, stack)
                 else:
                     self._send(n.id, error=errno.ENOSYS)
             except _Reply as reply:
@@ -647,12 +700,16 @@ class Supervisor:
         argv, truncated = task.read_argv(argv_addr)
         self._check(n.id)
         exe: str | None
+        anonymous = False
         try:
             res = _Walker(task, stack).resolve(dirfd, path, follow=not flags & AT_SYMLINK_NOFOLLOW,
                                                empty_ok=bool(flags & AT_EMPTY_PATH))
+            anonymous = res.anonymous
             exe = None if res.anonymous else res.path
             if res.obj is None and res.name != ".":
                 os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # raises ENOENT when absent
+        except _Unvouched:
+            exe, anonymous = None, True
         except (_Reply, OSError) as exc:
             err = exc.err if isinstance(exc, _Reply) else exc.errno
             if err in (errno.ENOENT, errno.ENOTDIR):
@@ -660,7 +717,9 @@ class Supervisor:
                 # We answer the errno ourselves, so a file created after this check is never executed.
                 self._check(n.id)
                 raise _Reply(err) from None
-            exe = None  # the kernel will fail the exec itself; the attempt is still decided and recorded
+            # Our walk failed where the kernel's may not (e.g. /proc/self/exe, a magic link we do not
+            # vouch for): the kernel re-resolves the path and Landlock judges the file it reaches.
+            exe = None
         cwd: str | None
         try:
             comps = task.canonical(task.base(None))
@@ -671,6 +730,13 @@ class Supervisor:
         shown = (*argv, TRUNCATED_MARK) if truncated else argv
         actions = [Action(op=Op.RUN, target=shlex.join(shown) or path, argv=shown, exe=exe or path,
                           cwd=cwd, pid=n.pid)]
+        if anonymous:
+            # fexecve of a memfd, a deleted file, or a descriptor from outside the sandbox's view: the
+            # kernel would run it without any path for Landlock's exec right to judge.
+            self._refuse(actions[0], "exec of an object with no path in the sandbox (memfd, deleted file "
+                                     "or a descriptor from outside): nothing to judge it by")
+            self._send(n.id, error=errno.EACCES)
+            return
         if exe is not None:
             actions.append(Action(op=Op.EXEC, target=exe, exe=exe, argv=shown, cwd=cwd, pid=n.pid))
         if self._judge(actions):
@@ -698,6 +764,58 @@ class Supervisor:
             self._send(n.id, cont=True)
         else:
             self._send(n.id, error=errno.EACCES)
+
+    def _attr_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change."""
+        spec = _ATTR_OPS[name]
+        a = n.args
+        fd = None if spec.fd_arg is None else _s32(a[spec.fd_arg])
+        flags = 0 if spec.flags_arg is None else _s32(a[spec.flags_arg])
+        path_addr = 0 if spec.path_arg is None else a[spec.path_arg]
+        if spec.path_arg is None or (path_addr == 0 and fd is not None and fd != AT_FDCWD):
+            # The descriptor names the object (f* calls, utimensat(fd, NULL)): nothing can swap it.
+            if fd is None or fd < 0:
+                raise _Reply(errno.EBADF)
+            obj = task.base(fd)
+            comps = task.canonical(obj)
+            self._check(n.id)
+            if comps is None:
+                self._nameless(n.id, obj)
+                return
+            target = "/" + "/".join(comps)
+        else:
+            path = task.read_path(path_addr)
+            self._check(n.id)
+            follow = spec.follow and not flags & AT_SYMLINK_NOFOLLOW
+            res = _Walker(task, stack).resolve(fd, path, follow=follow, empty_ok=bool(flags & AT_EMPTY_PATH))
+            if res.anonymous:
+                self._check(n.id)
+                self._nameless(n.id, res.parent if res.obj is None else res.obj)
+                return
+            if res.obj is None and res.name != ".":
+                os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: nothing to change
+            target = res.path
+            self._check(n.id)
+        if self._judge([Action(op=Op.WRITE, target=target, pid=n.pid)]):
+            self._send(n.id, cont=True)
+        else:
+            self._send(n.id, error=errno.EACCES)
+
+    def _nameless(self, nid: int, obj: int) -> None:
+        """An attribute change of an object with no path in the task's view: a pipe, socket, anonymous
+        inode or a deleted file nothing else links to changes nothing on the file system (CONTINUE); a
+        file still linked somewhere we cannot see is refused, as there is no path to decide on."""
+        text = os.readlink(f"/proc/self/fd/{obj}")
+        if text.startswith("/") and os.fstat(obj).st_nlink > 0:
+            raise _Unvouched()
+        self._send(nid, cont=True)
+
+    def _refuse(self, action: Action, reason: str) -> None:
+        """Record a DENY the supervisor makes itself, without asking the policy."""
+        try:
+            self._record(action, Decision(Verdict.DENY, SUPERVISOR_RULE, f"guard: refused: {reason}"))
+        except Exception:
+            log.exception("seccomp supervisor: record() failed for %s", action)
 
     def _open(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
         a = n.args
