@@ -25,7 +25,7 @@ import pytest
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import seccomp
 from guard.sandbox import syscalls_seccomp as sc
-from guard.sandbox.supervisor import ARGV_MAX_ARGS, TRUNCATED_MARK, serving
+from guard.sandbox.supervisor import ARGV_MAX_ARGS, SUPERVISOR_RULE, TRUNCATED_MARK, serving
 
 pytestmark = pytest.mark.skipif(sc.machine() != "x86_64", reason="raw syscall numbers are x86_64")
 
@@ -679,3 +679,137 @@ def test_another_processes_fd_magic_link_is_refused(ws: Path) -> None:
     run = supervised(child, deny_if("nothing"), cwd=ws)
     assert run.result == errno.EACCES
     assert (ws / "target").read_text() == "t"
+
+
+# --- attribute changes -------------------------------------------------------------------------------
+
+NR_FCHMODAT2 = 452
+AT_EMPTY_PATH, AT_SYMLINK_NOFOLLOW = 0x1000, 0x100
+FS_IOC_SETFLAGS = 0x40086602
+
+
+def _errno_of(fn: Callable[[], object]) -> object:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return "done"
+
+
+def _fchmodat2(dirfd: int, path: bytes, mode: int, flags: int) -> None:
+    if libc.syscall(NR_FCHMODAT2, dirfd, path, mode, flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+def test_attribute_changes_are_decided_as_writes_of_the_object(ws: Path) -> None:
+    """Landlock has no right for chmod/chown/utimes/xattrs: without the decision tier every one of these
+    reaches a file the policy denies. Path calls are judged on where they lead (the l* calls and
+    AT_SYMLINK_NOFOLLOW on the link itself), fd calls on the descriptor's file."""
+    secret = ws / "secret"
+    secret.write_text("s")
+    secret.chmod(0o600)
+    (ws / "ok").write_text("o")
+    (ws / "ln").symlink_to("secret")
+    me = (os.getuid(), os.getgid())
+
+    def child() -> object:
+        ro = os.open("secret", os.O_RDONLY)
+        opath = os.open("secret", os.O_PATH)
+        r, _w = os.pipe()
+        mem = os.memfd_create("scratch", 0)
+        steps: list[tuple[str, Callable[[], object]]] = [
+            ("chmod", lambda: os.chmod("secret", 0o666)),
+            ("chmod-via-link", lambda: os.chmod("ln", 0o666)),
+            ("fchmodat-dirfd", lambda: os.chmod("secret", 0o666, dir_fd=os.open(".", os.O_PATH))),
+            ("fchmodat2-empty-path", lambda: _fchmodat2(opath, b"", 0o666, AT_EMPTY_PATH)),
+            ("fchmod", lambda: os.fchmod(ro, 0o666)),
+            ("chown", lambda: os.chown("secret", *me)),
+            ("lchown-link", lambda: os.lchown("ln", *me)),
+            ("utime", lambda: os.utime("secret", (0, 0))),
+            ("futimens", lambda: os.utime(ro, (0, 0))),
+            ("utime-nofollow-link", lambda: os.utime("ln", (0, 0), follow_symlinks=False)),
+            ("setxattr", lambda: os.setxattr("secret", "user.guard", b"1")),
+            ("fsetxattr", lambda: os.setxattr(ro, "user.guard", b"1")),
+            ("removexattr", lambda: os.removexattr("secret", "user.guard")),
+            ("chattr", lambda: fcntl.ioctl(ro, FS_IOC_SETFLAGS, struct.pack("=l", 0))),
+            ("chmod-ok", lambda: os.chmod("ok", 0o640)),
+            ("chmod-missing", lambda: os.chmod("missing", 0o640)),
+            ("fchmod-pipe", lambda: os.fchmod(r, 0o600)),
+            ("fchmod-memfd", lambda: os.fchmod(mem, 0o600)),
+        ]
+        return {name: _errno_of(fn) for name, fn in steps}
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    refused = ["chmod", "chmod-via-link", "fchmodat-dirfd", "fchmodat2-empty-path", "fchmod", "chown",
+               "utime", "futimens", "setxattr", "fsetxattr", "removexattr", "chattr"]
+    assert run.result == {**{name: errno.EACCES for name in refused}, "lchown-link": "done",
+                          "utime-nofollow-link": "done", "chmod-ok": "done", "chmod-missing": errno.ENOENT,
+                          "fchmod-pipe": "done", "fchmod-memfd": "done"}
+    st = secret.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o600 and st.st_mtime > 0
+    assert stat.S_IMODE((ws / "ok").stat().st_mode) == 0o640
+    writes = run.actions(Op.WRITE)
+    assert {a.target for a in writes} == {str(secret), str(ws / "ln"), str(ws / "ok")}
+    assert sum(a.target == str(secret) for a in writes) == len(refused)
+    assert run.verdicts(Op.WRITE)[str(ws / "ln")] is Verdict.ALLOW
+
+
+def test_ftruncate_is_decided_on_the_descriptors_file(ws: Path) -> None:
+    (ws / "log").write_text("0123456789")
+
+    def child() -> object:
+        fd = os.open("log", os.O_RDWR)
+        os.ftruncate(fd, 3)
+        return os.fstat(fd).st_size
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == 3
+    assert [a.target for a in run.actions(Op.WRITE)] == [str(ws / "log"), str(ws / "log")]  # open, ftruncate
+
+
+# --- exec of objects with no path ----------------------------------------------------------------------
+
+def test_exec_of_an_object_with_no_path_is_refused_and_recorded(ws: Path) -> None:
+    """fexecve of a memfd (or of a deleted file) runs code no path names, so Landlock's exec right never
+    sees it: the supervisor refuses it and records why. An fd on a real path is judged on that path."""
+    for name in ("tool", "gone"):
+        (ws / name).write_bytes(Path("/bin/true").read_bytes())
+        (ws / name).chmod(0o755)
+
+    def child() -> object:
+        out: dict[str, int] = {}
+
+        def attempt(name: str, fn: Callable[[], object]) -> None:
+            pid = os.fork()
+            if pid == 0:
+                try:
+                    fn()
+                except OSError as exc:
+                    os._exit(exc.errno or 98)
+                os._exit(99)
+            _, status = os.waitpid(pid, 0)
+            out[name] = os.WEXITSTATUS(status)
+
+        mem = os.memfd_create("payload", 0)
+        os.write(mem, Path("/bin/true").read_bytes())
+        gone = os.open("gone", os.O_RDONLY)
+        os.unlink("gone")
+        opath = os.open("tool", os.O_PATH)
+        attempt("memfd-fexecve", lambda: os.execve(mem, ["payload-fexecve"], {}))
+        attempt("memfd-proc-fd", lambda: os.execve(f"/proc/self/fd/{mem}", ["payload-proc"], {}))
+        attempt("deleted-fexecve", lambda: os.execve(gone, ["payload-deleted"], {}))
+        attempt("path-fd-fexecve", lambda: os.execve(opath, ["tool-by-fd"], {}))
+        attempt("proc-self-exe", lambda: os.execv("/proc/self/exe", [sys.executable, "-I", "-S", "-c", ""]))
+        return out
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == {"memfd-fexecve": errno.EACCES, "memfd-proc-fd": errno.EACCES,
+                          "deleted-fexecve": errno.EACCES, "path-fd-fexecve": 0, "proc-self-exe": 0}
+    decided = {a.argv[0]: d for a, d in run.records if a.op is Op.RUN}
+    for name in ("payload-fexecve", "payload-proc", "payload-deleted"):
+        assert decided[name].verdict is Verdict.DENY and decided[name].rule_id == SUPERVISOR_RULE
+        assert "no path" in decided[name].reason
+    assert decided["tool-by-fd"].verdict is Verdict.ALLOW
+    assert str(ws / "tool") in run.verdicts(Op.EXEC)
+    assert not any("payload" in a.target for a in run.actions(Op.EXEC))
