@@ -184,12 +184,34 @@ def test_open_notifies_exactly_the_write_intent_flags(spec: s.SeccompSpec, high:
 def test_notified_syscalls(spec: s.SeccompSpec) -> None:
     present = [n for n in s.NOTIFIED if n in spec.table.numbers]
     assert {"execve", "execveat", "openat2", "renameat2", "linkat", "symlinkat", "mkdirat"} <= set(present)
+    # Landlock has no right for attribute changes: every arch must send all of its own to the supervisor.
+    assert {"fchmod", "fchmodat", "fchmodat2", "fchown", "fchownat", "utimensat", "setxattr", "lsetxattr",
+            "fsetxattr", "removexattr", "lremovexattr", "fremovexattr", "setxattrat", "removexattrat",
+            "file_setattr", "ftruncate"} <= set(present)
     for name in present:
         assert verdict(spec, name) == s.RET_USER_NOTIF, name
     quiet = s.SeccompSpec(arch=spec.arch, notify=False)
     for name in present:
         assert verdict(quiet, name) == s.RET_ALLOW, name
     assert verdict(quiet, "openat", 0, 0, 0o1101) == s.RET_ALLOW
+
+
+def test_legacy_attribute_syscalls_notified_on_x86_64() -> None:
+    spec = s.SeccompSpec(arch="x86_64")
+    for name in ("chmod", "chown", "lchown", "utime", "utimes", "futimesat"):
+        assert verdict(spec, name) == s.RET_USER_NOTIF, name
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda sp: sp.arch)
+@given(high=HIGH)
+@settings(max_examples=50)
+def test_chattr_ioctls_notified_on_their_low_half(spec: s.SeccompSpec, high: int) -> None:
+    for cmd in (s.FS_IOC_SETFLAGS, s.FS_IOC32_SETFLAGS, s.FS_IOC_FSSETXATTR):
+        assert verdict(spec, "ioctl", 3, (high << 32) | cmd) == s.RET_USER_NOTIF, hex(cmd)
+        quiet = s.SeccompSpec(arch=spec.arch, notify=False)
+        assert verdict(quiet, "ioctl", 3, (high << 32) | cmd) == s.RET_ALLOW, hex(cmd)
+    assert verdict(spec, "ioctl", 3, 0x80086601) == s.RET_ALLOW  # FS_IOC_GETFLAGS only reads
+    assert verdict(spec, "ioctl", 3, s.TIOCSTI) == EPERM
 
 
 def test_full_audit_notifies_read_only_opens() -> None:
