@@ -702,6 +702,15 @@ def _fchmodat2(dirfd: int, path: bytes, mode: int, flags: int) -> None:
         raise OSError(err, os.strerror(err))
 
 
+def _raw(nr: int, *args: int | bytes) -> None:
+    if libc.syscall(nr, *args) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+NR_SETXATTRAT, NR_REMOVEXATTRAT, NR_FILE_SETATTR = 463, 466, 469
+
+
 def test_attribute_changes_are_decided_as_writes_of_the_object(ws: Path) -> None:
     """Landlock has no right for chmod/chown/utimes/xattrs: without the decision tier every one of these
     reaches a file the policy denies. Path calls are judged on where they lead (the l* calls and
@@ -733,6 +742,9 @@ def test_attribute_changes_are_decided_as_writes_of_the_object(ws: Path) -> None
             ("fsetxattr", lambda: os.setxattr(ro, "user.guard", b"1")),
             ("removexattr", lambda: os.removexattr("secret", "user.guard")),
             ("chattr", lambda: fcntl.ioctl(ro, FS_IOC_SETFLAGS, struct.pack("=l", 0))),
+            ("setxattrat-empty-path", lambda: _raw(NR_SETXATTRAT, opath, b"", AT_EMPTY_PATH, b"user.g", 0, 16)),
+            ("removexattrat", lambda: _raw(NR_REMOVEXATTRAT, -100, b"secret", 0, b"user.g")),
+            ("file_setattr", lambda: _raw(NR_FILE_SETATTR, -100, b"ln", 0, 24, 0)),
             ("chmod-ok", lambda: os.chmod("ok", 0o640)),
             ("chmod-missing", lambda: os.chmod("missing", 0o640)),
             ("fchmod-pipe", lambda: os.fchmod(r, 0o600)),
@@ -742,7 +754,8 @@ def test_attribute_changes_are_decided_as_writes_of_the_object(ws: Path) -> None
 
     run = supervised(child, deny_if("secret"), cwd=ws)
     refused = ["chmod", "chmod-via-link", "fchmodat-dirfd", "fchmodat2-empty-path", "fchmod", "chown",
-               "utime", "futimens", "setxattr", "fsetxattr", "removexattr", "chattr"]
+               "utime", "futimens", "setxattr", "fsetxattr", "removexattr", "chattr", "setxattrat-empty-path",
+               "removexattrat", "file_setattr"]
     assert run.result == {**{name: errno.EACCES for name in refused}, "lchown-link": "done",
                           "utime-nofollow-link": "done", "chmod-ok": "done", "chmod-missing": errno.ENOENT,
                           "fchmod-pipe": "done", "fchmod-memfd": "done"}
