@@ -15,12 +15,14 @@ pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
 
 
 def test_yaml_syntax_error(tmp_path: Path) -> None:
-    assert errors(tmp_path, """
+    [error] = errors(tmp_path, """
         version: 1
         rules:
           - id: a
             allow: [read
-    """) == ["p.yaml:5:1: YAML syntax: expected ',' or ']', but got '<stream end>'"]
+    """)
+    # the wording is the YAML parser's (libyaml or pure Python); the location is ours
+    assert error.startswith("p.yaml:5:1: YAML syntax: ") and "',' or ']'" in error
 
 
 def test_unknown_keys_with_did_you_mean(tmp_path: Path) -> None:
