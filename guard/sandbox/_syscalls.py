@@ -25,6 +25,10 @@ _libc.syscall.restype = ctypes.c_long
 SYS_LANDLOCK_CREATE_RULESET = 444
 SYS_LANDLOCK_ADD_RULE = 445
 SYS_LANDLOCK_RESTRICT_SELF = 446
+# the new mount API: numbered after the 2019 unification, the same on every architecture
+SYS_OPEN_TREE = 428
+SYS_MOVE_MOUNT = 429
+SYS_MOUNT_SETATTR = 442
 _ARCH_NR = {
     "x86_64": {"seccomp": 317, "capset": 126},
     "aarch64": {"seccomp": 277, "capset": 91},
@@ -99,6 +103,15 @@ MS_PRIVATE = 1 << 18
 MS_RELATIME = 1 << 21
 MS_STRICTATIME = 1 << 24
 MNT_DETACH = 2
+AT_FDCWD = -100
+AT_RECURSIVE = 0x8000
+OPEN_TREE_CLONE = 1
+OPEN_TREE_CLOEXEC = 0o2000000
+MOVE_MOUNT_F_EMPTY_PATH = 0x4
+MOUNT_ATTR_RDONLY = 0x1
+MOUNT_ATTR_NOSUID = 0x2
+MOUNT_ATTR_NODEV = 0x4
+MOUNT_ATTR_NOEXEC = 0x8
 
 # statvfs f_flag bits -> the mount flags a bind remount must keep (locked flags cannot be cleared in a userns)
 _ST_TO_MS = ((1, MS_RDONLY), (2, MS_NOSUID), (4, MS_NODEV), (8, MS_NOEXEC), (1024, MS_NOATIME),
@@ -252,6 +265,27 @@ def mount(source: str | None, target: str, fstype: str | None, flags: int, data:
 
 def umount2(target: str, flags: int) -> None:
     _check(int(_libc.umount2(target.encode(), ctypes.c_int(flags))), "umount2", target)
+
+
+def clone_tree(path: str) -> int:
+    """A detached recursive copy of the mounts at `path` (open_tree OPEN_TREE_CLONE), as an fd: taken
+    before `path` is covered, it can be attached elsewhere later without any path reaching it."""
+    flags = OPEN_TREE_CLONE | OPEN_TREE_CLOEXEC | AT_RECURSIVE
+    return _check(_syscall(SYS_OPEN_TREE, AT_FDCWD, path.encode(), flags), "open_tree", path)
+
+
+def attach_tree(tree_fd: int, target: str) -> None:
+    """Attach a tree from `clone_tree` on `target` (move_mount)."""
+    _check(_syscall(SYS_MOVE_MOUNT, tree_fd, b"", AT_FDCWD, target.encode(), MOVE_MOUNT_F_EMPTY_PATH),
+           "move_mount", target)
+
+
+def set_mount_attrs(target: str, attr_set: int, attr_clr: int = 0, *, recursive: bool) -> None:
+    """mount_setattr: add (or clear) per-mount flags on the mount at `target`, and with `recursive` on
+    every mount beneath it too (which a bind remount through mount(2) cannot do)."""
+    attr = ctypes.create_string_buffer(struct.pack("=QQQQ", attr_set, attr_clr, 0, 0), 32)
+    _check(_syscall(SYS_MOUNT_SETATTR, AT_FDCWD, target.encode(), AT_RECURSIVE if recursive else 0, attr, 32),
+           "mount_setattr", f"{target} set={attr_set:#x} clr={attr_clr:#x}")
 
 
 def locked_mount_flags(path: str) -> int:

@@ -4,7 +4,10 @@ Masks exist because Landlock cannot carve a deny out of a granted tree. An empty
 directory; an empty read-only file, bound over it, hides anything else; a read-only (or noexec) bind of a
 path onto itself write-protects it in place. The empty file comes from a scratch tmpfs briefly mounted
 over /proc (always present, and remounted right after), so the host filesystem is never written to.
-The agent cannot undo any of it: it holds no capabilities, Landlock refuses every mount-topology change
+A carve covers a directory with an empty tmpfs and puts back the grants inside it; those, and the
+executable trees inside a noexec one, are bound from their originals, cloned (open_tree) before any mount
+of the plan covers them, so nothing has to reach a covered path later and no mask above leaks its flags
+into them (the plan repeats the ones that must apply). The agent cannot undo any of it: it holds no capabilities, Landlock refuses every mount-topology change
 of a restricted process, and the seccomp filter refuses mount(2) and friends.
 """
 
@@ -37,36 +40,88 @@ def apply_masks(ops: Sequence[MountOp]) -> list[str]:
     if not ops:
         return []
     vanished: list[str] = []
-    sc.mount("tmpfs", _STAGING, "tmpfs", _HARDEN, "mode=0755,size=16k")
+    originals: dict[str, int] = {}
     try:
-        fd = os.open(_EMPTY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
-        os.close(fd)
-        for op in ops:
-            if not _apply(op):
-                vanished.append(op.path)
+        for path in _originals_needed(ops):
+            if os.path.lexists(path):
+                originals[path] = sc.clone_tree(path)
+        sc.mount("tmpfs", _STAGING, "tmpfs", _HARDEN, "mode=0755,size=16k")
+        try:
+            fd = os.open(_EMPTY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
+            os.close(fd)
+            for op in ops:
+                if not _apply(op, originals):
+                    vanished.append(op.path)
+        finally:
+            sc.umount2(_STAGING, sc.MNT_DETACH)
     finally:
-        sc.umount2(_STAGING, sc.MNT_DETACH)
+        for fd in originals.values():
+            os.close(fd)
     return vanished
 
 
-def _apply(op: MountOp) -> bool:
+def _originals_needed(ops: Sequence[MountOp]) -> list[str]:
+    out = [op.path for op in ops if op.kind is MountKind.EXEC]
+    out += [e.path for op in ops if op.kind is MountKind.CARVE for e in op.expose if e.kind != "link"]
+    return out
+
+
+def _attrs(read_only: bool, no_exec: bool) -> int:
+    return ((sc.MOUNT_ATTR_RDONLY if read_only else 0) | (sc.MOUNT_ATTR_NOEXEC if no_exec else 0)
+            | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
+
+
+def _carve(op: MountOp, originals: dict[str, int]) -> None:
+    """Empty tmpfs over op.path; the exposures' mount points (parents as plain directories), symlinks and
+    binds from the originals with their own flags; then the tmpfs itself read-only."""
+    sc.mount("tmpfs", op.path, "tmpfs", _HARDEN, f"mode=0755,size=256k,nr_inodes={len(op.expose) * 8 + 64}")
+    for e in op.expose:
+        parent = os.path.dirname(e.path)
+        os.makedirs(parent, mode=0o755, exist_ok=True)
+        if e.kind == "link":
+            os.symlink(e.target, e.path)
+            continue
+        tree = originals.get(e.path)
+        if tree is None:
+            continue  # gone since the scan: nothing to put back, the empty tmpfs stays empty there
+        if e.kind == "dir":
+            os.makedirs(e.path, mode=0o755, exist_ok=True)
+        else:
+            os.close(os.open(e.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+        sc.attach_tree(tree, e.path)
+        sc.set_mount_attrs(e.path, _attrs(e.read_only, e.no_exec), recursive=True)
+    sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
+
+
+def _apply(op: MountOp, originals: dict[str, int]) -> bool:
     if not os.path.lexists(op.path):
         return False
     try:
-        if op.kind is MountKind.HIDE_DIR:
+        if op.kind is MountKind.CARVE:
+            _carve(op, originals)
+        elif op.kind is MountKind.EXEC:
+            tree = originals.get(op.path)
+            if tree is None:
+                return False
+            sc.attach_tree(tree, op.path)
+        elif op.kind is MountKind.HIDE_DIR:
             sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0555,size=4k,nr_inodes=1")
         elif op.kind is MountKind.HIDE_FILE:
             sc.mount(_EMPTY, op.path, None, sc.MS_BIND)
             sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
-        else:
+        elif op.kind is MountKind.READ_ONLY:
             sc.mount(op.path, op.path, None, sc.MS_BIND | sc.MS_REC)
-            extra = sc.MS_RDONLY if op.kind is MountKind.READ_ONLY else sc.MS_NOEXEC
-            flags = sc.locked_mount_flags(op.path) | extra
+            flags = sc.locked_mount_flags(op.path) | sc.MS_RDONLY
             sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | flags)
-    except SandboxError as exc:
+        else:  # noexec on the whole tree, mounts beneath included (mmap(PROT_EXEC) of a file there fails)
+            sc.mount(op.path, op.path, None, sc.MS_BIND | sc.MS_REC)
+            sc.set_mount_attrs(op.path, sc.MOUNT_ATTR_NOEXEC | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV,
+                               recursive=True)
+    except (SandboxError, OSError) as exc:
         if not os.path.lexists(op.path):
             return False
-        raise SandboxError(f"mask {op.kind.value} {op.path} for {op.reason}: {exc.message}") from None
+        why = exc.message if isinstance(exc, SandboxError) else f"{exc.strerror}: {exc.filename}"
+        raise SandboxError(f"mask {op.kind.value} {op.path} for {op.reason}: {why}") from None
     return True
 
 

@@ -7,6 +7,13 @@ Explicit denies *inside* granted trees cannot be expressed in Landlock, so the p
 existing path they cover into a mount: hidden paths become an empty read-only tmpfs (directories) or an
 empty read-only file (everything else); write-protected paths become read-only binds onto themselves.
 The guard's own files are always hidden, whatever the policy says.
+
+Two holes Landlock leaves are closed with mounts too. An allow rule's `except` that contains other
+rules' grants (base's `tmp` rule excepts the home, which may live under /tmp) is *carved*: an empty
+read-only tmpfs covers it and exactly the grants inside are put back, each bound from its original with
+its own read-only/noexec flags. And Landlock's EXECUTE right judges execve of a path only, not
+mmap(PROT_EXEC) (`ld.so ./bin`, dlopen), so every tree the agent may write but not execute is mounted
+noexec, and trees inside it that the policy does let run are bound back from their original.
 """
 
 from __future__ import annotations
@@ -36,7 +43,21 @@ class MountKind(StrEnum):
     HIDE_DIR = "hide-dir"  # empty read-only tmpfs over a directory
     HIDE_FILE = "hide-file"  # empty read-only file bound over a non-directory
     READ_ONLY = "read-only"  # read-only bind of the path onto itself
-    NO_EXEC = "no-exec"  # noexec bind of the path onto itself
+    NO_EXEC = "no-exec"  # noexec bind of the path onto itself (and every mount beneath it)
+    CARVE = "carve"  # empty read-only tmpfs over a directory, re-exposing the grants listed in `expose`
+    EXEC = "exec"  # the original tree bound back (with its own flags) inside a noexec tree
+
+
+@dataclass(frozen=True, slots=True)
+class Exposure:
+    """One thing a carve puts back inside its empty tmpfs: a granted directory or file, bound from the
+    original (taken before the tmpfs covers it), or a symlink on the way to one (`target` is its text)."""
+
+    path: str
+    kind: str  # dir, file or link
+    target: str = ""
+    read_only: bool = False
+    no_exec: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +65,7 @@ class MountOp:
     kind: MountKind
     path: str
     reason: str
+    expose: tuple[Exposure, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -58,7 +80,8 @@ class SandboxPlan:
 
 _OP_RIGHTS = {Op.READ: ll.READ_RIGHTS, Op.WRITE: ll.WRITE_RIGHTS, Op.EXEC: ll.EXEC_RIGHTS}
 _NEEDS = {MountKind.HIDE_DIR: Op.READ, MountKind.HIDE_FILE: Op.READ, MountKind.READ_ONLY: Op.WRITE,
-          MountKind.NO_EXEC: Op.EXEC}
+          MountKind.NO_EXEC: Op.EXEC, MountKind.CARVE: Op.READ}
+_PSEUDO = ("/proc", "/sys", "/dev")
 
 
 def _mount_kind(m: Match) -> MountKind:
@@ -126,9 +149,10 @@ def _granted(path: str, op: Op, grants: Sequence[ll.PathGrant]) -> bool:
 
 
 def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
-            landlock_on: bool) -> tuple[list[MountOp], list[str]]:
+            landlock_on: bool) -> tuple[list[MountOp], dict[str, str]]:
+    """The masks of the explicit denies and excepts; also returns {carved path: carving rule id}."""
     chosen: dict[str, tuple[MountKind, str]] = {}
-    overlaps: list[str] = []
+    carvers: dict[str, str] = {}
     for m in facts.matches:
         if m.kind == "proc-link" or is_beneath(m.path, "/proc") or is_beneath(m.path, "/sys"):
             continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
@@ -137,11 +161,14 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
         # outside every grant for the op, Landlock already refuses it: no mount needed
         if landlock_on and not protected and not _granted(m.path, _NEEDS[kind], grants):
             continue
-        if m.via.startswith("except") and any(is_beneath(g.path, m.path) for g in grants):
-            # an except only narrows its own rule; another rule grants something inside it, so a mask
-            # would take that grant away too. Left to the decision tier, and said so.
-            overlaps.append(f"{m.path} (except of {m.rule_id})")
-            continue
+        if m.via.startswith("except"):
+            others = [g for g in grants if set(g.rule_ids) - {m.rule_id}]
+            if any(g.path == m.path or (g.is_dir and is_beneath(m.path, g.path)) for g in others):
+                continue  # another rule grants the whole of it: not a hole at all
+            if m.kind == "dir" and any(is_beneath(g.path, m.path) for g in others):
+                # other rules grant paths inside it: a plain mask would take them away too, so carve
+                carvers[m.path] = m.rule_id
+                kind = MountKind.CARVE
         reason = f"{m.rule_id} ({m.via})"
         old = chosen.get(m.path)
         if old is None or _rank(kind) > _rank(old[0]):
@@ -155,11 +182,125 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
         out.append(MountOp(kind, path, reason))
         if kind is MountKind.HIDE_DIR:
             hidden.append(path)
-    return out, overlaps
+    return out, {p: r for p, r in carvers.items() if any(o.path == p for o in out)}
 
 
 def _rank(kind: MountKind) -> int:
-    return {MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3, MountKind.HIDE_DIR: 3}[kind]
+    return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3,
+            MountKind.HIDE_DIR: 3, MountKind.CARVE: 3}[kind]
+
+
+def _effective(path: str, grants: Sequence[ll.PathGrant], within: str = "/") -> int:
+    """The rights Landlock allows at `path`: its own grant and every directory grant above it (only
+    those at or beneath `within`, for a carve: what lies above it does not count for the policy)."""
+    rights = 0
+    for g in grants:
+        if (g.path == path or (g.is_dir and is_beneath(path, g.path))) and is_beneath(g.path, within):
+            rights |= g.access
+    return rights
+
+
+def _flags(rights: int) -> tuple[bool, bool]:
+    """(read-only, noexec) a re-exposed tree needs to give exactly `rights` at the mount tier."""
+    writable = bool(rights & ll.WRITE_RIGHTS)
+    return not writable, writable and not rights & ll.EXEC_RIGHTS
+
+
+def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant], policy: PolicyLike,
+           facts: LaunchFacts) -> MountOp:
+    """The carve of `path`: the other rules' grants inside it, outermost first (a deeper one only when
+    it needs other flags than the exposure around it), plus the symlinks leading to them."""
+    inside = sorted((g for g in grants if set(g.rule_ids) - {rule_id} and g.path != path
+                     and is_beneath(g.path, path)), key=lambda g: (g.path.count("/"), g.path))
+    others = [g for g in grants if set(g.rule_ids) - {rule_id}]
+    binds: list[Exposure] = []
+    for g in inside:
+        ro, nx = _flags(_effective(g.path, others, path))
+        around = [e for e in binds if is_beneath(g.path, e.path)]
+        if around and (around[-1].read_only, around[-1].no_exec) == (ro, nx):
+            continue
+        binds.append(Exposure(g.path, "dir" if g.is_dir else "file", read_only=ro, no_exec=nx))
+    links: dict[str, str] = {}
+    for prefix, _, rid in grant_prefixes(policy):
+        fact = facts.fact(prefix)
+        if rid == rule_id or fact is None:
+            continue
+        for where, text in fact.links:
+            if where != path and is_beneath(where, path) and not any(is_beneath(where, b.path) for b in binds):
+                links[where] = text
+    expose = [*binds, *(Exposure(p, "link", t) for p, t in links.items())]
+    expose.sort(key=lambda e: (e.path.count("/"), e.path))
+    return MountOp(MountKind.CARVE, path, reason, tuple(expose))
+
+
+def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundaries: Sequence[str],
+                 skip: Sequence[str]) -> list[MountOp]:
+    """noexec on every tree the agent may write but not execute (mmap(PROT_EXEC) of a file there is
+    then refused: `ld.so ./bin`, dlopen); executable grants inside one are bound back from the original.
+
+    `boundaries` are paths re-exposed from their original (a fresh mount: what lies above does not reach
+    it); `skip` are trees handled otherwise (carves set their exposures' flags themselves)."""
+    def above(path: str, ops: Sequence[MountOp], kind: MountKind) -> MountOp | None:
+        best = None
+        for o in ops:
+            if o.kind is kind and o.path != path and is_beneath(path, o.path):
+                if best is None or len(o.path) > len(best.path):
+                    best = o
+        return best
+
+    def cut(path: str, top: str) -> bool:  # a fresh mount lies between top and path
+        return any(b != top and is_beneath(b, top) and is_beneath(path, b) for b in boundaries)
+
+    out: list[MountOp] = []
+    for g in sorted(grants, key=lambda g: (g.path.count("/"), g.path)):
+        if any(is_beneath(g.path, p) for p in _PSEUDO) or kinds.get(g.path) not in ("dir", "file"):
+            continue
+        if any(g.path != s and is_beneath(g.path, s) for s in skip):
+            continue
+        rights = _effective(g.path, grants)
+        top = above(g.path, out, MountKind.NO_EXEC)
+        inherited = top is not None and not cut(g.path, top.path)
+        if rights & ll.WRITE_RIGHTS and not rights & ll.EXEC_RIGHTS and not inherited:
+            out.append(MountOp(MountKind.NO_EXEC, g.path,
+                               f"{'+'.join(g.rule_ids)} (writable, not executable: no code runs from it)"))
+        elif rights & ll.EXEC_RIGHTS and inherited and top is not None:
+            out.append(MountOp(MountKind.EXEC, g.path,
+                               f"{'+'.join(g.rule_ids)} (executable inside the noexec {top.path})"))
+            boundaries = [*boundaries, g.path]
+    return out
+
+
+def _arrange(mounts: list[MountOp], grants: list[ll.PathGrant],
+             facts: LaunchFacts) -> tuple[list[MountOp], list[ll.PathGrant]]:
+    """Add the exec mounts, repeat write/exec protections on every re-exposed tree beneath them (a tree
+    bound from its original does not inherit the flags of a mount above), drop what a carve covers and
+    does not put back, and order it all: shallowest first, a fresh mount before the masks on it."""
+    carves = [m for m in mounts if m.kind is MountKind.CARVE]
+
+    def gone(path: str) -> bool:
+        return any(path != c.path and is_beneath(path, c.path)
+                   and not any(e.kind != "link" and is_beneath(path, e.path) for e in c.expose)
+                   for c in carves)
+
+    grants = [g for g in grants if not gone(g.path)]  # only the carving rule granted them
+    kinds = {p.resolved: p.kind for p in facts.paths}
+    fresh = [e.path for c in carves for e in c.expose if e.kind != "link"]
+    exec_ops = _exec_mounts(grants, kinds, fresh, [c.path for c in carves])
+    fresh += [o.path for o in exec_ops if o.kind is MountKind.EXEC]
+    pushed: list[MountOp] = []
+    for m in mounts:
+        if m.kind in (MountKind.READ_ONLY, MountKind.NO_EXEC):
+            pushed.extend(MountOp(m.kind, x, f"{m.reason}, again on {x} (bound from its original)")
+                          for x in fresh if x != m.path and is_beneath(x, m.path))
+    everything = [o for o in (*mounts, *exec_ops, *pushed) if not gone(o.path)]
+    first = (MountKind.CARVE, MountKind.EXEC)
+    everything.sort(key=lambda o: (o.path.count("/") - (o.path == "/"), o.kind not in first,
+                                   o not in exec_ops, o.path))
+    out: list[MountOp] = []
+    for o in everything:
+        if not any(x.path == o.path and x.kind is o.kind for x in out):
+            out.append(o)
+    return out, grants
 
 
 def landlock_protections(abi: int, widened: list[str], missing_grants: list[str]) -> list[Protection]:
@@ -203,7 +344,7 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     downgrade is a pure function and unit-testable for every ABI."""
     handled = ll.handled_fs(abi)
     grants, missing_grants = _grants(policy, facts, handled)
-    mounts, overlaps = _mounts(facts, grants, abi > 0)
+    mounts, carvers = _mounts(facts, grants, abi > 0)
     # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
     hidden = [m.path for m in mounts if m.kind is MountKind.HIDE_DIR]
     dead = [g for g in grants if any(g.path != h and is_beneath(g.path, h) for h in hidden)]
@@ -211,6 +352,9 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         grants = [g for g in grants if g not in dead]
         missing_grants.append("inside hidden (denied) directories, so not granted: "
                               + ", ".join(g.path for g in dead))
+    mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
+              if m.kind is MountKind.CARVE else m for m in mounts]
+    mounts, grants = _arrange(mounts, grants, facts)
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
                                     restrict_flags=ll.restrict_flags(abi), grants=tuple(grants))
     widened = sorted({p for rule in policy.file_rules() if rule.verdict is Verdict.ALLOW
@@ -227,9 +371,10 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         deny_notes.extend(facts.capped)
     open_missing = [m for m in facts.missing if m.rule_id != SELF_PROTECTION_RULE
                     and _granted(m.ancestor, Op.WRITE, grants)]
-    if overlaps:  # Landlock cannot carve an except out of a grant, and a mask would hide the other grant
-        deny_state = State.PARTLY
-        deny_notes.append("excepts overlapping other grants, not masked: " + ", ".join(overlaps))
+    carves = [m for m in mounts if m.kind is MountKind.CARVE]
+    if carves:
+        deny_notes.append("excepts holding other grants carved (empty read-only tmpfs, the grants inside "
+                          "bound back): " + ", ".join(f"{m.path} ({len(m.expose)} put back)" for m in carves))
     # By design, not a host shortfall (so not PARTLY, and no warning at every launch): a denied path
     # created after launch is refused by the decision tier.
     if open_missing:
@@ -252,6 +397,15 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         State.PARTLY if protected_missing else State.FULLY,
         ("missing at launch, so not masked: " + ", ".join(protected_missing)) if protected_missing
         else "hidden by mounts whatever the policy grants"))
+    noexec = [m.path for m in mounts if m.kind is MountKind.NO_EXEC and m.reason.endswith("runs from it)")]
+    noexec += [e.path for m in carves for e in m.expose if e.no_exec]
+    reexec = [m.path for m in mounts if m.kind is MountKind.EXEC]
+    protections.append(Protection(
+        "exec: code mapped from writable trees (ld.so, dlopen)",
+        State.FULLY if abi > 0 else State.NOT,
+        ("noexec mounts on " + (", ".join(noexec) or "-")
+         + ("; executable by policy, bound back: " + ", ".join(reexec) if reexec else ""))
+        if abi > 0 else "without Landlock there are no grants to derive the noexec trees from"))
     protections.append(Protection("audit: Landlock denials logged after exec",
                                   State.FULLY if abi >= 7 else State.NOT,
                                   "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if abi >= 7

@@ -101,11 +101,14 @@ def is_beneath(path: str, root: str) -> bool:
 @dataclass(frozen=True, slots=True)
 class PathFact:
     """What exists at `path` at launch: kind is dir, file, other (device, fifo, socket) or missing;
-    `resolved` is the path with every symlink resolved (what the kernel will judge)."""
+    `resolved` is the path with every symlink resolved (what the kernel will judge); `links` are the
+    symlinks met on the way, as (where the link is, what it says), so a mount that covers one of them
+    can put it back."""
 
     path: str
     kind: str
     resolved: str
+    links: tuple[tuple[str, str], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -217,11 +220,32 @@ def path_fact(path: str) -> PathFact:
     if _through_proc_pid(path):
         return PathFact(path, "proc-link", path)
     resolved = os.path.realpath(path)
+    links = _symlinks_on_the_way(path) if resolved != os.path.normpath(path) else ()
     try:
         st = os.stat(resolved)
     except OSError:
-        return PathFact(path, "missing", resolved)
-    return PathFact(path, _kind(st.st_mode), resolved)
+        return PathFact(path, "missing", resolved, links)
+    return PathFact(path, _kind(st.st_mode), resolved, links)
+
+
+def _symlinks_on_the_way(path: str) -> tuple[tuple[str, str], ...]:
+    """Every symlink resolving `path` passes through, located by its real (resolved) parent."""
+    parts, cur, out = _components(path), "/", []
+    while parts and len(out) <= 40:
+        comp = parts.pop(0)
+        if comp == "..":
+            cur = os.path.dirname(cur)
+            continue
+        nxt = os.path.join(cur, comp) if comp != "." else cur
+        try:
+            target = os.readlink(nxt)
+        except OSError:  # not a link (or gone): a real component
+            cur = nxt
+            continue
+        out.append((nxt, target))
+        parts = _components(target) + parts
+        cur = "/" if target.startswith("/") else cur
+    return tuple(out)
 
 
 def _via_proc_pid(path: str) -> bool:

@@ -67,9 +67,10 @@ def _policy(t: dict[str, Path], *extra: Rule) -> Pol:
                 *extra))
 
 
-def _plan(t: dict[str, Path], pol: Pol, abi: int = 7, **scan_kw: object):
-    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"], **scan_kw)  # type: ignore[arg-type]
-    return facts, build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=abi)
+def _plan(t: dict[str, Path], pol: Pol, abi: int = 7, workspace: Path | None = None, **scan_kw: object):
+    ws = workspace or t["ws"]
+    facts = scan_launch_facts(pol, workspace=ws, protected=[t["gh"]], home=t["home"], **scan_kw)  # type: ignore[arg-type]
+    return facts, build_plan(pol, facts, workspace=ws, protected=[t["gh"]], abi=abi)
 
 
 def test_glob_semantics() -> None:
@@ -234,14 +235,93 @@ def test_per_process_proc_grants_widen_to_read_on_proc(tree: dict[str, Path]) ->
     assert "/proc/self" in reason and "/dev/stdout" in reason
 
 
-def test_except_overlapping_another_grant_is_not_masked_but_reported(tree: dict[str, Path]) -> None:
+def _carve_policy(tree: dict[str, Path], *extra: Rule) -> Pol:
+    return Pol((Rule("root", Verdict.ALLOW, RW, (f"{tree['root']}/**",), excepts=(f"{tree['home']}/**",)),
+                Rule("cfg", Verdict.ALLOW, R, (str(tree["home"] / ".gitconfig"),)),
+                Rule("ssh", Verdict.DENY, RW, (f"{tree['home']}/.ssh/**",)), *extra))
+
+
+def test_except_holding_other_grants_is_carved_and_the_grants_put_back(tree: dict[str, Path]) -> None:
+    home = tree["home"]
+    (home / ".gitconfig").write_text("[user]\n")
+    (home / "Documents").mkdir()
+    (home / ".cache" / "pip").mkdir(parents=True)
+    (home / ".cache" / "pip" / ".env").write_text("X=1")
+    pol = _carve_policy(tree, Rule("cache", Verdict.ALLOW, frozenset({Op.READ, Op.WRITE, Op.EXEC}),
+                                   (f"{home}/.cache/**",)),
+                        Rule("env", Verdict.DENY, RW, ("/**/.env",)))
+    _, plan = _plan(tree, pol, workspace=home / ".cache")
+    carve = next(m for m in plan.mounts if m.path == str(home))
+    assert carve.kind is MountKind.CARVE
+    back = {e.path: e for e in carve.expose}
+    assert set(back) == {str(home / ".gitconfig"), str(home / ".cache")}
+    assert back[str(home / ".gitconfig")].kind == "file" and back[str(home / ".gitconfig")].read_only
+    assert not back[str(home / ".cache")].read_only and not back[str(home / ".cache")].no_exec
+    paths = [m.path for m in plan.mounts]
+    # the ssh mask is dropped (the tmpfs hides it); a mask inside a put-back grant comes after the carve
+    assert str(home / ".ssh") not in paths
+    assert paths.index(str(home / ".cache" / "pip" / ".env")) > paths.index(str(home))
+    prot = plan.report.get("files: denies inside granted trees")
+    assert prot.state is State.FULLY and "carved" in prot.reason
+
+
+def test_carve_puts_back_symlinks_on_the_way_to_a_grant(tree: dict[str, Path]) -> None:
+    home = tree["home"]
+    (home / "dotfiles").mkdir()
+    (home / "dotfiles" / "gitconfig").write_text("[user]\n")
+    (home / ".gitconfig").symlink_to("dotfiles/gitconfig")
+    _, plan = _plan(tree, _carve_policy(tree))
+    carve = next(m for m in plan.mounts if m.kind is MountKind.CARVE)
+    back = {e.path: e for e in carve.expose}
+    assert back[str(home / ".gitconfig")] .kind == "link"
+    assert back[str(home / ".gitconfig")].target == "dotfiles/gitconfig"
+    assert back[str(home / "dotfiles" / "gitconfig")].kind == "file"
+
+
+def test_carve_with_a_missing_grant_puts_nothing_back_for_it(tree: dict[str, Path]) -> None:
     (tree["home"] / ".gitconfig").write_text("[user]\n")
+    pol = _carve_policy(tree, Rule("npm", Verdict.ALLOW, RW, (f"{tree['home']}/.npm/**",)))
+    _, plan = _plan(tree, pol)
+    carve = next(m for m in plan.mounts if m.kind is MountKind.CARVE)
+    assert [e.path for e in carve.expose] == [str(tree["home"] / ".gitconfig")]
+    assert str(tree["home"] / ".npm") not in {g.path for g in plan.landlock.grants}
+
+
+def test_except_wholly_granted_by_another_rule_is_not_a_hole(tree: dict[str, Path]) -> None:
     pol = Pol((Rule("root", Verdict.ALLOW, RW, (f"{tree['root']}/**",), excepts=(f"{tree['home']}/**",)),
-               Rule("cfg", Verdict.ALLOW, R, (str(tree["home"] / ".gitconfig"),))))
+               Rule("home", Verdict.ALLOW, R, (f"{tree['home']}/**",))))
     _, plan = _plan(tree, pol)
     assert str(tree["home"]) not in {m.path for m in plan.mounts}
-    prot = plan.report.get("files: denies inside granted trees")
-    assert prot.state is State.PARTLY and "except of root" in prot.reason
+
+
+def test_writable_non_exec_trees_are_noexec_and_exec_grants_inside_bound_back(tree: dict[str, Path]) -> None:
+    rwx = frozenset({Op.READ, Op.WRITE, Op.EXEC})
+    (tree["root"] / "scratch").mkdir()
+    (tree["root"] / "tools").mkdir()
+    pol = Pol((Rule("tmp", Verdict.ALLOW, RW, (f"{tree['root']}/**",)),
+               Rule("ws", Verdict.ALLOW, rwx, (f"{tree['ws']}/**",)),
+               Rule("tools", Verdict.ALLOW, frozenset({Op.READ, Op.EXEC}), (f"{tree['root']}/tools/**",)),
+               Rule("hooks", Verdict.DENY, W, (f"{tree['ws']}/.git/hooks/**",)),
+               Rule("sys", Verdict.ALLOW, frozenset({Op.READ, Op.EXEC}), ("/usr/**",))))
+    _, plan = _plan(tree, pol)
+    kinds = {(m.path, m.kind) for m in plan.mounts}
+    assert (str(tree["root"]), MountKind.NO_EXEC) in kinds
+    assert (str(tree["ws"]), MountKind.EXEC) in kinds and (str(tree["root"] / "tools"), MountKind.EXEC) in kinds
+    assert not any(m.path == "/usr" for m in plan.mounts)
+    paths = [m.path for m in plan.mounts]
+    assert paths.index(str(tree["root"])) < paths.index(str(tree["ws"])) < paths.index(
+        str(tree["ws"] / ".git" / "hooks"))
+    assert plan.report.get("exec: code mapped from writable trees (ld.so, dlopen)").state is State.FULLY
+
+
+def test_a_write_protection_above_a_tree_bound_back_is_repeated_on_it(tree: dict[str, Path]) -> None:
+    rwx = frozenset({Op.READ, Op.WRITE, Op.EXEC})
+    pol = Pol((Rule("tmp", Verdict.ALLOW, RW, (f"{tree['root']}/**",)),
+               Rule("ws", Verdict.ALLOW, rwx, (f"{tree['ws']}/**",)),
+               Rule("frozen", Verdict.DENY, W, (f"{tree['root']}/**",))))
+    _, plan = _plan(tree, pol)
+    kinds = [(m.path, m.kind) for m in plan.mounts]
+    assert kinds.index((str(tree["ws"]), MountKind.EXEC)) < kinds.index((str(tree["ws"]), MountKind.READ_ONLY))
 
 
 def test_grant_inside_a_denied_directory_is_dropped(tree: dict[str, Path]) -> None:
@@ -260,7 +340,8 @@ def test_a_walk_root_inside_a_glob_match_is_matched_whole(tree: dict[str, Path])
                Rule("hooks-ask", Verdict.ASK, W, ("/**/.git/hooks/**",))))
     facts = scan_launch_facts(pol, workspace=tree["ws"], protected=[], home=tree["home"])
     plan = build_plan(pol, facts, workspace=tree["ws"], protected=[], abi=7)
-    assert [(m.path, m.kind) for m in plan.mounts] == [(str(hooks), MountKind.READ_ONLY)]
+    masks = [(m.path, m.kind) for m in plan.mounts if m.kind is not MountKind.NO_EXEC]
+    assert masks == [(str(hooks), MountKind.READ_ONLY)]
 
 
 def test_glob_without_a_literal_anchor_is_tested_on_every_path(tree: dict[str, Path]) -> None:
