@@ -7,7 +7,8 @@ over /proc (always present, and remounted right after), so the host filesystem i
 A carve covers a directory with an empty tmpfs and puts back the grants inside it; those, and the
 executable trees inside a noexec one, are bound from their originals, cloned (open_tree) before any mount
 of the plan covers them, so nothing has to reach a covered path later and no mask above leaks its flags
-into them (the plan repeats the ones that must apply). The agent cannot undo any of it: it holds no capabilities, Landlock refuses every mount-topology change
+into them (the plan repeats the ones that must apply).
+The agent cannot undo any of it: it holds no capabilities, Landlock refuses every mount-topology change
 of a restricted process, and the seccomp filter refuses mount(2) and friends.
 """
 

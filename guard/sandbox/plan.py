@@ -226,7 +226,8 @@ def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant],
         if rid == rule_id or fact is None:
             continue
         for where, text in fact.links:
-            if where != path and is_beneath(where, path) and not any(is_beneath(where, b.path) for b in binds):
+            covered = any(is_beneath(where, b.path) for b in binds)
+            if where != path and is_beneath(where, path) and not covered:
                 links[where] = text
     expose = [*binds, *(Exposure(p, "link", t) for p, t in links.items())]
     expose.sort(key=lambda e: (e.path.count("/"), e.path))
@@ -243,9 +244,9 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
     def above(path: str, ops: Sequence[MountOp], kind: MountKind) -> MountOp | None:
         best = None
         for o in ops:
-            if o.kind is kind and o.path != path and is_beneath(path, o.path):
-                if best is None or len(o.path) > len(best.path):
-                    best = o
+            if (o.kind is kind and o.path != path and is_beneath(path, o.path)
+                    and (best is None or len(o.path) > len(best.path))):
+                best = o
         return best
 
     def cut(path: str, top: str) -> bool:  # a fresh mount lies between top and path

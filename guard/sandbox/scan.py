@@ -230,7 +230,8 @@ def path_fact(path: str) -> PathFact:
 
 def _symlinks_on_the_way(path: str) -> tuple[tuple[str, str], ...]:
     """Every symlink resolving `path` passes through, located by its real (resolved) parent."""
-    parts, cur, out = _components(path), "/", []
+    parts, cur = _components(path), "/"
+    out: list[tuple[str, str]] = []
     while parts and len(out) <= 40:
         comp = parts.pop(0)
         if comp == "..":
