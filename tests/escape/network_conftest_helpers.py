@@ -150,9 +150,12 @@ def serving(*servers: Any) -> Iterator[None]:
             s.close()
 
 
-def write_policy(path: Path, rules: list[dict[str, Any]], *, name: str = "network-escape") -> Path:
+def write_policy(path: Path, rules: list[dict[str, Any]], *, name: str = "network-escape",
+                 settings: dict[str, Any] | None = None) -> Path:
     """A policy extending the shipped coding-agent with `rules` (JSON is YAML)."""
-    doc = {"version": 1, "name": name, "extends": ["coding-agent"], "rules": rules}
+    doc: dict[str, Any] = {"version": 1, "name": name, "extends": ["coding-agent"], "rules": rules}
+    if settings:
+        doc["settings"] = settings
     path.write_text(json.dumps(doc, indent=1) + "\n")
     return path
 
