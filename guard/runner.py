@@ -15,18 +15,24 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import queue
 import re
 import signal
 import sys
 import threading
+import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard.errors import DaemonError, GuardError, SandboxError
 from guard.home import guard_home
 from guard.model import Action, Decision, Verdict
+
+if TYPE_CHECKING:
+    from guard.daemon.client import DaemonClient
+    from guard.policy import Policy
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
@@ -156,6 +162,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     session_id: str = session["session"]
     tally = Tally()
     status = 125
+    decider: Decider | None = None
     try:
         protected = (home, *policy.sources)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected)
@@ -167,28 +174,22 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         for warning in report.warnings():
             say(f"guard: warning: {warning}")
 
-        def decide(action: Action) -> Decision:
-            try:
-                decision = client.decide(session_id, action)
-            except DaemonError as exc:
-                # Fail closed: no daemon, no decision, no action.
-                decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
-            tally.count(action, decision)
-            return decision
-
+        decider = Decider(policy, client, session_id, tally, warn=say)
         spec = SeccompSpec(notify=True)
         proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
                      seccomp=spec, inner_listen_ports=(PROXY_PORT,))
+        decider.on_record_failure(proc.kill)
         stop = threading.Event()
         threads: list[threading.Thread] = []
         if proc.listener_fd is not None:
-            # The daemon records every decision it makes; several workers so one pending `ask` does not
-            # stall the rest of the agent's tree (the daemon client is thread-safe).
-            supervisor = Supervisor(proc.listener_fd, decide=decide, record=lambda a, d: None, spec=spec,
-                                    workers=SUPERVISOR_WORKERS)
+            # The decider records every decision; several workers so one pending `ask` does not stall the
+            # rest of the agent's tree (the decider and the daemon client are thread-safe).
+            supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=lambda a, d: None,
+                                    spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
-        net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve), tally)
+        net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve),
+                             decider.decide)
         threads.append(net.thread)
         for t in threads:
             t.start()
@@ -199,6 +200,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         for t in threads:
             t.join(timeout=2)
     finally:
+        if decider is not None:
+            decider.close()  # every record reaches the daemon before the session's end record
         summary = tally.as_dict()
         try:
             client.close_session(session_id, exit_status=status, summary=summary)
@@ -235,17 +238,94 @@ def _wait_forwarding_signals(proc: Any) -> int:
             signal.signal(signum, handler)
 
 
+class Decider:
+    """Decides a session's actions with the policy its sandbox was built from; the daemon records them.
+
+    Allow and deny are decided here (the engine is pure and takes microseconds) and their records are
+    streamed to the daemon in batches by one thread, so a notified syscall costs no socket round trip.
+    Only `ask` goes to the daemon synchronously: it holds the request for a human and records the answer.
+    If the daemon stops accepting records, the sandbox is killed: nothing may act unrecorded.
+    """
+
+    BATCH = 500
+    LINGER_S = 0.05
+
+    def __init__(self, policy: Policy, client: DaemonClient, session: str, tally: Tally,
+                 warn: Callable[[str], None]) -> None:
+        self._policy = policy
+        self._client = client
+        self._session = session
+        self._tally = tally
+        self._warn = warn
+        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
+        self._on_failure: Callable[[], None] | None = None
+        self._failed: DaemonError | None = None
+        self._thread = threading.Thread(target=self._send_loop, name="guard-recorder", daemon=True)
+        self._thread.start()
+
+    def on_record_failure(self, kill: Callable[[], None]) -> None:
+        self._on_failure = kill
+
+    def decide(self, action: Action) -> Decision:
+        decision = self._policy.decide(action)
+        if self._failed is not None:
+            decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {self._failed.message}")
+        elif decision.enforced is Verdict.ASK:
+            try:  # the daemon records the request, the approval and the final decision
+                decision = self._client.decide(self._session, action)
+            except DaemonError as exc:
+                decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
+        else:
+            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
+        self._tally.count(action, decision)
+        return decision
+
+    def close(self) -> None:
+        """Send what is queued and stop; bounded, so a dead daemon cannot hang guard run's exit."""
+        self._queue.put(None)
+        self._thread.join(timeout=10)
+
+    def _send_loop(self) -> None:
+        done = False
+        while not done:
+            first = self._queue.get()
+            if first is None:
+                break
+            batch = [first]
+            deadline = time.monotonic() + self.LINGER_S
+            while len(batch) < self.BATCH:
+                try:
+                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
+                except queue.Empty:
+                    break
+                if item is None:
+                    done = True
+                    break
+                batch.append(item)
+            if self._failed is None:
+                try:
+                    self._client.record_batch(self._session, batch)
+                except DaemonError as exc:
+                    self._fail(exc)
+
+    def _fail(self, exc: DaemonError) -> None:
+        self._failed = exc
+        self._warn(f"guard: the daemon stopped accepting records ({exc.message}); stopping the sandbox")
+        if self._on_failure is not None:
+            self._on_failure()
+
+
 class _NetworkThread:
     """Runs the proxy on the listeners that live inside the sandbox's network namespace."""
 
     def __init__(self, listeners: Sequence[Any], client: Any, session_id: str, policy: Any,
-                 resolve: dict[str, str], tally: Tally) -> None:
+                 resolve: dict[str, str], decide: Callable[[Action], Decision]) -> None:
         self._listeners = list(listeners)
         self._client = client
         self._session = session_id
         self._policy = policy
         self._host_map = {**dict(policy.host_map), **resolve}
-        self._tally = tally
+        self._decide = decide
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name="guard-proxy", daemon=True)
@@ -258,14 +338,8 @@ class _NetworkThread:
         self._loop = loop
 
         async def decide(action: Action) -> Decision:
-            def ask() -> Decision:
-                try:
-                    return self._client.decide(self._session, action)  # type: ignore[no-any-return]
-                except DaemonError as exc:
-                    return Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
-            decision = await loop.run_in_executor(None, ask)
-            self._tally.count(action, decision)
-            return decision
+            # off the loop: an `ask` waits for a human, and other connections must go on meanwhile
+            return await loop.run_in_executor(None, self._decide, action)
 
         def send_record(event: dict[str, Any]) -> None:
             try:

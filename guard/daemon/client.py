@@ -144,6 +144,11 @@ class DaemonClient:
         """Record an event decided elsewhere (type "connection" or "decision"); -> its sequence number."""
         return int(self.request("record", {"session": session, "event": dict(event)})["seq"])
 
+    def record_batch(self, session: str, events: Sequence[Mapping[str, Any]]) -> int:
+        """Record up to protocol.MAX_BATCH events in one round trip, all or nothing; -> how many."""
+        return int(self.request("record.batch", {"session": session,
+                                                 "events": [dict(e) for e in events]})["count"])
+
     def close_session(self, session: str, *, exit_status: int | None = None,
                       summary: Mapping[str, Any] | None = None) -> dict[str, Any]:
         fields: dict[str, Any] = {"session": session, "exit_status": exit_status}

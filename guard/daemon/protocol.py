@@ -97,6 +97,20 @@ def _env_map(name: str, value: Any) -> dict[str, str]:
     return dict(value)
 
 
+MAX_BATCH = 1000
+
+
+def _object_list(name: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or not value:
+        raise _field(name, "expected a non-empty list of objects")
+    if len(value) > MAX_BATCH:
+        raise _field(name, f"at most {MAX_BATCH} events per batch, got {len(value)}")
+    for i, item in enumerate(value):
+        if not isinstance(item, dict):
+            raise _field(f"{name}[{i}]", "expected an object")
+    return value
+
+
 def _str_list(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _field(name, "expected a list of strings")
@@ -159,6 +173,11 @@ OPS: dict[str, dict[str, _Field]] = {
     "record": {
         "session": _Field(_nonempty_str),
         "event": _Field(_object),
+    },
+    # decisions a session made itself (guard run decides locally and streams its records in batches)
+    "record.batch": {
+        "session": _Field(_nonempty_str),
+        "events": _Field(_object_list),
     },
     "session.close": {
         "session": _Field(_nonempty_str),

@@ -425,6 +425,8 @@ class Daemon:
             return self._open_session(conn, args)
         if op == "record":
             return self._record(self.sessions.get(args["session"]), args["event"])
+        if op == "record.batch":
+            return self._record_batch(self.sessions.get(args["session"]), args["events"])
         if op == "session.close":
             session = self.sessions.get(args["session"])
             self._end_session(session, status="closed", exit_status=args["exit_status"],
@@ -553,6 +555,26 @@ class Daemon:
         else:
             record = {"type": kind, "session": session.id, **fields}
         return {"seq": self._audit.append(record)}
+
+    def _record_batch(self, session: Session, events: list[dict[str, Any]]) -> dict[str, Any]:
+        """All or nothing: every event is validated (naming its index) before any is appended."""
+        from guard.audit import decision_event
+
+        parsed = []
+        for i, event in enumerate(events):
+            try:
+                parsed.append(p.parse_record_event(event))
+            except p.RequestError as exc:
+                raise p.RequestError(exc.code, f"events[{i}]: {exc}") from None
+        seqs = []
+        for kind, fields in parsed:
+            if kind == "decision":
+                record = decision_event(session.id, fields["action"], fields["decision"], source="client")
+                _count(session, fields["decision"].enforced)
+            else:
+                record = {"type": kind, "session": session.id, **fields}
+            seqs.append(self._audit.append(record))
+        return {"count": len(seqs), "first_seq": seqs[0], "last_seq": seqs[-1]}
 
     def _end_session(self, session: Session, *, status: str, reason: str | None = None,
                      exit_status: int | None = None, summary: dict[str, Any] | None = None) -> None:

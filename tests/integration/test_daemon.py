@@ -840,3 +840,23 @@ def test_session_policy_is_compiled_with_the_clients_variables(daemon: Daemon, w
         with pytest.raises(DaemonError, match="env"):
             client.request("session.open", {"policy": str(policy), "workspace": str(workspace),
                                             "env": {"HOME": 3}})
+
+
+def test_record_batch_is_all_or_nothing_and_names_the_bad_event(daemon: Daemon, workspace: Path) -> None:
+    policy = write_policy(workspace.parent / "policy.yaml")
+    good = {"type": "decision", "action": {"op": "write", "target": str(workspace / "a.txt")},
+            "decision": {"verdict": "allow", "rule_id": "workspace", "reason": "ok", "audit_only": False}}
+    bad = {**good, "decision": {**good["decision"], "verdict": "maybe"}}
+    with daemon.client() as client:
+        session = client.open_session(policy, workspace)["session"]
+        with pytest.raises(DaemonError, match=r"events\[1\]"):
+            client.record_batch(session, [good, bad, good])
+        with pytest.raises(DaemonError, match="at most 1000"):
+            client.record_batch(session, [good] * 1001)
+        assert client.record_batch(session, [good, good, good]) == 3
+        closed = client.close_session(session, exit_status=0)
+        assert closed["counts"] == {"allowed": 3, "denied": 0, "asked": 0}
+    mine = [r for r in records(daemon.home) if r.get("session") == session and r["type"] == "decision"]
+    assert len(mine) == 3 and all(r["source"] == "client" for r in mine)
+    assert daemon.stop() == 0
+    verified(daemon.home)
