@@ -169,6 +169,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     init_pid = 0
     listeners: list[socket.socket] = []
     vanished: list[str] = []
+    memfd: dict[str, Any] = {"enforced": False, "why": "not reported by the sandbox init"}
     ready = False
     listener_fd: int | None = None
     deadline = time.monotonic() + SETUP_TIMEOUT
@@ -193,6 +194,8 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                 init_pid = int(msg["pid"])
                 if init_pid <= 0:
                     raise SandboxError(f"the relay reported an impossible init pid {init_pid}")
+            elif kind == "memfd":
+                memfd = msg
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
             elif kind == "listener":
@@ -210,6 +213,10 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
         if len(listeners) != n_listeners:
             raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
         extra = _seccomp_protections(seccomp, listener_fd is not None)
+        extra.append(Protection("exec: anonymous files (memfd) never executable",
+                                State.FULLY if memfd.get("enforced") else State.NOT,
+                                f"vm.memfd_noexec=2 in the sandbox's pid namespace ({memfd.get('why')})",
+                                required=False))
         if vanished:
             extra.append(Protection("files: masks skipped (path gone between scan and launch)",
                                     State.PARTLY, ", ".join(vanished), required=False))
@@ -300,6 +307,7 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})
     mounts.mount_proc_and_sys()
+    _send(sock, {"t": "memfd", **_memfd_noexec()})
     sc.loopback_up()
     for port in ports:
         lsock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -335,6 +343,24 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
         if pid == agent and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
             code = os.waitstatus_to_exitcode(status)
             return 128 - code if code < 0 else code
+
+
+_MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
+
+
+def _memfd_noexec() -> dict[str, Any]:
+    """vm.memfd_noexec = 2 for the sandbox's pid namespace (per namespace since 6.3; it can only be
+    raised, and children inherit it): no memfd the agent creates can ever be made executable, so its
+    code cannot be fexecve'd. Best effort: the report says whether it holds."""
+    try:
+        with open(_MEMFD_NOEXEC, "w") as f:
+            f.write("2\n")
+        with open(_MEMFD_NOEXEC) as f:
+            value = f.read().strip()
+    except OSError as exc:
+        why = "not on this kernel (needs 6.3)" if isinstance(exc, FileNotFoundError) else exc.strerror
+        return {"enforced": False, "why": f"{_MEMFD_NOEXEC}: {why}"}
+    return {"enforced": value == "2", "why": f"{_MEMFD_NOEXEC} = {value}"}
 
 
 # --- the agent, up to exec ------------------------------------------------------------------------------

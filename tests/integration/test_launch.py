@@ -28,6 +28,7 @@ from guard.sandbox import _syscalls as sc
 from guard.sandbox import namespaces
 from guard.sandbox.launch import SandboxedProcess, spawn
 from guard.sandbox.plan import build_plan
+from guard.sandbox.report import State
 from guard.sandbox.scan import scan_launch_facts
 
 ABI = sc.landlock_abi()
@@ -706,3 +707,81 @@ def test_default_policy_runs_honest_work_and_hides_secrets(private_tmp: Path, is
     for secret in ("topsecret", "PRIVATE", "GUARD KEY", policy_text):
         assert secret not in out, out
     assert "hook=0" not in out and not (ws / ".git" / "hooks" / "pre-commit").exists()
+
+
+# --- excepts holding other grants, and code from writable trees (escape-suite findings) -----------------
+def _carve_policy(tree: Tree, *extra: Rule) -> Pol:
+    rw, rwx = frozenset({Op.READ, Op.WRITE}), frozenset({Op.READ, Op.WRITE, Op.EXEC})
+    return Pol((Rule("system", Verdict.ALLOW, frozenset({Op.READ, Op.EXEC}), SYSTEM),
+                Rule("devnull", Verdict.ALLOW, rw, ("/dev/null",)),
+                Rule("scratch", Verdict.ALLOW, rw, (f"{tree.root}/**",), excepts=(f"{tree.home}/**",)),
+                Rule("cfg", Verdict.ALLOW, frozenset({Op.READ}), (f"{tree.home}/.gitconfig",
+                                                                   f"{tree.home}/.config/tool/**")),
+                Rule("cache", Verdict.ALLOW, rwx, (f"{tree.home}/.cache/**",)),
+                Rule("ws", Verdict.ALLOW, rwx, (f"{tree.ws}/**",)),
+                Rule("ssh", Verdict.DENY, rw, (f"{tree.home}/.ssh/**",)),
+                Rule("env", Verdict.DENY, rw, ("/**/.env",)), *extra))
+
+
+def test_an_except_holding_other_grants_hides_everything_else(tree: Tree) -> None:
+    home = tree.home
+    (home / "Documents").mkdir()
+    (home / "Documents" / "taxes.txt").write_text("TAXES\n")
+    (home / ".cache" / "pip").mkdir(parents=True)
+    (home / ".cache" / "pip" / "token").write_text("CACHE-TOKEN\n")
+    (home / "real-tool").mkdir()
+    (home / "real-tool" / "conf").write_text("TOOLCONF\n")
+    (home / ".config").mkdir()
+    (home / ".config" / "tool").symlink_to("../real-tool")
+    _, out = tree.run(f"cat {home}/Documents/taxes.txt; ls -A {home}; cat {home}/.gitconfig; "
+                      f"echo x >> {home}/.gitconfig || echo cfg-ro; echo c > {home}/.cache/pip/new && "
+                      f"echo cache-rw; cat {home}/.cache/pip/token; cat {home}/.ssh/id_ed25519; "
+                      f"cat {home}/.config/tool/conf; touch {home}/planted || echo home-ro",
+                       policy=_carve_policy(tree, Rule("token", Verdict.DENY, frozenset({Op.READ}),
+                                                       (f"{home}/.cache/pip/token",))))
+    # the deny inside a grant put back still applies (its mask comes after the carve)
+    assert "TAXES" not in out and "PRIVATE KEY" not in out and "CACHE-TOKEN" not in out, out
+    listing = out.split("[user]")[0].split()
+    assert "Documents" not in listing and ".ssh" not in listing and ".gitconfig" in listing, out
+    assert "cfg-ro" in out and "cache-rw" in out and "TOOLCONF" in out and "home-ro" in out, out
+    assert (home / ".cache" / "pip" / "new").read_text() == "c\n"
+    assert (home / ".gitconfig").read_text() == "[user]\n" and not (home / "planted").exists()
+
+
+def _loader() -> str:
+    for p in ("/lib64/ld-linux-x86-64.so.2", "/lib/ld-linux-aarch64.so.1"):
+        if os.path.exists(p):
+            return p
+    pytest.skip("no dynamic loader at a known path")
+
+
+def test_code_written_to_a_non_exec_tree_cannot_be_mapped_executable(tree: Tree) -> None:
+    loader = _loader()
+    # ws is read/write but not exec in the tree's default policy; `other` is granted nothing
+    rc, out = tree.run(f"cp /bin/echo {tree.ws}/copied && {loader} {tree.ws}/copied MAPPED-OK; "
+                       f"echo rc=$?")
+    assert "MAPPED-OK" not in out and "rc=0" not in out, out
+    rc, out = tree.run(f"cp /bin/echo {tree.ws}/copied2 && {loader} {tree.ws}/copied2 MAPPED-OK",
+                       policy=_carve_policy(tree))  # ws grants exec here: still runs, inside a noexec root
+    assert rc == 0 and "MAPPED-OK" in out, out
+    rc, out = tree.run(f"cp /bin/echo {tree.root}/other/c3 && {loader} {tree.root}/other/c3 MAPPED-OK; "
+                       f"echo rc=$?", policy=_carve_policy(tree))
+    assert "MAPPED-OK" not in out and "rc=0" not in out, out
+
+
+def test_memfd_noexec_is_raised_in_the_sandbox(tree: Tree) -> None:
+    if not os.path.exists("/proc/sys/vm/memfd_noexec"):
+        pytest.skip("vm.memfd_noexec needs Linux 6.3")
+    sp = tree.launch("cat /proc/sys/vm/memfd_noexec")
+    try:
+        prot = sp.report.get("exec: anonymous files (memfd) never executable")
+        sp.start()
+        sp.wait()
+    finally:
+        sp.kill()
+        sp.close()
+    out = (tree.ws / "out.txt").read_text()
+    if prot.state is State.FULLY:
+        assert out.strip() == "2", out
+    else:
+        assert "memfd_noexec" in prot.reason
