@@ -183,6 +183,17 @@ class World:
         hit = [t for t in refused if t == str(target) or str(target).startswith(t.rstrip("/") + "/")]
         assert hit, f"no refusal of {op} {target} recorded; decisions: {got}"
 
+    def assert_write_refused(self, run: Run, target: Path, *, op: str = "write") -> None:
+        """The write failed and left nothing. Refused by a decision (EACCES): it must be in the trail.
+        Or the kernel tier hid the place entirely (ENOENT under a mask): nothing reached a decision."""
+        assert run.returncode != 0, run
+        assert not target.exists(), f"{target} was written: {run!r}"
+        hidden = ("nonexistent", "No such file", "FileNotFoundError")
+        if any(h in run.stderr for h in hidden) and "Permission denied" not in run.stderr:
+            return
+        assert "Permission denied" in run.stderr or "PermissionError" in run.stderr, run
+        self.assert_denied(run, op, target)
+
     def daemon_status(self) -> dict[str, Any]:
         return dict(json.loads(self.guard("daemon", "status", "--json", check=False).stdout or "{}"))
 

@@ -25,9 +25,7 @@ def test_write_outside_via_dotdot(world):
     bare = world.bare_run(attack, env={"T": "dotdot-bare"})
     assert bare.returncode == 0 and (world.outside / "dotdot-bare").read_text() == "pwned\n", bare
     run = world.guard_run(attack, env={"T": "dotdot"})
-    assert run.returncode != 0 and "Permission denied" in run.stderr, run
-    assert not (world.outside / "dotdot").exists()
-    world.assert_denied(run, "write", world.outside / "dotdot")
+    world.assert_write_refused(run, world.outside / "dotdot")
 
 
 def test_write_outside_via_symlink_planted_before_launch(world):
@@ -36,9 +34,7 @@ def test_write_outside_via_symlink_planted_before_launch(world):
     bare = world.bare_run(attack, env={"T": "prelink-bare"})
     assert bare.returncode == 0 and (world.outside / "prelink-bare").exists(), bare
     run = world.guard_run(attack, env={"T": "prelink"})
-    assert run.returncode != 0 and "Permission denied" in run.stderr, run
-    assert not (world.outside / "prelink").exists()
-    world.assert_denied(run, "write", world.outside / "prelink")
+    world.assert_write_refused(run, world.outside / "prelink")
 
 
 def test_write_outside_via_symlink_created_after_launch(world):
@@ -46,9 +42,7 @@ def test_write_outside_via_symlink_created_after_launch(world):
     bare = world.bare_run(attack, env={"T": "postlink-bare"})
     assert bare.returncode == 0 and (world.outside / "postlink-bare").exists(), bare
     run = world.guard_run(attack, env={"T": "postlink"})
-    assert run.returncode != 0 and "Permission denied" in run.stderr, run
-    assert not (world.outside / "postlink").exists()
-    world.assert_denied(run, "write", world.outside / "postlink")
+    world.assert_write_refused(run, world.outside / "postlink")
 
 
 def test_write_outside_via_hard_link_made_inside(world):
@@ -103,7 +97,8 @@ def test_write_outside_via_rename_of_outside_directory_into_workspace(world):
     assert run.returncode != 0, run
     assert (world.outside / "dir-ren").is_dir()
     assert not (world.ws / "stolen-ren").exists()
-    world.assert_denied(run, "write", world.outside / "dir-ren")
+    if "No such file" not in run.stderr:  # not hidden by a mask: then a decision refused it, on record
+        world.assert_denied(run, "write", world.outside / "dir-ren")
 
 
 def test_write_outside_via_proc_self_root(world):
@@ -111,9 +106,7 @@ def test_write_outside_via_proc_self_root(world):
     bare = world.bare_run(attack, env={"T": "procroot-bare"})
     assert bare.returncode == 0 and (world.outside / "procroot-bare").exists(), bare
     run = world.guard_run(attack, env={"T": "procroot"})
-    assert run.returncode != 0 and "Permission denied" in run.stderr, run
-    assert not (world.outside / "procroot").exists()
-    world.assert_denied(run, "write", world.outside / "procroot")
+    world.assert_write_refused(run, world.outside / "procroot")
 
 
 def test_write_outside_via_proc_self_cwd(world):
@@ -124,7 +117,7 @@ def test_write_outside_via_proc_self_cwd(world):
     bare = world.bare_run(attack, env={"T": "proccwd-bare"})
     assert bare.returncode == 0 and (world.outside / "proccwd-bare").exists(), bare
     run = world.guard_run(attack, env={"T": "proccwd"})
-    assert run.returncode != 0 and "PermissionError" in run.stderr, run
+    assert run.returncode != 0 and ("PermissionError" in run.stderr or "FileNotFoundError" in run.stderr), run
     assert not (world.outside / "proccwd").exists()
 
 
@@ -150,9 +143,7 @@ def test_write_outside_via_link_of_workspace_file_into_outside(world):
     bare = world.bare_run(attack, env={"T": "lnout-bare"})
     assert bare.returncode == 0 and (world.outside / "lnout-bare").read_text() == "pwned\n", bare
     run = world.guard_run(attack, env={"T": "lnout"})
-    assert run.returncode != 0 and "Permission denied" in run.stderr, run
-    assert not (world.outside / "lnout").exists()
-    world.assert_denied(run, "write", world.outside / "lnout")
+    world.assert_write_refused(run, world.outside / "lnout")
 
 
 def test_truncate_outside(world):
@@ -162,7 +153,7 @@ def test_truncate_outside(world):
     bare = world.bare_run(attack, env={"T": "trunc-bare"})
     assert bare.returncode == 0 and (world.outside / "victim-trunc-bare").read_text() == "", bare
     run = world.guard_run(attack, env={"T": "trunc"})
-    assert run.returncode != 0 and "PermissionError" in run.stderr, run
+    assert run.returncode != 0 and ("PermissionError" in run.stderr or "FileNotFoundError" in run.stderr), run
     assert (world.outside / "victim-trunc").read_text() == "precious\n"
 
 
