@@ -292,9 +292,9 @@ if sniff is not None:
 """
 
 
-def _raw_run(argv, env, sink_port, token):
+def _raw_run(argv, env, cwd, sink_port, token):
     """Run the raw-socket attack while the host sends tagged datagrams over its own loopback."""
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    proc = subprocess.Popen(argv, env=env, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             stdin=subprocess.DEVNULL)
     done = threading.Event()
 
@@ -322,11 +322,11 @@ def test_raw_and_packet_sockets_see_and_send_no_host_traffic(world):
     with H.serving(sink):
         env = {**world.env, "PORT": str(sink.port), "LISTEN_S": "1.5"}
         if ROOT:  # the bare control needs CAP_NET_RAW on the host
-            out, err = _raw_run(world.py(RAW_ATTACK), {**env, "TOKEN": "bare-r1"}, sink.port, "bare-r1")
+            out, err = _raw_run(world.py(RAW_ATTACK), {**env, "TOKEN": "bare-r1"}, world.ws, sink.port, "bare-r1")
             assert "sniffed host traffic" in out and "raw sent" in out, (out, err)
             assert world.wait_until(lambda: any(b"RAW-bare-r1" in d for d in sink.received), timeout=5)
         argv = world.guard_run_argv(world.py(RAW_ATTACK))
-        out, err = _raw_run(argv, {**env, "TOKEN": "guard-r1"}, sink.port, "guard-r1")
+        out, err = _raw_run(argv, {**env, "TOKEN": "guard-r1"}, world.ws, sink.port, "guard-r1")
         time.sleep(0.2)
     assert "READY" in out, (out, err)
     assert "sniffed host traffic" not in out, (out, err)
