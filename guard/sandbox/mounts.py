@@ -88,7 +88,7 @@ def _carve(op: MountOp, originals: dict[str, int]) -> None:
         if e.kind == "dir":
             os.makedirs(e.path, mode=0o755, exist_ok=True)
         else:
-            os.close(os.open(e.path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
+            os.close(os.open(e.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         sc.attach_tree(tree, e.path)
         sc.set_mount_attrs(e.path, _attrs(e.read_only, e.no_exec), recursive=True)
     sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)

@@ -737,8 +737,8 @@ def test_an_except_holding_other_grants_hides_everything_else(tree: Tree) -> Non
                       f"echo x >> {home}/.gitconfig || echo cfg-ro; echo c > {home}/.cache/pip/new && "
                       f"echo cache-rw; cat {home}/.cache/pip/token; cat {home}/.ssh/id_ed25519; "
                       f"cat {home}/.config/tool/conf; touch {home}/planted || echo home-ro",
-                       policy=_carve_policy(tree, Rule("token", Verdict.DENY, frozenset({Op.READ}),
-                                                       (f"{home}/.cache/pip/token",))))
+                      policy=_carve_policy(tree, Rule("token", Verdict.DENY, frozenset({Op.READ}),
+                                                      (f"{home}/.cache/pip/token",))))
     # the deny inside a grant put back still applies (its mask comes after the carve)
     assert "TAXES" not in out and "PRIVATE KEY" not in out and "CACHE-TOKEN" not in out, out
     listing = out.split("[user]")[0].split()
@@ -785,3 +785,26 @@ def test_memfd_noexec_is_raised_in_the_sandbox(tree: Tree) -> None:
         assert out.strip() == "2", out
     else:
         assert "memfd_noexec" in prot.reason
+
+
+def test_carve_and_noexec_as_nobody(nobody_tree: Tree) -> None:
+    problem = namespaces.probe(drop_to=NOBODY)
+    if problem is not None:
+        pytest.skip(f"unprivileged user namespaces unavailable: {problem}")
+    t = nobody_tree
+    loader = _loader()
+    for d in (t.home / "Documents", t.home / ".cache"):
+        d.mkdir()
+        os.chown(d, NOBODY, NOBODY)
+    (t.home / "Documents" / "taxes.txt").write_text("TAXES\n")
+
+    def body() -> None:
+        _, out = t.run(f"cat {t.home}/Documents/taxes.txt; cat {t.home}/.gitconfig; "
+                       f"echo c > {t.home}/.cache/new && echo cache-rw; "
+                       f"cp /bin/echo {t.other}/e && {loader} {t.other}/e MAPPED-OK; "
+                       f"cp /bin/echo {t.ws}/e && {loader} {t.ws}/e WS-RUNS", policy=_carve_policy(t))
+        assert "TAXES" not in out and "[user]" in out and "cache-rw" in out, out
+        assert "MAPPED-OK" not in out and "WS-RUNS" in out, out
+
+    code, text = _as_nobody(body)
+    assert code == 0, text
