@@ -42,7 +42,10 @@ unprivileged_pass() {
   dir=$(mktemp -d /tmp/guard-unpriv.XXXXXX)
   trap 'rm -rf "$dir"' RETURN
   chmod 755 "$dir"
-  git -C "$repo" ls-files -z --cached --others --exclude-standard | (cd "$repo" && xargs -0 cp --parents -t "$dir")
+  # tar keeps symlinks as symlinks (guard/data/policies is one); deleted-but-unstaged files are skipped
+  (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
+      | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
+      | tar --null -T - -cf -) | tar -xf - -C "$dir"
   "$py" -m venv "$dir/.venv"
   "$dir/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$dir[test]"
   mkdir -p "$dir/home"
