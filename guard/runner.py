@@ -92,15 +92,21 @@ class Tally:
                     "execs": self.execs, "connections": self.connections}
 
 
-def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
-    """The environment the agent sees: the caller's, plus the proxy settings and a marker.
+# Variables that hand the agent a credential by reference: an agent socket signs or decrypts with every key
+# it holds (no key file needs reading), a docker socket is root on the host. The sandbox also refuses
+# connecting to sockets outside the grants; dropping these keeps honest tools from even trying.
+_WITHHELD_ENV = frozenset({
+    "GUARD_HOME", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "GNOME_KEYRING_CONTROL",
+    "DOCKER_HOST", "CONTAINER_HOST", "DBUS_SESSION_BUS_ADDRESS",
+})
 
-    Variables that point into guard's state are dropped: the sandbox hides that directory anyway, and an
-    agent has no business knowing where it is.
-    """
+
+def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
+    """The environment the agent sees: the caller's, minus what points at credentials or at guard's own
+    state, plus the proxy settings and a marker."""
     from guard.net.proxy_env import agent_proxy_env
 
-    env = {k: v for k, v in base.items() if k not in ("GUARD_HOME",)}
+    env = {k: v for k, v in base.items() if k not in _WITHHELD_ENV}
     env.update(agent_proxy_env(proxy_port))
     env["GUARD_SANDBOX"] = "1"
     return env

@@ -85,3 +85,19 @@ def test_the_sandbox_stops_when_the_daemon_cannot_record(isolated_home: Path) ->
         if proc.poll() is None:
             proc.kill()
             proc.wait(timeout=10)
+
+
+def test_agent_socket_variables_are_withheld(isolated_home: Path) -> None:
+    project = isolated_home / "project"
+    project.mkdir()
+    env = {**os.environ, "SSH_AUTH_SOCK": "/tmp/ssh-XXXX/agent.1", "DOCKER_HOST": "unix:///run/docker.sock",
+           "GPG_AGENT_INFO": "/run/user/1/gnupg/S.gpg-agent", "KEEP_ME": "yes"}
+    try:
+        res = subprocess.run([sys.executable, "-m", "guard", "run", "--", "/usr/bin/env"], cwd=project, env=env,
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 0, res.stderr
+        names = {line.partition("=")[0] for line in res.stdout.splitlines()}
+        assert "KEEP_ME" in names and "HTTPS_PROXY" in names and "GUARD_SANDBOX" in names
+        assert not names & {"SSH_AUTH_SOCK", "DOCKER_HOST", "GPG_AGENT_INFO", "GUARD_HOME"}
+    finally:
+        subprocess.run([sys.executable, "-m", "guard", "daemon", "stop"], capture_output=True, timeout=30)
