@@ -505,6 +505,8 @@ class _Walker:
             return text  # an ordinary symlink inside procfs, e.g. mounts -> self/mounts
         if self.no_magic:
             raise _Reply(errno.ELOOP)
+        if name in ("root", "cwd", "exe"):
+            return self._own_link(name, comps, tgid, tid)
         own_fd_dir = (len(comps) >= 2 and comps[-1] == "fd" and comps[-2] == tgid) or (
             len(comps) >= 4 and comps[-1] == "fd" and comps[-3] == "task" and comps[-4] == tgid)
         if not own_fd_dir or not name.isdigit():
@@ -515,10 +517,35 @@ class _Walker:
             raise _Reply(errno.ENOENT) from None
         canon = self.task.canonical(obj)
         if canon is None:
-            mode = os.fstat(obj).st_mode
-            if stat.S_ISREG(mode) or stat.S_ISDIR(mode):
-                raise _Unvouched()  # a deleted or unreachable file: no path to decide on
+            st = os.fstat(obj)
+            if (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)) and st.st_nlink > 0:
+                # Still linked somewhere the task's view does not show: no path to decide on. With no
+                # link left (O_TMPFILE, memfd, deleted) nothing on the file system is reached through it.
+                raise _Unvouched()
             return _Resolved(parent=obj, name=".", comps=[], obj=obj, anonymous=True)
+        return "/" + "/".join(canon)
+
+
+    def _own_link(self, name: str, comps: list[str], tgid: str, tid: str) -> str:
+        """The task's own `root`, `cwd` or `exe` link (/proc/self/..., /proc/thread-self/...), as the
+        canonical path it stands for, so a write through /proc/self/root is decided on where it lands.
+        /proc/self is the thread-group leader's (its cwd can differ from a thread that unshared
+        CLONE_FS), thread-self the notifying thread's; every other process's links are refused."""
+        if len(comps) >= 2 and comps[-1] == tgid:
+            proc = self.task.status("Tgid")  # the leader, numbered in our pid namespace
+        elif len(comps) >= 4 and comps[-1] == tid and comps[-2] == "task" and comps[-3] == tgid:
+            proc = str(self.task.pid)
+        else:
+            raise _Reply(errno.EACCES)  # another process's cwd/root/exe: not vouched for
+        if not proc.isdigit():
+            raise _Gone()
+        try:
+            obj = self._hold(os.open(f"/proc/{proc}/{name}", O_PATH | os.O_CLOEXEC))
+        except (FileNotFoundError, ProcessLookupError) as exc:
+            raise _Gone() from exc
+        canon = self.task.canonical(obj)
+        if canon is None:
+            raise _Unvouched()  # a deleted binary, a cwd removed or outside the root: no path
         return "/" + "/".join(canon)
 
 
@@ -857,7 +884,8 @@ class Supervisor:
         if not res.anonymous and not self._judge([Action(op=Op.WRITE, target=res.path, pid=n.pid)]):
             self._send(n.id, error=errno.EACCES)
             return
-        if res.obj is None and (res.must_be_dir or res.name == "."):
+        tmpfile = (flags & O_TMPFILE) == O_TMPFILE
+        if res.obj is None and not tmpfile and (res.must_be_dir or res.name == "."):
             # Writing to a directory, or creating "name/": the kernel refuses both the same way.
             exists = res.name == "." or _lstat_or_none(res.parent, res.name) is not None
             raise _Reply(errno.EISDIR if exists or flags & os.O_CREAT else errno.ENOENT)

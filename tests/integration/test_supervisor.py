@@ -826,3 +826,48 @@ def test_exec_of_an_object_with_no_path_is_refused_and_recorded(ws: Path) -> Non
     assert decided["tool-by-fd"].verdict is Verdict.ALLOW
     assert str(ws / "tool") in run.verdicts(Op.EXEC)
     assert not any("payload" in a.target for a in run.actions(Op.EXEC))
+
+
+def test_own_root_cwd_and_exe_links_are_followed_to_their_paths(tmp_path: Path, ws: Path) -> None:
+    """/proc/self/root/<abs path> and /proc/self/cwd/<name> are decided (and recorded) on where they
+    land, not refused unrecorded; another process's root link stays refused."""
+    outside = tmp_path / "outside"
+    outside.mkdir()
+
+    def child() -> object:
+        out: dict[str, object] = {}
+        for name, path in [("root-secret", f"/proc/self/root{outside}/secret-root"),
+                           ("cwd-secret", "/proc/thread-self/cwd/secret-cwd"),
+                           ("root-ok", f"/proc/self/root{ws}/fine")]:
+            out[name] = _errno_of(lambda p=path: open(p, "w").close())  # type: ignore[misc]
+        pid = os.fork()
+        if pid == 0:
+            os.read(os.open("/dev/null", os.O_RDONLY), 1)
+            os._exit(0)
+        out["other-root"] = _errno_of(lambda: open(f"/proc/1/root{ws}/other", "w").close())
+        os.kill(pid, 9)
+        os.waitpid(pid, 0)
+        return out
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    result = run.result
+    assert isinstance(result, dict)
+    assert result["root-secret"] == errno.EACCES and result["cwd-secret"] == errno.EACCES
+    assert result["root-ok"] == "done" and (ws / "fine").exists()
+    verdicts = run.verdicts(Op.WRITE)
+    assert verdicts[str(outside / "secret-root")] is Verdict.DENY
+    assert verdicts[str(ws / "secret-cwd")] is Verdict.DENY
+    assert not (ws / "other").exists()
+
+
+def test_o_tmpfile_in_the_current_directory_opens(ws: Path) -> None:
+    def child() -> object:
+        fd = os.open(".", os.O_TMPFILE | os.O_WRONLY, 0o644)
+        os.write(fd, b"x")
+        if libc.linkat(-100, f"/proc/self/fd/{fd}".encode(), -100, b"named", 0x400) != 0:  # AT_SYMLINK_FOLLOW
+            return ctypes.get_errno()
+        return "ok"
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == "ok" and (ws / "named").read_bytes() == b"x"
+    assert str(ws) in run.verdicts(Op.WRITE)
