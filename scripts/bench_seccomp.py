@@ -1,5 +1,6 @@
 """Throughput of the seccomp decision tier: write-opens per second bare, under the filter alone
-(read-only opens, which never leave the kernel), and through the notification supervisor.
+(read-only opens, which never leave the kernel), and through the notification supervisor; chmod (every
+attribute change is notified, as Landlock cannot judge them) bare and through the supervisor.
 
 Each loop runs in a forked child that times itself; the same run measures the bare baseline, so the
 ratios compare like with like on this machine. Last line: one JSON object.
@@ -25,6 +26,13 @@ def loop(path: str, n: int, flags: int) -> float:
     start = time.perf_counter()
     for _ in range(n):
         os.close(os.open(path, flags, 0o644))
+    return n / (time.perf_counter() - start)
+
+
+def chmod_loop(path: str, n: int) -> float:
+    start = time.perf_counter()
+    for i in range(n):
+        os.chmod(path, 0o600 | (i & 0o44))
     return n / (time.perf_counter() - start)
 
 
@@ -81,6 +89,8 @@ def main() -> None:
             "filtered_readonly_per_s": (lambda: loop(path, args.n, os.O_RDONLY), seccomp.SeccompSpec()),
             "bare_readonly_per_s": (lambda: loop(path, args.n, os.O_RDONLY), None),
             "notified_per_s": (lambda: loop(path, args.n // 4, write), seccomp.SeccompSpec()),
+            "bare_chmod_per_s": (lambda: chmod_loop(path, args.n), None),
+            "notified_chmod_per_s": (lambda: chmod_loop(path, args.n // 4), seccomp.SeccompSpec()),
         }
         best: dict[str, float] = {}
         for _ in range(args.rounds):
@@ -90,11 +100,16 @@ def main() -> None:
     result["notified_us"] = round(1e6 / best["notified_per_s"], 1)
     result["notified_ratio"] = round(best["bare_per_s"] / best["notified_per_s"], 1)
     result["readonly_ratio"] = round(best["bare_readonly_per_s"] / best["filtered_readonly_per_s"], 3)
+    result["chmod_us"] = round(1e6 / best["notified_chmod_per_s"], 1)
+    result["chmod_ratio"] = round(best["bare_chmod_per_s"] / best["notified_chmod_per_s"], 1)
     print(f"write-open, bare:             {result['bare_per_s']:>9}/s")
     print(f"write-open, via supervisor:   {result['notified_per_s']:>9}/s "
           f"({result['notified_us']} us each, {result['notified_ratio']}x bare)")
     print(f"read-only open, under filter: {result['filtered_readonly_per_s']:>9}/s "
           f"({result['readonly_ratio']}x bare)")
+    print(f"chmod, bare:                  {result['bare_chmod_per_s']:>9}/s")
+    print(f"chmod, via supervisor:        {result['notified_chmod_per_s']:>9}/s "
+          f"({result['chmod_us']} us each, {result['chmod_ratio']}x bare)")
     print(json.dumps(result))
 
 
