@@ -180,7 +180,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         for warning in report.warnings():
             say(f"guard: warning: {warning}")
 
-        decider = Decider(policy, client, session_id, tally, warn=say)
+        decider = Decider(policy, client, session_id, tally, warn=say,
+                          existed_at_launch=[m.path for m in facts.matches
+                                             if m.rule_id in policy.existing_only_rules])
         spec = SeccompSpec(notify=True)
         proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
                      seccomp=spec, inner_listen_ports=(PROXY_PORT,))
@@ -257,8 +259,12 @@ class Decider:
     LINGER_S = 0.05
 
     def __init__(self, policy: Policy, client: DaemonClient, session: str, tally: Tally,
-                 warn: Callable[[str], None]) -> None:
+                 warn: Callable[[str], None], existed_at_launch: Sequence[str] = ()) -> None:
         self._policy = policy
+        # `applies_to: existing` rules protect only what existed when the session started (the engineer's
+        # repository config, say), not what the agent creates during it (a repository it clones).
+        self._existing_only = policy.existing_only_rules
+        self._existed = tuple(existed_at_launch)
         self._client = client
         self._session = session
         self._tally = tally
@@ -269,11 +275,16 @@ class Decider:
         self._thread = threading.Thread(target=self._send_loop, name="guard-recorder", daemon=True)
         self._thread.start()
 
+    def _existed_at_launch(self, path: str) -> bool:
+        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)
+
     def on_record_failure(self, kill: Callable[[], None]) -> None:
         self._on_failure = kill
 
     def decide(self, action: Action) -> Decision:
         decision = self._policy.decide(action)
+        if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
+            decision = self._policy.decide(action, ignore=self._existing_only)
         if self._failed is not None:
             decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {self._failed.message}")
         elif decision.enforced is Verdict.ASK:

@@ -19,7 +19,8 @@ from guard.policy.hosts import compile_host, parse_ip
 TOP_KEYS = ("version", "name", "description", "extends", "mode", "vars", "lists", "defaults", "settings",
             "network", "rules", "tests")
 RULE_KEYS = ("id", "allow", "deny", "ask", "paths", "hosts", "ports", "cidrs", "commands", "except",
-             "reason", "mode", "description")
+             "reason", "mode", "description", "applies_to")
+APPLIES_TO = ("any", "existing")
 SETTINGS_KEYS = ("ask_timeout",)
 NETWORK_KEYS = ("hosts",)
 MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
@@ -52,6 +53,7 @@ class RawRule:
     reason: str | None
     audit: bool
     file: str
+    existing_only: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -365,10 +367,17 @@ def _rule(node: YNode, display: str, col: Collector) -> RawRule | None:
     reason = _string(seen.get("reason"), "reason", col)
     _string(seen.get("description"), "description", col)
     mode = _choice(seen["mode"], "mode", MODES, col) if "mode" in seen else None
+    applies_to = _choice(seen["applies_to"], "applies_to", APPLIES_TO, col) if "applies_to" in seen else None
+    if applies_to == "existing" and (kind is not Kind.FILE or Op.READ in ops or Op.EXEC in ops):
+        col.error("'applies_to: existing' protects files that exist at launch from being changed: it fits "
+                  f"only write rules, not {ops_text}", keys["applies_to"],
+                  hint="remove it, or split the write operation into its own rule")
+        ok = False
     if not ok or rule_id is None:
         return None
     return RawRule(id=rule_id, loc=node.loc, verdict=verdict, ops=frozenset(ops), kind=kind,
-                   matchers=matchers, excepts=excepts, reason=reason, audit=mode == "audit", file=display)
+                   matchers=matchers, excepts=excepts, reason=reason, audit=mode == "audit", file=display,
+                   existing_only=applies_to == "existing")
 
 
 def _tests(node: YNode, col: Collector) -> list[RawTest]:

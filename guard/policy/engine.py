@@ -198,14 +198,21 @@ class Policy:
         action = parse_action(f"{op_text} {rest}")
         return Action(op=action.op, target=action.target, argv=action.argv, cwd=cwd) if cwd else action
 
-    def decide(self, action: Action) -> Decision:
+    def decide(self, action: Action, *, ignore: frozenset[str] = frozenset()) -> Decision:
+        """The decision for `action`; rules named in `ignore` are left out (a session ignores
+        `applies_to: existing` rules for paths that did not exist at its launch)."""
         if len(action.target) > CACHE_MAX_TARGET:
-            return self._evaluate(action.op, action.target, action.cwd, action.addresses).decision
-        return self._decide_cached(action.op, action.target, action.cwd, action.addresses)
+            return self._evaluate(action.op, action.target, action.cwd, action.addresses, ignore).decision
+        return self._decide_cached(action.op, action.target, action.cwd, action.addresses, ignore)
 
     def decide_uncached(self, action: Action) -> Decision:
         """`decide` without the LRU: for benchmarks and for callers that must not share a cache."""
         return self._evaluate(action.op, action.target, action.cwd, action.addresses).decision
+
+    @property
+    def existing_only_rules(self) -> frozenset[str]:
+        """Ids of the `applies_to: existing` rules: they protect what exists when a session starts."""
+        return frozenset(rule.id for rule in self._rules if rule.existing_only)
 
     def explain(self, action: Action) -> Explanation:
         outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses)
@@ -259,18 +266,21 @@ class Policy:
 
     # -- evaluation -----------------------------------------------------------------------------------------
 
-    def _decide_key(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...]) -> Decision:
-        return self._evaluate(op, target, cwd, addresses).decision
+    def _decide_key(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...],
+                    ignore: frozenset[str] = frozenset()) -> Decision:
+        return self._evaluate(op, target, cwd, addresses, ignore).decision
 
-    def _evaluate(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...]) -> _Outcome:
+    def _evaluate(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...],
+                  ignore: frozenset[str] = frozenset()) -> _Outcome:
         kind = op.kind
         if kind is Kind.FILE:
-            return self._evaluate_file(op, target, cwd)
+            return self._evaluate_file(op, target, cwd, ignore)
         if kind is Kind.NETWORK:
             return self._evaluate_network(op, target, addresses)
         return self._evaluate_line(target)
 
-    def _evaluate_file(self, op: Op, target: str, cwd: str | None) -> _Outcome:
+    def _evaluate_file(self, op: Op, target: str, cwd: str | None,
+                       ignore: frozenset[str] = frozenset()) -> _Outcome:
         path = target
         if path == "~" or path.startswith("~/"):
             path = self.home + path[1:]
@@ -294,6 +304,8 @@ class Policy:
                 candidates[rule.id] = rule
         matches: list[Match] = []
         for rule in candidates.values():
+            if rule.id in ignore:
+                continue
             spec = rule.match_path(path)
             if spec >= 0:
                 matches.append(Match(rule, spec, rule.path_excluded_by(path) if rule.except_paths else None))

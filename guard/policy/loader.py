@@ -377,7 +377,8 @@ def _compile_rule(raw: RawRule, ex: _Expander) -> Rule | None:
                 audit_only=raw.audit, location=raw.loc, paths=tuple(paths), hosts=tuple(hosts),
                 cidrs=tuple(cidrs), ports=tuple(ports), commands=tuple(commands),
                 except_paths=tuple(except_paths), except_hosts=tuple(except_hosts),
-                except_cidrs=tuple(except_cidrs), except_commands=tuple(except_commands))
+                except_cidrs=tuple(except_cidrs), except_commands=tuple(except_commands),
+                existing_only=raw.existing_only)
 
 
 def _glob_message(exc: Exception, matcher: str) -> str:

@@ -27,6 +27,7 @@ class FileRule:
     patterns: tuple[str, ...]
     excepts: tuple[str, ...]
     audit_only: bool
+    existing_only: bool = False  # protects only what exists at launch (`applies_to: existing`)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +48,7 @@ class Rule:
     except_hosts: tuple[HostPattern, ...] = ()
     except_cidrs: tuple[IPNetwork, ...] = ()
     except_commands: tuple[CommandPattern, ...] = ()
+    existing_only: bool = False
 
     @property
     def strength(self) -> int:
@@ -108,4 +110,5 @@ class Rule:
     def to_file_rule(self) -> FileRule:
         return FileRule(rule_id=self.id, verdict=self.verdict, ops=self.ops,
                         patterns=tuple(p.text for p in self.paths),
-                        excepts=tuple(p.text for p in self.except_paths), audit_only=self.audit_only)
+                        excepts=tuple(p.text for p in self.except_paths), audit_only=self.audit_only,
+                        existing_only=self.existing_only)

@@ -101,3 +101,32 @@ def test_agent_socket_variables_are_withheld(isolated_home: Path) -> None:
         assert not names & {"SSH_AUTH_SOCK", "DOCKER_HOST", "GPG_AGENT_INFO", "GUARD_HOME"}
     finally:
         subprocess.run([sys.executable, "-m", "guard", "daemon", "stop"], capture_output=True, timeout=30)
+
+
+def test_new_repositories_are_the_agents_and_existing_ones_stay_protected(isolated_home: Path,
+                                                                          tmp_path: Path) -> None:
+    """git init / clone / commit must work (honest work); a hook file is refused even in a new repository;
+    the config of a repository that existed at launch is not changed without a human."""
+    (isolated_home / ".gitconfig").write_text("[user]\n\tname = T\n\temail = t@t.invalid\n")
+    project = isolated_home / "project"
+    (project / "existing").mkdir(parents=True)
+    subprocess.run(["git", "init", "-q"], cwd=project / "existing", check=True)
+    before = (project / "existing" / ".git" / "config").read_text()
+    policy = tmp_path / "fast-ask.yaml"
+    policy.write_text("version: 1\nname: fast-ask\nextends: [coding-agent]\nsettings: {ask_timeout: 1}\n")
+    script = (
+        "git init -q new && cd new && echo hi > a && git add a && git commit -qm one && git config user.name X"
+        " && echo init-ok; cd .. && git clone -q new clone && echo clone-ok;"
+        " (printf '#!/bin/sh\\n' > new/.git/hooks/pre-commit) 2>/dev/null || echo hook-refused;"
+        " (mv new/.git/hooks/pre-push.sample new/.git/hooks/pre-push) 2>/dev/null || echo rename-refused;"
+        " cd existing && (git config core.fsmonitor evil 2>/dev/null || echo existing-refused)")
+    try:
+        res = guard_run(project, "-p", str(policy), "--", "/bin/sh", "-c", script)
+        assert res.returncode == 0, res.stderr
+        for word in ("init-ok", "clone-ok", "hook-refused", "rename-refused", "existing-refused"):
+            assert word in res.stdout, (word, res.stdout, res.stderr)
+        assert (project / "new" / ".git" / "hooks").is_dir()
+        assert not (project / "new" / ".git" / "hooks" / "pre-commit").exists()
+        assert (project / "existing" / ".git" / "config").read_text() == before
+    finally:
+        subprocess.run([sys.executable, "-m", "guard", "daemon", "stop"], capture_output=True, timeout=30)
