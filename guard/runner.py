@@ -192,7 +192,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
-            supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=lambda a, d: None,
+            supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
                                     spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
@@ -274,6 +274,15 @@ class Decider:
         self._failed: DaemonError | None = None
         self._thread = threading.Thread(target=self._send_loop, name="guard-recorder", daemon=True)
         self._thread.start()
+
+    def record_refusal(self, action: Action, decision: Decision) -> None:
+        """The supervisor's record hook: everything decide() returned is already recorded; what the
+        supervisor refuses on its own (an exec of a file with no path, a failed decision) is not."""
+        from guard.sandbox.supervisor import SUPERVISOR_RULE
+
+        if decision.rule_id == SUPERVISOR_RULE:
+            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
+            self._tally.count(action, decision)
 
     def _existed_at_launch(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)

@@ -680,7 +680,8 @@ class Supervisor:
                 decision = self._decide(action)
             except Exception as exc:
                 log.exception("seccomp supervisor: decide() failed for %s", action)
-                decision = Decision(Verdict.DENY, None, f"guard: decision failed, refused: {exc!r}")
+                decision = Decision(Verdict.DENY, SUPERVISOR_RULE,
+                                    f"guard: decision failed, refused: {exc!r}")
             if decision.enforced is not Verdict.ALLOW:
                 allowed = False
             try:
