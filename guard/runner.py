@@ -171,7 +171,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     decider: Decider | None = None
     try:
         protected = (home, *policy.sources)
-        facts = scan_launch_facts(policy, workspace=workspace, protected=protected)
+        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
+                                  max_entries=policy.scan_max_entries)
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi())
         report = plan.report
         if opts.require_full and not report.fully_enforced:

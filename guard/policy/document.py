@@ -21,7 +21,7 @@ TOP_KEYS = ("version", "name", "description", "extends", "mode", "vars", "lists"
 RULE_KEYS = ("id", "allow", "deny", "ask", "paths", "hosts", "ports", "cidrs", "commands", "except",
              "reason", "mode", "description", "applies_to")
 APPLIES_TO = ("any", "existing")
-SETTINGS_KEYS = ("ask_timeout",)
+SETTINGS_KEYS = ("ask_timeout", "scan_max_entries")
 NETWORK_KEYS = ("hosts",)
 MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
     Kind.FILE: ("paths",),
@@ -31,6 +31,7 @@ MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
 ALL_MATCHERS = ("paths", "hosts", "cidrs", "ports", "commands")
 MODES = ("enforce", "audit")
 DEFAULT_ASK_TIMEOUT = 60.0
+DEFAULT_SCAN_MAX_ENTRIES = 200_000  # the launch scan's budget (guard.sandbox.scan): a capped scan is "partly"
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,6 +76,7 @@ class RawFile:
     lists: dict[str, tuple[Location, tuple[Item, ...]]] = field(default_factory=dict)
     defaults: dict[Kind, Verdict] = field(default_factory=dict)
     ask_timeout: float | None = None
+    scan_max_entries: int | None = None
     host_map: dict[str, tuple[str, Location]] = field(default_factory=dict)
     rules: list[RawRule] = field(default_factory=list)
     tests: list[RawTest] = field(default_factory=list)
@@ -113,7 +115,7 @@ def parse_document(text: str, path: Path, display: str, col: Collector) -> RawFi
     if "defaults" in seen:
         doc.defaults = _defaults(seen["defaults"], col)
     if "settings" in seen:
-        doc.ask_timeout = _settings(seen["settings"], col)
+        doc.ask_timeout, doc.scan_max_entries = _settings(seen["settings"], col)
     if "network" in seen:
         doc.host_map = _network(seen["network"], col)
     if "rules" in seen:
@@ -245,19 +247,30 @@ def _defaults(node: YNode, col: Collector) -> dict[Kind, Verdict]:
     return out
 
 
-def _settings(node: YNode, col: Collector) -> float | None:
+def _settings(node: YNode, col: Collector) -> tuple[float | None, int | None]:
+    """-> (ask_timeout, scan_max_entries), None where not set or wrong (the error is collected)."""
     if not isinstance(node, YMap):
         col.error(f"'settings' must be a mapping, not {type_name(node)}", node.loc)
-        return None
+        return None, None
     seen = _entries(node, SETTINGS_KEYS, "setting", col)
+    ask_timeout: float | None = None
     value = seen.get("ask_timeout")
-    if value is None:
-        return None
-    number = value.value if isinstance(value, YScalar) else None
-    if isinstance(number, int | float) and not isinstance(number, bool) and number > 0:
-        return float(number)
-    col.error("'settings.ask_timeout' must be a positive number of seconds", value.loc)
-    return None
+    if value is not None:
+        number = value.value if isinstance(value, YScalar) else None
+        if isinstance(number, int | float) and not isinstance(number, bool) and number > 0:
+            ask_timeout = float(number)
+        else:
+            col.error("'settings.ask_timeout' must be a positive number of seconds", value.loc)
+    scan_max: int | None = None
+    value = seen.get("scan_max_entries")
+    if value is not None:
+        number = value.value if isinstance(value, YScalar) else None
+        if isinstance(number, int) and not isinstance(number, bool) and number > 0:
+            scan_max = number
+        else:
+            col.error("'settings.scan_max_entries' must be a positive whole number of directory entries",
+                      value.loc)
+    return ask_timeout, scan_max
 
 
 def _network(node: YNode, col: Collector) -> dict[str, tuple[str, Location]]:

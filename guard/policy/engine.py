@@ -24,6 +24,7 @@ from typing import Any
 
 from guard.errors import Location, UsageError
 from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
+from guard.policy.document import DEFAULT_SCAN_MAX_ENTRIES
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
 from guard.policy.paths import ancestors, normalize_path
 from guard.policy.rules import FileRule, Rule
@@ -138,13 +139,15 @@ class Policy:
     __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_base_index", "_file_index",
                  "_host_map",
                  "_net_index", "_rules", "_variables", "ask_timeout", "description", "home", "mode", "name",
-                 "sources", "tests")
+                 "scan_max_entries", "sources", "tests")
 
     def __init__(self, *, name: str, description: str, mode: str, defaults: Mapping[Kind, Verdict],
                  rules: Iterable[Rule], sources: tuple[Path, ...], ask_timeout: float,
                  host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str,
-                 variables: Mapping[str, str] | None = None) -> None:
+                 variables: Mapping[str, str] | None = None,
+                 scan_max_entries: int = DEFAULT_SCAN_MAX_ENTRIES) -> None:
         self.name = name
+        self.scan_max_entries = scan_max_entries
         self.description = description
         self.mode = mode
         self._defaults = MappingProxyType({kind: defaults.get(kind, Verdict.DENY) for kind in Kind})

@@ -18,7 +18,15 @@ from guard.errors import Location, UsageError
 from guard.model import Kind, Op, Verdict, parse_action
 from guard.policy.commands import CommandPattern, CommandPatternError, compile_command
 from guard.policy.diagnostics import Collector, Diagnostic, PolicyLoadError, did_you_mean
-from guard.policy.document import DEFAULT_ASK_TIMEOUT, Item, RawFile, RawRule, RawTest, parse_document
+from guard.policy.document import (
+    DEFAULT_ASK_TIMEOUT,
+    DEFAULT_SCAN_MAX_ENTRIES,
+    Item,
+    RawFile,
+    RawRule,
+    RawTest,
+    parse_document,
+)
 from guard.policy.engine import Policy, PolicyTest
 from guard.policy.hosts import (
     HostPattern,
@@ -124,7 +132,7 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
         defaults=merged.defaults,
         rules=[r for r in rules if r is not None], sources=tuple(f.path.resolve() for f in reader.order),
         ask_timeout=merged.ask_timeout, host_map=merged.host_map, tests=tests, home=builtins["home"],
-        variables=variables)
+        variables=variables, scan_max_entries=merged.scan_max_entries)
     return result
 
 
@@ -202,6 +210,7 @@ class _Merged:
     defaults: dict[Kind, Verdict] = field(default_factory=dict)
     mode: str = "enforce"
     ask_timeout: float = DEFAULT_ASK_TIMEOUT
+    scan_max_entries: int = DEFAULT_SCAN_MAX_ENTRIES
     host_map: dict[str, str] = field(default_factory=dict)
     rules: list[RawRule] = field(default_factory=list)
 
@@ -217,6 +226,8 @@ def _merge(files: list[RawFile], col: Collector) -> _Merged:
             merged.mode = doc.mode
         if doc.ask_timeout is not None:
             merged.ask_timeout = doc.ask_timeout
+        if doc.scan_max_entries is not None:
+            merged.scan_max_entries = doc.scan_max_entries
         merged.host_map.update({name: addr for name, (addr, _) in doc.host_map.items()})
         for rule in doc.rules:
             if rule.id in first_seen:
