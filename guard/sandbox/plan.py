@@ -379,8 +379,9 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     # By design, not a host shortfall (so not PARTLY, and no warning at every launch): a denied path
     # created after launch is refused by the decision tier.
     if open_missing:
-        deny_notes.append("absent at launch, so the decision tier refuses creating them: "
-                          + ", ".join(sorted({m.pattern for m in open_missing})))
+        patterns = sorted({m.pattern for m in open_missing})
+        shown = ", ".join(patterns[:3]) + (f" and {len(patterns) - 3} more" if len(patterns) > 3 else "")
+        deny_notes.append(f"absent at launch, so the decision tier refuses creating them: {shown}")
     hides = sum(1 for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.HIDE_FILE))
     ro = sum(1 for m in mounts if m.kind is MountKind.READ_ONLY)
     scanned = ", ".join(facts.walked) or "-"
