@@ -14,6 +14,7 @@ the enforced outcome, with `audit_only=True`; a whole policy in audit mode marks
 from __future__ import annotations
 
 import functools
+import ipaddress
 import re
 import shlex
 from collections.abc import Iterable, Mapping
@@ -105,6 +106,16 @@ class Explanation:
         if self.note:
             out["note"] = self.note
         return out
+
+
+@dataclass(frozen=True, slots=True)
+class ListenPorts:
+    """`Policy.bind_ports`: the ports listed for the kernel, or None with `any_port` true when the policy
+    lets every port be bound, false when it cannot be written as a list (too many, or denies to subtract)."""
+
+    ports: tuple[int, ...] | None
+    any_port: bool
+    reason: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,6 +234,40 @@ class Policy:
 
     def cache_info(self) -> Any:
         return self._decide_cached.cache_info()
+
+    def bind_ports(self, limit: int = 4096) -> ListenPorts:
+        """The TCP ports the sandbox's kernel tier may let the agent bind (Landlock lists ports, it cannot
+        express denies or asks). A port is listed when some enforced `allow listen` rule names it and the
+        decision for `listen 127.0.0.1:PORT` is an enforced allow: inside the sandbox's network namespace
+        every address is its own loopback, so 127.0.0.1 stands for all of them. Port 0 is never listed
+        here (rules name 1-65535); the planner decides about ephemeral binds.
+        """
+        def allowed(port: int) -> bool:
+            target = f"127.0.0.1:{port}"
+            return self._evaluate(Op.LISTEN, target, None, ()).decision.enforced is Verdict.ALLOW
+
+        if self.mode == "audit":
+            return ListenPorts(None, True, "the policy is in audit mode: no listen is refused")
+        listen = [r for r in self._rules if Op.LISTEN in r.ops and not r.audit_only]
+        refusing = [r for r in listen if r.verdict is not Verdict.ALLOW]
+        granting = [r for r in listen if r.verdict is Verdict.ALLOW]
+        loopback: tuple[IPAddress, ...] = (ipaddress.IPv4Address("127.0.0.1"),)
+        portless = [r.id for r in granting if not r.ports and r.match_network("127.0.0.1", 1, loopback) >= 0
+                    and r.network_excluded_by("127.0.0.1", loopback) is None]
+        if self._defaults[Kind.NETWORK] is Verdict.ALLOW or portless:
+            why = (f"rule {portless[0]!r} allows listening on any port" if portless
+                   else "the network default is allow")
+            if not refusing:
+                return ListenPorts(None, True, why)
+            return ListenPorts(None, False, f"{why} except what {', '.join(r.id for r in refusing)} "
+                                            "refuse, and Landlock can only list allowed ports")
+        ranges = sorted({(pr.low, pr.high) for r in granting for pr in r.ports})
+        total = sum(high - low + 1 for low, high in ranges)
+        if total > limit:
+            return ListenPorts(None, False, f"the listen rules grant {total} ports, more than the "
+                                            f"{limit} the sandbox lists one by one")
+        ports = sorted({p for low, high in ranges for p in range(low, high + 1) if allowed(p)})
+        return ListenPorts(tuple(ports), False, f"{len(ports)} port(s) granted by listen rules")
 
     # -- indexing -------------------------------------------------------------------------------------------
 

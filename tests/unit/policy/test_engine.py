@@ -313,3 +313,52 @@ def test_engine_never_lets_a_wildcard_reach_the_apex_or_a_lookalike(apex: str, l
     assert p.decide(act(f"connect {host(apex)}")).verdict is Verdict.DENY
     assert p.decide(act(f"connect {host(label + apex)}")).verdict is Verdict.DENY
     assert p.decide(act(f"connect {host(label + '.' + apex)}")).rule_id == "w"
+
+
+LISTEN = """
+version: 1
+defaults: {file: deny, network: deny, process: allow}
+rules:
+  - id: dev
+    allow: [listen]
+    hosts: [127.0.0.1, localhost]
+    ports: [3000, 8000-8002]
+  - id: no-8001
+    deny: [listen]
+    hosts: ["*"]
+    ports: [8001]
+  - id: elsewhere
+    allow: [listen]
+    hosts: [example.com]
+    ports: [9000]
+  - id: asked
+    ask: [listen]
+    hosts: ["*"]
+    ports: [3000]
+  - id: audit-only
+    allow: [listen]
+    hosts: ["*"]
+    ports: [7000]
+    mode: audit
+"""
+
+
+def test_bind_ports_lists_enforced_listen_allows_minus_refusals(tmp_path: Path) -> None:
+    got = load(tmp_path, LISTEN).bind_ports()
+    # 3000 is asked (bind cannot wait for a human), 8001 denied, 9000 not on loopback, 7000 audit-only
+    assert got.ports == (8000, 8002) and not got.any_port
+
+
+def test_bind_ports_any_port_and_what_cannot_be_listed(tmp_path: Path) -> None:
+    anyport = "version: 1\nrules:\n  - id: lo\n    allow: [listen]\n    hosts: [127.0.0.1]\n"
+    got = load(tmp_path, anyport).bind_ports()
+    assert got.ports is None and got.any_port and "'lo'" in got.reason
+    minus = anyport + "  - id: no-22\n    deny: [listen]\n    hosts: ['*']\n    ports: [22]\n"
+    got = load(tmp_path, minus).bind_ports()
+    assert got.ports is None and not got.any_port and "no-22" in got.reason
+    wide = "version: 1\nrules:\n  - id: hi\n    allow: [listen]\n    hosts: [127.0.0.1]\n    ports: [1024-65535]\n"
+    got = load(tmp_path, wide).bind_ports(limit=100)
+    assert got.ports is None and not got.any_port and "64512 ports" in got.reason
+    assert load(tmp_path, "version: 1\nrules: []\n").bind_ports().ports == ()
+    audit = "version: 1\nmode: audit\nrules: []\n"
+    assert load(tmp_path, audit).bind_ports().any_port
