@@ -36,7 +36,7 @@ def chmod_loop(path: str, n: int) -> float:
     return n / (time.perf_counter() - start)
 
 
-def measure(fn: Callable[[], float], spec: seccomp.SeccompSpec | None) -> float:
+def measure(fn: Callable[[], float], spec: seccomp.SeccompSpec | None, workers: int = 1) -> float:
     """Ops/s of `fn` in a child, filtered by `spec` (served by a Supervisor when it notifies)."""
     parent_sock, child_sock = socket.socketpair()
     r, w = os.pipe()
@@ -71,7 +71,7 @@ def measure(fn: Callable[[], float], spec: seccomp.SeccompSpec | None) -> float:
     if listener is None:
         return collect()
     allow = Decision(Verdict.ALLOW, "bench", "bench")
-    with serving(listener, decide=lambda _a: allow, record=lambda _a, _d: None, spec=spec):
+    with serving(listener, decide=lambda _a: allow, record=lambda _a, _d: None, spec=spec, workers=workers):
         return collect()
 
 
@@ -79,6 +79,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__)
     ap.add_argument("-n", type=int, default=20000, help="opens per measurement")
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
+    ap.add_argument("--workers", type=int, default=4,
+                    help="supervisor worker threads (guard run uses 4)")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "f")
@@ -95,8 +97,9 @@ def main() -> None:
         best: dict[str, float] = {}
         for _ in range(args.rounds):
             for name, (fn, spec) in cases.items():
-                best[name] = max(best.get(name, 0.0), measure(fn, spec))
-    result = {k: round(v) for k, v in best.items()}
+                best[name] = max(best.get(name, 0.0), measure(fn, spec, args.workers))
+    result: dict[str, float] = {k: round(v) for k, v in best.items()}
+    result["workers"] = args.workers
     result["notified_us"] = round(1e6 / best["notified_per_s"], 1)
     result["notified_ratio"] = round(best["bare_per_s"] / best["notified_per_s"], 1)
     result["readonly_ratio"] = round(best["bare_readonly_per_s"] / best["filtered_readonly_per_s"], 3)

@@ -17,8 +17,9 @@ Shape of the filter, and why:
 - With `notify`, exec, write-intent opens (decided in BPF from the flags, so read-only opens never leave
   the kernel), openat2, path-creating/removing syscalls and attribute changes (mode, owner, times,
   xattrs, inode flags, truncation) return SECCOMP_RET_USER_NOTIF. Landlock has no right for attribute
-  changes at all, so without this tier `chmod` reaches any file the user owns. `full_audit` notifies every
-  open as well, which roughly doubles the cost of file-heavy work.
+  changes at all, so without this tier `chmod` reaches any file the user owns. connect (and sendto with a
+  destination address) is notified too: Landlock does not judge connecting to a pathname unix socket.
+  `full_audit` notifies every open as well, which roughly doubles the cost of file-heavy work.
 """
 
 from __future__ import annotations
@@ -47,6 +48,10 @@ OFF_NR, OFF_ARCH = 0, 4
 
 def arg_lo(i: int) -> int:
     return 16 + 8 * i
+
+
+def arg_hi(i: int) -> int:
+    return 20 + 8 * i
 
 
 O_WRONLY, O_RDWR, O_CREAT, O_TRUNC = 0o1, 0o2, 0o100, 0o1000
@@ -82,7 +87,13 @@ NOTIFIED = (
       "utime", "utimes", "futimesat", "utimensat",
       "setxattr", "lsetxattr", "fsetxattr", "removexattr", "lremovexattr", "fremovexattr",
       "setxattrat", "removexattrat", "file_setattr", "ftruncate"),
+    # Landlock ABI 7 does not judge connect() to a pathname unix socket, and BPF cannot read the
+    # sockaddr: every connect goes to the supervisor, which decides only AF_UNIX paths.
+    "connect",
 )
+# sendto with a destination address (arg 4 non-NULL) names a socket path too; sendmsg's address is
+# inside a struct BPF cannot read, so it stays a documented residual.
+SENDTO_ADDR_ARG = 4
 FLAG_OPENS = {"openat": 2, "open": 1}  # syscall -> index of its flags argument
 
 _X86_64 = {
@@ -106,6 +117,7 @@ _X86_64 = {
     "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
     "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 77,
+    "connect": 42, "sendto": 44,
 }
 
 # The generic table (asm-generic/unistd.h) as arm64 uses it; it has no legacy path syscalls.
@@ -126,6 +138,7 @@ _AARCH64 = {
     "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
     "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 46,
+    "connect": 203, "sendto": 206,
 }
 
 
@@ -185,6 +198,7 @@ def build_filter(spec: SeccompSpec) -> bytes:
         for name in NOTIFIED:
             if name in nums:
                 a.jeq(nums[name], jt="notify")
+        a.jeq(nums["sendto"], jt="sendto")
     a.jeq(nums["ioctl"], jt="ioctl")
     a.jeq(nums["clone"], jt="clone")
     a.jeq(nums["unshare"], jt="unshare")
@@ -205,6 +219,11 @@ def build_filter(spec: SeccompSpec) -> bytes:
             else:
                 a.load_abs(arg_lo(idx))
                 a.jset(WRITE_INTENT, jt="notify", jf="allow")
+        a.label("sendto")  # a 64-bit pointer: NULL only when both halves are zero
+        a.load_abs(arg_lo(SENDTO_ADDR_ARG))
+        a.jeq(0, jf="notify")
+        a.load_abs(arg_hi(SENDTO_ADDR_ARG))
+        a.jeq(0, jt="allow", jf="notify")
     a.label("ioctl")
     a.load_abs(arg_lo(1))
     if spec.notify:

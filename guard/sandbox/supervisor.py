@@ -28,11 +28,12 @@ import logging
 import os
 import select
 import shlex
+import socket
 import stat
 import struct
 import threading
+import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -156,6 +157,13 @@ _ATTR_OPS: dict[str, _AttrArg] = {
 
 # The rule id of decisions the supervisor makes itself, without asking the policy.
 SUPERVISOR_RULE = "guard-supervisor"
+_OTHER_NAMES = ("the file has other names (hard links) the policy cannot vouch for: writing through this "
+                "one would write them all")
+RENAME_EXCHANGE = 0x2
+TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, at most
+TREE_WALK_S = 0.5
+_SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
+_SOCKADDR_UN_MAX = 110
 
 
 def _s32(value: int) -> int:
@@ -581,7 +589,7 @@ class Supervisor:
     """
 
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
-                 spec: SeccompSpec | None = None, workers: int = 1) -> None:
+                 spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
         self.workers = workers
@@ -589,6 +597,9 @@ class Supervisor:
         self.spec = spec or SeccompSpec()
         self._decide = decide
         self._record = record
+        # A decision that records nothing, for the many paths inside a renamed directory: only those it
+        # does not allow go through `decide` (and so the trail). None: every one goes through `decide`.
+        self._check_only = check
         table = ARCHES[self.spec.arch]
         self._names = table.names()
         self._arch = table.audit_arch
@@ -600,31 +611,51 @@ class Supervisor:
     def serve_forever(self, stop: threading.Event, *, poll_ms: int = 100) -> None:
         """Serve until `stop` is set or every task using the filter is gone (the listener hangs up).
 
-        With `workers` > 1, notifications are answered on a thread pool, so one that waits (an `ask`
-        pending a human) does not hold up the rest of the tree; `decide` must then be thread-safe."""
+        With `workers` > 1, that many threads take turns: whoever holds the receive lock polls and
+        receives one notification, lets go of the lock, and answers it itself, so a notification never
+        hops to another thread, and one that waits (an `ask` pending a human) holds up only its own
+        thread. Only one thread polls at a time: the kernel hands each notification to one receiver
+        anyway, and a receiver with nothing pending would block in RECV. `decide` must be thread-safe."""
+        done = threading.Event()
+        lock = threading.Lock()
+        extra = [threading.Thread(target=self._worker, args=(stop, done, lock, poll_ms),
+                                  name=f"guard-seccomp-{i}", daemon=True) for i in range(1, self.workers)]
+        for t in extra:
+            t.start()
+        try:
+            self._worker(stop, done, lock, poll_ms)
+        finally:
+            done.set()
+            for t in extra:
+                t.join()
+
+    def _worker(self, stop: threading.Event, done: threading.Event, lock: threading.Lock,
+                poll_ms: int) -> None:
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
-        pool = ThreadPoolExecutor(self.workers, "guard-seccomp") if self.workers > 1 else None
-        try:
-            while not stop.is_set():
+        wait_s = poll_ms / 1000
+        buf = bytearray(sc.NOTIF_SIZE)
+        while not (stop.is_set() or done.is_set()):
+            if not lock.acquire(timeout=wait_s):
+                continue
+            try:
+                if done.is_set():
+                    return
                 try:
                     events = poller.poll(poll_ms)
                 except InterruptedError:
                     continue
+                notif = None
                 for _fd, ev in events:
                     if ev & select.POLLIN:
-                        notif = self._receive()
-                        if notif is None:
-                            continue
-                        if pool is None:
-                            self._answer(notif)
-                        else:
-                            pool.submit(self._answer, notif)
+                        notif = self._receive(buf)
                     elif ev & (select.POLLHUP | select.POLLERR | select.POLLNVAL):
+                        done.set()
                         return
-        finally:
-            if pool is not None:
-                pool.shutdown(wait=True)
+            finally:
+                lock.release()
+            if notif is not None:
+                self._answer(notif)
 
     def serve_one(self) -> None:
         """Receive and answer one notification (the caller polled the listener)."""
@@ -632,9 +663,9 @@ class Supervisor:
         if notif is not None:
             self._answer(notif)
 
-    def _receive(self) -> sc.Notif | None:
+    def _receive(self, buf: bytearray | None = None) -> sc.Notif | None:
         try:
-            notif = sc.notif_recv(self.fd)
+            notif = sc.notif_recv(self.fd, buf)
         except OSError as exc:
             if exc.errno not in (errno.ENOENT, errno.EINTR, errno.EAGAIN):
                 log.error("seccomp supervisor: RECV failed: %s", exc)
@@ -708,6 +739,8 @@ class Supervisor:
                     self._path_op(n, name, task, stack)
                 elif name in _ATTR_OPS:
                     self._attr_op(n, name, task, stack)
+                elif name in ("connect", "sendto"):
+                    self._connect(n, name, task, stack)
                 else:
                     self._send(n.id, error=errno.ENOSYS)
             except _Reply as reply:
@@ -776,7 +809,8 @@ class Supervisor:
         a = n.args
         walker = _Walker(task, stack)
         targets: list[str] = []
-        flags = _s32(a[4]) if name == "linkat" else 0
+        found: list[_Resolved] = []
+        flags = _s32(a[4]) if name in ("linkat", "renameat2") else 0
         for i, spec in enumerate(_PATH_OPS[name]):
             dirfd = None if spec.dirfd_arg is None else _s32(a[spec.dirfd_arg])
             follow = spec.follow or (name == "linkat" and i == 0 and bool(flags & AT_SYMLINK_FOLLOW))
@@ -784,14 +818,48 @@ class Supervisor:
             path = task.read_path(a[spec.path_arg])
             self._check(n.id)
             res = walker.resolve(dirfd, path, follow=follow, empty_ok=empty_ok)
+            found.append(res)
             if not res.anonymous:
                 targets.append(res.path)
         self._check(n.id)
         actions = [Action(op=Op.WRITE, target=t, pid=n.pid) for t in dict.fromkeys(targets)]
-        if self._judge(actions):
-            self._send(n.id, cont=True)
-        else:
-            self._send(n.id, error=errno.EACCES)
+        if name == "truncate" and not found[0].anonymous and _has_other_names(found[0]):
+            self._refuse(actions[0], _OTHER_NAMES)
+            raise _Reply(errno.EACCES)
+        if not self._judge(actions):
+            raise _Reply(errno.EACCES)
+        if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
+            self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
+        self._send(n.id, cont=True)
+
+    def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> None:
+        """A directory rename writes every path under both its names: `mv .git g; echo x > g/hooks/h;
+        mv g .git` must not plant a hook that the `.git/hooks/**` rule refuses to write directly. Walk
+        the moved tree (both, for RENAME_EXCHANGE) and decide WRITE for each entry under the old and
+        the new name; raises _Reply to refuse."""
+        moves = [(src, dst)] + ([(dst, src)] if exchange else [])
+        deadline = time.monotonic() + TREE_WALK_S
+        budget = TREE_WALK_MAX
+        for old, new in moves:
+            names = _subtree(old, budget, deadline)
+            if names is None:
+                self._refuse(Action(op=Op.WRITE, target=old.path, pid=n.pid),
+                             f"renaming a directory of more than {TREE_WALK_MAX} entries (or "
+                             f"{TREE_WALK_S} s to list) cannot be judged path by path; copy it instead")
+                raise _Reply(errno.EXDEV)  # mv, shutil.move, pip: copy and delete, each file judged
+            budget -= len(names)
+            paths = dict.fromkeys(f"{base}/{rel}" for rel in names for base in (old.path, new.path))
+            self._check(n.id)
+            for path in paths:
+                action = Action(op=Op.WRITE, target=path, pid=n.pid)
+                if self._check_only is not None:
+                    try:
+                        if self._check_only(action).enforced is Verdict.ALLOW:
+                            continue
+                    except Exception:
+                        log.exception("seccomp supervisor: check() failed for %s", action)
+                if not self._judge([action]):
+                    raise _Reply(errno.EACCES)
 
     def _attr_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
         """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change."""
@@ -825,6 +893,43 @@ class Supervisor:
             target = res.path
             self._check(n.id)
         if self._judge([Action(op=Op.WRITE, target=target, pid=n.pid)]):
+            self._send(n.id, cont=True)
+        else:
+            self._send(n.id, error=errno.EACCES)
+
+    def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        """connect (and sendto with an address) to a pathname unix socket: a WRITE of the socket's
+        canonical path (POSIX asks write permission on a socket to connect). Every other address
+        family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own network
+        namespace and Landlock's abstract-socket scope judge those."""
+        a = n.args
+        addr, size = (a[1], a[2]) if name == "connect" else (a[4], a[5])
+        size &= 0xFFFFFFFF
+        if addr == 0 or size <= _SUN_PATH_OFF:
+            self._send(n.id, cont=True)
+            return
+        raw = task.read(addr, min(size, _SOCKADDR_UN_MAX))
+        self._check(n.id)
+        if len(raw) < _SUN_PATH_OFF or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
+            self._send(n.id, cont=True)
+            return
+        if size > _SOCKADDR_UN_MAX:
+            raise _Reply(errno.EINVAL)
+        if len(raw) < size:
+            raise _Reply(errno.EFAULT)
+        sun_path = raw[_SUN_PATH_OFF:size].split(b"\0", 1)[0]
+        if raw[_SUN_PATH_OFF] == 0 or not sun_path:
+            self._send(n.id, cont=True)  # abstract (Landlock's scope refuses those) or unnamed
+            return
+        res = _Walker(task, stack).resolve(None, os.fsdecode(sun_path), follow=True)
+        self._check(n.id)
+        action = Action(op=Op.WRITE, target=res.path, pid=n.pid)
+        if res.anonymous:
+            self._refuse(action, "connect to a socket with no path in the sandbox's view")
+            raise _Reply(errno.EACCES)
+        if res.obj is None:
+            os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: no socket, nothing to judge
+        if self._judge([action]):
             self._send(n.id, cont=True)
         else:
             self._send(n.id, error=errno.EACCES)
@@ -905,13 +1010,34 @@ class Supervisor:
             held, name, ours = os.dup(res.parent), res.name, 0
         fifo = target is not None and stat.S_ISFIFO(target.st_mode)
 
+        writes = bool(flags & (os.O_WRONLY | os.O_RDWR | os.O_TRUNC))
+        action = Action(op=Op.WRITE, target=res.path, pid=n.pid)
+        # O_TRUNC is applied only after the link count is checked on the file actually opened: the
+        # kernel would truncate during the open, before any check could refuse it.
+        trunc = bool(flags & os.O_TRUNC)
+        ours &= ~os.O_TRUNC
+
         def opener() -> int:
             try:
                 if ours:
-                    return os.open(f"/proc/self/fd/{held}", ours)
-                return self._open_at(task, held, name, flags, mode)
+                    fd = os.open(f"/proc/self/fd/{held}", ours)
+                else:
+                    fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
             finally:
                 os.close(held)
+            try:
+                st = os.fstat(fd)
+                if writes and not res.anonymous and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
+                    # A hard link planted before launch (to ~/.bashrc, to a file outside every grant) is
+                    # another name for this very file, one the policy never judged.
+                    self._refuse(action, _OTHER_NAMES)
+                    raise OSError(errno.EACCES, _OTHER_NAMES)
+                if trunc and stat.S_ISREG(st.st_mode):
+                    _truncate(fd, flags)
+            except BaseException:
+                os.close(fd)
+                raise
+            return fd
 
         self._check(n.id)  # /proc was read since the last check (the tty lookup)
         self._inject(n.id, opener, cloexec, blocking=fifo)
@@ -998,6 +1124,70 @@ class Supervisor:
         threading.Thread(target=_quiet(work), name="guard-fifo-open", daemon=True).start()
 
 
+def _truncate(fd: int, flags: int) -> None:
+    """O_TRUNC, after the fact: on the descriptor when it is writable, else (O_RDONLY|O_TRUNC, which
+    Linux honours) through a writable reopen of the same file."""
+    if flags & (os.O_WRONLY | os.O_RDWR):
+        os.ftruncate(fd, 0)
+        return
+    wfd = os.open(f"/proc/self/fd/{fd}", os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.ftruncate(wfd, 0)
+    finally:
+        os.close(wfd)
+
+
+def _has_other_names(res: _Resolved) -> bool:
+    """Whether the regular file `res` names has more than one link, checked on an O_PATH fd of it."""
+    if res.obj is not None:
+        st = os.fstat(res.obj)
+    else:
+        try:
+            fd = os.open(res.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.parent)
+        except FileNotFoundError:
+            return False  # the kernel answers ENOENT itself
+        try:
+            st = os.fstat(fd)
+        finally:
+            os.close(fd)
+    return stat.S_ISREG(st.st_mode) and st.st_nlink > 1
+
+
+def _subtree(res: _Resolved, budget: int, deadline: float) -> list[str] | None:
+    """Relative paths of everything under the directory `res` names ([] when it is not a directory),
+    symlinks not followed; None when there are more than `budget` entries or `deadline` passes."""
+    try:
+        top = os.open(res.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC,
+                      dir_fd=res.parent if res.obj is None else res.obj)
+    except (NotADirectoryError, FileNotFoundError):
+        return []
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:  # a symlink: renaming it moves no tree
+            return []
+        raise
+    out: list[str] = []
+    todo = [(top, "")]
+    try:
+        while todo:
+            fd, rel = todo.pop()
+            try:
+                with os.scandir(fd) as entries:
+                    for entry in entries:
+                        sub = f"{rel}/{entry.name}" if rel else entry.name
+                        out.append(sub)
+                        if len(out) > budget or time.monotonic() > deadline:
+                            return None
+                        if entry.is_dir(follow_symlinks=False):
+                            todo.append((os.open(entry.name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW
+                                                 | os.O_CLOEXEC, dir_fd=fd), sub))
+            finally:
+                os.close(fd)
+    finally:
+        for fd, _rel in todo:
+            os.close(fd)
+    return out
+
+
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         try:
@@ -1022,9 +1212,9 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 
 @contextmanager
 def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
-            workers: int = 1) -> Iterator[Supervisor]:
+            workers: int = 1, check: Decide | None = None) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
-    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers)
+    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check)
     stop = threading.Event()
     thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
     thread.start()

@@ -99,8 +99,16 @@ class Notif:
     args: tuple[int, int, int, int, int, int]
 
 
-def notif_recv(fd: int) -> Notif:
-    buf = bytearray(_NOTIF.size)  # the kernel insists the buffer is zeroed
+NOTIF_SIZE = _NOTIF.size
+_ZERO_NOTIF = bytes(_NOTIF.size)
+
+
+def notif_recv(fd: int, buf: bytearray | None = None) -> Notif:
+    """Receive one notification, into `buf` (NOTIF_SIZE bytes, reused by the caller) when given."""
+    if buf is None:
+        buf = bytearray(_NOTIF.size)
+    else:
+        buf[:] = _ZERO_NOTIF  # the kernel insists the buffer is zeroed
     fcntl.ioctl(fd, IOCTL_NOTIF_RECV, buf, True)
     nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
     a0, a1, a2, a3, a4, a5 = args

@@ -64,7 +64,8 @@ def deny_if(word: str, *, ops: tuple[Op, ...] = tuple(Op)) -> Callable[[Action],
 
 def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action], Decision], *,
                cwd: Path, spec: seccomp.SeccompSpec | None = None,
-               server: Callable[[int], None] | None = None) -> Run:
+               server: Callable[[int], None] | None = None,
+               check: Callable[[Action], Decision] | None = None, workers: int = 1) -> Run:
     """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
     back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits,
     with the Supervisor or, for a control experiment, with `server(listener_fd)` on a thread."""
@@ -118,7 +119,7 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
         thread.join()
         os.close(fds[0])
         return Run(status, b"".join(chunks), records)
-    with serving(fds[0], decide=decide, record=record, spec=spec):
+    with serving(fds[0], decide=decide, record=record, spec=spec, check=check, workers=workers):
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         os.close(r)
@@ -871,3 +872,180 @@ def test_o_tmpfile_in_the_current_directory_opens(ws: Path) -> None:
     run = supervised(child, deny_if("nothing"), cwd=ws)
     assert run.result == "ok" and (ws / "named").read_bytes() == b"x"
     assert str(ws) in run.verdicts(Op.WRITE)
+
+
+# --- directory renames, hard links, unix sockets ---------------------------------------------------------
+
+def _renameat2(old: str, new: str, flags: int) -> None:
+    if libc.syscall(316, AT_FDCWD_C, old.encode(), AT_FDCWD_C, new.encode(), flags) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+AT_FDCWD_C = ctypes.c_long(-100)
+RENAME_EXCHANGE = 2
+
+
+def _try(fn: Callable[[], object]) -> object:
+    try:
+        fn()
+    except OSError as exc:
+        return exc.errno
+    return "done"
+
+
+@pytest.mark.parametrize("workers", [1, 3])
+def test_renaming_a_directory_judges_every_path_it_moves(ws: Path, workers: int) -> None:
+    """`mv .git g; write g/hooks/x; mv g .git` would plant a hook the `.git/hooks/` rule refuses to write."""
+    repo = ws / "repo"
+    (repo / ".git" / "objects").mkdir(parents=True)
+    (repo / ".git" / "HEAD").write_text("ref: refs/heads/main\n")
+    (repo / "other" / "hooks").mkdir(parents=True)
+    (repo / "other" / "hooks" / "x").write_text("x")
+    (repo / "file").write_text("f")
+
+    def child() -> object:
+        return {
+            "out": _try(lambda: os.rename(".git", "g")),
+            "plant": _try(lambda: (os.mkdir("g/hooks"), Path("g/hooks/pre-push").write_text("evil"))),
+            "back": _try(lambda: os.rename("g", ".git")),
+            "in": _try(lambda: os.rename("other", ".git2")),  # other/hooks/x would become .git2/hooks/x
+            "exchange": _try(lambda: _renameat2("other", "g", RENAME_EXCHANGE)),
+            "file": _try(lambda: os.rename("file", "file2")),
+        }
+
+    decide = deny_if(".git/hooks/", ops=(Op.WRITE,))
+    run = supervised(child, lambda a: deny_if(".git2/hooks", ops=(Op.WRITE,))(a)
+                     if ".git2/" in a.target else decide(a), cwd=repo, workers=workers)
+    # exchange: other <-> g puts g/hooks/pre-push under other/ and other/hooks/x under g/: both allowed.
+    assert run.result == {"out": "done", "plant": "done", "back": errno.EACCES, "in": errno.EACCES,
+                          "exchange": "done", "file": "done"}
+    assert not (repo / ".git").exists() and not (repo / ".git2").exists()
+    denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
+    assert str(repo / ".git" / "hooks" / "pre-push") in denied
+    assert str(repo / ".git2" / "hooks") in denied  # the first refusal ends the walk
+    written = run.verdicts(Op.WRITE)
+    # the exchange judged both trees under both names
+    assert str(repo / "other" / "hooks" / "pre-push") in written and str(repo / "g" / "hooks" / "x") in written
+    assert str(repo / "file2") in written and not any(t.startswith(str(repo / "file2") + "/") for t in written)
+
+
+def test_renaming_a_directory_out_of_a_denied_tree_is_refused(ws: Path) -> None:
+    (ws / ".git" / "hooks").mkdir(parents=True)
+    (ws / ".git" / "hooks" / "pre-commit").write_text("honest hook")
+
+    run = supervised(lambda: _try(lambda: os.rename(".git", "g")), deny_if(".git/hooks/", ops=(Op.WRITE,)),
+                     cwd=ws)
+    assert run.result == errno.EACCES
+    assert (ws / ".git" / "hooks" / "pre-commit").read_text() == "honest hook"
+
+
+def test_a_quiet_check_keeps_allowed_tree_entries_off_the_record(ws: Path) -> None:
+    (ws / "d" / "sub").mkdir(parents=True)
+    for i in range(50):
+        (ws / "d" / "sub" / f"f{i}").write_text("x")
+    (ws / "e" / "secret").mkdir(parents=True)
+    checked: list[str] = []
+    decide = deny_if("secret", ops=(Op.WRITE,))
+
+    def check(action: Action) -> Decision:
+        checked.append(action.target)
+        return decide(action)
+
+    def child() -> object:
+        return [_try(lambda: os.rename("d", "d2")), _try(lambda: os.rename("e", "e2"))]
+
+    run = supervised(child, decide, cwd=ws, check=check)
+    assert run.result == ["done", errno.EACCES]
+    targets = [a.target for a, _ in run.records]
+    assert str(ws / "d2") in targets and not any(t.startswith(str(ws / "d2") + "/") for t in targets)
+    assert len([t for t in checked if t.startswith(str(ws / "d2") + "/")]) == 51
+    assert [(a.target, d.verdict) for a, d in run.records if "secret" in a.target] == [
+        (str(ws / "e" / "secret"), Verdict.DENY)]
+
+
+def test_renaming_a_tree_too_large_to_judge_is_refused_with_exdev(ws: Path) -> None:
+    from guard.sandbox import supervisor
+
+    big = ws / "big"
+    big.mkdir()
+    for i in range(supervisor.TREE_WALK_MAX + 1):
+        (big / f"{i}").mkdir() if i % 1000 == 0 else None
+    for i in range(supervisor.TREE_WALK_MAX + 1 - len(list(big.iterdir()))):
+        (big / f"f{i}").touch()
+    run = supervised(lambda: _try(lambda: os.rename("big", "big2")), deny_if("nothing"), cwd=ws,
+                     check=deny_if("nothing"))
+    assert run.result == errno.EXDEV
+    refusals = [(a.target, d) for a, d in run.records if d.rule_id == SUPERVISOR_RULE]
+    assert refusals and refusals[0][0] == str(big) and "20000" in refusals[0][1].reason
+    assert big.is_dir()
+
+
+def test_writing_through_a_hard_link_is_refused_and_recorded(tmp_path: Path, ws: Path) -> None:
+    outside = tmp_path / "outside-notes"
+    outside.write_text("the engineer's notes\n")
+    os.link(outside, ws / "planted")
+    (ws / "single").write_text("s")
+
+    def child() -> object:
+        return {
+            "append": _try(lambda: os.close(os.open("planted", os.O_WRONLY | os.O_APPEND))),
+            "rdwr": _try(lambda: os.close(os.open("planted", os.O_RDWR))),
+            "trunc-open": _try(lambda: os.close(os.open("planted", os.O_RDONLY | os.O_TRUNC))),
+            "truncate": _try(lambda: os.truncate("planted", 0)),
+            "read": _try(lambda: Path("planted").read_text()),
+            "single": _try(lambda: Path("single").write_text("ok")),
+        }
+
+    run = supervised(child, deny_if("outside"), cwd=ws)
+    assert run.result == {"append": errno.EACCES, "rdwr": errno.EACCES, "trunc-open": errno.EACCES,
+                          "truncate": errno.EACCES, "read": "done", "single": "done"}
+    assert outside.read_text() == "the engineer's notes\n"
+    assert (ws / "single").read_text() == "ok"
+    refusals = [(a.op, a.target, d.verdict) for a, d in run.records if d.rule_id == SUPERVISOR_RULE]
+    assert refusals == [(Op.WRITE, str(ws / "planted"), Verdict.DENY)] * 4
+    assert all("other names" in d.reason for _, d in run.records if d.rule_id == SUPERVISOR_RULE)
+
+
+def test_connect_to_a_pathname_unix_socket_is_decided_as_a_write(ws: Path) -> None:
+    listeners = []
+    for name in ("secret.sock", "ok.sock"):
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        srv.bind(str(ws / name))
+        srv.listen(4)
+        listeners.append(srv)
+    dgram = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    dgram.bind(str(ws / "secret-dgram.sock"))
+    tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind(("127.0.0.1", 0))
+    tcp.listen(4)
+    port = tcp.getsockname()[1]
+    os.symlink("secret.sock", ws / "innocent-link")
+
+    def connect(family: int, addr: object, kind: int = socket.SOCK_STREAM) -> object:
+        with socket.socket(family, kind) as s:
+            return _try(lambda: s.connect(addr))
+
+    def child() -> object:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            sent = _try(lambda: s.sendto(b"x", "secret-dgram.sock"))
+        return {
+            "secret": connect(socket.AF_UNIX, "secret.sock"),
+            "via-link": connect(socket.AF_UNIX, "innocent-link"),
+            "ok": connect(socket.AF_UNIX, str(ws / "ok.sock")),
+            "missing": connect(socket.AF_UNIX, "nothing-here.sock"),
+            "abstract": connect(socket.AF_UNIX, "\0guard-test-no-such-abstract"),
+            "tcp": connect(socket.AF_INET, ("127.0.0.1", port)),
+            "sendto": sent,
+        }
+
+    try:
+        run = supervised(child, deny_if("secret"), cwd=ws)
+    finally:
+        for s in (*listeners, dgram, tcp):
+            s.close()
+    assert run.result == {"secret": errno.EACCES, "via-link": errno.EACCES, "ok": "done",
+                          "missing": errno.ENOENT, "abstract": errno.ECONNREFUSED, "tcp": "done",
+                          "sendto": errno.EACCES}
+    assert run.verdicts(Op.WRITE) == {str(ws / "secret.sock"): Verdict.DENY, str(ws / "ok.sock"): Verdict.ALLOW,
+                                      str(ws / "secret-dgram.sock"): Verdict.DENY}
