@@ -252,3 +252,22 @@ def test_tables_agree_on_shared_numbers() -> None:
             assert s.ARCHES["aarch64"].numbers[name] == nr, name
     for table in s.ARCHES.values():
         assert len(set(table.numbers.values())) == len(table.numbers)
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda sp: sp.arch)
+@settings(max_examples=60, deadline=None)
+@given(addr=U64)
+def test_connect_always_notified_sendto_only_with_an_address(spec: s.SeccompSpec, addr: int) -> None:
+    assert verdict(spec, "connect", 3, addr, 110) == s.RET_USER_NOTIF
+    # sendto's dest_addr is a 64-bit pointer: non-NULL in either half means an address the kernel uses
+    assert verdict(spec, "sendto", 3, 0x1000, 1, 0, addr, 110) == (
+        s.RET_USER_NOTIF if addr else s.RET_ALLOW)
+    no_notify = s.SeccompSpec(notify=False, arch=spec.arch)
+    assert verdict(no_notify, "connect", 3, addr, 110) == s.RET_ALLOW
+    assert verdict(no_notify, "sendto", 3, 0, 1, 0, addr, 110) == s.RET_ALLOW
+
+
+@pytest.mark.parametrize("spec", SPECS, ids=lambda sp: sp.arch)
+def test_sendto_with_only_the_high_half_of_the_address_set_is_notified(spec: s.SeccompSpec) -> None:
+    assert verdict(spec, "sendto", 3, 0, 1, 0, 1 << 32, 16) == s.RET_USER_NOTIF
+    assert verdict(spec, "sendto", 3, 0, 1, 0, 0, 16) == s.RET_ALLOW
