@@ -194,7 +194,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
             supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
-                                    spec=spec, workers=SUPERVISOR_WORKERS)
+                                    check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve),
@@ -291,10 +291,16 @@ class Decider:
     def on_record_failure(self, kill: Callable[[], None]) -> None:
         self._on_failure = kill
 
-    def decide(self, action: Action) -> Decision:
+    def check(self, action: Action) -> Decision:
+        """The policy's answer, recording nothing: the supervisor vets every entry of a renamed directory
+        with it and records only through decide() (the refusals), so a moved tree does not flood the trail."""
         decision = self._policy.decide(action)
         if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
             decision = self._policy.decide(action, ignore=self._existing_only)
+        return decision
+
+    def decide(self, action: Action) -> Decision:
+        decision = self.check(action)
         if self._failed is not None:
             decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {self._failed.message}")
         elif decision.enforced is Verdict.ASK:
