@@ -38,6 +38,7 @@ _NR = _ARCH_NR.get(platform.machine(), {})
 # --- Landlock ------------------------------------------------------------------------------------------
 LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
 LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2  # ABI 4
 
 ACCESS_FS_EXECUTE = 1 << 0
 ACCESS_FS_WRITE_FILE = 1 << 1
@@ -55,6 +56,9 @@ ACCESS_FS_MAKE_SYM = 1 << 12
 ACCESS_FS_REFER = 1 << 13  # ABI 2
 ACCESS_FS_TRUNCATE = 1 << 14  # ABI 3
 ACCESS_FS_IOCTL_DEV = 1 << 15  # ABI 5
+
+ACCESS_NET_BIND_TCP = 1 << 0  # ABI 4
+ACCESS_NET_CONNECT_TCP = 1 << 1  # ABI 4
 
 SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0  # ABI 6
 SCOPE_SIGNAL = 1 << 1  # ABI 6
@@ -173,7 +177,7 @@ def landlock_create_ruleset(handled_fs: int, handled_net: int = 0, scoped: int =
     attr = ctypes.create_string_buffer(struct.pack("=QQQ", handled_fs, handled_net, scoped), 24)
     size = 24 if scoped else (16 if handled_net else 8)
     return _check(_syscall(SYS_LANDLOCK_CREATE_RULESET, attr, size, 0), "landlock_create_ruleset",
-                  f"fs={handled_fs:#x} scoped={scoped:#x}")
+                  f"fs={handled_fs:#x} net={handled_net:#x} scoped={scoped:#x}")
 
 
 def landlock_add_path_rule(ruleset_fd: int, parent_fd: int, allowed: int, path: str) -> None:
@@ -181,6 +185,13 @@ def landlock_add_path_rule(ruleset_fd: int, parent_fd: int, allowed: int, path: 
     attr = ctypes.create_string_buffer(struct.pack("=Qi", allowed, parent_fd), 12)
     _check(_syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_PATH_BENEATH, attr, 0),
            "landlock_add_rule", f"{path} access={allowed:#x}")
+
+
+def landlock_add_net_rule(ruleset_fd: int, allowed: int, port: int) -> None:
+    """Grant `allowed` (ACCESS_NET_*) on TCP `port` (struct landlock_net_port_attr: two u64, 16 bytes)."""
+    attr = ctypes.create_string_buffer(struct.pack("=QQ", allowed, port), 16)
+    _check(_syscall(SYS_LANDLOCK_ADD_RULE, ruleset_fd, LANDLOCK_RULE_NET_PORT, attr, 0),
+           "landlock_add_rule", f"tcp port {port} access={allowed:#x}")
 
 
 def landlock_restrict_self(ruleset_fd: int, flags: int = 0) -> None:

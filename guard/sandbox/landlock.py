@@ -5,6 +5,9 @@ The rights a ruleset *handles* are everything this ABI knows, so what is not gra
 newer kernel would add are simply absent on an older one (best-effort downgrade, reported, never silent).
 ABI history: 1 the basic file rights (and cross-directory rename/link always refused); 2 REFER;
 3 TRUNCATE; 4 TCP ports; 5 IOCTL_DEV; 6 scopes (abstract unix sockets, signals); 7 logging flags.
+
+Of the TCP rights only BIND is handled: the network namespace already confines connects, and handling
+CONNECT would cut the agent off from the guard's proxy port.
 """
 
 from __future__ import annotations
@@ -60,6 +63,11 @@ def handled_fs(abi: int) -> int:
     return _FS_BY_ABI.get(abi, _FS_LATEST)
 
 
+def handled_net(abi: int) -> int:
+    """The network rights the sandbox handles on this ABI: TCP bind only (see the module docstring)."""
+    return sc.ACCESS_NET_BIND_TCP if abi >= 4 else 0
+
+
 def scopes(abi: int) -> int:
     return sc.SCOPE_ABSTRACT_UNIX_SOCKET | sc.SCOPE_SIGNAL if abi >= 6 else 0
 
@@ -90,10 +98,12 @@ class LandlockPlan:
     scoped: int
     restrict_flags: int
     grants: tuple[PathGrant, ...]
+    handled_net: int = 0
+    bind_ports: tuple[int, ...] = ()  # TCP ports the agent may bind; only meaningful with handled_net
 
     @property
     def enabled(self) -> bool:
-        return self.abi > 0 and self.handled_fs != 0
+        return self.abi > 0 and (self.handled_fs != 0 or self.handled_net != 0)
 
 
 def restrict(plan: LandlockPlan) -> None:
@@ -104,8 +114,11 @@ def restrict(plan: LandlockPlan) -> None:
     """
     if not plan.enabled:
         return
-    ruleset = sc.landlock_create_ruleset(plan.handled_fs, 0, plan.scoped)
+    ruleset = sc.landlock_create_ruleset(plan.handled_fs, plan.handled_net, plan.scoped)
     try:
+        if plan.handled_net & sc.ACCESS_NET_BIND_TCP:
+            for port in plan.bind_ports:
+                sc.landlock_add_net_rule(ruleset, sc.ACCESS_NET_BIND_TCP, port)
         for grant in plan.grants:
             access = grant.access & plan.handled_fs
             if not grant.is_dir:
@@ -129,4 +142,7 @@ def restrict(plan: LandlockPlan) -> None:
 
 def describe(plan: LandlockPlan) -> Sequence[str]:
     """One line per grant, for `guard run --explain`-style output and the docs."""
-    return [f"{g.path}{'/' if g.is_dir else ''}: {','.join(right_names(g.access))}" for g in plan.grants]
+    lines = [f"{g.path}{'/' if g.is_dir else ''}: {','.join(right_names(g.access))}" for g in plan.grants]
+    if plan.handled_net:
+        lines.append(f"tcp bind: {', '.join(map(str, plan.bind_ports)) or '-'}")
+    return lines

@@ -14,6 +14,11 @@ read-only tmpfs covers it and exactly the grants inside are put back, each bound
 its own read-only/noexec flags. And Landlock's EXECUTE right judges execve of a path only, not
 mmap(PROT_EXEC) (`ld.so ./bin`, dlopen), so every tree the agent may write but not execute is mounted
 noexec, and trees inside it that the policy does let run are bound back from their original.
+
+`listen` rules become Landlock's TCP bind allowlist (ABI >= 4), always with port 0 added: tools bind
+ephemeral ports all the time (test servers, language servers), Landlock judges port 0 like any other
+port, and an ephemeral port lives in the sandbox's own network namespace, unreachable from the host unless
+`guard run --publish` exposes it, which it only does for ports a listen rule grants.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from typing import Protocol
 
 from guard.model import Op, Verdict
 from guard.sandbox import landlock as ll
@@ -339,6 +345,48 @@ def scope_protections(abi: int) -> list[Protection]:
                        f"network namespace only (Landlock scopes need ABI 6, host has {abi})")]
 
 
+LISTEN_PROTECTION = "network: listen ports (Landlock TCP bind)"
+BIND_PORT_LIMIT = 4096  # ports listed one by one in the ruleset; beyond it the listen rules go unenforced
+
+
+class _ListenPorts(Protocol):
+    @property
+    def ports(self) -> tuple[int, ...] | None: ...
+    @property
+    def any_port(self) -> bool: ...
+    @property
+    def reason(self) -> str: ...
+
+
+@dataclass(frozen=True, slots=True)
+class _NoListenRules:
+    """What a policy-like without `bind_ports` (file rules only) grants: no port."""
+
+    ports: tuple[int, ...] | None = ()
+    any_port: bool = False
+    reason: str = "the policy has no listen rules"
+
+
+def listen_plan(policy: object, abi: int) -> tuple[int, tuple[int, ...], Protection]:
+    """(handled net rights, bind ports, report line) for the policy's `listen` rules on this ABI."""
+    bind_ports = getattr(policy, "bind_ports", None)
+    listen: _ListenPorts = bind_ports(limit=BIND_PORT_LIMIT) if callable(bind_ports) else _NoListenRules()
+    inside = "any port can be bound inside the sandbox's own network namespace (not reachable from the " \
+             "host unless published)"
+    if listen.any_port:
+        return 0, (), Protection(LISTEN_PROTECTION, State.FULLY, f"{listen.reason}: nothing to restrict")
+    if listen.ports is None:
+        return 0, (), Protection(LISTEN_PROTECTION, State.PARTLY, f"{listen.reason}; {inside}")
+    if abi < 4:
+        return 0, (), Protection(LISTEN_PROTECTION, State.PARTLY,
+                                 f"needs Landlock ABI 4, host has {abi}; {inside}")
+    ports = (0, *sorted(set(listen.ports) - {0}))
+    shown = ", ".join(map(str, ports[1:9])) + (f" and {len(ports) - 9} more" if len(ports) > 9 else "")
+    return ll.handled_net(abi), ports, Protection(
+        LISTEN_PROTECTION, State.FULLY,
+        f"Landlock ABI {abi}: {listen.reason} ({shown or 'none'}), plus port 0 for ephemeral binds")
+
+
 def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, protected: Sequence[Path],
                abi: int) -> SandboxPlan:
     """See the module docstring. `abi` is the host's Landlock ABI (0 = none), passed in so the
@@ -356,14 +404,17 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
               if m.kind is MountKind.CARVE else m for m in mounts]
     mounts, grants = _arrange(mounts, grants, facts)
+    net_handled, bind_ports, listen_line = listen_plan(policy, abi)
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
-                                    restrict_flags=ll.restrict_flags(abi), grants=tuple(grants))
+                                    restrict_flags=ll.restrict_flags(abi), grants=tuple(grants),
+                                    handled_net=net_handled, bind_ports=bind_ports)
     widened = sorted({p for rule in policy.file_rules() if rule.verdict is Verdict.ALLOW
                       for p in rule.patterns if any(is_glob(c) for c in p.split("/")[:-1])
                       or (is_glob(p.rsplit("/", 1)[-1]) and p.rsplit("/", 1)[-1] != "**")})
 
     protections = landlock_protections(abi, widened, missing_grants)
     protections += scope_protections(abi)
+    protections.append(listen_line)
 
     deny_notes: list[str] = []
     deny_state = State.FULLY

@@ -136,6 +136,12 @@ def host_report(host: HostFacts) -> EnforcementReport:
                               "handled: " + ", ".join(ll.right_names(handled))
                               + (f"; missing: {', '.join(missing)}" if missing else "")))
     out += scope_protections(host.landlock_abi)
+    # informational: the default policy lets any port be bound; policies that list ports need ABI 4
+    out.append(Protection("network: listen ports (Landlock TCP bind)",
+                          State.FULLY if host.landlock_abi >= 4 else State.NOT,
+                          "listen rules with ports become a TCP bind allowlist" if host.landlock_abi >= 4
+                          else f"needs Landlock ABI 4, host has {host.landlock_abi}: listen rules with ports "
+                               "are confined to the sandbox's network namespace only", required=False))
     out.append(Protection("audit: Landlock denials logged after exec",
                           State.FULLY if host.landlock_abi >= 7 else State.NOT,
                           "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if host.landlock_abi >= 7

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
@@ -11,6 +11,7 @@ from guard.errors import SandboxError
 from guard.model import Op, Verdict
 from guard.sandbox import _syscalls as sc
 from guard.sandbox import landlock as ll
+from guard.sandbox.plan import LISTEN_PROTECTION as LISTEN
 from guard.sandbox.plan import build_plan
 from guard.sandbox.report import State
 from guard.sandbox.scan import LaunchFacts, PathFact
@@ -154,3 +155,75 @@ def test_doctor_informational_lines_never_fail() -> None:
                                unprivileged_userns_problem="EPERM"))
     assert report.shortfalls() == ()
     assert report.get("audit: Landlock denials logged after exec").state is State.NOT
+
+
+# --- listen rules -> Landlock TCP bind allowlist -----------------------------------------------------------
+@dataclass(frozen=True)
+class Listen:
+    ports: tuple[int, ...] | None
+    any_port: bool = False
+    reason: str = "listen rules"
+
+
+@dataclass(frozen=True)
+class NetPol(Pol):
+    listen: Listen = Listen(())
+    asked: list[int] = field(default_factory=list)
+
+    def bind_ports(self, limit: int = 4096) -> Listen:
+        self.asked.append(limit)
+        return self.listen
+
+
+def _net_plan(listen: Listen, abi: int):
+    pol = NetPol(POLICY.rules, listen=listen)
+    plan = build_plan(pol, FACTS, workspace=Path("/ws"), protected=[], abi=abi)
+    assert pol.asked == [4096]
+    return plan
+
+
+@pytest.mark.parametrize("abi", [4, 5, 6, 7])
+def test_listed_ports_become_a_bind_allowlist_with_port_0(abi: int) -> None:
+    plan = _net_plan(Listen((8080, 3000)), abi)
+    assert plan.landlock.handled_net == sc.ACCESS_NET_BIND_TCP  # never CONNECT: the proxy port must stay open
+    assert plan.landlock.bind_ports == (0, 3000, 8080)
+    line = plan.report.get(LISTEN)
+    assert line.state is State.FULLY and "3000, 8080" in line.reason and "port 0" in line.reason
+    assert "tcp bind: 0, 3000, 8080" in ll.describe(plan.landlock)
+
+
+@pytest.mark.parametrize("abi", [1, 2, 3])
+def test_before_abi4_listen_ports_are_partly_and_nothing_is_handled(abi: int) -> None:
+    plan = _net_plan(Listen((3000,)), abi)
+    assert plan.landlock.handled_net == 0 and plan.landlock.bind_ports == ()
+    line = plan.report.get(LISTEN)
+    assert line.state is State.PARTLY and f"needs Landlock ABI 4, host has {abi}" in line.reason
+    with pytest.raises(SandboxError, match="listen ports"):
+        plan.report.require_full()
+
+
+def test_any_port_policy_handles_nothing_and_is_fully_enforced() -> None:
+    plan = _net_plan(Listen(None, any_port=True, reason="rule 'lo' allows any port"), 3)
+    assert plan.landlock.handled_net == 0
+    assert plan.report.get(LISTEN).state is State.FULLY
+
+
+def test_too_many_ports_is_partly_enforced() -> None:
+    plan = _net_plan(Listen(None, reason="the listen rules grant 64512 ports"), 7)
+    assert plan.landlock.handled_net == 0
+    line = plan.report.get(LISTEN)
+    assert line.state is State.PARTLY and "64512" in line.reason
+
+
+def test_policy_without_listen_rules_binds_only_ephemeral_ports() -> None:
+    plan = _plan(7)  # a policy-like with file rules only
+    assert plan.landlock.handled_net == sc.ACCESS_NET_BIND_TCP and plan.landlock.bind_ports == (0,)
+    assert plan.report.get(LISTEN).state is State.FULLY
+
+
+def test_doctor_reports_listen_ports_as_informational() -> None:
+    from guard.sandbox.report import host_report
+
+    assert host_report(_host(landlock_abi=4)).get(LISTEN).state is State.FULLY
+    old = host_report(_host(landlock_abi=3)).get(LISTEN)
+    assert old.state is State.NOT and not old.required
