@@ -5,7 +5,8 @@ Order matters and is the whole point of this module:
   2. scan what exists at launch and build the kernel plan (pure) — refuse if `--require-full` and the host
      cannot enforce everything the policy needs;
   3. spawn the sandbox; serve its seccomp notifications (decided by the daemon) and its netns loopback
-     listener (relayed through the proxy, decided by the daemon) from threads of this process;
+     listener (relayed through the proxy, decided by the daemon) from threads of this process, and the
+     host ports of `--publish` (each connection made inside by the sandbox's init and relayed here);
   4. wait, close the session with a summary, and exit with the command's own status.
 If anything before the command starts fails, we raise SandboxError (exit 125): never an unguarded run.
 """
@@ -13,11 +14,13 @@ If anything before the command starts fails, we raise SandboxError (exit 125): n
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 import os
 import queue
 import re
 import signal
+import socket
 import sys
 import threading
 import time
@@ -28,7 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard.errors import DaemonError, GuardError, SandboxError
 from guard.home import guard_home
-from guard.model import Action, Decision, Verdict
+from guard.model import Action, Decision, Op, Verdict
 
 if TYPE_CHECKING:
     from guard.daemon.client import DaemonClient
@@ -37,6 +40,7 @@ if TYPE_CHECKING:
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
 SUPERVISOR_WORKERS = 4
+PUBLISH_MAX_CONNECTIONS = 64  # live connections through all published ports; more are refused and recorded
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,7 @@ class RunOptions:
     require_full: bool = False
     json_summary: bool = False
     resolve: Mapping[str, str] = field(default_factory=dict)
+    publish: tuple[int, ...] = ()  # host 127.0.0.1:PORT -> the sandbox's 127.0.0.1:PORT
     env: Mapping[str, str] = field(default_factory=lambda: dict(os.environ))
 
 
@@ -85,6 +90,10 @@ class Tally:
                 self.execs += 1
             if action.op.value == "connect":
                 self.connections += 1
+
+    def count_connection(self) -> None:
+        with self.lock:
+            self.connections += 1
 
     def as_dict(self) -> dict[str, int]:
         with self.lock:
@@ -184,9 +193,16 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         decider = Decider(policy, client, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
                                              if m.rule_id in policy.existing_only_rules])
+        published = open_published_ports(opts.publish, decider.decide)
         spec = SeccompSpec(notify=True)
-        proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
-                     seccomp=spec, inner_listen_ports=(PROXY_PORT,))
+        try:
+            proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
+                         seccomp=spec, inner_listen_ports=(PROXY_PORT,),
+                         publish_ports=tuple(published))
+        except BaseException:
+            for host_sock, _ in published.values():
+                host_sock.close()
+            raise
         decider.on_record_failure(proc.kill)
         stop = threading.Event()
         threads: list[threading.Thread] = []
@@ -200,12 +216,24 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve),
                              decider.decide)
         threads.append(net.thread)
+        publisher: _PublishThread | None = None
+        if published:
+            recorder = decider
+
+            def record_published(event: dict[str, Any]) -> None:
+                tally.count_connection()
+                recorder.record_event(event)
+
+            publisher = _PublishThread(published, proc.connect_inner, record_published)
+            threads.append(publisher.thread)
         for t in threads:
             t.start()
         proc.release()
         status = _wait_forwarding_signals(proc)
         stop.set()
         net.stop()
+        if publisher is not None:
+            publisher.stop()
         for t in threads:
             t.join(timeout=2)
     finally:
@@ -284,6 +312,10 @@ class Decider:
         if decision.rule_id == SUPERVISOR_RULE:
             self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
             self._tally.count(action, decision)
+
+    def record_event(self, event: dict[str, Any]) -> None:
+        """Queue a record decided elsewhere (a published connection) on the same batched, fail-closed path."""
+        self._queue.put(event)
 
     def _existed_at_launch(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)
@@ -409,6 +441,144 @@ class _NetworkThread:
         self._ready.wait(timeout=2)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+def open_published_ports(ports: Sequence[int],
+                         decide: Callable[[Action], Decision]) -> dict[int, tuple[socket.socket, Decision]]:
+    """Bind 127.0.0.1:PORT on the host for each `--publish PORT`, once the policy allows `listen` on it.
+
+    Before the sandbox starts, so a refused or taken port stops the launch (exit 125) instead of failing
+    later. The decision is recorded (it goes through the session's decider) and named by every
+    connection record."""
+    out: dict[int, tuple[socket.socket, Decision]] = {}
+    try:
+        for port in dict.fromkeys(ports):
+            if not 1 <= port <= 65535:
+                raise SandboxError(f"--publish {port}: ports are 1-65535")
+            decision = decide(Action(Op.LISTEN, f"127.0.0.1:{port}"))
+            if decision.enforced is not Verdict.ALLOW:
+                raise SandboxError(f"--publish {port}: the policy does not let the agent listen on port "
+                                   f"{port} ({decision.verdict.value}: {decision.reason})",
+                                   hint="add an allow listen rule for the port, or publish another one")
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sock.bind(("127.0.0.1", port))
+                sock.listen(128)
+            except OSError as exc:
+                sock.close()
+                raise SandboxError(f"--publish {port}: cannot listen on 127.0.0.1:{port} on this host: "
+                                   f"{exc.strerror}", hint="is another server using the port?") from None
+            out[port] = (sock, decision)
+    except BaseException:
+        for sock, _ in out.values():
+            sock.close()
+        raise
+    return out
+
+
+class _PublishThread:
+    """Relays the host's published ports into the sandbox: each accepted connection gets a socket made
+    inside the sandbox's network namespace by its init (`connect`), bytes flow both ways, and a
+    `connection` record (protocol "publish") is written when it ends, refused ones included.
+
+    Bounded (PUBLISH_MAX_CONNECTIONS live) and fail closed: when the init cannot connect or is gone, the
+    client is closed and the refusal recorded.
+    """
+
+    def __init__(self, published: Mapping[int, tuple[socket.socket, Decision]],
+                 connect: Callable[[int], socket.socket], record: Callable[[dict[str, Any]], None],
+                 max_connections: int = PUBLISH_MAX_CONNECTIONS) -> None:
+        self._published = dict(published)
+        self._connect = connect
+        self._record = record
+        self._max = max_connections
+        self._live: set[asyncio.Task[None]] = set()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._ready = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="guard-publish", daemon=True)
+
+    def _run(self) -> None:
+        loop = asyncio.new_event_loop()
+        self._loop = loop
+        servers: list[asyncio.Server] = []
+        try:
+            for port, (sock, decision) in self._published.items():
+                handler = functools.partial(self._serve, port, decision)
+                servers.append(loop.run_until_complete(asyncio.start_server(handler, sock=sock)))
+            self._ready.set()
+            loop.run_forever()
+        finally:
+            self._ready.set()
+            for server in servers:
+                server.close()
+            for task in list(self._live):
+                task.cancel()
+            loop.run_until_complete(asyncio.gather(*self._live, *(s.wait_closed() for s in servers),
+                                                   return_exceptions=True))
+            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.close()
+            for sock, _ in self._published.values():
+                sock.close()
+
+    async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
+                     writer: asyncio.StreamWriter) -> None:
+        from guard.net.records import ConnectionRecord
+
+        task = asyncio.current_task()
+        assert task is not None
+        self._live.add(task)
+        started = time.monotonic()
+        peer = writer.get_extra_info("peername")
+        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+        counts = [0, 0]  # bytes client -> agent, agent -> client
+        error: str | None = None
+        inner_writer: asyncio.StreamWriter | None = None
+        try:
+            if len(self._live) > self._max:
+                error = f"more than {self._max} published connections at once"
+                return
+            try:
+                inner = await asyncio.get_running_loop().run_in_executor(None, self._connect, port)
+            except SandboxError as exc:
+                error = exc.message
+                return
+            inner_reader, inner_writer = await asyncio.open_connection(sock=inner)
+            await asyncio.gather(_pump(reader, inner_writer, counts, 0),
+                                 _pump(inner_reader, writer, counts, 1))
+        except (OSError, asyncio.IncompleteReadError) as exc:
+            error = str(exc) or type(exc).__name__
+        finally:
+            self._live.discard(task)
+            for w in (writer, inner_writer):
+                if w is not None:
+                    w.close()
+            refused = error is not None and counts == [0, 0] and inner_writer is None
+            self._record(ConnectionRecord(
+                protocol="publish", client=client, host="127.0.0.1", port=port,
+                verdict=Verdict.DENY.value if refused else decision.verdict.value,
+                rule_id="guard:publish" if refused else decision.rule_id,
+                reason=error if refused and error else decision.reason,
+                bytes_up=counts[0], bytes_down=counts[1], duration_s=time.monotonic() - started,
+                error=error).to_dict())
+
+    def stop(self) -> None:
+        self._ready.wait(timeout=2)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: list[int], index: int) -> None:
+    """Copy until EOF, then pass the half-close on (HTTP clients and servers rely on it)."""
+    while True:
+        data = await src.read(65536)
+        if not data:
+            break
+        counts[index] += len(data)
+        dst.write(data)
+        await dst.drain()
+    if dst.can_write_eof() and not dst.is_closing():
+        dst.write_eof()
 
 
 def _print_summary(say: Callable[[str], None], session_id: str, status: int, summary: dict[str, int],

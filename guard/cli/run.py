@@ -36,14 +36,17 @@ def parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--json-summary", is_flag=True, help="Print the exit summary as one JSON line on stderr.")
 @click.option("--resolve", "resolve", multiple=True, metavar="NAME:ADDR",
               help="Pin a host name to an address for the proxy (like curl --resolve).")
+@click.option("--publish", "publish", multiple=True, type=click.IntRange(1, 65535), metavar="PORT",
+              help="Expose the agent's 127.0.0.1:PORT on the host's 127.0.0.1:PORT (repeatable); the "
+                   "policy must allow listen on the port.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
 def run(policy: str, workspace: Path | None, require_full: bool, json_summary: bool,
-        resolve: tuple[str, ...], command: tuple[str, ...]) -> None:
+        resolve: tuple[str, ...], publish: tuple[int, ...], command: tuple[str, ...]) -> None:
     """Run COMMAND under the guard: guard run [OPTIONS] -- COMMAND [ARGS]..."""
     from guard.runner import RunOptions, run_guarded
 
     cwd = Path.cwd()
     opts = RunOptions(argv=tuple(command), policy=policy, workspace=(workspace or cwd).resolve(), cwd=cwd,
                       require_full=require_full, json_summary=json_summary,
-                      resolve=parse_resolve(resolve))
+                      resolve=parse_resolve(resolve), publish=tuple(dict.fromkeys(publish)))
     sys.exit(run_guarded(opts).status)

@@ -13,6 +13,13 @@ terminal-generated signals: the agent shares the engineer's foreground process g
 window resizes reach it directly, and it keeps its terminal. Until exec, every failure travels to the
 supervisor over a SOCK_SEQPACKET socketpair with a precise reason, and spawn raises SandboxError; nothing
 ever runs unsandboxed.
+
+Published ports (`guard run --publish`) need connections *into* the sandbox's network namespace, and a
+socket belongs to the namespace it was created in. So the init, which lives there, is also the connector:
+it keeps a second socketpair with the supervisor and, on each request, connects to 127.0.0.1:PORT (only
+the ports named at spawn) and hands the connected socket back over SCM_RIGHTS. The init is outside the
+agent's Landlock domain, so the signal scope keeps the agent from killing it, and the agent never holds
+the connector socket. When the init is gone, the connector is closed and every request fails (closed).
 """
 
 from __future__ import annotations
@@ -23,6 +30,7 @@ import os
 import select
 import signal
 import socket
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -39,6 +47,7 @@ if TYPE_CHECKING:
     from guard.sandbox.seccomp import SeccompSpec
 
 SETUP_TIMEOUT = 30.0
+CONNECT_TIMEOUT = 5.0  # a connect to the agent's loopback server that takes longer is given up
 _GO = b"G"
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
@@ -60,6 +69,44 @@ class SandboxedProcess:
     report: EnforcementReport
     _control: socket.socket | None = field(default=None, repr=False)
     _status: int | None = field(default=None, repr=False)
+    _connector: socket.socket | None = field(default=None, repr=False)
+    _connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
+
+    def connect_inner(self, port: int) -> socket.socket:
+        """A TCP socket connected to 127.0.0.1:`port` inside the sandbox's network namespace, made by the
+        sandbox's init; only ports given to spawn as `publish_ports`. Thread-safe; blocks up to
+        CONNECT_TIMEOUT. Raises SandboxError when the init refuses, the connect fails or the init is gone."""
+        with self._connector_lock:
+            conn = self._connector
+            if conn is None:
+                raise SandboxError(f"cannot reach 127.0.0.1:{port} in the sandbox: no connector "
+                                   "(nothing published, or the sandbox has ended)")
+            try:
+                conn.settimeout(CONNECT_TIMEOUT + 5)
+                conn.send(json.dumps({"port": port}).encode())
+                data, fds, _flags, _addr = socket.recv_fds(conn, 4096, 1)
+            except OSError as exc:
+                self._close_connector()
+                raise SandboxError(f"the sandbox's connector failed: {exc.strerror or exc}") from None
+            if not data:
+                for fd in fds:
+                    os.close(fd)
+                self._close_connector()
+                raise SandboxError("the sandbox's init is gone: published ports are closed")
+            try:
+                reply = json.loads(data)
+            except ValueError:
+                reply = {"ok": False, "error": "malformed reply"}
+            if not reply.get("ok") or len(fds) != 1:
+                for fd in fds:
+                    os.close(fd)
+                raise SandboxError(f"cannot connect to 127.0.0.1:{port} in the sandbox: {reply.get('error')}")
+            return socket.socket(fileno=fds[0])
+
+    def _close_connector(self) -> None:
+        if self._connector is not None:
+            self._connector.close()
+            self._connector = None
 
     def start(self) -> None:
         """Release the agent: it chdirs and execs."""
@@ -111,6 +158,8 @@ class SandboxedProcess:
             self._control = None
         for s in self.inner_listeners:
             s.close()
+        with self._connector_lock:
+            self._close_connector()
         if self.listener_fd is not None:
             with contextlib.suppress(OSError):
                 os.close(self.listener_fd)
@@ -118,30 +167,47 @@ class SandboxedProcess:
 
 
 def spawn(plan: SandboxPlan, argv: Sequence[str], *, env: Mapping[str, str], cwd: Path,
-          seccomp: SeccompSpec | None, inner_listen_ports: Sequence[int] = ()) -> SandboxedProcess:
+          seccomp: SeccompSpec | None, inner_listen_ports: Sequence[int] = (),
+          publish_ports: Sequence[int] = ()) -> SandboxedProcess:
     """Start `argv` in the sandbox described by `plan` and return once it waits for `start()`.
 
     `seccomp=None` runs without the decision tier (the report says so); otherwise the spec is installed
-    last, after Landlock, and its listener fd is handed back.
+    last, after Landlock, and its listener fd is handed back. `publish_ports` are the ports
+    `SandboxedProcess.connect_inner` may reach inside (see the module docstring).
     """
     if not argv:
         raise SandboxError("nothing to run: empty command")
+    for port in publish_ports:
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise SandboxError(f"cannot publish port {port!r}: ports are 1-65535")
     parent_sock, child_sock = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
+    conn_parent: socket.socket | None = None
+    conn_child: socket.socket | None = None
+    if publish_ports:
+        conn_parent, conn_child = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
     supervisor_pid = os.getpid()
     pid = os.fork()
     if pid == 0:  # pragma: no cover - the relay; never returns
         code = 125
         try:
             parent_sock.close()
+            if conn_parent is not None:
+                conn_parent.close()
             code = _relay(plan, list(argv), dict(env), str(cwd), seccomp, tuple(inner_listen_ports),
-                          child_sock, supervisor_pid)
+                          child_sock, supervisor_pid, conn_child, frozenset(publish_ports))
         except BaseException as exc:  # report, then die: never fall back into the caller's code
             _send_error(child_sock, "relay", exc)
         os._exit(code)
     child_sock.close()
+    if conn_child is not None:
+        conn_child.close()
     try:
-        return _receive(parent_sock, pid, plan, seccomp, len(inner_listen_ports))
+        proc = _receive(parent_sock, pid, plan, seccomp, len(inner_listen_ports))
+        proc._connector = conn_parent
+        return proc
     except BaseException:
+        if conn_parent is not None:
+            conn_parent.close()
         parent_sock.close()
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
@@ -248,24 +314,28 @@ def _parent_gone_guard(expected_ppid: int) -> None:
 
 # --- relay (outside pid namespace, inside the others) -------------------------------------------------
 def _relay(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
-           ports: tuple[int, ...], sock: socket.socket, supervisor_pid: int) -> int:  # pragma: no cover
+           ports: tuple[int, ...], sock: socket.socket, supervisor_pid: int,
+           connector: socket.socket | None, published: frozenset[int]) -> int:  # pragma: no cover
     sc.set_pdeathsig(signal.SIGKILL)
     _parent_gone_guard(supervisor_pid)
     for sig in _TTY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
     namespaces.enter(os.geteuid(), os.getegid())
-    _close_stray_fds([sock.fileno()])  # the supervisor's daemon connection and files are not ours to hold
+    keep = [sock.fileno()] + ([connector.fileno()] if connector is not None else [])
+    _close_stray_fds(keep)  # the supervisor's daemon connection and files are not ours to hold
     alive_r, alive_w = os.pipe()  # the init's way to check the relay survived its fork
     child = os.fork()
     if child == 0:
         code = 125
         try:
             os.close(alive_w)
-            code = _init(plan, argv, env, cwd, seccomp, ports, sock, alive_r)
+            code = _init(plan, argv, env, cwd, seccomp, ports, sock, alive_r, connector, published)
         except BaseException as exc:
             _send_error(sock, "init", exc)
         os._exit(code)
     os.close(alive_r)
+    if connector is not None:
+        connector.close()  # only the init serves it
     _send(sock, {"t": "init", "pid": child})
     sock.close()
 
@@ -295,12 +365,13 @@ def _close_stray_fds(keep: Sequence[int]) -> None:
 
 
 def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
-          ports: tuple[int, ...], sock: socket.socket, alive_r: int) -> int:  # pragma: no cover
+          ports: tuple[int, ...], sock: socket.socket, alive_r: int, connector: socket.socket | None,
+          published: frozenset[int]) -> int:  # pragma: no cover
     sc.set_pdeathsig(signal.SIGKILL)
     if select.select([alive_r], [], [], 0)[0]:  # EOF: the relay died before PDEATHSIG was armed
         raise SandboxError("the relay died during setup")
     os.close(alive_r)
-    _close_stray_fds([sock.fileno()])
+    _close_stray_fds([sock.fileno()] + ([connector.fileno()] if connector is not None else []))
     sc.sethostname(plan.hostname)
     mounts.make_private()
     vanished = mounts.apply_masks(plan.mounts)
@@ -323,11 +394,16 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     if agent == 0:
         code = 125
         try:
+            if connector is not None:
+                connector.close()  # the agent must never ask the init for connections
             _agent(plan, argv, env, cwd, seccomp, sock)
         except BaseException as exc:
             _send_error(sock, "agent", exc)
         os._exit(code)
     sock.close()
+    if connector is not None:  # started after the fork: the agent is never forked from a threaded process
+        threading.Thread(target=_serve_connector, args=(connector, published), name="guard-connector",
+                         daemon=True).start()
 
     def forward(signum: int, _frame: object) -> None:
         with contextlib.suppress(ProcessLookupError):
@@ -343,6 +419,43 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
         if pid == agent and (os.WIFEXITED(status) or os.WIFSIGNALED(status)):
             code = os.waitstatus_to_exitcode(status)
             return 128 - code if code < 0 else code
+
+
+def _serve_connector(conn: socket.socket, published: frozenset[int]) -> None:  # pragma: no cover - init
+    """In the init: connect to a published port on request and hand the socket to the supervisor. One
+    request at a time (loopback connects answer at once); ends when the supervisor closes its end."""
+    while True:
+        try:
+            data = conn.recv(4096)
+        except OSError:
+            return
+        if not data:
+            return
+        try:
+            port = int(json.loads(data)["port"])
+        except (ValueError, KeyError, TypeError):
+            port = -1
+        reply: dict[str, Any] = {"ok": False}
+        fds: list[int] = []
+        out = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        try:
+            if port not in published:
+                reply["error"] = f"port {port} is not published"
+            else:
+                out.settimeout(CONNECT_TIMEOUT)
+                try:
+                    out.connect(("127.0.0.1", port))
+                    out.setblocking(True)
+                    reply = {"ok": True}
+                    fds = [out.fileno()]
+                except OSError as exc:
+                    reply["error"] = exc.strerror or str(exc)
+            try:
+                _send(conn, reply, fds)
+            except OSError:
+                return
+        finally:
+            out.close()
 
 
 _MEMFD_NOEXEC = "/proc/sys/vm/memfd_noexec"
