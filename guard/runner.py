@@ -500,6 +500,7 @@ class _PublishThread:
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
+        asyncio.set_event_loop(loop)
         self._loop = loop
         servers: list[asyncio.Server] = []
         try:
@@ -512,14 +513,17 @@ class _PublishThread:
             self._ready.set()
             for server in servers:
                 server.close()
-            for task in list(self._live):
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*self._live, *(s.wait_closed() for s in servers),
-                                                   return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_default_executor())
+            loop.run_until_complete(self._drain(servers))
             loop.close()
             for sock, _ in self._published.values():
                 sock.close()
+
+    async def _drain(self, servers: list[asyncio.Server]) -> None:
+        """End live connections (each still recorded), then stop the executor."""
+        for task in list(self._live):
+            task.cancel()
+        await asyncio.gather(*self._live, *(s.wait_closed() for s in servers), return_exceptions=True)
+        await asyncio.get_running_loop().shutdown_default_executor()
 
     async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
@@ -548,6 +552,10 @@ class _PublishThread:
                                  _pump(inner_reader, writer, counts, 1))
         except (OSError, asyncio.IncompleteReadError) as exc:
             error = str(exc) or type(exc).__name__
+        except asyncio.CancelledError:
+            # the session is ending; finish normally (a cancelled handler task makes asyncio's stream
+            # callback log a traceback on 3.11), the record below still says what happened
+            error = "the session ended"
         finally:
             self._live.discard(task)
             for w in (writer, inner_writer):

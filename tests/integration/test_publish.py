@@ -142,6 +142,7 @@ def stop_agent(ws: Path, proc: subprocess.Popen[str]) -> str:
         proc.communicate(timeout=30)
         raise
     assert proc.returncode == 0, err
+    assert "Traceback" not in err and "Exception in thread" not in err, err
     return err
 
 
@@ -157,11 +158,16 @@ def fetch(port: int) -> bytes | None:
 def test_published_port_reaches_the_agents_server_and_is_recorded(setup: tuple[Path, Path, int]) -> None:
     ws, policy, port = setup
     proc = start_agent(ws, policy, port, "--publish", str(port))
+    held: socket.socket | None = None
     try:
         body = wait_until(lambda: fetch(port), what="the published server")
         assert body == b"hello from the sandbox\n"
+        held = socket.create_connection(("127.0.0.1", port), timeout=10)  # still open when the session ends
+        held.sendall(b"GET /")
     finally:
         err = stop_agent(ws, proc)
+        if held is not None:
+            held.close()
     session = err.rsplit("guard: session ", 1)[1].split()[0]
     shown = subprocess.run([*GUARD, "audit", "show", "--session", session, "--json"], capture_output=True,
                            text=True, timeout=60, check=True)
