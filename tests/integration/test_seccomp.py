@@ -184,8 +184,9 @@ def test_clone_with_namespace_flag_refused_clone3_enosys() -> None:
 
 
 def _clone_newnet() -> int:
-    # A raw clone whose child exits at once; returns 0 for "created" so the parent can compare.
-    ret = raw(56, 0x40000000 | signal.SIGCHLD, 0, 0, 0, 0)
+    # A raw clone whose child exits at once; returns 0 for "created" so the parent can compare. With
+    # CLONE_NEWUSER the bare call works for an unprivileged user too, so the control holds as nobody.
+    ret = raw(56, 0x10000000 | 0x40000000 | signal.SIGCHLD, 0, 0, 0, 0)
     if ret == 0:
         os._exit(0)
     if ret > 0:
@@ -239,6 +240,10 @@ def test_personality_change_refused() -> None:
 def _tiocsti(cmd: int) -> Callable[[], object]:
     def inject() -> object:
         _master, slave = os.openpty()
+        # our controlling terminal, as an agent's is: TIOCSTI on any other tty needs CAP_SYS_ADMIN, so
+        # without this the bare control would only work as root
+        os.setsid()
+        fcntl.ioctl(slave, termios.TIOCSCTTY, 0)
         tty.setraw(slave)
         ch = ctypes.create_string_buffer(b"Z")
         ret = raw(16, slave, cmd, ctypes.addressof(ch))
