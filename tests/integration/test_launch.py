@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.policy_doubles import Pol, Rule
 
 from guard.errors import SandboxError
 from guard.model import Op, Verdict
@@ -44,23 +45,6 @@ SYSTEM = ("/usr/**", "/bin/**", "/lib/**", "/lib64/**", "/etc/**", "/proc/**", "
 ENV = {"PATH": "/usr/bin:/bin", "LC_ALL": "C"}
 
 
-@dataclass(frozen=True)
-class Rule:
-    rule_id: str
-    verdict: Verdict
-    ops: frozenset[Op]
-    patterns: tuple[str, ...]
-    excepts: tuple[str, ...] = ()
-    audit_only: bool = False
-
-
-@dataclass(frozen=True)
-class Pol:
-    rules: tuple[Rule, ...]
-    sources: tuple[Path, ...] = ()
-
-    def file_rules(self) -> tuple[Rule, ...]:
-        return self.rules
 
 
 @dataclass

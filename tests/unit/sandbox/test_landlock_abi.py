@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+from support.policy_doubles import Pol, Rule
 
 from guard.errors import SandboxError
 from guard.model import Op, Verdict
@@ -15,26 +16,6 @@ from guard.sandbox.plan import LISTEN_PROTECTION as LISTEN
 from guard.sandbox.plan import build_plan
 from guard.sandbox.report import State
 from guard.sandbox.scan import LaunchFacts, PathFact
-
-
-@dataclass(frozen=True)
-class Rule:
-    rule_id: str
-    verdict: Verdict
-    ops: frozenset[Op]
-    patterns: tuple[str, ...]
-    excepts: tuple[str, ...] = ()
-    audit_only: bool = False
-
-
-@dataclass(frozen=True)
-class Pol:
-    rules: tuple[Rule, ...]
-    sources: tuple[Path, ...] = ()
-
-    def file_rules(self) -> tuple[Rule, ...]:
-        return self.rules
-
 
 POLICY = Pol((Rule("ws", Verdict.ALLOW, frozenset({Op.READ, Op.WRITE, Op.EXEC}), ("/ws/**",)),))
 FACTS = LaunchFacts(paths=(PathFact("/ws", "dir", "/ws"), PathFact("/dev/tty", "other", "/dev/tty"),

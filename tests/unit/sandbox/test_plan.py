@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+from support.policy_doubles import Pol, Rule
 
 from guard.errors import SandboxError
 from guard.model import Op, Verdict
@@ -14,28 +14,6 @@ from guard.sandbox import landlock as ll
 from guard.sandbox.plan import MountKind, build_plan
 from guard.sandbox.report import State
 from guard.sandbox.scan import LaunchFacts, literal_prefix, matcher, scan_launch_facts
-
-
-@dataclass(frozen=True)
-class Rule:
-    rule_id: str
-    verdict: Verdict
-    ops: frozenset[Op]
-    patterns: tuple[str, ...]
-    excepts: tuple[str, ...] = ()
-    audit_only: bool = False
-
-
-@dataclass(frozen=True)
-class Pol:
-    """Stands in for guard.policy.Policy: the two members the sandbox reads (docs/contracts.md)."""
-
-    rules: tuple[Rule, ...]
-    sources: tuple[Path, ...] = ()
-
-    def file_rules(self) -> tuple[Rule, ...]:
-        return self.rules
-
 
 RW = frozenset({Op.READ, Op.WRITE})
 R = frozenset({Op.READ})

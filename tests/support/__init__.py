@@ -1,0 +1,1 @@
+"""Helpers shared by several test modules (pytest puts tests/ on sys.path: `from support import ...`)."""
