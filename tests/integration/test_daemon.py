@@ -17,13 +17,13 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 import pytest
+from support.daemon import wait_until
 
 from guard.audit import Keyring, verify_log
 from guard.daemon import protocol as p
@@ -52,18 +52,6 @@ rules:
     allow: [run]
     commands: ["git ..."]
 """
-
-
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 10.0, what: str = "condition") -> Any:
-    """Poll a condition, bounded: returns its first truthy value or fails the test."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
 
 
 class Daemon:

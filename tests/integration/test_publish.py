@@ -8,19 +8,15 @@ its own network namespace; the test, on the host, fetches from 127.0.0.1:PORT. T
 from __future__ import annotations
 
 import json
-import signal
 import socket
 import subprocess
-import sys
-import time
 import urllib.request
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import pytest
+from support.daemon import GUARD, running_daemon, wait_until
 
-from guard.daemon.client import DaemonClient, DaemonNotRunning
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
 from guard.sandbox import namespaces
@@ -32,7 +28,6 @@ pytestmark = [
     pytest.mark.skipif(NS_PROBLEM is not None, reason=f"cannot create the sandbox namespaces: {NS_PROBLEM}"),
 ]
 
-GUARD = [sys.executable, "-m", "guard"]
 
 POLICY = """\
 version: 1
@@ -62,43 +57,10 @@ srv.shutdown()
 """
 
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 30.0, what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.05)
-
-
-def _daemon_answers(home: Path) -> bool:
-    try:
-        with DaemonClient.connect(home, timeout=5) as client:
-            client.hello()
-        return True
-    except DaemonNotRunning:
-        return False
-
-
 @pytest.fixture
 def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    guard_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: proc.poll() is not None or _daemon_answers(guard_home), what="the daemon")
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+    with running_daemon(guard_home) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def free_port() -> int:

@@ -12,18 +12,13 @@ import os
 import re
 import signal
 import subprocess
-import sys
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import psutil
 import pytest
+from support.daemon import GUARD, daemon_answers, running_daemon, stop_daemon_of, wait_until
 
-from guard.daemon.client import DaemonClient, DaemonNotRunning
-
-GUARD = [sys.executable, "-m", "guard"]
 SUMMARY = re.compile(r"^guard: session (?P<id>[0-9a-f]+) exited (?P<status>\d+): (?P<denied>\d+) denied, "
                      r"(?P<allowed>\d+) allowed, (?P<execs>\d+) execs, (?P<conns>\d+) connections", re.M)
 
@@ -42,59 +37,10 @@ rules:
     commands: ["rm ..."]
 """
 
-def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition") -> Any:
-    """Poll a condition, bounded: its first truthy value, or the test fails."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            pytest.fail(f"timed out waiting for {what}")
-        time.sleep(0.02)
-
-
-def _daemon_answers(home: Path) -> bool:
-    try:
-        with DaemonClient.connect(home, timeout=5) as client:
-            client.hello()
-        return True
-    except DaemonNotRunning:
-        return False
-
-
-def _stop_any_daemon(home: Path) -> None:
-    """Stop a daemon `guard run` started on its own (we do not hold its Popen): by the pid it reports."""
-    try:
-        with DaemonClient.connect(home, timeout=5) as client:
-            pid = int(client.hello()["pid"])
-    except DaemonNotRunning:
-        return
-    subprocess.run([*GUARD, "daemon", "stop"], capture_output=True, timeout=30, check=False)
-    if psutil.pid_exists(pid):
-        try:
-            psutil.Process(pid).kill()
-        except psutil.NoSuchProcess:
-            pass
-
-
 @pytest.fixture
 def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    guard_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-    try:
-        wait_until(lambda: proc.poll() is not None or _daemon_answers(guard_home), what="the daemon")
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+    with running_daemon(guard_home) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 @pytest.fixture
@@ -375,9 +321,9 @@ def test_guard_run_starts_the_daemon_when_none_runs(tmp_path: Path, guard_home: 
     ws = tmp_path / "ws"
     ws.mkdir()
     try:
-        assert not _daemon_answers(guard_home)
+        assert not daemon_answers(guard_home)
         res = guard_run(ws, "-p", str(minimal_policy(tmp_path)), "--", "/bin/sh", "-c", "exit 4")
         assert res.returncode == 4, res.stderr
-        assert _daemon_answers(guard_home)
+        assert daemon_answers(guard_home)
     finally:
-        _stop_any_daemon(guard_home)
+        stop_daemon_of(guard_home)

@@ -13,20 +13,16 @@ import fcntl
 import os
 import re
 import select
-import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
+from support.daemon import GUARD, running_daemon
 
-from guard.daemon.client import DaemonClient, DaemonNotRunning
-
-GUARD = [sys.executable, "-m", "guard"]
 PY = "/usr/bin/python3"
 
 POLICY = """\
@@ -124,33 +120,8 @@ class Terminal:
 @pytest.fixture
 def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
     """A warm daemon of our own, killed by pid in teardown."""
-    guard_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
-
-    def answers() -> bool:
-        try:
-            with DaemonClient.connect(guard_home, timeout=5) as client:
-                client.hello()
-            return True
-        except DaemonNotRunning:
-            return False
-
-    try:
-        deadline = time.monotonic() + 20
-        while not answers():
-            assert proc.poll() is None, f"daemon exited with {proc.returncode}"
-            assert time.monotonic() < deadline, "daemon did not answer"
-            time.sleep(0.02)
+    with running_daemon(guard_home) as proc:
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 @pytest.fixture

@@ -1,0 +1,76 @@
+"""A daemon of the test's own, and bounded waiting: shared by the tests that drive `guard run` for real."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import psutil
+import pytest
+
+from guard.daemon.client import DaemonClient, DaemonNotRunning
+
+GUARD = [sys.executable, "-m", "guard"]
+
+
+def wait_until(predicate: Callable[[], Any], *, timeout: float = 20.0, what: str = "condition",
+               interval: float = 0.02) -> Any:
+    """Poll a condition, bounded: its first truthy value, or the test fails."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() >= deadline:
+            pytest.fail(f"timed out waiting for {what}")
+        time.sleep(interval)
+
+
+def daemon_answers(home: Path) -> bool:
+    try:
+        with DaemonClient.connect(home, timeout=5) as client:
+            client.hello()
+        return True
+    except DaemonNotRunning:
+        return False
+
+
+@contextmanager
+def running_daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """`guard daemon run` as our own child, answering before we go on, stopped (then killed) by pid after."""
+    home.mkdir(mode=0o700, parents=True, exist_ok=True)
+    proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    try:
+        wait_until(lambda: proc.poll() is not None or daemon_answers(home), what="the daemon")
+        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+
+
+def stop_daemon_of(home: Path) -> None:
+    """Stop a daemon `guard run` started on its own (we hold no Popen for it): by the pid it reports."""
+    try:
+        with DaemonClient.connect(home, timeout=5) as client:
+            pid = int(client.hello()["pid"])
+    except DaemonNotRunning:
+        return
+    subprocess.run([*GUARD, "daemon", "stop"], capture_output=True, timeout=30, check=False)
+    if psutil.pid_exists(pid):
+        try:
+            psutil.Process(pid).kill()
+        except psutil.NoSuchProcess:
+            pass
