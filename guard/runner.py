@@ -1,46 +1,37 @@
 """One guarded session: the imperative shell that wires the layers together for `guard run`.
 
 Order matters and is the whole point of this module:
-  1. load the policy (pure) and open a session with the daemon (which decides, approves and records);
+  1. load the policy (pure) and open a session with the daemon (which records, and holds `ask`s for a
+     human);
   2. scan what exists at launch and build the kernel plan (pure) — refuse if `--require-full` and the host
      cannot enforce everything the policy needs;
-  3. spawn the sandbox; serve its seccomp notifications (decided by the daemon) and its netns loopback
-     listener (relayed through the proxy, decided by the daemon) from threads of this process, and the
-     host ports of `--publish` (each connection made inside by the sandbox's init and relayed here);
+  3. spawn the sandbox; serve its seccomp notifications and its netns loopback listener (the proxy) from
+     threads of this process, every action decided by the session's Decider (guard.session) with the
+     same policy, and the host ports of `--publish` (each connection made inside by the sandbox's init);
   4. wait, close the session with a summary, and exit with the command's own status.
 If anything before the command starts fails, we raise SandboxError (exit 125): never an unguarded run.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import json
 import os
-import queue
 import re
 import signal
-import socket
 import sys
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from guard.errors import DaemonError, GuardError, SandboxError
+from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
-from guard.model import Action, Decision, Op, Verdict
-
-if TYPE_CHECKING:
-    from guard.daemon.client import DaemonClient
-    from guard.policy import Policy
+from guard.session import Decider, Tally
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
 SUPERVISOR_WORKERS = 4
-PUBLISH_MAX_CONNECTIONS = 64  # live connections through all published ports; more are refused and recorded
 
 
 @dataclass(frozen=True)
@@ -67,43 +58,6 @@ class RunResult:
     summary: Mapping[str, int]
 
 
-@dataclass
-class Tally:
-    """Counts what happened in a session, for the one-line summary; updated from several threads."""
-
-    allowed: int = 0
-    denied: int = 0
-    asked: int = 0
-    execs: int = 0
-    connections: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def count(self, action: Action, decision: Decision) -> None:
-        with self.lock:
-            if decision.enforced is Verdict.DENY:
-                self.denied += 1
-            else:
-                self.allowed += 1
-            if decision.verdict is Verdict.ASK:
-                self.asked += 1
-            if action.op.value == "run":
-                self.execs += 1
-            if action.op.value == "connect":
-                self.connections += 1
-
-    def count_connection(self) -> None:
-        with self.lock:
-            self.connections += 1
-
-    def as_dict(self) -> dict[str, int]:
-        with self.lock:
-            return {"allowed": self.allowed, "denied": self.denied, "asked": self.asked,
-                    "execs": self.execs, "connections": self.connections}
-
-
-# Variables that hand the agent a credential by reference: an agent socket signs or decrypts with every key
-# it holds (no key file needs reading), a docker socket is root on the host. The sandbox also refuses
-# connecting to sockets outside the grants; dropping these keeps honest tools from even trying.
 _WITHHELD_ENV = frozenset({
     "GUARD_HOME", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "GNOME_KEYRING_CONTROL",
     "DOCKER_HOST", "CONTAINER_HOST", "DBUS_SESSION_BUS_ADDRESS",
@@ -146,6 +100,8 @@ def policy_ref(ref: str) -> str:
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
+    from guard.net import policy_cidr_grant
+    from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
     from guard.sandbox import landlock
     from guard.sandbox.launch import spawn
@@ -213,10 +169,11 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
-        net = _NetworkThread(proc.inner_listeners, client, session_id, policy, dict(opts.resolve),
-                             decider.decide)
+        net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},
+                          cidr_grant=policy_cidr_grant(policy), decide=decider.decide,
+                          record=decider.record_event)
         threads.append(net.thread)
-        publisher: _PublishThread | None = None
+        publisher: PublishThread | None = None
         if published:
             recorder = decider
 
@@ -224,7 +181,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                 tally.count_connection()
                 recorder.record_event(event)
 
-            publisher = _PublishThread(published, proc.connect_inner, record_published)
+            publisher = PublishThread(published, proc.connect_inner, record_published)
             threads.append(publisher.thread)
         for t in threads:
             t.start()
@@ -273,320 +230,6 @@ def _wait_forwarding_signals(proc: Any) -> int:
     finally:
         for signum, handler in previous.items():
             signal.signal(signum, handler)
-
-
-class Decider:
-    """Decides a session's actions with the policy its sandbox was built from; the daemon records them.
-
-    Allow and deny are decided here (the engine is pure and takes microseconds) and their records are
-    streamed to the daemon in batches by one thread, so a notified syscall costs no socket round trip.
-    Only `ask` goes to the daemon synchronously: it holds the request for a human and records the answer.
-    If the daemon stops accepting records, the sandbox is killed: nothing may act unrecorded.
-    """
-
-    BATCH = 500
-    LINGER_S = 0.05
-
-    def __init__(self, policy: Policy, client: DaemonClient, session: str, tally: Tally,
-                 warn: Callable[[str], None], existed_at_launch: Sequence[str] = ()) -> None:
-        self._policy = policy
-        # `applies_to: existing` rules protect only what existed when the session started (the engineer's
-        # repository config, say), not what the agent creates during it (a repository it clones).
-        self._existing_only = policy.existing_only_rules
-        self._existed = tuple(existed_at_launch)
-        self._client = client
-        self._session = session
-        self._tally = tally
-        self._warn = warn
-        self._queue: queue.SimpleQueue[dict[str, Any] | None] = queue.SimpleQueue()
-        self._on_failure: Callable[[], None] | None = None
-        self._failed: DaemonError | None = None
-        self._thread = threading.Thread(target=self._send_loop, name="guard-recorder", daemon=True)
-        self._thread.start()
-
-    def record_refusal(self, action: Action, decision: Decision) -> None:
-        """The supervisor's record hook: everything decide() returned is already recorded; what the
-        supervisor refuses on its own (an exec of a file with no path, a failed decision) is not."""
-        from guard.sandbox.supervisor import SUPERVISOR_RULE
-
-        if decision.rule_id == SUPERVISOR_RULE:
-            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
-            self._tally.count(action, decision)
-
-    def record_event(self, event: dict[str, Any]) -> None:
-        """Queue a record decided elsewhere (a published connection) on the same batched, fail-closed path."""
-        self._queue.put(event)
-
-    def _existed_at_launch(self, path: str) -> bool:
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)
-
-    def on_record_failure(self, kill: Callable[[], None]) -> None:
-        self._on_failure = kill
-
-    def check(self, action: Action) -> Decision:
-        """The policy's answer, recording nothing: the supervisor vets every entry of a renamed directory
-        with it and records only through decide() (the refusals), so a moved tree does not flood the trail."""
-        decision = self._policy.decide(action)
-        if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
-            decision = self._policy.decide(action, ignore=self._existing_only)
-        return decision
-
-    def decide(self, action: Action) -> Decision:
-        decision = self.check(action)
-        if self._failed is not None:
-            decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {self._failed.message}")
-        elif decision.enforced is Verdict.ASK:
-            try:  # the daemon records the request, the approval and the final decision
-                decision = self._client.decide(self._session, action)
-            except DaemonError as exc:
-                decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
-        else:
-            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
-        self._tally.count(action, decision)
-        return decision
-
-    def close(self) -> None:
-        """Send what is queued and stop; bounded, so a dead daemon cannot hang guard run's exit."""
-        self._queue.put(None)
-        self._thread.join(timeout=10)
-
-    def _send_loop(self) -> None:
-        done = False
-        while not done:
-            first = self._queue.get()
-            if first is None:
-                break
-            batch = [first]
-            deadline = time.monotonic() + self.LINGER_S
-            while len(batch) < self.BATCH:
-                try:
-                    item = self._queue.get(timeout=max(0.0, deadline - time.monotonic()))
-                except queue.Empty:
-                    break
-                if item is None:
-                    done = True
-                    break
-                batch.append(item)
-            if self._failed is None:
-                try:
-                    self._client.record_batch(self._session, batch)
-                except DaemonError as exc:
-                    self._fail(exc)
-
-    def _fail(self, exc: DaemonError) -> None:
-        self._failed = exc
-        self._warn(f"guard: the daemon stopped accepting records ({exc.message}); stopping the sandbox")
-        if self._on_failure is not None:
-            self._on_failure()
-
-
-class _NetworkThread:
-    """Runs the proxy on the listeners that live inside the sandbox's network namespace."""
-
-    def __init__(self, listeners: Sequence[Any], client: Any, session_id: str, policy: Any,
-                 resolve: dict[str, str], decide: Callable[[Action], Decision]) -> None:
-        self._listeners = list(listeners)
-        self._client = client
-        self._session = session_id
-        self._policy = policy
-        self._host_map = {**dict(policy.host_map), **resolve}
-        self._decide = decide
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="guard-proxy", daemon=True)
-
-    def _run(self) -> None:
-        from guard.net import Proxy, policy_cidr_grant, serve_bridge
-
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-
-        async def decide(action: Action) -> Decision:
-            # off the loop: an `ask` waits for a human, and other connections must go on meanwhile
-            return await loop.run_in_executor(None, self._decide, action)
-
-        def send_record(event: dict[str, Any]) -> None:
-            try:
-                self._client.record(self._session, event)
-            except DaemonError:
-                pass  # the decision itself is already in the trail; byte counts are best effort
-
-        def record(event: dict[str, Any]) -> None:
-            # Called on the proxy's loop when a connection ends: never block the loop on the socket.
-            loop.run_in_executor(None, send_record, event)
-
-        proxy = Proxy(decide, record, host_map=self._host_map, cidr_grant=policy_cidr_grant(self._policy))
-        async def start() -> list[asyncio.Server]:
-            return [await serve_bridge(sock, proxy) for sock in self._listeners]
-
-        servers = loop.run_until_complete(start())
-        self._ready.set()
-        try:
-            loop.run_forever()
-        finally:
-            for server in servers:
-                server.close()
-            loop.run_until_complete(self._drain(proxy, servers))
-            loop.close()
-
-    @staticmethod
-    async def _drain(proxy: Any, servers: list[asyncio.Server]) -> None:
-        """End live connections (each still recorded), then flush records before the session closes."""
-        await proxy.aclose()
-        await asyncio.gather(*(s.wait_closed() for s in servers), return_exceptions=True)
-        await asyncio.get_running_loop().shutdown_default_executor()
-
-    def stop(self) -> None:
-        self._ready.wait(timeout=2)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-def open_published_ports(ports: Sequence[int],
-                         decide: Callable[[Action], Decision]) -> dict[int, tuple[socket.socket, Decision]]:
-    """Bind 127.0.0.1:PORT on the host for each `--publish PORT`, once the policy allows `listen` on it.
-
-    Before the sandbox starts, so a refused or taken port stops the launch (exit 125) instead of failing
-    later. The decision is recorded (it goes through the session's decider) and named by every
-    connection record."""
-    out: dict[int, tuple[socket.socket, Decision]] = {}
-    try:
-        for port in dict.fromkeys(ports):
-            if not 1 <= port <= 65535:
-                raise SandboxError(f"--publish {port}: ports are 1-65535")
-            decision = decide(Action(Op.LISTEN, f"127.0.0.1:{port}"))
-            if decision.enforced is not Verdict.ALLOW:
-                raise SandboxError(f"--publish {port}: the policy does not let the agent listen on port "
-                                   f"{port} ({decision.verdict.value}: {decision.reason})",
-                                   hint="add an allow listen rule for the port, or publish another one")
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            try:
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                sock.bind(("127.0.0.1", port))
-                sock.listen(128)
-            except OSError as exc:
-                sock.close()
-                raise SandboxError(f"--publish {port}: cannot listen on 127.0.0.1:{port} on this host: "
-                                   f"{exc.strerror}", hint="is another server using the port?") from None
-            out[port] = (sock, decision)
-    except BaseException:
-        for sock, _ in out.values():
-            sock.close()
-        raise
-    return out
-
-
-class _PublishThread:
-    """Relays the host's published ports into the sandbox: each accepted connection gets a socket made
-    inside the sandbox's network namespace by its init (`connect`), bytes flow both ways, and a
-    `connection` record (protocol "publish") is written when it ends, refused ones included.
-
-    Bounded (PUBLISH_MAX_CONNECTIONS live) and fail closed: when the init cannot connect or is gone, the
-    client is closed and the refusal recorded.
-    """
-
-    def __init__(self, published: Mapping[int, tuple[socket.socket, Decision]],
-                 connect: Callable[[int], socket.socket], record: Callable[[dict[str, Any]], None],
-                 max_connections: int = PUBLISH_MAX_CONNECTIONS) -> None:
-        self._published = dict(published)
-        self._connect = connect
-        self._record = record
-        self._max = max_connections
-        self._live: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="guard-publish", daemon=True)
-
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        servers: list[asyncio.Server] = []
-        try:
-            for port, (sock, decision) in self._published.items():
-                handler = functools.partial(self._serve, port, decision)
-                servers.append(loop.run_until_complete(asyncio.start_server(handler, sock=sock)))
-            self._ready.set()
-            loop.run_forever()
-        finally:
-            self._ready.set()
-            for server in servers:
-                server.close()
-            loop.run_until_complete(self._drain(servers))
-            loop.close()
-            for sock, _ in self._published.values():
-                sock.close()
-
-    async def _drain(self, servers: list[asyncio.Server]) -> None:
-        """End live connections (each still recorded), then stop the executor."""
-        for task in list(self._live):
-            task.cancel()
-        await asyncio.gather(*self._live, *(s.wait_closed() for s in servers), return_exceptions=True)
-        await asyncio.get_running_loop().shutdown_default_executor()
-
-    async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
-                     writer: asyncio.StreamWriter) -> None:
-        from guard.net.records import ConnectionRecord
-
-        task = asyncio.current_task()
-        assert task is not None
-        self._live.add(task)
-        started = time.monotonic()
-        peer = writer.get_extra_info("peername")
-        client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
-        counts = [0, 0]  # bytes client -> agent, agent -> client
-        error: str | None = None
-        inner_writer: asyncio.StreamWriter | None = None
-        try:
-            if len(self._live) > self._max:
-                error = f"more than {self._max} published connections at once"
-                return
-            try:
-                inner = await asyncio.get_running_loop().run_in_executor(None, self._connect, port)
-            except SandboxError as exc:
-                error = exc.message
-                return
-            inner_reader, inner_writer = await asyncio.open_connection(sock=inner)
-            await asyncio.gather(_pump(reader, inner_writer, counts, 0),
-                                 _pump(inner_reader, writer, counts, 1))
-        except (OSError, asyncio.IncompleteReadError) as exc:
-            error = str(exc) or type(exc).__name__
-        except asyncio.CancelledError:
-            # the session is ending; finish normally (a cancelled handler task makes asyncio's stream
-            # callback log a traceback on 3.11), the record below still says what happened
-            error = "the session ended"
-        finally:
-            self._live.discard(task)
-            for w in (writer, inner_writer):
-                if w is not None:
-                    w.close()
-            refused = error is not None and counts == [0, 0] and inner_writer is None
-            self._record(ConnectionRecord(
-                protocol="publish", client=client, host="127.0.0.1", port=port,
-                verdict=Verdict.DENY.value if refused else decision.verdict.value,
-                rule_id="guard:publish" if refused else decision.rule_id,
-                reason=error if refused and error else decision.reason,
-                bytes_up=counts[0], bytes_down=counts[1], duration_s=time.monotonic() - started,
-                error=error).to_dict())
-
-    def stop(self) -> None:
-        self._ready.wait(timeout=2)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
-
-
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: list[int], index: int) -> None:
-    """Copy until EOF, then pass the half-close on (HTTP clients and servers rely on it)."""
-    while True:
-        data = await src.read(65536)
-        if not data:
-            break
-        counts[index] += len(data)
-        dst.write(data)
-        await dst.drain()
-    if dst.can_write_eof() and not dst.is_closing():
-        dst.write_eof()
 
 
 def _print_summary(say: Callable[[str], None], session_id: str, status: int, summary: dict[str, int],

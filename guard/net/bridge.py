@@ -20,8 +20,8 @@ from typing import Any
 from guard.errors import UsageError
 from guard.net.proxy import Proxy
 from guard.net.proxy_env import agent_proxy_env
-
-_RELAY_CHUNK = 256 * 1024
+from guard.net.relay import CHUNK as _RELAY_CHUNK
+from guard.net.relay import pump
 
 __all__ = ["agent_proxy_env", "serve_bridge", "serve_relay_to_unix", "serve_unix"]
 
@@ -77,8 +77,8 @@ async def serve_relay_to_unix(listener: socket.socket, path: Path | str) -> asyn
         except OSError:
             writer.close()
             return
-        tasks = [asyncio.ensure_future(_copy(reader, up_writer)),
-                 asyncio.ensure_future(_copy(up_reader, writer))]
+        tasks = [asyncio.ensure_future(pump(reader, up_writer)),
+                 asyncio.ensure_future(pump(up_reader, writer))]
         try:
             await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
         finally:
@@ -91,15 +91,6 @@ async def serve_relay_to_unix(listener: socket.socket, path: Path | str) -> asyn
             writer.close()
 
     return await asyncio.start_server(relay, sock=listener, limit=_RELAY_CHUNK)
-
-
-async def _copy(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
-    while data := await src.read(_RELAY_CHUNK):
-        dst.write(data)
-        await dst.drain()
-    if dst.can_write_eof() and not dst.is_closing():
-        with contextlib.suppress(OSError):
-            dst.write_eof()
 
 
 def _check_listener(listener: socket.socket, families: tuple[int, ...]) -> None:

@@ -39,6 +39,8 @@ from guard.net.errors import (
     UnsupportedCommand,
 )
 from guard.net.records import ConnectionRecord
+from guard.net.relay import CHUNK as _CHUNK
+from guard.net.relay import pump
 from guard.net.resolve import (
     CLOUD_METADATA,
     Resolver,
@@ -57,7 +59,6 @@ Decide = Callable[[Action], Awaitable[Decision]]
 Record = Callable[[dict[str, Any]], None]
 
 MAX_HEAD = 16 * 1024
-_CHUNK = 256 * 1024
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection"})
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _SOCKS_OK = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -354,8 +355,8 @@ class Proxy:
         if early:
             up_writer.write(early)
             conn.counts[0] += len(early)
-        up = asyncio.ensure_future(_pump(reader, up_writer, conn.counts, 0))
-        down = asyncio.ensure_future(_pump(up_reader, writer, conn.counts, 1))
+        up = asyncio.ensure_future(pump(reader, up_writer, conn.counts, 0))
+        down = asyncio.ensure_future(pump(up_reader, writer, conn.counts, 1))
         try:
             pending = {up, down}
             while pending:
@@ -393,19 +394,6 @@ class Proxy:
             self._record_fn(rec.to_dict())
         except Exception:
             log.exception("recording a connection failed")
-
-
-async def _pump(src: asyncio.StreamReader, dst: asyncio.StreamWriter, counts: list[int], index: int) -> None:
-    while True:
-        data = await src.read(_CHUNK)
-        if not data:
-            break
-        dst.write(data)
-        counts[index] += len(data)
-        await dst.drain()
-    if dst.can_write_eof() and not dst.is_closing():
-        with contextlib.suppress(OSError):
-            dst.write_eof()
 
 
 async def _reply_error(writer: asyncio.StreamWriter, conn: _Conn, exc: NetError) -> None:
