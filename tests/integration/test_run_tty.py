@@ -178,7 +178,8 @@ def test_resize_reaches_the_agent(ws: Path, policy: Path, terminals: list[Termin
     script = (
         "import os, signal, sys, time\n"
         "def on_winch(*_):\n"
-        "    print('WINCH', tuple(os.get_terminal_size()), flush=True); sys.exit(0)\n"
+        "    # os.write, not print: the signal may land while print('READY') is still flushing\n"
+        "    os.write(1, f'WINCH {tuple(os.get_terminal_size())}\\n'.encode()); os._exit(0)\n"
         "signal.signal(signal.SIGWINCH, on_winch)\n"
         "print('READY', tuple(os.get_terminal_size()), flush=True)\n"
         "time.sleep(60)\n"
