@@ -7,6 +7,7 @@ creates here is 0700 and every secret file 0600; a sandbox never sees any of it.
 from __future__ import annotations
 
 import os
+import socket
 import stat
 from collections.abc import Mapping
 from pathlib import Path
@@ -49,3 +50,21 @@ def ensure_private_dir(path: Path) -> Path:
     if st.st_mode & 0o077:
         os.chmod(path, 0o700)
     return path
+
+
+def bind_private_socket(path: Path, backlog: int) -> socket.socket:
+    """A listening, non-blocking unix socket at `path`, 0600 from birth: created under a 0177 umask, so
+    there is no moment in which another user could connect before the chmod."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    old = os.umask(0o177)
+    try:
+        listener.bind(str(path))
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        os.umask(old)
+    os.chmod(path, 0o600)
+    listener.listen(backlog)
+    listener.setblocking(False)
+    return listener

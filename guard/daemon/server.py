@@ -35,7 +35,7 @@ from guard.daemon.approvals import Answer, Approvals, Pending
 from guard.daemon.reload import PolicyWatcher
 from guard.daemon.sessions import Session, SessionTable, sources_hash
 from guard.errors import DaemonError, GuardError
-from guard.home import ensure_private_dir, log_dir, socket_path
+from guard.home import bind_private_socket, ensure_private_dir, log_dir, socket_path
 from guard.model import Action, Decision, Verdict
 
 log = logging.getLogger(__name__)
@@ -183,7 +183,7 @@ class Daemon:
                 self._record_daemon("daemon_start", pid=os.getpid(), version=__version__)
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
-                listener = _bind(self.socket)
+                listener = bind_private_socket(self.socket, 128)
                 bound = True
                 server = await loop.create_unix_server(lambda: _Protocol(self), sock=listener)
                 if handle_signals:
@@ -696,19 +696,6 @@ def _clear_stale_socket(path: Path) -> None:
         raise DaemonError(f"another process answers on {path}", hint="`guard daemon stop` it first")
     finally:
         probe.close()
-
-
-def _bind(path: Path) -> socket.socket:
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)  # the socket is born 0600: no window in which others could connect
-    try:
-        listener.bind(str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    listener.listen(128)
-    listener.setblocking(False)
-    return listener
 
 
 def _capture_signals(loop: asyncio.AbstractEventLoop, handler: Callable[[], None]) -> dict[int, Any]:

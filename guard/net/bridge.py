@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from guard.errors import UsageError
+from guard.home import bind_private_socket
 from guard.net.proxy import Proxy
 from guard.net.proxy_env import agent_proxy_env
 from guard.net.relay import CHUNK as _RELAY_CHUNK
@@ -44,15 +45,7 @@ async def serve_unix(path: Path | str, proxy: Proxy) -> asyncio.Server:
             raise UsageError(f"{path} exists and is not a socket of ours",
                              hint="remove it or pick another path")
         path.unlink()
-    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    old = os.umask(0o177)
-    try:
-        sock.bind(str(path))
-    finally:
-        os.umask(old)
-    os.chmod(path, 0o600)
-    sock.listen(512)
-    sock.setblocking(False)
+    sock = bind_private_socket(path, 512)
     return await asyncio.start_server(proxy.handle, sock=sock, limit=_RELAY_CHUNK)
 
 
