@@ -9,33 +9,21 @@ is judged by what arrived at the listener, not only by what the agent printed.
 from __future__ import annotations
 
 import contextlib
-import importlib.util
 import os
 import socket
 import subprocess
-import sys
 import tempfile
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from support import network_escape
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _helpers():
-    name = "network_conftest_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
+H = network_escape
 ROOT = os.geteuid() == 0
 
 # Connect with a given socket type, print what the listener said or the errno's name.

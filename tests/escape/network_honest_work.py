@@ -11,32 +11,20 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import importlib.util
 import json
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
 
 import pytest
+from support import network_escape
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _helpers():
-    name = "network_conftest_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
+H = network_escape
 PKG, VERSION = "guardprobe", "1.0"
 WHEEL = f"{PKG}-{VERSION}-py3-none-any.whl"
 

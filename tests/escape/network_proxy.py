@@ -9,31 +9,18 @@ reply, by the server's request log and by the session's records in the signed tr
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import signal
 import subprocess
-import sys
-from pathlib import Path
 
 import pytest
+from support import network_escape
 
 pytestmark = pytest.mark.timeout(120)
 
 
-def _helpers():
-    name = "network_conftest_helpers"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, Path(__file__).with_name(f"{name}.py"))
-        assert spec is not None and spec.loader is not None
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
-
-
-H = _helpers()
+H = network_escape
 
 NAMES = ["allowed.test", "api.example.com", "example.com", "badexample.com", "example.com.attacker.test",
          "api.example.com.attacker.test", "api-example.com", "meta.allowed.test", "private.allowed.test"]
