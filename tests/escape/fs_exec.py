@@ -66,6 +66,10 @@ def test_exec_from_memfd(world):
     assert _ran(world.bare_run(attack))
     run = world.guard_run(attack)
     assert run.returncode != 0 and not _ran(run), run
+    # refused by the supervisor itself (the file has no path to judge), and that refusal is in the trail
+    refusals = [r["decision"] for r in world.records(run.session)
+                if r.get("type") == "decision" and r["decision"]["verdict"] == "deny"]
+    assert any(d["rule_id"] == "guard-supervisor" and "no path" in d["reason"] for d in refusals), refusals
 
 
 def test_dlopen_copied_library_from_non_exec_path(world):
