@@ -11,19 +11,10 @@ import subprocess
 import sys
 
 import pytest
+from support.attacks import SYSCALL
 
 pytestmark = pytest.mark.timeout(120)
 
-SYSCALL = (
-    "import ctypes, errno, os, sys\n"
-    "libc = ctypes.CDLL(None, use_errno=True)\n"
-    "libc.syscall.restype = ctypes.c_long\n"
-    "def call(*args):\n"
-    "    r = libc.syscall(*[ctypes.c_long(a) if isinstance(a, int) else a for a in args])\n"
-    "    print('OK', r) if r >= 0 else print('ERR', errno.errorcode[ctypes.get_errno()])\n"
-    "    sys.stdout.flush()\n"
-    "    return r\n"
-)
 
 
 def test_int80_32bit_syscall_kills_the_process(world):

@@ -11,11 +11,10 @@ import json
 import socket
 import subprocess
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from support.daemon import GUARD, running_daemon, wait_until
+from support.daemon import GUARD, wait_until
 
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
@@ -55,12 +54,6 @@ while not os.path.exists("stop"):
     time.sleep(0.05)
 srv.shutdown()
 """
-
-
-@pytest.fixture
-def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with running_daemon(guard_home) as proc:
-        yield proc
 
 
 def free_port() -> int:

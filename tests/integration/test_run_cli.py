@@ -12,12 +12,11 @@ import os
 import re
 import signal
 import subprocess
-from collections.abc import Iterator
 from pathlib import Path
 
 import psutil
 import pytest
-from support.daemon import GUARD, daemon_answers, running_daemon, stop_daemon_of, wait_until
+from support.daemon import GUARD, daemon_answers, stop_daemon_of, wait_until
 
 SUMMARY = re.compile(r"^guard: session (?P<id>[0-9a-f]+) exited (?P<status>\d+): (?P<denied>\d+) denied, "
                      r"(?P<allowed>\d+) allowed, (?P<execs>\d+) execs, (?P<conns>\d+) connections", re.M)
@@ -36,12 +35,6 @@ rules:
     deny: [run]
     commands: ["rm ..."]
 """
-
-@pytest.fixture
-def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    with running_daemon(guard_home) as proc:
-        yield proc
-
 
 @pytest.fixture
 def ws(tmp_path: Path, guard_daemon: subprocess.Popen[bytes]) -> Path:

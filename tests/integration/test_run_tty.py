@@ -21,7 +21,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
-from support.daemon import GUARD, running_daemon
+from support.daemon import GUARD
 
 PY = "/usr/bin/python3"
 
@@ -115,13 +115,6 @@ class Terminal:
         for fd in (self.master, self.slave):
             with contextlib.suppress(OSError):
                 os.close(fd)
-
-
-@pytest.fixture
-def guard_daemon(guard_home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """A warm daemon of our own, killed by pid in teardown."""
-    with running_daemon(guard_home) as proc:
-        yield proc
 
 
 @pytest.fixture
