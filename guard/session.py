@@ -17,6 +17,9 @@ from typing import TYPE_CHECKING, Any
 from guard.errors import DaemonError
 from guard.model import Action, Decision, Verdict
 
+# The rule id of refusals the session makes without the policy: the daemon could not be asked or told.
+FAIL_CLOSED_RULE = "guard:fail-closed"
+
 if TYPE_CHECKING:
     from guard.daemon.client import DaemonClient
     from guard.policy import Policy
@@ -96,7 +99,7 @@ class Decider:
         from guard.sandbox.supervisor import SUPERVISOR_RULE
 
         if decision.rule_id == SUPERVISOR_RULE:
-            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
+            self._enqueue(action, decision)
             self._tally.count(action, decision)
 
     def record_event(self, event: dict[str, Any]) -> None:
@@ -121,16 +124,21 @@ class Decider:
     def decide(self, action: Action) -> Decision:
         decision = self.check(action)
         if self._failed is not None:
-            decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {self._failed.message}")
+            decision = Decision(Verdict.DENY, FAIL_CLOSED_RULE,
+                                f"guard daemon unreachable: {self._failed.message}")
         elif decision.enforced is Verdict.ASK:
             try:  # the daemon records the request, the approval and the final decision
                 decision = self._client.decide(self._session, action)
             except DaemonError as exc:
-                decision = Decision(Verdict.DENY, None, f"guard daemon unreachable: {exc.message}")
+                decision = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"no answer to the ask: {exc.message}")
+                self._enqueue(action, decision)
         else:
-            self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
+            self._enqueue(action, decision)
         self._tally.count(action, decision)
         return decision
+
+    def _enqueue(self, action: Action, decision: Decision) -> None:
+        self._queue.put({"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()})
 
     def close(self) -> None:
         """Send what is queued and stop; bounded, so a dead daemon cannot hang guard run's exit."""
