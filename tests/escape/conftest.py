@@ -13,7 +13,6 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import secrets
 import signal
 import subprocess
 import sys
@@ -24,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.realworld import RealHome
 
 FAMILIES = ("fs_", "proc_", "self_", "honest_", "network_")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
@@ -79,6 +79,7 @@ class World:
     outside: Path = field(init=False)
     ssh_key: Path = field(init=False)
     aws: Path = field(init=False)
+    real: RealHome = field(init=False)
     ssh_secret: str = field(init=False)
     aws_secret: str = field(init=False)
     fast_ask: Path = field(init=False)
@@ -87,23 +88,20 @@ class World:
     def __post_init__(self) -> None:
         self.root = self.root.resolve()
         self.root.chmod(0o755)
-        self.home = self.root / "home"
-        self.ws = self.root / "ws"
+        # the realistic home: workspace at ~/src/proj, an existing repository with a submodule and a
+        # worktree, dotfiles, credential files, toolchain links into caches (tests/support/realworld.py)
+        self.real = RealHome(self.root).build()
+        self.home = self.real.home
+        self.ws = self.real.ws
         self.gh = self.root / "gh"
-        self.scratch = self.root / "scratch"  # under /tmp, outside the workspace: read/write, never exec
+        self.scratch = self.root / "scratch"  # under /tmp, outside the workspace and the home
         self.outside = self.home / "outside"  # the engineer's files: nothing grants them
-        for d in (self.home, self.ws, self.scratch, self.outside, self.home / ".ssh", self.home / ".aws",
-                  self.home / ".cache" / "pip"):
+        for d in (self.scratch, self.outside):
             d.mkdir(parents=True, exist_ok=True)
-        self.ssh_secret = "FAKE-SSH-" + secrets.token_hex(12)
-        self.aws_secret = "FAKE-AWS-" + secrets.token_hex(12)
+        self.ssh_secret = self.real.secrets["ssh_key"]
+        self.aws_secret = self.real.secrets["aws"]
         self.ssh_key = self.home / ".ssh" / "id_ed25519"
-        self.ssh_key.write_text(f"-----BEGIN OPENSSH PRIVATE KEY-----\n{self.ssh_secret}\n")
-        self.ssh_key.chmod(0o600)
         self.aws = self.home / ".aws" / "credentials"
-        self.aws.write_text(f"[default]\naws_secret_access_key = {self.aws_secret}\n")
-        (self.home / ".gitconfig").write_text("[user]\n\tname = Escape Tester\n\temail = escape@example.invalid\n")
-        (self.home / ".bashrc").write_text("# the engineer's own rc\n")
         policies = self.root / "policies"
         policies.mkdir()
         self.fast_ask = policies / "fast-ask.yaml"
