@@ -6,6 +6,25 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 repo=$(pwd)
 
+# The tools the realistic test world runs (tmux, ssh-agent, git's credential cache, a C compiler, setpriv):
+# installed here when missing, so a fresh machine and CI run the same tests as a developer's.
+ensure_packages() {
+  local missing=() cmd pkg
+  for pair in tmux:tmux ssh-agent:openssh-client git:git gcc:gcc setpriv:util-linux; do
+    cmd=${pair%%:*}; pkg=${pair#*:}
+    command -v "$cmd" >/dev/null || missing+=("$pkg")
+  done
+  [ "${#missing[@]}" -eq 0 ] && return 0
+  if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
+    echo "== installing ${missing[*]}"
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null) \
+      || echo "WARNING: could not install ${missing[*]}; the tests that need them skip with the reason" >&2
+  else
+    echo "NOTE: ${missing[*]} not installed (needs root and apt-get); the tests that need them skip" >&2
+  fi
+}
+ensure_packages
+
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
 .venv/bin/ruff check guard tests scripts
@@ -19,7 +38,8 @@ run_pytest() {  # pytest's exit 5 (nothing collected) is a failure, not a pass
 }
 
 echo "== tests as $(id -un) (uid $(id -u))"
-run_pytest .venv/bin/python -m pytest -q -p no:cacheprovider "$@"
+root_rc=0
+run_pytest .venv/bin/python -m pytest -q -p no:cacheprovider "$@" || root_rc=$?
 
 unprivileged_pass() {
   # The repo's venv may live where `nobody` cannot reach its interpreter, so build a world-readable copy
@@ -31,11 +51,13 @@ unprivileged_pass() {
     fi
   done
   if [ -z "$py" ]; then
-    echo "SKIPPED unprivileged pass: no world-readable Python >= 3.11 with venv for uid 65534" >&2
+    unpriv_skipped="no world-readable Python >= 3.11 with venv for uid 65534"
+    echo "SKIPPED unprivileged pass: $unpriv_skipped" >&2
     return 0
   fi
   if ! command -v setpriv >/dev/null; then
-    echo "SKIPPED unprivileged pass: setpriv (util-linux) is not installed" >&2
+    unpriv_skipped="setpriv (util-linux) is not installed"
+    echo "SKIPPED unprivileged pass: $unpriv_skipped" >&2
     return 0
   fi
   local dir
@@ -45,11 +67,11 @@ unprivileged_pass() {
   # tar keeps symlinks as symlinks (guard/data/policies is one); deleted-but-unstaged files are skipped
   (cd "$repo" && git ls-files -z --cached --others --exclude-standard \
       | while IFS= read -r -d '' f; do [ -e "$f" ] || [ -L "$f" ] && printf '%s\0' "$f"; done \
-      | tar --null -T - -cf -) | tar -xf - -C "$dir"
-  "$py" -m venv "$dir/.venv"
-  "$dir/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$dir[test]"
-  mkdir -p "$dir/home"
-  chown -R 65534:65534 "$dir"
+      | tar --null -T - -cf -) | tar -xf - -C "$dir" || return 1
+  "$py" -m venv "$dir/.venv" || return 1
+  "$dir/.venv/bin/python" -m pip install -q --disable-pip-version-check -e "$dir[test]" || return 1
+  mkdir -p "$dir/home" || return 1
+  chown -R 65534:65534 "$dir" || return 1
   echo "== tests as nobody (uid 65534): tests/integration tests/escape"
   (cd "$dir" && run_pytest setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
       env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$dir/home" LANG=C.UTF-8 CI="${CI:-}" \
@@ -57,6 +79,21 @@ unprivileged_pass() {
       --basetemp="$dir/tmp" tests/integration tests/escape)
 }
 
+# Both passes always run, and the last lines say how each ended: a failed first pass must not hide that
+# the unprivileged pass never ran (or failed too).
+unpriv="skipped (not root)"
+unpriv_rc=0
 if [ "$(id -u)" -eq 0 ] && [ -z "${GUARD_SKIP_UNPRIVILEGED:-}" ]; then
-  unprivileged_pass
+  unpriv_skipped=""
+  if unprivileged_pass; then
+    if [ -n "$unpriv_skipped" ]; then unpriv="SKIPPED ($unpriv_skipped)"; else unpriv="passed"; fi
+  else
+    unpriv_rc=$?
+    unpriv="FAILED (exit $unpriv_rc)"
+  fi
+elif [ -n "${GUARD_SKIP_UNPRIVILEGED:-}" ]; then
+  unpriv="skipped (GUARD_SKIP_UNPRIVILEGED is set)"
 fi
+if [ "$root_rc" -eq 0 ]; then first="passed"; else first="FAILED (exit $root_rc)"; fi
+echo "== summary: tests as $(id -un): $first; unprivileged pass: $unpriv"
+[ "$root_rc" -eq 0 ] && [ "$unpriv_rc" -eq 0 ]
