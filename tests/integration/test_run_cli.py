@@ -17,6 +17,7 @@ from pathlib import Path
 import psutil
 import pytest
 from support.daemon import GUARD, daemon_answers, stop_daemon_of, wait_until
+from support.realworld import RealHome
 
 SUMMARY = re.compile(r"^guard: session (?P<id>[0-9a-f]+) exited (?P<status>\d+): (?P<denied>\d+) denied, "
                      r"(?P<allowed>\d+) allowed, (?P<execs>\d+) execs, (?P<conns>\d+) connections", re.M)
@@ -37,10 +38,9 @@ rules:
 """
 
 @pytest.fixture
-def ws(tmp_path: Path, guard_daemon: subprocess.Popen[bytes]) -> Path:
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
+def ws(isolated_home: Path, guard_daemon: subprocess.Popen[bytes]) -> Path:
+    """The workspace where engineers keep it: ~/src/proj, an existing repository in a realistic home."""
+    return RealHome(isolated_home.parent).build().ws
 
 
 def guard_run(ws: Path, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -90,12 +90,14 @@ def test_the_command_works_in_the_workspace(ws: Path) -> None:
 
 
 def test_git_init_add_commit_in_the_workspace_under_the_default_policy(ws: Path) -> None:
-    """Honest work the issue lists as never denied: a new repository in the workspace."""
+    """Honest work the issue lists as never denied: a commit in the engineer's existing repository, and a
+    new repository inside the workspace."""
     (ws / "a.txt").write_text("a\n")
-    script = "git init -q && git add -A && git -c user.name=t -c user.email=t@example.org commit -q -m one"
+    script = ("git add -A && git commit -q -m one && mkdir new && cd new && git init -q && "
+              "echo b > b.txt && git add -A && git commit -q -m two")
     res = guard_run(ws, "--", "/bin/sh", "-c", script)
     assert res.returncode == 0, res.stderr[-2000:]
-    assert (ws / ".git" / "HEAD").exists()
+    assert (ws / "new" / ".git" / "HEAD").exists()
     assert summary_of(res.stderr)["denied"] == "0"
 
 
@@ -128,7 +130,7 @@ def test_nonexistent_command_exits_127_with_the_reason(ws: Path, tmp_path: Path)
 
 def test_relative_policy_path_is_the_callers(ws: Path, tmp_path: Path) -> None:
     """`-p ../p.yaml` means the file next to the caller's workspace, for the kernel plan and the decisions."""
-    minimal_policy(tmp_path)
+    minimal_policy(ws.parent)
     res = guard_run(ws, "-p", "../minimal.yaml", "--", "/bin/sh", "-c", "echo ok")
     assert res.returncode == 0, res.stderr
     assert res.stdout == "ok\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 from support.daemon import GUARD
+from support.realworld import RealHome
 
 PY = "/usr/bin/python3"
 
@@ -118,10 +119,9 @@ class Terminal:
 
 
 @pytest.fixture
-def ws(tmp_path: Path, guard_daemon: subprocess.Popen[bytes]) -> Path:
-    path = tmp_path / "ws"
-    path.mkdir()
-    return path
+def ws(isolated_home: Path, guard_daemon: subprocess.Popen[bytes]) -> Path:
+    """The workspace where engineers keep it: ~/src/proj, an existing repository in a realistic home."""
+    return RealHome(isolated_home.parent).build().ws
 
 
 @pytest.fixture
