@@ -24,6 +24,10 @@ ensure_packages() {
   fi
 }
 ensure_packages
+# the real agent CLIs the agent tests drive (pinned; they skip with the reason when these are absent)
+if [ "$(id -u)" -eq 0 ] && command -v npm >/dev/null; then
+  bash scripts/install_test_agents.sh || echo "WARNING: agent CLIs not installed; the agent tests skip" >&2
+fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'

@@ -25,7 +25,7 @@ from typing import Any
 import pytest
 from support.realworld import RealHome
 
-FAMILIES = ("fs_", "proc_", "self_", "honest_", "network_")
+FAMILIES = ("fs_", "proc_", "self_", "honest_", "network_", "agent_")
 SYSTEM_PATH = "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin"
 ROOT = os.geteuid() == 0
 
