@@ -21,7 +21,7 @@ import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from model_server import serve  # noqa: E402
+from model_server import serve
 
 
 def loopback_only_prefix() -> list[str] | str:
