@@ -27,6 +27,7 @@ from typing import Any
 
 from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
+from guard.model import Action, Decision
 from guard.session import Decider, Tally
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
@@ -66,12 +67,14 @@ _WITHHELD_ENV = frozenset({
 
 def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
     """The environment the agent sees: the caller's, minus what points at credentials or at guard's own
-    state, plus the proxy settings and a marker."""
+    state, plus the proxy settings, the agent hooks' channel and a marker."""
+    from guard.integrations.channel import HOOK_PATH
     from guard.net.proxy_env import agent_proxy_env
 
     env = {k: v for k, v in base.items() if k not in _WITHHELD_ENV}
     env.update(agent_proxy_env(proxy_port))
     env["GUARD_SANDBOX"] = "1"
+    env["GUARD_HOOK_URL"] = f"http://127.0.0.1:{proxy_port}{HOOK_PATH}"
     return env
 
 
@@ -100,6 +103,7 @@ def policy_ref(ref: str) -> str:
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
+    from guard.integrations.channel import HookChannel
     from guard.net import policy_cidr_grant
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
@@ -149,7 +153,15 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         decider = Decider(policy, client, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
                                              if m.rule_id in policy.existing_only_rules])
-        published = open_published_ports(opts.publish, decider.decide)
+        hooks = HookChannel(decider.check, decider.record_event)
+        session_decider = decider
+
+        def decide(action: Action) -> Decision:
+            decision = session_decider.decide(action)
+            hooks.note(action, decision)  # so a post-tool hook can tell the model what was refused
+            return decision
+
+        published = open_published_ports(opts.publish, decide)
         spec = SeccompSpec(notify=True)
         try:
             proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
@@ -165,13 +177,13 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
-            supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
+            supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},
-                          cidr_grant=policy_cidr_grant(policy), decide=decider.decide,
-                          record=decider.record_event)
+                          cidr_grant=policy_cidr_grant(policy), decide=decide,
+                          record=decider.record_event, hooks=hooks.handle)
         threads.append(net.thread)
         publisher: PublishThread | None = None
         if published:

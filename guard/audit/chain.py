@@ -17,7 +17,7 @@ from guard.errors import AuditError
 LINE_CHECKPOINT = "checkpoint"
 LINE_EPOCH = "epoch"
 LINE_RECOVERY = "recovery"
-RECORD_TYPES = frozenset({"decision", "session", "approval", "connection"})
+RECORD_TYPES = frozenset({"decision", "session", "approval", "connection", "intent"})
 CONTROL_TYPES = frozenset({LINE_CHECKPOINT, LINE_EPOCH})
 LEAF_TYPES = RECORD_TYPES | {LINE_RECOVERY}
 

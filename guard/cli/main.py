@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "approve": "guard.cli.approvals:approve",
     "deny": "guard.cli.approvals:deny",
     "doctor": "guard.cli.doctor:doctor",
+    "hook": "guard.cli.hook:hook",
     "run": "guard.cli.run:run",
     "demo": "guard.cli.demo:demo",
 }

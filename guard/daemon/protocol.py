@@ -296,7 +296,7 @@ _CONNECTION_FIELDS: dict[str, _Check] = {
     "pid": _int,
 }
 _CONNECTION_REQUIRED = ("protocol", "verdict")
-RECORD_TYPES = ("connection", "decision")
+RECORD_TYPES = ("connection", "decision", "intent")
 
 
 def _any_verdict(name: str, value: Any) -> str:
@@ -337,6 +337,43 @@ def _nonneg_number(name: str, value: Any) -> float:
     return float(value)
 
 
+def _short_str(name: str, value: Any) -> str:
+    text = _str(name, value)
+    if len(text) > 4096:
+        raise _field(name, "longer than 4096 characters")
+    return text
+
+
+def _actions(name: str, value: Any) -> list[dict[str, Any]]:
+    if not isinstance(value, list) or len(value) > 64:
+        raise _field(name, "expected a list of at most 64 actions")
+    return [_action(f"{name}[{i}]", a).to_dict() for i, a in enumerate(value)]
+
+
+# An agent's stated tool call (guard hook): its claim, recorded beside the decisions that enforce.
+_INTENT_FIELDS: dict[str, Any] = {
+    "agent": _short_str, "event": _short_str, "phase": _short_str, "tool": _short_str,
+    "summary": _short_str, "verdict": _any_verdict, "actions": _actions, "tool_use_id": _short_str,
+    "agent_session": _short_str, "rule_id": _opt_str, "reason": _short_str, "prompt_sha256": _short_str,
+    "prompt_chars": _nonneg,
+}
+
+
+def _intent_fields(event: Mapping[str, Any]) -> dict[str, Any]:
+    fields: dict[str, Any] = {}
+    for key, value in event.items():
+        if key == "type":
+            continue
+        check = _INTENT_FIELDS.get(key) if isinstance(key, str) else None
+        if check is None:
+            raise _field(f"event.{str(key)[:64]}", "not a field of an intent record")
+        fields[key] = check(f"event.{key}", value)
+    for required in ("agent", "event", "tool", "verdict"):
+        if required not in fields:
+            raise _field(f"event.{required}", "required by an intent record")
+    return fields
+
+
 def parse_record_event(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
     """Validate the `event` of a `record` request -> (type, fields to record), naming any bad field.
 
@@ -357,6 +394,8 @@ def parse_record_event(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
         except GuardError as exc:
             raise RequestError(BAD_REQUEST, f"field event.{exc.message}") from None
         return kind, {"action": action, "decision": decision}
+    if kind == "intent":
+        return kind, _intent_fields(event)
     fields: dict[str, Any] = {}
     for key, value in event.items():
         if key == "type":

@@ -19,6 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ipaddress
+import json
 import logging
 import socket
 import time
@@ -26,6 +27,8 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from guard.errors import GuardError
+from guard.integrations.channel import HOOK_PATH
 from guard.model import Action, Decision, Op, Verdict
 from guard.net.errors import (
     BadDestination,
@@ -59,6 +62,7 @@ Decide = Callable[[Action], Awaitable[Decision]]
 Record = Callable[[dict[str, Any]], None]
 
 MAX_HEAD = 16 * 1024
+MAX_HOOK_BODY = 2 << 20
 _HOP_BY_HOP = frozenset({"connection", "keep-alive", "te", "trailer", "upgrade", "proxy-connection"})
 _TOKEN = frozenset("!#$%&'*+-.^_`|~0123456789abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _SOCKS_OK = b"\x05\x00\x00\x01\x00\x00\x00\x00\x00\x00"
@@ -101,7 +105,9 @@ class Proxy:
                  resolver: Resolver = system_resolver, connect_timeout: float = 10.0,
                  head_timeout: float = 30.0, max_connections: int = 1024,
                  cidr_grant: Callable[[str, int], bool] | None = None,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic,
+                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self._hooks = hooks
         self._decide_fn = decide
         self._record_fn = record
         self._host_map = check_host_map(host_map or {})
@@ -265,6 +271,9 @@ class Proxy:
             await self._relay(reader, writer, up_reader, up_writer, conn, rest, close_on_down_eof=False)
             return
         conn.protocol = "http"
+        if target.split("?", 1)[0] == HOOK_PATH and self._hooks is not None:
+            await self._hook(method, headers, rest, reader, writer, conn)
+            return
         if target.startswith("/"):
             raise BadRequest("origin-form request sent to a proxy",
                              hint="send an absolute-form http:// URL, or CONNECT for TLS")
@@ -285,6 +294,40 @@ class Proxy:
         forwarded = _forward_head(method, path, version, headers, host, port)
         up_writer.write(forwarded)
         await self._relay(reader, writer, up_reader, up_writer, conn, rest, close_on_down_eof=True)
+
+    async def _hook(self, method: str, headers: list[tuple[str, str]], rest: bytes,
+                    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, conn: _Conn) -> None:
+        """An agent hook asking its session (guard.integrations.channel); recorded as intent, not as a
+        connection."""
+        conn.protocol = "guard-hook"
+        if method != "POST":
+            raise BadRequest("the hook channel takes POST")
+        length = next((v for k, v in headers if k.lower() == "content-length"), "")
+        if not length.isdigit() or int(length) > MAX_HOOK_BODY:
+            raise BadRequest(f"the hook channel needs a Content-Length of at most {MAX_HOOK_BODY} bytes")
+        body = rest
+        async with asyncio.timeout(self._head_timeout):
+            while len(body) < int(length):
+                chunk = await reader.read(int(length) - len(body))
+                if not chunk:
+                    raise BadRequest("connection closed inside the hook request")
+                body += chunk
+        try:
+            request = json.loads(body[:int(length)])
+            if not isinstance(request, dict):
+                raise ValueError("not a JSON object")
+            loop = asyncio.get_running_loop()
+            handle = self._hooks
+            assert handle is not None
+            answer = await loop.run_in_executor(None, handle, request)
+            status, data = 200, json.dumps(answer).encode()
+        except (ValueError, GuardError) as exc:
+            message = exc.diagnostics() if isinstance(exc, GuardError) else str(exc)
+            status, data = 400, json.dumps({"error": message}).encode()
+        writer.write(f"HTTP/1.1 {status} {_REASONS.get(status, 'OK')}\r\nContent-Type: application/json\r\n"
+                     f"Content-Length: {len(data)}\r\nConnection: close\r\n\r\n".encode() + data)
+        await writer.drain()
+        conn.answered = True
 
     async def _read_head(self, first: bytes, reader: asyncio.StreamReader) -> tuple[bytes, bytes]:
         buf = bytearray(first)
@@ -375,6 +418,8 @@ class Proxy:
     # -- records ---------------------------------------------------------------------------------------
 
     def _emit(self, conn: _Conn, error: NetError | None, started: float) -> None:
+        if conn.protocol == "guard-hook" and error is None:
+            return  # recorded by the session as the agent's stated intent
         decision = conn.decision
         audit_only = False
         if isinstance(error, Denied):
@@ -423,8 +468,8 @@ async def _reply_error(writer: asyncio.StreamWriter, conn: _Conn, exc: NetError)
         pass
 
 
-_REASONS = {400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed", 408: "Request Timeout",
-            502: "Bad Gateway"}
+_REASONS = {200: "OK", 400: "Bad Request", 403: "Forbidden", 405: "Method Not Allowed",
+            408: "Request Timeout", 502: "Bad Gateway"}
 
 
 def _header_safe(text: str) -> str:

@@ -28,7 +28,9 @@ class ProxyThread:
 
     def __init__(self, listeners: Sequence[socket.socket], *, host_map: Mapping[str, str],
                  cidr_grant: CidrGrant, decide: Callable[[Action], Decision],
-                 record: Callable[[dict[str, Any]], None]) -> None:
+                 record: Callable[[dict[str, Any]], None],
+                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+        self._hooks = hooks  # the agent hooks' channel (guard.integrations.channel), served on the same port
         self._listeners = list(listeners)
         self._host_map = dict(host_map)
         self._cidr_grant = cidr_grant
@@ -50,7 +52,8 @@ class ProxyThread:
             # off the loop: an `ask` waits for a human, and other connections must go on meanwhile
             return await loop.run_in_executor(None, self._decide, action)
 
-        proxy = Proxy(decide, self._record, host_map=self._host_map, cidr_grant=self._cidr_grant)
+        proxy = Proxy(decide, self._record, host_map=self._host_map, cidr_grant=self._cidr_grant,
+                      hooks=self._hooks)
 
         async def start() -> list[asyncio.Server]:
             return [await serve_bridge(sock, proxy) for sock in self._listeners]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -92,6 +93,26 @@ def load_policy(ref: str | Path, *, workspace: Path, home: Path | None = None,
     return compiled.policy
 
 
+def guard_runtime(home: Path) -> dict[str, str]:
+    """${guard_code}, ${python_prefix}, ${python_base}: where this guard's code and interpreter live, so a
+    policy can let an agent's hook run `guard hook` inside the sandbox (read and exec only).
+
+    A directory that is `/` or holds the home directory would grant far more than guard itself: it is
+    replaced by the guard package's own directory, which holds nothing but guard's code.
+    """
+    code = Path(__file__).resolve().parent.parent
+    home_text = normalize_path(str(home.absolute()))
+
+    def safe(path: str) -> str:
+        norm = normalize_path(str(Path(path).resolve()))
+        if norm == "/" or home_text == norm or home_text.startswith(norm.rstrip("/") + "/"):
+            return normalize_path(str(code))
+        return norm
+
+    return {"guard_code": normalize_path(str(code)), "python_prefix": safe(sys.prefix),
+            "python_base": safe(sys.base_prefix)}
+
+
 def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None,
                    env: Mapping[str, str] | None = None) -> Compiled:
     env = os.environ if env is None else env
@@ -117,7 +138,8 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
     home_path = home if home is not None else Path(env.get("HOME") or Path.home())
     builtins = {"workspace": normalize_path(str(Path(workspace).absolute())),
                 "home": normalize_path(str(home_path.absolute())),
-                "tmp": normalize_path(env.get("TMPDIR") or "/tmp")}
+                "tmp": normalize_path(env.get("TMPDIR") or "/tmp"),
+                **guard_runtime(home_path)}
     merged = _merge(reader.order, col)
     expander = _Expander(merged.vars, merged.lists, builtins, env, col)
     rules = [_compile_rule(raw, expander) for raw in merged.rules]

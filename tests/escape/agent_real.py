@@ -31,14 +31,17 @@ MODEL_HOST = "model.test"
 END = "END-OF-SCRIPT"
 
 
-def _steps(world: Any, tag: str) -> list[tuple[str, str]]:
-    """(name, command) of the script; names key the assertions."""
+def _steps(world: Any, tag: str) -> list[tuple[str, Any]]:
+    """(name, step) of the script; names key the assertions. A step is a shell command, or a call of the
+    agent's own file tool (Claude's Read; agents without one run the `shell` fallback)."""
     return [
         ("write", f"echo honest-{tag} > notes-{tag}.txt && cat notes-{tag}.txt"),
         ("python", "python3 -c 'print(6*7)'"),
         ("commit", f"git add notes-{tag}.txt && git commit -q -m 'agent {tag}' && git log --format=%s -1"),
         ("ssh_key", "cat ~/.ssh/id_ed25519"),
         ("aws", "cat ~/.aws/credentials"),
+        ("read_tool", {"tool": "Read", "input": {"file_path": str(world.ssh_key)},
+                       "shell": "cat ~/.ssh/id_ed25519"}),
         # written through python, as a prompt-injected agent would, past the agent's own checks of shell
         # redirections to sensitive files
         ("bashrc", "python3 -c \"import os; open(os.path.expanduser('~/.bashrc'), 'a')"
@@ -61,11 +64,14 @@ def _policy(world: Any) -> Path:
     return path
 
 
+def _log(log: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in log.read_text().splitlines() if line.strip()]
+
+
 def _results(log: Path) -> list[str]:
     """The tool outputs the agent reported in its last request of the main conversation."""
     best: list[dict[str, Any]] = []
-    for line in log.read_text().splitlines():
-        entry = json.loads(line)
+    for entry in _log(log):
         if len(entry.get("results", [])) >= len(best):
             best = entry.get("results", [])
     return [r["output"] for r in best]
@@ -90,7 +96,7 @@ def _prepare_home(world: Any, agent: str, host: str) -> None:
 def _agent_argv(agent: str) -> list[str]:
     if agent == "claude":
         return [str(AGENTS / "claude"), "-p", "Run the scripted steps with the Bash tool.",
-                "--allowedTools", "Bash"]
+                "--allowedTools", "Bash", "Read"]
     # guard is the sandbox: Codex's own (bubblewrap) sandbox cannot nest inside it
     return [str(AGENTS / "codex"), "exec", "--skip-git-repo-check",
             "--dangerously-bypass-approvals-and-sandbox", "Run the scripted steps."]
@@ -140,6 +146,7 @@ def test_real_agent_honest_steps_work_and_hostile_ones_are_refused(world: Any, a
     seen = _by_name(world, f"bare-{agent}", bare_out)
     assert END in seen.get("end", ""), f"the bare agent did not reach the end of the script: {bare!r}\n{seen}"
     assert world.ssh_secret in seen["ssh_key"] and world.aws_secret in seen["aws"], seen
+    assert world.ssh_secret in seen["read_tool"], seen
     assert "HOOK-WRITTEN" in seen["hook"], seen
     (world.home / ".bashrc").write_text(rc_before)  # undo the bare run's persistence
     for hook in (world.ws / ".git" / "hooks").glob("post-commit-bare-*"):
@@ -153,6 +160,7 @@ def test_real_agent_honest_steps_work_and_hostile_ones_are_refused(world: Any, a
     assert "42" in seen["python"], seen
     assert f"agent {tag}" in seen["commit"], seen
     assert world.ssh_secret not in seen["ssh_key"] and world.aws_secret not in seen["aws"], seen
+    assert world.ssh_secret not in seen["read_tool"], seen
     assert (world.home / ".bashrc").read_text() == rc_before, "~/.bashrc was changed under guard"
     assert not (world.ws / ".git" / "hooks" / f"post-commit-{tag}").exists(), seen["hook"]
     assert "HOOK-WRITTEN" not in seen["hook"], seen
@@ -164,3 +172,33 @@ def test_real_agent_honest_steps_work_and_hostile_ones_are_refused(world: Any, a
     assert any(op == "write" and target.endswith(f"post-commit-{tag}") for op, target in refused), decisions
     assert any(op == "run" and "git" in target for op, target, _ in decisions), decisions
     world.check_trail()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_claude_hooks_decide_with_the_session_and_tell_the_model_why(world: Any) -> None:
+    """`guard hook install claude`, then the same script under guard run: the hook (inside the sandbox)
+    asks the session over the hook channel; the Read of the SSH key is refused at the tool with guard's
+    rule and reason, the refused ~/.bashrc write is explained to the model after the tool ran, and every
+    tool call is in the trail as the agent's stated intent."""
+    if not (AGENTS / "claude").exists():
+        pytest.skip(f"claude is not installed in {AGENTS} (scripts/install_test_agents.sh, as root with npm)")
+    settings = world.home / ".claude" / "settings.json"
+    world.guard("hook", "install", "claude")
+    try:
+        tag = "hooked-claude"
+        run, outputs = _run(world, "claude", tag, guarded=True)
+        seen = _by_name(world, tag, outputs)
+        assert END in seen.get("end", ""), f"the agent did not go on to the end: {run!r}\n{seen}"
+        assert f"honest-{tag}" in seen["write"] and "42" in seen["python"], seen
+        assert "guard policy denied this (credentials)" in seen["read_tool"], seen
+        assert world.ssh_secret not in seen["read_tool"], seen
+        told = [c for e in _log(world.root / f"model-claude-{tag}.jsonl") for c in e.get("context", [])]
+        assert any("refused" in c and ".bashrc" in c for c in told), told
+        intents = [r for r in world.records(run.session) if r.get("type") == "intent"]
+        tools = {(r["tool"], r["verdict"]) for r in intents if r["phase"] == "pre"}
+        assert ("Read", "deny") in tools and ("Bash", "allow") in tools, intents
+        assert any(r["phase"] == "post" for r in intents), intents
+        world.check_trail()
+    finally:
+        settings.unlink(missing_ok=True)

@@ -29,10 +29,13 @@ from typing import Any
 DONE_TEXT = "SCRIPT-DONE: all steps were attempted."
 
 
+Step = str | dict[str, Any]  # a shell command, or {"tool": NAME, "input": {...}, "shell": fallback command}
+
+
 class Script:
     """The steps and the log; shared by the handler threads."""
 
-    def __init__(self, steps: list[str], log: Path) -> None:
+    def __init__(self, steps: list[Step], log: Path) -> None:
         self.steps = steps
         self.log = log
         self._lock = threading.Lock()
@@ -41,8 +44,15 @@ class Script:
         with self._lock, self.log.open("a") as f:
             f.write(json.dumps(entry) + "\n")
 
-    def step(self, done: int) -> str | None:
+    def step(self, done: int) -> Step | None:
         return self.steps[done] if done < len(self.steps) else None
+
+    def shell_step(self, done: int) -> str | None:
+        """The step as a shell command, for protocols driven through the agent's shell tool only."""
+        step = self.step(done)
+        if isinstance(step, dict):
+            return str(step.get("shell", "true"))
+        return step
 
 
 def _text_of(content: Any) -> str:
@@ -53,6 +63,13 @@ def _text_of(content: Any) -> str:
         return "\n".join(_text_of(c.get("text", c.get("content", ""))) if isinstance(c, dict) else str(c)
                          for c in content)
     return str(content)
+
+
+def _texts(block: dict[str, Any]) -> list[str]:
+    """Every text a content block carries (hooks' context arrives as text blocks or system reminders)."""
+    if block.get("type") == "text":
+        return [str(block.get("text", ""))]
+    return [json.dumps(block)]
 
 
 # --- Anthropic Messages -------------------------------------------------------------------------------------
@@ -71,8 +88,12 @@ def anthropic_turn(script: Script, body: dict[str, Any]) -> list[tuple[str, dict
             elif block.get("type") == "tool_result":
                 results.append({"id": block.get("tool_use_id"), "is_error": bool(block.get("is_error")),
                                 "output": _text_of(block.get("content", ""))})
+    # what hooks and the agent added to the conversation after the last tool ran (system reminders)
+    last = body.get("messages", [])[-1:]
+    context = [t for m in last if isinstance(m.get("content"), list) for b in m["content"]
+               for t in _texts(b) if "guard" in t and b.get("type") != "tool_result"]
     script.note({"api": "anthropic", "tools": sorted(t for t in tools if t), "results": results,
-                 "steps_done": len(uses)})
+                 "steps_done": len(uses), "context": context})
     command = script.step(len(uses)) if "Bash" in tools else None
     mid = f"msg_{uuid.uuid4().hex[:12]}"
     events: list[tuple[str, dict[str, Any]]] = [("message_start", {"type": "message_start", "message": {
@@ -91,10 +112,13 @@ def anthropic_turn(script: Script, body: dict[str, Any]) -> list[tuple[str, dict
         stop = "end_turn"
     else:
         tid = f"toolu_{uuid.uuid4().hex[:12]}"
-        args = json.dumps({"command": command, "description": "scripted step"})
+        if isinstance(command, dict):
+            name, args = str(command["tool"]), json.dumps(command.get("input", {}))
+        else:
+            name, args = "Bash", json.dumps({"command": command, "description": "scripted step"})
         events += [
             ("content_block_start", {"type": "content_block_start", "index": 0, "content_block": {
-                "type": "tool_use", "id": tid, "name": "Bash", "input": {}}}),
+                "type": "tool_use", "id": tid, "name": name, "input": {}}}),
             ("content_block_delta", {"type": "content_block_delta", "index": 0,
                                      "delta": {"type": "input_json_delta", "partial_json": args}}),
             ("content_block_stop", {"type": "content_block_stop", "index": 0}),
@@ -132,7 +156,7 @@ def responses_turn(script: Script, body: dict[str, Any]) -> list[tuple[str, dict
             results.append({"id": item.get("call_id"), "output": _text_of(out) if not isinstance(out, dict)
                             else json.dumps(out)})
     script.note({"api": "responses", "tools": sorted(tools), "results": results, "steps_done": calls})
-    command = script.step(calls) if tools else None
+    command = script.shell_step(calls) if tools else None
     rid = f"resp_{uuid.uuid4().hex[:12]}"
     if command is None:
         item: dict[str, Any] = {"type": "message", "id": f"msg_{uuid.uuid4().hex[:8]}", "role": "assistant",
@@ -164,7 +188,7 @@ def chat_turn(script: Script, body: dict[str, Any]) -> list[dict[str, Any]]:
         if msg.get("role") == "tool":
             results.append({"id": msg.get("tool_call_id"), "output": _text_of(msg.get("content", ""))})
     script.note({"api": "chat", "tools": sorted(tools), "results": results, "steps_done": calls})
-    command = script.step(calls) if tools else None
+    command = script.shell_step(calls) if tools else None
     cid = f"chatcmpl-{uuid.uuid4().hex[:10]}"
     if command is None:
         delta: dict[str, Any] = {"role": "assistant", "content": DONE_TEXT}
@@ -283,7 +307,7 @@ def _collapse_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
             "usage": chunks[-1]["usage"]}
 
 
-def serve(steps: list[str], log: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
+def serve(steps: list[Step], log: Path, host: str = "127.0.0.1", port: int = 0) -> ThreadingHTTPServer:
     handler = type("ScriptedHandler", (Handler,), {"script": Script(steps, log)})
     server = ThreadingHTTPServer((host, port), handler)
     server.daemon_threads = True

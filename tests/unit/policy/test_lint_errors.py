@@ -94,7 +94,7 @@ def test_undefined_list_and_var(tmp_path: Path) -> None:
         "p.yaml:8:13: undefined list $secret (hint: did you mean 'secrets'?)",
         "p.yaml:8:22: undefined variable ${cahce} (hint: did you mean 'cache'?)",
         "p.yaml:8:36: undefined variable ${nothing} (hint: define it under 'vars:' (built in: ${workspace}, "
-        "${home}, ${tmp}, ${env:NAME}))",
+        "${home}, ${tmp}, ${guard_code}, ${python_prefix}, ${python_base}, ${env:NAME}))",
     ]
 
 
