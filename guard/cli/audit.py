@@ -254,7 +254,7 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
             click.echo(data.decode() if as_json else _row(r))
 
 
-def _select_session(records: list[dict[str, Any]], wanted: str | None) -> str:
+def select_session(records: list[dict[str, Any]], wanted: str | None) -> str:
     """The session id a report is about: WANTED (an id or a unique prefix) or the latest one started."""
     starts = [str(r.get("session")) for r in records
               if r.get("type") == "session" and r.get("event") == "start"]
@@ -314,7 +314,7 @@ def report_cmd(log: Path | None, session: str | None, since: str | None, key: Pa
         since_t = parse_since(since, now=time.time())
         chosen = [r for r in records if r.get("session") != "daemon" and _matches(r, None, None, since_t)]
     else:
-        sid = _select_session(records, session)
+        sid = select_session(records, session)
         chosen = [r for r in records if r.get("session") == sid]
     verification = _verification(path, key)
     model = build_report(chosen, verification)
