@@ -12,7 +12,8 @@ base's default deny is granted, generalised no further than the observations ask
 - a directory in which two or more distinct entries were needed becomes `dir/*` (never for the home
   directory, the workspace, or a directory less than two levels deep);
 - hosts stay exact names with the ports seen; a name the proxy reached at a special-purpose address
-  (loopback, private, link-local) also gets that address as a /32 (or /128) CIDR, which the proxy needs;
+  (loopback, private, link-local) also gets that address as a /32 (or /128) CIDR, which the proxy needs
+  (guard.net.grants): that grants the address and port to any name resolving there, the same destination;
 - commands stay the exact argv seen.
 Reads that the kernel refused leave no record today, so they cannot be learned: a workload that needs
 such a read still fails after learning; grant it by hand (`guard policy explain` helps).
@@ -277,8 +278,10 @@ def _rules(files: Mapping[tuple[str, ...], list[tuple[str, str]]],
         op, _, host = key.partition(" ")
         rules.append(LearnedRule(id=f"learned-{op}-{n}", verdict="allow", ops=(op,), hosts=(host,),
                                  cidrs=tuple(sorted(entry["cidrs"])), ports=tuple(sorted(entry["ports"])),
-                                 reason=f"Observed: {op} to {host}"
-                                        + (" at a special-purpose address" if entry["cidrs"] else "") + "."))
+                                 reason=f"Observed: {op} to {host}" + (
+                                     " at a special-purpose address, which the proxy grants only by CIDR: "
+                                     "any name resolving to it reaches the same port" if entry["cidrs"]
+                                     else "") + "."))
     if commands:
         rules.append(LearnedRule(id="learned-commands", verdict="allow", ops=("run",),
                                  commands=tuple(dict.fromkeys(commands)),
