@@ -17,7 +17,8 @@ if ! command -v chromium >/dev/null; then
   elif [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
     echo "not installing chromium: needs root and apt-get (the browser test will skip)" >&2
   else
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null \
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; } \
       || echo "could not install chromium (the browser test will skip)" >&2
   fi
 fi
