@@ -167,6 +167,8 @@ def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tupl
     (net,) = [d for d in data["network"] if d["host"] == "testhost.example"]
     assert net["allowed"] == 1 and net["bytes_down"] > 700
     assert guard(ws, "audit", "report", sid[:6], "--json").stdout == guard(ws, "audit", "report", "--json").stdout
+    since = json.loads(guard(ws, "audit", "report", "--since", "1h", "--json").stdout)
+    assert [s["id"] for s in since["sessions"]] == [sid] and since["summary"]["denied"] == counts["denied"]
 
 
 def test_report_page_in_headless_chromium(session: tuple[Path, str], tmp_path: Path) -> None:
