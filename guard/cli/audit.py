@@ -254,10 +254,14 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
             click.echo(data.decode() if as_json else _row(r))
 
 
-def select_session(records: list[dict[str, Any]], wanted: str | None) -> str:
+def session_starts(log: Path) -> list[str]:
+    """Ids of the sessions the trail saw start, in order (one streaming pass; records are not kept)."""
+    return [str(r.get("session")) for _data, r in iter_records(log)
+            if r.get("type") == "session" and r.get("event") == "start"]
+
+
+def select_session(starts: list[str], wanted: str | None) -> str:
     """The session id a report is about: WANTED (an id or a unique prefix) or the latest one started."""
-    starts = [str(r.get("session")) for r in records
-              if r.get("type") == "session" and r.get("event") == "start"]
     if wanted is None:
         if not starts:
             raise UsageError("the trail holds no session yet", hint="run one: guard run -- COMMAND")
@@ -309,13 +313,13 @@ def report_cmd(log: Path | None, session: str | None, since: str | None, key: Pa
     if session is not None and since is not None:
         raise UsageError("give a SESSION or --since, not both")
     path = _log(log)
-    records = [r for _data, r in iter_records(path)]
     if since is not None:
         since_t = parse_since(since, now=time.time())
-        chosen = [r for r in records if r.get("session") != "daemon" and _matches(r, None, None, since_t)]
+        chosen = (r for _d, r in iter_records(path) if r.get("session") != "daemon"
+                  and _matches(r, None, None, since_t))
     else:
-        sid = select_session(records, session)
-        chosen = [r for r in records if r.get("session") == sid]
+        sid = select_session(session_starts(path), session)
+        chosen = (r for _d, r in iter_records(path) if r.get("session") == sid)
     verification = _verification(path, key)
     model = build_report(chosen, verification)
     if as_html:
@@ -400,7 +404,7 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
 @click.option("--format", "fmt", type=click.Choice(["ocsf", "jsonl"]), required=True,
               help="ocsf: OCSF 1.1 events for SIEMs; jsonl: the records as written.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("-"),
-              help="Output file, appended to (default stdout).")
+              help="Output file (default stdout); appended to when --cursor is given.")
 @click.option("--follow", is_flag=True, help="Keep exporting records as they are appended (stop with ^C "
                                              "or SIGTERM; the cursor is saved after every batch).")
 @click.option("--cursor", "cursor_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
@@ -423,8 +427,8 @@ def export_cmd(log: Path | None, fmt: str, output: Path, follow: bool, cursor_pa
     if interval <= 0:
         raise UsageError("--interval must be positive")
     out = sys.stdout.buffer if str(output) == "-" else None
-    try:
-        fh = out or open(output, "ab")  # noqa: SIM115 - closed below unless stdout
+    try:  # a resumable export appends to what it exported before; a one-shot export replaces the file
+        fh = out or open(output, "ab" if cursor_path is not None else "wb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
     device = {"hostname": socket.gethostname()}

@@ -269,15 +269,16 @@ def learn(sessions: tuple[str, ...], base: str, output: Path, name: str, log: Pa
     """
     from guard.audit.export import iter_records
     from guard.audit.report import text
-    from guard.cli.audit import select_session
+    from guard.cli.audit import select_session, session_starts
     from guard.home import guard_home, log_dir
     from guard.policy.learn import learn as learn_policy
     from guard.policy.learn import observations, render
     from guard.policy.loader import is_policy_name
 
-    records = [r for _data, r in iter_records(log or log_dir(guard_home()))]
-    ids = [select_session(records, s) for s in sessions]
-    chosen = [r for r in records if r.get("session") in ids]
+    path = log or log_dir(guard_home())
+    starts = session_starts(path)
+    ids = list(dict.fromkeys(select_session(starts, s) for s in sessions))
+    chosen = (r for _data, r in iter_records(path) if r.get("session") in ids)
     found = observations(chosen, text=text)
     compiled: dict[str, Policy] = {}
 
