@@ -108,9 +108,11 @@ def _actor(record: Mapping[str, Any], action: Mapping[str, Any] | None = None) -
     return actor
 
 
-def _source(record: Mapping[str, Any]) -> dict[str, Any]:
-    """The sandbox end of a connection: the proxy's client address, else the session (both are the agent)."""
-    src: dict[str, Any] = {"uid": str(record.get("session", "")), "name": "guard sandbox"}
+def _source(record: Mapping[str, Any], *, inbound: bool = False) -> dict[str, Any]:
+    """Where a connection came from: for the proxy, the sandbox (its client address, else the session);
+    for a published port, the client on the host."""
+    src: dict[str, Any] = ({"name": "host client"} if inbound else
+                           {"uid": str(record.get("session", "")), "name": "guard sandbox"})
     client = record.get("client")
     if isinstance(client, str) and client:
         try:
@@ -159,9 +161,11 @@ def to_ocsf(record: dict[str, Any], *, device: Mapping[str, Any] | None = None) 
         event["dst_endpoint"] = _endpoint(_connection_target(record), list(record.get("addresses") or []))
         if isinstance(record.get("address"), str):
             event["dst_endpoint"]["ip"] = record["address"]
-        event["src_endpoint"] = _source(record)
+        inbound = record.get("protocol") == "publish"  # a host client into a port published with --publish
+        event["src_endpoint"] = _source(record, inbound=inbound)
         event["actor"] = _actor(record)
-        event["connection_info"] = {"direction_id": 2, "direction": "Outbound",
+        event["connection_info"] = {"direction_id": 1 if inbound else 2,
+                                    "direction": "Inbound" if inbound else "Outbound",
                                     "protocol_name": str(record.get("protocol", ""))}
         event["traffic"] = {"bytes_out": int(record.get("bytes_up") or 0),
                             "bytes_in": int(record.get("bytes_down") or 0)}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -154,6 +155,7 @@ class Command:
 class Destination:
     host: str
     port: int | None
+    direction: str  # "outbound" through the proxy, "inbound" through a port published with --publish
     attempts: int
     allowed: int
     refused: int
@@ -278,7 +280,7 @@ class _Builder:
         self.write_ws: dict[str, bool] = {}
         self.outside: dict[tuple[str, str, str, str], int] = {}
         self.commands: dict[tuple[str, ...], list[int]] = {}
-        self.net: dict[tuple[str, int | None], dict[str, Any]] = {}
+        self.net: dict[tuple[str, int | None, str], dict[str, Any]] = {}
         self.denials: list[Denial] = []
         self.denied_targets: set[tuple[str, str, str]] = set()
         self.conn_denials: list[Denial] = []
@@ -317,7 +319,7 @@ class _Builder:
             self.sessions[session] = {
                 "policy": text(r.get("policy")), "workspace": field_text(r, "workspace"), "argv": argv_of(r),
                 "started": ts, "ended": "", "exit_status": None, "status": "running", "duration_s": None}
-            self.events.append((ts, "session", session, "session started: " + " ".join(argv_of(r)), ""))
+            self.events.append((ts, "session", session, "session started: " + shlex.join(argv_of(r)), ""))
         elif what == "end" and session in self.sessions:
             self.counts["records"] += 1
             info = self.sessions[session]
@@ -359,7 +361,7 @@ class _Builder:
             entry[0] += 1
             entry[1] += verdict == "deny"
             if entry[0] == 1 and verdict != "deny":
-                self.events.append((ts, "command", session, "ran: " + " ".join(argv), verdict))
+                self.events.append((ts, "command", session, "ran: " + shlex.join(argv), verdict))
         elif op in ("connect", "listen"):
             self._net_decision(action, target, verdict, rule)
 
@@ -387,8 +389,8 @@ class _Builder:
         if verdict == "deny":
             dest["decided_refused"] += 1
 
-    def _dest(self, host: str, port: int | None) -> dict[str, Any]:
-        return self.net.setdefault((host, port), {
+    def _dest(self, host: str, port: int | None, direction: str = "outbound") -> dict[str, Any]:
+        return self.net.setdefault((host, port, direction), {
             "attempts": 0, "allowed": 0, "refused": 0, "up": 0, "down": 0, "addresses": set(), "rules": set(),
             "decided": 0, "decided_refused": 0})
 
@@ -398,7 +400,8 @@ class _Builder:
         if port is None and ":" in host:
             host, port = _split(host)
         verdict, rule = text(r.get("verdict")), text(r.get("rule_id")) or "default"
-        dest = self._dest(host, port)
+        direction = "inbound" if text(r.get("protocol")) == "publish" else "outbound"
+        dest = self._dest(host, port, direction)
         dest["attempts"] += 1
         dest["rules"].add(rule)
         up, down = _int(r.get("bytes_up")), _int(r.get("bytes_down"))
@@ -467,8 +470,8 @@ class _Builder:
         files = self._files()
         outside = tuple(sorted((Outside(op, path, verdict, rule, n) for (op, path, verdict, rule), n
                                 in self.outside.items()), key=lambda o: (o.verdict != "deny", o.path, o.op)))
-        network = tuple(sorted((_destination(host, port, d) for (host, port), d in self.net.items()),
-                               key=lambda d: (d.host, d.port or 0)))
+        network = tuple(sorted((_destination(key, d) for key, d in self.net.items()),
+                               key=lambda d: (d.direction != "outbound", d.host, d.port or 0)))
         events = sorted(self.events, key=lambda e: e[0])
         t0 = None
         for ts, *_ in events:
@@ -520,13 +523,14 @@ def _split(target: str) -> tuple[str, int | None]:
     return target, None
 
 
-def _destination(host: str, port: int | None, d: Mapping[str, Any]) -> Destination:
+def _destination(key: tuple[str, int | None, str], d: Mapping[str, Any]) -> Destination:
+    host, port, direction = key
     attempts = d["attempts"]
     if attempts == 0:  # decided but never reached the proxy's record (e.g. a listen, or an older trail)
         refused = d["decided_refused"]
-        return Destination(host, port, d["decided"], d["decided"] - refused, refused, 0, 0,
+        return Destination(host, port, direction, d["decided"], d["decided"] - refused, refused, 0, 0,
                            tuple(sorted(d["addresses"])), tuple(sorted(d["rules"])))
-    return Destination(host, port, attempts, d["allowed"], d["refused"], d["up"], d["down"],
+    return Destination(host, port, direction, attempts, d["allowed"], d["refused"], d["up"], d["down"],
                        tuple(sorted(d["addresses"])), tuple(sorted(d["rules"])))
 
 

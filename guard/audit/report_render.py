@@ -16,7 +16,7 @@ from typing import Any
 
 import orjson
 
-from guard.audit.report import SessionReport, Summary
+from guard.audit.report import Destination, SessionReport, Summary
 
 # The page may fetch nothing: no scripts, images, fonts or frames; only its own inline style.
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
@@ -67,6 +67,11 @@ def _size(n: int) -> str:
     return f"{value:.1f} {unit}"
 
 
+def _where(d: Destination) -> str:
+    where = f"{shown(d.host)}:{d.port if d.port is not None else '?'}"
+    return f"inbound to {where} (published)" if d.direction == "inbound" else where
+
+
 def _dir(directory: str) -> str:
     return directory if directory.endswith("/") else directory + "/"
 
@@ -115,7 +120,7 @@ def render_text(report: SessionReport) -> str:
     section("COMMANDS", (f"  x{c.count:<4} exit {_exit(c.exit_status):>3}"
                          + (f"  denied {c.denied}" if c.denied else "") + f"  {_argv(c.argv)}"
                          for c in report.commands), "no command recorded")
-    section("NETWORK", (f"  {shown(d.host)}:{d.port if d.port is not None else '?'}  attempts {d.attempts}, "
+    section("NETWORK", (f"  {_where(d)}  attempts {d.attempts}, "
                         f"allowed {d.allowed}, refused {d.refused}, {_size(d.bytes_up)} up, "
                         f"{_size(d.bytes_down)} down, rules {', '.join(shown(r) for r in d.rules)}"
                         for d in report.network), "no network destination")
@@ -275,7 +280,7 @@ def render_html(report: SessionReport) -> str:
         + "</section>",
         "<section><h2>Network</h2>" + _table(
             ("destination", "attempts", "allowed", "refused", "sent", "received", "rules"),
-            ((_td(_h(f"{d.host}:{d.port if d.port is not None else '?'}"), "m"), _td(str(d.attempts)),
+            ((_td(html.escape(_where(d)), "m"), _td(str(d.attempts)),
               _td(str(d.allowed)), _td(str(d.refused), "deny" if d.refused else ""), _td(_size(d.bytes_up)),
               _td(_size(d.bytes_down)), _td(_h(", ".join(d.rules)))) for d in report.network),
             "no network destination", "network") + "</section>",

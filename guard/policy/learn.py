@@ -116,12 +116,13 @@ def observations(records: Iterable[Mapping[str, Any]],
             obs = Observation(op, text(action.get("target")), session, workspaces.get(session, ""),
                               tuple(text(a) for a in action.get("addresses") or ()),
                               tuple(text(a) for a in argv) if isinstance(argv, list) else None)
-        elif kind == "connection" and r.get("verdict") == "deny":
-            host, port = text(r.get("host")), r.get("port")
-            if not host or not isinstance(port, int):
+        elif kind == "connection" and r.get("verdict") == "deny" and text(r.get("protocol")) != "publish":
+            host, port, rule = text(r.get("host")), r.get("port"), text(r.get("rule_id"))
+            special = rule.startswith("guard:special")
+            # the proxy's other refusals (a bad request, an unreachable host) are not the policy's to grant
+            if not host or not isinstance(port, int) or (rule.startswith("guard:") and not special):
                 continue
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            special = text(r.get("rule_id")).startswith("guard:special")
             obs = Observation(Op.CONNECT, target, session, workspaces.get(session, ""),
                               tuple(text(a) for a in r.get("addresses") or ()), None, special)
         if obs is not None and obs.target:

@@ -136,3 +136,13 @@ def test_a_damaged_cursor_is_an_error_not_a_silent_restart(tmp_path: Path) -> No
     with pytest.raises(UsageError, match="cannot read the export cursor"):
         read_cursor(bad)
     assert read_cursor(tmp_path / "absent") == Cursor()
+
+
+def test_a_published_port_connection_is_inbound_from_the_host_client() -> None:
+    record = {**ConnectionRecord("publish", "127.0.0.1:50000", "allow", "dev", "ok", host="127.0.0.1",
+                                 port=3000, bytes_up=5, bytes_down=7).to_dict(), "session": "s1", "seq": 9, "ts": TS}
+    event = to_ocsf(record, device=DEVICE)
+    assert event is not None and problems(event) == []
+    assert event["connection_info"]["direction_id"] == 1
+    assert event["src_endpoint"] == {"name": "host client", "ip": "127.0.0.1", "port": 50000}
+    assert event["dst_endpoint"]["port"] == 3000

@@ -191,3 +191,12 @@ def test_verification_states() -> None:
     assert "trail: TAMPERED" in render_text(report) and 'class="banner bad"' in render_html(report)
     unsealed = verification_from({"status": "unsealed", "unsealed": 3})
     assert "3 line(s)" in unsealed.detail and not unsealed.verified
+
+
+def test_published_ports_are_inbound_not_destinations() -> None:
+    published = {**ConnectionRecord("publish", "127.0.0.1:50000", "allow", "dev-server", "ok", host="127.0.0.1",
+                                    port=3000, bytes_up=10, bytes_down=900).to_dict(), "session": "s1"}
+    report = build_report(stamp([published, conn("pypi.org", 443, "allow", rule="registries")]), VALID)
+    assert [(d.host, d.port, d.direction) for d in report.network] == [
+        ("pypi.org", 443, "outbound"), ("127.0.0.1", 3000, "inbound")]
+    assert "inbound to 127.0.0.1:3000 (published)" in render_text(report)

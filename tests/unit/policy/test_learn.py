@@ -143,6 +143,10 @@ def test_allowed_and_unknown_records_teach_nothing() -> None:
         {"type": "decision", "session": "s1", "action": {"op": "teleport", "target": "x"},
          "decision": {"verdict": "deny"}},
         {"type": "connection", "session": "s1", "verdict": "deny", "host": "x.example"},  # no port: no need
+        {**ConnectionRecord("connect", "127.0.0.1:1", "deny", "guard:bad-request", "garbled", host="y.example",
+                            port=443).to_dict(), "session": "s1"},  # the proxy's own refusal, not the policy's
+        {**ConnectionRecord("publish", "127.0.0.1:2", "deny", "guard:publish", "limit", host="127.0.0.1",
+                            port=3000).to_dict(), "session": "s1"},
     ))
     assert found == []
     assert observations([denied(Op.WRITE, "/x/y")]) == [Observation(Op.WRITE, "/x/y", "s1", "")]
