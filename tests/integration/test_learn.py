@@ -161,3 +161,6 @@ def test_learned_policy_replays_with_zero_denials_and_refuses_the_rest(
                for r in denials(ws, summary_of(attempt.stderr)["id"])}
     assert {f"{home}/other.txt", f"{home}/.bashrc", f"other.example:{loopback_server}"} <= refused, refused
     assert not (home / "other.txt").exists()
+    print(f"learn proof: {len(needed)} refusals recorded in the learning sessions; learned "
+          f"{text.count('- id: ')} rule(s); replay denied {summary['denied']}; "
+          f"{len(refused)} never-done action(s) refused: {sorted(refused)}")
