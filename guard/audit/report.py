@@ -430,6 +430,13 @@ class _Builder:
         target = field_text(action, "target") if isinstance(action, Mapping) else ""
         answer = Ask(ts, session, op, target, text(r.get("rule_id")) or "default", text(r.get("verdict")),
                      text(r.get("by")), _number(r, "waited"))
+        if answer.answer == "allow" and op in FILE_OPS:  # approved: it happened like any allowed action
+            self._file(op, target, "allow", answer.rule, session, ts, action)
+        if answer.answer == "deny":  # refused in the end: a denial too, as `guard run`'s summary counts it
+            self.counts["denied"] += 1
+            why = f"asked; denied by {answer.by or '?'}: {text(r.get('reason'))}"
+            self.denials.append(Denial(ts, session, op, target, answer.rule, why, False))
+            self.denied_targets.add((session, op, target))
         pending = self.open_asks.get((session, op, target))
         if pending:
             index = pending.pop(0)

@@ -72,7 +72,8 @@ def session_of(stderr: str) -> dict[str, str]:
 
 
 @pytest.fixture
-def session(tmp_path: Path, guard_daemon: subprocess.Popen[bytes], loopback_server: int) -> tuple[Path, str]:
+def session(tmp_path: Path, guard_daemon: subprocess.Popen[bytes],
+            loopback_server: int) -> tuple[Path, str, int]:
     """A real session: workspace edits, an odd file name, refused writes, one allowed and one refused
     connection to loopback servers (the policy grants exactly one by name, port and CIDR)."""
     ws = tmp_path / "ws"
@@ -81,6 +82,7 @@ def session(tmp_path: Path, guard_daemon: subprocess.Popen[bytes], loopback_serv
     policy.write_text(f"""version: 1
 name: agent
 extends: [coding-agent]
+settings: {{ask_timeout: 1}}
 rules:
   - id: test-server
     allow: [connect]
@@ -91,12 +93,14 @@ rules:
     fetch = ("import urllib.request, sys; print(len(urllib.request.urlopen(sys.argv[1]).read()))")
     script = (f'mkdir -p src && echo a > src/a.py && echo b > src/b.py && echo c > src/c.py && rm src/c.py; '
               f'printf x > "$(printf "{ODD_NAME}")"; echo hi >> "$HOME/.bashrc"; '
+              f'mkdir -p .vscode; echo {{}} > .vscode/settings.json; '
               f'/usr/bin/python3 -c "{fetch}" http://testhost.example:{loopback_server}/; '
               f'/usr/bin/python3 -c "{fetch}" http://evil.example:{loopback_server}/; true')
     run = guard(ws, "run", "-p", str(policy), "--resolve", "testhost.example:127.0.0.1", "--resolve",
                 "evil.example:127.0.0.2", "--", "/bin/sh", "-c", script)
     assert "700" in run.stdout, run.stdout + run.stderr
-    return ws, session_of(run.stderr)["id"]
+    summary = session_of(run.stderr)
+    return ws, summary["id"], int(summary["denied"])
 
 
 def trail_counts(ws: Path, sid: str) -> dict[str, int]:
@@ -105,11 +109,14 @@ def trail_counts(ws: Path, sid: str) -> dict[str, int]:
                .stdout.splitlines()]
     decisions = [r for r in records if r["type"] == "decision"]
     connections = [r for r in records if r["type"] == "connection"]
+    approvals = [r for r in records if r["type"] == "approval"]
     denied_targets = {r["action"]["target"] for r in decisions if r["decision"]["verdict"] == "deny"}
     proxy_only = [c for c in connections if c["verdict"] == "deny"
                   and f"{c['host']}:{c['port']}" not in denied_targets]
     return {
-        "denied": sum(r["decision"]["verdict"] == "deny" for r in decisions) + len(proxy_only),
+        "denied": sum(r["decision"]["verdict"] == "deny" for r in decisions) + len(proxy_only)
+        + sum(a["verdict"] == "deny" for a in approvals),
+        "asked": sum(r["decision"]["verdict"] == "ask" for r in decisions),
         "allowed": sum(r["decision"]["verdict"] == "allow" for r in decisions),
         "connections": len(connections),
         "refused_connections": sum(c["verdict"] == "deny" for c in connections),
@@ -117,7 +124,9 @@ def trail_counts(ws: Path, sid: str) -> dict[str, int]:
         "bytes_down": sum(c["bytes_down"] for c in connections),
         "command_runs": sum(r["action"]["op"] == "run" for r in decisions),
         "files_written": len({r["action"]["target"] for r in decisions
-                              if r["action"]["op"] == "write" and r["decision"]["verdict"] != "deny"}),
+                              if r["action"]["op"] == "write" and r["decision"]["verdict"] == "allow"}
+                             | {a["action"]["target"] for a in approvals
+                                if a["action"]["op"] == "write" and a["verdict"] == "allow"}),
     }
 
 
@@ -145,14 +154,15 @@ class _Summary(HTMLParser):
         self._current = None
 
 
-def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tuple[Path, str],
+def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tuple[Path, str, int],
                                                                    tmp_path: Path) -> None:
-    ws, sid = session
+    ws, sid, run_denied = session
     counts = trail_counts(ws, sid)
-    assert counts["denied"] >= 2 and counts["connections"] == 2 and counts["bytes_down"] > 700
+    assert counts["denied"] == run_denied == 3 and counts["asked"] == 1  # .bashrc, evil.example, the ask
+    assert counts["connections"] == 2 and counts["bytes_down"] > 700
     text = guard(ws, "audit", "report", sid).stdout
     for key, value in counts.items():
-        label = {"denied": "denied", "allowed": "allowed", "connections": "connections",
+        label = {"denied": "denied", "asked": "asked", "allowed": "allowed", "connections": "connections",
                  "refused_connections": "connections refused", "bytes_up": "bytes sent",
                  "bytes_down": "bytes received", "command_runs": "command runs",
                  "files_written": "files written"}[key]
@@ -164,6 +174,9 @@ def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tupl
     data = json.loads(guard(ws, "audit", "report", sid, "--json").stdout)
     assert {k: data["summary"][k] for k in counts} == counts
     assert data["verification"]["status"] == "valid"
+    (ask,) = data["asks"]
+    assert ask["target"].endswith("/.vscode") and ask["rule"] == "workspace-settings"  # the mkdir asks
+    assert (ask["answer"], ask["by"]) == ("deny", "timeout") and ask["waited_s"] >= 1
     (net,) = [d for d in data["network"] if d["host"] == "testhost.example"]
     assert net["allowed"] == 1 and net["bytes_down"] > 700
     assert guard(ws, "audit", "report", sid[:6], "--json").stdout == guard(ws, "audit", "report", "--json").stdout
@@ -171,12 +184,12 @@ def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tupl
     assert [s["id"] for s in since["sessions"]] == [sid] and since["summary"]["denied"] == counts["denied"]
 
 
-def test_report_page_in_headless_chromium(session: tuple[Path, str], tmp_path: Path) -> None:
+def test_report_page_in_headless_chromium(session: tuple[Path, str, int], tmp_path: Path) -> None:
     browser = shutil.which("chromium")
     if browser is None:
         pytest.skip("Debian's chromium is not installed (scripts/test.sh installs it in CI: "
                     "apt-get install -y chromium)")
-    ws, sid = session
+    ws, sid, _denied = session
     page = tmp_path / "report.html"
     guard(ws, "audit", "report", sid, "--html", "-o", str(page))
     profile = tempfile.mkdtemp(prefix="guard-chromium-", dir=tmp_path)
@@ -204,9 +217,9 @@ def test_report_page_in_headless_chromium(session: tuple[Path, str], tmp_path: P
         print(f"report page and screenshot kept in {keep}")
 
 
-def test_a_tampered_trail_is_reported_as_such(session: tuple[Path, str], guard_home: Path,
+def test_a_tampered_trail_is_reported_as_such(session: tuple[Path, str, int], guard_home: Path,
                                               tmp_path: Path) -> None:
-    ws, sid = session
+    ws, sid, _denied = session
     copy = tmp_path / "log"
     shutil.copytree(guard_home / "log", copy)
     seg = sorted(copy.glob("seg-*.jsonl"))[0]
@@ -220,9 +233,9 @@ def test_a_tampered_trail_is_reported_as_such(session: tuple[Path, str], guard_h
     assert 'data-status="tampered"' in page.read_text()
 
 
-def test_export_follow_resumes_from_its_cursor(session: tuple[Path, str], guard_home: Path,
+def test_export_follow_resumes_from_its_cursor(session: tuple[Path, str, int], guard_home: Path,
                                                tmp_path: Path) -> None:
-    ws, _sid = session
+    ws, _sid, _denied = session
     cursor, out = tmp_path / "cursor.json", tmp_path / "events.jsonl"
     follow = subprocess.Popen([*GUARD, "audit", "export", "--format", "ocsf", "--follow", "--interval", "0.1",
                                "--cursor", str(cursor), "-o", str(out)], cwd=ws, stdout=subprocess.DEVNULL,

@@ -77,7 +77,7 @@ def test_groups_and_counts() -> None:
     assert {e.path: e.count for e in groups[f"{WS}/src"].files} == {f"{WS}/src/a.py": 2, f"{WS}/src/b.py": 1}
     assert groups["/tmp"].inside_workspace is False and groups[WS].inside_workspace is True
     assert report.files[0].directory == "/tmp"  # outside the workspace comes first
-    assert s.files_written == 4 and s.directories == 3
+    assert s.files_written == 5 and s.directories == 4  # the approved ask wrote .vscode/settings.json
     assert [(o.op, o.path, o.verdict) for o in report.outside] == [
         ("write", "/home/u/.bashrc", "deny"), ("write", "/home/u/notes/n.txt", "deny"),
         ("write", "/tmp/scratch", "allow")]
@@ -106,6 +106,7 @@ def test_unanswered_ask_and_waited_in_milliseconds() -> None:
                 "rule_id": "publish", "verdict": "deny", "by": "timeout", "waited_ms": 60000}
     report = build_report(stamp([ask, answered]), VALID)
     assert (report.asks[0].answer, report.asks[0].waited_s) == ("deny", 60.0)
+    assert report.summary.denied == 1 and report.denials[0].reason.startswith("asked; denied by timeout")
 
 
 def test_tool_calls_from_hooks_are_listed() -> None:
