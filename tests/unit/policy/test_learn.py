@@ -13,7 +13,7 @@ from guard.policy.learn import Learned, Observation, learn, observations, render
 from guard.policy.testing import run_tests
 
 HOME = "/home/u"
-WS = "/work/ws"
+WS = "/projects/ws"
 
 
 def base_for(ref: str = "coding-agent") -> dict[str, Policy]:
