@@ -315,8 +315,15 @@ def report_cmd(log: Path | None, session: str | None, since: str | None, key: Pa
     path = _log(log)
     if since is not None:
         since_t = parse_since(since, now=time.time())
-        chosen = (r for _d, r in iter_records(path) if r.get("session") != "daemon"
-                  and _matches(r, None, None, since_t))
+        starts = {r.get("session"): r for _d, r in iter_records(path)
+                  if r.get("type") == "session" and r.get("event") == "start"}
+        window = [r for _d, r in iter_records(path) if r.get("session") != "daemon"
+                  and _matches(r, None, None, since_t)]
+        # a session that started before the window still needs its start (its workspace, its command)
+        shown = {r.get("session") for r in window if r.get("type") == "session" and r.get("event") == "start"}
+        earlier = [starts[s] for s in dict.fromkeys(r.get("session") for r in window)
+                   if s not in shown and s in starts]
+        chosen = iter(earlier + window)
     else:
         sid = select_session(session_starts(path), session)
         chosen = (r for _d, r in iter_records(path) if r.get("session") == sid)

@@ -182,6 +182,12 @@ def test_report_numbers_agree_with_the_trail_in_text_json_and_page(session: tupl
     assert guard(ws, "audit", "report", sid[:6], "--json").stdout == guard(ws, "audit", "report", "--json").stdout
     since = json.loads(guard(ws, "audit", "report", "--since", "1h", "--json").stdout)
     assert [s["id"] for s in since["sessions"]] == [sid] and since["summary"]["denied"] == counts["denied"]
+    # a window that starts mid-session still knows the session's workspace (from its start record)
+    records = [json.loads(line) for line in guard(ws, "audit", "show", "--session", sid, "--json").stdout.splitlines()]
+    middle = next(r["ts"] for r in records if r["type"] == "decision" and r["action"]["op"] == "write")
+    later = json.loads(guard(ws, "audit", "report", "--since", middle, "--json").stdout)
+    assert later["sessions"][0]["workspace"] == str(ws)
+    assert [o["path"].rsplit("/", 1)[-1] for o in later["outside"]] == [".bashrc"]
 
 
 def test_report_page_in_headless_chromium(session: tuple[Path, str, int], tmp_path: Path) -> None:
