@@ -31,6 +31,20 @@ fi
 
 python3 -m venv .venv
 .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[test]'
+
+# The report page is checked in a real browser (tests/integration/test_report_cli.py): Debian's chromium,
+# installed only where asked to (CI, or GUARD_INSTALL_TEST_DEPS=1) and able to (root with apt-get).
+if ! command -v chromium >/dev/null; then
+  if [ -z "${CI:-}${GUARD_INSTALL_TEST_DEPS:-}" ]; then
+    echo "not installing chromium: set CI or GUARD_INSTALL_TEST_DEPS=1 (the browser test will skip)" >&2
+  elif [ "$(id -u)" -ne 0 ] || ! command -v apt-get >/dev/null; then
+    echo "not installing chromium: needs root and apt-get (the browser test will skip)" >&2
+  else
+    { DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null 2>&1 \
+        || { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium >/dev/null; }; } \
+      || echo "could not install chromium (the browser test will skip)" >&2
+  fi
+fi
 .venv/bin/ruff check guard tests scripts
 .venv/bin/mypy guard
 

@@ -25,7 +25,7 @@ from guard.audit.note import VerifierKey
 from guard.audit.receipt import build_receipt, encode_receipt, load_receipt, verify_receipt
 from guard.audit.segments import SEGMENT_RE, read_witness, verify_log
 from guard.audit.verify import Report
-from guard.errors import AuditError, KeyringError, UsageError
+from guard.errors import AuditError, GuardError, KeyringError, UsageError
 from guard.home import guard_home, log_dir
 
 MAX_LISTED = 20
@@ -254,6 +254,93 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
             click.echo(data.decode() if as_json else _row(r))
 
 
+def session_starts(log: Path) -> list[str]:
+    """Ids of the sessions the trail saw start, in order (one streaming pass; records are not kept)."""
+    return [str(r.get("session")) for _data, r in iter_records(log)
+            if r.get("type") == "session" and r.get("event") == "start"]
+
+
+def select_session(starts: list[str], wanted: str | None) -> str:
+    """The session id a report is about: WANTED (an id or a unique prefix) or the latest one started."""
+    if wanted is None:
+        if not starts:
+            raise UsageError("the trail holds no session yet", hint="run one: guard run -- COMMAND")
+        return starts[-1]
+    found = sorted({s for s in starts if s.startswith(wanted)} | ({wanted} if wanted in starts else set()))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise UsageError(f"no session {wanted!r} in the trail",
+                         hint="list them: guard audit show | grep start")
+    raise UsageError(f"session prefix {wanted!r} is ambiguous: {', '.join(found[:5])}",
+                     hint="give more of the id")
+
+
+def _verification(log: Path, key: Path | None) -> Any:
+    from guard.audit.report import verification_from
+
+    try:
+        root = _root_key(key)
+    except GuardError as exc:
+        return verification_from(None, reason=f"no root key to verify with ({exc.message}); "
+                                              "pass --key root.pub")
+    try:
+        return verification_from(verify_log(log, root.public).to_dict())
+    except AuditError as exc:
+        return verification_from(None, reason=f"the verifier could not run: {exc.message}")
+
+
+@audit.command("report")
+@_log_opt
+@click.argument("session", required=False)
+@click.option("--since", help="Every session's records since: 10m, 2h, 1d, or an ISO 8601 time.")
+@click.option("--key", "key", type=click.Path(dir_okay=False, path_type=Path),
+              help="The pinned root public key the trail is verified with.")
+@click.option("--json", "as_json", is_flag=True, help="The report model as JSON.")
+@click.option("--html", "as_html", is_flag=True, help="One self-contained HTML page (use with -o).")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("-"),
+              help="Where to write the report (default stdout).")
+def report_cmd(log: Path | None, session: str | None, since: str | None, key: Path | None, as_json: bool,
+               as_html: bool, output: Path) -> None:
+    """What a session did: files, commands, network, denials, asks, a time line; and whether the trail
+    verified. SESSION is an id or prefix (default: the latest session); --since reports every session
+    since a time instead. Exit 1 when the trail fails verification (the report is still written)."""
+    from guard.audit.report import build_report
+    from guard.audit.report_render import render_html, render_json, render_text
+
+    if as_json and as_html:
+        raise UsageError("--json and --html are exclusive")
+    if session is not None and since is not None:
+        raise UsageError("give a SESSION or --since, not both")
+    path = _log(log)
+    if since is not None:
+        since_t = parse_since(since, now=time.time())
+        starts = {r.get("session"): r for _d, r in iter_records(path)
+                  if r.get("type") == "session" and r.get("event") == "start"}
+        window = [r for _d, r in iter_records(path) if r.get("session") != "daemon"
+                  and _matches(r, None, None, since_t)]
+        # a session that started before the window still needs its start (its workspace, its command)
+        shown = {r.get("session") for r in window if r.get("type") == "session" and r.get("event") == "start"}
+        earlier = [starts[s] for s in dict.fromkeys(r.get("session") for r in window)
+                   if s not in shown and s in starts]
+        chosen = iter(earlier + window)
+    else:
+        sid = select_session(session_starts(path), session)
+        chosen = (r for _d, r in iter_records(path) if r.get("session") == sid)
+    verification = _verification(path, key)
+    model = build_report(chosen, verification)
+    if as_html:
+        data = render_html(model).encode()
+    elif as_json:
+        data = render_json(model)
+    else:
+        data = render_text(model).encode()
+    _write(output, data)
+    if str(output) != "-":
+        click.echo(f"report of {model.summary.sessions} session(s) written to {output}", err=True)
+    sys.exit(1 if verification.status == "tampered" else 0)
+
+
 def _follow(log: Path, interval: float, stop_after: float | None) -> Iterator[bytes]:
     """Yield complete lines appended to the log from now on, polling every `interval` seconds."""
     def segments() -> list[tuple[int, Path]]:
@@ -324,30 +411,79 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
 @click.option("--format", "fmt", type=click.Choice(["ocsf", "jsonl"]), required=True,
               help="ocsf: OCSF 1.1 events for SIEMs; jsonl: the records as written.")
 @click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), default=Path("-"),
-              help="Output file (default stdout).")
-def export_cmd(log: Path | None, fmt: str, output: Path) -> None:
-    """Export records for a SIEM (run `guard audit verify` first: export does not verify)."""
+              help="Output file (default stdout); appended to when --cursor is given.")
+@click.option("--follow", is_flag=True, help="Keep exporting records as they are appended (stop with ^C "
+                                             "or SIGTERM; the cursor is saved after every batch).")
+@click.option("--cursor", "cursor_path", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Resume after the last record this file says was exported, and keep it up to date.")
+@click.option("--interval", default=0.5, show_default=True, help="Polling interval for --follow, in seconds.")
+@click.option("--for", "stop_after", type=float, default=None, help="Stop following after this many seconds.")
+def export_cmd(log: Path | None, fmt: str, output: Path, follow: bool, cursor_path: Path | None,
+               interval: float, stop_after: float | None) -> None:
+    """Export records for a SIEM (run `guard audit verify` first: export does not verify).
+
+    With --cursor FILE the export is resumable: each batch is written and flushed, then FILE records the
+    last exported seq (atomically), so a stopped and restarted export neither repeats nor skips a record.
+    A crash between the two can repeat that one batch; OCSF events carry the seq as metadata.uid.
+    """
+    import signal
+    import socket
+
+    from guard.audit.export import Cursor, Follower, read_cursor, write_cursor
+
+    if interval <= 0:
+        raise UsageError("--interval must be positive")
     out = sys.stdout.buffer if str(output) == "-" else None
-    try:
-        fh = out or open(output, "wb")  # noqa: SIM115 - closed below unless stdout
+    try:  # a resumable export appends to what it exported before; a one-shot export replaces the file
+        fh = out or open(output, "ab" if cursor_path is not None else "wb")  # noqa: SIM115 - closed below
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    device = {"hostname": socket.gethostname()}
+    follower = Follower(_log(log), read_cursor(cursor_path) if cursor_path is not None else Cursor())
+    stop = {"now": False}
+
+    def on_term(_signum: int, _frame: object) -> None:
+        stop["now"] = True
+
+    # ^C and SIGTERM only set a flag: a batch is always written whole and its cursor saved before stopping
+    previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)} if follow else {}
     count = 0
+    deadline = None if stop_after is None else time.monotonic() + stop_after
     try:
-        for data, r in iter_records(_log(log)):
-            if fmt == "jsonl":
-                fh.write(data + b"\n")
-            else:
-                event = to_ocsf(r)
-                if event is None:
+        while True:
+            batch = follower.poll()
+            lines = []
+            for data, r in batch:
+                if fmt == "jsonl":
+                    lines.append(data + b"\n")
                     continue
-                fh.write(orjson.dumps(event, option=orjson.OPT_SORT_KEYS) + b"\n")
-            count += 1
+                event = to_ocsf(r, device=device)
+                if event is not None:
+                    lines.append(orjson.dumps(event, option=orjson.OPT_SORT_KEYS) + b"\n")
+            if lines:
+                fh.write(b"".join(lines))
+                count += len(lines)
+            fh.flush()
+            if cursor_path is not None and (batch or not cursor_path.exists()):
+                write_cursor(cursor_path, follower.cursor)
+            if not follow or stop["now"] or (deadline is not None and time.monotonic() >= deadline):
+                break
+            _sleep_unless(stop, interval, deadline)  # then one more poll, so nothing appended is left
     finally:
+        for signum, handler in previous.items():
+            signal.signal(signum, handler)
         if out is None:
             fh.close()
         else:
             fh.flush()
-    click.echo(f"exported {count} event(s) as {fmt}", err=True)
+    click.echo(f"exported {count} event(s) as {fmt}" + (f"; cursor at seq {follower.cursor.seq}"
+                                                         if cursor_path is not None else ""), err=True)
 
 
+def _sleep_unless(stop: dict[str, bool], interval: float, deadline: float | None) -> None:
+    """Sleep up to `interval` (not past the deadline), waking early when SIGTERM arrives."""
+    end = time.monotonic() + interval
+    if deadline is not None:
+        end = min(end, deadline)
+    while not stop["now"] and time.monotonic() < end:
+        time.sleep(min(0.05, max(0.0, end - time.monotonic())))

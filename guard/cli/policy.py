@@ -1,4 +1,4 @@
-"""`guard policy lint|test|explain|diff`: write, test and understand policies.
+"""`guard policy lint|test|explain|diff|learn`: write, test, understand and learn policies.
 
 Commands only parse, call guard.policy and render: a table-like text for people, `--json` for tools.
 """
@@ -247,3 +247,76 @@ def _rule_key(rule: Any) -> tuple[Any, ...]:
             tuple(c.text for c in rule.commands), tuple(p.text for p in rule.except_paths),
             tuple(h.text for h in rule.except_hosts), tuple(str(c) for c in rule.except_cidrs),
             tuple(c.text for c in rule.except_commands))
+
+
+@policy.command()
+@click.option("--session", "sessions", multiple=True, required=True,
+              help="A session (id or unique prefix) whose needs to learn from; repeat for several.")
+@click.option("--base", default="coding-agent", show_default=True,
+              help="The policy to extend: a shipped name or a policy file.")
+@click.option("-o", "--output", type=click.Path(dir_okay=False, path_type=Path), required=True,
+              help="Where to write the learned policy.")
+@click.option("--name", default="learned", show_default=True, help="The learned policy's name.")
+@click.option("--log", "log", type=click.Path(file_okay=False, path_type=Path),
+              help="Log directory (default: $GUARD_HOME/log).")
+def learn(sessions: tuple[str, ...], base: str, output: Path, name: str, log: Path | None) -> None:
+    """Propose the smallest policy extending BASE that would have allowed what the sessions needed.
+
+    Learns from what the trail recorded as denied or asked (record first with a policy in `mode: audit`
+    to see everything a workload needs without blocking it). Never grants what BASE decides by an
+    explicit rule (credentials, persistence files, asks): those are listed instead. The output is linted
+    and checked against every observation before this command succeeds.
+    """
+    from guard.audit.export import iter_records
+    from guard.audit.report import text
+    from guard.cli.audit import select_session, session_starts
+    from guard.home import guard_home, log_dir
+    from guard.policy.learn import learn as learn_policy
+    from guard.policy.learn import observations, render
+    from guard.policy.loader import is_policy_name
+
+    path = log or log_dir(guard_home())
+    starts = session_starts(path)
+    ids = list(dict.fromkeys(select_session(starts, s) for s in sessions))
+    chosen = (r for _data, r in iter_records(path) if r.get("session") in ids)
+    found = observations(chosen, text=text)
+    compiled: dict[str, Policy] = {}
+
+    def base_for(workspace: str) -> Policy:
+        if workspace not in compiled:
+            compiled[workspace] = load_policy(base, workspace=Path(workspace or TEST_WORKSPACE))
+        return compiled[workspace]
+
+    home = os.environ.get("HOME", str(Path.home()))
+    proposal = learn_policy(found, base_for, base=base, home=home, sessions=ids)
+    extends = base if is_policy_name(base) else str(Path(base).resolve())
+    try:
+        output.write_text(render(proposal, name=name, extends=extends), encoding="utf-8")
+    except OSError as exc:
+        raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
+    _check_learned(output, proposal.granted)
+    click.echo(f"{output}: {len(proposal.rules)} rule(s) granting {len(proposal.granted)} observed action(s) "
+               f"of {len(ids)} session(s) on top of {base}; {len(proposal.tests)} inline test(s)")
+    for refusal in proposal.refused:
+        click.echo(f"not granted: {refusal.op} {refusal.target}: {refusal.verdict} by rule {refusal.rule_id} "
+                   f"({refusal.reason.strip()})")
+    click.echo(f"next: guard policy diff {base} {output}")
+
+
+def _check_learned(output: Path, granted: Any) -> None:
+    """The learned file must lint clean and allow every observation it claims to grant."""
+    report = lint_policy(str(output), workspace=TEST_WORKSPACE)
+    errors = [d for d in report.diagnostics if d.severity.value == "error"]
+    if errors:
+        raise UsageError(f"{output}: the learned policy does not lint: {errors[0]}",
+                         hint="this is a bug in guard policy learn; please report it with the file")
+    by_workspace: dict[str, Policy] = {}
+    for obs in granted:
+        ws = obs.workspace or str(TEST_WORKSPACE)
+        if ws not in by_workspace:
+            by_workspace[ws] = load_policy(str(output), workspace=Path(ws))
+        decision = by_workspace[ws].decide(obs.action())
+        if decision.enforced is not Verdict.ALLOW:
+            raise UsageError(f"{output}: the learned policy still refuses {obs.op.value} {obs.target} "
+                             f"({decision.rule_id or 'default'}: {decision.reason})",
+                             hint="this is a bug in guard policy learn; please report it with the file")

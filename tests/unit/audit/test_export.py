@@ -19,7 +19,7 @@ def rec(action: Action, decision: Decision) -> dict:
 
 @pytest.mark.parametrize(("op", "target", "class_uid", "activity"), [
     (Op.READ, "/etc/passwd", 1001, 2), (Op.WRITE, "/w/x", 1001, 3), (Op.EXEC, "/usr/bin/git", 1007, 1),
-    (Op.RUN, "git push", 1007, 1), (Op.CONNECT, "example.com:443", 4001, 1), (Op.LISTEN, "127.0.0.1:8000", 4001, 7),
+    (Op.RUN, "git push", 1007, 1), (Op.CONNECT, "example.com:443", 4001, 1), (Op.LISTEN, "127.0.0.1:8000", 4001, 99),
 ])
 def test_class_and_activity_per_operation(op: Op, target: str, class_uid: int, activity: int) -> None:
     event = to_ocsf(rec(Action(op, target, pid=5, exe="/bin/x", argv=("x",)), Decision(Verdict.ALLOW, "r", "ok")))
