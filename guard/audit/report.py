@@ -300,8 +300,10 @@ class _Builder:
         if kind == "session":
             self._session(r, ts, session)
             return
-        if kind not in ("decision", "approval", "connection", "tool_call", "hook"):
+        if kind not in ("decision", "approval", "connection", "tool_call", "hook", "intent"):
             return
+        if kind == "intent" and r.get("phase") != "pre":
+            return  # an agent hook's post-tool and prompt records: the call itself is its `pre` record
         self.counts["records"] += 1
         if kind == "decision":
             self._decision(r, ts, session)
@@ -449,7 +451,7 @@ class _Builder:
 
     def _tool(self, r: Mapping[str, Any], ts: str, session: str) -> None:
         tool = field_text(r, "tool") or field_text(r, "tool_name") or "?"
-        raw = r.get("input") if r.get("input") is not None else r.get("tool_input")
+        raw = r.get("input") if r.get("input") is not None else r.get("tool_input", r.get("summary"))
         detail = text(raw) if not isinstance(raw, Mapping) else ", ".join(
             f"{text(k)}={text(v)}" for k, v in sorted(raw.items(), key=lambda kv: str(kv[0])))
         decision = r.get("decision")

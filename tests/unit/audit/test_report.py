@@ -110,10 +110,13 @@ def test_unanswered_ask_and_waited_in_milliseconds() -> None:
 
 
 def test_tool_calls_from_hooks_are_listed() -> None:
-    call = {"type": "tool_call", "session": "s1", "tool": "Bash", "input": {"command": "pytest -q"},
-            "decision": {"verdict": "allow"}}
-    report = build_report(stamp([call]), VALID)
-    assert [(t.tool, t.detail, t.verdict) for t in report.tool_calls] == [("Bash", "command=pytest -q", "allow")]
+    """guard hook's intent records: one tool call per `pre` record; the post-tool record is not another."""
+    pre = {"type": "intent", "session": "s1", "agent": "claude", "event": "PreToolUse", "phase": "pre",
+           "tool": "Read", "summary": "/home/e/.ssh/id_ed25519", "verdict": "deny", "actions": []}
+    post = {**pre, "event": "PostToolUse", "phase": "post", "verdict": "allow"}
+    report = build_report(stamp([pre, post]), VALID)
+    assert [(t.tool, t.detail, t.verdict) for t in report.tool_calls] == [
+        ("Read", "/home/e/.ssh/id_ed25519", "deny")]
     assert report.summary.tool_calls == 1
 
 
