@@ -102,6 +102,7 @@ def policy_ref(ref: str) -> str:
 
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
+    from guard.announce import AskAnnouncer
     from guard.daemon.client import DaemonClient
     from guard.integrations.channel import HookChannel
     from guard.net import policy_cidr_grant
@@ -138,6 +139,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     tally = Tally()
     status = 125
     decider: Decider | None = None
+    announcer = AskAnnouncer(home, session_id, opts.env, say)
+    announcer.start()
     try:
         protected = (home, *policy.sources)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
@@ -206,6 +209,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         for t in threads:
             t.join(timeout=2)
     finally:
+        announcer.stop()
         if decider is not None:
             decider.close()  # every record reaches the daemon before the session's end record
         summary = tally.as_dict()

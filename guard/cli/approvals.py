@@ -3,18 +3,27 @@
 from __future__ import annotations
 
 import json
+import sys
+from typing import Any
 
 import click
 
+from guard.audit.report_render import shown
+from guard.errors import GuardError
 from guard.home import guard_home
 
 
 @click.command()
-@click.option("--json", "as_json", is_flag=True, help="Print one JSON object.")
-def approvals(as_json: bool) -> None:
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object (with --watch: one per change).")
+@click.option("--watch", is_flag=True,
+              help="Stay and show requests as they arrive; in a terminal, answer each one there.")
+def approvals(as_json: bool, watch: bool) -> None:
     """List requests waiting for a human (approve or deny them by ID)."""
     from guard.daemon.client import DaemonClient
 
+    if watch:
+        _watch(as_json)
+        return
     with DaemonClient.connect(guard_home()) as client:
         pending = client.approvals()
     if as_json:
@@ -31,26 +40,82 @@ def approvals(as_json: bool) -> None:
                    + (f"   [{item['rule_id']}]" if item.get("rule_id") else ""))
 
 
+_REMEMBER_HELP = ("Also write a rule matching exactly this request to $GUARD_HOME/remembered.yaml, for the "
+                  "security team to review and adopt.")
+
+
 @click.command()
 @click.argument("approval_id")
 @click.option("--by", default="", help="Name to record as the approver (default: your user name).")
-def approve(approval_id: str, by: str) -> None:
+@click.option("--remember", is_flag=True, help=_REMEMBER_HELP)
+def approve(approval_id: str, by: str, remember: bool) -> None:
     """Allow a pending request."""
-    _answer(approval_id, allow=True, by=by)
+    _answer(approval_id, allow=True, by=by, remember=remember)
 
 
 @click.command()
 @click.argument("approval_id")
 @click.option("--by", default="", help="Name to record as the decider (default: your user name).")
-def deny(approval_id: str, by: str) -> None:
+@click.option("--remember", is_flag=True, help=_REMEMBER_HELP)
+def deny(approval_id: str, by: str, remember: bool) -> None:
     """Deny a pending request."""
-    _answer(approval_id, allow=False, by=by)
+    _answer(approval_id, allow=False, by=by, remember=remember)
 
 
-def _answer(approval_id: str, *, allow: bool, by: str) -> None:
+def _answer(approval_id: str, *, allow: bool, by: str, remember: bool = False,
+            pending: dict[str, Any] | None = None) -> None:
     from guard.daemon.client import DaemonClient
 
-    with DaemonClient.connect(guard_home()) as client:
+    home = guard_home()
+    with DaemonClient.connect(home) as client:
+        if remember and pending is None:
+            pending = next((p for p in client.approvals() if p["approval"] == approval_id), None)
+            if pending is None:
+                raise click.ClickException(f"no pending approval {shown(approval_id)} (answered or expired?)")
         result = client.approve(approval_id, by=by) if allow else client.deny(approval_id, by=by)
     word = "approved" if allow else "denied"
-    click.echo(f"{word} {result['approval']} (recorded as {result['by']})")
+    click.echo(f"{word} {shown(str(result['approval']))} (recorded as {shown(str(result['by']))})")
+    if remember and pending is not None:
+        from guard.remember import remember as write_rule
+
+        path, rule_id = write_rule(home, pending["action"], allow=allow, asked_by=pending.get("rule_id"),
+                                   who=str(result["by"]), session=str(pending["session"]))
+        click.echo(f"remembered as rule {rule_id} in {path} (review: guard policy diff coding-agent {path})")
+
+
+def _watch(as_json: bool) -> None:
+    """Stream changes; in a terminal, ask the person at each pending request (one at a time, in order)."""
+    from guard.announce import announcement, describe
+    from guard.daemon.client import watch_approvals
+
+    interactive = not as_json and sys.stdin.isatty()
+    click.echo("watching for approvals (Ctrl-C to stop)", err=True)
+    try:
+        for change in watch_approvals(guard_home()):
+            if as_json:
+                click.echo(json.dumps(change))
+                continue
+            items = change.get("approvals", []) if change["event"] == "snapshot" else [change.get("approval")]
+            for item in items:
+                if not item:
+                    continue
+                if change["event"] == "resolved":
+                    click.echo(f"{shown(str(item['approval']))} {shown(str(change.get('verdict')))} "
+                               f"(by {shown(str(change.get('by')))}): {describe(item)}")
+                    continue
+                click.echo(announcement(item).replace("guard: WAITING FOR YOU: ", f"[{item['session']}] "))
+                if interactive:
+                    _prompt(item)
+    except KeyboardInterrupt:
+        return
+
+
+def _prompt(item: dict[str, Any]) -> None:
+    choice = click.prompt("  [a]pprove, [d]eny, [A]pprove and remember, [D]eny and remember, [s]kip",
+                          type=click.Choice(["a", "d", "A", "D", "s"]), default="s", show_choices=False)
+    if choice == "s":
+        return
+    try:
+        _answer(str(item["approval"]), allow=choice in "aA", by="", remember=choice in "AD", pending=item)
+    except GuardError as exc:
+        click.echo(f"  not answered: {exc.message}", err=True)
