@@ -170,6 +170,10 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
                          seccomp=spec, inner_listen_ports=(PROXY_PORT,),
                          publish_ports=tuple(published))
+        except SandboxError as exc:
+            for host_sock, _ in published.values():
+                host_sock.close()
+            raise SandboxError(exc.message, hint=_host_remedy(exc.hint)) from exc
         except BaseException:
             for host_sock, _ in published.values():
                 host_sock.close()
@@ -220,6 +224,21 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         client.close()
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
+
+
+def _host_remedy(hint: str | None) -> str:
+    """When the sandbox cannot be built, name this host's fix (guard doctor's remedies) beside the error."""
+    from guard.sandbox.remedies import read_settings, remedies
+    from guard.sandbox.report import probe_host
+
+    try:
+        fixes = remedies(probe_host(), read_settings())
+    except (OSError, GuardError):
+        fixes = []
+    parts = [hint] if hint else []
+    parts += [f"to fix: {fix}" for fix in fixes[:3]]
+    parts.append("`guard doctor` shows what this host can enforce")
+    return "; ".join(parts)
 
 
 def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
