@@ -6,13 +6,14 @@ set -euo pipefail
 dir=${GUARD_TEST_AGENTS:-/opt/guard-test-agents}
 CLAUDE_CODE=2.1.332
 CODEX=0.171.0
+GEMINI=0.61.0
 have() { [ -x "$dir/node_modules/.bin/$1" ] && "$dir/node_modules/.bin/$1" --version 2>/dev/null | grep -q "$2"; }
-if have claude "$CLAUDE_CODE" && have codex "$CODEX"; then exit 0; fi
+if have claude "$CLAUDE_CODE" && have codex "$CODEX" && have gemini "$GEMINI"; then exit 0; fi
 command -v npm >/dev/null || { echo "install_test_agents: npm is not installed" >&2; exit 1; }
 mkdir -p "$dir"
 npm install --silent --no-audit --no-fund --prefix "$dir" \
-  "@anthropic-ai/claude-code@$CLAUDE_CODE" "@openai/codex@$CODEX"
+  "@anthropic-ai/claude-code@$CLAUDE_CODE" "@openai/codex@$CODEX" "@google/gemini-cli@$GEMINI"
 # npm may hold back the package's postinstall, which puts the native binary in place of the stub
 (cd "$dir/node_modules/@anthropic-ai/claude-code" && node install.cjs >/dev/null)
 chmod -R a+rX "$dir"
-have claude "$CLAUDE_CODE" && have codex "$CODEX"
+have claude "$CLAUDE_CODE" && have codex "$CODEX" && have gemini "$GEMINI"

@@ -80,10 +80,17 @@ def _results(log: Path) -> list[str]:
 def _agent_env(agent: str, host: str) -> dict[str, str]:
     if agent == "claude":
         return {"ANTHROPIC_BASE_URL": f"http://{host}:{PORT}", "ANTHROPIC_API_KEY": "sk-ant-fake-key"}
+    if agent == "gemini":
+        return {"GOOGLE_GEMINI_BASE_URL": f"http://{host}:{PORT}", "GEMINI_API_KEY": "fake-gemini-key"}
     return {"OPENAI_API_KEY": "sk-fake-key"}
 
 
 def _prepare_home(world: Any, agent: str, host: str) -> None:
+    if agent == "gemini":  # an engineer who chose API-key auth and trusts the project folder
+        gemini = world.home / ".gemini"
+        gemini.mkdir(exist_ok=True)
+        (gemini / "settings.json").write_text('{"security": {"auth": {"selectedType": "gemini-api-key"}}}\n')
+        (gemini / "trustedFolders.json").write_text(json.dumps({str(world.ws): "TRUST_FOLDER"}) + "\n")
     if agent == "codex":  # the engineer's provider config: the stand-in instead of the real API
         codex = world.home / ".codex"
         codex.mkdir(exist_ok=True)
@@ -97,6 +104,8 @@ def _agent_argv(agent: str) -> list[str]:
     if agent == "claude":
         return [str(AGENTS / "claude"), "-p", "Run the scripted steps with the Bash tool.",
                 "--allowedTools", "Bash", "Read"]
+    if agent == "gemini":
+        return [str(AGENTS / "gemini"), "-p", "Run the scripted steps.", "--yolo"]
     # guard is the sandbox: Codex's own (bubblewrap) sandbox cannot nest inside it
     return [str(AGENTS / "codex"), "exec", "--skip-git-repo-check",
             "--dangerously-bypass-approvals-and-sandbox", "Run the scripted steps."]
@@ -136,7 +145,7 @@ def _by_name(world: Any, tag: str, outputs: list[str]) -> dict[str, str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(700)
-@pytest.mark.parametrize("agent", ["claude", "codex"])
+@pytest.mark.parametrize("agent", ["claude", "codex", "gemini"])
 def test_real_agent_honest_steps_work_and_hostile_ones_are_refused(world: Any, agent: str) -> None:
     if not (AGENTS / agent).exists():
         pytest.skip(f"{agent} is not installed in {AGENTS} (scripts/install_test_agents.sh, as root with npm)")
@@ -146,7 +155,7 @@ def test_real_agent_honest_steps_work_and_hostile_ones_are_refused(world: Any, a
     seen = _by_name(world, f"bare-{agent}", bare_out)
     assert END in seen.get("end", ""), f"the bare agent did not reach the end of the script: {bare!r}\n{seen}"
     assert world.ssh_secret in seen["ssh_key"] and world.aws_secret in seen["aws"], seen
-    assert world.ssh_secret in seen["read_tool"], seen
+    assert world.ssh_secret in seen["read_tool"], seen  # Claude's Read tool, or `cat` for the others
     assert "HOOK-WRITTEN" in seen["hook"], seen
     (world.home / ".bashrc").write_text(rc_before)  # undo the bare run's persistence
     for hook in (world.ws / ".git" / "hooks").glob("post-commit-bare-*"):

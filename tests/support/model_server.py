@@ -3,7 +3,8 @@
 It speaks just enough of three wire protocols to drive an agent through a fixed script of tool calls:
 - Anthropic Messages (`POST /v1/messages`, streaming SSE with `tool_use` blocks): Claude Code;
 - OpenAI Responses (`POST /v1/responses`, streaming SSE with `function_call` items): Codex;
-- OpenAI Chat Completions (`POST /v1/chat/completions`, streaming `tool_calls`): Aider and friends.
+- OpenAI Chat Completions (`POST /v1/chat/completions`, streaming `tool_calls`): Aider and friends;
+- Gemini (`POST /v1beta/models/M:streamGenerateContent?alt=sse`, `functionCall` parts): Gemini CLI.
 
 The script is a list of steps, each a shell command for the agent to run with its own shell tool. Which step
 comes next is read off the conversation the agent sends back (how many tool calls it already holds), so the
@@ -177,6 +178,39 @@ def responses_turn(script: Script, body: dict[str, Any]) -> list[tuple[str, dict
                 **base, "status": "completed", "output": [item], "usage": usage}})]
 
 
+# --- Gemini ------------------------------------------------------------------------------------------------
+
+def gemini_turn(script: Script, body: dict[str, Any]) -> dict[str, Any]:
+    """One GenerateContentResponse: the next shell step as a functionCall, or text when the script is done
+    (or for a side request without tools, such as a JSON check of who speaks next)."""
+    tools = {str(d.get("name")) for t in body.get("tools", []) if isinstance(t, dict)
+             for d in t.get("functionDeclarations", []) if isinstance(d, dict)}
+    calls = 0
+    results: list[dict[str, Any]] = []
+    for content in body.get("contents", []):
+        for part in content.get("parts", []) if isinstance(content, dict) else []:
+            if not isinstance(part, dict):
+                continue
+            if "functionCall" in part:
+                calls += 1
+            elif "functionResponse" in part:
+                response = part["functionResponse"].get("response", {})
+                results.append({"id": part["functionResponse"].get("name"), "output": json.dumps(response)})
+    script.note({"api": "gemini", "tools": sorted(tools), "results": results, "steps_done": calls})
+    command = script.shell_step(calls) if "run_shell_command" in tools else None
+    config = body.get("generationConfig") or {}
+    if command is not None:
+        parts: list[dict[str, Any]] = [{"functionCall": {"name": "run_shell_command",
+                                                          "args": {"command": command}}}]
+    elif config.get("responseMimeType") == "application/json" or config.get("responseJsonSchema"):
+        parts = [{"text": json.dumps({"reasoning": "the script is done", "next_speaker": "user"})}]
+    else:
+        parts = [{"text": DONE_TEXT if tools else "ok"}]
+    return {"candidates": [{"content": {"role": "model", "parts": parts}, "finishReason": "STOP", "index": 0}],
+            "usageMetadata": {"promptTokenCount": 10, "candidatesTokenCount": 20, "totalTokenCount": 30},
+            "modelVersion": "stand-in"}
+
+
 # --- OpenAI Chat Completions ----------------------------------------------------------------------------------
 
 def chat_turn(script: Script, body: dict[str, Any]) -> list[dict[str, Any]]:
@@ -259,7 +293,13 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         path = self.path.split("?", 1)[0].rstrip("/")
         body = self._body()
-        if path.endswith("/messages/count_tokens"):
+        if path.endswith(":countTokens"):
+            self._json({"totalTokens": 10})
+        elif path.endswith(":streamGenerateContent"):
+            self._sse([(None, gemini_turn(self.script, body))])
+        elif path.endswith(":generateContent"):
+            self._json(gemini_turn(self.script, body))
+        elif path.endswith("/messages/count_tokens"):
             self._json({"input_tokens": 10})
         elif path.endswith("/messages"):
             events = anthropic_turn(self.script, body)
