@@ -17,6 +17,9 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -211,3 +214,74 @@ def test_claude_hooks_decide_with_the_session_and_tell_the_model_why(world: Any)
         world.check_trail()
     finally:
         settings.unlink(missing_ok=True)
+
+
+def _tmux(sock: Path, *args: str) -> str:
+    return subprocess.run(["tmux", "-S", str(sock), *args], capture_output=True, text=True, timeout=30,
+                          check=False).stdout
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_interactive_claude_in_tmux_an_ask_is_announced_and_answered(world: Any) -> None:
+    """The engineer's view: `guard run -- claude` in a terminal (tmux). The TUI renders; when the agent's
+    command waits for a human (a write to .vscode/ asks), the engineer is told at once without breaking the
+    TUI (the terminal's title, tmux's status line), answers with `guard approve`, and the agent goes on."""
+    if not (AGENTS / "claude").exists():
+        pytest.skip(f"claude is not installed in {AGENTS} (scripts/install_test_agents.sh, as root with npm)")
+    if shutil.which("tmux") is None:
+        pytest.skip("tmux is not installed")
+    prefix = loopback_only_prefix()
+    if isinstance(prefix, str):
+        pytest.skip(f"no loopback-only network namespace for the agent: {prefix}")
+    key = "sk-ant-api03-" + "f" * 24 + "0123456789"
+    (world.home / ".claude").mkdir(exist_ok=True)
+    (world.home / ".claude.json").write_text(json.dumps({  # an engineer who has used Claude Code here before
+        "hasCompletedOnboarding": True, "theme": "dark",
+        "projects": {str(world.ws): {"hasTrustDialogAccepted": True, "allowedTools": []}},
+        "customApiKeyResponses": {"approved": [key[-20:]], "rejected": []}}))
+    steps = world.root / "steps-tui.json"
+    steps.write_text(json.dumps(["python3 -c \"import os; os.makedirs('.vscode', exist_ok=True); "
+                                 "open('.vscode/settings.json', 'w').write('{}')\" && echo VSCODE-SAVED",
+                                 f"echo {END}"]))
+    log = world.root / "model-tui.jsonl"
+    log.touch()
+    policy = _policy(world)
+    policy.write_text(policy.read_text().replace("ask_timeout: 2", "ask_timeout: 120"))
+    guard = world.guard_run_argv([str(AGENTS / "claude"), "--permission-mode", "default", "--allowedTools", "Bash"],
+                                 policy=policy,
+                                 extra_args=["--resolve", f"{MODEL_HOST}:127.0.0.1"])
+    argv = [*prefix, sys.executable, str(HARNESS), "--steps", str(steps), "--log", str(log), "--port", str(PORT),
+            "--timeout", "300", "--", *guard]
+    sock = world.root / "tui.sock"
+    env = {**world.env, **_agent_env("claude", MODEL_HOST), "ANTHROPIC_API_KEY": key, "TERM": "xterm-256color"}
+    subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "eng", "-x", "140", "-y", "45",
+                    "-c", str(world.ws), shlex.join(argv) + "; sleep 600"], env=env, check=True, timeout=30)
+    server = _tmux(sock, "display-message", "-p", "#{pid}").strip()
+    world.track(int(server))
+    try:
+        assert world.wait_until(lambda: "Claude Code" in _tmux(sock, "capture-pane", "-p"), timeout=60), \
+            _tmux(sock, "capture-pane", "-p")
+        _tmux(sock, "send-keys", "-t", "eng", "Run the scripted steps.", "Enter")
+        assert world.wait_until(lambda: "waiting" in _tmux(sock, "display-message", "-p", "#{pane_title}"),
+                                timeout=90), (_tmux(sock, "display-message", "-p", "#{pane_title}"),
+                                              _tmux(sock, "capture-pane", "-p"))
+        pending = json.loads(world.guard("approvals", "--json").stdout)["approvals"]
+        assert pending and ".vscode" in pending[0]["action"]["target"], pending
+        assert pending[0]["approval"] in _tmux(sock, "display-message", "-p", "#{pane_title}")
+        answered: list[str] = []
+
+        def approve_all_then_done() -> bool:  # the mkdir of .vscode asks, then the file's creation
+            for item in json.loads(world.guard("approvals", "--json").stdout)["approvals"]:
+                if item["approval"] not in answered:
+                    world.guard("approve", item["approval"], check=False)
+                    answered.append(item["approval"])
+            return END in log.read_text()
+
+        assert world.wait_until(approve_all_then_done, timeout=120), _tmux(sock, "capture-pane", "-p")
+        assert world.wait_until(lambda: "VSCODE-SAVED" in log.read_text(), timeout=30)
+        assert (world.ws / ".vscode" / "settings.json").read_text().strip() == "{}"
+        screen = _tmux(sock, "capture-pane", "-p")
+        assert "Claude Code" in screen, screen  # the TUI is still there, not torn down
+    finally:
+        _tmux(sock, "kill-server")
