@@ -83,8 +83,14 @@ sparse-checkout stage stash status stripspace submodule subtree switch symbolic-
 unpack-objects update-index update-ref update-server-info upload-archive upload-pack var verify-commit
 verify-pack verify-tag version whatchanged worktree write-tree
 lfs annex flow absorb filter-repo crypt secret town machete branchless extras sizer svn p4 cvsimport
-cvsserver archimport
+cvsserver archimport bisect--helper checkout--worker credential-cache--daemon env--helper fsmonitor--daemon
+submodule--helper upload-archive--writer mergetool--lib sh-setup sh-i18n
 """)
+
+
+def _git_knows(sub: str) -> bool:
+    """Subcommands git itself runs (internal helpers, credential and remote helpers) are not aliases."""
+    return sub in _GIT_SUBCOMMANDS or "--" in sub or sub.startswith(("credential-", "remote-"))
 
 _TOOLS: dict[str, _Tool] = {
     "git": _Tool(
@@ -182,6 +188,8 @@ _LAUNCH_SUBCOMMANDS = {  # `tool SUB cmd...` runs cmd
 _SHELLS = _fs("sh bash dash zsh ksh mksh ash yash posh fish")
 _STRING_RUNNERS = _fs("eval trap su script watch")  # builtins and tools whose argument is a command line
 _PYTHON = re.compile(r"(python|pypy)[0-9.]*$")
+_KNOWN_PROGRAMS = (frozenset(_TOOLS) | _WRAPPERS | _STRING_RUNNERS | _SHELLS | frozenset(_TOOL_NAMES)
+                   | frozenset({"find", "node", "nodejs"}))
 _NODE = _fs("node nodejs")
 _PY_VALUED = _fs("-W -X --check-hash-based-pycs")
 _NODE_VALUED = _fs("-r --require --import --loader --experimental-loader -C --conditions --input-type "
@@ -191,6 +199,19 @@ _SETTINGS_THAT_CHANGE_A_PUSH = ("remote.", "push.", "url.", "branch.", "include.
 
 
 TRUNCATED = "[guard: argv truncated]"  # what the supervisor appends to an argv it could not read whole
+
+
+def is_known_program(name: str) -> bool:
+    """A program this module reads in its own way (a tool, wrapper, shell or interpreter)."""
+    return name in _KNOWN_PROGRAMS or bool(_PYTHON.match(name)) or name.startswith("git-")
+
+
+def window_forms(words: tuple[str, ...]) -> list[Form]:
+    """The readings of words found in text that could not be parsed, from a position that names a
+    program: matched with any remainder allowed."""
+    if not words or not is_known_program(_basename(words[0])):
+        return [Form(words)]
+    return forms(words)
 
 
 def forms(words: tuple[str, ...], exe: str | None = None) -> list[Form]:
@@ -258,7 +279,8 @@ def _forms(words: tuple[str, ...], exe: str | None, out: list[Form], depth: int,
     names = [words[0]]
     if exe and exe != words[0]:
         out.append(Form((exe, *words[1:]), f"{how}the executable {exe}"))
-        names.append(exe)
+        if not (_basename(exe) == "git" and _basename(words[0]).startswith("git-")):
+            names.append(exe)  # (git run as git-push reads its command from argv[0], not from argv[1])
     for base in dict.fromkeys(_basename(p) for p in names if p not in WILDCARDS):
         _named(base, words, out, depth, how, tuple(env))
 
@@ -461,7 +483,8 @@ def _tool(name: str, args: tuple[str, ...], out: list[Form], depth: int, how: st
         return
     renamed = tool.rename.get(sub)
     words = (name, *(renamed or (sub,)), *rest)
-    if tool.subcommands is not None and sub not in tool.subcommands:
+    known = _git_knows(sub) if name == "git" else (tool.subcommands is None or sub in tool.subcommands)
+    if not known:
         # an alias from a config file, or a plugin: it may be any subcommand
         out.append(Form((name, MANY), f"{how}{name} {sub} is not a known subcommand (an alias?)"))
     if sub in tool.uncertain or (name == "git" and _changes_push(config)):

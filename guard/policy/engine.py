@@ -24,7 +24,7 @@ from typing import Any
 
 from guard.errors import Location, UsageError
 from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
-from guard.policy._tools import Form, exec_forms, line_forms
+from guard.policy._tools import Form, exec_forms, is_known_program, line_forms, window_forms
 from guard.policy.document import DEFAULT_SCAN_MAX_ENTRIES
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
 from guard.policy.paths import ancestors, normalize_path
@@ -461,19 +461,27 @@ class Policy:
         return self._combine(matches, Kind.PROCESS, form.shown)
 
     def _evaluate_loose(self, form: Form) -> _Outcome:
-        """Text that could not be read: every word position is tried as a program, with any remainder."""
+        """Text that could not be read: every word position is tried as a program (read the way its tool
+        reads it), with any remainder allowed."""
         tokens = form.words
         matches: dict[str, Match] = {}
         index = self._cmd_index
         for start in range(len(tokens)):
             word = tokens[start]
-            if word[word.rfind("/") + 1:] not in index.by_name and not index.anywhere and "/" not in word:
+            base = word[word.rfind("/") + 1:]
+            if base not in index.by_name and not index.anywhere and word not in index.by_path \
+                    and not is_known_program(base):
                 continue
-            argv = tokens[start:start + 64]
-            for rule in self._command_candidates(word):
-                spec = rule.match_command(argv, loose=True)
-                if spec >= 0 and (rule.id not in matches or matches[rule.id].specificity < spec):
-                    matches[rule.id] = Match(rule, spec)
+            for reading in window_forms(tokens[start:start + 64]):
+                argv = reading.words
+                uncertain = any(w in WILDCARDS for w in argv)
+                for rule in self._command_candidates(argv[0]):
+                    if uncertain:
+                        spec = max((p.specificity for p in rule.commands if p.could_match(argv)), default=-1)
+                    else:
+                        spec = rule.match_command(argv, loose=True)
+                    if spec >= 0 and (rule.id not in matches or matches[rule.id].specificity < spec):
+                        matches[rule.id] = Match(rule, spec)
         outcome = self._combine(list(matches.values()), Kind.PROCESS, form.shown)
         note = (f"could not parse the command line safely ({form.how}); decided by the strictest rule "
                 "matching any part of it")
