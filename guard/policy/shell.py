@@ -110,8 +110,9 @@ def _parse(line: str, depth: int) -> ParsedLine:
         best = max((key for key in list(_RESUME) if key[0] == depth and line.startswith(key[1])),
                    key=lambda key: len(key[1]), default=None)
         if best is not None:
-            saved_state = _RESUME.get(best)
+            saved_state = _RESUME.pop(best, None)
             if saved_state is not None:
+                _RESUME[best] = saved_state  # most recently used last: eviction takes the oldest
                 reader.resume(saved_state)
     problem = ""
     unparsed = ""
@@ -124,6 +125,8 @@ def _parse(line: str, depth: int) -> ParsedLine:
         unparsed = line[reader.statement_start:]
         del reader.top[reader.statement_count:]
     for saved in reader.saved if not unparsed else ():
+        if not line[saved[0]:].strip():
+            continue  # the end of this text: no other text resumes there
         key = (depth, line[:saved[0]])
         if key not in _RESUME:
             while len(_RESUME) >= RESUME_SLOTS:
