@@ -133,7 +133,7 @@ expand llvm-cov binstall outdated udeps machete sort edit make insta hack criter
                    """),
                    # `cargo b|c|d|r|t|rm` are built-in aliases that a workspace's .cargo/config.toml may
                    # redefine (cargo expands aliases in-process): their meaning cannot be read from argv
-                   uncertain=_fs("b c d r t rm"), plus_first=True),
+                   uncertain=_fs("b c d n r t rm"), plus_first=True),
     "pip": _Tool(valued=_fs("--log --proxy --retries --timeout --exists-action --trusted-host --cert "
                             "--client-cert --cache-dir --python --use-feature --use-deprecated "
                             "--keyring-provider --root-user-action"),
@@ -178,6 +178,7 @@ chrt taskset flock chroot unshare nsenter systemd-run strace ltrace watch caffei
 fakeroot faketime torsocks proxychains proxychains4 busybox dbus-run-session xvfb-run catchsegv valgrind gdb
 script npx pnpx bunx uvx pipx corepack direnv dotenv mise asdf rtx nix rustup rbenv pyenv nodenv volta fnm
 with-contenv tini dumb-init s6-setuidgid gosu su-exec chpst setpriv capsh numactl cgexec sg newgrp
+pdm hatch rye pipenv conda mamba micromamba bun deno
 """)
 _LAUNCH_SUBCOMMANDS = {  # `tool SUB cmd...` runs cmd
     "npm": _fs("exec"), "pnpm": _fs("exec dlx"), "yarn": _fs("exec dlx run node"), "uv": _fs("run tool"),
@@ -328,6 +329,9 @@ def _wrapped(base: str, args: tuple[str, ...], out: list[Form], depth: int, how:
             break  # a program chosen at run time: judged when it is executed
         if any(c in word for c in " \t\n;&|"):
             _line(word, out, depth + 1, note)
+            rest = args[k + 1:]
+            if rest and not any(a in WILDCARDS for a in rest):  # env -S 'git push' --force
+                _line(word + " " + " ".join(shlex.quote(a) for a in rest), out, depth + 1, note)
         elif not word.startswith("-") and not _ASSIGNMENT.match(word):
             env = tuple(w for w in args[:k] if _ASSIGNMENT.match(w))
             _forms((*env, *args[k:], *tail), None, out, depth + 1, note)

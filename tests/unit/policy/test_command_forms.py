@@ -58,6 +58,7 @@ PUBLISHING: list[tuple[str, Verdict, list[str]]] = [
         "git receive-pack /tmp/bare.git", "git-receive-pack /tmp/bare.git", "git push $FLAGS",
         "git push origin \"$BRANCH\"", "git push origin *", "git $(echo push) origin", "git st",
         "GIT_CONFIG_PARAMETERS=x git push", "GIT_CONFIG_COUNT=1 git push origin main",
+        "env -S 'git push' --force", "env GIT_CONFIG_GLOBAL=/tmp/c git push",
     ]),
     ("npm publish", ASK, [
         "npm --prefix . publish", "npm -C . publish", "npm --workspace a publish", "npm -w a publish",
@@ -77,6 +78,7 @@ PUBLISHING: list[tuple[str, Verdict, list[str]]] = [
         "python3 -m twine.__main__ upload x", "twine --no-color upload x", "uvx twine upload x",
         "uvx twine@5.0 upload x", "pipx run twine upload x", "uv tool run twine upload x",
         "uv run twine upload x", "uv run --with twine -- twine upload x", "poetry run twine upload x",
+        "pdm run twine upload x", "hatch run twine upload x",
     ]),
     ("cargo publish", ASK, [
         "cargo --locked publish", "cargo +stable publish", "cargo -Z unstable-options publish",
@@ -107,6 +109,7 @@ WRAPPERS = [
     "true && {}", "false || {}", "echo $({})", "echo `{}`", "( {} )", "{{ {}; }}", "if true; then {}; fi",
     "f() {{ {}; }}; f", "alias x={q}\nx", "X=1 {}", "busybox {}", "{} | cat", "cat <<EOF\n$({})\nEOF",
     "echo 'x\n{}",  # an unterminated quote: the text is searched word by word
+    "env -S {q}",
 ]
 
 
