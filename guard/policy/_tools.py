@@ -167,7 +167,7 @@ expand llvm-cov binstall outdated udeps machete sort edit make insta hack criter
 _TOOL_NAMES = {  # other names a tool's program goes by (scripts run by an interpreter, versioned names)
     "npm-cli.js": "npm", "npx-cli.js": "npx", "pnpm.cjs": "pnpm", "pnpm.js": "pnpm", "pnpm.mjs": "pnpm",
     "pnpx.cjs": "pnpx", "yarn.js": "yarn", "yarn.cjs": "yarn", "yarnpkg": "yarn", "pip3": "pip",
-    "podman-remote": "podman", "docker.io": "docker", "corepack.cjs": "corepack",
+    "podman-remote": "podman", "docker.io": "docker", "corepack.cjs": "corepack", "hub": "git",
 }
 
 # Programs that run another program named among their arguments. Their options are not modelled: every

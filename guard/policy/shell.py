@@ -38,6 +38,7 @@ _CLOSE_WORDS = frozenset({"}", "fi", "done"})
 _DISCARD_WORDS = frozenset({"for", "select"})  # `for x in a b c`: the words are data, not a command
 MAX_DEPTH = 8
 MAX_NESTING = 32
+_RUNS_ITS_ARGUMENTS = frozenset({"trap", "eval", "command", "builtin", "exec", "time", "nohup", "xargs"})
 RESUME_MIN = 2048  # texts this long remember where their last statements began (see _RESUME)
 RESUME_SLOTS = 12
 _SAVED_PER_TEXT = 3  # the last boundaries: the text after the first of them is the part that changes
@@ -155,6 +156,13 @@ def _expand_uses(commands: list[Command], state: _State, depth: int) -> list[Com
         name = cmd.words[0] if cmd.words else ""
         if level > MAX_DEPTH or name in seen:
             return
+        if name in _RUNS_ITS_ARGUMENTS and not cmd.dynamic:
+            # `trap 'gp -f' EXIT`, `eval gp`, `command gp`: a defined name used through another command
+            text = cmd.argv[1] if name == "trap" and len(cmd.argv) > 1 else " ".join(
+                a for a in cmd.argv[1:] if not a.startswith("-"))
+            for inner in _parse(text, depth + 1).commands:
+                if inner.words and (inner.words[0] in state.functions or inner.words[0] in state.aliases):
+                    add(inner, level + 1)
         body = state.functions.get(name)
         if body is not None:
             seen.add(name)

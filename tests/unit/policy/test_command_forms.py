@@ -200,3 +200,21 @@ def test_a_codex_snapshot_is_judged_by_what_it_runs(policy: Policy) -> None:
         line = shlex.join(["bash", "-lc", codex_snapshot(command)])
         assert len(line.split()) > 3000
         assert verdict(policy, line) is expected, command
+
+
+@pytest.mark.parametrize(("line", "expected"), [
+    ("f() { :; }; git push -f", DENY),  # a definition ends where its braces do
+    ("f() { git push -f; }; trap f EXIT", DENY),  # a function run by trap, eval, command ...
+    ("alias gp='git push'; trap 'gp -f' EXIT", DENY),
+    ("f() { git push -f; }; command f", DENY),
+    ("g() { f; }; f() { git push origin; }; g", ASK),  # through another function, defined later
+    ("if true; then f() { git push -f; }; fi; f", DENY),
+    ("cat <<EOF; git push -f\nbody\nEOF", DENY),  # the rest of the here-document's line runs
+    ("case a in a) git push -f;; esac", DENY),
+    ("for i in 1; do git push -f; done", DENY),
+    ("hub push -f", DENY),
+    ("x() { git push -f; }", ALLOW),  # defined, never run
+    ("f() { git push -f; }; echo f", ALLOW),
+])
+def test_the_shell_reader_is_not_fooled_by_shell_syntax(policy: Policy, line: str, expected: Verdict) -> None:
+    assert verdict(policy, line) is expected
