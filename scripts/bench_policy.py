@@ -22,9 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from guard.model import Action, Decision, Kind, Op, Verdict, split_host_port
 from guard.policy import Policy, load_policy
+from guard.policy._tools import line_forms
 from guard.policy.hosts import normalize_host, parse_ip
 from guard.policy.paths import normalize_path
-from guard.policy.shell import split_commands
+from guard.policy.shell import WILDCARDS
 
 
 def _codex_snapshot():  # type: ignore[no-untyped-def]
@@ -132,12 +133,19 @@ def naive_decide(policy: Policy, action: Action) -> Decision:
                 consider(rule, spec, spec >= 0 and rule.network_excluded_by(host, ips) is not None)
     else:
         worst: Decision | None = None
-        for argv in split_commands(action.target):
+        for form in line_forms(action.target):  # the same readings; every rule tried on each
             best, best_key = None, None
+            argv = form.words
+            uncertain = any(w in WILDCARDS for w in argv)
             for rule in policy.rules:
                 if action.op in rule.ops:
-                    spec = rule.match_command(argv)
-                    consider(rule, spec, spec >= 0 and rule.command_excluded_by(argv) is not None)
+                    if uncertain:
+                        spec = max((p.specificity for p in rule.commands if p.could_match(argv)), default=-1)
+                        consider(rule, spec, False)
+                    else:
+                        spec = rule.match_command(argv, loose=form.loose)
+                        consider(rule, spec, spec >= 0 and not form.loose
+                                 and rule.command_excluded_by(argv) is not None)
             d = Decision(best.verdict, best.id, "") if best is not None else \
                 Decision(policy.defaults[Kind.PROCESS], None, "")  # type: ignore[attr-defined]
             if worst is None or d.verdict.strength > worst.verdict.strength:
