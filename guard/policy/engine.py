@@ -506,13 +506,25 @@ class Policy:
             default = self._defaults[Kind.PROCESS]
             reason = f"no rule matched; the default for process is {default.value}"
             return _Outcome(self._final(Decision(default, None, reason)), None, (), line,
-                            parts=tuple(parts) if len(parts) <= 32 else ())
+                            parts=self._shown_parts(forms, parts, None))
         how = forms[worst_index].how
         how = "" if how in ("as written", "normalised") else f"; read as {how.rstrip('; ')}"
-        reason = f"part {worst_index + 1} of {len(parts)} ({worst.subject}{how}): {worst.decision.reason}"
+        shown = self._shown_parts(forms, parts, worst)
+        place = next((k for k, p in enumerate(shown) if p is worst), 0)
+        reason = f"part {place + 1} of {len(shown)} ({worst.subject}{how}): {worst.decision.reason}"
         decision = Decision(worst.decision.verdict, worst.decision.rule_id, reason, worst.decision.audit_only)
-        shown = tuple(parts) if len(parts) <= 32 else tuple(p for p in parts if p.matches or p is worst)
         return _Outcome(decision, worst.winner, (), line, parts=shown, note=worst.note)
+
+    @staticmethod
+    def _shown_parts(forms: list[Form], parts: list[_Outcome],
+                     worst: _Outcome | None) -> tuple[_Outcome, ...]:
+        """What an explanation lists: each simple command as written and every reading that matched a
+        rule (the readings tried behind wrappers that matched nothing are left out), at most 64."""
+        shown = [p for f, p in zip(forms, parts, strict=True)
+                 if p.matches or p is worst or f.how == "as written"]
+        if worst is not None and not any(p is worst for p in shown[:64]):
+            return (*shown[:63], worst)
+        return tuple(shown[:64])
 
     def _refuse(self, reason: str, subject: str) -> _Outcome:
         return _Outcome(self._final(Decision(Verdict.DENY, None, reason)), None, (), subject)
