@@ -196,7 +196,8 @@ _PY_VALUED = _fs("-W -X --check-hash-based-pycs")
 _NODE_VALUED = _fs("-r --require --import --loader --experimental-loader -C --conditions --input-type "
                    "--title "
                    "--env-file --stack-size")
-_SETTINGS_THAT_CHANGE_A_PUSH = ("remote.", "push.", "url.", "branch.", "include.", "includeif.")
+_FORCING_SETTING = re.compile(
+    r"remote\..*\.(push=\s*\+|mirror=(?!\s*(false|no|off|0)\s*$))|includeif\.|include\.", re.IGNORECASE)
 
 
 TRUNCATED = "[guard: argv truncated]"  # what the supervisor appends to an argv it could not read whole
@@ -522,11 +523,12 @@ def _inline_alias(name: str, sub: str, config: Iterable[str]) -> str | None:
 
 
 def _changes_push(config: Iterable[str]) -> bool:
+    """Inline config that can make a push force: a `+` refspec or mirroring for a remote, a config file
+    included, or values this argv does not show (--config-env, GIT_CONFIG_* variables, another exec path)."""
     for item in config:
         opt, _, setting = item.partition("=")
-        if opt == "--config-env" or (opt == "-c"
-                                     and setting.lower().startswith(_SETTINGS_THAT_CHANGE_A_PUSH)):
+        if opt == "--config-env" or (opt == "-c" and _FORCING_SETTING.match(setting)):
             return True
-        if opt == "env" and setting.startswith(("GIT_CONFIG", "GIT_EXEC_PATH", "GIT_DIR", "GIT_NAMESPACE")):
+        if opt == "env" and setting.startswith(("GIT_CONFIG", "GIT_EXEC_PATH")):
             return True
     return False

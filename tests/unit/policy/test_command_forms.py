@@ -55,6 +55,7 @@ PUBLISHING: list[tuple[str, Verdict, list[str]]] = [
         "git -c alias.p=push p --force", "git -c alias.pf='push --force' pf", "git -c 'alias.pf=!git push -f' pf",
         "git -c remote.origin.mirror=true push origin", "git -c remote.origin.push=+main:main push",
         "git -c include.path=/tmp/x push", "git --config-env=remote.origin.push=X push",
+        "git -c includeIf.onbranch:main.path=/tmp/x push", "git -c remote.origin.mirror=1 push",
         "git receive-pack /tmp/bare.git", "git-receive-pack /tmp/bare.git", "git push $FLAGS",
         "git push origin \"$BRANCH\"", "git push origin *", "git $(echo push) origin", "git st",
         "GIT_CONFIG_PARAMETERS=x git push", "GIT_CONFIG_COUNT=1 git push origin main",
@@ -167,7 +168,7 @@ def test_an_exec_is_judged_by_argv_and_by_its_resolved_executable(policy: Policy
 
 HONEST = [
     "git status", "git -C sub status", "git log --oneline -5", "git commit -m 'x'", "git -c user.name=x commit -m y",
-    "git add -A && git commit -m wip", "git diff HEAD~1", "git lfs pull", "git fetch origin", "git clone https://x/y",
+    "git add -A && git commit -m wip", "git -c push.autoSetupRemote=true -c remote.origin.mirror=false status", "git diff HEAD~1", "git lfs pull", "git fetch origin", "git clone https://x/y",
     "git submodule update --init", "git worktree add ../w", "git --no-pager log", "npm install", "npm ci",
     "npm --prefix . install", "npm run test", "npm test", "npx jest", "npx -y prettier --check .", "pnpm install",
     "yarn add left-pad", "cargo build", "cargo --locked test", "cargo +nightly build", "cargo clippy -- -D warnings",
@@ -218,3 +219,16 @@ def test_a_codex_snapshot_is_judged_by_what_it_runs(policy: Policy) -> None:
 ])
 def test_the_shell_reader_is_not_fooled_by_shell_syntax(policy: Policy, line: str, expected: Verdict) -> None:
     assert verdict(policy, line) is expected
+
+
+def test_the_truncation_mark_is_the_supervisors() -> None:
+    from guard.policy._tools import TRUNCATED
+    from guard.sandbox.supervisor import TRUNCATED_MARK
+
+    assert TRUNCATED == TRUNCATED_MARK
+
+
+def test_inline_config_that_cannot_force_keeps_a_push_an_ask(policy: Policy) -> None:
+    for line in ("git -c push.autoSetupRemote=true push origin main", "git -c remote.origin.mirror=false push",
+                 "git -c remote.origin.push=refs/heads/main:refs/heads/main push", "GIT_DIR=.git git push"):
+        assert verdict(policy, line) is ASK, line
