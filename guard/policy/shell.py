@@ -407,6 +407,10 @@ class _Reader:
                     self._arithmetic(self.i + 2)  # an arithmetic command: no program runs
                     discard = True
                     continue
+                if word is not None and "".join(word).endswith("="):
+                    self._array(word)  # `arr=(a b c)`: data, though a substitution inside runs
+                    kind = MANY
+                    continue
                 name = "".join(word) if word is not None else (words[-1] if len(words) == 1 else None)
                 if name is not None and not quoted and re.fullmatch(r"[^\s()<>;&|$`'\"]+", name) \
                         and len(words) <= 1 and (word is None) != (not words) \
@@ -626,6 +630,24 @@ class _Reader:
         word.append(run.group(0))
         self.i = run.end()
         return (MANY if _GLOB.search(run.group(0)) else ""), False
+
+    def _array(self, word: list[str]) -> None:
+        """The elements of an array assignment, up to its `)`; their substitutions are commands."""
+        s, start = self.s, self.i
+        self.i += 1
+        sink: list[str] = []
+        while True:
+            self._skip_blank(newlines=True)
+            if self.i >= len(s):
+                raise Unparseable("an array assignment without ')'")
+            if s[self.i] == ")":
+                self.i += 1
+                break
+            if s[self.i] in ";&|<>(":
+                raise Unparseable(f"unexpected {s[self.i]!r} in an array assignment")
+            while self.i < len(s) and s[self.i] not in " \t\n;&|<>()":
+                self._word_part(sink)
+        word.append(s[start:self.i])
 
     def _ansi_c(self, word: list[str]) -> str:
         s = self.s

@@ -39,6 +39,8 @@ from .snapshot import codex_snapshot
     ("f() { git push \"$@\"; }; f -f", [("f", "-f"), ("git", "push", "-f")]),  # its use runs the body
     ("function g { sudo \"$1\"; }\ng id", [("g", "id"), ("sudo", "id")]),
     ("alias gp='git push'\ngp -f", [("alias", "gp=git push"), ("gp", "-f"), ("git", "push", "-f")]),
+    ("arr=(a 'b c' $(git push -f)); ls", [("git", "push", "-f"), ("arr=(a 'b c' $(git push -f))",), ("ls",)]),
+    ("declare -a V=([0]=\"5\" [1]=\"2\")\npytest", [("declare", "-a", 'V=([0]="5" [1]="2")'), ("pytest",)]),
 ])
 def test_split(line: str, expected: list[tuple[str, ...]]) -> None:
     assert split_commands(line) == expected
