@@ -317,6 +317,8 @@ class _Reader:
             elif in_test and text == "]]" and not quoted:
                 in_test = False
             else:
+                if kind and _ASSIGNMENT.match(text) and all(_ASSIGNMENT.match(w) for w in words):
+                    kind = ""  # `FOO=$X git push`: an assignment, whatever its value, not the program
                 words.append(text)
                 kinds.append(kind or text)
             word, kind, quoted = None, "", False

@@ -59,7 +59,8 @@ PUBLISHING: list[tuple[str, Verdict, list[str]]] = [
         "git receive-pack /tmp/bare.git", "git-receive-pack /tmp/bare.git", "git push $FLAGS",
         "git push origin \"$BRANCH\"", "git push origin *", "git $(echo push) origin", "git st",
         "GIT_CONFIG_PARAMETERS=x git push", "GIT_CONFIG_COUNT=1 git push origin main",
-        "env -S 'git push' --force", "env GIT_CONFIG_GLOBAL=/tmp/c git push",
+        "env -S 'git push' --force", "env GIT_CONFIG_GLOBAL=/tmp/c git push", "FOO=$X git push -f",
+        "A=(1 2) B=\"$(id)\" git push -f",
     ]),
     ("npm publish", ASK, [
         "npm --prefix . publish", "npm -C . publish", "npm --workspace a publish", "npm -w a publish",
