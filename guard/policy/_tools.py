@@ -178,7 +178,7 @@ chrt taskset flock chroot unshare nsenter systemd-run strace ltrace watch caffei
 fakeroot faketime torsocks proxychains proxychains4 busybox dbus-run-session xvfb-run catchsegv valgrind gdb
 script npx pnpx bunx uvx pipx corepack direnv dotenv mise asdf rtx nix rustup rbenv pyenv nodenv volta fnm
 with-contenv tini dumb-init s6-setuidgid gosu su-exec chpst setpriv capsh numactl cgexec sg newgrp
-pdm hatch rye pipenv conda mamba micromamba bun deno
+pdm hatch rye pipenv conda mamba micromamba bun deno coproc
 """)
 _LAUNCH_SUBCOMMANDS = {  # `tool SUB cmd...` runs cmd
     "npm": _fs("exec"), "pnpm": _fs("exec dlx"), "yarn": _fs("exec dlx run node"), "uv": _fs("run tool"),

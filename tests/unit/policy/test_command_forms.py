@@ -215,6 +215,12 @@ def test_a_codex_snapshot_is_judged_by_what_it_runs(policy: Policy) -> None:
     ("case a in a) git push -f;; esac", DENY),
     ("for i in 1; do git push -f; done", DENY),
     ("hub push -f", DENY),
+    ("coproc git push -f", DENY),
+    ("g\\it pu''sh $'-f'", DENY),  # quoting inside words
+    ("git push origin main \\\n--force", DENY),  # a line continuation
+    ("git push origin main &>/dev/null --force", DENY),
+    ("cat <<A <<B\nx\nA\ny\nB\ngit push -f", DENY),
+    ("git $'\\x70ush' origin", DENY),  # an escape spells a word this reader does not decode
     ("x() { git push -f; }", ALLOW),  # defined, never run
     ("f() { git push -f; }; echo f", ALLOW),
 ])
