@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import re
 import shlex
+import threading
 from dataclasses import dataclass, field
 
 ONE = "\x00?"  # one word known only at run time (no real argv word holds a NUL)
@@ -76,6 +77,7 @@ class ParsedLine:
 # a function of the text before it, so resuming gives the same result as reading from the start.
 _Saved = tuple[int, tuple[Command, ...], tuple[tuple[str, tuple[Command, ...]], ...]]
 _RESUME: dict[tuple[int, str], _Saved] = {}
+_RESUME_LOCK = threading.Lock()  # the supervisor decides from more than one thread
 
 
 @dataclass
@@ -108,13 +110,14 @@ def _parse(line: str, depth: int) -> ParsedLine:
     reader = _Reader(line, depth)
     if len(line) >= RESUME_MIN:
         reader.track = True
-        best = max((key for key in list(_RESUME) if key[0] == depth and line.startswith(key[1])),
-                   key=lambda key: len(key[1]), default=None)
-        if best is not None:
-            saved_state = _RESUME.pop(best, None)
-            if saved_state is not None:
+        with _RESUME_LOCK:
+            best = max((key for key in _RESUME if key[0] == depth and line.startswith(key[1])),
+                       key=lambda key: len(key[1]), default=None)
+            saved_state = _RESUME.pop(best, None) if best is not None else None
+            if best is not None and saved_state is not None:
                 _RESUME[best] = saved_state  # most recently used last: eviction takes the oldest
-                reader.resume(saved_state)
+        if saved_state is not None:
+            reader.resume(saved_state)
     problem = ""
     unparsed = ""
     try:
@@ -129,10 +132,11 @@ def _parse(line: str, depth: int) -> ParsedLine:
         if not line[saved[0]:].strip():
             continue  # the end of this text: no other text resumes there
         key = (depth, line[:saved[0]])
-        if key not in _RESUME:
-            while len(_RESUME) >= RESUME_SLOTS:
-                _RESUME.pop(next(iter(_RESUME)), None)
-            _RESUME[key] = saved
+        with _RESUME_LOCK:
+            if key not in _RESUME:
+                while len(_RESUME) >= RESUME_SLOTS:
+                    _RESUME.pop(next(iter(_RESUME)), None)
+                _RESUME[key] = saved
     commands = _expand_uses(reader.top, reader.state, depth)
     return ParsedLine(tuple(commands), unparsed, problem)
 

@@ -1,6 +1,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from guard.policy import shell
 from guard.policy.shell import MANY, ONE, Unparseable, loose_tokens, parse_line, split_commands
@@ -114,3 +116,28 @@ def test_resuming_a_known_preamble_reads_the_same_as_from_the_start() -> None:
     fresh = shell.parse_line(codex_snapshot("gp_3 origin"))
     assert first == again and other == fresh
     assert other.commands[-1].argv == ("git", "push", "origin")
+
+
+_STATEMENTS = [
+    "git status", "gp_x -f", "f_{n} () {{\n    git push \"$@\"\n}}", "alias a{n}='git push'", "a{n} origin",
+    "cat <<EOF\n$(id)\nEOF", "if true; then make; fi", "case $x in a) ls ;; esac", "x=(1 2 $(date))",
+    "for i in 1 2; do echo $i; done", "echo 'a;b' \"c $(git log)\"", "[[ -n $x ]] && true", "(( n++ ))",
+    "echo 'unterminated", "{{ git push; }}", "f_{n} --force", "# comment {n}", "export V{n}=\"x y\"",
+]
+
+
+@settings(max_examples=60, deadline=None)
+@given(st.lists(st.sampled_from(_STATEMENTS), min_size=1, max_size=40), st.lists(st.sampled_from(_STATEMENTS),
+       min_size=1, max_size=3), st.lists(st.sampled_from(_STATEMENTS), min_size=1, max_size=3))
+def test_resuming_never_changes_what_is_read(preamble: list[str], tail_a: list[str], tail_b: list[str]) -> None:
+    """The resume memo is a cache of a security decision's input: with it or without it, the same text
+    reads the same (a long preamble, then two different endings, against a fresh read of each)."""
+    body = "\n".join(s.format(n=i) for i, s in enumerate(preamble))
+    pad = "\n".join(f"export PAD{i}=\"{'x' * 40}\"" for i in range(60))  # long enough to be remembered
+    first = f"{pad}\n{body}\n" + "\n".join(s.format(n=99) for s in tail_a) + "\n"
+    second = f"{pad}\n{body}\n" + "\n".join(s.format(n=98) for s in tail_b) + "\n"
+    shell._RESUME.clear()
+    fresh = shell.parse_line(second)
+    shell._RESUME.clear()
+    shell.parse_line(first)  # leaves boundaries of the shared beginning in the memo
+    assert shell.parse_line(second) == fresh
