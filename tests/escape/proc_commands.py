@@ -7,6 +7,10 @@ and an alias given on the command line (`git -c alias.p=push p`). Each attack pu
 real bare repository the test creates inside the workspace (so file rules allow its writes and only the
 command rules can stop it): bare, the branch lands; under guard (coding-agent with ask_timeout 1, so the
 publish ask expires unanswered), it does not, and the trail holds the refusal of that exec.
+
+Codex runs every command as `bash -lc` of a ~3,100-word shell snapshot, which used to be refused whole as
+"too long": honest work through it must run, and the same snapshot ending in a force-push (written out, or
+through a function the snapshot defines) must be refused at bash's exec.
 """
 
 from __future__ import annotations
@@ -80,6 +84,38 @@ def test_a_push_spelled_another_way_is_judged_as_a_push(world, remote, kind):
     assert refused, f"no refused run of the push in the trail: {decisions}"
     if kind == "global-option":
         assert refused[0][0].startswith("git -C . push --force") and refused[0][1] == "deny", refused
+
+
+def _snapshot(command: str) -> list[str]:
+    """Codex's way to run a command: `bash -lc` of its ~3,100-word shell snapshot, then the command."""
+    from unit.policy.snapshot import codex_snapshot  # tests/ is on the path (pyproject pythonpath)
+
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    return ["bash", "-lc", codex_snapshot(command)]
+
+
+def test_a_codex_shell_snapshot_runs_honest_work(world, remote):
+    repo, _ = remote
+    run = world.guard_run(_snapshot("python3 -c 'print(\"honest-snapshot\")'"), policy=world.fast_ask, cwd=repo,
+                          extra_args=["--workspace", str(world.ws)])
+    assert run.returncode == 0 and "honest-snapshot" in run.stdout, run
+
+
+@pytest.mark.parametrize("command", ["git push --force {bare} HEAD:refs/heads/{branch}",
+                                     "gpf_1 {bare} HEAD:refs/heads/{branch}"])
+def test_a_codex_shell_snapshot_ending_in_a_force_push_is_refused(world, remote, command):
+    repo, bare = remote
+    tag = "alias" if command.startswith("gpf") else "plain"
+    bare_run = world.bare_run(_snapshot(command.format(bare=bare, branch=f"bare-snap-{tag}")), cwd=repo)
+    assert _landed(world, bare, f"bare-snap-{tag}"), f"the attack does not work even bare: {bare_run!r}"
+    branch = f"guarded-snap-{tag}"
+    run = world.guard_run(_snapshot(command.format(bare=bare, branch=branch)), policy=world.fast_ask, cwd=repo,
+                          extra_args=["--workspace", str(world.ws)])
+    assert run.returncode != 0 and not _landed(world, bare, branch), run
+    refused = [(t, v) for o, t, v in world.decisions(run.session) if o == "run" and v == "deny"
+               and t.startswith("bash -lc")]
+    assert refused, f"the snapshot's exec is not refused in the trail: {world.decisions(run.session)}"
 
 
 def test_honest_git_work_still_runs(world, remote):
