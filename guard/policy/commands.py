@@ -11,6 +11,8 @@ import shlex
 from dataclasses import dataclass, field
 from fnmatch import fnmatchcase
 
+from guard.policy.shell import MANY, ONE, WILDCARDS
+
 ELLIPSIS = "..."
 _GLOB = frozenset("*?[")
 
@@ -51,6 +53,26 @@ class CommandPattern:
             return False
         tokens = (*self.tokens[1:], ELLIPSIS) if prefix else self.tokens[1:]
         return _match_args(tokens, argv[1:])
+
+    @property
+    def names_arguments(self) -> bool:
+        """Does the pattern name a literal first argument (a subcommand), as `git push ...` does?"""
+        first = self.tokens[1] if len(self.tokens) > 1 else ELLIPSIS
+        return first != ELLIPSIS and not any(c in _GLOB for c in first)
+
+    def could_match(self, words: tuple[str, ...]) -> bool:
+        """Is there a command this pattern matches among those `words` may turn out to be? `words` may
+        hold shell.ONE (any one word) and shell.MANY (any number of words), the program too."""
+        if not words:
+            return False
+        program, args = words[0], words[1:]
+        if program == MANY:
+            args = words  # the unknown words may be the program and some arguments
+        elif program != ONE:
+            name = program if self.by_path else program[program.rfind("/") + 1:]
+            if not _token_matches(self.tokens[0], name):
+                return False
+        return _could_match_args(self.tokens[1:], args)
 
 
 def compile_command(text: str) -> CommandPattern:
@@ -93,3 +115,31 @@ def _match_args(tokens: tuple[str, ...], args: tuple[str, ...]) -> bool:
     while ti < len(tokens) and tokens[ti] == ELLIPSIS:
         ti += 1
     return ti == len(tokens)
+
+
+def _could_match_args(tokens: tuple[str, ...], words: tuple[str, ...]) -> bool:
+    """Both sides have "any run of words" items (`...` in the pattern, MANY in the words): can they be
+    made equal? reach[i][j] means tokens[:i] and words[:j] can; each step only moves forward."""
+    n, m = len(tokens), len(words)
+    if not any(w in WILDCARDS for w in words):
+        return _match_args(tokens, words)
+    reach = [[False] * (m + 1) for _ in range(n + 1)]
+    reach[0][0] = True
+    for i in range(n + 1):
+        row = reach[i]
+        t = tokens[i] if i < n else None
+        for j in range(m + 1):
+            if not row[j]:
+                continue
+            w = words[j] if j < m else None
+            if t == ELLIPSIS:
+                reach[i + 1][j] = True
+                if j < m:
+                    row[j + 1] = True
+            if w == MANY:
+                row[j + 1] = True
+                if t is not None:
+                    reach[i + 1][j] = True
+            elif t is not None and w is not None and t != ELLIPSIS and (w == ONE or _token_matches(t, w)):
+                reach[i + 1][j + 1] = True
+    return reach[n][m]

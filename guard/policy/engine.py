@@ -16,7 +16,6 @@ from __future__ import annotations
 import functools
 import ipaddress
 import re
-import shlex
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,15 +24,15 @@ from typing import Any
 
 from guard.errors import Location, UsageError
 from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
+from guard.policy._tools import Form, exec_forms, is_known_program, line_forms, window_forms
 from guard.policy.document import DEFAULT_SCAN_MAX_ENTRIES
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
 from guard.policy.paths import ancestors, normalize_path
 from guard.policy.rules import FileRule, Rule
-from guard.policy.shell import Unparseable, loose_tokens, split_commands
+from guard.policy.shell import MANY, ONE, WILDCARDS
 
 CACHE_SIZE = 16384
 CACHE_MAX_TARGET = 4096  # longer targets are judged every time: the cache must not hold megabytes of argv
-LOOSE_MAX_TOKENS = 1024  # an unparseable line longer than this is denied rather than searched word by word
 _VAR = re.compile(r"\$\{([^{}]*)\}")
 _FILE_OPS = frozenset(op.value for op in Op if op.kind is Kind.FILE)
 _VERB = {Verdict.ALLOW: "allowed", Verdict.ASK: "needs approval", Verdict.DENY: "denied"}
@@ -142,6 +141,7 @@ class _CmdIndex:
     by_name: dict[str, list[Rule]] = field(default_factory=dict)
     by_path: dict[str, list[Rule]] = field(default_factory=dict)
     anywhere: list[Rule] = field(default_factory=list)
+    with_subcommand: list[Rule] = field(default_factory=list)  # judged against a program chosen at run time
 
 
 class Policy:
@@ -215,13 +215,17 @@ class Policy:
     def decide(self, action: Action, *, ignore: frozenset[str] = frozenset()) -> Decision:
         """The decision for `action`; rules named in `ignore` are left out (a session ignores
         `applies_to: existing` rules for paths that did not exist at its launch)."""
+        exe, argv = _exec_context(action)
         if len(action.target) > CACHE_MAX_TARGET:
-            return self._evaluate(action.op, action.target, action.cwd, action.addresses, ignore).decision
-        return self._decide_cached(action.op, action.target, action.cwd, action.addresses, ignore)
+            return self._evaluate(action.op, action.target, action.cwd, action.addresses, ignore, exe,
+                                  argv).decision
+        return self._decide_cached(action.op, action.target, action.cwd, action.addresses, ignore, exe, argv)
 
     def decide_uncached(self, action: Action) -> Decision:
         """`decide` without the LRU: for benchmarks and for callers that must not share a cache."""
-        return self._evaluate(action.op, action.target, action.cwd, action.addresses).decision
+        exe, argv = _exec_context(action)
+        return self._evaluate(action.op, action.target, action.cwd, action.addresses, frozenset(), exe,
+                              argv).decision
 
     @property
     def existing_only_rules(self) -> frozenset[str]:
@@ -229,7 +233,9 @@ class Policy:
         return frozenset(rule.id for rule in self._rules if rule.existing_only)
 
     def explain(self, action: Action) -> Explanation:
-        outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses)
+        exe, argv = _exec_context(action)
+        outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses, frozenset(), exe,
+                                 argv)
         return self._explanation(action, outcome)
 
     def cache_info(self) -> Any:
@@ -303,6 +309,8 @@ class Policy:
                     elif host.kind is HostKind.SUBDOMAINS:
                         add(net.suffix, host.key)
         if rule.kind is Kind.PROCESS:
+            if any(c.names_arguments for c in rule.commands) and rule not in self._cmd_index.with_subcommand:
+                self._cmd_index.with_subcommand.append(rule)
             for command in rule.commands:
                 if not command.literal_program:
                     if rule not in self._cmd_index.anywhere:
@@ -315,17 +323,21 @@ class Policy:
     # -- evaluation -----------------------------------------------------------------------------------------
 
     def _decide_key(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...],
-                    ignore: frozenset[str] = frozenset()) -> Decision:
-        return self._evaluate(op, target, cwd, addresses, ignore).decision
+                    ignore: frozenset[str] = frozenset(), exe: str | None = None,
+                    argv: tuple[str, ...] | None = None) -> Decision:
+        return self._evaluate(op, target, cwd, addresses, ignore, exe, argv).decision
 
     def _evaluate(self, op: Op, target: str, cwd: str | None, addresses: tuple[str, ...],
-                  ignore: frozenset[str] = frozenset()) -> _Outcome:
+                  ignore: frozenset[str] = frozenset(), exe: str | None = None,
+                  argv: tuple[str, ...] | None = None) -> _Outcome:
         kind = op.kind
         if kind is Kind.FILE:
             return self._evaluate_file(op, target, cwd, ignore)
         if kind is Kind.NETWORK:
             return self._evaluate_network(op, target, addresses)
-        return self._evaluate_line(target)
+        if argv is not None and exe is not None and argv:
+            return self._evaluate_forms(exec_forms(argv, exe), target)
+        return self._evaluate_forms(line_forms(target), target)
 
     def _evaluate_file(self, op: Op, target: str, cwd: str | None,
                        ignore: frozenset[str] = frozenset()) -> _Outcome:
@@ -407,57 +419,112 @@ class Policy:
 
     def _command_candidates(self, program: str) -> list[Rule]:
         index = self._cmd_index
+        if program in WILDCARDS:
+            return index.with_subcommand
         out = list(index.by_name.get(program[program.rfind("/") + 1:], ()))
         if "/" in program:
             out.extend(r for r in index.by_path.get(program, ()) if r not in out)
         out.extend(r for r in index.anywhere if r not in out)
         return out
 
-    def _evaluate_command(self, argv: tuple[str, ...]) -> _Outcome:
+    def _evaluate_form(self, form: Form) -> _Outcome:
+        """Match one reading of a command. A certain one is matched exactly; one with words known only
+        at run time against every rule that could match some value of them (an allow rule's `except`
+        then counts when it could apply; a deny or ask rule's only when it surely does)."""
+        words = form.words
+        if form.loose:
+            return self._evaluate_loose(form)
+        if words[0] == MANY:
+            words = (ONE, *words[1:])  # a program chosen at run time is taken to be one word
         matches: list[Match] = []
-        for rule in self._command_candidates(argv[0]):
-            spec = rule.match_command(argv)
-            if spec >= 0:
-                matches.append(Match(rule, spec, rule.command_excluded_by(argv)))
-        return self._combine(matches, Kind.PROCESS, shlex.join(argv))
-
-    def _evaluate_line(self, line: str) -> _Outcome:
-        try:
-            commands = split_commands(line)
-        except Unparseable as exc:
-            return self._evaluate_unparseable(line, str(exc))
-        if not commands:
+        uncertain = any(w in WILDCARDS for w in words)
+        if uncertain and words[0] in WILDCARDS and all(w in WILDCARDS for w in words[1:]):
+            # nothing but words chosen at run time (`$CMD "$@"`, `eval "$X"`): nothing to judge before it
+            # runs; each program it starts is judged at its own exec
             default = self._defaults[Kind.PROCESS]
-            reason = f"the line runs no command; the default for process is {default.value}"
-            return _Outcome(self._final(Decision(default, None, reason)), None, (), line)
-        parts = tuple(self._evaluate_command(argv) for argv in commands)
-        if len(parts) == 1:
-            return parts[0]
-        worst_index = max(range(len(parts)), key=lambda i: (parts[i].decision.enforced.strength,
-                                                            parts[i].decision.verdict.strength, -i))
-        worst = parts[worst_index].decision
-        reason = f"part {worst_index + 1} of {len(parts)} ({parts[worst_index].subject}): {worst.reason}"
-        decision = Decision(worst.verdict, worst.rule_id, reason, worst.audit_only)
-        return _Outcome(decision, parts[worst_index].winner, (), line, parts=parts)
+            reason = "a command chosen at run time is judged when it is executed"
+            return _Outcome(self._final(Decision(default, None, reason)), None, (), form.shown)
+        for rule in self._command_candidates(words[0]):
+            if not uncertain:
+                spec = rule.match_command(words)
+                if spec >= 0:
+                    matches.append(Match(rule, spec, rule.command_excluded_by(words)))
+                continue
+            spec = max((p.specificity for p in rule.commands
+                        if (words[0] not in WILDCARDS or p.names_arguments) and p.could_match(words)),
+                       default=-1)
+            if spec >= 0:
+                excluded = None
+                if rule.verdict is Verdict.ALLOW:
+                    excluded = next((p.text for p in rule.except_commands if p.could_match(words)), None)
+                matches.append(Match(rule, spec, excluded))
+        return self._combine(matches, Kind.PROCESS, form.shown)
 
-    def _evaluate_unparseable(self, line: str, problem: str) -> _Outcome:
-        tokens = tuple(loose_tokens(line))
-        if len(tokens) > LOOSE_MAX_TOKENS:
-            return self._refuse(f"could not parse the command line safely ({problem}) and it is too long "
-                                f"({len(tokens)} words) to search for matching rules", line)
+    def _evaluate_loose(self, form: Form) -> _Outcome:
+        """Text that could not be read: every word position is tried as a program (read the way its tool
+        reads it), with any remainder allowed."""
+        tokens = form.words
         matches: dict[str, Match] = {}
+        index = self._cmd_index
         for start in range(len(tokens)):
-            argv = tokens[start:]
-            for rule in self._command_candidates(argv[0]):
-                spec = rule.match_command(argv, loose=True)
-                if spec >= 0 and (rule.id not in matches or matches[rule.id].specificity < spec):
-                    matches[rule.id] = Match(rule, spec)
-        outcome = self._combine(list(matches.values()), Kind.PROCESS, line)
-        note = (f"could not parse the command line safely ({problem}); decided by the strictest rule "
+            word = tokens[start]
+            base = word[word.rfind("/") + 1:]
+            if base not in index.by_name and not index.anywhere and word not in index.by_path \
+                    and not is_known_program(base):
+                continue
+            for reading in window_forms(tokens[start:start + 64]):
+                argv = reading.words
+                uncertain = any(w in WILDCARDS for w in argv)
+                for rule in self._command_candidates(argv[0]):
+                    if uncertain:
+                        spec = max((p.specificity for p in rule.commands if p.could_match(argv)), default=-1)
+                    else:
+                        spec = rule.match_command(argv, loose=True)
+                    if spec >= 0 and (rule.id not in matches or matches[rule.id].specificity < spec):
+                        matches[rule.id] = Match(rule, spec)
+        outcome = self._combine(list(matches.values()), Kind.PROCESS, form.shown)
+        note = (f"could not parse the command line safely ({form.how}); decided by the strictest rule "
                 "matching any part of it")
         inner = outcome.decision
         decision = Decision(inner.verdict, inner.rule_id, f"{note}: {inner.reason}", inner.audit_only)
-        return _Outcome(decision, outcome.winner, outcome.matches, line, note=note)
+        return _Outcome(decision, outcome.winner, outcome.matches, form.shown, note=note)
+
+    def _evaluate_forms(self, forms: list[Form], line: str) -> _Outcome:
+        """The line's decision is its strictest reading's; every reading that matched a rule is a part."""
+        if not forms:
+            default = self._defaults[Kind.PROCESS]
+            reason = f"the line runs no command; the default for process is {default.value}"
+            return _Outcome(self._final(Decision(default, None, reason)), None, (), line)
+        parts = [self._evaluate_form(form) for form in forms]
+        if len(parts) == 1:
+            return parts[0]
+        worst_index = max(range(len(parts)), key=lambda i: (parts[i].decision.enforced.strength,
+                                                            parts[i].decision.verdict.strength,
+                                                            parts[i].winner is not None, -i))
+        worst = parts[worst_index]
+        if worst.winner is None and worst.note is None:
+            default = self._defaults[Kind.PROCESS]
+            reason = f"no rule matched; the default for process is {default.value}"
+            return _Outcome(self._final(Decision(default, None, reason)), None, (), line,
+                            parts=self._shown_parts(forms, parts, None))
+        how = forms[worst_index].how
+        how = "" if how in ("as written", "normalised") else f"; read as {how.rstrip('; ')}"
+        shown = self._shown_parts(forms, parts, worst)
+        place = next((k for k, p in enumerate(shown) if p is worst), 0)
+        reason = f"part {place + 1} of {len(shown)} ({worst.subject}{how}): {worst.decision.reason}"
+        decision = Decision(worst.decision.verdict, worst.decision.rule_id, reason, worst.decision.audit_only)
+        return _Outcome(decision, worst.winner, (), line, parts=shown, note=worst.note)
+
+    @staticmethod
+    def _shown_parts(forms: list[Form], parts: list[_Outcome],
+                     worst: _Outcome | None) -> tuple[_Outcome, ...]:
+        """What an explanation lists: each simple command as written and every reading that matched a
+        rule (the readings tried behind wrappers that matched nothing are left out), at most 64."""
+        shown = [p for f, p in zip(forms, parts, strict=True)
+                 if p.matches or p is worst or f.how == "as written"]
+        if worst is not None and not any(p is worst for p in shown[:64]):
+            return (*shown[:63], worst)
+        return tuple(shown[:64])
 
     def _refuse(self, reason: str, subject: str) -> _Outcome:
         return _Outcome(self._final(Decision(Verdict.DENY, None, reason)), None, (), subject)
@@ -514,6 +581,13 @@ class Policy:
         if match.specificity < winner.specificity:
             return f"same verdict; {winner.rule.id!r} matches more specifically"
         return f"same verdict and specificity; {winner.rule.id!r} comes first by id"
+
+
+def _exec_context(action: Action) -> tuple[str | None, tuple[str, ...] | None]:
+    """An exec's resolved executable and exact argv (the supervisor gives both); a typed line has none."""
+    if action.op is Op.RUN and action.exe is not None and action.argv is not None:
+        return action.exe, action.argv
+    return None, None
 
 
 def _rank(match: Match) -> tuple[int, int, str]:

@@ -113,11 +113,21 @@ def test_unparseable_lines_use_the_strictest_matching_rule_and_say_so(tmp_path: 
     p = load(tmp_path, ORDERED)
     d = p.decide(act("run cat <<EOF | sudo tee /etc/x"))
     assert (d.verdict, d.rule_id) == (Verdict.DENY, "sudo")
-    assert "could not parse the command line safely (here-documents are not supported)" in d.reason
-    d = p.decide(act("run $GIT push origin"))
-    assert d.verdict is Verdict.ALLOW and "could not parse" in d.reason and "no rule matched" in d.reason
     d = p.decide(act("run echo 'x' ; git push -f \"oops"))
     assert (d.verdict, d.rule_id) == (Verdict.DENY, "force")
+    assert "could not parse the command line safely (not parsed: unterminated double quote)" in d.reason
+    d = p.decide(act("run make && echo \"open"))
+    assert d.verdict is Verdict.ALLOW and "could not parse" in d.reason and "no rule matched" in d.reason
+
+
+def test_a_program_chosen_at_run_time_is_judged_by_the_rules_naming_its_arguments(tmp_path: Path) -> None:
+    p = load(tmp_path, ORDERED)
+    assert p.decide(act("run $GIT push origin")).rule_id == "publish"
+    assert p.decide(act("run \"$GIT\" push -f")).rule_id == "force"
+    assert p.decide(act("run $PYTHON -m pytest")).verdict is Verdict.ALLOW  # `sudo ...` names no argument
+    assert p.decide(act("run git push $FLAGS")).rule_id == "force"  # $FLAGS may be --force
+    assert p.decide(act("run git push \"$REMOTE\"")).rule_id == "force"  # one word: it may be --force
+    assert p.decide(act("run git push origin main")).rule_id == "publish"
 
 
 def test_file_targets_are_normalized(tmp_path: Path) -> None:
@@ -292,8 +302,11 @@ def test_huge_inputs_are_judged_without_caching_or_quadratic_search(tmp_path: Pa
     long_line = "git push origin " + "x " * 5000
     assert p.decide(act(f"run {long_line}")).rule_id == "publish"
     assert p.cache_info().currsize == 0
-    d = p.decide(act("run cat <<EOF " + "git " * 2000))
-    assert (d.verdict, d.rule_id) == (Verdict.DENY, None) and "too long" in d.reason
+    # a long line that cannot be parsed is searched word by word, not refused wholesale
+    d = p.decide(act("run echo 'open " + "word " * 5000))
+    assert d.verdict is Verdict.ALLOW and "could not parse" in d.reason
+    d = p.decide(act("run echo 'open " + "word " * 5000 + "; git push -f"))
+    assert (d.verdict, d.rule_id) == (Verdict.DENY, "force")
 
 
 _label = st.from_regex(r"[a-z0-9]([a-z0-9-]{0,6}[a-z0-9])?", fullmatch=True)
