@@ -15,6 +15,7 @@ import orjson
 
 from guard.errors import GuardError, ProtocolError
 from guard.model import Action, Decision, Verdict
+from guard.text import from_record, to_record_deep
 
 VERSION = 1
 MAX_LINE = 1 << 20  # bytes, newline excluded
@@ -58,12 +59,18 @@ _Check = Callable[[str, Any], Any]
 
 
 def _str(name: str, value: Any) -> str:
+    if isinstance(value, dict):  # a non-UTF-8 string (a path, an argv word) in its tagged form
+        try:
+            return from_record(value)
+        except ValueError as exc:
+            raise _field(name, f"expected a string ({exc})") from None
     if not isinstance(value, str):
         raise _field(name, "expected a string")
     return value
 
 
 def _nonempty_str(name: str, value: Any) -> str:
+    value = _str(name, value) if isinstance(value, dict) else value
     if not isinstance(value, str) or not value:
         raise _field(name, "expected a non-empty string")
     if "\x00" in value:
@@ -91,10 +98,7 @@ def _opt_int(name: str, value: Any) -> int | None:
 def _env_map(name: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _field(name, "expected an object of strings")
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise _field(f"{name}.{key}", "expected a string")
-    return dict(value)
+    return {key: _str(f"{name}.{key}", item) for key, item in value.items()}
 
 
 MAX_BATCH = 1000
@@ -114,10 +118,7 @@ def _object_list(name: str, value: Any) -> list[dict[str, Any]]:
 def _str_list(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _field(name, "expected a list of strings")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _field(f"{name}[{i}]", "expected a string")
-    return tuple(value)
+    return tuple(_str(f"{name}[{i}]", item) for i, item in enumerate(value))
 
 
 def _object(name: str, value: Any) -> dict[str, Any]:
@@ -245,8 +246,12 @@ def _parse_body(data: dict[str, Any], request_id: int | str) -> Request:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """One message as a line, newline included."""
-    return orjson.dumps(message) + b"\n"
+    """One message as a line, newline included. Strings that are not valid UTF-8 (paths, argv, environment
+    values in file-system form) travel in the trail's tagged form, which the field checks here accept."""
+    try:
+        return orjson.dumps(message) + b"\n"
+    except TypeError:
+        return orjson.dumps(to_record_deep(message)) + b"\n"
 
 
 def ok_reply(request_id: RequestId, result: Mapping[str, Any]) -> bytes:
@@ -290,7 +295,7 @@ _CONNECTION_FIELDS: dict[str, _Check] = {
     "reason": _str,
     "bytes_up": lambda name, value: _nonneg(name, value),
     "bytes_down": lambda name, value: _nonneg(name, value),
-    "duration_s": lambda name, value: _nonneg_number(name, value),
+    "duration_ms": lambda name, value: _nonneg(name, value),
     "audit_only": lambda name, value: _bool(name, value),
     "error": lambda name, value: _opt_str(name, value),
     "pid": _int,
@@ -329,12 +334,6 @@ def _nonneg(name: str, value: Any) -> int:
     if number < 0:
         raise _field(name, "expected a non-negative integer")
     return number
-
-
-def _nonneg_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise _field(name, "expected a non-negative number")
-    return float(value)
 
 
 def parse_record_event(event: Mapping[str, Any]) -> tuple[str, dict[str, Any]]:
