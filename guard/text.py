@@ -125,6 +125,15 @@ def shown(value: str | bytes | Mapping[str, Any] | None) -> str:
     return "".join(_shown_char(ch) for ch in text)
 
 
+def shown_text(text: str) -> str:
+    """A multi-line message guard composed (which may quote agent-controlled values): like `shown`, but
+    newlines stay newlines. Used at the CLI's output edge, so no control sequence reaches a terminal even
+    through a message that forgot to escape a field; fields in tables and rows use `shown`."""
+    if text.isprintable() and text.isascii():
+        return text
+    return "\n".join(shown(line) for line in text.split("\n"))
+
+
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Categories that are never shown raw: controls, format characters (bidi, zero width, BOM), separators
 # that break lines, surrogates (undecodable bytes, or a stray surrogate from elsewhere), unassigned.

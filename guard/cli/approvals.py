@@ -6,7 +6,9 @@ import json
 
 import click
 
+from guard.cli.output import say
 from guard.home import guard_home
+from guard.text import shown
 
 
 @click.command()
@@ -21,14 +23,28 @@ def approvals(as_json: bool) -> None:
         click.echo(json.dumps({"approvals": pending}))
         return
     if not pending:
-        click.echo("no pending approvals")
+        say("no pending approvals")
         return
-    click.echo(f"{'ID':<8} {'SESSION':<12} {'AGE':>6} {'LEFT':>6}  ACTION")
+    say(f"{'ID':<8} {'SESSION':<12} {'AGE':>6} {'LEFT':>6}  ACTION")
     for item in pending:
-        action = item["action"]
-        click.echo(f"{item['approval']:<8} {item['session']:<12} {item['age_s']:>5.0f}s "
-                   f"{item['expires_in_s']:>5.0f}s  {action['op']} {action['target']}"
-                   + (f"   [{item['rule_id']}]" if item.get("rule_id") else ""))
+        say(_pending_row(item))
+
+
+def _pending_row(item: dict[str, object]) -> str:
+    """One pending request, every agent-controlled field escaped (guard.text.shown): a command line carrying
+    terminal sequences cannot make the row read as another request."""
+    action = item.get("action")
+    action = action if isinstance(action, dict) else {}
+    line = (f"{shown(str(item.get('approval', ''))):<8} {shown(str(item.get('session', ''))):<12} "
+            f"{_seconds(item.get('age_s')):>6} {_seconds(item.get('expires_in_s')):>6}  "
+            f"{shown(str(action.get('op', '')))} {shown(action.get('target'))}")
+    if item.get("rule_id"):
+        line += f"   [{shown(str(item['rule_id']))}]"
+    return line
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.0f}s" if isinstance(value, int | float) else "?"
 
 
 @click.command()
@@ -53,4 +69,4 @@ def _answer(approval_id: str, *, allow: bool, by: str) -> None:
     with DaemonClient.connect(guard_home()) as client:
         result = client.approve(approval_id, by=by) if allow else client.deny(approval_id, by=by)
     word = "approved" if allow else "denied"
-    click.echo(f"{word} {result['approval']} (recorded as {result['by']})")
+    say(f"{word} {shown(str(result['approval']))} (recorded as {shown(str(result['by']))})")

@@ -25,8 +25,10 @@ from guard.audit.note import VerifierKey
 from guard.audit.receipt import build_receipt, encode_receipt, load_receipt, verify_receipt
 from guard.audit.segments import SEGMENT_RE, read_witness, verify_log
 from guard.audit.verify import Report
+from guard.cli.output import say
 from guard.errors import AuditError, KeyringError, UsageError
 from guard.home import guard_home, log_dir
+from guard.text import shown
 
 MAX_LISTED = 20
 
@@ -42,8 +44,8 @@ def _root_key(pin: Path | None) -> VerifierKey:
         key = Keyring(guard_home()).root()
     except KeyringError as exc:
         raise UsageError(exc.message, hint=exc.hint or "pass the auditor's pinned key with --key") from None
-    click.echo(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
-               "key instead: --key root.pub", err=True)
+    say(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
+        "key instead: --key root.pub", err=True)
     return key
 
 
@@ -95,35 +97,35 @@ def verify_cmd(log: Path | None, key: Path | None, witness: Path | None, as_json
 def _render(report: Report) -> None:
     first = report.first_break
     if first is not None:
-        click.echo(f"TAMPERED: first break at {first.where()}: {first.message}")
+        say(f"TAMPERED: first break at {first.where()}: {first.message}")
         others = [f for f in report.findings if f is not first]
         if others:
-            click.echo("also found:")
+            say("also found:")
             for f in others[:MAX_LISTED]:
                 tag = "" if f.tampering else " (not tampering)"
-                click.echo(f"  - {f}{tag}")
+                say(f"  - {f}{tag}")
             more = report.findings_total - 1 - min(len(others), MAX_LISTED)
             if more > 0:
-                click.echo(f"  ... and {more} more (use --json for all kept findings)")
+                say(f"  ... and {more} more (use --json for all kept findings)")
     summary = (f"{report.records} records, {report.leaves} lines in {report.segments} segment(s), "
                f"{report.checkpoints} checkpoints, {report.epochs} epoch key(s), "
                f"root {report.root.hex()[:16]}…")
     if report.witness_size is not None:
         summary += f", consistent with the witnessed size {report.witness_size}" if first is None else ""
     if first is None and report.exit_code == 0:
-        click.echo(f"VALID: {summary}; every line is sealed")
+        say(f"VALID: {summary}; every line is sealed")
         return
     if first is None:
-        click.echo(f"NOT FULLY SEALED: {summary}")
+        say(f"NOT FULLY SEALED: {summary}")
     else:
-        click.echo(summary)
+        say(summary)
     if report.unsealed:
-        click.echo(f"UNSEALED: {report.unsealed} line(s) after the last checkpoint (from seq "
-                   f"{report.sealed + 1}) are not proven valid")
+        say(f"UNSEALED: {report.unsealed} line(s) after the last checkpoint (from seq "
+            f"{report.sealed + 1}) are not proven valid")
     if report.torn_tail is not None:
         t = report.torn_tail
-        click.echo(f"TORN: segment {t.segment} line {t.line} ends in {t.size} bytes without a newline "
-                   "(a crash mid-append; not a record)")
+        say(f"TORN: segment {t.segment} line {t.line} ends in {t.size} bytes without a newline "
+            "(a crash mid-append; not a record)")
 
 
 @audit.command("checkpoint")
@@ -140,7 +142,7 @@ def checkpoint_cmd(log: Path | None, output: Path) -> None:
     if report.last_note is None:
         raise AuditError("the log has no checkpoint yet")
     _write(output, report.last_note.encode())
-    click.echo(f"checkpoint at tree size {report.sealed} written to {output}", err=True)
+    say(f"checkpoint at tree size {report.sealed} written to {output}", err=True)
 
 
 @audit.command("prove")
@@ -154,7 +156,7 @@ def prove_cmd(log: Path | None, seq: int, output: Path) -> None:
     root = _root_key(None)
     verify_receipt(receipt, root)  # never hand out a receipt that does not check
     _write(output, encode_receipt(receipt))
-    click.echo(f"receipt for seq {seq} (tree size {receipt['tree_size']}) written to {output}", err=True)
+    say(f"receipt for seq {seq} (tree size {receipt['tree_size']}) written to {output}", err=True)
 
 
 @audit.command("verify-receipt")
@@ -170,9 +172,9 @@ def verify_receipt_cmd(receipt: Path, key: Path | None, as_json: bool) -> None:
         click.echo(orjson.dumps({"valid": True, "seq": check.seq, "tree_size": check.tree_size,
                                  "epoch": check.epoch, "record": check.record}).decode())
         return
-    click.echo(f"VALID: record seq {check.seq} is in the log {check.origin} at tree size {check.tree_size}, "
-               f"sealed by the epoch {check.epoch} key")
-    click.echo(_row(check.record))
+    say(f"VALID: record seq {check.seq} is in the log {check.origin} at tree size {check.tree_size}, "
+        f"sealed by the epoch {check.epoch} key")
+    say(_row(check.record))
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -195,16 +197,30 @@ def parse_since(text: str, *, now: float) -> float:
 
 
 def _row_fields(r: dict[str, Any]) -> list[str]:
+    """The table's columns for one record, each escaped (guard.text.shown): agent-controlled text with
+    terminal sequences or newlines cannot erase, recolour or forge a row."""
     action, decision = r.get("action") or {}, r.get("decision") or {}
-    verdict = str(decision.get("verdict", ""))
+    if not isinstance(action, dict):
+        action = {}
+    if not isinstance(decision, dict):
+        decision = {}
+    verdict = shown(str(decision.get("verdict", "")))
     if decision.get("audit_only"):
         verdict += "(audit)"
     what = action.get("op", r.get("event", r.get("type", "")))
-    target = action.get("target", r.get("target", ""))
+    target = action.get("target", r.get("target", r.get("host", "")))
     if r.get("type") == "recovery":
         target = f"torn {r.get('torn_bytes')} bytes in {r.get('segment')}"
-    return [str(r.get("seq", "")), str(r.get("ts", ""))[:19] + "Z", str(r.get("session", ""))[:12],
-            str(r.get("type", "")), verdict, str(what), str(target), str(decision.get("rule_id") or "")]
+    return [_field(r.get("seq", "")), _field(str(r.get("ts", ""))[:19]) + "Z",
+            _field(r.get("session", ""))[:12], _field(r.get("type", "")), verdict, _field(what),
+            _field(target), _field(decision.get("rule_id") or r.get("rule_id") or "")]
+
+
+def _field(value: Any) -> str:
+    """A recorded value (a string, a tagged byte string, or anything else) as one escaped cell."""
+    if isinstance(value, str | dict):
+        return shown(value)
+    return shown(str(value))
 
 
 _HEAD = ["SEQ", "TIME", "SESSION", "TYPE", "VERDICT", "OP", "TARGET", "RULE"]
@@ -248,10 +264,13 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
     """A readable table of records (does not verify: run `guard audit verify` for that)."""
     since_t = parse_since(since, now=time.time()) if since else None
     if not as_json:
-        click.echo(_fmt(_HEAD))
+        say(_fmt(_HEAD))
     for data, r in iter_records(_log(log)):
         if _matches(r, session, verdict, since_t):
-            click.echo(data.decode() if as_json else _row(r))
+            if as_json:
+                click.echo(data)  # the canonical line, exact bytes: for tools (JSON escapes C0 controls)
+            else:
+                say(_row(r))
 
 
 def _follow(log: Path, interval: float, stop_after: float | None) -> Iterator[bytes]:
@@ -302,9 +321,9 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
         recent.append(r)
         if len(recent) > count:
             recent.pop(0)
-    click.echo(_fmt(_HEAD))
+    say(_fmt(_HEAD))
     for r in recent:
-        click.echo(_row(r))
+        say(_row(r))
     if not follow:
         return
     try:
@@ -314,7 +333,7 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
             except ValueError:
                 continue
             if isinstance(r, dict) and r.get("type") not in ("checkpoint", "epoch"):
-                click.echo(_row(r))
+                say(_row(r))
     except KeyboardInterrupt:
         return
 
@@ -348,6 +367,6 @@ def export_cmd(log: Path | None, fmt: str, output: Path) -> None:
             fh.close()
         else:
             fh.flush()
-    click.echo(f"exported {count} event(s) as {fmt}", err=True)
+    say(f"exported {count} event(s) as {fmt}", err=True)
 
 

@@ -47,7 +47,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GuardError as exc:
-            click.echo(f"guard: {exc.diagnostics()}", err=True)
+            from guard.text import shown_text  # messages may quote agent-controlled paths and commands
+
+            click.echo(f"guard: {shown_text(exc.diagnostics())}", err=True)
             sys.exit(exc.exit_code)
 
 
