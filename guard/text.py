@@ -134,6 +134,29 @@ def shown_text(text: str) -> str:
     return "\n".join(shown(line) for line in text.split("\n"))
 
 
+def utf8_text(value: object) -> str:
+    """A recorded value as a valid UTF-8 string for systems that need one (an OCSF field): a plain string
+    as is, a tagged byte string with its undecodable bytes as `\\xNN`, anything else as `str()`. Lossy for
+    bytes (the exact bytes stay in the trail); not escaped for terminals (use `shown`)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            return _escape_surrogates(value)
+        return value
+    if isinstance(value, Mapping | bytes):
+        try:
+            return _escape_surrogates(as_text(value))
+        except ValueError:
+            pass
+    return str(value)
+
+
+def _escape_surrogates(text: str) -> str:
+    return "".join(f"\\x{ord(ch) - 0xDC00:02x}" if 0xDC80 <= ord(ch) <= 0xDCFF
+                   else ch if not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}" for ch in text)
+
+
 _SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Categories that are never shown raw: controls, format characters (bidi, zero width, BOM), separators
 # that break lines, surrogates (undecodable bytes, or a stray surrogate from elsewhere), unassigned.

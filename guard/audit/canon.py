@@ -45,13 +45,27 @@ def encode(obj: Mapping[str, Any]) -> bytes:
             pass
     if not isinstance(obj, Mapping):
         raise AuditError(f"record: expected a JSON object, got {type(obj).__name__}")
-    return orjson.dumps(_canonical(obj, ""), option=OPTS)
+    return _jcs(_canonical(obj, ""))
+
+
+def _jcs(obj: Any) -> bytes:
+    """RFC 8785 bytes of a value `_canonical` produced. orjson sorts keys by code point, JCS by UTF-16 code
+    unit; they differ only for keys mixing U+E000..U+FFFF with characters beyond U+FFFF, which only this
+    path sees (`_plain` sends every non-ASCII key here)."""
+    if type(obj) is dict:
+        items = sorted(obj.items(), key=lambda kv: kv[0].encode("utf-16-be"))
+        return b"{" + b",".join(orjson.dumps(k) + b":" + _jcs(v) for k, v in items) + b"}"
+    if type(obj) is list:
+        return b"[" + b",".join(_jcs(v) for v in obj) + b"]"
+    return orjson.dumps(obj, option=OPTS)
 
 
 def _plain(d: dict[Any, Any]) -> bool:
-    """True when every value is a JSON scalar orjson encodes canonically, or a dict/list of them (cheap:
-    this runs for every record; anything else takes the careful path)."""
-    for v in d.values():
+    """True when every key is an ASCII string and every value a JSON scalar orjson encodes canonically, or a
+    dict/list of them (cheap: this runs for every record; anything else takes the careful path)."""
+    for k, v in d.items():
+        if type(k) is not str or not k.isascii():
+            return False
         t = type(v)
         if t in _SCALARS:
             continue
@@ -67,7 +81,7 @@ def _plain(d: dict[Any, Any]) -> bool:
                     if not _plain(x):
                         return False
                 elif tx is list:
-                    if not _plain(dict(enumerate(x))):
+                    if not _plain({"": x}):
                         return False
                 else:
                     return False
@@ -120,9 +134,18 @@ def is_canonical(obj: Any, data: bytes) -> bool:
     """True when `data` is the canonical encoding of `obj` (a parsed line); an integer beyond 53 bits is
     not. Floats are accepted here: lines written before durations became milliseconds hold them."""
     try:
-        return orjson.dumps(obj, option=OPTS) == data
+        if orjson.dumps(obj, option=OPTS) == data:
+            return True
     except TypeError:
         return False
+    return type(obj) is dict and not _plain(obj) and _jcs_or_none(obj) == data
+
+
+def _jcs_or_none(obj: Any) -> bytes | None:
+    try:
+        return _jcs(obj)
+    except TypeError:
+        return None
 
 
 def b64(data: bytes) -> str:

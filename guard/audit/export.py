@@ -16,6 +16,7 @@ from guard.audit.canon import decode, parse_ts
 from guard.audit.chain import LEAF_TYPES
 from guard.audit.segments import iter_batches, list_segments
 from guard.model import split_host_port
+from guard.text import utf8_text
 
 OCSF_VERSION = "1.1.0"
 _FILE_ACTIVITY = {"read": (2, "Read"), "write": (3, "Update")}
@@ -65,10 +66,10 @@ def _control(decision: dict[str, Any]) -> dict[str, Any]:
         "disposition_id": disposition_id, "disposition": disposition, "severity_id": severity,
         "status_id": 1 if action_id == 1 else 2,
         "policy": {"uid": decision.get("rule_id") or "default", "name": decision.get("rule_id") or "default",
-                   "desc": decision.get("reason", "")},
+                   "desc": utf8_text(decision.get("reason", ""))},
     }
     if verdict == "ask":
-        out["message"] = "asked a human: " + str(decision.get("reason", ""))
+        out["message"] = "asked a human: " + utf8_text(decision.get("reason", ""))
     return out
 
 
@@ -77,11 +78,12 @@ def _process(action: dict[str, Any]) -> dict[str, Any]:
     if action.get("pid") is not None:
         proc["pid"] = action["pid"]
     if action.get("exe"):
-        proc["file"] = {"path": action["exe"], "name": action["exe"].rsplit("/", 1)[-1], "type_id": 1}
-    if action.get("argv"):
-        proc["cmd_line"] = " ".join(action["argv"])
+        exe = utf8_text(action["exe"])
+        proc["file"] = {"path": exe, "name": exe.rsplit("/", 1)[-1], "type_id": 1}
+    if isinstance(action.get("argv"), list) and action["argv"]:
+        proc["cmd_line"] = " ".join(utf8_text(a) for a in action["argv"])
     if action.get("cwd"):
-        proc["working_directory"] = action["cwd"]
+        proc["working_directory"] = utf8_text(action["cwd"])
     return proc
 
 
@@ -103,14 +105,15 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any] | None:
     kind = record.get("type")
     if kind == "connection":
         event = _base(record, 4001, (1, "Open"))
-        event["dst_endpoint"] = _endpoint(str(record.get("target", "")), list(record.get("addresses") or []))
+        event["dst_endpoint"] = _endpoint(utf8_text(record.get("target", "")),
+                                          [utf8_text(a) for a in record.get("addresses") or []])
         event["connection_info"] = {"direction_id": 2, "direction": "Outbound"}
         event.update(_control(record.get("decision") or {"verdict": record.get("verdict", "allow")}))
         return event
     if kind != "decision":
         return None
     action, decision = record.get("action") or {}, record.get("decision") or {}
-    op, target = action.get("op"), str(action.get("target", ""))
+    op, target = action.get("op"), utf8_text(action.get("target", ""))
     actor = {"process": _process(action)}
     if op in _FILE_ACTIVITY:
         event = _base(record, 1001, _FILE_ACTIVITY[op])
@@ -127,7 +130,7 @@ def to_ocsf(record: dict[str, Any]) -> dict[str, Any] | None:
         event["actor"] = {"process": {"pid": action["pid"]}} if action.get("pid") is not None else {}
     elif op in _NET_ACTIVITY:
         event = _base(record, 4001, _NET_ACTIVITY[op])
-        event["dst_endpoint"] = _endpoint(target, list(action.get("addresses") or []))
+        event["dst_endpoint"] = _endpoint(target, [utf8_text(a) for a in action.get("addresses") or []])
         event["actor"] = actor
     else:
         return None

@@ -7,6 +7,7 @@ never looks at raw JSON, and docs/protocol.md documents exactly the table below.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -127,6 +128,28 @@ def _object(name: str, value: Any) -> dict[str, Any]:
     return value
 
 
+_SUMMARY_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+_MAX_INT = 2**53 - 1
+
+
+def _summary(name: str, value: Any) -> dict[str, Any] | None:
+    """A session's own summary goes into its end record, so it must be recordable as given: a flat object of
+    lower-case ASCII names to integers (within 53 bits), strings, booleans or null; no floats."""
+    if value is None:
+        return None
+    data = _object(name, value)
+    if len(data) > 64:
+        raise _field(name, "at most 64 fields")
+    for key, item in data.items():
+        if not isinstance(key, str) or not _SUMMARY_KEY.fullmatch(key):
+            raise _field(f"{name}.{str(key)[:64]}", "expected a lower-case ASCII name")
+        if isinstance(item, int) and not isinstance(item, bool) and not -_MAX_INT <= item <= _MAX_INT:
+            raise _field(f"{name}.{key}", "integer beyond 53 bits")
+        if not (item is None or isinstance(item, str | int)):  # bool is an int
+            raise _field(f"{name}.{key}", "expected an integer, a string, a boolean or null (no floats)")
+    return dict(data)
+
+
 def _action(name: str, value: Any) -> Action:
     data = _object(name, value)
     try:
@@ -183,7 +206,7 @@ OPS: dict[str, dict[str, _Field]] = {
     "session.close": {
         "session": _Field(_nonempty_str),
         "exit_status": _Field(_opt_int, required=False),
-        "summary": _Field(_object, required=False, default=None),
+        "summary": _Field(_summary, required=False, default=None),
     },
     "approvals.list": {},
     "approvals.decide": {
