@@ -91,10 +91,7 @@ def to_record_deep(obj: Any) -> Any:
     if isinstance(obj, Mapping):
         out: dict[Any, Any] = {}
         for key, item in obj.items():
-            if isinstance(key, str | bytes):
-                rec = to_record(key)
-                key = rec if isinstance(rec, str) else _key_form(key)
-            out[key] = to_record_deep(item)
+            out[record_key(key) if isinstance(key, str | bytes) else key] = to_record_deep(item)
         return out
     if isinstance(obj, list | tuple):
         return [to_record_deep(item) for item in obj]
@@ -211,6 +208,8 @@ def _tag_bytes(value: Mapping[str, Any]) -> bytes:
     raise ValueError(f"{BYTES_TAG}: holds valid UTF-8, which is recorded as a plain string")
 
 
-def _key_form(key: str | bytes) -> str:
-    """A map key cannot be an object: a non-UTF-8 key is written `b64:<base64>` (documented)."""
-    return f"{BYTES_TAG}:" + base64.b64encode(as_bytes(key)).decode("ascii")
+def record_key(key: str | bytes) -> str:
+    """A map key as recorded. A key cannot be an object, so a non-UTF-8 key is written `b64:<base64>`
+    (guard's own records use fixed ASCII names; this only keeps a stray key from losing a record)."""
+    rec = to_record(key)
+    return rec if isinstance(rec, str) else f"{BYTES_TAG}:{rec[BYTES_TAG]}"

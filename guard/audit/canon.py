@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 
 from guard.errors import AuditError
-from guard.text import to_record
+from guard.text import record_key, to_record
 
 # STRICT_INTEGER: beyond 53 bits JCS (IEEE doubles) and orjson disagree. PASSTHROUGH_*: orjson would
 # silently turn dataclasses and datetimes into JSON of its own choosing; they must be converted explicitly.
@@ -113,11 +113,7 @@ def _canonical(obj: Any, where: str) -> Any:
             if not isinstance(key, str):
                 raise AuditError(f"record field {where or '.'}: key {key!r} is not a string")
             name = f"{where}.{key}" if where else key
-            rec = to_record(str(key))
-            if not isinstance(rec, str):
-                raise AuditError(f"record field {where or '.'}: key {key!r} is not valid UTF-8",
-                                 hint="record such names as values (a list of pairs), not as keys")
-            out[rec] = _canonical(value, name)
+            out[record_key(str(key))] = _canonical(value, name)
         return out
     if isinstance(obj, list | tuple):
         return [_canonical(item, f"{where}[{i}]") for i, item in enumerate(obj)]
