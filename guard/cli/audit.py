@@ -228,10 +228,13 @@ _WIDTHS = [7, 20, 12, 10, 12, 8, 48, 0]
 
 
 def _fmt(fields: list[str]) -> str:
+    """Fixed-width columns; a long cell loses its middle, not its end, because the end of a path (the file)
+    or of a command line (its arguments) is what a reader must not miss."""
     out = []
     for value, width in zip(fields, _WIDTHS, strict=True):
         if width and len(value) > width:
-            value = value[:width - 1] + "…"
+            head = (width - 1) // 3
+            value = value[:head] + "…" + value[len(value) - (width - 1 - head):]
         out.append(value.ljust(width) if width else value)
     return " ".join(out).rstrip()
 
