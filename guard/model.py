@@ -128,8 +128,8 @@ class Action:
                 raise UsageError("action.argv: expected a list of strings")
             argv = tuple(_text(f"action.argv[{i}]", a) for i, a in enumerate(argv))
         pid = data.get("pid")
-        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool)):
-            raise UsageError("action.pid: expected an integer")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 2**53):
+            raise UsageError("action.pid: expected a process id (a non-negative integer)")
         addresses = data.get("addresses") or []
         if not isinstance(addresses, list):
             raise UsageError("action.addresses: expected a list of strings")

@@ -21,6 +21,7 @@ from guard.text import from_record, to_record_deep
 VERSION = 1
 MAX_LINE = 1 << 20  # bytes, newline excluded
 MAX_ID_LEN = 128
+_MAX_INT = 2**53 - 1
 
 # Error codes a reply may carry; clients branch on these, people read the message.
 BAD_JSON = "bad_json"
@@ -89,6 +90,8 @@ def _abs_path(name: str, value: Any) -> str:
 def _int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _field(name, "expected an integer")
+    if not -_MAX_INT <= value <= _MAX_INT:  # what the trail can hold (docs/audit-format.md 2.1)
+        raise _field(name, "integer beyond 53 bits")
     return value
 
 
@@ -129,7 +132,6 @@ def _object(name: str, value: Any) -> dict[str, Any]:
 
 
 _SUMMARY_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
-_MAX_INT = 2**53 - 1
 
 
 def _summary(name: str, value: Any) -> dict[str, Any] | None:

@@ -49,3 +49,17 @@ def test_a_malformed_tag_is_refused_naming_the_field() -> None:
     line = p.request_line(4, "session.open", {"policy": "x", "workspace": "/w", "argv": [{"b64": "eA=="}]})
     with pytest.raises(p.RequestError, match=r"argv\[0\]"):
         p.parse_request(line.rstrip(b"\n"))
+
+
+@pytest.mark.parametrize(("op", "fields", "field"), [
+    ("session.close", {"session": "s", "exit_status": 2**60}, "exit_status"),
+    ("decide", {"session": "s", "action": {"op": "read", "target": "/x", "pid": 2**60}}, "action.pid"),
+])
+def test_integers_beyond_what_the_trail_holds_are_refused(op: str, fields: dict[str, object], field: str) -> None:
+    with pytest.raises(p.RequestError, match=field):
+        p.parse_request(p.request_line(5, op, fields).rstrip(b"\n"))
+
+
+def test_a_connection_record_with_a_huge_count_is_refused() -> None:
+    with pytest.raises(p.RequestError, match=r"event\.bytes_up"):
+        p.parse_record_event({"type": "connection", "protocol": "http", "verdict": "allow", "bytes_up": 2**60})
