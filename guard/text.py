@@ -131,6 +131,26 @@ def shown_text(text: str) -> str:
     return "\n".join(shown(line) for line in text.split("\n"))
 
 
+def json_for_terminal(line: str) -> str:
+    """A JSON text safe to print to a terminal and equal in value: every character `shown` would escape that
+    JSON leaves raw (C1 controls, bidi and other format characters, separators) becomes a `\\uXXXX` escape.
+    Outside strings JSON text is ASCII, so this never changes what the line parses to."""
+    if line.isascii() and "\x7f" not in line:
+        return line  # JSON already escapes C0 controls
+    out = []
+    for ch in line:
+        if (ch.isascii() and ch != "\x7f") or unicodedata.category(ch) not in _HIDDEN:
+            out.append(ch)
+        else:
+            out.extend(f"\\u{unit:04x}" for unit in _utf16_units(ch))
+    return "".join(out)
+
+
+def _utf16_units(ch: str) -> tuple[int, ...]:
+    data = ch.encode("utf-16-be", "surrogatepass")
+    return tuple(int.from_bytes(data[i:i + 2], "big") for i in range(0, len(data), 2))
+
+
 def utf8_text(value: object) -> str:
     """A recorded value as a valid UTF-8 string for systems that need one (an OCSF field): a plain string
     as is, a tagged byte string with its undecodable bytes as `\\xNN`, anything else as `str()`. Lossy for

@@ -28,7 +28,7 @@ from guard.audit.verify import Report
 from guard.cli.output import say
 from guard.errors import AuditError, KeyringError, UsageError
 from guard.home import guard_home, log_dir
-from guard.text import shown
+from guard.text import json_for_terminal, shown
 
 MAX_LISTED = 20
 
@@ -266,14 +266,24 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
              as_json: bool) -> None:
     """A readable table of records (does not verify: run `guard audit verify` for that)."""
     since_t = parse_since(since, now=time.time()) if since else None
+    tty = sys.stdout.isatty()
     if not as_json:
         say(_fmt(_HEAD))
     for data, r in iter_records(_log(log)):
         if _matches(r, session, verdict, since_t):
             if as_json:
-                click.echo(data)  # the canonical line, exact bytes: for tools (JSON escapes C0 controls)
+                _echo_json(data, tty)
             else:
                 say(_row(r))
+
+
+def _echo_json(data: bytes, tty: bool) -> None:
+    """A record line for tools: its exact canonical bytes; on a terminal, the same JSON value with every
+    character a terminal could act on written as a `\\u` escape (guard.text.json_for_terminal)."""
+    if tty:
+        click.echo(json_for_terminal(data.decode("utf-8")))
+    else:
+        click.echo(data)
 
 
 def _follow(log: Path, interval: float, stop_after: float | None) -> Iterator[bytes]:
@@ -355,15 +365,17 @@ def export_cmd(log: Path | None, fmt: str, output: Path) -> None:
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
     count = 0
+    tty = out is not None and sys.stdout.isatty()  # a person reading it: nothing the terminal acts on
     try:
         for data, r in iter_records(_log(log)):
             if fmt == "jsonl":
-                fh.write(data + b"\n")
+                line = data
             else:
                 event = to_ocsf(r)
                 if event is None:
                     continue
-                fh.write(orjson.dumps(event, option=orjson.OPT_SORT_KEYS) + b"\n")
+                line = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+            fh.write((json_for_terminal(line.decode("utf-8")).encode("utf-8") if tty else line) + b"\n")
             count += 1
     finally:
         if out is None:

@@ -124,3 +124,57 @@ def test_audit_show_cannot_be_made_to_erase_a_denied_row(
     guard_daemon.wait(timeout=30)
     verify = subprocess.run([*GUARD, "audit", "verify"], capture_output=True, text=True, timeout=60, check=False)
     assert verify.returncode == 0, verify.stdout + verify.stderr
+
+
+def _on_a_terminal(argv: list[str]) -> bytes:
+    """Run a CLI command with its stdout on a pseudo-terminal (as a person runs it); its output."""
+    import pty
+
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen(argv, stdout=slave, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL)
+        os.close(slave)
+        slave = -1
+        chunks = []
+        while True:
+            try:
+                chunk = os.read(master, 65536)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            chunks.append(chunk)
+        assert proc.wait(timeout=60) == 0
+    finally:
+        os.close(master)
+        if slave != -1:
+            os.close(slave)
+    return b"".join(chunks).replace(b"\r\n", b"\n")
+
+
+def test_json_on_a_terminal_cannot_erase_lines_with_c1_controls(
+        tmp_path: Path, guard_home: Path, guard_daemon: subprocess.Popen[bytes]) -> None:
+    python = "/usr/bin/python3"
+    if not os.path.exists(python):
+        pytest.skip("needs /usr/bin/python3")
+    ws = tmp_path / "ws"
+    ws.mkdir()
+    # U+009B is the one-character CSI: JSON leaves it raw, and terminals act on it. Move up, erase.
+    name = "notes\u009b1A\u009b2K\rnothing to see"
+    res = subprocess.run([*GUARD, "run", "--json-summary", "--", python, "-c", f"open({name!r}, 'w')"], cwd=ws,
+                         capture_output=True, timeout=120, stdin=subprocess.DEVNULL, check=False)
+    assert res.returncode == 0, res.stderr
+    session = json.loads(res.stderr.decode().strip().splitlines()[-1])["session"]
+    piped = subprocess.run([*GUARD, "audit", "show", "--session", session, "--json"], capture_output=True,
+                           timeout=60, check=True).stdout
+    assert "\u009b".encode() in piped  # tools get the exact canonical bytes
+
+    wide = 4000  # no line wraps
+    bare = screen_of(piped, columns=wide)  # those bytes on a terminal: the line before the file's is erased
+    assert len([line for line in bare.splitlines() if line.strip()]) < len(piped.splitlines()), bare
+
+    on_tty = _on_a_terminal([*GUARD, "audit", "show", "--session", session, "--json"])
+    assert "\u009b".encode() not in on_tty
+    seen = [line for line in screen_of(on_tty, columns=wide).splitlines() if line.strip()]
+    assert len(seen) == len(piped.splitlines()), seen  # every record's line is on screen
+    assert [json.loads(line) for line in on_tty.splitlines()] == [json.loads(line) for line in piped.splitlines()]

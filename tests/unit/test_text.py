@@ -15,6 +15,7 @@ from guard.text import (
     as_bytes,
     from_record,
     is_record_text,
+    json_for_terminal,
     record_key,
     shown,
     shown_text,
@@ -106,3 +107,13 @@ def test_utf8_text_is_valid_utf8_for_any_recorded_value() -> None:
     assert utf8_text(fs(b"a\xffb")) == "a\\xffb"
     assert utf8_text("plain\n") == "plain\n"
     assert utf8_text(7) == "7"
+
+
+@given(st.recursive(st.none() | st.text(max_size=12) | st.integers(),
+                    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
+                                                                               max_size=3), max_leaves=8))
+def test_json_for_terminal_keeps_the_value_and_drops_every_hidden_character(value: object) -> None:
+    line = orjson.dumps(value).decode()
+    safe = json_for_terminal(line)
+    assert orjson.loads(safe) == value
+    assert not any(unicodedata.category(ch) in HIDDEN for ch in safe) and "\x1b" not in safe
