@@ -11,7 +11,8 @@ other name. Two edges need more than that, and both live here so there is exactl
 * **Showing** (`shown`): whatever a person reads in a terminal goes through `shown`, which escapes every
   character that could move the cursor, erase or recolour text, reorder it (bidi controls) or hide it (zero
   width and other format characters), and shows undecodable bytes as `\\xNN`. An agent-controlled string
-  can then never make a row look like something else.
+  can then never make a row look like something else. It is for reading, not an encoding: backslashes are
+  not doubled (commands stay readable), so the exact value is in the JSON output, not the display.
 
 This module is pure (no I/O) so every layer may use it.
 """
