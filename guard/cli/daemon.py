@@ -8,7 +8,7 @@ import time
 
 import click
 
-from guard.cli.output import say
+from guard.cli.output import say, setup_logging
 from guard.errors import DaemonError
 from guard.home import guard_home
 from guard.text import shown
@@ -24,7 +24,7 @@ def run() -> None:
     """Run the daemon in the foreground (what the systemd unit and `start` run)."""
     from guard.daemon.server import Daemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s guard-daemon %(levelname)s %(message)s")
+    setup_logging(logging.INFO, "%(asctime)s guard-daemon %(levelname)s %(message)s")
     Daemon(guard_home()).run()
 
 

@@ -57,3 +57,6 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="guard")
 def main() -> None:
     """guard: run AI agents with least privilege, decide every action by policy, sign the trail."""
+    from guard.cli.output import setup_logging
+
+    setup_logging()  # warnings of any layer (a supervisor error naming an action) reach stderr escaped

@@ -8,6 +8,8 @@ because tools need its exact bytes; it is JSON, where C0 controls are already es
 
 from __future__ import annotations
 
+import logging
+
 import click
 
 from guard.text import shown_text
@@ -16,3 +18,17 @@ from guard.text import shown_text
 def say(text: str = "", *, err: bool = False) -> None:
     """click.echo for human-readable text, escaped."""
     click.echo(shown_text(text), err=err)
+
+
+class EscapingFormatter(logging.Formatter):
+    """Log lines quote actions (paths, command lines); on a person's terminal they are escaped too."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return shown_text(super().format(record))
+
+
+def setup_logging(level: int = logging.WARNING, fmt: str = "guard: %(levelname)s %(message)s") -> None:
+    """The CLI's only logging configuration: to stderr, through EscapingFormatter."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(EscapingFormatter(fmt))
+    logging.basicConfig(level=level, handlers=[handler], force=True)
