@@ -204,16 +204,31 @@ def _row_fields(r: dict[str, Any]) -> list[str]:
         action = {}
     if not isinstance(decision, dict):
         decision = {}
-    verdict = shown(str(decision.get("verdict", "")))
-    if decision.get("audit_only"):
+    verdict = shown(_verdict_of(r) or "")
+    if decision.get("audit_only") or r.get("audit_only") is True:
         verdict += "(audit)"
-    what = action.get("op", r.get("event", r.get("type", "")))
+    what = action.get("op", r.get("event", r.get("protocol", r.get("type", ""))))
     target = action.get("target", r.get("target", r.get("host", "")))
+    if r.get("type") == "connection" and "target" not in r and isinstance(r.get("port"), int):
+        target = f"{shown(target)}:{r['port']}"
     if r.get("type") == "recovery":
         target = f"torn {r.get('torn_bytes')} bytes in {r.get('segment')}"
     return [_field(r.get("seq", "")), _field(str(r.get("ts", ""))[:19]) + "Z",
             _field(r.get("session", ""))[:12], _field(r.get("type", "")), verdict, _field(what),
             _field(target), _field(decision.get("rule_id") or r.get("rule_id") or "")]
+
+
+def _verdict_of(r: dict[str, Any]) -> str | None:
+    """A record's verdict: a decision's, or the one a connection or approval record carries itself (a
+    connection the proxy refused is a deny, and `--verdict deny` must list it)."""
+    decision = r.get("decision")
+    if isinstance(decision, dict):
+        value = decision.get("verdict")
+    elif r.get("type") in ("connection", "approval"):
+        value = r.get("verdict")
+    else:
+        return None
+    return value if isinstance(value, str) else None
 
 
 def _field(value: Any) -> str:
@@ -246,7 +261,7 @@ def _row(r: dict[str, Any]) -> str:
 def _matches(r: dict[str, Any], session: str | None, verdict: str | None, since: float | None) -> bool:
     if session is not None and r.get("session") != session:
         return False
-    if verdict is not None and (r.get("decision") or {}).get("verdict") != verdict:
+    if verdict is not None and _verdict_of(r) != verdict:
         return False
     if since is not None:
         try:
