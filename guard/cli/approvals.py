@@ -38,6 +38,8 @@ def _pending_row(item: dict[str, object]) -> str:
     line = (f"{shown(str(item.get('approval', ''))):<8} {shown(str(item.get('session', ''))):<12} "
             f"{_seconds(item.get('age_s')):>6} {_seconds(item.get('expires_in_s')):>6}  "
             f"{shown(str(action.get('op', '')))} {shown(action.get('target'))}")
+    if action.get("cwd"):
+        line += f"   (in {shown(action['cwd'])})"  # which repository a `git push` would publish
     if item.get("rule_id"):
         line += f"   [{shown(str(item['rule_id']))}]"
     return line
