@@ -109,7 +109,7 @@ def test_utf8_text_is_valid_utf8_for_any_recorded_value() -> None:
     assert utf8_text(7) == "7"
 
 
-@given(st.recursive(st.none() | st.text(max_size=12) | st.integers(),
+@given(st.recursive(st.none() | st.text(max_size=12) | st.integers(-(2**53), 2**53),
                     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=6), inner,
                                                                                max_size=3), max_leaves=8))
 def test_json_for_terminal_keeps_the_value_and_drops_every_hidden_character(value: object) -> None:
