@@ -22,6 +22,7 @@ from __future__ import annotations
 import base64
 import binascii
 import os
+import sys
 import unicodedata
 from collections.abc import Mapping
 from typing import Any
@@ -30,6 +31,10 @@ from typing import Any
 BYTES_TAG = "b64"
 
 RecordText = str | dict[str, str]
+
+# Paths and argv reach guard through os.fsdecode; on the usual UTF-8 locale a str's bytes are its UTF-8
+# (with surrogateescape), which allows a fast check. Otherwise every str goes through os.fsencode.
+_FS_UTF8 = sys.getfilesystemencoding().lower().replace("-", "") == "utf8"
 
 
 def as_bytes(value: str | bytes | Mapping[str, Any]) -> bytes:
@@ -50,6 +55,8 @@ def as_text(value: str | bytes | Mapping[str, Any]) -> str:
 
 def to_record(value: str | bytes) -> RecordText:
     """The recorded form: the string itself when its bytes are valid UTF-8, else `{"b64": ...}`."""
+    if isinstance(value, str) and not _FS_UTF8:  # a str stands for its file-system bytes (os.fsencode)
+        value = _str_bytes(value)
     if isinstance(value, str):
         try:
             value.encode("utf-8")
@@ -197,17 +204,17 @@ def _shown_char(ch: str) -> str:
 
 
 def _str_bytes(value: str) -> bytes:
-    """os.fsencode, but total: a surrogate outside U+DC80..U+DCFF (never made by fsdecode, but a str can
-    hold one) is kept as its UTF-8-style 3-byte sequence instead of raising."""
+    """os.fsencode, but total: a character the file-system encoding cannot hold (a surrogate outside
+    U+DC80..U+DCFF, never made by fsdecode but possible in a str) is kept as its UTF-8-style bytes."""
     try:
-        return value.encode("utf-8", "surrogateescape")
+        return os.fsencode(value)
     except UnicodeEncodeError:
         return b"".join(_char_bytes(ch) for ch in value)
 
 
 def _char_bytes(ch: str) -> bytes:
     try:
-        return ch.encode("utf-8", "surrogateescape")
+        return os.fsencode(ch)
     except UnicodeEncodeError:
         return ch.encode("utf-8", "surrogatepass")
 
