@@ -26,8 +26,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from guard.audit.report_render import shown
 from guard.errors import GuardError
+from guard.text import shown
 
 
 def describe(approval: Mapping[str, Any]) -> str:

@@ -13,6 +13,7 @@ from enum import StrEnum
 from typing import Any
 
 from guard.errors import UsageError
+from guard.text import from_record, to_record
 
 
 class Kind(StrEnum):
@@ -93,18 +94,22 @@ class Action:
         return f"{self.op.value} {self.target}"
 
     def to_dict(self) -> dict[str, Any]:
-        """The JSON shape used on the daemon socket and in the audit trail (absent fields omitted)."""
-        out: dict[str, Any] = {"kind": self.kind.value, "op": self.op.value, "target": self.target}
+        """The JSON shape used on the daemon socket and in the audit trail (absent fields omitted).
+
+        Strings are in file-system form (paths and argv are bytes on Linux); one that is not valid UTF-8
+        is written in its tagged form `{"b64": ...}` (guard.text.to_record), so nothing is lost or refused.
+        """
+        out: dict[str, Any] = {"kind": self.kind.value, "op": self.op.value, "target": to_record(self.target)}
         if self.pid is not None:
             out["pid"] = self.pid
         if self.exe is not None:
-            out["exe"] = self.exe
+            out["exe"] = to_record(self.exe)
         if self.argv is not None:
-            out["argv"] = list(self.argv)
+            out["argv"] = [to_record(a) for a in self.argv]
         if self.cwd is not None:
-            out["cwd"] = self.cwd
+            out["cwd"] = to_record(self.cwd)
         if self.addresses:
-            out["addresses"] = list(self.addresses)
+            out["addresses"] = [to_record(a) for a in self.addresses]
         return out
 
     @classmethod
@@ -114,24 +119,35 @@ class Action:
             op = Op(data["op"])
         except (KeyError, ValueError) as exc:
             raise UsageError(f"action.op: expected one of {', '.join(o.value for o in Op)}") from exc
-        target = data.get("target")
-        if not isinstance(target, str) or not target:
+        target = _text("action.target", data.get("target"))
+        if not target:
             raise UsageError("action.target: expected a non-empty string")
         argv = data.get("argv")
-        if argv is not None and not (isinstance(argv, list) and all(isinstance(a, str) for a in argv)):
-            raise UsageError("action.argv: expected a list of strings")
+        if argv is not None:
+            if not isinstance(argv, list):
+                raise UsageError("action.argv: expected a list of strings")
+            argv = tuple(_text(f"action.argv[{i}]", a) for i, a in enumerate(argv))
         pid = data.get("pid")
-        if pid is not None and not isinstance(pid, int):
-            raise UsageError("action.pid: expected an integer")
+        if pid is not None and (not isinstance(pid, int) or isinstance(pid, bool) or not 0 <= pid < 2**53):
+            raise UsageError("action.pid: expected a process id (a non-negative integer)")
         addresses = data.get("addresses") or []
-        if not (isinstance(addresses, list) and all(isinstance(a, str) for a in addresses)):
+        if not isinstance(addresses, list):
             raise UsageError("action.addresses: expected a list of strings")
         exe, cwd = data.get("exe"), data.get("cwd")
-        for name, value in (("exe", exe), ("cwd", cwd)):
-            if value is not None and not isinstance(value, str):
-                raise UsageError(f"action.{name}: expected a string")
-        return cls(op=op, target=target, pid=pid, exe=exe, argv=tuple(argv) if argv is not None else None,
-                   cwd=cwd, addresses=tuple(addresses))
+        return cls(op=op, target=target, pid=pid,
+                   exe=None if exe is None else _text("action.exe", exe), argv=argv,
+                   cwd=None if cwd is None else _text("action.cwd", cwd),
+                   addresses=tuple(_text(f"action.addresses[{i}]", a) for i, a in enumerate(addresses)))
+
+
+def _text(name: str, value: Any) -> str:
+    """A recorded string (plain or `{"b64": ...}`) in file-system form, or UsageError naming the field."""
+    if isinstance(value, str):
+        return value
+    try:
+        return from_record(value)
+    except ValueError as exc:
+        raise UsageError(f"{name}: expected a string ({exc})") from None
 
 
 def split_host_port(target: str) -> tuple[str, int | None]:
@@ -198,7 +214,8 @@ class Decision:
         return Verdict.ALLOW if self.audit_only else self.verdict
 
     def to_dict(self) -> dict[str, Any]:
-        return {"verdict": self.verdict.value, "rule_id": self.rule_id, "reason": self.reason,
+        """The reason may quote an agent's path or command line, so it is recorded like one."""
+        return {"verdict": self.verdict.value, "rule_id": self.rule_id, "reason": to_record(self.reason),
                 "audit_only": self.audit_only}
 
     @classmethod
@@ -207,9 +224,8 @@ class Decision:
             verdict = Verdict(data["verdict"])
         except (KeyError, ValueError) as exc:
             raise UsageError("decision.verdict: expected allow, ask or deny") from exc
-        rule_id, reason = data.get("rule_id"), data.get("reason", "")
+        rule_id = data.get("rule_id")
         if rule_id is not None and not isinstance(rule_id, str):
             raise UsageError("decision.rule_id: expected a string or null")
-        if not isinstance(reason, str):
-            raise UsageError("decision.reason: expected a string")
+        reason = _text("decision.reason", data.get("reason", ""))
         return cls(verdict=verdict, rule_id=rule_id, reason=reason, audit_only=bool(data.get("audit_only")))

@@ -29,6 +29,7 @@ from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
 from guard.model import Action, Decision
 from guard.session import Decider, Tally
+from guard.text import shown_text
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
@@ -115,7 +116,11 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox.seccomp import SeccompSpec
     from guard.sandbox.supervisor import Supervisor
 
-    say = out or (lambda line: print(line, file=sys.stderr))
+    emit = out or (lambda line: print(line, file=sys.stderr))
+
+    def say(line: str) -> None:  # messages quote the agent's paths and commands: escaped (guard.text)
+        emit(shown_text(line))
+
     if not opts.argv:
         raise SandboxError("no command given", hint="guard run -- COMMAND [ARGS...]")
     home = guard_home(opts.env)

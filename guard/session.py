@@ -167,6 +167,8 @@ class Decider:
                     self._client.record_batch(self._session, batch)
                 except DaemonError as exc:
                     self._fail(exc)
+                except Exception as exc:  # any failure of the record path stops the sandbox, never the thread
+                    self._fail(DaemonError(f"recording failed: {exc!r}"))
 
     def _fail(self, exc: DaemonError) -> None:
         self._failed = exc

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import shutil
 import sys
 from collections.abc import Callable
@@ -93,8 +94,14 @@ def events(session: str, n: int, salt: str = "") -> list[dict[str, object]]:
                         "by": "dev"})
         if i % 13 == 7:
             out.append({"type": "connection", "session": session, "target": "pypi.org:443", "bytes_out": 812,
-                        "bytes_in": 90211, "verdict": "allow"})
-    out.append(session_event(session, "end", exit_status=0))
+                        "bytes_in": 90211, "verdict": "allow", "duration_ms": 412})
+    # A file name and an argv word that are not UTF-8 (a Latin-1 name, a stray 0xff): recorded as
+    # {"b64": ...}, so an independent verifier sees the tagged form in the golden log.
+    odd = os.fsdecode(f"/home/dev/project/caf\xe9{salt}.txt".encode("latin-1"))
+    out.append(decision_event(session, Action(Op.WRITE, odd, pid=4106, exe="/usr/bin/touch",
+                                              argv=("touch", odd, os.fsdecode(b"\xff"))),
+                              Decision(Verdict.ALLOW, "workspace-write", "inside workspace")))
+    out.append(session_event(session, "end", exit_status=0, duration_ms=5250))
     return out
 
 

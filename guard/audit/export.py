@@ -29,6 +29,7 @@ from guard.audit.chain import LEAF_TYPES
 from guard.audit.segments import iter_batches, list_segments
 from guard.errors import UsageError
 from guard.model import split_host_port
+from guard.text import utf8_text
 
 OCSF_VERSION = "1.1.0"
 _FILE_ACTIVITY = {"read": (2, "Read"), "write": (3, "Update")}
@@ -79,10 +80,10 @@ def _control(decision: dict[str, Any]) -> dict[str, Any]:
         "disposition_id": disposition_id, "disposition": disposition, "severity_id": severity,
         "status_id": 1 if action_id == 1 else 2,
         "policy": {"uid": decision.get("rule_id") or "default", "name": decision.get("rule_id") or "default",
-                   "desc": decision.get("reason", "")},
+                   "desc": utf8_text(decision.get("reason", ""))},
     }
     if verdict == "ask":
-        out["message"] = "asked a human: " + str(decision.get("reason", ""))
+        out["message"] = "asked a human: " + utf8_text(decision.get("reason", ""))
     return out
 
 
@@ -91,11 +92,12 @@ def _process(action: Mapping[str, Any]) -> dict[str, Any]:
     if action.get("pid") is not None:
         proc["pid"] = action["pid"]
     if action.get("exe"):
-        proc["file"] = {"path": action["exe"], "name": action["exe"].rsplit("/", 1)[-1], "type_id": 1}
-    if action.get("argv"):
-        proc["cmd_line"] = " ".join(action["argv"])
+        exe = utf8_text(action["exe"])
+        proc["file"] = {"path": exe, "name": exe.rsplit("/", 1)[-1], "type_id": 1}
+    if isinstance(action.get("argv"), list) and action["argv"]:
+        proc["cmd_line"] = " ".join(utf8_text(a) for a in action["argv"])
     if action.get("cwd"):
-        proc["working_directory"] = action["cwd"]
+        proc["working_directory"] = utf8_text(action["cwd"])
     return proc
 
 
@@ -158,7 +160,8 @@ def to_ocsf(record: dict[str, Any], *, device: Mapping[str, Any] | None = None) 
     if kind == "connection":
         verdict = record.get("verdict", "allow")
         event = _base(record, 4001, _REFUSE if verdict == "deny" else (1, "Open"))
-        event["dst_endpoint"] = _endpoint(_connection_target(record), list(record.get("addresses") or []))
+        event["dst_endpoint"] = _endpoint(utf8_text(_connection_target(record)),
+                                          [utf8_text(a) for a in record.get("addresses") or []])
         if isinstance(record.get("address"), str):
             event["dst_endpoint"]["ip"] = record["address"]
         inbound = record.get("protocol") == "publish"  # a host client into a port published with --publish
@@ -176,7 +179,7 @@ def to_ocsf(record: dict[str, Any], *, device: Mapping[str, Any] | None = None) 
     if kind != "decision":
         return None
     action, decision = record.get("action") or {}, record.get("decision") or {}
-    op, target = action.get("op"), str(action.get("target", ""))
+    op, target = action.get("op"), utf8_text(action.get("target", ""))
     if op in _FILE_ACTIVITY:
         event = _base(record, 1001, _FILE_ACTIVITY[op])
         event["file"] = {"path": target, "name": target.rsplit("/", 1)[-1] or target, "type_id": 0}
@@ -196,7 +199,7 @@ def to_ocsf(record: dict[str, Any], *, device: Mapping[str, Any] | None = None) 
         event["device"] = host_device
     elif op in _NET_ACTIVITY:
         event = _base(record, 4001, _NET_ACTIVITY[op])
-        event["dst_endpoint"] = _endpoint(target, list(action.get("addresses") or []))
+        event["dst_endpoint"] = _endpoint(target, [utf8_text(a) for a in action.get("addresses") or []])
         event["src_endpoint"] = _source(record)
         event["actor"] = _actor(record, action)
     else:

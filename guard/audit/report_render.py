@@ -10,17 +10,16 @@ from __future__ import annotations
 
 import html
 import shlex
-import unicodedata
 from collections.abc import Iterable, Sequence
 from typing import Any
 
 import orjson
 
 from guard.audit.report import Destination, SessionReport, Summary
+from guard.text import shown
 
 # The page may fetch nothing: no scripts, images, fonts or frames; only its own inline style.
 CSP = "default-src 'none'; style-src 'unsafe-inline'"
-_NAMED = {"\n": "\\n", "\t": "\\t", "\r": "\\r", "\\": "\\\\"}
 
 # (key in Summary, label) in the order people read them; the page and the text show the same numbers.
 SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
@@ -32,24 +31,6 @@ SUMMARY_FIELDS: tuple[tuple[str, str], ...] = (
     ("bytes_up", "bytes sent"), ("bytes_down", "bytes received"), ("tool_calls", "tool calls"),
     ("sessions", "sessions"), ("records", "records"),
 )
-
-
-def shown(value: str) -> str:
-    """One line of text safe for a terminal or a page: every non-printing character as an escape."""
-    out = []
-    for ch in value:
-        code = ord(ch)
-        if ch in _NAMED:
-            out.append(_NAMED[ch])
-        elif 0xDC80 <= code <= 0xDCFF:  # an undecodable byte kept by surrogateescape
-            out.append(f"\\x{code - 0xDC00:02x}")
-        elif code < 0x20 or 0x7F <= code <= 0x9F:
-            out.append(f"\\x{code:02x}")
-        elif 0xD800 <= code <= 0xDFFF or unicodedata.category(ch) in ("Cf", "Zl", "Zp", "Co", "Cn"):
-            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
-        else:
-            out.append(ch)
-    return "".join(out)
 
 
 def _argv(argv: Sequence[str]) -> str:

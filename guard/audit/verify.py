@@ -14,7 +14,7 @@ from typing import Any
 
 import orjson
 
-from guard.audit.canon import decode, encode, is_canonical
+from guard.audit.canon import OPTS, decode, encode, is_canonical
 from guard.audit.chain import (
     CONTROL_TYPES,
     LINE_CHECKPOINT,
@@ -28,6 +28,7 @@ from guard.audit.chain import (
 from guard.audit.merkle import Frontier, leaf_hash
 from guard.audit.note import SignedNote, VerifierKey, parse_note
 from guard.errors import AuditError
+from guard.text import is_record_text
 
 MAX_KEPT_FINDINGS = 1000
 _VERDICTS = ("allow", "ask", "deny")
@@ -225,7 +226,7 @@ class LogVerifier:
             first_lineno += 1
         loads = orjson.loads
         dumps = orjson.dumps
-        opts = orjson.OPT_SORT_KEYS
+        opts = OPTS
         sha256 = hashlib.sha256
         frontier = self._frontier
         push, pop = frontier.stack.append, frontier.stack.pop
@@ -476,5 +477,5 @@ class LogVerifier:
 
 def _decision_ok(obj: dict[str, Any]) -> bool:
     action, decision = obj.get("action"), obj.get("decision")
-    return (type(action) is dict and type(action.get("op")) is str and type(action.get("target")) is str
+    return (type(action) is dict and type(action.get("op")) is str and is_record_text(action.get("target"))
             and type(decision) is dict and decision.get("verdict") in ("allow", "ask", "deny"))

@@ -19,7 +19,6 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-import orjson
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from guard.audit.canon import TimeFormatter, encode
@@ -40,7 +39,6 @@ from guard.errors import AuditError, KeyringError
 from guard.home import ensure_private_dir, log_dir
 
 _SHA256 = hashlib.sha256
-_OPTS = orjson.OPT_SORT_KEYS
 
 CHECKPOINT_EVERY = 1000  # records
 CHECKPOINT_INTERVAL = 0.5  # seconds; with tick() every <=250 ms a record is sealed within 1 s
@@ -267,9 +265,9 @@ class AuditWriter:
         record["seq"] = seq
         record["ts"] = self._ts(t)
         try:
-            data = orjson.dumps(record, option=_OPTS)
-        except TypeError as exc:
-            raise AuditError(f"event (seq {seq}): cannot be encoded: {exc}") from None
+            data = encode(record)
+        except AuditError as exc:
+            raise AuditError(f"event (seq {seq}): {exc.message}", hint=exc.hint) from None
         self._write_line(data)
         if not self._pending:
             self._first_pending_at = t

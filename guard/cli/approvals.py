@@ -8,9 +8,10 @@ from typing import Any
 
 import click
 
-from guard.audit.report_render import shown
+from guard.cli.output import say
 from guard.errors import GuardError
 from guard.home import guard_home
+from guard.text import shown
 
 
 @click.command()
@@ -30,14 +31,30 @@ def approvals(as_json: bool, watch: bool) -> None:
         click.echo(json.dumps({"approvals": pending}))
         return
     if not pending:
-        click.echo("no pending approvals")
+        say("no pending approvals")
         return
-    click.echo(f"{'ID':<8} {'SESSION':<12} {'AGE':>6} {'LEFT':>6}  ACTION")
+    say(f"{'ID':<8} {'SESSION':<12} {'AGE':>6} {'LEFT':>6}  ACTION")
     for item in pending:
-        action = item["action"]
-        click.echo(f"{item['approval']:<8} {item['session']:<12} {item['age_s']:>5.0f}s "
-                   f"{item['expires_in_s']:>5.0f}s  {action['op']} {action['target']}"
-                   + (f"   [{item['rule_id']}]" if item.get("rule_id") else ""))
+        say(_pending_row(item))
+
+
+def _pending_row(item: dict[str, object]) -> str:
+    """One pending request, every agent-controlled field escaped (guard.text.shown): a command line carrying
+    terminal sequences cannot make the row read as another request."""
+    action = item.get("action")
+    action = action if isinstance(action, dict) else {}
+    line = (f"{shown(str(item.get('approval', ''))):<8} {shown(str(item.get('session', ''))):<12} "
+            f"{_seconds(item.get('age_s')):>6} {_seconds(item.get('expires_in_s')):>6}  "
+            f"{shown(str(action.get('op', '')))} {shown(action.get('target'))}")
+    if action.get("cwd"):
+        line += f"   (in {shown(action['cwd'])})"  # which repository a `git push` would publish
+    if item.get("rule_id"):
+        line += f"   [{shown(str(item['rule_id']))}]"
+    return line
+
+
+def _seconds(value: object) -> str:
+    return f"{value:.0f}s" if isinstance(value, int | float) else "?"
 
 
 _REMEMBER_HELP = ("Also write a rule matching exactly this request to $GUARD_HOME/remembered.yaml, for the "
@@ -74,13 +91,13 @@ def _answer(approval_id: str, *, allow: bool, by: str, remember: bool = False,
                 raise click.ClickException(f"no pending approval {shown(approval_id)} (answered or expired?)")
         result = client.approve(approval_id, by=by) if allow else client.deny(approval_id, by=by)
     word = "approved" if allow else "denied"
-    click.echo(f"{word} {shown(str(result['approval']))} (recorded as {shown(str(result['by']))})")
+    say(f"{word} {shown(str(result['approval']))} (recorded as {shown(str(result['by']))})")
     if remember and pending is not None:
         from guard.remember import remember as write_rule
 
         path, rule_id = write_rule(home, pending["action"], allow=allow, asked_by=pending.get("rule_id"),
                                    who=str(result["by"]), session=str(pending["session"]))
-        click.echo(f"remembered as rule {rule_id} in {path} (review: guard policy diff coding-agent {path})")
+        say(f"remembered as rule {rule_id} in {path} (review: guard policy diff coding-agent {path})")
 
 
 def _watch(as_json: bool) -> None:

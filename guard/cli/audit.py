@@ -25,8 +25,10 @@ from guard.audit.note import VerifierKey
 from guard.audit.receipt import build_receipt, encode_receipt, load_receipt, verify_receipt
 from guard.audit.segments import SEGMENT_RE, read_witness, verify_log
 from guard.audit.verify import Report
+from guard.cli.output import say
 from guard.errors import AuditError, GuardError, KeyringError, UsageError
 from guard.home import guard_home, log_dir
+from guard.text import json_for_terminal, shown
 
 MAX_LISTED = 20
 
@@ -42,8 +44,8 @@ def _root_key(pin: Path | None) -> VerifierKey:
         key = Keyring(guard_home()).root()
     except KeyringError as exc:
         raise UsageError(exc.message, hint=exc.hint or "pass the auditor's pinned key with --key") from None
-    click.echo(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
-               "key instead: --key root.pub", err=True)
+    say(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
+        "key instead: --key root.pub", err=True)
     return key
 
 
@@ -95,35 +97,35 @@ def verify_cmd(log: Path | None, key: Path | None, witness: Path | None, as_json
 def _render(report: Report) -> None:
     first = report.first_break
     if first is not None:
-        click.echo(f"TAMPERED: first break at {first.where()}: {first.message}")
+        say(f"TAMPERED: first break at {first.where()}: {first.message}")
         others = [f for f in report.findings if f is not first]
         if others:
-            click.echo("also found:")
+            say("also found:")
             for f in others[:MAX_LISTED]:
                 tag = "" if f.tampering else " (not tampering)"
-                click.echo(f"  - {f}{tag}")
+                say(f"  - {f}{tag}")
             more = report.findings_total - 1 - min(len(others), MAX_LISTED)
             if more > 0:
-                click.echo(f"  ... and {more} more (use --json for all kept findings)")
+                say(f"  ... and {more} more (use --json for all kept findings)")
     summary = (f"{report.records} records, {report.leaves} lines in {report.segments} segment(s), "
                f"{report.checkpoints} checkpoints, {report.epochs} epoch key(s), "
                f"root {report.root.hex()[:16]}…")
     if report.witness_size is not None:
         summary += f", consistent with the witnessed size {report.witness_size}" if first is None else ""
     if first is None and report.exit_code == 0:
-        click.echo(f"VALID: {summary}; every line is sealed")
+        say(f"VALID: {summary}; every line is sealed")
         return
     if first is None:
-        click.echo(f"NOT FULLY SEALED: {summary}")
+        say(f"NOT FULLY SEALED: {summary}")
     else:
-        click.echo(summary)
+        say(summary)
     if report.unsealed:
-        click.echo(f"UNSEALED: {report.unsealed} line(s) after the last checkpoint (from seq "
-                   f"{report.sealed + 1}) are not proven valid")
+        say(f"UNSEALED: {report.unsealed} line(s) after the last checkpoint (from seq "
+            f"{report.sealed + 1}) are not proven valid")
     if report.torn_tail is not None:
         t = report.torn_tail
-        click.echo(f"TORN: segment {t.segment} line {t.line} ends in {t.size} bytes without a newline "
-                   "(a crash mid-append; not a record)")
+        say(f"TORN: segment {t.segment} line {t.line} ends in {t.size} bytes without a newline "
+            "(a crash mid-append; not a record)")
 
 
 @audit.command("checkpoint")
@@ -140,7 +142,7 @@ def checkpoint_cmd(log: Path | None, output: Path) -> None:
     if report.last_note is None:
         raise AuditError("the log has no checkpoint yet")
     _write(output, report.last_note.encode())
-    click.echo(f"checkpoint at tree size {report.sealed} written to {output}", err=True)
+    say(f"checkpoint at tree size {report.sealed} written to {output}", err=True)
 
 
 @audit.command("prove")
@@ -154,7 +156,7 @@ def prove_cmd(log: Path | None, seq: int, output: Path) -> None:
     root = _root_key(None)
     verify_receipt(receipt, root)  # never hand out a receipt that does not check
     _write(output, encode_receipt(receipt))
-    click.echo(f"receipt for seq {seq} (tree size {receipt['tree_size']}) written to {output}", err=True)
+    say(f"receipt for seq {seq} (tree size {receipt['tree_size']}) written to {output}", err=True)
 
 
 @audit.command("verify-receipt")
@@ -170,9 +172,9 @@ def verify_receipt_cmd(receipt: Path, key: Path | None, as_json: bool) -> None:
         click.echo(orjson.dumps({"valid": True, "seq": check.seq, "tree_size": check.tree_size,
                                  "epoch": check.epoch, "record": check.record}).decode())
         return
-    click.echo(f"VALID: record seq {check.seq} is in the log {check.origin} at tree size {check.tree_size}, "
-               f"sealed by the epoch {check.epoch} key")
-    click.echo(_row(check.record))
+    say(f"VALID: record seq {check.seq} is in the log {check.origin} at tree size {check.tree_size}, "
+        f"sealed by the epoch {check.epoch} key")
+    say(_row(check.record))
 
 
 # -- reading ------------------------------------------------------------------------------------------------
@@ -195,16 +197,45 @@ def parse_since(text: str, *, now: float) -> float:
 
 
 def _row_fields(r: dict[str, Any]) -> list[str]:
+    """The table's columns for one record, each escaped (guard.text.shown): agent-controlled text with
+    terminal sequences or newlines cannot erase, recolour or forge a row."""
     action, decision = r.get("action") or {}, r.get("decision") or {}
-    verdict = str(decision.get("verdict", ""))
-    if decision.get("audit_only"):
+    if not isinstance(action, dict):
+        action = {}
+    if not isinstance(decision, dict):
+        decision = {}
+    verdict = shown(_verdict_of(r) or "")
+    if decision.get("audit_only") or r.get("audit_only") is True:
         verdict += "(audit)"
-    what = action.get("op", r.get("event", r.get("type", "")))
-    target = action.get("target", r.get("target", ""))
+    what = action.get("op", r.get("event", r.get("protocol", r.get("type", ""))))
+    target = action.get("target", r.get("target", r.get("host", "")))
+    if r.get("type") == "connection" and "target" not in r and isinstance(r.get("port"), int):
+        target = f"{shown(target)}:{r['port']}"
     if r.get("type") == "recovery":
         target = f"torn {r.get('torn_bytes')} bytes in {r.get('segment')}"
-    return [str(r.get("seq", "")), str(r.get("ts", ""))[:19] + "Z", str(r.get("session", ""))[:12],
-            str(r.get("type", "")), verdict, str(what), str(target), str(decision.get("rule_id") or "")]
+    return [_field(r.get("seq", "")), _field(str(r.get("ts", ""))[:19]) + "Z",
+            _field(r.get("session", ""))[:12], _field(r.get("type", "")), verdict, _field(what),
+            _field(target), _field(decision.get("rule_id") or r.get("rule_id") or "")]
+
+
+def _verdict_of(r: dict[str, Any]) -> str | None:
+    """A record's verdict: a decision's, or the one a connection or approval record carries itself (a
+    connection the proxy refused is a deny, and `--verdict deny` must list it)."""
+    decision = r.get("decision")
+    if isinstance(decision, dict):
+        value = decision.get("verdict")
+    elif r.get("type") in ("connection", "approval"):
+        value = r.get("verdict")
+    else:
+        return None
+    return value if isinstance(value, str) else None
+
+
+def _field(value: Any) -> str:
+    """A recorded value (a string, a tagged byte string, or anything else) as one escaped cell."""
+    if isinstance(value, str | dict):
+        return shown(value)
+    return shown(str(value))
 
 
 _HEAD = ["SEQ", "TIME", "SESSION", "TYPE", "VERDICT", "OP", "TARGET", "RULE"]
@@ -212,10 +243,13 @@ _WIDTHS = [7, 20, 12, 10, 12, 8, 48, 0]
 
 
 def _fmt(fields: list[str]) -> str:
+    """Fixed-width columns; a long cell loses its middle, not its end, because the end of a path (the file)
+    or of a command line (its arguments) is what a reader must not miss."""
     out = []
     for value, width in zip(fields, _WIDTHS, strict=True):
         if width and len(value) > width:
-            value = value[:width - 1] + "…"
+            head = (width - 1) // 3
+            value = value[:head] + "…" + value[len(value) - (width - 1 - head):]
         out.append(value.ljust(width) if width else value)
     return " ".join(out).rstrip()
 
@@ -227,7 +261,7 @@ def _row(r: dict[str, Any]) -> str:
 def _matches(r: dict[str, Any], session: str | None, verdict: str | None, since: float | None) -> bool:
     if session is not None and r.get("session") != session:
         return False
-    if verdict is not None and (r.get("decision") or {}).get("verdict") != verdict:
+    if verdict is not None and _verdict_of(r) != verdict:
         return False
     if since is not None:
         try:
@@ -247,11 +281,24 @@ def show_cmd(log: Path | None, session: str | None, verdict: str | None, since: 
              as_json: bool) -> None:
     """A readable table of records (does not verify: run `guard audit verify` for that)."""
     since_t = parse_since(since, now=time.time()) if since else None
+    tty = sys.stdout.isatty()
     if not as_json:
-        click.echo(_fmt(_HEAD))
+        say(_fmt(_HEAD))
     for data, r in iter_records(_log(log)):
         if _matches(r, session, verdict, since_t):
-            click.echo(data.decode() if as_json else _row(r))
+            if as_json:
+                _echo_json(data, tty)
+            else:
+                say(_row(r))
+
+
+def _echo_json(data: bytes, tty: bool) -> None:
+    """A record line for tools: its exact canonical bytes; on a terminal, the same JSON value with every
+    character a terminal could act on written as a `\\u` escape (guard.text.json_for_terminal)."""
+    if tty:
+        click.echo(json_for_terminal(data.decode("utf-8")))
+    else:
+        click.echo(data)
 
 
 def session_starts(log: Path) -> list[str]:
@@ -389,9 +436,9 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
         recent.append(r)
         if len(recent) > count:
             recent.pop(0)
-    click.echo(_fmt(_HEAD))
+    say(_fmt(_HEAD))
     for r in recent:
-        click.echo(_row(r))
+        say(_row(r))
     if not follow:
         return
     try:
@@ -401,7 +448,7 @@ def tail_cmd(log: Path | None, count: int, follow: bool, interval: float, stop_a
             except ValueError:
                 continue
             if isinstance(r, dict) and r.get("type") not in ("checkpoint", "epoch"):
-                click.echo(_row(r))
+                say(_row(r))
     except KeyboardInterrupt:
         return
 
@@ -449,17 +496,21 @@ def export_cmd(log: Path | None, fmt: str, output: Path, follow: bool, cursor_pa
     previous = {sig: signal.signal(sig, on_term) for sig in (signal.SIGTERM, signal.SIGINT)} if follow else {}
     count = 0
     deadline = None if stop_after is None else time.monotonic() + stop_after
+    tty = out is not None and sys.stdout.isatty()  # a person reading it: nothing the terminal acts on
     try:
         while True:
             batch = follower.poll()
             lines = []
             for data, r in batch:
                 if fmt == "jsonl":
-                    lines.append(data + b"\n")
-                    continue
-                event = to_ocsf(r, device=device)
-                if event is not None:
-                    lines.append(orjson.dumps(event, option=orjson.OPT_SORT_KEYS) + b"\n")
+                    line = data
+                else:
+                    event = to_ocsf(r, device=device)
+                    if event is None:
+                        continue
+                    line = orjson.dumps(event, option=orjson.OPT_SORT_KEYS)
+                shown_line = json_for_terminal(line.decode("utf-8")).encode("utf-8") if tty else line
+                lines.append(shown_line + b"\n")
             if lines:
                 fh.write(b"".join(lines))
                 count += len(lines)
@@ -476,7 +527,7 @@ def export_cmd(log: Path | None, fmt: str, output: Path, follow: bool, cursor_pa
             fh.close()
         else:
             fh.flush()
-    click.echo(f"exported {count} event(s) as {fmt}" + (f"; cursor at seq {follower.cursor.seq}"
+    say(f"exported {count} event(s) as {fmt}" + (f"; cursor at seq {follower.cursor.seq}"
                                                          if cursor_path is not None else ""), err=True)
 
 

@@ -8,8 +8,10 @@ import time
 
 import click
 
+from guard.cli.output import say, setup_logging
 from guard.errors import DaemonError
 from guard.home import guard_home
+from guard.text import shown
 
 
 @click.group()
@@ -22,7 +24,7 @@ def run() -> None:
     """Run the daemon in the foreground (what the systemd unit and `start` run)."""
     from guard.daemon.server import Daemon
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s guard-daemon %(levelname)s %(message)s")
+    setup_logging(logging.INFO, "%(asctime)s guard-daemon %(levelname)s %(message)s")
     Daemon(guard_home()).run()
 
 
@@ -33,7 +35,7 @@ def start() -> None:
 
     with ensure_running(guard_home()) as client:
         hello = client.hello()
-    click.echo(f"guard daemon running (pid {hello['pid']})")
+    say(f"guard daemon running (pid {hello['pid']})")
 
 
 @daemon.command()
@@ -47,7 +49,7 @@ def stop(timeout: float) -> None:
     try:
         client = DaemonClient.connect(home)
     except DaemonNotRunning:
-        click.echo("guard daemon is not running")
+        say("guard daemon is not running")
         return
     with client:
         pid = client.shutdown()["pid"]
@@ -57,7 +59,7 @@ def stop(timeout: float) -> None:
             raise DaemonError(f"the daemon (pid {pid}) did not stop within {timeout:g} s",
                               hint=f"kill {pid}")
         time.sleep(0.05)
-    click.echo(f"guard daemon stopped (pid {pid})")
+    say(f"guard daemon stopped (pid {pid})")
 
 
 @daemon.command()
@@ -72,19 +74,20 @@ def status(as_json: bool) -> None:
         if as_json:
             click.echo(json.dumps({"running": False}))
         else:
-            click.echo("guard daemon is not running")
+            say("guard daemon is not running")
         raise SystemExit(3) from None
     with client:
         info = client.status()
     if as_json:
         click.echo(json.dumps({"running": True, **info}))
         return
-    click.echo(f"guard daemon {info['version']} running (pid {info['pid']}, up {info['uptime_s']:.0f} s)")
-    click.echo(f"  socket: {info['socket']}")
-    click.echo(f"  connections: {info['connections']}, pending approvals: {info['approvals']}")
+    say(f"guard daemon {info['version']} running (pid {info['pid']}, up {info['uptime_s']:.0f} s)")
+    say(f"  socket: {info['socket']}")
+    say(f"  connections: {info['connections']}, pending approvals: {info['approvals']}")
     sessions = info["sessions"]
-    click.echo(f"  sessions: {len(sessions)}")
+    say(f"  sessions: {len(sessions)}")
     for s in sessions:
         counts = s["counts"]
-        click.echo(f"    {s['session']}  {s['policy']:<16} {' '.join(s['argv'])[:40]:<40} "
-                   f"allowed {counts['allowed']} denied {counts['denied']} asked {counts['asked']}")
+        command = " ".join(shown(a) for a in s["argv"])  # each word escaped: argv is the agent's
+        say(f"    {shown(str(s['session']))}  {shown(str(s['policy'])):<16} {command[:40]:<40} "
+            f"allowed {counts['allowed']} denied {counts['denied']} asked {counts['asked']}")

@@ -11,6 +11,8 @@ import sys
 
 import click
 
+from guard.cli.output import say
+
 
 @click.command()
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object instead of a table.")
@@ -27,11 +29,11 @@ def doctor(as_json: bool) -> None:
         click.echo(json.dumps({"host": host.to_dict(), **report.to_dict(),
                                "missing": [p.name for p in missing], "remedies": fixes}, indent=2))
     else:
-        click.echo(f"kernel {host.kernel}, Landlock ABI {host.landlock_abi}, "
-                   f"running as {'root' if host.running_as_root else 'an unprivileged user'}")
-        click.echo(report.render())
+        say(f"kernel {host.kernel}, Landlock ABI {host.landlock_abi}, "
+            f"running as {'root' if host.running_as_root else 'an unprivileged user'}")
+        say(report.render())
         if missing:
-            click.echo("missing for the default policy: " + ", ".join(p.name for p in missing))
+            say("missing for the default policy: " + ", ".join(p.name for p in missing))
         for fix in fixes:
-            click.echo(f"to fix: {fix}")
+            say(f"to fix: {fix}")
     sys.exit(1 if missing else 0)

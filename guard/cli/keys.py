@@ -9,6 +9,7 @@ from pathlib import Path
 import click
 
 from guard.audit.keys import Keyring, fingerprint
+from guard.cli.output import say
 from guard.errors import UsageError
 from guard.home import guard_home
 
@@ -25,10 +26,10 @@ def init_cmd(force: bool) -> None:
     """Create the root key, certify the first epoch key with it, and forget the root private key."""
     home = guard_home()
     root = Keyring(home).init(now=time.time(), force=force)
-    click.echo(f"root key: {root.name}")
-    click.echo(f"fingerprint: {fingerprint(root)}")
-    click.echo("the root private key was used once and not stored; give auditors the public key:")
-    click.echo("  guard keys export-public -o root.pub")
+    say(f"root key: {root.name}")
+    say(f"fingerprint: {fingerprint(root)}")
+    say("the root private key was used once and not stored; give auditors the public key:")
+    say("  guard keys export-public -o root.pub")
 
 
 @keys.command("show")
@@ -42,10 +43,10 @@ def show_cmd(as_json: bool) -> None:
         click.echo(json.dumps({"name": root.name, "key": root.encode(), "fingerprint": fingerprint(root),
                                "epoch": epoch}))
         return
-    click.echo(f"root key:    {root.name}")
-    click.echo(f"fingerprint: {fingerprint(root)}")
-    click.echo(f"public key:  {root.encode()}")
-    click.echo(f"epoch:       {epoch}")
+    say(f"root key:    {root.name}")
+    say(f"fingerprint: {fingerprint(root)}")
+    say(f"public key:  {root.encode()}")
+    say(f"epoch:       {epoch}")
 
 
 @keys.command("export-public")
@@ -62,4 +63,4 @@ def export_public_cmd(output: Path) -> None:
         output.write_text(text, encoding="utf-8")
     except OSError as exc:
         raise UsageError(f"{output}: cannot write: {exc.strerror}") from None
-    click.echo(f"wrote {output} ({fingerprint(root)})", err=True)
+    say(f"wrote {output} ({fingerprint(root)})", err=True)

@@ -48,7 +48,9 @@ class LazyGroup(click.Group):
         try:
             return super().invoke(ctx)
         except GuardError as exc:
-            click.echo(f"guard: {exc.diagnostics()}", err=True)
+            from guard.text import shown_text  # messages may quote agent-controlled paths and commands
+
+            click.echo(f"guard: {shown_text(exc.diagnostics())}", err=True)
             sys.exit(exc.exit_code)
 
 
@@ -56,3 +58,6 @@ class LazyGroup(click.Group):
 @click.version_option(__version__, prog_name="guard")
 def main() -> None:
     """guard: run AI agents with least privilege, decide every action by policy, sign the trail."""
+    from guard.cli.output import setup_logging
+
+    setup_logging()  # warnings of any layer (a supervisor error naming an action) reach stderr escaped

@@ -13,6 +13,7 @@ from typing import Any
 
 import click
 
+from guard.cli.output import say
 from guard.errors import UsageError
 from guard.model import Op, Verdict
 from guard.policy import Explanation, Policy, compile_policy, load_policy
@@ -59,11 +60,11 @@ def lint(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
     else:
         for report in reports:
             for diag in report.diagnostics:
-                click.echo(str(diag), err=diag.severity.value == "error")
+                say(str(diag), err=diag.severity.value == "error")
             errors = sum(1 for d in report.diagnostics if d.severity.value == "error")
             warnings = len(report.diagnostics) - errors
             status = "ok" if report.ok else "FAILED"
-            click.echo(f"{report.ref}: {status} ({errors} error(s), {warnings} warning(s))")
+            say(f"{report.ref}: {status} ({errors} error(s), {warnings} warning(s))")
     sys.exit(0 if all(r.ok for r in reports) else 1)
 
 
@@ -83,8 +84,8 @@ def test(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
                 out.append({"policy": ref, "ok": False, "errors": [d.to_dict() for d in compiled.errors]})
             else:
                 for diag in compiled.errors:
-                    click.echo(str(diag), err=True)
-                click.echo(f"{ref}: cannot run tests, the policy does not load")
+                    say(str(diag), err=True)
+                say(f"{ref}: cannot run tests, the policy does not load")
             continue
         report = run_tests(compiled.policy, own_rule_ids(compiled))
         ok = ok and not report.failures and bool(report.results)
@@ -100,15 +101,15 @@ def test(files: tuple[str, ...], workspace: Path | None, as_json: bool) -> None:
 def _print_test_report(ref: str, report: TestReport) -> None:
     for result in report.failures:
         got = result.decision
-        click.echo(f"{result.test.location}: FAIL {result.test.text}: expected {result.test.expected.value}, "
-                   f"got {got.verdict.value} ({'rule ' + repr(got.rule_id) if got.rule_id else 'default'}: "
-                   f"{got.reason})")
+        say(f"{result.test.location}: FAIL {result.test.text}: expected {result.test.expected.value}, "
+            f"got {got.verdict.value} ({'rule ' + repr(got.rule_id) if got.rule_id else 'default'}: "
+            f"{got.reason})")
     passed = len(report.results) - len(report.failures)
     if not report.results:
-        click.echo(f"{ref}: no tests (a policy without tests fails 'guard policy test')")
+        say(f"{ref}: no tests (a policy without tests fails 'guard policy test')")
     cover = f"{len(report.covered)}/{len(report.own_rules)} rules exercised ({report.coverage:.0%})"
     missing = f"; not exercised: {', '.join(report.uncovered)}" if report.uncovered else ""
-    click.echo(f"{ref}: {passed} passed, {len(report.failures)} failed; {cover}{missing}")
+    say(f"{ref}: {passed} passed, {len(report.failures)} failed; {cover}{missing}")
 
 
 @policy.command(context_settings={"ignore_unknown_options": True})
@@ -149,27 +150,27 @@ def explain(policy_ref: str, action: tuple[str, ...], workspace: Path | None, re
     if proxy is not None:
         verdict = "ALLOW" if proxy.allowed else "DENY"
         rule = f" (rule {proxy.rule_id})" if proxy.rule_id else ""
-        click.echo(f"proxy:   {verdict}{rule}: {proxy.reason}")
+        say(f"proxy:   {verdict}{rule}: {proxy.reason}")
 
 
 def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> None:
     decision = exp.decision
     audit = " (audit only: not enforced)" if decision.audit_only else ""
-    click.echo(f"{indent}{decision.verdict.value.upper()}{audit}  {exp.action.op.value} {exp.subject}")
+    say(f"{indent}{decision.verdict.value.upper()}{audit}  {exp.action.op.value} {exp.subject}")
     if exp.winner is not None:
-        click.echo(f"{indent}  rule:   {exp.winner} ({exp.winner_location})")
+        say(f"{indent}  rule:   {exp.winner} ({exp.winner_location})")
     else:
-        click.echo(f"{indent}  rule:   none (policy {loaded.name!r} default)")
-    click.echo(f"{indent}  reason: {decision.reason}")
+        say(f"{indent}  rule:   none (policy {loaded.name!r} default)")
+    say(f"{indent}  reason: {decision.reason}")
     if exp.note and exp.note not in decision.reason:
-        click.echo(f"{indent}  note:   {exp.note}")
+        say(f"{indent}  note:   {exp.note}")
     if exp.losers:
-        click.echo(f"{indent}  also matched:")
+        say(f"{indent}  also matched:")
         for loser in exp.losers:
             where = f"{loser.verdict.value}, {loser.location}"
-            click.echo(f"{indent}    - {loser.rule_id} ({where}): {loser.why}")
+            say(f"{indent}    - {loser.rule_id} ({where}): {loser.why}")
     for i, part in enumerate(exp.parts, start=1):
-        click.echo(f"{indent}  part {i}:")
+        say(f"{indent}  part {i}:")
         _print_explanation(loaded, part, indent + "    ")
 
 
@@ -184,7 +185,7 @@ def list_cmd(as_json: bool) -> None:
         _emit([{"name": n, "path": str(shipped_policy_path(n))} for n in names])
     else:
         for name in names:
-            click.echo(name)
+            say(name)
 
 
 @policy.command()
@@ -227,16 +228,16 @@ def diff(old: str, new: str, workspace: Path | None, as_json: bool) -> None:
     else:
         for label in ("added", "removed", "changed"):
             for rule_id in result[label]:
-                click.echo(f"{label:8} rule {rule_id}")
+                say(f"{label:8} rule {rule_id}")
         for kind, (va, vb) in defaults.items():
-            click.echo(f"default  {kind}: {va} -> {vb}")
+            say(f"default  {kind}: {va} -> {vb}")
         if result["mode"]:
-            click.echo(f"mode     {a.mode} -> {b.mode}")
+            say(f"mode     {a.mode} -> {b.mode}")
         for d in decisions:
             flag = "  LOOSER" if d["loosened"] else ""
-            click.echo(f"decision {d['action']}: {d['old']['verdict']} -> {d['new']['verdict']}{flag}")
+            say(f"decision {d['action']}: {d['old']['verdict']} -> {d['new']['verdict']}{flag}")
         if not any((result["added"], result["removed"], changed, defaults, result["mode"], decisions)):
-            click.echo("no differences")
+            say("no differences")
     sys.exit(1 if loosened else 0)
 
 

@@ -7,6 +7,7 @@ never looks at raw JSON, and docs/protocol.md documents exactly the table below.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -15,10 +16,12 @@ import orjson
 
 from guard.errors import GuardError, ProtocolError
 from guard.model import Action, Decision, Verdict
+from guard.text import from_record, to_record_deep
 
 VERSION = 1
 MAX_LINE = 1 << 20  # bytes, newline excluded
 MAX_ID_LEN = 128
+_MAX_INT = 2**53 - 1
 
 # Error codes a reply may carry; clients branch on these, people read the message.
 BAD_JSON = "bad_json"
@@ -58,12 +61,18 @@ _Check = Callable[[str, Any], Any]
 
 
 def _str(name: str, value: Any) -> str:
+    if isinstance(value, dict):  # a non-UTF-8 string (a path, an argv word) in its tagged form
+        try:
+            return from_record(value)
+        except ValueError as exc:
+            raise _field(name, f"expected a string ({exc})") from None
     if not isinstance(value, str):
         raise _field(name, "expected a string")
     return value
 
 
 def _nonempty_str(name: str, value: Any) -> str:
+    value = _str(name, value) if isinstance(value, dict) else value
     if not isinstance(value, str) or not value:
         raise _field(name, "expected a non-empty string")
     if "\x00" in value:
@@ -81,6 +90,8 @@ def _abs_path(name: str, value: Any) -> str:
 def _int(name: str, value: Any) -> int:
     if not isinstance(value, int) or isinstance(value, bool):
         raise _field(name, "expected an integer")
+    if not -_MAX_INT <= value <= _MAX_INT:  # what the trail can hold (docs/audit-format.md 2.1)
+        raise _field(name, "integer beyond 53 bits")
     return value
 
 
@@ -91,10 +102,7 @@ def _opt_int(name: str, value: Any) -> int | None:
 def _env_map(name: str, value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
         raise _field(name, "expected an object of strings")
-    for key, item in value.items():
-        if not isinstance(item, str):
-            raise _field(f"{name}.{key}", "expected a string")
-    return dict(value)
+    return {key: _str(f"{name}.{key}", item) for key, item in value.items()}
 
 
 MAX_BATCH = 1000
@@ -114,16 +122,34 @@ def _object_list(name: str, value: Any) -> list[dict[str, Any]]:
 def _str_list(name: str, value: Any) -> tuple[str, ...]:
     if not isinstance(value, list):
         raise _field(name, "expected a list of strings")
-    for i, item in enumerate(value):
-        if not isinstance(item, str):
-            raise _field(f"{name}[{i}]", "expected a string")
-    return tuple(value)
+    return tuple(_str(f"{name}[{i}]", item) for i, item in enumerate(value))
 
 
 def _object(name: str, value: Any) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise _field(name, "expected an object")
     return value
+
+
+_SUMMARY_KEY = re.compile(r"[a-z][a-z0-9_]{0,39}")
+
+
+def _summary(name: str, value: Any) -> dict[str, Any] | None:
+    """A session's own summary goes into its end record, so it must be recordable as given: a flat object of
+    lower-case ASCII names to integers (within 53 bits), strings, booleans or null; no floats."""
+    if value is None:
+        return None
+    data = _object(name, value)
+    if len(data) > 64:
+        raise _field(name, "at most 64 fields")
+    for key, item in data.items():
+        if not isinstance(key, str) or not _SUMMARY_KEY.fullmatch(key):
+            raise _field(f"{name}.{str(key)[:64]}", "expected a lower-case ASCII name")
+        if isinstance(item, int) and not isinstance(item, bool) and not -_MAX_INT <= item <= _MAX_INT:
+            raise _field(f"{name}.{key}", "integer beyond 53 bits")
+        if not (item is None or isinstance(item, str | int)):  # bool is an int
+            raise _field(f"{name}.{key}", "expected an integer, a string, a boolean or null (no floats)")
+    return dict(data)
 
 
 def _action(name: str, value: Any) -> Action:
@@ -182,7 +208,7 @@ OPS: dict[str, dict[str, _Field]] = {
     "session.close": {
         "session": _Field(_nonempty_str),
         "exit_status": _Field(_opt_int, required=False),
-        "summary": _Field(_object, required=False, default=None),
+        "summary": _Field(_summary, required=False, default=None),
     },
     "approvals.list": {},
     "approvals.decide": {
@@ -245,8 +271,12 @@ def _parse_body(data: dict[str, Any], request_id: int | str) -> Request:
 
 
 def encode(message: Mapping[str, Any]) -> bytes:
-    """One message as a line, newline included."""
-    return orjson.dumps(message) + b"\n"
+    """One message as a line, newline included. Strings that are not valid UTF-8 (paths, argv, environment
+    values in file-system form) travel in the trail's tagged form, which the field checks here accept."""
+    try:
+        return orjson.dumps(message) + b"\n"
+    except TypeError:
+        return orjson.dumps(to_record_deep(message)) + b"\n"
 
 
 def ok_reply(request_id: RequestId, result: Mapping[str, Any]) -> bytes:
@@ -290,7 +320,7 @@ _CONNECTION_FIELDS: dict[str, _Check] = {
     "reason": _str,
     "bytes_up": lambda name, value: _nonneg(name, value),
     "bytes_down": lambda name, value: _nonneg(name, value),
-    "duration_s": lambda name, value: _nonneg_number(name, value),
+    "duration_ms": lambda name, value: _nonneg(name, value),
     "audit_only": lambda name, value: _bool(name, value),
     "error": lambda name, value: _opt_str(name, value),
     "pid": _int,
@@ -329,12 +359,6 @@ def _nonneg(name: str, value: Any) -> int:
     if number < 0:
         raise _field(name, "expected a non-negative integer")
     return number
-
-
-def _nonneg_number(name: str, value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value >= 0:
-        raise _field(name, "expected a non-negative number")
-    return float(value)
 
 
 def _short_str(name: str, value: Any) -> str:

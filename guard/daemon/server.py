@@ -510,14 +510,16 @@ class Daemon:
         return {"decision": final.to_dict(), "approval": approval}
 
     def _finish_ask(self, session: Session, pending: Pending) -> tuple[Decision, dict[str, Any]]:
+        from guard.audit.events import ms
+
         answer = pending.future.result()
         now = self.now()
-        waited = round(now - pending.created, 3)
+        waited = ms(now - pending.created)
         self.approvals.finish(pending, answer, now)
         final = Decision(answer.verdict, pending.decision.rule_id, answer.reason)
         _count(session, answer.verdict)
         approval = {"approval": pending.id, "verdict": answer.verdict.value, "by": answer.by,
-                    "uid": answer.uid, "waited_s": waited}
+                    "uid": answer.uid, "waited_ms": waited}
         self._audit.append({"type": "approval", "session": session.id, "action": pending.action.to_dict(),
                             "rule_id": pending.decision.rule_id, "reason": answer.reason, **approval})
         return final, approval
@@ -579,6 +581,7 @@ class Daemon:
     def _end_session(self, session: Session, *, status: str, reason: str | None = None,
                      exit_status: int | None = None, summary: dict[str, Any] | None = None) -> None:
         from guard.audit import session_event
+        from guard.audit.events import ms
 
         self.sessions.remove(session.id)
         conn = self._conns.get(session.owner)
@@ -587,7 +590,7 @@ class Daemon:
         self.approvals.answer_all(session=session.id, answer=Answer(
             Verdict.DENY, "daemon", None, f"the session ended ({status})"), now=self.now())
         extra: dict[str, Any] = {"status": status, "counts": session.counts.to_dict(),
-                                 "duration_s": round(self.now() - session.started, 3)}
+                                 "duration_ms": ms(self.now() - session.started)}
         if reason is not None:
             extra["reason"] = reason
         if exit_status is not None:

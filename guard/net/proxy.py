@@ -41,7 +41,7 @@ from guard.net.errors import (
     UnsupportedAddressType,
     UnsupportedCommand,
 )
-from guard.net.records import ConnectionRecord
+from guard.net.records import ConnectionRecord, elapsed_ms
 from guard.net.relay import CHUNK as _CHUNK
 from guard.net.relay import pump
 from guard.net.resolve import (
@@ -433,7 +433,8 @@ class Proxy:
         rec = ConnectionRecord(
             protocol=conn.protocol, client=conn.client, verdict=verdict, rule_id=rule_id, reason=reason,
             host=conn.host, port=conn.port, addresses=conn.addresses, address=conn.address,
-            bytes_up=conn.counts[0], bytes_down=conn.counts[1], duration_s=self._clock() - started,
+            bytes_up=conn.counts[0], bytes_down=conn.counts[1],
+            duration_ms=elapsed_ms(started, self._clock()),
             audit_only=audit_only, error=error.message if error is not None else None)
         try:
             self._record_fn(rec.to_dict())

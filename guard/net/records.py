@@ -30,7 +30,7 @@ class ConnectionRecord:
     address: str | None = None
     bytes_up: int = 0
     bytes_down: int = 0
-    duration_s: float = 0.0
+    duration_ms: int = 0  # the trail holds no floats (docs/audit-format.md)
     audit_only: bool = False
     error: str | None = None
 
@@ -48,10 +48,15 @@ class ConnectionRecord:
             "reason": self.reason,
             "bytes_up": self.bytes_up,
             "bytes_down": self.bytes_down,
-            "duration_s": round(self.duration_s, 6),
+            "duration_ms": self.duration_ms,
         }
         if self.audit_only:
             out["audit_only"] = True
         if self.error is not None:
             out["error"] = self.error
         return out
+
+
+def elapsed_ms(started: float, now: float) -> int:
+    """A duration as the trail records it: whole milliseconds, never negative."""
+    return max(0, round((now - started) * 1000))

@@ -165,7 +165,7 @@ class PublishThread:
 
     async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
-        from guard.net.records import ConnectionRecord
+        from guard.net.records import ConnectionRecord, elapsed_ms
 
         task = asyncio.current_task()
         assert task is not None
@@ -204,7 +204,7 @@ class PublishThread:
                 verdict=Verdict.DENY.value if refused else decision.verdict.value,
                 rule_id="guard:publish" if refused else decision.rule_id,
                 reason=error if refused and error else decision.reason,
-                bytes_up=counts[0], bytes_down=counts[1], duration_s=time.monotonic() - started,
+                bytes_up=counts[0], bytes_down=counts[1], duration_ms=elapsed_ms(started, time.monotonic()),
                 error=error).to_dict())
 
     def stop(self) -> None:

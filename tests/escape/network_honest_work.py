@@ -126,7 +126,7 @@ def _allowed_records(world, session, host, port, rule):
     assert recs, f"no connection record for {host}: {H.connections(world, session)}"
     for r in recs:
         assert (r["port"], r["verdict"], r["rule_id"], r["address"]) == (port, "allow", rule, "127.0.0.1"), r
-        assert r["bytes_down"] > 0 and r["duration_s"] >= 0, r
+        assert r["bytes_down"] > 0 and r["duration_ms"] >= 0, r
     return recs
 
 

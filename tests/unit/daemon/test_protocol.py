@@ -117,10 +117,10 @@ class TestRecordEvents:
         kind, fields = p.parse_record_event({"type": "connection", "protocol": "connect", "client": "127.0.0.1:5",
                                              "host": "example.com", "port": 443, "bytes_up": 10,
                                              "bytes_down": 0, "verdict": "allow", "address": None,
-                                             "addresses": ["93.184.216.34"], "duration_s": 1, "rule_id": None,
+                                             "addresses": ["93.184.216.34"], "duration_ms": 1, "rule_id": None,
                                              "reason": "allowed", "audit_only": False, "error": None})
         assert kind == "connection"
-        assert fields["addresses"] == ["93.184.216.34"] and fields["duration_s"] == 1.0
+        assert fields["addresses"] == ["93.184.216.34"] and fields["duration_ms"] == 1
         assert fields["port"] == 443 and fields["address"] is None
 
     def test_the_net_layers_record_is_accepted_as_it_is(self) -> None:
@@ -146,8 +146,11 @@ class TestRecordEvents:
         ({"type": "connection", "protocol": "http"}, "event.verdict"),
         ({"type": "connection", "protocol": "http", "verdict": "allow", "bytes_up": -1}, "event.bytes_up"),
         ({"type": "connection", "protocol": "http", "verdict": "allow", "bytes_up": True}, "event.bytes_up"),
-        ({"type": "connection", "protocol": "http", "verdict": "allow", "duration_s": float("nan")},
-         "event.duration_s"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "duration_ms": float("nan")},
+         "event.duration_ms"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "duration_ms": 0.5},
+         "event.duration_ms"),
+        ({"type": "connection", "protocol": "http", "verdict": "allow", "duration_s": 1}, "event.duration_s"),
         ({"type": "connection", "protocol": "http", "verdict": "maybe"}, "event.verdict"),
         ({"type": "connection", "protocol": "http", "verdict": "allow", "port": 70000}, "event.port"),
         ({"type": "connection", "protocol": "http", "verdict": "allow", "audit_only": 1}, "event.audit_only"),
