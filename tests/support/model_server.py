@@ -214,16 +214,41 @@ def gemini_turn(script: Script, body: dict[str, Any]) -> dict[str, Any]:
 # --- OpenAI Chat Completions ----------------------------------------------------------------------------------
 
 def chat_turn(script: Script, body: dict[str, Any]) -> list[dict[str, Any]]:
+    """With tools: the next step as a tool call. Without (Aider): the next step as a fenced shell block,
+    which the agent offers to run; each step's output comes back in the next user message."""
     tools = {str(t.get("function", {}).get("name")) for t in body.get("tools", []) if isinstance(t, dict)}
     calls = 0
     results = []
+    fenced = 0
+    started = False  # an agent's few-shot examples come before the task: count only what follows it
     for msg in body.get("messages", []):
         calls += len(msg.get("tool_calls") or [])
         if msg.get("role") == "tool":
             results.append({"id": msg.get("tool_call_id"), "output": _text_of(msg.get("content", ""))})
-    script.note({"api": "chat", "tools": sorted(tools), "results": results, "steps_done": calls})
+        content = _text_of(msg.get("content") or "")
+        if msg.get("role") == "user" and "scripted steps" in content:
+            started = True
+        elif not started:
+            continue
+        elif msg.get("role") == "assistant" and "```" in content:
+            fenced += 1
+        elif msg.get("role") == "user" and fenced > len(results):
+            results.append({"id": f"step-{len(results)}", "output": content})
+    script.note({"api": "chat", "tools": sorted(tools), "results": results, "steps_done": calls or fenced})
     command = script.shell_step(calls) if tools else None
     cid = f"chatcmpl-{uuid.uuid4().hex[:10]}"
+    if not tools and body.get("messages") and _wants_steps(body):
+        raw = script.step(fenced)
+        if isinstance(raw, dict) and "text" in raw:  # an answer in the agent's own edit format, verbatim
+            text = str(raw["text"])
+        else:
+            step = script.shell_step(fenced)
+            text = f"Next step:\n\n```bash\n{step}\n```\n" if step is not None else DONE_TEXT
+        return [{"id": cid, "object": "chat.completion.chunk", "model": body.get("model", "stand-in"),
+                 "choices": [{"index": 0, "delta": {"role": "assistant", "content": text}, "finish_reason": None}]},
+                {"id": cid, "object": "chat.completion.chunk", "model": body.get("model", "stand-in"),
+                 "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}],
+                 "usage": {"prompt_tokens": 10, "completion_tokens": 20, "total_tokens": 30}}]
     if command is None:
         delta: dict[str, Any] = {"role": "assistant", "content": DONE_TEXT}
         finish = "stop"
@@ -337,6 +362,12 @@ def _collapse_anthropic(events: list[tuple[str, dict[str, Any]]]) -> dict[str, A
             message["stop_reason"] = data["delta"]["stop_reason"]
     message["content"] = content
     return message
+
+
+def _wants_steps(body: dict[str, Any]) -> bool:
+    """A conversation of the main loop (the first user turn asks for the scripted steps), not a side task."""
+    return any("scripted steps" in _text_of(m.get("content") or "") for m in body.get("messages", [])
+               if m.get("role") == "user")
 
 
 def _collapse_chat(chunks: list[dict[str, Any]]) -> dict[str, Any]:
