@@ -7,6 +7,12 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+# The suite runs on small shared machines (2 cores, other suites beside it): a per-example deadline turns
+# load into failures that say nothing about the code. Properties keep their example counts; no deadline.
+settings.register_profile("guard", deadline=None)
+settings.load_profile("guard")
 
 
 @pytest.fixture(autouse=True)

@@ -455,7 +455,9 @@ async def _reply_error(writer: asyncio.StreamWriter, conn: _Conn, exc: NetError)
             body = f"guard: {target}: {exc.message}\n"
             if isinstance(exc, Denied):
                 rule = exc.rule_id or "default"
-                body = f"guard: connect {target} denied by rule {rule}: {exc.message}\n"
+                body = (f"guard: connect {target} denied by rule {rule}: {exc.message} (this is the "
+                        "engineer's guard policy, not a network failure: do not retry it or work around it; "
+                        "use an allowed destination or ask the user)\n")
             head = [f"HTTP/1.1 {status} {_REASONS.get(status, 'Error')}",
                     "Content-Type: text/plain; charset=utf-8",
                     f"Content-Length: {len(body.encode())}",

@@ -508,5 +508,12 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     try:
         os.execvpe(argv[0], argv, env)  # noqa: S606 - argv as given, no shell
     except OSError as exc:
-        os.write(2, f"guard: cannot run {argv[0]}: {exc.strerror}\n".encode())
+        hint = ""
+        if isinstance(exc, PermissionError):  # the policy grants no exec there (or it is mounted noexec)
+            hint = (" (the policy grants no exec there: run it from a granted place such as the workspace, "
+                    "/usr, /opt or ~/.local/bin, or grant it with a rule `allow: [exec]` on its path; "
+                    f"`guard policy explain POLICY \"exec {argv[0]}\"` shows which rule decides)")
+        elif isinstance(exc, FileNotFoundError):
+            hint = " (not found in the sandbox: is it on PATH, and does the policy let the sandbox read it?)"
+        os.write(2, f"guard: cannot run {argv[0]}: {exc.strerror}{hint}\n".encode("utf-8", "surrogateescape"))
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
