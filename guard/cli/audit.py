@@ -44,8 +44,9 @@ def _root_key(pin: Path | None) -> VerifierKey:
         key = Keyring(guard_home()).root()
     except KeyringError as exc:
         raise UsageError(exc.message, hint=exc.hint or "pass the auditor's pinned key with --key") from None
-    say(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor should pin the "
-        "key instead: --key root.pub", err=True)
+    say(f"note: using the root key in $GUARD_HOME ({fingerprint(key)}); an auditor pins it elsewhere "
+        "instead (guard keys export-public -o root.pub) and verifies with: guard audit verify --key root.pub",
+        err=True)
     return key
 
 

@@ -25,7 +25,16 @@ def keys() -> None:
 def init_cmd(force: bool) -> None:
     """Create the root key, certify the first epoch key with it, and forget the root private key."""
     home = guard_home()
-    root = Keyring(home).init(now=time.time(), force=force)
+    ring = Keyring(home)
+    if ring.exists() and not force:  # the first `guard run` creates them: following the README is no error
+        existing = ring.root()
+        say(f"keys already exist in {home} (the first `guard run` or `guard keys init` created them); "
+            "nothing changed")
+        say(f"root key: {existing.name}")
+        say(f"fingerprint: {fingerprint(existing)}")
+        say("give auditors the public key:  guard keys export-public -o root.pub")
+        return
+    root = ring.init(now=time.time(), force=force)
     say(f"root key: {root.name}")
     say(f"fingerprint: {fingerprint(root)}")
     say("the root private key was used once and not stored; give auditors the public key:")
