@@ -1,14 +1,24 @@
 """The one writer of the audit trail (the daemon owns it).
 
-Append is cheap: encode, hash, grow the Merkle frontier, buffer. Sealing writes the buffer, a checkpoint
-signed by the current epoch key (or, when the epoch is due, the next epoch's certificate signed by the
-current key, which is then erased), and fdatasyncs. A crash therefore loses at most lines after the last
-checkpoint; on restart the log is replayed through the verifier, a torn last line is acknowledged by a
-`recovery` record in a fresh segment, and the chain continues. An exclusive flock keeps a second writer out.
+Append is cheap: encode, hash, buffer. `flush()` hands the buffer to the kernel with write(2) and only then
+grows the Merkle frontier by those lines, so the tree never counts a line the file does not hold; the
+daemon flushes before it answers, so an acknowledged record survives the death of any process. Sealing
+flushes, writes a checkpoint signed by the current epoch key (or, when the epoch is due, the next epoch's
+certificate signed by the current key, which is then erased), and fdatasyncs. A machine crash therefore
+loses at most lines after the last checkpoint; on restart the log is replayed through the verifier, a torn
+last line is acknowledged by a `recovery` record in a fresh segment (its bytes are kept as evidence, never
+truncated away), and the chain continues. An exclusive flock keeps a second writer out.
+
+A write error (ENOSPC, EIO, EDQUOT...) fails the writer closed: it stops, remembers the error and raises
+`AuditWriteError` from every later call, so the daemon refuses records instead of acknowledging what it
+cannot store. The file then ends with complete lines, perhaps followed by a torn fragment, which verify
+reports as an unsealed tail (exit 3), never as tampering; a new writer opened once the disk has room
+acknowledges the fragment and continues.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -51,6 +61,10 @@ SEGMENT_MAX_LINES = 250_000
 BUFFER_BYTES = 1 << 18
 
 
+class AuditWriteError(AuditError):
+    """The trail could not be written (disk full, I/O error): the writer has stopped, fail closed."""
+
+
 class AuditWriter:
     """Append-only writer; see the module docstring. One per log (flock); thread-safe within a process."""
 
@@ -79,8 +93,10 @@ class AuditWriter:
         self._lock_fd: int | None = None
         self._fd: int | None = None
         self._frontier = Frontier()
-        self._buf: list[bytes] = []
+        self._buf: list[bytes] = []  # encoded lines (newline included) not yet written
+        self._buf_leaves: list[bytes] = []  # their leaf hashes, folded into the frontier once written
         self._buf_bytes = 0
+        self._failed: AuditWriteError | None = None
         self._key: EpochKey | None = None
         self._origin = ""
         self._pending = 0  # lines after the last seal line
@@ -108,8 +124,18 @@ class AuditWriter:
 
     @property
     def size(self) -> int:
-        """Lines in the tree so far (the next seq)."""
+        """Lines appended so far, buffered ones included (the next seq)."""
+        return self._frontier.size + len(self._buf_leaves)
+
+    @property
+    def written_size(self) -> int:
+        """Lines [0, written_size) are in the file (handed to the kernel; they survive a process crash)."""
         return self._frontier.size
+
+    @property
+    def failure(self) -> AuditWriteError | None:
+        """The write error that stopped this writer, if any."""
+        return self._failed
 
     @property
     def sealed_size(self) -> int:
@@ -146,7 +172,11 @@ class AuditWriter:
         syncer, self._syncer = self._syncer, None
         try:
             if syncer is not None:
-                self._sealed = syncer.stop()
+                try:
+                    self._sealed = syncer.stop()
+                except AuditError:
+                    if self._failed is None:
+                        raise
         finally:
             if self._fd is not None:
                 os.close(self._fd)
@@ -234,10 +264,11 @@ class AuditWriter:
             if self._fd is None:
                 return
             try:
-                if self._pending:
-                    self._seal()
-                else:
-                    self._flush()
+                if self._failed is None:
+                    if self._pending:
+                        self._seal()
+                    else:
+                        self._flush()
             finally:
                 self._release()
 
@@ -252,13 +283,17 @@ class AuditWriter:
         if "seq" in event or "ts" in event:
             raise AuditError("event: 'seq' and 'ts' are set by the writer; remove them")
         with self._lock:
-            if self._fd is None:
-                raise AuditError("audit writer is not open",
-                                 hint="call open() or use it as a context manager")
+            self._check_usable()
             return self._append_locked(event)
 
+    def _check_usable(self) -> None:
+        if self._failed is not None:
+            raise self._failed
+        if self._fd is None:
+            raise AuditError("audit writer is not open", hint="call open() or use it as a context manager")
+
     def _append_locked(self, event: Mapping[str, Any]) -> int:
-        seq = self._frontier.size
+        seq = self.size
         t = self._now()
         if t < self._last_t:  # keep timestamps monotonic across clock steps
             t = self._last_t
@@ -281,16 +316,28 @@ class AuditWriter:
         return seq
 
     def _write_line(self, data: bytes) -> None:
-        self._frontier.append(_SHA256(b"\x00" + data).digest())
-        self._buf.append(data)
-        self._buf.append(b"\n")
+        self._buf_leaves.append(_SHA256(b"\x00" + data).digest())
+        self._buf.append(data + b"\n")
         self._buf_bytes += len(data) + 1
+
+    def flush(self) -> int:
+        """Write every buffered line to the file now; -> `written_size`. Raises AuditWriteError on failure.
+
+        What this returns is in the kernel's page cache: a crash of any process keeps it, a machine crash
+        may lose what no checkpoint has fdatasync'd yet (verify then reports an unsealed tail).
+        """
+        with self._lock:
+            self._check_usable()
+            self._flush()
+            return self._frontier.size
 
     def tick(self) -> None:
         """Seal if the oldest unsealed record is due; otherwise hand buffered lines to the OS."""
         with self._lock:
             if self._fd is None:
                 return
+            if self._failed is not None:
+                raise self._failed
             if self._pending and self._now() - self._first_pending_at >= self._interval:
                 self._seal()
             else:
@@ -300,6 +347,7 @@ class AuditWriter:
     def _seal(self) -> None:
         key = self._key
         assert key is not None
+        self._flush()  # the root signed below covers written lines only
         n = self._frontier.size
         root = self._frontier.root()
         t = max(self._now(), self._last_t)
@@ -335,19 +383,23 @@ class AuditWriter:
             self._sealed = seal_index
             return
         assert self._fd is not None
-        if wait:
-            syncer.drain()
-            os.fdatasync(self._fd)
-            syncer.mark(seal_index)
-        else:
-            syncer.submit(os.dup(self._fd), seal_index)
+        try:
+            if wait:
+                syncer.drain()
+                os.fdatasync(self._fd)
+                syncer.mark(seal_index)
+            else:
+                syncer.submit(os.dup(self._fd), seal_index)
+        except OSError as exc:
+            raise self._fail(exc, "fdatasync") from None
+        except AuditError as exc:  # the background fdatasync of an earlier checkpoint failed
+            cause = exc.__cause__ if isinstance(exc.__cause__, OSError) else OSError(errno.EIO, exc.message)
+            raise self._fail(cause, "fdatasync") from None
 
     def seal(self) -> None:
         """Seal every record appended so far, now (a session ended: its trail should verify at once)."""
         with self._lock:
-            if self._fd is None:
-                raise AuditError("audit writer is not open",
-                                 hint="call open() or use it as a context manager")
+            self._check_usable()
             if self._pending:
                 self._seal()
 
@@ -359,21 +411,61 @@ class AuditWriter:
         return self.sealed_size
 
     def _flush(self) -> None:
+        """Write the buffer; only then count its lines. On an error count what reached the file, and fail."""
+        if self._failed is not None:
+            raise self._failed
         if not self._buf:
             return
         data = b"".join(self._buf)
-        self._buf.clear()
-        self._buf_bytes = 0
         assert self._fd is not None
         view = memoryview(data)
-        while view:
-            view = view[os.write(self._fd, view):]
-        self._segment_bytes += len(data)
+        done = 0
+        try:
+            while done < len(data):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            self._segment_bytes += done
+            self._count_written(done)
+            raise self._fail(exc, "write") from None
+        self._segment_bytes += done
+        append = self._frontier.append
+        for leaf in self._buf_leaves:
+            append(leaf)
+        self._buf.clear()
+        self._buf_leaves.clear()
+        self._buf_bytes = 0
+
+    def _count_written(self, done: int) -> None:
+        """After a short write: count the lines wholly inside the first `done` bytes of the buffer."""
+        for line, leaf in zip(self._buf, self._buf_leaves, strict=True):
+            if done < len(line):
+                break
+            done -= len(line)
+            self._frontier.append(leaf)
+
+    def _fail(self, exc: OSError, what: str) -> AuditWriteError:
+        """Stop for good: from now on every call raises this error (fail closed), nothing is acknowledged."""
+        if self._failed is None:
+            name = errno.errorcode.get(exc.errno or 0, "error")
+            where = self.log / segment_name(self._segment_index)
+            self._failed = AuditWriteError(
+                f"{where}: {what} of the audit trail failed: {name} ({exc.strerror or exc}); the trail "
+                f"holds {self._frontier.size} lines, later records were not stored and nothing more is "
+                "accepted",
+                hint="free space on (or repair) the disk holding $GUARD_HOME/log, then start the daemon "
+                     "again (`guard daemon start`); `guard audit verify` reports the unsealed tail")
+            self._buf.clear()
+            self._buf_leaves.clear()
+            self._buf_bytes = 0
+        return self._failed
 
     def _open_segment(self, index: int) -> None:
         self._flush()
         path = self.log / segment_name(index)
-        fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+        except OSError as exc:
+            raise self._fail(exc, f"creating {path.name}") from None
         if self._fd is not None:
             os.close(self._fd)
         self._fd = fd
@@ -430,7 +522,7 @@ class _Syncer:
         if self._error is not None:
             err, self._error = self._error, None
             raise AuditError(f"fdatasync of the audit log failed: {err.strerror}",
-                             hint="the disk holding $GUARD_HOME/log is failing or full")
+                             hint="the disk holding $GUARD_HOME/log is failing or full") from err
 
     def submit(self, fd: int, index: int) -> None:
         with self._cv:
