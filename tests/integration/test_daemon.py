@@ -151,7 +151,7 @@ def test_round_trip_is_recorded_and_verifies(daemon: Daemon, workspace: Path) ->
     policy = write_policy(workspace.parent / "policy.yaml")
     with daemon.client() as client:
         hello = client.hello()
-        assert hello["protocol"] == 1 and hello["peer"]["uid"] == os.geteuid()
+        assert hello["protocol"] == p.VERSION and hello["peer"]["uid"] == os.geteuid()
         opened = client.open_session(policy, workspace, argv=["agent", "--fast"], cwd=workspace, pid=4242)
         session = opened["session"]
         assert opened["policy"]["name"] == "daemon-test"
@@ -490,7 +490,7 @@ def test_a_stalled_half_line_does_not_block_other_clients(daemon: Daemon) -> Non
         stalled.sendall(b'{"v": 1, "id": 1, "op": "hel')
         with daemon.client() as client:
             for _ in range(20):
-                assert client.hello()["protocol"] == 1
+                assert client.hello()["protocol"] == p.VERSION
     finally:
         stalled.close()
 
@@ -565,7 +565,7 @@ def test_peer_with_another_uid_is_refused_by_peer_credentials(reachable_daemon: 
     assert reply["error"]["code"] == "forbidden"
     assert "peer credentials: uid 65534" in reply["error"]["message"]
     with daemon.client() as client:
-        assert client.hello()["protocol"] == 1
+        assert client.hello()["protocol"] == p.VERSION
     assert daemon.stop() == 0
     verified(daemon.home)
     refused = [r for r in records(daemon.home) if r.get("event") == "peer_refused"]
@@ -731,7 +731,7 @@ def test_a_line_left_unfinished_is_answered_and_closed(guard_home: Path) -> None
             reply = orjson.loads(read_all(sock))  # returns once the daemon gave up on the line
         assert reply["error"]["code"] == p.BAD_REQUEST and "not finished" in reply["error"]["message"]
         with DaemonClient.connect(guard_home) as client:
-            assert client.hello()["protocol"] == 1
+            assert client.hello()["protocol"] == p.VERSION
 
 
 def test_an_idle_connection_without_a_session_is_closed(guard_home: Path) -> None:
@@ -762,7 +762,7 @@ def test_a_peer_that_never_reads_is_dropped_without_hurting_others(guard_home: P
             assert dropped
             assert "does not read its replies" in caplog.text
             with DaemonClient.connect(guard_home) as client:
-                assert client.hello()["protocol"] == 1
+                assert client.hello()["protocol"] == p.VERSION
         finally:
             hog.close()
 
