@@ -75,14 +75,19 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
         f.close()
 
 
-def iter_batches(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
-    """(first line number, complete lines, torn tail or b"") per chunk; the tail is set only at EOF."""
+def iter_batches(path: Path, *, offset: int = 0,
+                 first_lineno: int = 1) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """(first line number, complete lines, torn tail or b"") per chunk; the tail is set only at EOF.
+
+    `offset` (the start of line `first_lineno`) lets a restart read only what follows a checkpoint.
+    """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
     except OSError as exc:
         raise AuditError(f"{path}: cannot read segment: {exc.strerror}") from None
     try:
-        lineno = 1
+        f.seek(offset)
+        lineno = first_lineno
         rest = b""
         while chunk := f.read(CHUNK):
             lines = (rest + chunk if rest else chunk).split(b"\n")
@@ -100,6 +105,26 @@ def replay(log: Path, verifier: LogVerifier) -> LogVerifier:
     for seg in list_segments(log):
         verifier.begin_segment(seg.index, seg.name)
         for lineno, lines, torn in iter_batches(seg.path):
+            if lines:
+                verifier.feed_lines(lines, lineno)
+            if torn:
+                verifier.feed_torn(torn, lineno)
+    return verifier
+
+
+def replay_from(log: Path, verifier: LogVerifier, *, segment_index: int, offset: int,
+                first_lineno: int) -> LogVerifier:
+    """Feed `verifier` (resumed at line `first_lineno` of segment `segment_index`) from `offset` on, then
+    every later segment; the writer's restart, whose cost depends on what follows its last checkpoint."""
+    for seg in list_segments(log):
+        if seg.index < segment_index:
+            continue
+        if seg.index == segment_index:
+            batches = iter_batches(seg.path, offset=offset, first_lineno=first_lineno)
+        else:
+            verifier.begin_segment(seg.index, seg.name)
+            batches = iter_batches(seg.path)
+        for lineno, lines, torn in batches:
             if lines:
                 verifier.feed_lines(lines, lineno)
             if torn:

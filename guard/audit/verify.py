@@ -172,6 +172,28 @@ class LogVerifier:
             if witness.checkpoint.size == 0:
                 self._check_witness_root()
 
+    @classmethod
+    def resumed(cls, root_public: bytes, *, frontier: Frontier, epoch: int, epoch_key: VerifierKey,
+                epoch_checkpoints: int, segment_index: int, segment_name: str,
+                segment_lines: int) -> LogVerifier:
+        """A verifier as it stood after the first `frontier.size` lines, for the writer's restart.
+
+        The writer saves this state with each checkpoint and, on restart, feeds the checkpoint line itself
+        next, so that line's root and signature are checked against the state before anything is trusted.
+        `guard audit verify` never uses this: an auditor replays the whole log from the root key.
+        """
+        verifier = cls(root_public)
+        verifier._frontier = frontier.copy()
+        verifier._grants = [EpochGrant(epoch, epoch_key, 0)]
+        verifier._epoch_key = epoch_key
+        verifier._epoch_checkpoints = epoch_checkpoints
+        verifier._last_seq = frontier.size - 1
+        verifier._seg_index = segment_index
+        verifier._seg_name = segment_name
+        verifier._seg_lines = segment_lines
+        verifier._segments = 1
+        return verifier
+
     # -- findings -----------------------------------------------------------------------------------------
     def _add(self, kind: str, message: str, *, seq: int | None = None, line: int | None = None,
              tampering: bool = True, segment: str | None = None) -> None:

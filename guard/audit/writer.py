@@ -9,6 +9,12 @@ loses at most lines after the last checkpoint; on restart the log is replayed th
 last line is acknowledged by a `recovery` record in a fresh segment (its bytes are kept as evidence, never
 truncated away), and the chain continues. An exclusive flock keeps a second writer out.
 
+Restart cost does not grow with the trail: each checkpoint leaves `log/.frontier` (the tree's frontier, seq
+and epoch state before that checkpoint line, and where and what the line is). A restart checks that the
+named line is there byte for byte, resumes a verifier from that state, feeds it the checkpoint line (whose
+root and signature must match) and what follows. Any doubt about the file means a full replay, which also
+decides whether the trail may be extended; `guard audit verify` always checks everything from the root key.
+
 A write error (ENOSPC, EIO, EDQUOT...) fails the writer closed: it stops, remembers the error and raises
 `AuditWriteError` from every later call, so the daemon refuses records instead of acknowledging what it
 cannot store. The file then ends with complete lines, perhaps followed by a torn fragment, which verify
@@ -18,6 +24,7 @@ acknowledges the fragment and continues.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fcntl
 import hashlib
@@ -43,8 +50,8 @@ from guard.audit.chain import (
 )
 from guard.audit.keys import EpochKey, KeyFactory, Keyring
 from guard.audit.merkle import Frontier
-from guard.audit.note import parse_note, sign_checkpoint
-from guard.audit.segments import replay, segment_name
+from guard.audit.note import VerifierKey, parse_note, sign_checkpoint
+from guard.audit.segments import replay, replay_from, segment_name
 from guard.audit.verify import LogVerifier
 from guard.errors import AuditError, KeyringError
 from guard.home import ensure_private_dir, log_dir
@@ -59,6 +66,7 @@ EPOCH_SECONDS = 60.0  # ... or every 60 seconds, whichever comes first (docs/aud
 SEGMENT_MAX_BYTES = 64 << 20  # segments rotate after a seal once past either limit
 SEGMENT_MAX_LINES = 250_000
 BUFFER_BYTES = 1 << 18
+RESUME_FILE = ".frontier"  # in the log directory; never named like a segment
 
 
 class AuditWriteError(AuditError):
@@ -109,6 +117,8 @@ class AuditWriter:
         self._segment_start = 0  # leaf index of the current segment's first line (or of this open)
         self._sealed = 0
         self._syncer: _Syncer | None = None
+        self.recovery: str | None = None  # what the last open() repaired (a torn tail), for logs and status
+        self.replayed: dict[str, Any] = {}  # how the last open() rebuilt its state: mode, from_seq, lines
 
     # -- lifecycle ----------------------------------------------------------------------------------------
     def __enter__(self) -> AuditWriter:
@@ -186,11 +196,76 @@ class AuditWriter:
                 self._lock_fd = None
             self._key = None
 
+    def _replay(self, root_public: bytes) -> tuple[LogVerifier, dict[str, Any]]:
+        """The log replayed from the last saved checkpoint state when it checks out, else from the start."""
+        try:
+            resumed = self._resumed(root_public)
+        except (AuditError, OSError, ValueError, KeyError, TypeError) as exc:
+            reason = exc.message if isinstance(exc, AuditError) else str(exc) or type(exc).__name__
+            return replay(self.log, LogVerifier(root_public)), {"mode": "full", "from_seq": 0, "why": reason}
+        return resumed
+
+    def _resumed(self, root_public: bytes) -> tuple[LogVerifier, dict[str, Any]]:
+        try:
+            raw = (self.log / RESUME_FILE).read_bytes()
+        except FileNotFoundError:
+            raise AuditError("no saved checkpoint state") from None
+        doc = orjson.loads(raw[:1 << 16])
+        seal, index, offset, length, line = (doc["seal"], doc["segment"], doc["offset"], doc["length"],
+                                             doc["line"])
+        if not all(type(x) is int and x >= 0 for x in (seal, index, offset, length, line)) or line < 1:
+            raise AuditError("saved checkpoint state is malformed")
+        frontier = Frontier(seal, [bytes.fromhex(h) for h in doc["frontier"]])
+        key = VerifierKey.parse(doc["epoch_key"], where="saved checkpoint state")
+        name = segment_name(index)
+        with open(self.log / name, "rb") as f:
+            f.seek(offset)
+            data = f.read(length)
+        if (len(data) != length or not data.endswith(b"\n")
+                or _SHA256(data).hexdigest() != doc["sha256"]):
+            raise AuditError(f"the checkpoint line the saved state names ({name} line {line}) is not there")
+        verifier = LogVerifier.resumed(root_public, frontier=frontier, epoch=int(doc["epoch"]), epoch_key=key,
+                                       epoch_checkpoints=int(doc["epoch_checkpoints"]), segment_index=index,
+                                       segment_name=name, segment_lines=line - 1)
+        replay_from(self.log, verifier, segment_index=index, offset=offset, first_lineno=line)
+        return verifier, {"mode": "resume", "from_seq": seal}
+
+    def _save_resume(self, point: dict[str, Any], line: bytes) -> None:
+        """Best effort (a cache): a missing or stale file only costs a longer replay at the next start."""
+        doc = {**point, "length": len(line) + 1, "sha256": _SHA256(line + b"\n").hexdigest()}
+        tmp = self.log / (RESUME_FILE + ".tmp")
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                os.write(fd, orjson.dumps(doc))
+            finally:
+                os.close(fd)
+            os.replace(tmp, self.log / RESUME_FILE)
+        except OSError:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+
+    def _resume_point(self, key: EpochKey) -> dict[str, Any]:
+        """The state a verifier has just before the seal line about to be written (after a flush)."""
+        n = self._frontier.size
+        return {"v": 1, "seal": n, "segment": self._segment_index, "offset": self._segment_bytes,
+                "line": n - self._segment_start + 1, "frontier": [h.hex() for h in self._frontier.stack],
+                "epoch": key.epoch, "epoch_key": key.verifier.encode(),
+                "epoch_checkpoints": self._epoch_checkpoints}
+
     def _recover(self, root_public: bytes) -> None:
-        report_v = replay(self.log, LogVerifier(root_public))
+        report_v, how = self._replay(root_public)
         state = report_v.resume_state()
         report = report_v.finish()
         breaks = [f for f in report.findings if f.tampering and f.kind != "empty"]
+        if breaks and how["mode"] != "full":  # the full replay decides, not the cache
+            report_v = replay(self.log, LogVerifier(root_public))
+            how = {"mode": "full", "from_seq": 0, "why": f"resuming found {breaks[0]}"}
+            state = report_v.resume_state()
+            report = report_v.finish()
+            breaks = [f for f in report.findings if f.tampering and f.kind != "empty"]
+        how["lines"] = state.frontier.size - how["from_seq"]
+        self.replayed = how
         if breaks:
             first = breaks[0]
             raise AuditError(f"{self.log}: the existing trail fails verification ({first}); refusing to "
@@ -255,6 +330,9 @@ class AuditWriter:
         if torn is not None:
             self._append_locked({"type": LINE_RECOVERY, "segment": torn.segment, "torn_bytes": torn.size,
                                  "torn_sha256": torn.sha256})
+            self.recovery = (f"a torn last line ({torn.size} bytes, {torn.segment} line {torn.line}) from an "
+                             "interrupted write was acknowledged by a recovery record in a new segment; it "
+                             "was never a record, and its bytes are kept")
         if self._pending:
             self._seal()
 
@@ -354,12 +432,14 @@ class AuditWriter:
         ts = self._ts(t)
         due = (self._epoch_checkpoints + 1 >= self._epoch_checkpoints_max
                or t - self._epoch_started_at >= self._epoch_seconds)
+        point = self._resume_point(key)
         if due:
             nxt = EpochKey(key.epoch + 1, self._new_key(), self._origin)
             self._keyring.stage_next(nxt)
             cp = epoch_checkpoint(self._origin, n, root, ts, nxt.epoch, nxt.verifier)
             note = sign_checkpoint(cp, key.name, key.private)
-            self._write_line(encode({"epoch": nxt.epoch, "note": note, "seq": n, "type": LINE_EPOCH}))
+            line = encode({"epoch": nxt.epoch, "note": note, "seq": n, "type": LINE_EPOCH})
+            self._write_line(line)
             self._seal_written(seal_index=n, wait=True)  # the certificate is durable before the old key goes
             self._keyring.commit_next()
             self._key = nxt
@@ -367,9 +447,11 @@ class AuditWriter:
             self._epoch_started_at = t
         else:
             note = sign_checkpoint(plain_checkpoint(self._origin, n, root, ts), key.name, key.private)
-            self._write_line(encode({"epoch": key.epoch, "note": note, "seq": n, "type": LINE_CHECKPOINT}))
+            line = encode({"epoch": key.epoch, "note": note, "seq": n, "type": LINE_CHECKPOINT})
+            self._write_line(line)
             self._seal_written(seal_index=n)
             self._epoch_checkpoints += 1
+        self._save_resume(point, line)
         if (self._segment_bytes >= self._segment_max
                 or self._frontier.size - self._segment_start >= self._segment_max_lines):
             self._open_segment(self._segment_index + 1)
