@@ -1,14 +1,17 @@
 #!/usr/bin/env python3
 """Benchmark the audit trail: append through the real writer, verify, and compare with signing every record.
 
-    python3 scripts/bench_audit.py [--records N] [--out DIR]
+    python3 scripts/bench_audit.py [--records N] [--out DIR] [--restart-records N] [--no-restart]
 
 With --out DIR, DIR is used as $GUARD_HOME (DIR/log, DIR/keys) and DIR/root.pub is written, so anyone can
 run `guard audit verify --log DIR/log --key DIR/root.pub` on the result. The verifier runs in a child process
 so its peak RSS is its own. Rates are wall-clock records/s; the *_cpu_per_s fields divide by the
 process's own CPU time, which is what "on one core" means on a shared machine. The baseline (sign and
 verify each record with Ed25519, as a naive signed log would) is measured in the same run on the first
-min(N, 20,000) records. Last line: one JSON object.
+min(N, 20,000) records. The restart benchmark opens a writer (what the daemon does at start) on a trail
+of 10,000 records and on one of --restart-records (1,000,000), from the checkpoint state each checkpoint
+saves and, for comparison, with that state removed (a full replay); the ratio large/small says whether
+restart cost depends on the trail's size. Last line: one JSON object.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -122,10 +126,55 @@ def baseline(evs: list[dict[str, object]], path: Path) -> tuple[float, float]:
     return append, verify
 
 
+def fill_trail(home: Path, n: int, chunk: list[dict[str, object]]) -> None:
+    Keyring(home).init(now=time.time())
+    with AuditWriter(home, sync=False) as w:
+        append = w.append
+        done = 0
+        while done < n:
+            for ev in chunk[: n - done]:
+                append(ev)
+            done += min(len(chunk), n - done)
+
+
+def time_open(home: Path) -> tuple[float, dict[str, object]]:
+    t = time.perf_counter()
+    w = AuditWriter(home).open()
+    elapsed = time.perf_counter() - t
+    w.close()
+    return elapsed, dict(w.replayed)
+
+
+def restart_bench(big: int, chunk: list[dict[str, object]]) -> dict[str, object]:
+    out: dict[str, object] = {}
+    with tempfile.TemporaryDirectory(prefix="guard-bench-restart-") as d:
+        for label, n in (("small", 10_000), ("large", big)):
+            home = Path(d) / label
+            fill_trail(home, n, chunk)
+            runs = [time_open(home) for _ in range(7)]
+            best = min(r[0] for r in runs)
+            (home / "log" / ".frontier").unlink()
+            full, how = time_open(home)
+            assert how["mode"] == "full", how
+            out[f"restart_{label}_records"] = n
+            out[f"restart_{label}_s"] = round(best, 4)
+            out[f"restart_{label}_replayed_lines"] = runs[-1][1].get("lines")
+            out[f"restart_{label}_full_replay_s"] = round(full, 3)
+            shutil.rmtree(home)
+    out["restart_ratio"] = round(float(out["restart_large_s"]) / float(out["restart_small_s"]), 2)  # type: ignore[arg-type]
+    print(f"restart: {out['restart_small_records']:,} records {out['restart_small_s']:.4f} s, "
+          f"{out['restart_large_records']:,} records {out['restart_large_s']:.4f} s: ratio "
+          f"{out['restart_ratio']} (a full replay instead: {out['restart_small_full_replay_s']} s and "
+          f"{out['restart_large_full_replay_s']} s)")
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description="audit trail benchmark")
     ap.add_argument("--records", type=int, default=200_000)
     ap.add_argument("--out", type=Path, default=None, help="use DIR as $GUARD_HOME and write DIR/root.pub")
+    ap.add_argument("--restart-records", type=int, default=1_000_000)
+    ap.add_argument("--no-restart", action="store_true", help="skip the restart benchmark")
     args = ap.parse_args()
     tmp = None
     if args.out is None:
@@ -181,6 +230,8 @@ def main() -> None:
         "verify_seconds": round(ver["seconds"], 2), "verify_peak_rss_mb": round(ver["peak_rss_mb"], 1),
         "idle_rss_mb": round(idle["peak_rss_mb"], 1), "log_bytes": log_bytes, "cores_used": 1,
     }
+    if not args.no_restart:
+        result.update(restart_bench(args.restart_records, chunk))
     if tmp is not None:
         tmp.cleanup()
     print(json.dumps(result))

@@ -67,9 +67,9 @@ class DaemonVersionError(DaemonError):
         super().__init__(
             f"the running guard daemon ({who}) is guard {daemon_version} speaking protocol "
             f"{daemon_protocol}, but this is guard {__version__} speaking protocol {p.VERSION}; they "
-            "cannot work together, so nothing was started",
-            hint="stop the old daemon with `guard daemon stop` (its sessions end and its trail is sealed), "
-                 "then try again: the new daemon starts on its own")
+            "cannot work together, so nothing was started: stop it with `guard daemon stop`, then try again",
+            hint="`guard daemon stop` ends its sessions and seals its trail; the new daemon then starts on "
+                 "its own")
         self.daemon_version = daemon_version
         self.daemon_protocol = daemon_protocol
         self.pid = pid
