@@ -265,6 +265,7 @@ class Daemon:
 
         self._ensure_keys()
         writer = AuditWriter(self.home, now=self.now).open()
+        log.info("audit trail open: %s", getattr(writer, "replayed", None))
         recovery = getattr(writer, "recovery", None)
         if recovery:
             log.warning("audit trail recovered: %s", recovery)
@@ -605,7 +606,8 @@ class Daemon:
         view: dict[str, Any] = {"error": None if error is None else error.diagnostics()}
         if self._audit is not None:
             view.update(size=self._audit.size, sealed=self._audit.sealed_size,
-                        recovery=getattr(self._audit, "recovery", None))
+                        recovery=getattr(self._audit, "recovery", None),
+                        replayed=getattr(self._audit, "replayed", None))
         return view
 
     def _status(self) -> dict[str, Any]:
