@@ -74,3 +74,46 @@ def test_full_disk_fails_closed_and_the_trail_recovers(tmp_path: Path, clock: Cl
         assert first >= len(on_disk)  # seqs are never reused
         report = verify_log(home / "log", root.public)
         assert report.exit_code == 0, report.findings
+
+
+CHILD = """
+import resource, signal, sys
+from pathlib import Path
+from guard.audit import AuditWriter
+from guard.audit.writer import AuditWriteError
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # the kernel then answers EFBIG instead of killing us
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[2]), int(sys.argv[2])))
+w = AuditWriter(Path(sys.argv[1]), checkpoint_every=40).open()
+acked = -1
+try:
+    for i in range(100_000):
+        seq = w.append({"type": "session", "session": "s", "event": "note", "n": i, "pad": "x" * 200})
+        if i % 5 == 0:
+            w.flush()
+            acked = seq
+except AuditWriteError as exc:
+    print(acked, exc.message)
+    w.close()
+    sys.exit(0)
+sys.exit("the file size limit never hit")
+"""
+
+
+def test_file_size_limit_fails_closed_for_any_user(guard_home: Path, clock: Clock) -> None:
+    """The same failure without root: RLIMIT_FSIZE makes the kernel answer EFBIG mid-write."""
+    import subprocess
+    import sys
+
+    root = Keyring(guard_home).init(now=clock())
+    done = subprocess.run([sys.executable, "-c", CHILD, str(guard_home), str(150_000)], capture_output=True,
+                          text=True, timeout=120, check=False)
+    assert done.returncode == 0, done.stderr
+    acked_text, message = done.stdout.split(" ", 1)
+    assert "EFBIG" in message and "nothing more is accepted" in message
+    report = verify_log(guard_home / "log", root.public)
+    assert not report.tampered and report.exit_code in (0, 3), report.findings
+    on_disk = _seqs(guard_home / "log")
+    assert on_disk == list(range(len(on_disk))) and int(acked_text) < len(on_disk)
+    with AuditWriter(guard_home, now=clock, segment_max_bytes=1 << 20) as w:
+        assert w.append(sample_event(1)) >= len(on_disk)
+    assert verify_log(guard_home / "log", root.public).exit_code == 0
