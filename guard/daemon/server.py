@@ -203,13 +203,15 @@ class Daemon:
                      __version__, p.VERSION, self.socket, os.getpid())
             try:
                 self._audit = await asyncio.to_thread(self._open_trail)
-            except GuardError as exc:
+            except Exception as exc:
                 # the clients already waiting hear why, then the daemon exits non-zero
-                self._startup_error = exc
-                log.error("cannot start: %s", exc.diagnostics())
+                error = exc if isinstance(exc, GuardError) else DaemonError(
+                    f"opening the audit trail failed: {type(exc).__name__}: {exc}")
+                self._startup_error = error
+                log.error("cannot start: %s", error.diagnostics())
                 self._ready.set()
                 await self._shutdown(server)
-                raise
+                raise error from None
             try:
                 self._record_daemon("daemon_start", pid=os.getpid(), version=__version__, protocol=p.VERSION)
                 for what, extra in self._early:
@@ -423,11 +425,16 @@ class Daemon:
         return None
 
     def _evict_idle(self) -> bool:
-        """Close the connection idle longest among those owning nothing, to make room; False if none."""
+        """Close an idle connection owning nothing to make room; False if none. The victim belongs to the
+        process holding the most connections (then: idle longest), so a flood evicts its own first and a
+        `guard run` that has just connected, with its one connection, goes last."""
         idle = [c for c in self._conns.values() if self._idle(c) and not c.closed]
         if not idle:
             return False
-        victim = min(idle, key=lambda c: c.last_request)
+        held: dict[int, int] = {}
+        for c in self._conns.values():
+            held[c.pid] = held.get(c.pid, 0) + 1
+        victim = min(idle, key=lambda c: (-held[c.pid], c.last_request))
         victim.send(p.error_reply(None, p.BUSY, "closing an idle connection to make room for a new one"),
                     self.limits)
         victim.close()

@@ -298,7 +298,8 @@ def test_guard_run_starts_while_1000_idle_connections_are_open(guard_home: Path,
     workspace = tmp_path / "ws"
     workspace.mkdir()
     idlers: list[subprocess.Popen[str]] = []
-    with daemon_process(guard_home):
+    with daemon_process(guard_home), DaemonClient.connect(guard_home) as owner:
+        session, _ = open_session(owner, tmp_path)  # a connection owning a session is never evicted
         try:
             for _ in range(40):  # 40 processes x 25 idle connections, under the per-process cap
                 idlers.append(subprocess.Popen([sys.executable, "-c", IDLER, str(socket_path(guard_home)), "25"],
@@ -312,6 +313,7 @@ def test_guard_run_starts_while_1000_idle_connections_are_open(guard_home: Path,
             assert (workspace / "ran.txt").read_text() == "ran\n"
             with DaemonClient.connect(guard_home) as client:
                 assert client.status()["connections"] <= 256
+            assert owner.record_batch(session, [event(workspace, 1)]) == 1
         finally:
             for idler in idlers:
                 idler.kill()
