@@ -741,6 +741,58 @@ def test_an_idle_connection_without_a_session_is_closed(guard_home: Path) -> Non
         assert read_all(sock) == b""  # EOF: the daemon closed it
 
 
+def test_blank_lines_do_not_keep_an_idle_connection(guard_home: Path) -> None:
+    from guard.daemon.server import Limits
+
+    with InProcess(guard_home, Limits(idle_timeout=0.3, tick_interval=0.05)), raw_connect(guard_home) as sock:
+        sock.settimeout(0.05)
+        closed = False
+        for _ in range(400):  # bounded (about 20 s); the daemon closes it after 0.3 s without a request
+            try:
+                sock.sendall(b"\n")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed
+
+
+def test_a_failing_ticker_is_reported_and_fails_closed(guard_home: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Fault injection: the writer's tick raises something that is not a GuardError (a bug). The daemon
+    must not go on silently without checkpoints: it says so to the session and stops."""
+    from guard.daemon.server import Limits
+
+    caplog.set_level(logging.ERROR, logger="guard.daemon.server")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    policy = write_policy(tmp_path / "policy.yaml")
+    daemon = InProcess(guard_home, Limits(tick_interval=0.05))
+    with daemon, DaemonClient.connect(guard_home) as client:
+        session = client.open_session(policy, workspace)["session"]
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        daemon.service._audit.tick = boom
+        with pytest.raises(DaemonError) as failure:
+            for _ in range(2000):  # bounded: the next tick (50 ms) fails
+                client.record(session, {"type": "decision", "action": {"op": "write", "target": str(workspace)},
+                                        "decision": {"verdict": "allow", "rule_id": "workspace", "reason": "ok",
+                                                     "audit_only": False}})
+                daemon.thread.join(timeout=0.01)
+        assert "sealing the audit trail failed: RuntimeError: boom" in failure.value.message
+        daemon.thread.join(timeout=30)
+    assert isinstance(daemon.error, DaemonError) and "boom" in daemon.error.message
+    assert "audit checkpoint failed" in caplog.text
+    report = verify_log(log_dir(guard_home), Keyring(guard_home).root().public)
+    assert not report.tampered
+
+
 def test_a_peer_that_never_reads_is_dropped_without_hurting_others(guard_home: Path,
                                                                    caplog: pytest.LogCaptureFixture) -> None:
     from guard.daemon.server import Limits
