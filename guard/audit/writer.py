@@ -423,6 +423,16 @@ class AuditWriter:
 
     # -- sealing ------------------------------------------------------------------------------------------
     def _seal(self) -> None:
+        """Checkpoint now. Any failure on the way (a write, the key rotation's files, a bug) leaves the
+        writer's state unknown, so it fails the writer closed."""
+        try:
+            self._seal_now()
+        except AuditWriteError:
+            raise
+        except Exception as exc:
+            raise self._fail(exc, "sealing") from exc
+
+    def _seal_now(self) -> None:
         key = self._key
         assert key is not None
         self._flush()  # the root signed below covers written lines only
@@ -525,13 +535,17 @@ class AuditWriter:
             done -= len(line)
             self._frontier.append(leaf)
 
-    def _fail(self, exc: OSError, what: str) -> AuditWriteError:
+    def _fail(self, exc: Exception, what: str) -> AuditWriteError:
         """Stop for good: from now on every call raises this error (fail closed), nothing is acknowledged."""
         if self._failed is None:
-            name = errno.errorcode.get(exc.errno or 0, "error")
+            if isinstance(exc, OSError):
+                name = errno.errorcode.get(exc.errno or 0, "error")
+                detail = exc.strerror or str(exc)
+            else:
+                name, detail = type(exc).__name__, str(exc)
             where = self.log / segment_name(self._segment_index)
             self._failed = AuditWriteError(
-                f"{where}: {what} of the audit trail failed: {name} ({exc.strerror or exc}); the trail "
+                f"{where}: {what} of the audit trail failed: {name} ({detail}); the trail "
                 f"holds {self._frontier.size} lines, later records were not stored and nothing more is "
                 "accepted",
                 hint="free space on (or repair) the disk holding $GUARD_HOME/log, then start the daemon "

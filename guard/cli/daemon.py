@@ -6,6 +6,7 @@ import json
 import logging
 import os
 import time
+from pathlib import Path
 
 import click
 
@@ -94,10 +95,13 @@ def status(as_json: bool) -> None:
                        f"{exc.message}; {exc.hint}")
         raise SystemExit(4) from None
     except DaemonNotRunning:
+        last = _last_error(guard_home() / "daemon.log")
         if as_json:
-            click.echo(json.dumps({"running": False}))
+            click.echo(json.dumps({"running": False, "last_error": last}))
         else:
             click.echo("guard daemon is not running")
+            if last:
+                click.echo(f"  its log's last error: {last}")
         raise SystemExit(3) from None
     with client:
         info = client.status()
@@ -122,3 +126,15 @@ def status(as_json: bool) -> None:
         counts = s["counts"]
         click.echo(f"    {s['session']}  {s['policy']:<16} {' '.join(s['argv'])[:40]:<40} "
                    f"allowed {counts['allowed']} denied {counts['denied']} asked {counts['asked']}")
+
+
+def _last_error(path: Path) -> str | None:
+    """The last ERROR line of the daemon's log (why it stopped, e.g. a full disk), if any."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - 65536))
+            tail = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return None
+    errors = [line for line in tail if " ERROR " in line]
+    return errors[-1][:2000] if errors else None

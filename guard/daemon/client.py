@@ -287,7 +287,8 @@ class DaemonClient:
                 with self._send_lock:
                     self._sock.sendall(line)
             except OSError as exc:
-                raise self._fail(DaemonError(f"lost the connection to the daemon: {exc}")) from None
+                reason = self._parting_words()
+                raise self._fail(reason or DaemonError(f"lost the connection to the daemon: {exc}")) from None
             self._await(slot, deadline, op)
         finally:
             with self._cv:
@@ -357,6 +358,20 @@ class DaemonClient:
             if slot is not None and slot.reply is None:
                 slot.reply = message
                 self._cv.notify_all()
+
+    def _parting_words(self) -> DaemonError | None:
+        """After a failed send: the error the daemon sent before it closed (e.g. `audit_failed`), if any."""
+        with contextlib.suppress(OSError):
+            while chunk := self._sock.recv(1 << 16, socket.MSG_DONTWAIT):
+                self._buf += chunk
+        for line in bytes(self._buf).split(b"\n"):
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and message.get("id") is None and message.get("ok") is False:
+                return _reply_error(message)
+        return None
 
     def _fail(self, error: DaemonError) -> DaemonError:
         with self._cv:

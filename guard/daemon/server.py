@@ -203,6 +203,11 @@ class Daemon:
                      __version__, p.VERSION, self.socket, os.getpid())
             try:
                 self._audit = await asyncio.to_thread(self._open_trail)
+                self._record_daemon("daemon_start", pid=os.getpid(), version=__version__, protocol=p.VERSION)
+                for what, extra in self._early:
+                    self._record_daemon(what, **extra)
+                self._early.clear()
+                self._audit.flush()  # a disk still full shows here, as a start failure
             except Exception as exc:
                 # the clients already waiting hear why, then the daemon exits non-zero
                 error = exc if isinstance(exc, GuardError) else DaemonError(
@@ -211,13 +216,11 @@ class Daemon:
                 log.error("cannot start: %s", error.diagnostics())
                 self._ready.set()
                 await self._shutdown(server)
+                if self._audit is not None:
+                    with contextlib.suppress(GuardError):
+                        self._audit.close()
                 raise error from None
             try:
-                self._record_daemon("daemon_start", pid=os.getpid(), version=__version__, protocol=p.VERSION)
-                for what, extra in self._early:
-                    self._record_daemon(what, **extra)
-                self._early.clear()
-                self._audit.flush()
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
                 ticker = asyncio.create_task(self._tick_forever())

@@ -580,7 +580,7 @@ def test_cli_start_status_stop(guard_home: Path) -> None:
                               timeout=60)
 
     down = guard("daemon", "status", "--json")
-    assert down.returncode == 3 and orjson.loads(down.stdout) == {"running": False}
+    assert down.returncode == 3 and orjson.loads(down.stdout) == {"running": False, "last_error": None}
     started = guard("daemon", "start")
     pid = int((guard_home / "daemon.pid").read_text())
     try:

@@ -49,7 +49,7 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 def daemon_process(home: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
     """`guard daemon run` on `home`, answering before we go on; stopped (then killed) by pid after."""
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = open(home / "test-daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     try:
         proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=log,
                                 stderr=subprocess.STDOUT, env=env_for(home, **env))
@@ -80,7 +80,7 @@ def answers(home: Path) -> bool:
 
 def daemon_log(home: Path) -> str:
     try:
-        return (home / "test-daemon.log").read_text()[-4000:]
+        return (home / "daemon.log").read_text()[-4000:]
     except OSError:
         return "(no log)"
 
@@ -145,6 +145,9 @@ def test_full_disk_fails_closed_then_the_daemon_restarts_on_a_valid_trail(tmp_pa
                     client.record_batch(session, [event(workspace, 0)])
             assert proc.wait(timeout=30) != 0  # the daemon stopped itself: nothing may act unrecorded
             assert "audit trail failed" in daemon_log(home)
+        status = subprocess.run([*GUARD, "daemon", "status"], capture_output=True, text=True, env=env_for(home),
+                                timeout=60, check=False)
+        assert status.returncode == 3 and "ENOSPC" in status.stdout, status.stdout
         assert acked, "nothing was acknowledged before the disk filled"
         report = verify_log(log_dir(home), Keyring(home).root().public)
         assert not report.tampered, report.findings
@@ -202,7 +205,7 @@ def test_socket_answers_while_a_long_trail_is_replayed(guard_home: Path) -> None
         for _ in range(300_000):
             w.append(sample)
     (log_dir(guard_home) / ".frontier").unlink()
-    log = open(guard_home / "test-daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(guard_home / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT, env=env_for(guard_home))
     log.close()
@@ -337,7 +340,7 @@ def test_upgrade_from_a_real_0_1_0_daemon(guard_home: Path, tmp_path: Path) -> N
     workspace = tmp_path / "ws"
     workspace.mkdir()
     guard_home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = open(guard_home / "test-daemon.log", "ab")  # noqa: SIM115 - handed to the child
+    log = open(guard_home / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     old = subprocess.Popen([sys.executable, "-m", "guard", "daemon", "run"], cwd=old_tree, stdout=log,
                            stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                            env=env_for(guard_home, PYTHONPATH=str(old_tree)))
