@@ -374,3 +374,22 @@ def test_upgrade_from_a_real_0_1_0_daemon(guard_home: Path, tmp_path: Path) -> N
     assert done.returncode == 0 and done.stdout.startswith("VALID"), done.stdout + done.stderr
     versions = [r.get("version") for r in records(guard_home) if r.get("event") == "daemon_start"]
     assert versions[0] == "0.1.0" and versions[-1] != "0.1.0"
+
+
+def test_guard_run_stops_its_sandbox_when_the_disk_fills(tmp_path: Path) -> None:
+    """End to end: an agent exec-looping under `guard run` while the trail's disk fills. The daemon fails
+    closed, the session hears why and stops the sandbox: guard run ends non-zero naming ENOSPC."""
+    with small_tmpfs(tmp_path / "fs") as fs:
+        home = fs / "home"
+        workspace = tmp_path / "ws"
+        workspace.mkdir()
+        with daemon_process(home) as proc:
+            fill(fs, leave=256 << 10)
+            run = subprocess.run([*GUARD, "run", "--", "/bin/sh", "-c", "while :; do /bin/true; done"],
+                                 cwd=workspace, capture_output=True, text=True, env=env_for(home), timeout=120,
+                                 stdin=subprocess.DEVNULL, check=False)
+            assert run.returncode != 0, run.stderr
+            assert "ENOSPC" in run.stderr, run.stderr
+            assert proc.wait(timeout=30) != 0
+        report = verify_log(log_dir(home), Keyring(home).root().public)
+        assert not report.tampered, report.findings
