@@ -13,11 +13,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from guard.audit.note import SignedNote, parse_note
-from guard.audit.verify import LogVerifier, Report
+from guard.audit.verify import LogVerifier, Prepared, Report, prepare_block
 from guard.errors import AuditError, UsageError
 
 SEGMENT_RE = re.compile(r"^seg-(\d{8})\.jsonl$")
 CHUNK = 1 << 20
+PARALLEL_MIN_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
 
 
 def segment_name(index: int) -> str:
@@ -75,14 +76,19 @@ def iter_lines(path: Path) -> Iterator[tuple[int, bytes, bool]]:
         f.close()
 
 
-def iter_batches(path: Path) -> Iterator[tuple[int, list[bytes], bytes]]:
-    """(first line number, complete lines, torn tail or b"") per chunk; the tail is set only at EOF."""
+def iter_batches(path: Path, *, offset: int = 0,
+                 first_lineno: int = 1) -> Iterator[tuple[int, list[bytes], bytes]]:
+    """(first line number, complete lines, torn tail or b"") per chunk; the tail is set only at EOF.
+
+    `offset` (the start of line `first_lineno`) lets a restart read only what follows a checkpoint.
+    """
     try:
         f = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
     except OSError as exc:
         raise AuditError(f"{path}: cannot read segment: {exc.strerror}") from None
     try:
-        lineno = 1
+        f.seek(offset)
+        lineno = first_lineno
         rest = b""
         while chunk := f.read(CHUNK):
             lines = (rest + chunk if rest else chunk).split(b"\n")
@@ -107,8 +113,106 @@ def replay(log: Path, verifier: LogVerifier) -> LogVerifier:
     return verifier
 
 
-def verify_log(log: Path, root_public: bytes, *, witness: SignedNote | None = None) -> Report:
-    return replay(log, LogVerifier(root_public, witness=witness)).finish()
+def replay_from(log: Path, verifier: LogVerifier, *, segment_index: int, offset: int,
+                first_lineno: int) -> LogVerifier:
+    """Feed `verifier` (resumed at line `first_lineno` of segment `segment_index`) from `offset` on, then
+    every later segment; the writer's restart, whose cost depends on what follows its last checkpoint."""
+    for seg in list_segments(log):
+        if seg.index < segment_index:
+            continue
+        if seg.index == segment_index:
+            batches = iter_batches(seg.path, offset=offset, first_lineno=first_lineno)
+        else:
+            verifier.begin_segment(seg.index, seg.name)
+            batches = iter_batches(seg.path)
+        for lineno, lines, torn in batches:
+            if lines:
+                verifier.feed_lines(lines, lineno)
+            if torn:
+                verifier.feed_torn(torn, lineno)
+    return verifier
+
+
+def iter_blocks(path: Path, chunk: int = CHUNK) -> Iterator[tuple[bytes, bytes]]:
+    """(block of complete lines, each newline-terminated, or b""; torn tail or b"") per read; bounded."""
+    try:
+        f = open(path, "rb")  # noqa: SIM115 - closed in finally; generator
+    except OSError as exc:
+        raise AuditError(f"{path}: cannot read segment: {exc.strerror}") from None
+    try:
+        rest = b""
+        while data := f.read(chunk):
+            data = rest + data if rest else data
+            cut = data.rfind(b"\n") + 1
+            rest = data[cut:]
+            if cut:
+                yield data[:cut], b""
+        if rest:
+            yield b"", rest
+    finally:
+        f.close()
+
+
+def replay_parallel(log: Path, verifier: LogVerifier, workers: int, *, chunk: int = CHUNK) -> LogVerifier:
+    """`replay`, with the state-free per-line checks and leaf hashes done by `workers` processes.
+
+    The verifier itself still sees every line in order (`feed_prepared`), so findings are the serial
+    replay's; only the work that needs no state moves. Memory stays bounded: at most 2 blocks per worker
+    are in flight.
+    """
+    import multiprocessing
+    from collections import deque
+    from concurrent.futures import Future, ProcessPoolExecutor
+
+    context = multiprocessing.get_context("spawn")  # no fork of a possibly threaded caller
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        for seg in list_segments(log):
+            verifier.begin_segment(seg.index, seg.name)
+            blocks = iter_blocks(seg.path, chunk)
+            pending: deque[tuple[bytes, bytes, Future[Prepared] | None]] = deque()
+            lineno = 1
+            exhausted = False
+            while True:
+                while not exhausted and len(pending) < 2 * workers:
+                    item = next(blocks, None)
+                    if item is None:
+                        exhausted = True
+                        break
+                    block, torn = item
+                    pending.append((block, torn, pool.submit(prepare_block, block) if block else None))
+                if not pending:
+                    break
+                block, torn, future = pending.popleft()
+                if future is not None:
+                    prep = future.result()
+                    verifier.feed_prepared(block, prep, lineno)
+                    lineno += prep.count
+                if torn:
+                    verifier.feed_torn(torn, lineno)
+    return verifier
+
+
+def default_workers(log: Path) -> int:
+    """Worker processes worth starting for verifying `log`: 0 (serial) for small logs or one CPU."""
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    if cpus < 2:
+        return 0
+    try:
+        size = sum(seg.path.stat().st_size for seg in list_segments(log))
+    except OSError:
+        return 0
+    return min(cpus, 4) if size >= PARALLEL_MIN_BYTES else 0
+
+
+def verify_log(log: Path, root_public: bytes, *, witness: SignedNote | None = None,
+               workers: int | None = None) -> Report:
+    """Verify the whole log from the root key; `workers` > 1 spreads the per-line checks over processes
+    (default: by the log's size and the CPUs available; never with a witness, which needs every line)."""
+    verifier = LogVerifier(root_public, witness=witness)
+    count = default_workers(log) if workers is None else workers
+    if count > 1 and witness is None:
+        return replay_parallel(log, verifier, count).finish()
+    return replay(log, verifier).finish()
 
 
 def read_witness(path: Path) -> SignedNote:

@@ -173,6 +173,28 @@ class LogVerifier:
             if witness.checkpoint.size == 0:
                 self._check_witness_root()
 
+    @classmethod
+    def resumed(cls, root_public: bytes, *, frontier: Frontier, epoch: int, epoch_key: VerifierKey,
+                epoch_checkpoints: int, segment_index: int, segment_name: str,
+                segment_lines: int) -> LogVerifier:
+        """A verifier as it stood after the first `frontier.size` lines, for the writer's restart.
+
+        The writer saves this state with each checkpoint and, on restart, feeds the checkpoint line itself
+        next, so that line's root and signature are checked against the state before anything is trusted.
+        `guard audit verify` never uses this: an auditor replays the whole log from the root key.
+        """
+        verifier = cls(root_public)
+        verifier._frontier = frontier.copy()
+        verifier._grants = [EpochGrant(epoch, epoch_key, 0)]
+        verifier._epoch_key = epoch_key
+        verifier._epoch_checkpoints = epoch_checkpoints
+        verifier._last_seq = frontier.size - 1
+        verifier._seg_index = segment_index
+        verifier._seg_name = segment_name
+        verifier._seg_lines = segment_lines
+        verifier._segments = 1
+        return verifier
+
     # -- findings -----------------------------------------------------------------------------------------
     def _add(self, kind: str, message: str, *, seq: int | None = None, line: int | None = None,
              tampering: bool = True, segment: str | None = None) -> None:
@@ -281,6 +303,48 @@ class LogVerifier:
         if fast:
             self._last_seq = idx - 1
             self._last_ts = last_ts
+
+    def feed_prepared(self, block: bytes, prep: Prepared, first_lineno: int) -> None:
+        """Complete lines (`block`, newline-terminated) that `prepare_block` pre-checked in another process.
+
+        The worker did every fast-path check that needs no verifier state; what does (seq == leaf index,
+        the witness size, a pending torn fragment) is checked here, and whenever one of them is in play the
+        block goes through `feed_lines` instead, so the outcome is the serial verifier's exactly.
+        """
+        idx = self._frontier.size
+        if (self._torn is not None or self.witness is not None or prep.count == 0
+                or (prep.base is not None and prep.base != idx) or not prep.consistent):
+            lines = block.split(b"\n")
+            lines.pop()
+            self.feed_lines(lines, first_lineno)
+            return
+        frontier = self._frontier
+        push, pop = frontier.stack.append, frontier.stack.pop
+        sha256 = hashlib.sha256
+        leaves = prep.leaves
+        slow = prep.slow
+        ts_at = prep.ts_at
+        start = 0
+        for stop in [*sorted(slow), prep.count]:
+            if stop > start:  # lines [start, stop) passed the fast path in the worker
+                for i in range(start, stop):
+                    h = leaves[32 * i:32 * i + 32]
+                    n = idx
+                    while n & 1:
+                        h = sha256(b"\x01" + pop() + h).digest()
+                        n >>= 1
+                    push(h)
+                    idx += 1
+                frontier.size = idx
+                self._records += stop - start
+                self._last_seq = idx - 1
+                self._last_ts = ts_at[stop - 1]
+            if stop < prep.count:
+                begin, end = slow[stop]
+                self.feed(block[begin:end], first_lineno + stop)
+                idx = frontier.size
+            start = stop + 1
+        self._seg_lines = first_lineno + prep.count - 1
 
     def feed(self, data: bytes, lineno: int) -> None:
         """One complete line (without its newline)."""
@@ -473,6 +537,77 @@ class LogVerifier:
             self._epoch_checkpoints, self._epoch_start_ts, self._last_seal, self._last_ts, self._seg_index,
             self._seg_name, self._seg_lines, self._torn, tuple(self._grants))
 
+
+
+@dataclass(frozen=True, slots=True)
+class Prepared:
+    """What `prepare_block` found: per line a leaf hash (32 zero bytes for a slow line), the byte spans of
+    the lines that need the full path, and the `ts` of each fast line that ends a run of fast lines."""
+
+    count: int
+    leaves: bytes
+    slow: dict[int, tuple[int, int]]
+    ts_at: dict[int, str]
+    base: int | None  # seq - line number, the same for every fast line when `consistent`
+    consistent: bool
+
+
+def prepare_block(block: bytes) -> Prepared:
+    """The state-free half of `LogVerifier.feed_lines`' fast path, for a worker process (a pure function).
+
+    The predicate must stay the fast path's, minus `seq == idx` and the witness check (the verifier does
+    those in `feed_prepared`); tests/unit/audit compares parallel and serial reports on every vector.
+    """
+    lines = block.split(b"\n")
+    lines.pop()
+    loads = orjson.loads
+    dumps = orjson.dumps
+    opts = orjson.OPT_SORT_KEYS
+    sha256 = hashlib.sha256
+    record_types = RECORD_TYPES
+    verdicts = _VERDICTS
+    zero = bytes(32)
+    leaves: list[bytes] = []
+    slow: dict[int, tuple[int, int]] = {}
+    ts_at: dict[int, str] = {}
+    base: int | None = None
+    consistent = True
+    offset = 0
+    last_ts = ""
+    fast = False
+    for i, data in enumerate(lines):
+        end = offset + len(data)
+        try:
+            obj = loads(data)
+            ts = obj["ts"]
+            kind = obj["type"]
+            seq = obj["seq"]
+            ok = (type(seq) is int and kind in record_types
+                  and type(ts) is str and len(ts) == 27 and type(obj["session"]) is str
+                  and (kind != "decision" or (type(obj["action"]["op"]) is str
+                                              and type(obj["action"]["target"]) is str
+                                              and obj["decision"]["verdict"] in verdicts))
+                  and dumps(obj, option=opts) == data)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if ok:
+            if base is None:
+                base = seq - i
+            elif seq - i != base:
+                consistent = False
+            leaves.append(sha256(b"\x00" + data).digest())
+            last_ts = ts
+            fast = True
+        else:
+            if fast:
+                ts_at[i - 1] = last_ts
+            fast = False
+            leaves.append(zero)
+            slow[i] = (offset, end)
+        offset = end + 1
+    if fast:
+        ts_at[len(lines) - 1] = last_ts
+    return Prepared(len(lines), b"".join(leaves), slow, ts_at, base, consistent)
 
 
 def _decision_ok(obj: dict[str, Any]) -> bool:

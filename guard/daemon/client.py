@@ -5,6 +5,9 @@ no thread hand-off on the fast path: whichever calling thread is waiting reads t
 (leader/follower) and hands other threads their replies by id. A supervisor blocked on an `ask` therefore
 never stops the network relay's decisions on the same connection.
 
+Every connection starts with a handshake: a `hello` that every protocol version answers, so a client never
+works with a daemon of another guard version (`DaemonVersionError` names both and how to stop the old one).
+
 Failures are `DaemonError`s; a caller enforcing a policy must treat any of them as deny (fail closed).
 """
 
@@ -22,12 +25,16 @@ from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from guard import __version__
 from guard.daemon import protocol as p
 from guard.errors import DaemonError, ProtocolError
 from guard.home import ensure_private_dir, guard_home, socket_path
 from guard.model import Action, Decision
 
 DEFAULT_TIMEOUT = 30.0
+READY_WAIT = 120.0  # seconds a starting daemon may take to recover its trail before callers give up
 _spawned: list[subprocess.Popen[bytes]] = []  # keep handles so they are reaped, not reported as leaks
 
 
@@ -43,11 +50,29 @@ _HINTS = {
     p.FORBIDDEN: "only the user who runs the daemon (or root) may talk to it",
     p.NOT_FOUND: "`guard approvals` lists pending requests; `guard daemon status` lists sessions",
     p.SHUTTING_DOWN: "start it again with `guard daemon start`",
+    p.AUDIT_FAILED: "free space on (or repair) the disk holding $GUARD_HOME/log, then `guard daemon start`; "
+                    "see $GUARD_HOME/daemon.log",
 }
 
 
 class DaemonNotRunning(DaemonError):
     """Nothing listens on the socket."""
+
+
+class DaemonVersionError(DaemonError):
+    """The daemon speaks another protocol (it is another guard version): nothing may run against it."""
+
+    def __init__(self, *, daemon_version: str, daemon_protocol: int, pid: int | None) -> None:
+        who = f"pid {pid}" if pid is not None else "pid unknown"
+        super().__init__(
+            f"the running guard daemon ({who}) is guard {daemon_version} speaking protocol "
+            f"{daemon_protocol}, but this is guard {__version__} speaking protocol {p.VERSION}; they "
+            "cannot work together, so nothing was started: stop it with `guard daemon stop`, then try again",
+            hint="`guard daemon stop` ends its sessions and seals its trail; the new daemon then starts on "
+                 "its own")
+        self.daemon_version = daemon_version
+        self.daemon_protocol = daemon_protocol
+        self.pid = pid
 
 
 class _Slot:
@@ -71,9 +96,12 @@ class DaemonClient:
         self._broken: DaemonError | None = None
         self._buf = bytearray()
         self._ask_timeouts: dict[str, float] = {}
+        self.daemon: dict[str, Any] = {}  # the handshake's answer: version, protocol, pid, ready, state
 
     @classmethod
-    def connect(cls, home: Path | None = None, *, timeout: float = DEFAULT_TIMEOUT) -> DaemonClient:
+    def connect(cls, home: Path | None = None, *, timeout: float = DEFAULT_TIMEOUT,
+                handshake: bool = True) -> DaemonClient:
+        """Connect and say hello; raises DaemonNotRunning, DaemonVersionError or DaemonError."""
         path = socket_path(home if home is not None else guard_home())
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
@@ -87,7 +115,77 @@ class DaemonClient:
             sock.close()
             raise DaemonError(f"cannot connect to the guard daemon at {path}: {exc.strerror or exc}",
                               hint="is GUARD_HOME yours?") from None
-        return cls(sock, timeout=timeout)
+        client = cls(sock, timeout=timeout)
+        if handshake:
+            try:
+                client.handshake()
+            except BaseException:
+                client.close()
+                raise
+        return client
+
+    def handshake(self) -> dict[str, Any]:
+        """The first request: a hello any protocol version answers; refuses a daemon of another protocol."""
+        me = {"version": __version__, "protocol": p.VERSION}
+        reply = self.raw_request(p.VERSION, "hello", {"client": me})
+        result: dict[str, Any] = reply["result"] if isinstance(reply.get("result"), dict) else {}
+        if reply.get("ok") is True and result:
+            if result.get("protocol") != p.VERSION or reply.get("v") != p.VERSION:
+                raise DaemonVersionError(daemon_version=str(result.get("version", "?")),
+                                         daemon_protocol=_int_or(result.get("protocol"), -1),
+                                         pid=_int_or(result.get("pid"), None))
+            self.daemon = result
+            return result
+        error: dict[str, Any] = reply["error"] if isinstance(reply.get("error"), dict) else {}
+        theirs = reply.get("v")
+        if error.get("code") == p.BAD_VERSION and type(theirs) is int and theirs != p.VERSION:
+            # an older daemon that checks the envelope first: ask it, in its own protocol, who it is
+            old = self.raw_request(theirs, "hello", {})
+            result = old["result"] if isinstance(old.get("result"), dict) else {}
+            raise DaemonVersionError(daemon_version=str(result.get("version", "?")), daemon_protocol=theirs,
+                                     pid=_int_or(result.get("pid"), None))
+        raise _reply_error(reply)
+
+    def raw_request(self, version: int, op: str, fields: Mapping[str, Any]) -> dict[str, Any]:
+        """One request in protocol `version`, its reply parsed leniently (any version): for the handshake and
+        for stopping a daemon of another version. Not for use once other requests are in flight."""
+        request_id = next(self._ids)
+        deadline = time.monotonic() + self.timeout
+        try:
+            self._sock.sendall(p.encode({"v": version, "id": request_id, "op": op, **fields}))
+            while True:
+                newline = self._buf.find(b"\n")
+                if newline >= 0:
+                    line = bytes(self._buf[:newline])
+                    del self._buf[:newline + 1]
+                    try:
+                        message = orjson.loads(line)
+                    except orjson.JSONDecodeError:
+                        raise DaemonError("the daemon sent a line that is not JSON") from None
+                    if not isinstance(message, dict):
+                        raise DaemonError("the daemon sent an unexpected message")
+                    if message.get("id") in (request_id, None):
+                        return message
+                    continue
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise DaemonError(f"no reply to {op!r} from the daemon in time")
+                self._sock.settimeout(remaining)
+                chunk = self._sock.recv(1 << 16)
+                if not chunk:
+                    raise DaemonError("the daemon closed the connection")
+                self._buf += chunk
+        except TimeoutError:
+            raise DaemonError(f"no reply to {op!r} from the daemon in time") from None
+        except OSError as exc:
+            raise DaemonError(f"lost the connection to the daemon: {exc}") from None
+
+    def wait_ready(self, timeout: float = READY_WAIT) -> None:
+        """Block until the daemon has recovered its trail (it answers `hello` while it still replays)."""
+        if self.daemon.get("ready", True):
+            return
+        self.request("ready", timeout=timeout)
+        self.daemon["ready"] = True
 
     @staticmethod
     def ensure_running(home: Path | None = None, *, wait: float = 10.0,
@@ -189,7 +287,8 @@ class DaemonClient:
                 with self._send_lock:
                     self._sock.sendall(line)
             except OSError as exc:
-                raise self._fail(DaemonError(f"lost the connection to the daemon: {exc}")) from None
+                reason = self._parting_words()
+                raise self._fail(reason or DaemonError(f"lost the connection to the daemon: {exc}")) from None
             self._await(slot, deadline, op)
         finally:
             with self._cv:
@@ -260,12 +359,30 @@ class DaemonClient:
                 slot.reply = message
                 self._cv.notify_all()
 
+    def _parting_words(self) -> DaemonError | None:
+        """After a failed send: the error the daemon sent before it closed (e.g. `audit_failed`), if any."""
+        with contextlib.suppress(OSError):
+            while chunk := self._sock.recv(1 << 16, socket.MSG_DONTWAIT):
+                self._buf += chunk
+        for line in bytes(self._buf).split(b"\n"):
+            try:
+                message = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                continue
+            if isinstance(message, dict) and message.get("id") is None and message.get("ok") is False:
+                return _reply_error(message)
+        return None
+
     def _fail(self, error: DaemonError) -> DaemonError:
         with self._cv:
             if self._broken is None:
                 self._broken = error
             self._cv.notify_all()
         return self._broken
+
+
+def _int_or(value: Any, default: int | None) -> Any:
+    return value if type(value) is int else default
 
 
 def _reply_error(reply: Mapping[str, Any]) -> DaemonReplyError:
@@ -355,9 +472,10 @@ def ensure_running(home: Path | None = None, *, wait: float = 10.0,
 
 
 def _connected(home: Path, timeout: float) -> DaemonClient:
+    """Connected, handshaken, and ready (a starting daemon is waited for, bounded by READY_WAIT)."""
     client = DaemonClient.connect(home, timeout=timeout)
     try:
-        client.hello()
+        client.wait_ready()
     except DaemonError:
         client.close()
         raise

@@ -18,7 +18,10 @@ from guard.errors import GuardError, ProtocolError
 from guard.model import Action, Decision, Verdict
 from guard.text import from_record, to_record_deep
 
-VERSION = 1
+# The protocol number: bumped whenever a request, a reply or what an acknowledgement means changes.
+# 2: `hello` is the handshake (answered whatever the envelope's version), replies to recording ops are sent
+#    only after the records are written, `audit_failed` and `starting` exist.
+VERSION = 2
 MAX_LINE = 1 << 20  # bytes, newline excluded
 MAX_ID_LEN = 128
 _MAX_INT = 2**53 - 1
@@ -34,6 +37,7 @@ NOT_FOUND = "not_found"
 POLICY = "policy"
 BUSY = "busy"
 SHUTTING_DOWN = "shutting_down"
+AUDIT_FAILED = "audit_failed"  # the trail cannot be written: nothing is recorded, stop acting
 INTERNAL = "internal"
 
 RequestId = int | str | None
@@ -179,9 +183,14 @@ class _Field:
 
 # op -> its fields. Anything not listed is refused, so a typo is an error, not a silently ignored field.
 OPS: dict[str, dict[str, _Field]] = {
-    "hello": {},
+    # the handshake, first on every connection: the client says who it is, the reply says the daemon's
+    # version, protocol and whether it is ready (it answers while it still recovers its trail)
+    "hello": {
+        "client": _Field(_object, required=False, default=None),
+    },
     "status": {},
     "shutdown": {},
+    "ready": {},  # answered once the daemon has recovered its trail (or with the error that stopped it)
     "session.open": {
         "policy": _Field(_nonempty_str),
         "workspace": _Field(_abs_path),
@@ -246,10 +255,15 @@ def parse_request(line: bytes) -> Request:
 
 def _parse_body(data: dict[str, Any], request_id: int | str) -> Request:
     version = data.get("v")
+    op = data.get("op")
+    if op == "hello" and type(version) is int:
+        # every protocol version answers a hello, so a client can tell which daemon it reached
+        return Request(id=request_id, op="hello",
+                       args={"client": data.get("client") if isinstance(data.get("client"), dict) else None,
+                             "v": version})
     if version != VERSION or isinstance(version, bool):
         raise RequestError(BAD_VERSION, f"field 'v': this daemon speaks protocol version {VERSION}, "
-                                        f"got {version!r}")
-    op = data.get("op")
+                                        f"got {version!r}; client and daemon are different guard versions")
     if not isinstance(op, str):
         raise _field("op", "expected a string")
     spec = OPS.get(op)

@@ -1,13 +1,23 @@
 """The daemon: one asyncio process per user that owns the audit writer, sessions, approvals and reloads.
 
-Lifecycle follows uvicorn's shape: take the pid-file lock, replace a stale socket, bind 0600, serve until a
-signal or a `shutdown` request, then shut down gracefully (refuse new work, answer pending approvals with
-deny, mark open sessions, wait a bounded time, cancel the rest), seal the log and remove the socket in
-`finally`. Every connection is checked with SO_PEERCRED before a single byte of it is parsed.
+Lifecycle follows uvicorn's shape: take the pid-file lock, replace a stale socket, bind 0600 (before the
+trail is recovered, so clients connect at once and wait for readiness instead of timing out), open the
+audit writer, serve until a signal or a `shutdown` request, then shut down gracefully (refuse new work,
+answer pending approvals with deny, mark open sessions, wait a bounded time, cancel the rest), seal the log
+and remove the socket in `finally`. Every connection is checked with SO_PEERCRED before a single byte of it
+is parsed.
+
+Acknowledged means stored: a reply goes out only after the records its request made are written to the
+log file (write(2), so the death of any process keeps them; fdatasync at each checkpoint). When the trail
+cannot be written (disk full, I/O error) the daemon fails closed: the request gets `audit_failed`, every
+connection is told why, and the daemon exits so that nothing acts unrecorded; the next start recovers the
+trail once there is room.
 
 Robustness rules for hostile peers: lines are capped (MAX_LINE), a started line must finish within
 `line_timeout`, replies never wait on a slow reader (a peer that lets its receive buffer fill up past
-`max_buffered` is dropped), in-flight requests per connection and connections overall are capped.
+`max_buffered` is dropped), in-flight requests per connection are capped. Connections are limited per peer
+process, and when the table is full the longest-idle connection that owns nothing makes room, so idle
+connections (however many, from whichever user) cannot lock a session out.
 """
 
 from __future__ import annotations
@@ -54,10 +64,11 @@ def log_path(home: Path) -> Path:
 
 @dataclass(frozen=True, slots=True)
 class Limits:
-    max_connections: int = 128
+    max_connections: int = 256  # when full, the longest-idle connection owning nothing makes room
+    max_per_peer: int = 32  # connections one peer process may hold
     max_inflight: int = 64  # concurrent requests on one connection (asks waiting for a human count)
     line_timeout: float = 10.0  # seconds to finish a line once its first byte arrived
-    idle_timeout: float = 300.0  # for connections that own no session and watch nothing
+    idle_timeout: float = 60.0  # without a request, for connections that own no session and watch nothing
     max_buffered: int = 8 << 20  # bytes of unread replies before a peer is dropped
     shutdown_timeout: float = 5.0
     tick_interval: float = 0.25
@@ -69,8 +80,9 @@ class _Conn:
     transport: asyncio.Transport
     uid: int
     pid: int
-    last_active: float  # monotonic
+    last_active: float  # monotonic: the last byte received
     lost: asyncio.Future[None]
+    last_request: float = 0.0  # monotonic: the last request (blank lines do not count)
     buffer: bytearray = field(default_factory=bytearray)
     scanned: int = 0  # bytes of `buffer` known to hold no newline
     line_started: float | None = None
@@ -140,6 +152,11 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._audit: Any = None
+        self._ready: asyncio.Event | None = None
+        self._startup_error: GuardError | None = None
+        self._audit_error: GuardError | None = None
+        self._tick_error: str | None = None
+        self._early: list[tuple[str, dict[str, Any]]] = []  # daemon records made before the trail opened
         self._watcher: PolicyWatcher | None = None
         self._reloading: set[asyncio.Task[None]] = set()
 
@@ -163,37 +180,59 @@ class Daemon:
 
     async def serve(self, *, handle_signals: bool = False,
                     ready: Callable[[], None] | None = None) -> None:
-        from guard.audit import AuditWriter  # deferred: the CLI's `daemon status` must not pay for it
-
         loop = asyncio.get_running_loop()
         self._stop = asyncio.Event()
+        self._ready = asyncio.Event()
         if self._stopping:
             self._stop.set()
         ensure_private_dir(self.home)
         lock_fd = _acquire_pid_lock(pid_path(self.home))
+        _raise_fd_limit()
         restore: dict[int, Any] = {}
         server: asyncio.AbstractServer | None = None
         ticker: asyncio.Task[None] | None = None
         bound = False
         try:
             _clear_stale_socket(self.socket)
-            self._ensure_keys()
-            self._audit = AuditWriter(self.home, now=self.now).open()
+            listener = bind_private_socket(self.socket, 512)
+            bound = True
+            server = await loop.create_unix_server(lambda: _Protocol(self), sock=listener)
+            if handle_signals:
+                restore = _capture_signals(loop, self.request_shutdown)
+            log.info("guard daemon %s (protocol %d) bound %s (pid %d); opening the audit trail",
+                     __version__, p.VERSION, self.socket, os.getpid())
             try:
-                self._record_daemon("daemon_start", pid=os.getpid(), version=__version__)
+                self._audit = await asyncio.to_thread(self._open_trail)
+                self._record_daemon("daemon_start", pid=os.getpid(), version=__version__, protocol=p.VERSION)
+                for what, extra in self._early:
+                    self._record_daemon(what, **extra)
+                self._early.clear()
+                self._audit.flush()  # a disk still full shows here, as a start failure
+            except Exception as exc:
+                # the clients already waiting hear why, then the daemon exits non-zero
+                error = exc if isinstance(exc, GuardError) else DaemonError(
+                    f"opening the audit trail failed: {type(exc).__name__}: {exc}")
+                self._startup_error = error
+                log.error("cannot start: %s", error.diagnostics())
+                self._ready.set()
+                await self._shutdown(server)
+                if self._audit is not None:
+                    with contextlib.suppress(GuardError):
+                        self._audit.close()
+                raise error from None
+            try:
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
-                listener = bind_private_socket(self.socket, 128)
-                bound = True
-                server = await loop.create_unix_server(lambda: _Protocol(self), sock=listener)
-                if handle_signals:
-                    restore = _capture_signals(loop, self.request_shutdown)
                 ticker = asyncio.create_task(self._tick_forever())
+                self._ready.set()
                 log.info("guard daemon %s listening on %s (pid %d)", __version__, self.socket, os.getpid())
                 if ready is not None:
                     ready()
                 await self._stop.wait()
                 log.info("shutting down")
+                await self._shutdown(server)
+            except GuardError as exc:
+                self._fail_audit(exc)
                 await self._shutdown(server)
             finally:
                 if ticker is not None:
@@ -208,7 +247,10 @@ class Daemon:
                     await asyncio.wait(list(self._reloading), timeout=self.limits.shutdown_timeout)
                 with contextlib.suppress(GuardError):
                     self._record_daemon("daemon_stop", pid=os.getpid())
-                self._audit.close()
+                try:
+                    self._audit.close()
+                except GuardError as exc:
+                    self._fail_audit(exc)
         finally:
             if server is not None:
                 server.close()
@@ -219,6 +261,36 @@ class Daemon:
             with contextlib.suppress(FileNotFoundError):
                 pid_path(self.home).unlink()
             os.close(lock_fd)
+        if self._audit_error is not None:  # the process exits non-zero: nothing may act unrecorded
+            raise self._audit_error
+
+    def _open_trail(self) -> Any:
+        """Keys and writer (runs in a thread: recovering the trail must not stall the socket)."""
+        from guard.audit import AuditWriter
+
+        self._ensure_keys()
+        writer = AuditWriter(self.home, now=self.now).open()
+        log.info("audit trail open: %s", getattr(writer, "replayed", None))
+        recovery = getattr(writer, "recovery", None)
+        if recovery:
+            log.warning("audit trail recovered: %s", recovery)
+        return writer
+
+    @property
+    def ready(self) -> bool:
+        return self._ready is not None and self._ready.is_set() and self._startup_error is None
+
+    def _fail_audit(self, exc: GuardError) -> None:
+        """The trail cannot be written: refuse every record from now on, tell every peer why, and stop."""
+        if self._audit_error is not None:
+            return
+        self._audit_error = exc
+        log.error("audit trail failed, refusing all records and stopping: %s", exc.diagnostics())
+        message = p.error_reply(None, p.AUDIT_FAILED, f"the guard daemon cannot record: {exc.diagnostics()}")
+        for conn in list(self._conns.values()):
+            if conn.sessions or conn.watching:
+                conn.send(message, self.limits)
+        self.request_shutdown()
 
     def _ensure_keys(self) -> None:
         """Create the keyring on first start, so `guard run` needs no set-up step.
@@ -245,8 +317,11 @@ class Daemon:
         inflight = [t for c in self._conns.values() for t in c.tasks]
         if inflight:
             await asyncio.wait(inflight, timeout=self.limits.shutdown_timeout)
-        for session in self.sessions:
-            self._end_session(session, status="interrupted", reason="the daemon stopped")
+        for session in list(self.sessions):
+            try:
+                self._end_session(session, status="interrupted", reason="the daemon stopped")
+            except GuardError as exc:  # the trail failed: the session's end cannot be recorded
+                log.error("session %s: its end is not recorded: %s", session.id, exc.message)
         conns = list(self._conns.values())
         for conn in conns:
             conn.close()
@@ -257,25 +332,39 @@ class Daemon:
                 conn.transport.abort()
 
     async def _tick_forever(self) -> None:
+        """Seal due checkpoints and sweep connections; any failure is reported and fails the trail closed."""
         while True:
             await asyncio.sleep(self.limits.tick_interval)
             try:
                 self._audit.tick()
             except GuardError as exc:
-                log.error("audit checkpoint failed: %s", exc.diagnostics())
-            self._sweep(time.monotonic())
+                self._fail_audit(exc)
+                return
+            except Exception as exc:  # a bug in sealing: the trail's state is unknown, so stop recording
+                log.exception("audit checkpoint failed")
+                self._tick_error = f"{type(exc).__name__}: {exc}"
+                self._fail_audit(DaemonError(f"sealing the audit trail failed: {self._tick_error}",
+                                             hint="see the daemon log; `guard audit verify` checks it"))
+                return
+            try:
+                self._sweep(time.monotonic())
+            except Exception:
+                log.exception("connection sweep failed")
 
     def _sweep(self, now: float) -> None:
-        """Close connections that stall mid-line or idle without a reason to stay."""
+        """Close connections that stall mid-line or idle (no request) without a reason to stay."""
         for conn in list(self._conns.values()):
             if conn.line_started is not None and now - conn.line_started > self.limits.line_timeout:
                 conn.send(p.error_reply(None, p.BAD_REQUEST,
                                         f"line not finished within {self.limits.line_timeout:g} s: closing"),
                           self.limits)
                 conn.close()
-            elif (not conn.buffer and not (conn.sessions or conn.watching or conn.tasks)
-                  and now - conn.last_active > self.limits.idle_timeout):
+            elif self._idle(conn) and now - conn.last_request > self.limits.idle_timeout:
                 conn.close()
+
+    @staticmethod
+    def _idle(conn: _Conn) -> bool:
+        return not (conn.buffer or conn.sessions or conn.watching or conn.tasks)
 
     # ---- connections -----------------------------------------------------------------------------
 
@@ -286,7 +375,8 @@ class Daemon:
             transport.abort()
             return None
         self._next_conn += 1
-        conn = _Conn(self._next_conn, transport, uid=uid, pid=pid, last_active=time.monotonic(),
+        now = time.monotonic()
+        conn = _Conn(self._next_conn, transport, uid=uid, pid=pid, last_active=now, last_request=now,
                      lost=asyncio.get_running_loop().create_future())
         refusal = self._refusal(conn)
         if refusal is not None:
@@ -308,9 +398,13 @@ class Daemon:
         for request in list(conn.tasks):
             request.cancel()
         for session_id in list(conn.sessions):
-            with contextlib.suppress(p.RequestError):
+            try:
                 self._end_session(self.sessions.get(session_id), status="lost",
                                   reason="the client's connection dropped")
+            except p.RequestError:
+                pass
+            except GuardError as exc:
+                log.error("session %s: its end is not recorded: %s", session_id, exc.message)
         if not conn.lost.done():
             conn.lost.set_result(None)
 
@@ -324,9 +418,31 @@ class Daemon:
                                  f"daemon; only uid {me} or root may")
         if self._stopping:
             return p.SHUTTING_DOWN, "the daemon is shutting down"
-        if len(self._conns) >= self.limits.max_connections:
-            return p.BUSY, f"too many connections (limit {self.limits.max_connections})"
+        mine = sum(1 for c in self._conns.values() if c.pid == conn.pid)
+        if mine >= self.limits.max_per_peer:
+            return p.BUSY, (f"pid {conn.pid} already holds {mine} connections (limit "
+                            f"{self.limits.max_per_peer} per process); close idle ones")
+        if len(self._conns) >= self.limits.max_connections and not self._evict_idle():
+            return p.BUSY, (f"too many busy connections (limit {self.limits.max_connections}), each owning "
+                            "a session, a watch or a request")
         return None
+
+    def _evict_idle(self) -> bool:
+        """Close an idle connection owning nothing to make room; False if none. The victim belongs to the
+        process holding the most connections (then: idle longest), so a flood evicts its own first and a
+        `guard run` that has just connected, with its one connection, goes last."""
+        idle = [c for c in self._conns.values() if self._idle(c) and not c.closed]
+        if not idle:
+            return False
+        held: dict[int, int] = {}
+        for c in self._conns.values():
+            held[c.pid] = held.get(c.pid, 0) + 1
+        victim = min(idle, key=lambda c: (-held[c.pid], c.last_request))
+        victim.send(p.error_reply(None, p.BUSY, "closing an idle connection to make room for a new one"),
+                    self.limits)
+        victim.close()
+        self._conns.pop(victim.number, None)
+        return True
 
     def _received(self, conn: _Conn, data: bytes) -> None:
         conn.last_active = time.monotonic()
@@ -346,6 +462,7 @@ class Daemon:
                 self._too_large(conn, len(line))
                 return
             if line.strip():
+                conn.last_request = conn.last_active
                 self._dispatch(conn, line)
         if not buffer:
             conn.line_started = None
@@ -372,13 +489,22 @@ class Daemon:
                                     f"too many requests in flight (limit {self.limits.max_inflight})"),
                       self.limits)
             return
+        if self._audit_error is not None and request.op not in _ANYTIME_OPS:
+            conn.send(p.error_reply(request.id, p.AUDIT_FAILED, "the guard daemon cannot record: "
+                                    f"{self._audit_error.diagnostics()}"), self.limits)
+            return
         try:
-            outcome = self._handle(conn, request)
+            if not self.ready and request.op not in _ANYTIME_OPS:
+                outcome: dict[str, Any] | Coroutine[Any, Any, Any] = self._when_ready(conn, request)
+            else:
+                outcome = self._handle(conn, request)
+                if isinstance(outcome, dict) and request.op not in _ANYTIME_OPS:
+                    self._stored()
         except p.RequestError as exc:
             conn.send(p.error_reply(request.id, exc.code, exc.message), self.limits)
             return
         except GuardError as exc:
-            conn.send(p.error_reply(request.id, p.INTERNAL, exc.diagnostics()), self.limits)
+            conn.send(self._guard_error_reply(request, exc), self.limits)
             return
         except Exception as exc:  # a bug: answer, log it, keep serving everyone else
             log.exception("op %s failed", request.op)
@@ -395,10 +521,11 @@ class Daemon:
                       outcome: Awaitable[dict[str, Any] | None]) -> None:
         try:
             result = await outcome
+            self._stored()
         except p.RequestError as exc:
             conn.send(p.error_reply(request.id, exc.code, exc.message), self.limits)
         except GuardError as exc:
-            conn.send(p.error_reply(request.id, p.INTERNAL, exc.diagnostics()), self.limits)
+            conn.send(self._guard_error_reply(request, exc), self.limits)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -407,6 +534,33 @@ class Daemon:
         else:
             if result is not None:
                 conn.send(p.ok_reply(request.id, result), self.limits)
+
+    async def _when_ready(self, conn: _Conn, request: p.Request) -> dict[str, Any] | None:
+        """A request that arrived while the trail was still being recovered: handled once it is open."""
+        assert self._ready is not None
+        await self._ready.wait()
+        if self._startup_error is not None:
+            raise p.RequestError(p.AUDIT_FAILED, "the guard daemon could not start: "
+                                 f"{self._startup_error.diagnostics()}")
+        outcome = self._handle(conn, request)
+        if isinstance(outcome, dict):
+            return outcome
+        result: dict[str, Any] | None = await outcome
+        return result
+
+    def _stored(self) -> None:
+        """Write what the request recorded before its reply goes out (an acknowledgement means stored)."""
+        if self._audit is not None:
+            self._audit.flush()
+
+    def _guard_error_reply(self, request: p.Request, exc: GuardError) -> bytes:
+        from guard.audit.writer import AuditWriteError
+
+        if isinstance(exc, AuditWriteError) or exc is self._audit_error:
+            self._fail_audit(exc)
+            return p.error_reply(request.id, p.AUDIT_FAILED,
+                                 f"the guard daemon cannot record: {exc.diagnostics()}")
+        return p.error_reply(request.id, p.INTERNAL, exc.diagnostics())
 
     # ---- operations ------------------------------------------------------------------------------
 
@@ -417,10 +571,17 @@ class Daemon:
         if op == "decide":
             return self._decide(self.sessions.get(args["session"]), args["action"])
         if op == "hello":
+            client = args.get("client") or {}
+            if args.get("v") != p.VERSION:
+                log.warning("pid %d speaks protocol %r (guard %s); this daemon speaks %d", conn.pid,
+                            args.get("v"), str(client.get("version", "?"))[:32], p.VERSION)
             return {"daemon": "guard", "version": __version__, "protocol": p.VERSION, "pid": os.getpid(),
-                    "peer": {"uid": conn.uid, "pid": conn.pid}}
+                    "peer": {"uid": conn.uid, "pid": conn.pid}, "ready": self.ready,
+                    "state": self._state()}
         if op == "status":
             return self._status()
+        if op == "ready":
+            return {"ready": True}
         if op == "session.open":
             return self._open_session(conn, args)
         if op == "record":
@@ -443,9 +604,26 @@ class Daemon:
             return {"stopping": True, "pid": os.getpid()}
         raise p.RequestError(p.UNKNOWN_OP, f"field 'op': unknown operation {op!r}")
 
+    def _state(self) -> str:
+        if self._audit_error is not None or self._startup_error is not None:
+            return "failed"
+        if not self.ready:
+            return "starting"
+        return "stopping" if self._stopping else "running"
+
+    def _audit_view(self) -> dict[str, Any]:
+        error = self._audit_error or self._startup_error
+        view: dict[str, Any] = {"error": None if error is None else error.diagnostics()}
+        if self._audit is not None:
+            view.update(size=self._audit.size, sealed=self._audit.sealed_size,
+                        recovery=getattr(self._audit, "recovery", None),
+                        replayed=getattr(self._audit, "replayed", None))
+        return view
+
     def _status(self) -> dict[str, Any]:
         now = self.now()
-        return {"pid": os.getpid(), "version": __version__, "uptime_s": round(now - self._started, 3),
+        return {"pid": os.getpid(), "version": __version__, "protocol": p.VERSION, "state": self._state(),
+                "audit": self._audit_view(), "uptime_s": round(now - self._started, 3),
                 "home": str(self.home), "socket": str(self.socket),
                 "sessions": [s.view(now) for s in self.sessions], "approvals": len(self.approvals),
                 "connections": len(self._conns),
@@ -644,6 +822,22 @@ class Daemon:
 
         if self._audit is not None:
             self._audit.append(session_event(DAEMON_SESSION, what, **extra))
+        elif len(self._early) < 1000:  # e.g. a peer refused while the trail was still being recovered
+            self._early.append((what, extra))
+
+
+_ANYTIME_OPS = frozenset({"hello", "status", "shutdown"})  # answered before the trail is open, too
+
+
+def _raise_fd_limit() -> None:
+    """Connections are file descriptors: use the hard limit, so the per-peer caps bind before EMFILE does."""
+    import resource
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard == resource.RLIM_INFINITY or soft < hard:
+        with contextlib.suppress(ValueError, OSError):
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard if hard != resource.RLIM_INFINITY else 65536,
+                                                        hard))
 
 
 def _count(session: Session, verdict: Verdict) -> None:

@@ -151,7 +151,7 @@ def test_round_trip_is_recorded_and_verifies(daemon: Daemon, workspace: Path) ->
     policy = write_policy(workspace.parent / "policy.yaml")
     with daemon.client() as client:
         hello = client.hello()
-        assert hello["protocol"] == 1 and hello["peer"]["uid"] == os.geteuid()
+        assert hello["protocol"] == p.VERSION and hello["peer"]["uid"] == os.geteuid()
         opened = client.open_session(policy, workspace, argv=["agent", "--fast"], cwd=workspace, pid=4242)
         session = opened["session"]
         assert opened["policy"]["name"] == "daemon-test"
@@ -490,7 +490,7 @@ def test_a_stalled_half_line_does_not_block_other_clients(daemon: Daemon) -> Non
         stalled.sendall(b'{"v": 1, "id": 1, "op": "hel')
         with daemon.client() as client:
             for _ in range(20):
-                assert client.hello()["protocol"] == 1
+                assert client.hello()["protocol"] == p.VERSION
     finally:
         stalled.close()
 
@@ -565,7 +565,7 @@ def test_peer_with_another_uid_is_refused_by_peer_credentials(reachable_daemon: 
     assert reply["error"]["code"] == "forbidden"
     assert "peer credentials: uid 65534" in reply["error"]["message"]
     with daemon.client() as client:
-        assert client.hello()["protocol"] == 1
+        assert client.hello()["protocol"] == p.VERSION
     assert daemon.stop() == 0
     verified(daemon.home)
     refused = [r for r in records(daemon.home) if r.get("event") == "peer_refused"]
@@ -580,7 +580,7 @@ def test_cli_start_status_stop(guard_home: Path) -> None:
                               timeout=60)
 
     down = guard("daemon", "status", "--json")
-    assert down.returncode == 3 and orjson.loads(down.stdout) == {"running": False}
+    assert down.returncode == 3 and orjson.loads(down.stdout) == {"running": False, "last_error": None}
     started = guard("daemon", "start")
     pid = int((guard_home / "daemon.pid").read_text())
     try:
@@ -731,7 +731,7 @@ def test_a_line_left_unfinished_is_answered_and_closed(guard_home: Path) -> None
             reply = orjson.loads(read_all(sock))  # returns once the daemon gave up on the line
         assert reply["error"]["code"] == p.BAD_REQUEST and "not finished" in reply["error"]["message"]
         with DaemonClient.connect(guard_home) as client:
-            assert client.hello()["protocol"] == 1
+            assert client.hello()["protocol"] == p.VERSION
 
 
 def test_an_idle_connection_without_a_session_is_closed(guard_home: Path) -> None:
@@ -739,6 +739,58 @@ def test_an_idle_connection_without_a_session_is_closed(guard_home: Path) -> Non
 
     with InProcess(guard_home, Limits(idle_timeout=0.3, tick_interval=0.05)), raw_connect(guard_home) as sock:
         assert read_all(sock) == b""  # EOF: the daemon closed it
+
+
+def test_blank_lines_do_not_keep_an_idle_connection(guard_home: Path) -> None:
+    from guard.daemon.server import Limits
+
+    with InProcess(guard_home, Limits(idle_timeout=0.3, tick_interval=0.05)), raw_connect(guard_home) as sock:
+        sock.settimeout(0.05)
+        closed = False
+        for _ in range(400):  # bounded (about 20 s); the daemon closes it after 0.3 s without a request
+            try:
+                sock.sendall(b"\n")
+                if sock.recv(65536) == b"":
+                    closed = True
+                    break
+            except TimeoutError:
+                continue
+            except (BrokenPipeError, ConnectionResetError):
+                closed = True
+                break
+        assert closed
+
+
+def test_a_failing_ticker_is_reported_and_fails_closed(guard_home: Path, tmp_path: Path,
+                                                       caplog: pytest.LogCaptureFixture) -> None:
+    """Fault injection: the writer's tick raises something that is not a GuardError (a bug). The daemon
+    must not go on silently without checkpoints: it says so to the session and stops."""
+    from guard.daemon.server import Limits
+
+    caplog.set_level(logging.ERROR, logger="guard.daemon.server")
+    workspace = tmp_path / "ws"
+    workspace.mkdir()
+    policy = write_policy(tmp_path / "policy.yaml")
+    daemon = InProcess(guard_home, Limits(tick_interval=0.05))
+    with daemon, DaemonClient.connect(guard_home) as client:
+        session = client.open_session(policy, workspace)["session"]
+
+        def boom() -> None:
+            raise RuntimeError("boom")
+
+        daemon.service._audit.tick = boom
+        with pytest.raises(DaemonError) as failure:
+            for _ in range(2000):  # bounded: the next tick (50 ms) fails
+                client.record(session, {"type": "decision", "action": {"op": "write", "target": str(workspace)},
+                                        "decision": {"verdict": "allow", "rule_id": "workspace", "reason": "ok",
+                                                     "audit_only": False}})
+                daemon.thread.join(timeout=0.01)
+        assert "sealing the audit trail failed: RuntimeError: boom" in failure.value.message
+        daemon.thread.join(timeout=30)
+    assert isinstance(daemon.error, DaemonError) and "boom" in daemon.error.message
+    assert "audit checkpoint failed" in caplog.text
+    report = verify_log(log_dir(guard_home), Keyring(guard_home).root().public)
+    assert not report.tampered
 
 
 def test_a_peer_that_never_reads_is_dropped_without_hurting_others(guard_home: Path,
@@ -762,7 +814,7 @@ def test_a_peer_that_never_reads_is_dropped_without_hurting_others(guard_home: P
             assert dropped
             assert "does not read its replies" in caplog.text
             with DaemonClient.connect(guard_home) as client:
-                assert client.hello()["protocol"] == 1
+                assert client.hello()["protocol"] == p.VERSION
         finally:
             hog.close()
 

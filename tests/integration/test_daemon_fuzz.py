@@ -103,7 +103,7 @@ def fresh_hello_works(home: Path) -> None:
     with connect(home) as sock:
         sock.sendall(p.request_line(HELLO_ID, "hello", {}))
         replies, answered = read_until_hello(sock)
-    assert answered and replies[-1]["result"]["protocol"] == 1
+    assert answered and replies[-1]["result"]["protocol"] == p.VERSION
 
 
 def send_then_hello(home: Path, payload: bytes) -> None:
@@ -184,12 +184,22 @@ def test_half_lines_then_disconnect(daemon_home: Path, cut: int, op: str) -> Non
     fresh_hello_works(daemon_home)
 
 
+def hello_from_another_process(home: Path) -> dict[str, Any]:
+    done = subprocess.run([sys.executable, "-m", "guard", "daemon", "status", "--json"], capture_output=True,
+                          text=True, timeout=60, env={**os.environ, "GUARD_HOME": str(home)}, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    return dict(json.loads(done.stdout))
+
+
 def test_many_idle_connections_do_not_lock_out_a_new_client(daemon_home: Path) -> None:
     socks = [connect(daemon_home) for _ in range(100)]
     try:
         for sock in socks[::2]:
-            sock.sendall(b'{"v": 1, "id": 1, "op": "hel')  # half a line, then silence
-        fresh_hello_works(daemon_home)
+            try:
+                sock.sendall(b'{"v": 2, "id": 1, "op": "hel')  # half a line, then silence
+            except OSError:  # refused: past this process's connection cap
+                pass
+        assert hello_from_another_process(daemon_home)["running"]
     finally:
         for sock in socks:
             sock.close()
@@ -200,7 +210,7 @@ def test_connection_cap_refuses_with_busy_then_recovers(daemon_home: Path) -> No
     socks: list[socket.socket] = []
     try:
         busy: dict[str, Any] | None = None
-        for _ in range(200):  # bounded: the cap is 128
+        for _ in range(200):  # bounded: the cap per process is 32
             sock = connect(daemon_home)
             socks.append(sock)
             sock.sendall(p.request_line(HELLO_ID, "hello", {}))
@@ -209,6 +219,9 @@ def test_connection_cap_refuses_with_busy_then_recovers(daemon_home: Path) -> No
                 busy = replies[0]
                 break
         assert busy is not None and busy["error"]["code"] == p.BUSY
+        assert "per process" in busy["error"]["message"]
+        assert len(socks) == 33
+        assert hello_from_another_process(daemon_home)["running"]  # the cap is this process's alone
     finally:
         for sock in socks:
             sock.close()

@@ -182,13 +182,59 @@ def test_second_writer_is_refused(guard_home: Path, root: VerifierKey, clock: Cl
 
 
 def test_tampered_log_is_not_extended(guard_home: Path, root: VerifierKey, write_log: WriteLog) -> None:
+    """Without a saved checkpoint state the writer replays everything and refuses a broken trail."""
     write_log(12)
+    (guard_home / "log" / ".frontier").unlink()
     seg = list_segments(guard_home / "log")[0].path
     data = bytearray(seg.read_bytes())
     data[data.index(b"/w/file") + 3] ^= 1
     seg.write_bytes(bytes(data))
     with pytest.raises(AuditError, match="fails verification"):
         write_log(1)
+
+
+def test_tampered_checkpoint_named_by_the_resume_state_forces_a_full_replay(
+        guard_home: Path, root: VerifierKey, write_log: WriteLog) -> None:
+    write_log(12)
+    state = orjson.loads((guard_home / "log" / ".frontier").read_bytes())
+    seg = guard_home / "log" / f"seg-{state['segment']:08d}.jsonl"
+    data = bytearray(seg.read_bytes())
+    data[state["offset"] + state["length"] // 2] ^= 1  # inside the checkpoint line it names
+    seg.write_bytes(bytes(data))
+    with pytest.raises(AuditError, match="fails verification"):
+        write_log(1)
+
+
+def test_restart_resumes_from_the_last_checkpoint(guard_home: Path, root: VerifierKey, write_log: WriteLog,
+                                                 clock: Clock) -> None:
+    w = write_log(40, checkpoint_every=7)
+    assert w.replayed["mode"] == "full"  # the first open: nothing saved yet
+    w = write_log(5, start=40)
+    assert w.replayed["mode"] == "resume" and w.replayed["lines"] <= 2  # the checkpoint line (+ daemon's)
+    (guard_home / "log" / ".frontier").write_bytes(b"{not json")
+    w = write_log(5, start=45)
+    assert w.replayed["mode"] == "full" and w.replayed["lines"] > 40
+    state = orjson.loads((guard_home / "log" / ".frontier").read_bytes())
+    state["frontier"][0] = "00" * 32  # a frontier that does not match the checkpoint's signed root
+    (guard_home / "log" / ".frontier").write_bytes(orjson.dumps(state))
+    w = write_log(5, start=50)
+    assert w.replayed["mode"] == "full" and "root" in w.replayed["why"]
+    report = verify_log(guard_home / "log", root.public)
+    assert report.exit_code == 0 and report.records == 55, report.findings
+
+
+def test_resumed_writer_does_not_rescan_history_but_verify_still_catches_a_change(
+        guard_home: Path, root: VerifierKey, write_log: WriteLog) -> None:
+    """The price of a restart independent of the trail's size: a change to sealed history before the last
+    checkpoint is found by `guard audit verify` (from the root key), not by the restarting writer."""
+    write_log(12)
+    seg = list_segments(guard_home / "log")[0].path
+    data = bytearray(seg.read_bytes())
+    data[data.index(b"/w/file") + 3] ^= 1
+    seg.write_bytes(bytes(data))
+    w = write_log(1, start=50)
+    assert w.replayed["mode"] == "resume"
+    assert verify_log(guard_home / "log", root.public).tampered
 
 
 @pytest.mark.parametrize("target", ["epoch.key", "root.pub", "."])

@@ -14,7 +14,7 @@ from guard.model import Action, Op, Verdict
 
 
 def line(**fields: object) -> bytes:
-    return json.dumps({"v": 1, "id": 7, **fields}).encode()
+    return json.dumps({"v": p.VERSION, "id": 7, **fields}).encode()
 
 
 def refused(raw: bytes) -> p.RequestError:
@@ -25,7 +25,19 @@ def refused(raw: bytes) -> p.RequestError:
 
 def test_hello_parses_with_no_args() -> None:
     request = p.parse_request(line(op="hello"))
-    assert (request.id, request.op, dict(request.args)) == (7, "hello", {})
+    assert (request.id, request.op, dict(request.args)) == (7, "hello", {"client": None, "v": p.VERSION})
+
+
+def test_hello_is_answered_in_any_protocol_version() -> None:
+    """The handshake: a client of another guard version learns which daemon it reached."""
+    for version in (1, p.VERSION, p.VERSION + 1):
+        request = p.parse_request(orjson.dumps({"v": version, "id": 1, "op": "hello",
+                                                "client": {"version": "9.9", "protocol": version}}))
+        assert request.op == "hello" and request.args["v"] == version
+        assert request.args["client"] == {"version": "9.9", "protocol": version}
+    with pytest.raises(p.RequestError) as exc:
+        p.parse_request(orjson.dumps({"v": p.VERSION + 1, "id": 1, "op": "status"}))
+    assert exc.value.code == p.BAD_VERSION and "different guard versions" in exc.value.message
 
 
 def test_decide_converts_the_action() -> None:
@@ -48,12 +60,12 @@ def test_session_open_defaults_optional_fields() -> None:
     (orjson.dumps({"v": 1, "id": True, "op": "hello"}), p.BAD_REQUEST, "'id'"),
     (orjson.dumps({"v": 1, "id": 1.5, "op": "hello"}), p.BAD_REQUEST, "'id'"),
     (orjson.dumps({"v": 1, "id": "x" * 200, "op": "hello"}), p.BAD_REQUEST, "'id'"),
-    (orjson.dumps({"v": 2, "id": 1, "op": "hello"}), p.BAD_VERSION, "'v'"),
+    (orjson.dumps({"v": 1, "id": 1, "op": "status"}), p.BAD_VERSION, "'v'"),
     (orjson.dumps({"v": True, "id": 1, "op": "hello"}), p.BAD_VERSION, "'v'"),
     (orjson.dumps({"id": 1, "op": "hello"}), p.BAD_VERSION, "'v'"),
     (line(op=3), p.BAD_REQUEST, "'op'"),
     (line(op="rm -rf"), p.UNKNOWN_OP, "unknown operation"),
-    (line(op="hello", extra=1), p.BAD_REQUEST, "'extra'"),
+    (line(op="status", extra=1), p.BAD_REQUEST, "'extra'"),
     (line(op="decide", action={"op": "read", "target": "/x"}), p.BAD_REQUEST, "'session'"),
     (line(op="decide", session="", action={"op": "read", "target": "/x"}), p.BAD_REQUEST, "'session'"),
     (line(op="decide", session="s", action=[]), p.BAD_REQUEST, "'action'"),
@@ -78,7 +90,7 @@ def test_bad_requests_name_the_problem(raw: bytes, code: str, needle: str) -> No
 
 
 def test_the_request_id_survives_into_the_error() -> None:
-    assert refused(orjson.dumps({"v": 9, "id": "abc", "op": "hello"})).request_id == "abc"
+    assert refused(orjson.dumps({"v": 9, "id": "abc", "op": "status"})).request_id == "abc"
     assert refused(b"nope").request_id is None
 
 
@@ -94,12 +106,12 @@ def test_approvals_decide_takes_only_allow_or_deny() -> None:
 
 def test_replies_round_trip() -> None:
     ok = p.parse_reply(p.ok_reply(3, {"x": 1}).rstrip(b"\n"))
-    assert ok == {"v": 1, "id": 3, "ok": True, "result": {"x": 1}}
+    assert ok == {"v": p.VERSION, "id": 3, "ok": True, "result": {"x": 1}}
     err = p.parse_reply(p.error_reply(None, p.FORBIDDEN, "no").rstrip(b"\n"))
     assert err["error"] == {"code": "forbidden", "message": "no"}
 
 
-@pytest.mark.parametrize("raw", [b"[]", b"{\"v\": 2, \"ok\": true}", b"{\"v\": 1}", b"garbage"])
+@pytest.mark.parametrize("raw", [b"[]", b"{\"v\": 1, \"ok\": true}", b"{\"v\": 3, \"ok\": true}", b"{\"v\": 1}", b"garbage"])
 def test_client_side_refuses_malformed_replies(raw: bytes) -> None:
     with pytest.raises(p.ProtocolError):
         p.parse_reply(raw)
@@ -191,4 +203,4 @@ def test_random_fields_for_every_op_are_accepted_or_refused_cleanly(op: str, fie
     except p.RequestError as exc:
         assert exc.code == p.BAD_REQUEST and "field" in exc.message
     else:
-        assert set(request.args) == set(p.OPS[op])
+        assert set(request.args) == set(p.OPS[op]) | ({"v"} if op == "hello" else set())  # hello: any version
