@@ -212,6 +212,13 @@ def test_claude_hooks_decide_with_the_session_and_tell_the_model_why(world: Any)
         assert ("Read", "deny") in tools and ("Bash", "allow") in tools, intents
         assert any(r["phase"] == "post" for r in intents), intents
         world.check_trail()
+        # the session report a person reads: the agent's stated tool calls beside what guard refused
+        pub = world.root / "root.pub"
+        report = json.loads(world.guard("audit", "report", run.session, "--json", "--key", str(pub)).stdout)
+        assert report["verification"]["status"] == "valid", report["verification"]
+        assert report["summary"]["tool_calls"] == len([r for r in intents if r["phase"] == "pre"]), report
+        assert report["summary"]["denied"] >= 2, report["summary"]
+        assert any(d["target"] == str(world.home / ".bashrc") for d in report["denials"]), report["denials"]
     finally:
         settings.unlink(missing_ok=True)
 
