@@ -19,7 +19,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import socket
 import subprocess
 import threading
 from collections.abc import Callable, Mapping
@@ -57,7 +56,6 @@ class AskAnnouncer:
         self._say = say
         self._tty = os.isatty(2) if tty is None else tty
         self._stop = threading.Event()
-        self._sock: socket.socket | None = None
         self.announced: list[str] = []  # approval ids, for the session summary and tests
         self._children: list[subprocess.Popen[bytes]] = []
         self.thread = threading.Thread(target=self._run, name="guard-ask-announcer", daemon=True)
@@ -66,56 +64,29 @@ class AskAnnouncer:
         self.thread.start()
 
     def stop(self) -> None:
+        """Never delays guard run's exit: the thread is a daemon thread and notices within half a second;
+        finished notifiers are reaped, running ones are left to finish on their own."""
         self._stop.set()
-        if self._sock is not None:
-            with contextlib.suppress(OSError):
-                self._sock.shutdown(socket.SHUT_RDWR)
-        self.thread.join(timeout=2)
-        for child in self._children:  # reap the notifiers (they are quick); never wait long on one
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                child.wait(timeout=1)
+        for child in self._children:
+            child.poll()
 
     def _run(self) -> None:
-        from guard.daemon import protocol as p
-        from guard.daemon.client import DaemonClient
+        from guard.daemon.client import watch_approvals
 
         try:
-            client = DaemonClient.connect(self._home)
-        except GuardError as exc:
-            self._say(f"guard: warning: asks of this session will not be announced here ({exc.message}); "
-                      "see `guard approvals`")
-            return
-        sock = self._sock = client._sock
-        try:
-            sock.sendall(p.request_line(1, "approvals.watch", {}))
-            buffer = bytearray()
-            first = True
-            while not self._stop.is_set():
-                newline = buffer.find(b"\n")
-                if newline < 0:
-                    sock.settimeout(0.5)
-                    try:
-                        chunk = sock.recv(1 << 16)
-                    except TimeoutError:
-                        continue
-                    if not chunk:
-                        return
-                    buffer += chunk
-                    continue
-                message = p.parse_reply(bytes(buffer[:newline]))
-                del buffer[:newline + 1]
-                if first:
-                    first = False
-                    for approval in message.get("result", {}).get("approvals", []):
+            for change in watch_approvals(self._home, stop=self._stop):
+                if change["event"] == "snapshot":
+                    for approval in change.get("approvals", []):
                         self._pending(approval)
-                elif message.get("event") == "pending":
-                    self._pending(message.get("approval") or {})
-                elif message.get("event") == "resolved":
-                    self._resolved(message.get("approval") or {}, message)
-        except (OSError, GuardError, ValueError):
+                elif change["event"] == "pending":
+                    self._pending(change.get("approval") or {})
+                elif change["event"] == "resolved":
+                    self._resolved(change.get("approval") or {}, change)
+        except GuardError as exc:
+            self._say(f"guard: warning: asks of this session are not announced here ({exc.message}); "
+                      "see `guard approvals`")
+        except (OSError, ValueError):
             return  # the daemon went away: the session's own fail-closed path says so
-        finally:
-            client.close()
 
     def _pending(self, approval: Mapping[str, Any]) -> None:
         if approval.get("session") != self._session:

@@ -392,26 +392,33 @@ def _reply_error(reply: Mapping[str, Any]) -> DaemonReplyError:
     return DaemonReplyError(str(error.get("code", p.INTERNAL)), str(error.get("message", "")))
 
 
-def watch_approvals(home: Path | None = None, *, timeout: float | None = None) -> Iterator[dict[str, Any]]:
+def watch_approvals(home: Path | None = None, *, timeout: float | None = None,
+                    stop: threading.Event | None = None) -> Iterator[dict[str, Any]]:
     """Yield approval changes ({"event": "pending"|"resolved", "approval": {...}}) on a dedicated connection.
 
-    The first item is {"event": "snapshot", "approvals": [...]}. Stops when the daemon ends the stream or
-    `timeout` seconds pass without a message.
+    The first item is {"event": "snapshot", "approvals": [...]}. Stops when the daemon ends the stream,
+    `timeout` seconds pass without a message, or `stop` is set (noticed within half a second).
     """
     client = DaemonClient.connect(home)
     sock = client._sock
+    idle = 0.0
     try:
         sock.sendall(p.request_line(1, "approvals.watch", {}))
         buffer = bytearray()
         first = True
-        while True:
+        while stop is None or not stop.is_set():
             newline = buffer.find(b"\n")
             if newline < 0:
-                sock.settimeout(timeout)
+                wait = timeout if stop is None else min(0.5, timeout if timeout is not None else 0.5)
+                sock.settimeout(wait)
                 try:
                     chunk = sock.recv(1 << 16)
                 except TimeoutError:
+                    idle += wait or 0.0
+                    if stop is not None and (timeout is None or idle < timeout):
+                        continue
                     return
+                idle = 0.0
                 if not chunk:
                     return
                 buffer += chunk
