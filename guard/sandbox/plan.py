@@ -418,9 +418,6 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
 
     deny_notes: list[str] = []
     deny_state = State.FULLY
-    if facts.capped:
-        deny_state = State.PARTLY
-        deny_notes.extend(facts.capped)
     open_missing = [m for m in facts.missing if m.rule_id != SELF_PROTECTION_RULE
                     and _granted(m.ancestor, Op.WRITE, grants)]
     carves = [m for m in mounts if m.kind is MountKind.CARVE]
@@ -436,14 +433,15 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     hides = sum(1 for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.HIDE_FILE))
     ro = sum(1 for m in mounts if m.kind is MountKind.READ_ONLY)
     scanned = ", ".join(facts.walked) or "-"
-    summary = f"{hides} hidden, {ro} write-protected by mounts; roots scanned: {scanned}"
+    summary = (f"{hides} hidden, {ro} write-protected by mounts; roots scanned: {scanned} "
+               f"({facts.entries} entries); `**` globs are matched in the workspace and on granted files")
     protections.append(Protection("files: denies inside granted trees", deny_state,
                                   "; ".join([summary, *deny_notes])))
     links = [m for m in facts.matches if m.via.startswith("hard link")]
-    protections.append(Protection("files: hard links planted before launch",
-                                  State.PARTLY if facts.capped else State.FULLY,
+    protections.append(Protection("files: hard links planted before launch", State.FULLY,
                                   f"{len(links)} found and masked"
-                                  + ("; scan capped" if facts.capped else "")))
+                                  + (f"; {facts.unfound} other name(s) of denied files lie outside every "
+                                     "readable tree" if facts.unfound else "")))
     protected_missing = [m.pattern for m in facts.missing if m.rule_id == SELF_PROTECTION_RULE]
     protections.append(Protection(
         "self-protection ($GUARD_HOME, policy files)",

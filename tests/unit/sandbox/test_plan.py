@@ -13,7 +13,7 @@ from guard.model import Op, Verdict
 from guard.sandbox import landlock as ll
 from guard.sandbox.plan import MountKind, build_plan
 from guard.sandbox.report import State
-from guard.sandbox.scan import LaunchFacts, literal_prefix, matcher, scan_launch_facts
+from guard.sandbox.scan import LaunchFacts, ScanCapped, literal_prefix, matcher, scan_launch_facts
 
 RW = frozenset({Op.READ, Op.WRITE})
 R = frozenset({Op.READ})
@@ -150,12 +150,15 @@ def test_missing_deny_under_a_writable_tree_is_left_to_the_decision_tier(tree: d
     assert not plan.report.warnings()
 
 
-def test_capped_scan_is_reported(tree: dict[str, Path]) -> None:
+def test_a_scan_past_its_bound_fails_closed(tree: dict[str, Path]) -> None:
+    """A secret must never become readable because the workspace is large: past the bound, no plan."""
     for i in range(20):
         (tree["ws"] / f"f{i}").write_text("")
-    _, plan = _plan(tree, _policy(tree), max_entries=5)
-    assert plan.report.get("files: hard links planted before launch").state is State.PARTLY
-    assert "stopped after 5 entries" in plan.report.get("files: denies inside granted trees").reason
+    with pytest.raises(ScanCapped, match=r"stopped after 5 directory entries \(settings.scan_max_entries\)") as exc:
+        _plan(tree, _policy(tree), max_entries=5)
+    assert "nothing was started" in exc.value.message and "scan_max_entries: 25" in (exc.value.hint or "")
+    facts, _ = _plan(tree, _policy(tree), max_entries=40)
+    assert facts.entries <= 40
 
 
 def test_audit_only_deny_does_not_mask(tree: dict[str, Path]) -> None:
