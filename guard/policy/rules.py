@@ -28,6 +28,7 @@ class FileRule:
     excepts: tuple[str, ...]
     audit_only: bool
     existing_only: bool = False  # protects only what exists at launch (`applies_to: existing`)
+    private: bool = False  # `writes: private`: the sandbox keeps these writes in a layer of the session's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,6 +50,7 @@ class Rule:
     except_cidrs: tuple[IPNetwork, ...] = ()
     except_commands: tuple[CommandPattern, ...] = ()
     existing_only: bool = False
+    private: bool = False
 
     @property
     def strength(self) -> int:
@@ -111,4 +113,4 @@ class Rule:
         return FileRule(rule_id=self.id, verdict=self.verdict, ops=self.ops,
                         patterns=tuple(p.text for p in self.paths),
                         excepts=tuple(p.text for p in self.except_paths), audit_only=self.audit_only,
-                        existing_only=self.existing_only)
+                        existing_only=self.existing_only, private=self.private)

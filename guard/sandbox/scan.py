@@ -40,6 +40,7 @@ from guard.model import Op, Verdict
 from guard.policy.paths import GlobError, PathPattern, compile_path
 
 SELF_PROTECTION_RULE = "guard:self-protection"
+CREDENTIAL_VARIABLE_RULE = "guard:credential-variable"  # a file a withheld credential variable names
 FILE_OPS = frozenset({Op.READ, Op.WRITE, Op.EXEC})
 # device paths the plan may grant IOCTL_DEV on (terminals): their existence is a launch fact too
 TERMINAL_PATHS = ("/dev/tty", "/dev/pts", "/dev/ptmx")
@@ -184,7 +185,8 @@ class _Target:
         return comps[-1] if comps and not is_glob(comps[-1]) else None
 
 
-def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]:
+def deny_targets(policy: PolicyLike, protected: Sequence[Path],
+                 credential_files: Sequence[Path] = ()) -> list[_Target]:
     """Everything a mask or a write-protection may be needed for: deny and ask rules (not audit-only),
     the excepts of allow rules (carved out of a grant), and the guard's own files."""
     out: list[_Target] = []
@@ -207,6 +209,8 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]
     everything = frozenset(FILE_OPS)
     for path in protected:
         add(os.path.abspath(path), SELF_PROTECTION_RULE, everything, Verdict.DENY)
+    for path in credential_files:
+        add(os.path.abspath(path), CREDENTIAL_VARIABLE_RULE, everything, Verdict.DENY)
     return out
 
 
@@ -480,12 +484,14 @@ def _outermost(paths: Sequence[str]) -> list[str]:
 
 
 def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
-                      home: Path | None = None, max_entries: int = 200_000) -> LaunchFacts:
+                      home: Path | None = None, max_entries: int = 200_000,
+                      credential_files: Sequence[Path] = ()) -> LaunchFacts:
     """Walk what the policy's denies refer to at launch; see the module docstring. Raises ScanCapped
-    when the walk needs more than `max_entries` directory entries."""
+    when the walk needs more than `max_entries` directory entries. `credential_files` are hidden like
+    credentials: the files that withheld credential variables name (KRB5CCNAME, KUBECONFIG, ...)."""
     ws = os.path.realpath(workspace)
     del home  # the roots come from the policy's grants
-    targets = deny_targets(policy, protected)
+    targets = deny_targets(policy, protected, credential_files)
     grants = grant_prefixes(policy)
     budget = _Budget(max_entries)
     unreadable: list[str] = []
