@@ -14,6 +14,7 @@ If anything before the command starts fails, we raise SandboxError (exit 125): n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -230,22 +231,21 @@ def _private_layers(home: Path, session_id: str) -> Path:
 
 
 def _remove_private_layers(home: Path, session_id: str) -> None:
+    """Remove the session's layers. Overlay leaves its work directory mode 000: it is ours, so every
+    directory is made listable before it is walked."""
     import shutil
-    import stat as st
 
     root = home / "layers" / session_id
-
-    def writable_again(func: Callable[..., Any], path: str, _exc: object) -> None:
-        # overlay leaves its work directory mode 000; it is ours, so make it removable and retry
-        os.chmod(os.path.dirname(path), st.S_IRWXU)
-        os.chmod(path, st.S_IRWXU) if os.path.isdir(path) else None
-        func(path)
-
-    if root.exists():
-        try:
-            shutil.rmtree(root, onerror=writable_again)
-        except OSError as exc:
-            print(f"guard: could not remove the session's private layers {root}: {exc}", file=sys.stderr)
+    if not root.exists():
+        return
+    try:
+        for dirpath, dirnames, _ in os.walk(root):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, name), 0o700)
+        shutil.rmtree(root)
+    except OSError as exc:
+        print(f"guard: could not remove the session's private layers {root}: {exc}", file=sys.stderr)
 
 
 def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
