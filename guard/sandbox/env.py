@@ -91,6 +91,8 @@ def named_files(withheld: Iterable[Withheld], base: Mapping[str, str]) -> list[s
         if _matches(w.name, SOCKET_NAMES):
             continue
         value = base.get(w.name, "")
+        if "://" in value:
+            continue  # a URL, not a file
         kind, sep, rest = value.partition(":")
         parts = [rest] if sep and kind in ("FILE", "DIR") else value.split(":")
         out.extend(p for p in parts if p.startswith("/") and "\n" not in p)

@@ -475,14 +475,6 @@ def _expand(pattern: str, budget: _Budget, unreadable: list[str]) -> list[str]:
     return paths
 
 
-def _outermost(paths: Sequence[str]) -> list[str]:
-    out: list[str] = []
-    for p in sorted(set(paths), key=lambda p: (p.count("/"), p)):
-        if not any(is_beneath(p, o) for o in out):
-            out.append(p)
-    return out
-
-
 def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
                       home: Path | None = None, max_entries: int = 200_000,
                       credential_files: Sequence[Path] = ()) -> LaunchFacts:
@@ -632,11 +624,13 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         for e in ws_files:
             if e.ino in aliases.inos:
                 aliases.check(e.path, record, hidden_dirs)
-        tree_roots = _outermost([facts[p].resolved for p, ops, _ in grants
-                                 if Op.READ in ops and facts[p].kind == "dir"
-                                 and not any(is_beneath(facts[p].resolved, x) for x in _PSEUDO_ROOTS)
-                                 and not any(is_beneath(facts[p].resolved, h) for h in hidden_dirs)])
-        skip = hidden_dirs | {c for c in carved if not any(is_beneath(c, r) and r != c for r in roots)}
+        # every readable tree is a root of its own, and each walk stays out of the others beneath it, so
+        # a tree inside an except of a wider grant (a cache under a home carved out of /tmp) is walked too
+        tree_roots = sorted({facts[p].resolved for p, ops, _ in grants
+                             if Op.READ in ops and facts[p].kind == "dir"
+                             and not any(is_beneath(facts[p].resolved, x) for x in _PSEUDO_ROOTS)
+                             and not any(is_beneath(facts[p].resolved, h) for h in hidden_dirs)} | {ws})
+        skip = hidden_dirs | set(carved) | set(tree_roots)
         for root in tree_roots:
             if not aliases.wanted:
                 break
@@ -648,8 +642,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 continue  # a hard link never crosses filesystems
             if root == ws:
                 continue  # walked above
-            for e in _walk(root, budget, unreadable,
-                           prune=lambda p: p in skip or p == ws):
+            for e in _walk(root, budget, unreadable, prune=skip.__contains__):
                 if e.kind == "file" and e.ino in aliases.inos:
                     aliases.check(e.path, record, hidden_dirs)
                     if not aliases.wanted:

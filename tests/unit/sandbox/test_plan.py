@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -330,3 +331,92 @@ def test_glob_without_a_literal_anchor_is_tested_on_every_path(tree: dict[str, P
     pol = _policy(tree, Rule("pem", Verdict.DENY, RW, ("/**/*.pem",)))
     _, plan = _plan(tree, pol)
     assert str(tree["ws"] / "src" / "server.pem") in {m.path for m in plan.mounts}
+
+
+# --- the launch scan in a realistic layout (issue 13, class 1) -------------------------------------------
+def _home_layout(tmp_path: Path) -> dict[str, Path]:
+    """The workspace under HOME, HOME under a scratch grant whose except carves HOME out (as base's `tmp`)."""
+    scratch = tmp_path / "scratch"
+    home = scratch / "home"
+    ws = home / "src" / "proj"
+    (ws / "src").mkdir(parents=True)
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("KEY")
+    (home / ".cache" / "pip").mkdir(parents=True)
+    gh = tmp_path / "gh"
+    gh.mkdir()
+    return {"scratch": scratch, "home": home, "ws": ws, "gh": gh}
+
+
+def _home_policy(t: dict[str, Path]) -> Pol:
+    return Pol((Rule("tmp", Verdict.ALLOW, RW, (f"{t['scratch']}/**",), excepts=(f"{t['home']}/**",)),
+                Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)),
+                Rule("caches", Verdict.ALLOW, RW, (f"{t['home']}/.cache/**",)),
+                Rule("cfg", Verdict.ALLOW, R, (f"{t['home']}/.editorconfig",)),
+                Rule("ssh", Verdict.DENY, RW, (f"{t['home']}/.ssh/**",)),
+                Rule("env", Verdict.DENY, RW, ("/**/.env",))))
+
+
+def test_hard_links_beneath_an_except_are_found(tmp_path: Path) -> None:
+    """The except carving HOME out of a grant is not a denied directory: links planted beneath it, in the
+    workspace, a cache or as a home configuration file, are the key."""
+    t = _home_layout(tmp_path)
+    key = t["home"] / ".ssh" / "id_ed25519"
+    links = [t["ws"] / "src" / "notes.txt", t["home"] / ".cache" / "pip" / "entry", t["home"] / ".editorconfig"]
+    for link in links:
+        os.link(key, link)
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    found = {m.path for m in facts.matches if m.via.startswith("hard link to")}
+    assert found == {str(p) for p in links}
+    assert facts.unfound == 0
+    plan = build_plan(_home_policy(t), facts, workspace=t["ws"], protected=[t["gh"]], abi=7)
+    assert "3 found and masked" in plan.report.get("files: hard links planted before launch").reason
+
+
+def test_no_second_name_means_no_walk_beyond_the_workspace(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    for i in range(30):
+        (t["home"] / ".cache" / "pip" / f"f{i}").write_text("")
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    assert facts.walked == (str(t["ws"]),)
+    assert facts.entries < 30
+
+
+def test_a_second_name_outside_every_grant_is_counted_not_masked(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    (t["home"] / "backup").mkdir()
+    os.link(t["home"] / ".ssh" / "id_ed25519", t["home"] / "backup" / "key")
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    assert facts.unfound == 1
+    assert not [m for m in facts.matches if m.via.startswith("hard link")]
+
+
+def test_globs_without_double_star_are_expanded_by_listing(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    (t["scratch"] / "krb5cc_1000").write_text("TICKET")
+    (t["scratch"] / "krb5cc_other").mkdir()
+    pol = Pol((*_home_policy(t).rules,
+               Rule("krb", Verdict.DENY, RW, (f"{t['scratch']}/krb5cc_*",))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    hit = {m.path: m.kind for m in facts.matches if m.rule_id == "krb"}
+    assert hit == {str(t["scratch"] / "krb5cc_1000"): "file", str(t["scratch"] / "krb5cc_other"): "dir"}
+
+
+def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+
+    @dataclass(frozen=True)
+    class PRule(Rule):
+        private: bool = True
+
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)),
+               PRule("caches", Verdict.ALLOW, RW, (f"{t['home']}/.cache/**",))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
+    layer = [m for m in plan.mounts if m.kind is MountKind.PRIVATE]
+    assert [(m.path, m.layer) for m in layer] == [(str(t["home"] / ".cache"), "/layers/0")]
+    assert plan.mounts[0].kind is MountKind.PRIVATE
+    closed = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7)
+    assert not [m for m in closed.mounts if m.kind is MountKind.PRIVATE]
+    cache = {g.path: g for g in closed.landlock.grants}[str(t["home"] / ".cache")]
+    assert not cache.access & ll.WRITE_RIGHTS
