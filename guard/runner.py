@@ -137,7 +137,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
                                   max_entries=policy.scan_max_entries,
-                                  credential_files=_hideable(credential_files, workspace, opts.env))
+                                  credential_files=_hideable(credential_files, workspace, opts.env),
+                                  unhunted=[home / "layers"])
         layers = _private_layers(home, session_id)
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
                           private_root=str(layers))

@@ -477,13 +477,16 @@ def _expand(pattern: str, budget: _Budget, unreadable: list[str]) -> list[str]:
 
 def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
                       home: Path | None = None, max_entries: int = 200_000,
-                      credential_files: Sequence[Path] = ()) -> LaunchFacts:
+                      credential_files: Sequence[Path] = (), unhunted: Sequence[Path] = ()) -> LaunchFacts:
     """Walk what the policy's denies refer to at launch; see the module docstring. Raises ScanCapped
     when the walk needs more than `max_entries` directory entries. `credential_files` are hidden like
-    credentials: the files that withheld credential variables name (KRB5CCNAME, KUBECONFIG, ...)."""
+    credentials: the files that withheld credential variables name (KRB5CCNAME, KUBECONFIG, ...).
+    `unhunted` are directories inside hidden trees whose files hold no secret and need no alias hunt
+    (other sessions' private layers inside the guard's state: the agents' own cache writes)."""
     ws = os.path.realpath(workspace)
     del home  # the roots come from the policy's grants
     targets = deny_targets(policy, protected, credential_files)
+    skip_hunt = {os.path.realpath(p) for p in unhunted}
     grants = grant_prefixes(policy)
     budget = _Budget(max_entries)
     unreadable: list[str] = []
@@ -528,7 +531,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
             # write-opens of any file with more than one link.
             return
         if m.kind == "dir" and walk_dir:
-            for e in _walk(m.path, budget, unreadable):
+            for e in _walk(m.path, budget, unreadable, prune=skip_hunt.__contains__):
                 if e.kind == "file":
                     remember_inode(e.path, m)
         elif m.kind == "file":

@@ -88,8 +88,8 @@ def test_variables_naming_sockets_and_terminals_are_withheld(world):
     if shutil.which("tmux") is None:
         pytest.skip("tmux is not installed")
     sock = world.root / "tmux-eng.sock"
-    base = {"HOME": str(world.home), "PATH": world.env["PATH"]}
-    # the session runs a plain command: a login shell of nologin (uid nobody) would end the server at once
+    base = {"HOME": str(world.home), "PATH": world.env["PATH"], "SHELL": "/bin/sh"}
+    # SHELL: tmux runs the command through it, and uid nobody's login shell (nologin) would end it at once
     subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "eng", "sleep 600"], env=base,
                    check=True, timeout=30)
     pid = subprocess.run(["tmux", "-S", str(sock), "display-message", "-p", "#{pid}"], env=base, check=True,

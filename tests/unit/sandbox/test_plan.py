@@ -420,3 +420,18 @@ def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) 
     assert not [m for m in closed.mounts if m.kind is MountKind.PRIVATE]
     cache = {g.path: g for g in closed.landlock.grants}[str(t["home"] / ".cache")]
     assert not cache.access & ll.WRITE_RIGHTS
+
+
+def test_private_layers_in_the_guard_state_are_hidden_but_not_walked(tmp_path: Path) -> None:
+    """Other sessions' layers (their agents' cache writes) live in the hidden guard state: walking them for
+    second names of secrets would only spend the scan's bound."""
+    t = _home_layout(tmp_path)
+    layer = t["gh"] / "layers" / "other" / "0" / "upper"
+    layer.mkdir(parents=True)
+    for i in range(40):
+        (layer / f"f{i}").write_text("")
+    kw = {"workspace": t["ws"], "protected": [t["gh"]], "home": t["home"], "max_entries": 30}
+    with pytest.raises(ScanCapped):
+        scan_launch_facts(_home_policy(t), **kw)  # type: ignore[arg-type]
+    facts = scan_launch_facts(_home_policy(t), unhunted=[t["gh"] / "layers"], **kw)  # type: ignore[arg-type]
+    assert str(t["gh"]) in {m.path for m in facts.matches}
