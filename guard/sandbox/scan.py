@@ -409,23 +409,93 @@ class _Names:
         self.depths = sorted({d for d, _ in self.by_key})
         parts = [p.regex.pattern[1:] for p, _ in self.by_glob if p.regex is not None]
         self.any_glob = re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL) if parts else None
+        # the literal start of every glob segment (`.env.` of `.env.*`): str.startswith first, in C
+        starts = [_literal_start(p.text[1:]) for p, _ in self.by_glob]
+        self.glob_starts: tuple[str, ...] | None = tuple(starts) if starts and all(starts) else None
 
-    def candidates(self, e: _Entry) -> list[_Target]:
+        self.by_name = {name: ts for (d, name), ts in self.by_key.items() if d == 0}
+        self.by_parent = {name: ts for (d, name), ts in self.by_key.items() if d == 1}
+        self.deeper = any(d > 1 for d in self.depths) or bool(self.everything)
+
+    def may_match(self, name: str, parent: str) -> bool:
+        """The cheap test every walked entry pays: could any pattern's first match end here?"""
+        if name in self.by_name or parent in self.by_parent or self.deeper:
+            return True
+        if self.any_glob is None or (self.glob_starts is not None and not name.startswith(self.glob_starts)):
+            return False
+        return self.any_glob.fullmatch(name) is not None
+
+    def candidates(self, path: str, name: str, parent: str) -> list[_Target]:
         out: list[_Target] = list(self.everything)
         for depth in self.depths:
             if depth == 0:
-                name = e.name
+                key = name
             elif depth == 1:
-                name = e.parent
+                key = parent
             else:
-                parts = e.path.split("/")
-                name = parts[-1 - depth] if len(parts) > depth + 1 else ""
-            hit = self.by_key.get((depth, name))
+                parts = path.split("/")
+                key = parts[-1 - depth] if len(parts) > depth + 1 else ""
+            hit = self.by_key.get((depth, key))
             if hit:
                 out.extend(hit)
-        if self.any_glob is not None and self.any_glob.fullmatch(e.name) is not None:
-            out.extend(t for p, t in self.by_glob if p.matches("/" + e.name))
+        if self.any_glob is not None and self.any_glob.fullmatch(name) is not None:
+            out.extend(t for p, t in self.by_glob if p.matches("/" + name))
         return out
+
+
+def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
+               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool],
+               files: list[tuple[str, int]]) -> None:
+    """The workspace walk, kept tight because it visits every entry: `_walk`'s order and rules, but each
+    entry costs a dict lookup or two (`_Names.may_match`) unless it may match a glob deny, in which case
+    `on_match(path, name, parent, kind)` decides; a matched directory is not descended into (its match
+    covers it). Regular files that matched nothing go to `files` as (path, inode) for the alias hunt."""
+
+    def listing(path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append(f"{path}: {exc.strerror}")
+            return []
+        entries.reverse()
+        return entries
+
+    may_match = names.may_match
+    stack = [(listing(root), root.rpartition("/")[2])]
+    while stack:
+        entries, parent = stack[-1]
+        if not entries:
+            stack.pop()
+            continue
+        entry = entries.pop()
+        budget.left -= 1
+        if budget.left < 0:
+            raise budget.exhausted(root)
+        name = entry.name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if may_match(name, parent):
+                kind = "dir" if is_dir else "file" if entry.is_file(follow_symlinks=False) else "other"
+                if on_match(entry.path, name, parent, kind):
+                    continue
+            if is_dir:
+                if not prune(entry.path):
+                    stack.append((listing(entry.path), name))
+            elif entry.is_file(follow_symlinks=False):
+                files.append((entry.path, entry.inode()))
+        except OSError as exc:
+            unreadable.append(f"{entry.path}: {exc.strerror}")
+
+
+def _literal_start(segment: str) -> str:
+    """The characters of a glob segment before its first glob character (or escape)."""
+    out = []
+    for ch in segment:
+        if ch in "*?[\\":
+            break
+        out.append(ch)
+    return "".join(out)
 
 
 def _tail(pattern: str) -> list[str]:
@@ -577,39 +647,31 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 break
     hidden_dirs = {m.path for m in matches.values()
                    if m.kind == "dir" and Op.READ in m.ops and not m.via.startswith("except")}
-    ws_files: list[_Entry] = []
+    ws_files: list[tuple[str, int]] = []
     for root in roots:
         relevant = [t for t in deep if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
         names = _Names(relevant)
-        inside: list[tuple[str, Match]] = []  # matched directories we are walking beneath
+        covered = False
         for t in relevant:  # the root itself may already lie inside a match (a grant below `x/**/.git/**`)
             if t.glob.matches(root):
-                m = Match(root, "dir", t.rule_id, t.ops, t.verdict, via(t))
-                record(m)
-                inside.append((root, m))
+                protect(Match(root, "dir", t.rule_id, t.ops, t.verdict, via(t)), walk_dir=True)
+                covered = True
                 break
-        for e in _walk(root, budget, unreadable, prune=hidden_dirs.__contains__):
-            path = e.path
-            while inside and not is_beneath(path, inside[-1][0]):
-                inside.pop()
-            owner = inside[-1][1] if inside else None
-            if owner is None:
-                for t in names.candidates(e):
-                    if t.glob.matches(path):
-                        target = path_fact(path)  # a matched symlink hides what it points at
-                        if target.kind == "missing":
-                            break
-                        owner = Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t))
-                        record(owner)
-                        if e.kind == "dir":
-                            inside.append((path, owner))
-                        break
-            if e.kind != "file":
-                continue
-            if owner is not None:
-                remember_inode(path, owner)
-            else:
-                ws_files.append(e)
+        if covered:
+            continue
+
+        def on_match(path: str, name: str, parent: str, kind: str, names: _Names = names) -> bool:
+            for t in names.candidates(path, name, parent):
+                if t.glob.matches(path):
+                    target = path_fact(path)  # a matched symlink hides what it points at
+                    if target.kind == "missing":
+                        return False
+                    protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
+                            walk_dir=kind == "dir")
+                    return True
+            return False
+
+        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match, ws_files)
 
     # 4. other names of denied files. Only a denied file with more than one link has one, and it lies on
     # the same filesystem; in the common case there is none and nothing more is walked. Otherwise every
@@ -624,9 +686,9 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
             fact = facts[prefix]
             if Op.READ in ops and fact.kind == "file":
                 aliases.check(fact.resolved, record, hidden_dirs)
-        for e in ws_files:
-            if e.ino in aliases.inos:
-                aliases.check(e.path, record, hidden_dirs)
+        for path, ino in ws_files:
+            if ino in aliases.inos:
+                aliases.check(path, record, hidden_dirs)
         # every readable tree is a root of its own, and each walk stays out of the others beneath it, so
         # a tree inside an except of a wider grant (a cache under a home carved out of /tmp) is walked too
         tree_roots = sorted({facts[p].resolved for p, ops, _ in grants
