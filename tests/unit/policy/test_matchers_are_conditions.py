@@ -122,3 +122,35 @@ def test_a_hosts_only_or_cidrs_only_rule_is_unchanged(tmp_path: Path) -> None:
     assert result.policy is not None
     assert _decide(result.policy, "api.corp.test:443", "203.0.113.9") is Verdict.ALLOW
     assert _decide(result.policy, "db.corp.test:443", "10.1.2.4") is Verdict.ALLOW
+
+
+def test_one_internal_name_on_top_of_coding_agent(tmp_path: Path) -> None:
+    """coding-agent denies private ranges; a policy extending it names the internal hosts it grants (the
+    `internal-hosts` list, excepted from that deny) and grants each at its range only. Asked through the
+    proxy's own vetting (what explain shows and guard run enforces)."""
+    from guard.net.explain import explain_connect
+    from guard.policy import load_policy
+
+    path = write(tmp_path, "corp.yaml", """
+        version: 1
+        name: corp
+        extends: [coding-agent]
+        lists:
+          internal-hosts: [api.corp.test]
+        rules:
+          - id: corp-api
+            allow: [connect]
+            hosts: [api.corp.test]
+            cidrs: [10.0.0.0/8]
+            ports: [443]
+        """)
+    policy = load_policy(path, workspace=tmp_path)
+
+    def proxy(host: str, address: str) -> bool:
+        return explain_connect(policy, host, 443, resolve={host: address}).allowed
+
+    assert proxy("api.corp.test", "10.1.2.3")
+    assert not proxy("api.corp.test", "203.0.113.7")  # the name alone is not enough
+    assert not proxy("db.corp.test", "10.1.2.4")  # nor is the range
+    assert not proxy("pypi.org", "10.1.2.5")  # a granted registry resolving inside still is not
+    assert not explain_connect(policy, "10.1.2.3", 443).allowed
