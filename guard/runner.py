@@ -225,10 +225,31 @@ def _hideable(paths: Sequence[str], workspace: Path, env: Mapping[str, str]) -> 
 
 def _private_layers(home: Path, session_id: str) -> Path:
     """The session's own directory for the layers of `writes: private` rules (the engineer's caches seen
-    through an overlay): inside the guard's state, which every sandbox hides, and removed at the end."""
-    root = home / "layers" / session_id
-    root.mkdir(parents=True, mode=0o700)
+    through an overlay): inside the guard's state, which every sandbox hides, and removed at the end.
+    Layers left by a `guard run` that was killed (its pid gone) are removed here."""
+    layers = home / "layers"
+    layers.mkdir(parents=True, mode=0o700, exist_ok=True)
+    for old in layers.iterdir():
+        try:
+            pid = int((old / "pid").read_text())
+        except (OSError, ValueError):
+            continue  # still being set up, or not ours to judge
+        if not _alive(pid):
+            _remove_private_layers(home, old.name)
+    root = layers / session_id
+    root.mkdir(mode=0o700)
+    (root / "pid").write_text(str(os.getpid()))
     return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence only, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def _remove_private_layers(home: Path, session_id: str) -> None:
