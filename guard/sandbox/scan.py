@@ -444,12 +444,11 @@ class _Names:
 
 
 def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
-               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool],
-               files: list[tuple[str, int]]) -> None:
+               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool]) -> None:
     """The workspace walk, kept tight because it visits every entry: `_walk`'s order and rules, but each
     entry costs a dict lookup or two (`_Names.may_match`) unless it may match a glob deny, in which case
     `on_match(path, name, parent, kind)` decides; a matched directory is not descended into (its match
-    covers it). Regular files that matched nothing go to `files` as (path, inode) for the alias hunt."""
+    covers it)."""
 
     def listing(path: str) -> list[os.DirEntry[str]]:
         try:
@@ -479,11 +478,8 @@ def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
                 kind = "dir" if is_dir else "file" if entry.is_file(follow_symlinks=False) else "other"
                 if on_match(entry.path, name, parent, kind):
                     continue
-            if is_dir:
-                if not prune(entry.path):
-                    stack.append((listing(entry.path), name))
-            elif entry.is_file(follow_symlinks=False):
-                files.append((entry.path, entry.inode()))
+            if is_dir and not prune(entry.path):
+                stack.append((listing(entry.path), name))
         except OSError as exc:
             unreadable.append(f"{entry.path}: {exc.strerror}")
 
@@ -647,7 +643,6 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 break
     hidden_dirs = {m.path for m in matches.values()
                    if m.kind == "dir" and Op.READ in m.ops and not m.via.startswith("except")}
-    ws_files: list[tuple[str, int]] = []
     for root in roots:
         relevant = [t for t in deep if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
         names = _Names(relevant)
@@ -671,12 +666,12 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                     return True
             return False
 
-        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match, ws_files)
+        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match)
 
     # 4. other names of denied files. Only a denied file with more than one link has one, and it lies on
     # the same filesystem; in the common case there is none and nothing more is walked. Otherwise every
-    # tree the agent may read on that filesystem is searched (granted files, the workspace's files from
-    # the walk above, then the other granted trees), until every name is accounted for.
+    # tree the agent may read on that filesystem is searched (granted files, the workspace, the other
+    # granted trees), until every name is accounted for.
     aliases = _Aliases(denied_inodes)
     if aliases.wanted:
         hidden_dirs = {m.path for m in matches.values()
@@ -686,15 +681,14 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
             fact = facts[prefix]
             if Op.READ in ops and fact.kind == "file":
                 aliases.check(fact.resolved, record, hidden_dirs)
-        for path, ino in ws_files:
-            if ino in aliases.inos:
-                aliases.check(path, record, hidden_dirs)
         # every readable tree is a root of its own, and each walk stays out of the others beneath it, so
         # a tree inside an except of a wider grant (a cache under a home carved out of /tmp) is walked too
-        tree_roots = sorted({facts[p].resolved for p, ops, _ in grants
-                             if Op.READ in ops and facts[p].kind == "dir"
-                             and not any(is_beneath(facts[p].resolved, x) for x in _PSEUDO_ROOTS)
-                             and not any(is_beneath(facts[p].resolved, h) for h in hidden_dirs)} | {ws})
+        readable = {facts[p].resolved for p, ops, _ in grants
+                    if Op.READ in ops and facts[p].kind == "dir"
+                    and not any(is_beneath(facts[p].resolved, x) for x in _PSEUDO_ROOTS)
+                    and not any(is_beneath(facts[p].resolved, h) for h in hidden_dirs)}
+        # the workspace first: where a planted name is likeliest, so the hunt usually ends there
+        tree_roots = [*([ws] if os.path.isdir(ws) else []), *sorted(readable - {ws})]
         skip = hidden_dirs | set(carved) | set(tree_roots)
         for root in tree_roots:
             if not aliases.wanted:
@@ -705,8 +699,6 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 continue
             if dev not in aliases.devices:
                 continue  # a hard link never crosses filesystems
-            if root == ws:
-                continue  # walked above
             for e in _walk(root, budget, unreadable, prune=skip.__contains__):
                 if e.kind == "file" and e.ino in aliases.inos:
                     aliases.check(e.path, record, hidden_dirs)
