@@ -397,12 +397,15 @@ def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant],
     files never change. Without a layer directory those grants lose their write rights (fail closed)."""
     hidden = [m.path for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.CARVE)]
     dirs: list[tuple[str, str]] = []
+    files: list[str] = []  # an overlay covers directories only: a granted file loses its write instead
     for rule in policy.file_rules():
         private = getattr(rule, "private", False)
         if not private or rule.verdict is not Verdict.ALLOW or Op.WRITE not in rule.ops:
             continue
         for pattern in rule.patterns:
             fact = facts.fact(literal_prefix(pattern if pattern.startswith("/") else "/" + pattern))
+            if fact is not None and fact.kind not in ("dir", "missing"):
+                files.append(fact.resolved)
             if fact is None or fact.kind != "dir":
                 continue
             exposed = [e.path for m in mounts if m.kind is MountKind.CARVE for e in m.expose]
@@ -414,6 +417,9 @@ def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant],
     for path, rid in sorted(set(dirs), key=lambda d: (d[0].count("/"), d[0])):
         if not any(is_beneath(path, o) for o, _ in outer):
             outer.append((path, rid))
+    if files:
+        grants = [ll.PathGrant(g.path, g.access & ~ll.WRITE_RIGHTS, g.is_dir, g.rule_ids)
+                  if g.path in files else g for g in grants]
     if not outer:
         return [], grants, None
     if private_root is None:

@@ -435,3 +435,20 @@ def test_private_layers_in_the_guard_state_are_hidden_but_not_walked(tmp_path: P
         scan_launch_facts(_home_policy(t), **kw)  # type: ignore[arg-type]
     facts = scan_launch_facts(_home_policy(t), unhunted=[t["gh"] / "layers"], **kw)  # type: ignore[arg-type]
     assert str(t["gh"]) in {m.path for m in facts.matches}
+
+
+def test_a_private_write_grant_on_a_file_loses_its_write(tmp_path: Path) -> None:
+    """An overlay covers directories; a file granted by a `writes: private` rule is never written in place."""
+    t = _home_layout(tmp_path)
+    lock = t["home"] / ".cargo-lock"
+    lock.write_text("")
+
+    @dataclass(frozen=True)
+    class PRule(Rule):
+        private: bool = True
+
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)), PRule("lock", Verdict.ALLOW, RW, (str(lock),))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
+    grant = {g.path: g for g in plan.landlock.grants}[str(lock)]
+    assert not grant.access & ll.WRITE_RIGHTS and grant.access & ll.READ_RIGHTS
