@@ -14,6 +14,7 @@ If anything before the command starts fails, we raise SandboxError (exit 125): n
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -60,23 +61,21 @@ class RunResult:
     summary: Mapping[str, int]
 
 
-_WITHHELD_ENV = frozenset({
-    "GUARD_HOME", "SSH_AUTH_SOCK", "SSH_AGENT_PID", "GPG_AGENT_INFO", "GNOME_KEYRING_CONTROL",
-    "DOCKER_HOST", "CONTAINER_HOST", "DBUS_SESSION_BUS_ADDRESS",
-})
-
-
-def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
-    """The environment the agent sees: the caller's, minus what points at credentials or at guard's own
-    state, plus the proxy settings, the agent hooks' channel and a marker."""
+def agent_env(base: Mapping[str, str], proxy_port: int,
+              pass_env: Sequence[str] = ()) -> tuple[dict[str, str], list[str]]:
+    """The environment the agent sees: the caller's, minus credentials and variables pointing at sockets
+    outside (guard.sandbox.env; `settings.pass_env` lets named credentials through), plus the proxy
+    settings, the agent hooks' channel and a marker; and the files the withheld credential variables name
+    (hidden too)."""
     from guard.integrations.channel import HOOK_PATH
     from guard.net.proxy_env import agent_proxy_env
+    from guard.sandbox.env import agent_env as filtered
+    from guard.sandbox.env import named_files
 
-    env = {k: v for k, v in base.items() if k not in _WITHHELD_ENV}
-    env.update(agent_proxy_env(proxy_port))
-    env["GUARD_SANDBOX"] = "1"
-    env["GUARD_HOOK_URL"] = f"http://127.0.0.1:{proxy_port}{HOOK_PATH}"
-    return env
+    env, withheld = filtered(base, pass_env=pass_env,
+                             extra={**agent_proxy_env(proxy_port), "GUARD_SANDBOX": "1",
+                                    "GUARD_HOOK_URL": f"http://127.0.0.1:{proxy_port}{HOOK_PATH}"})
+    return env, named_files(withheld, base)
 
 
 _ENV_REFERENCE = re.compile(r"\$\{env:([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -148,9 +147,14 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     announcer.start()
     try:
         protected = (home, *policy.sources)
+        env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                  max_entries=policy.scan_max_entries)
-        plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi())
+                                  max_entries=policy.scan_max_entries,
+                                  credential_files=_hideable(credential_files, workspace, opts.env),
+                                  unhunted=[home / "layers"])
+        layers = _private_layers(home, session_id)
+        plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
+                          private_root=str(layers))
         report = plan.report
         if opts.require_full and not report.fully_enforced:
             raise SandboxError(f"--require-full: this host cannot enforce everything: {report.summary()}",
@@ -172,7 +176,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         published = open_published_ports(opts.publish, decide)
         spec = SeccompSpec(notify=True)
         try:
-            proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
+            proc = spawn(plan, opts.argv, env=env, cwd=opts.cwd,
                          seccomp=spec, inner_listen_ports=(PROXY_PORT,),
                          publish_ports=tuple(published))
         except SandboxError as exc:
@@ -219,6 +223,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             t.join(timeout=2)
     finally:
         announcer.stop()
+        _remove_private_layers(home, session_id)
         if decider is not None:
             decider.close()  # every record reaches the daemon before the session's end record
         summary = tally.as_dict()
@@ -244,6 +249,66 @@ def _host_remedy(hint: str | None) -> str:
     parts += [f"to fix: {fix}" for fix in fixes[:3]]
     parts.append("`guard doctor` shows what this host can enforce")
     return "; ".join(parts)
+
+
+def _hideable(paths: Sequence[str], workspace: Path, env: Mapping[str, str]) -> list[Path]:
+    """Files named by withheld credential variables, except a tree holding the workspace or the home
+    (a variable whose value is `/` or `$HOME` names no credential file worth hiding everything for)."""
+    home = Path(env.get("HOME") or Path.home()).resolve()
+    out: list[Path] = []
+    for text in paths:
+        path = Path(text).resolve()
+        if workspace.is_relative_to(path) or home.is_relative_to(path):
+            continue
+        out.append(path)
+    return out
+
+
+def _private_layers(home: Path, session_id: str) -> Path:
+    """The session's own directory for the layers of `writes: private` rules (the engineer's caches seen
+    through an overlay): inside the guard's state, which every sandbox hides, and removed at the end.
+    Layers left by a `guard run` that was killed (its pid gone) are removed here."""
+    layers = home / "layers"
+    layers.mkdir(parents=True, mode=0o700, exist_ok=True)
+    for old in layers.iterdir():
+        try:
+            pid = int((old / "pid").read_text())
+        except (OSError, ValueError):
+            continue  # still being set up, or not ours to judge
+        if not _alive(pid):
+            _remove_private_layers(home, old.name)
+    root = layers / session_id
+    root.mkdir(mode=0o700)
+    (root / "pid").write_text(str(os.getpid()))
+    return root
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)  # signal 0: existence only, nothing is sent
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove_private_layers(home: Path, session_id: str) -> None:
+    """Remove the session's layers. Overlay leaves its work directory mode 000: it is ours, so every
+    directory is made listable before it is walked."""
+    import shutil
+
+    root = home / "layers" / session_id
+    if not root.exists():
+        return
+    try:
+        for dirpath, dirnames, _ in os.walk(root):
+            for name in dirnames:
+                with contextlib.suppress(OSError):
+                    os.chmod(os.path.join(dirpath, name), 0o700)
+        shutil.rmtree(root)
+    except OSError as exc:
+        print(f"guard: could not remove the session's private layers {root}: {exc}", file=sys.stderr)
 
 
 def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:

@@ -143,14 +143,25 @@ def explain(policy_ref: str, action: tuple[str, ...], workspace: Path | None, re
             raise UsageError(f"connect {parsed.target!r}: name a port (host:port) to ask the proxy")
         proxy = explain_connect(loaded, host, port, resolve=pins)
     if as_json:
-        _emit({"policy": loaded.name, **explanation.to_dict(),
-               **({"proxy": proxy.to_dict()} if proxy else {})})
+        # `enforced`: what guard run does with the connection: the proxy's answer, the one code path
+        enforced = ({"proxy": proxy.to_dict(), "enforced": "allow" if proxy.allowed else "deny"}
+                    if proxy else {})
+        _emit({"policy": loaded.name, **explanation.to_dict(), **enforced})
         return
-    _print_explanation(loaded, explanation)
     if proxy is not None:
+        # The headline is what enforcement does (the proxy's own vetting); the rule-level decision on the
+        # name follows as the explanation of it.
         verdict = "ALLOW" if proxy.allowed else "DENY"
         rule = f" (rule {proxy.rule_id})" if proxy.rule_id else ""
-        say(f"proxy:   {verdict}{rule}: {proxy.reason}")
+        say(f"{verdict}  connect {proxy.host}:{proxy.port} through guard run's proxy{rule}")
+        say(f"  proxy:  {proxy.reason}")
+        say("  the policy's rules on it:")
+        _print_explanation(loaded, explanation, "    ")
+        if not proxy.allowed and explanation.decision.enforced is Verdict.ALLOW:
+            say("  note:   the rules allow it, the proxy refuses where it leads; inside the sandbox a "
+                       "connection to its own loopback never reaches the proxy")
+        return
+    _print_explanation(loaded, explanation)
 
 
 def _print_explanation(loaded: Policy, exp: Explanation, indent: str = "") -> None:

@@ -9,40 +9,36 @@ address (for that port) does, and only when the policy as a whole still allows t
 
 from __future__ import annotations
 
-import ipaddress
 from collections.abc import Callable
 
 from guard.model import Action, Op, Verdict
-from guard.net.resolve import format_target, parse_ip
+from guard.net.resolve import format_target, normalize_host, parse_ip
 from guard.policy import Policy
 
-CidrGrant = Callable[[str, int], bool]
+CidrGrant = Callable[[str, int, str], bool]
 
 
 def policy_cidr_grant(policy: Policy) -> CidrGrant:
-    """A `cidr_grant` for `Proxy` backed by `policy`'s CIDR allow rules."""
+    """A `cidr_grant` for `Proxy` backed by `policy`'s CIDR allow rules: `granted(address, port, host)`
+    says whether an allow rule with `cidrs` grants `host` (the name asked for; the address itself when
+    empty) at that address and port, every one of its matchers holding, and the policy as a whole allows
+    the connection."""
 
-    def granted(address: str, port: int) -> bool:
+    def granted(address: str, port: int, host: str = "") -> bool:
         ip = parse_ip(address)
         if ip is None:
             return False
-        action = Action(op=Op.CONNECT, target=format_target(str(ip), port), addresses=(str(ip),))
+        name = normalize_host(host) if host else str(ip)
+        action = Action(op=Op.CONNECT, target=format_target(name, port), addresses=(str(ip),))
         if policy.decide(action).enforced is not Verdict.ALLOW:
             return False
         for rule in policy.rules:
             if rule.verdict is not Verdict.ALLOW or Op.CONNECT not in rule.ops or not rule.cidrs:
                 continue
-            if rule.ports and not any(port in r for r in rule.ports):
+            if rule.match_network(name, port, (ip,)) < 0:
                 continue
-            if not any(_inside(ip, net) for net in rule.cidrs):
-                continue
-            if rule.network_excluded_by(str(ip), (ip,)) is None:
+            if rule.network_excluded_by(name, (ip,)) is None:
                 return True
         return False
 
     return granted
-
-
-def _inside(ip: ipaddress.IPv4Address | ipaddress.IPv6Address,
-            net: ipaddress.IPv4Network | ipaddress.IPv6Network) -> bool:
-    return ip.version == net.version and ip in net

@@ -96,7 +96,8 @@ class Proxy:
     a decision that is not an enforced allow refuses the connection, and so does an exception from `decide`
     (fail closed). `record` receives one `connection` record per client connection.
 
-    `cidr_grant(address, port)` says whether the policy grants a special-purpose address by CIDR (see
+    `cidr_grant(address, port, host)` says whether the policy grants `host` at a special-purpose address by
+    CIDR (see
     guard.net.grants.policy_cidr_grant); without it such addresses are reachable only through `host_map`.
     Cloud metadata addresses need the CIDR grant even when `host_map` names them.
     """
@@ -104,7 +105,7 @@ class Proxy:
     def __init__(self, decide: Decide, record: Record, *, host_map: Mapping[str, str] | None = None,
                  resolver: Resolver = system_resolver, connect_timeout: float = 10.0,
                  head_timeout: float = 30.0, max_connections: int = 1024,
-                 cidr_grant: Callable[[str, int], bool] | None = None,
+                 cidr_grant: Callable[[str, int, str], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic,
                  hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
         self._hooks = hooks
@@ -208,14 +209,13 @@ class Proxy:
             if what is None or (resolution.source == "map" and what != CLOUD_METADATA):
                 vetted.append(address)  # the static map names it: the policy author means it
                 continue
-            if self._cidr_grant is None or not self._cidr_grant(address, port):
+            if self._cidr_grant is None or not self._cidr_grant(address, port, host):
                 refused.append(f"{address} ({what})")
                 continue
             if resolution.source == "literal":
                 grant = decision  # the policy was just asked about this very address
-            else:
-                grant = await self._decide(Action(op=Op.CONNECT, target=format_target(address, port),
-                                                  addresses=(address,)))
+            else:  # the name at this one address: a rule's hosts and cidrs must both hold
+                grant = await self._decide(Action(op=Op.CONNECT, target=target, addresses=(address,)))
             if grant.enforced is Verdict.ALLOW:
                 vetted.append(address)
             else:

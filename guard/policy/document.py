@@ -7,6 +7,7 @@ and reading goes on, so `guard policy lint` can report all of them at once.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,9 +20,10 @@ from guard.policy.hosts import compile_host, parse_ip
 TOP_KEYS = ("version", "name", "description", "extends", "mode", "vars", "lists", "defaults", "settings",
             "network", "rules", "tests")
 RULE_KEYS = ("id", "allow", "deny", "ask", "paths", "hosts", "ports", "cidrs", "commands", "except",
-             "reason", "mode", "description", "applies_to")
+             "reason", "mode", "description", "applies_to", "writes")
 APPLIES_TO = ("any", "existing")
-SETTINGS_KEYS = ("ask_timeout", "scan_max_entries")
+WRITES = ("in-place", "private")
+SETTINGS_KEYS = ("ask_timeout", "scan_max_entries", "pass_env")
 NETWORK_KEYS = ("hosts",)
 MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
     Kind.FILE: ("paths",),
@@ -31,7 +33,7 @@ MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
 ALL_MATCHERS = ("paths", "hosts", "cidrs", "ports", "commands")
 MODES = ("enforce", "audit")
 DEFAULT_ASK_TIMEOUT = 60.0
-DEFAULT_SCAN_MAX_ENTRIES = 200_000  # the launch scan's budget (guard.sandbox.scan): a capped scan is "partly"
+DEFAULT_SCAN_MAX_ENTRIES = 200_000  # the launch scan's bound (guard.sandbox.scan): past it nothing starts
 
 
 @dataclass(frozen=True, slots=True)
@@ -55,6 +57,7 @@ class RawRule:
     audit: bool
     file: str
     existing_only: bool = False
+    private: bool = False  # `writes: private`: writes land in a layer of the session's own
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,6 +80,7 @@ class RawFile:
     defaults: dict[Kind, Verdict] = field(default_factory=dict)
     ask_timeout: float | None = None
     scan_max_entries: int | None = None
+    pass_env: tuple[str, ...] | None = None
     host_map: dict[str, tuple[str, Location]] = field(default_factory=dict)
     rules: list[RawRule] = field(default_factory=list)
     tests: list[RawTest] = field(default_factory=list)
@@ -115,7 +119,7 @@ def parse_document(text: str, path: Path, display: str, col: Collector) -> RawFi
     if "defaults" in seen:
         doc.defaults = _defaults(seen["defaults"], col)
     if "settings" in seen:
-        doc.ask_timeout, doc.scan_max_entries = _settings(seen["settings"], col)
+        doc.ask_timeout, doc.scan_max_entries, doc.pass_env = _settings(seen["settings"], col)
     if "network" in seen:
         doc.host_map = _network(seen["network"], col)
     if "rules" in seen:
@@ -247,11 +251,14 @@ def _defaults(node: YNode, col: Collector) -> dict[Kind, Verdict]:
     return out
 
 
-def _settings(node: YNode, col: Collector) -> tuple[float | None, int | None]:
-    """-> (ask_timeout, scan_max_entries), None where not set or wrong (the error is collected)."""
+_ENV_NAME = re.compile(r"[A-Za-z_*][A-Za-z0-9_*]*")
+
+
+def _settings(node: YNode, col: Collector) -> tuple[float | None, int | None, tuple[str, ...] | None]:
+    """-> (ask_timeout, scan_max_entries, pass_env), None where not set or wrong (the error is collected)."""
     if not isinstance(node, YMap):
         col.error(f"'settings' must be a mapping, not {type_name(node)}", node.loc)
-        return None, None
+        return None, None, None
     seen = _entries(node, SETTINGS_KEYS, "setting", col)
     ask_timeout: float | None = None
     value = seen.get("ask_timeout")
@@ -270,7 +277,18 @@ def _settings(node: YNode, col: Collector) -> tuple[float | None, int | None]:
         else:
             col.error("'settings.scan_max_entries' must be a positive whole number of directory entries",
                       value.loc)
-    return ask_timeout, scan_max
+    pass_env: tuple[str, ...] | None = None
+    value = seen.get("pass_env")
+    if value is not None:
+        names: list[str] = []
+        for item in _string_items(value, "settings.pass_env", col):
+            if _ENV_NAME.fullmatch(str(item.value)):
+                names.append(str(item.value))
+            else:
+                col.error(f"'settings.pass_env': {item.value!r} is not an environment variable name "
+                          "(letters, digits, '_', and '*' for any run of characters)", item.loc)
+        pass_env = tuple(names)
+    return ask_timeout, scan_max, pass_env
 
 
 def _network(node: YNode, col: Collector) -> dict[str, tuple[str, Location]]:
@@ -386,11 +404,19 @@ def _rule(node: YNode, display: str, col: Collector) -> RawRule | None:
                   f"only write rules, not {ops_text}", keys["applies_to"],
                   hint="remove it, or split the write operation into its own rule")
         ok = False
+    writes = _choice(seen["writes"], "writes", WRITES, col) if "writes" in seen else None
+    fits = kind is Kind.FILE and verdict is Verdict.ALLOW and Op.WRITE in ops
+    if writes == "private" and not fits:
+        col.error("'writes: private' keeps what an allow rule lets the agent write in a layer of the "
+                  f"session's own: it fits only allow rules with write, not {verdict.value}: {ops_text}",
+                  keys["writes"],
+                  hint="remove it, or put it on the allow rule that grants the write")
+        ok = False
     if not ok or rule_id is None:
         return None
     return RawRule(id=rule_id, loc=node.loc, verdict=verdict, ops=frozenset(ops), kind=kind,
                    matchers=matchers, excepts=excepts, reason=reason, audit=mode == "audit", file=display,
-                   existing_only=applies_to == "existing")
+                   existing_only=applies_to == "existing", private=writes == "private")
 
 
 def _tests(node: YNode, col: Collector) -> list[RawTest]:

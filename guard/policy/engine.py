@@ -150,15 +150,16 @@ class Policy:
     __slots__ = ("_by_id", "_cmd_index", "_decide_cached", "_defaults", "_file_base_index", "_file_index",
                  "_host_map",
                  "_net_index", "_rules", "_variables", "ask_timeout", "description", "home", "mode", "name",
-                 "scan_max_entries", "sources", "tests")
+                 "pass_env", "scan_max_entries", "sources", "tests")
 
     def __init__(self, *, name: str, description: str, mode: str, defaults: Mapping[Kind, Verdict],
                  rules: Iterable[Rule], sources: tuple[Path, ...], ask_timeout: float,
                  host_map: Mapping[str, str], tests: tuple[PolicyTest, ...], home: str,
                  variables: Mapping[str, str] | None = None,
-                 scan_max_entries: int = DEFAULT_SCAN_MAX_ENTRIES) -> None:
+                 scan_max_entries: int = DEFAULT_SCAN_MAX_ENTRIES, pass_env: tuple[str, ...] = ()) -> None:
         self.name = name
         self.scan_max_entries = scan_max_entries
+        self.pass_env = pass_env  # credential variables the agent may still see (`settings.pass_env`)
         self.description = description
         self.mode = mode
         self._defaults = MappingProxyType({kind: defaults.get(kind, Verdict.DENY) for kind in Kind})

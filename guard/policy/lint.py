@@ -78,6 +78,15 @@ def _warnings(compiled: Compiled, report: TestReport) -> list[Diagnostic]:
                                       rule.location,
                                       hint="narrow the deny, add an 'except', or remove this rule"))
                 break
+    for rule in rules:
+        if rule.id in own and rule.hosts and rule.cidrs:
+            out.append(Diagnostic(
+                Severity.WARNING,
+                f"rule {rule.id!r} has both 'hosts' and 'cidrs': both must hold (a listed name, resolving "
+                "inside the ranges); they were alternatives before, when either one matched",
+                rule.location,
+                hint="keep it if you mean 'these names, only at these addresses'; split it into a hosts rule "
+                     "and a cidrs rule to match either"))
     if top.tests:
         for rule_id in report.uncovered:
             untested = compiled.policy.rule(rule_id)

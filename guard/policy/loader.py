@@ -154,7 +154,7 @@ def compile_policy(ref: str | Path, *, workspace: Path, home: Path | None = None
         defaults=merged.defaults,
         rules=[r for r in rules if r is not None], sources=tuple(f.path.resolve() for f in reader.order),
         ask_timeout=merged.ask_timeout, host_map=merged.host_map, tests=tests, home=builtins["home"],
-        variables=variables, scan_max_entries=merged.scan_max_entries)
+        variables=variables, scan_max_entries=merged.scan_max_entries, pass_env=merged.pass_env)
     return result
 
 
@@ -233,6 +233,7 @@ class _Merged:
     mode: str = "enforce"
     ask_timeout: float = DEFAULT_ASK_TIMEOUT
     scan_max_entries: int = DEFAULT_SCAN_MAX_ENTRIES
+    pass_env: tuple[str, ...] = ()
     host_map: dict[str, str] = field(default_factory=dict)
     rules: list[RawRule] = field(default_factory=list)
 
@@ -250,6 +251,8 @@ def _merge(files: list[RawFile], col: Collector) -> _Merged:
             merged.ask_timeout = doc.ask_timeout
         if doc.scan_max_entries is not None:
             merged.scan_max_entries = doc.scan_max_entries
+        if doc.pass_env is not None:  # a child's list replaces its parent's: stated in one place
+            merged.pass_env = doc.pass_env
         merged.host_map.update({name: addr for name, (addr, _) in doc.host_map.items()})
         for rule in doc.rules:
             if rule.id in first_seen:
@@ -411,7 +414,7 @@ def _compile_rule(raw: RawRule, ex: _Expander) -> Rule | None:
                 cidrs=tuple(cidrs), ports=tuple(ports), commands=tuple(commands),
                 except_paths=tuple(except_paths), except_hosts=tuple(except_hosts),
                 except_cidrs=tuple(except_cidrs), except_commands=tuple(except_commands),
-                existing_only=raw.existing_only)
+                existing_only=raw.existing_only, private=raw.private)
 
 
 def _glob_message(exc: Exception, matcher: str) -> str:

@@ -41,6 +41,12 @@ def apply_masks(ops: Sequence[MountOp]) -> list[str]:
     if not ops:
         return []
     vanished: list[str] = []
+    # Private layers first, while every path (the caches, the layer directories) is still the host's:
+    # a carve's exposures are cloned afterwards and so carry them, and later masks land on top of them.
+    for op in ops:
+        if op.kind is MountKind.PRIVATE and not _private_layer(op):
+            vanished.append(op.path)
+    ops = [op for op in ops if op.kind is not MountKind.PRIVATE]
     originals: dict[str, int] = {}
     try:
         for path in _originals_needed(ops):
@@ -59,6 +65,31 @@ def apply_masks(ops: Sequence[MountOp]) -> list[str]:
         for fd in originals.values():
             os.close(fd)
     return vanished
+
+
+def _overlay_path(path: str) -> str:
+    """A path as an overlay option: its separators (`,` `:`) and the escape itself escaped."""
+    return path.replace("\\", "\\\\").replace(",", "\\,").replace(":", "\\:")
+
+
+def _private_layer(op: MountOp) -> bool:
+    """An overlay on op.path: the directory as it is below, what the agent writes in op.layer above.
+    `userxattr`: overlay's own bookkeeping in user.* attributes, as a user namespace requires."""
+    if not os.path.isdir(op.path):
+        return False
+    upper, work = os.path.join(op.layer, "upper"), os.path.join(op.layer, "work")
+    os.makedirs(upper, mode=0o700, exist_ok=True)
+    os.makedirs(work, mode=0o700, exist_ok=True)
+    data = (f"lowerdir={_overlay_path(op.path)},upperdir={_overlay_path(upper)},"
+            f"workdir={_overlay_path(work)},userxattr")
+    try:
+        sc.mount("overlay", op.path, "overlay", sc.MS_NOSUID | sc.MS_NODEV, data)
+    except (SandboxError, OSError) as exc:
+        why = exc.message if isinstance(exc, SandboxError) else f"{exc.strerror}"
+        raise SandboxError(f"private layer over {op.path} for {op.reason}: {why}",
+                           hint="the kernel must allow overlayfs in a user namespace (Linux 5.11 or later)"
+                           ) from None
+    return True
 
 
 def _originals_needed(ops: Sequence[MountOp]) -> list[str]:

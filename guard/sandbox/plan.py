@@ -42,6 +42,7 @@ from guard.sandbox.scan import (
     grant_prefixes,
     is_beneath,
     is_glob,
+    literal_prefix,
 )
 
 
@@ -52,6 +53,7 @@ class MountKind(StrEnum):
     NO_EXEC = "no-exec"  # noexec bind of the path onto itself (and every mount beneath it)
     CARVE = "carve"  # empty read-only tmpfs over a directory, re-exposing the grants listed in `expose`
     EXEC = "exec"  # the original tree bound back (with its own flags) inside a noexec tree
+    PRIVATE = "private"  # an overlay: the directory as it is, writes kept in `layer` (the session's own)
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,6 +74,7 @@ class MountOp:
     path: str
     reason: str
     expose: tuple[Exposure, ...] = ()
+    layer: str = ""  # PRIVATE: the directory holding the overlay's upper and work directories
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,10 +390,57 @@ def listen_plan(policy: object, abi: int) -> tuple[int, tuple[int, ...], Protect
         f"Landlock ABI {abi}: {listen.reason} ({shown or 'none'}), plus port 0 for ephemeral binds")
 
 
+def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant], mounts: Sequence[MountOp],
+             private_root: str | None) -> tuple[list[MountOp], list[ll.PathGrant], Protection | None]:
+    """The directories of `writes: private` rules (the engineer's caches: code they run later) become
+    overlays whose writes land in a layer of the session's own under `private_root`; the engineer's
+    files never change. Without a layer directory those grants lose their write rights (fail closed)."""
+    hidden = [m.path for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.CARVE)]
+    dirs: list[tuple[str, str]] = []
+    files: list[str] = []  # an overlay covers directories only: a granted file loses its write instead
+    for rule in policy.file_rules():
+        private = getattr(rule, "private", False)
+        if not private or rule.verdict is not Verdict.ALLOW or Op.WRITE not in rule.ops:
+            continue
+        for pattern in rule.patterns:
+            fact = facts.fact(literal_prefix(pattern if pattern.startswith("/") else "/" + pattern))
+            if fact is not None and fact.kind not in ("dir", "missing"):
+                files.append(fact.resolved)
+            if fact is None or fact.kind != "dir":
+                continue
+            exposed = [e.path for m in mounts if m.kind is MountKind.CARVE for e in m.expose]
+            if any(fact.resolved != h and is_beneath(fact.resolved, h) for h in hidden) and not any(
+                    is_beneath(fact.resolved, e) for e in exposed):
+                continue
+            dirs.append((fact.resolved, rule.rule_id))
+    outer: list[tuple[str, str]] = []
+    for path, rid in sorted(set(dirs), key=lambda d: (d[0].count("/"), d[0])):
+        if not any(is_beneath(path, o) for o, _ in outer):
+            outer.append((path, rid))
+    if files:
+        grants = [ll.PathGrant(g.path, g.access & ~ll.WRITE_RIGHTS, g.is_dir, g.rule_ids)
+                  if g.path in files else g for g in grants]
+    if not outer:
+        return [], grants, None
+    if private_root is None:
+        paths = [p for p, _ in outer]
+        grants = [ll.PathGrant(g.path, g.access & ~ll.WRITE_RIGHTS, g.is_dir, g.rule_ids)
+                  if any(is_beneath(g.path, p) for p in paths) else g for g in grants]
+        return [], grants, Protection("files: private layers for caches", State.FULLY,
+                                      "no layer directory: read-only instead: " + ", ".join(paths))
+    ops = [MountOp(MountKind.PRIVATE, path, f"{rid} (writes: private)", layer=f"{private_root}/{i}")
+           for i, (path, rid) in enumerate(outer)]
+    return ops, grants, Protection(
+        "files: private layers for caches", State.FULLY,
+        "writes land in the session's own layer, the engineer's files never change: "
+        + ", ".join(p for p, _ in outer))
+
+
 def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, protected: Sequence[Path],
-               abi: int) -> SandboxPlan:
+               abi: int, private_root: str | None = None) -> SandboxPlan:
     """See the module docstring. `abi` is the host's Landlock ABI (0 = none), passed in so the
-    downgrade is a pure function and unit-testable for every ABI."""
+    downgrade is a pure function and unit-testable for every ABI. `private_root` is an empty directory
+    of the session's own for the layers of `writes: private` rules (see _private)."""
     handled = ll.handled_fs(abi)
     grants, missing_grants = _grants(policy, facts, handled)
     mounts, carvers = _mounts(facts, grants, abi > 0)
@@ -404,6 +454,8 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
               if m.kind is MountKind.CARVE else m for m in mounts]
     mounts, grants = _arrange(mounts, grants, facts)
+    layers, grants, private_line = _private(policy, facts, grants, mounts, private_root)
+    mounts = [*layers, *mounts]  # applied first, while every path is still the host's (guard.sandbox.mounts)
     net_handled, bind_ports, listen_line = listen_plan(policy, abi)
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
                                     restrict_flags=ll.restrict_flags(abi), grants=tuple(grants),
@@ -415,12 +467,11 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     protections = landlock_protections(abi, widened, missing_grants)
     protections += scope_protections(abi)
     protections.append(listen_line)
+    if private_line is not None:
+        protections.append(private_line)
 
     deny_notes: list[str] = []
     deny_state = State.FULLY
-    if facts.capped:
-        deny_state = State.PARTLY
-        deny_notes.extend(facts.capped)
     open_missing = [m for m in facts.missing if m.rule_id != SELF_PROTECTION_RULE
                     and _granted(m.ancestor, Op.WRITE, grants)]
     carves = [m for m in mounts if m.kind is MountKind.CARVE]
@@ -436,14 +487,15 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     hides = sum(1 for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.HIDE_FILE))
     ro = sum(1 for m in mounts if m.kind is MountKind.READ_ONLY)
     scanned = ", ".join(facts.walked) or "-"
-    summary = f"{hides} hidden, {ro} write-protected by mounts; roots scanned: {scanned}"
+    summary = (f"{hides} hidden, {ro} write-protected by mounts; roots scanned: {scanned} "
+               f"({facts.entries} entries); `**` globs are matched in the workspace and on granted files")
     protections.append(Protection("files: denies inside granted trees", deny_state,
                                   "; ".join([summary, *deny_notes])))
     links = [m for m in facts.matches if m.via.startswith("hard link")]
-    protections.append(Protection("files: hard links planted before launch",
-                                  State.PARTLY if facts.capped else State.FULLY,
+    protections.append(Protection("files: hard links planted before launch", State.FULLY,
                                   f"{len(links)} found and masked"
-                                  + ("; scan capped" if facts.capped else "")))
+                                  + (f"; {facts.unfound} other name(s) of denied files lie outside every "
+                                     "readable tree" if facts.unfound else "")))
     protected_missing = [m.pattern for m in facts.missing if m.rule_id == SELF_PROTECTION_RULE]
     protections.append(Protection(
         "self-protection ($GUARD_HOME, policy files)",

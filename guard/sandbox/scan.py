@@ -2,20 +2,34 @@
 
 Landlock and bind mounts judge paths, not inodes, and a mount can only cover something that exists. So
 before the sandbox starts we find the existing paths that explicit denies (and write-protections, and the
-guard's own files) point at inside trees the policy grants: literal paths, glob matches such as
-`**/.env`, and files elsewhere in a granted tree that are hard links to any of them. Denies whose path does
-not exist yet are listed with their nearest existing ancestor: only the decision tier can guard those.
+guard's own files) point at inside trees the policy grants:
 
-The walk is bounded (entries and time); a capped walk is reported, never silently treated as complete.
-Symlinks are never followed by the walk; a literal deny that is a symlink is resolved, because the kernel
-resolves it too when the agent opens it.
+- literal paths (`~/.ssh/**`), resolved as the kernel will resolve them;
+- globs without `**` (`/tmp/krb5cc_*`), by listing the few directories they can match in;
+- globs with `**` (`**/.env`), by one walk of the workspace (where projects keep their secrets) and by
+  matching every other granted path (home configuration files, a grant lying inside a denied tree);
+- other names of denied files (hard links planted before launch). Only a file with more than one link has
+  one, on its own filesystem: when some denied file has, every tree the agent may read on that
+  filesystem is searched (workspace, caches, toolchains, /tmp, system trees) until all of its names are
+  accounted for. In the common case no denied file has a second name and nothing more is walked.
+
+What is not walked, by design: `**` globs inside granted trees other than the workspace (caches,
+toolchains, agent state, /tmp, system trees) are not matched at launch; creating such a name during the
+session is refused by the decision tier like any other denied write (docs/sandbox.md).
+
+The walk is bounded by a number of directory entries (`settings.scan_max_entries`), never by time, and
+fails closed: past the bound the session does not start (ScanCapped), because a secret must never become
+readable just because a tree is large. It reads kind and inode from the directory entries themselves (no
+stat per file) and tests each name against all glob denies at once. Symlinks are never followed by the
+walk; a literal deny that is a symlink is resolved, because the kernel resolves it too when the agent
+opens it.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import stat
-import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,6 +40,7 @@ from guard.model import Op, Verdict
 from guard.policy.paths import GlobError, PathPattern, compile_path
 
 SELF_PROTECTION_RULE = "guard:self-protection"
+CREDENTIAL_VARIABLE_RULE = "guard:credential-variable"  # a file a withheld credential variable names
 FILE_OPS = frozenset({Op.READ, Op.WRITE, Op.EXEC})
 # device paths the plan may grant IOCTL_DEV on (terminals): their existence is a launch fact too
 TERMINAL_PATHS = ("/dev/tty", "/dev/pts", "/dev/ptmx")
@@ -137,8 +152,9 @@ class LaunchFacts:
     matches: tuple[Match, ...]
     missing: tuple[MissingDeny, ...] = ()
     walked: tuple[str, ...] = ()
-    capped: tuple[str, ...] = ()
     unreadable: tuple[str, ...] = ()
+    entries: int = 0  # directory entries the scan visited
+    unfound: int = 0  # names of denied files outside every readable tree (unreachable, so harmless)
     _index: dict[str, PathFact] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -169,7 +185,8 @@ class _Target:
         return comps[-1] if comps and not is_glob(comps[-1]) else None
 
 
-def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]:
+def deny_targets(policy: PolicyLike, protected: Sequence[Path],
+                 credential_files: Sequence[Path] = ()) -> list[_Target]:
     """Everything a mask or a write-protection may be needed for: deny and ask rules (not audit-only),
     the excepts of allow rules (carved out of a grant), and the guard's own files."""
     out: list[_Target] = []
@@ -192,6 +209,8 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path]) -> list[_Target]
     everything = frozenset(FILE_OPS)
     for path in protected:
         add(os.path.abspath(path), SELF_PROTECTION_RULE, everything, Verdict.DENY)
+    for path in credential_files:
+        add(os.path.abspath(path), CREDENTIAL_VARIABLE_RULE, everything, Verdict.DENY)
     return out
 
 
@@ -286,77 +305,256 @@ def _nearest_existing(path: str) -> str:
     return cur
 
 
+class ScanCapped(SandboxError):
+    """The launch walk hit `settings.scan_max_entries`: what lies beyond it was not checked, so the
+    session does not start (a secret must never become readable because a tree is large)."""
+
+
+SCAN_SETTING = "settings.scan_max_entries"
+
+
 class _Budget:
-    def __init__(self, max_entries: int, seconds: float, clock: Callable[[], float]) -> None:
+    """Entries the launch walk may visit (one directory entry = one). Only a count, never a clock: the
+    same tree gives the same answer on a loaded machine and an idle one."""
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
         self.left = max_entries
-        self.deadline = clock() + seconds
-        self.clock = clock
-        self.capped: list[str] = []
-        self.max_entries, self.seconds = max_entries, seconds
 
-    def spend(self, root: str) -> bool:
-        self.left -= 1
-        if self.left < 0 or (self.left % 512 == 0 and self.clock() > self.deadline):
-            why = f"{self.max_entries} entries" if self.left < 0 else f"{self.seconds:g} s"
-            self.capped.append(f"scan of {root} stopped after {why}: files beyond it were not checked")
-            return False
-        return True
+    def exhausted(self, where: str) -> ScanCapped:
+        return ScanCapped(
+            f"the launch scan stopped after {self.max_entries} directory entries ({SCAN_SETTING}) in "
+            f"{where}: files beyond it could not be checked for denied names (such as **/.env) and hard "
+            "links to denied files, so nothing was started",
+            hint=f"raise {SCAN_SETTING} in a policy that extends this one (for example `extends: "
+                 f"[coding-agent]` and `settings: {{scan_max_entries: {self.max_entries * 5}}}`), or use a "
+                 "narrower --workspace; `scripts/bench_launch.py` measures what a scan costs here")
 
 
-def _walk(root: str, budget: _Budget, unreadable: list[str]) -> Iterator[tuple[str, str]]:
-    """Yield (path, kind) beneath root in depth-first pre-order (a directory, then all of its contents,
-    then its next sibling), never following symlinks. Kind is dir, file (regular) or other, from the
-    directory entry itself: no stat per file, so a walk costs one getdents per directory. Stops (and
-    records why) when the budget runs out."""
+@dataclass(slots=True)
+class _Entry:
+    path: str
+    name: str
+    kind: str  # dir, file or other
+    ino: int
+    parent: str  # the name of the directory holding it
 
-    def listing(path: str) -> list[os.DirEntry[str]]:
+
+def _walk(root: str, budget: _Budget, unreadable: list[str],
+          prune: Callable[[str], bool] = lambda _p: False) -> Iterator[_Entry]:
+    """Yield every entry beneath root in depth-first pre-order (a directory, then all of its contents,
+    then its next sibling), never following symlinks and never calling stat: kind and inode come from
+    the directory entry (getdents' d_type and d_ino), so a walk costs one getdents per directory.
+    `prune(path)` keeps the walk out of a directory (it is still yielded). Raises ScanCapped when the
+    budget runs out; nothing is skipped silently (unreadable directories are listed)."""
+
+    def listing(path: str) -> tuple[list[os.DirEntry[str]], str]:
         try:
             with os.scandir(path) as it:
-                return list(it)
+                entries = list(it)
         except OSError as exc:
             unreadable.append(f"{path}: {exc.strerror}")
-            return []
+            entries = []
+        entries.reverse()  # popped from the end: the directory's own order
+        return entries, path.rpartition("/")[2]
 
     stack = [listing(root)]
     while stack:
-        if not stack[-1]:
+        top, parent = stack[-1]
+        if not top:
             stack.pop()
             continue
-        entry = stack[-1].pop()
-        if not budget.spend(root):
-            return
+        entry = top.pop()
+        budget.left -= 1
+        if budget.left < 0:
+            raise budget.exhausted(root)
         try:
             if entry.is_dir(follow_symlinks=False):
-                yield entry.path, "dir"
-                stack.append(listing(entry.path))
+                yield _Entry(entry.path, entry.name, "dir", entry.inode(), parent)
+                if not prune(entry.path):
+                    stack.append(listing(entry.path))
             elif entry.is_file(follow_symlinks=False):
-                yield entry.path, "file"
+                yield _Entry(entry.path, entry.name, "file", entry.inode(), parent)
             else:
-                yield entry.path, "other"
+                yield _Entry(entry.path, entry.name, "other", entry.inode(), parent)
         except OSError as exc:
             unreadable.append(f"{entry.path}: {exc.strerror}")
 
 
-def _walk_roots(grants: list[tuple[str, frozenset[Op], str]], workspace: str, home: str) -> list[str]:
-    """The trees walked for glob denies and planted hard links: the workspace, where projects keep their
-    `.env` files and where something outside the sandbox may have planted a link before launch.
+class _Names:
+    """The glob targets indexed by one literal name each must see, so a walked entry costs a dict lookup
+    or two, whatever the number of glob denies.
 
-    Walking every granted tree (toolchains, caches, /tmp) costs seconds on a real workstation at every
-    launch; elsewhere, literal denies are still masked, and writes matching a glob deny are refused by
-    the decision tier whenever they happen. docs/sandbox.md says what that leaves open."""
-    del grants, home
-    return [workspace] if os.path.isdir(workspace) else []
+    A path can only be the first (shallowest) match of a pattern when its last components match the
+    pattern's fixed-length tail (what follows its last inner `**`, a trailing `**` set aside). The
+    deepest literal component of that tail, at some distance from the end, is the index key: `.env`
+    for `**/.env` (the entry's own name), `hooks` for `**/.git/hooks/*` (its parent's name). A tail
+    without any literal component (`**/.env.*`) is tested with one combined regular expression."""
+
+    def __init__(self, targets: Sequence[_Target]) -> None:
+        self.by_key: dict[tuple[int, str], list[_Target]] = {}
+        self.by_glob: list[tuple[PathPattern, _Target]] = []
+        self.everything: list[_Target] = []
+        for t in targets:
+            tail = _tail(t.pattern)
+            for depth, seg in enumerate(reversed(tail)):
+                if not is_glob(seg):
+                    self.by_key.setdefault((depth, seg), []).append(t)
+                    break
+            else:
+                if tail:
+                    self.by_glob.append((matcher("/" + tail[-1]), t))
+                else:
+                    self.everything.append(t)
+        self.depths = sorted({d for d, _ in self.by_key})
+        parts = [p.regex.pattern[1:] for p, _ in self.by_glob if p.regex is not None]
+        self.any_glob = re.compile("|".join(f"(?:{p})" for p in parts), re.DOTALL) if parts else None
+        # the literal start of every glob segment (`.env.` of `.env.*`): str.startswith first, in C
+        starts = [_literal_start(p.text[1:]) for p, _ in self.by_glob]
+        self.glob_starts: tuple[str, ...] | None = tuple(starts) if starts and all(starts) else None
+
+        self.by_name = {name: ts for (d, name), ts in self.by_key.items() if d == 0}
+        self.by_parent = {name: ts for (d, name), ts in self.by_key.items() if d == 1}
+        self.deeper = any(d > 1 for d in self.depths) or bool(self.everything)
+
+    def may_match(self, name: str, parent: str) -> bool:
+        """The cheap test every walked entry pays: could any pattern's first match end here?"""
+        if name in self.by_name or parent in self.by_parent or self.deeper:
+            return True
+        if self.any_glob is None or (self.glob_starts is not None and not name.startswith(self.glob_starts)):
+            return False
+        return self.any_glob.fullmatch(name) is not None
+
+    def candidates(self, path: str, name: str, parent: str) -> list[_Target]:
+        out: list[_Target] = list(self.everything)
+        for depth in self.depths:
+            if depth == 0:
+                key = name
+            elif depth == 1:
+                key = parent
+            else:
+                parts = path.split("/")
+                key = parts[-1 - depth] if len(parts) > depth + 1 else ""
+            hit = self.by_key.get((depth, key))
+            if hit:
+                out.extend(hit)
+        if self.any_glob is not None and self.any_glob.fullmatch(name) is not None:
+            out.extend(t for p, t in self.by_glob if p.matches("/" + name))
+        return out
+
+
+def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
+               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool]) -> None:
+    """The workspace walk, kept tight because it visits every entry: `_walk`'s order and rules, but each
+    entry costs a dict lookup or two (`_Names.may_match`) unless it may match a glob deny, in which case
+    `on_match(path, name, parent, kind)` decides; a matched directory is not descended into (its match
+    covers it)."""
+
+    def listing(path: str) -> list[os.DirEntry[str]]:
+        try:
+            with os.scandir(path) as it:
+                entries = list(it)
+        except OSError as exc:
+            unreadable.append(f"{path}: {exc.strerror}")
+            return []
+        entries.reverse()
+        return entries
+
+    may_match = names.may_match
+    stack = [(listing(root), root.rpartition("/")[2])]
+    while stack:
+        entries, parent = stack[-1]
+        if not entries:
+            stack.pop()
+            continue
+        entry = entries.pop()
+        budget.left -= 1
+        if budget.left < 0:
+            raise budget.exhausted(root)
+        name = entry.name
+        try:
+            is_dir = entry.is_dir(follow_symlinks=False)
+            if may_match(name, parent):
+                kind = "dir" if is_dir else "file" if entry.is_file(follow_symlinks=False) else "other"
+                if on_match(entry.path, name, parent, kind):
+                    continue
+            if is_dir and not prune(entry.path):
+                stack.append((listing(entry.path), name))
+        except OSError as exc:
+            unreadable.append(f"{entry.path}: {exc.strerror}")
+
+
+def _literal_start(segment: str) -> str:
+    """The characters of a glob segment before its first glob character (or escape)."""
+    out = []
+    for ch in segment:
+        if ch in "*?[\\":
+            break
+        out.append(ch)
+    return "".join(out)
+
+
+def _tail(pattern: str) -> list[str]:
+    comps = _components(pattern)
+    if comps and comps[-1] == "**":
+        comps = comps[:-1]
+    if "**" in comps:
+        comps = comps[len(comps) - comps[::-1].index("**"):]
+    return comps
+
+
+def _bounded(pattern: str) -> bool:
+    """A glob without `**`: its matches lie at one depth, found by listing a few directories."""
+    return "**" not in _components(pattern)
+
+
+def _expand(pattern: str, budget: _Budget, unreadable: list[str]) -> list[str]:
+    """Existing paths matching a `**`-free glob, level by level from its literal prefix (like glob(3),
+    without following a symlinked last component)."""
+    comps = _components(pattern)
+    paths = ["/"]
+    for i, comp in enumerate(comps):
+        nxt: list[str] = []
+        last = i == len(comps) - 1
+        seg = None if not is_glob(comp) else matcher("/" + comp)
+        for base in paths:
+            if seg is None:
+                cand = os.path.join(base, comp)
+                if os.path.lexists(cand) and (last or os.path.isdir(cand)):
+                    nxt.append(cand)
+                continue
+            try:
+                with os.scandir(base) as it:
+                    names = [e.name for e in it]
+            except OSError as exc:
+                if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                    unreadable.append(f"{base}: {exc.strerror}")
+                continue
+            budget.left -= len(names)
+            if budget.left < 0:
+                raise budget.exhausted(base)
+            for name in sorted(names):
+                cand = os.path.join(base, name)
+                if seg.matches("/" + name) and (last or os.path.isdir(cand)):
+                    nxt.append(cand)
+        paths = nxt
+    return paths
 
 
 def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequence[Path],
-                      home: Path | None = None, max_entries: int = 200_000, seconds: float = 3.0,
-                      clock: Callable[[], float] = time.monotonic) -> LaunchFacts:
-    """Walk what the policy's denies refer to at launch; see the module docstring."""
+                      home: Path | None = None, max_entries: int = 200_000,
+                      credential_files: Sequence[Path] = (), unhunted: Sequence[Path] = ()) -> LaunchFacts:
+    """Walk what the policy's denies refer to at launch; see the module docstring. Raises ScanCapped
+    when the walk needs more than `max_entries` directory entries. `credential_files` are hidden like
+    credentials: the files that withheld credential variables name (KRB5CCNAME, KUBECONFIG, ...).
+    `unhunted` are directories inside hidden trees whose files hold no secret and need no alias hunt
+    (other sessions' private layers inside the guard's state: the agents' own cache writes)."""
     ws = os.path.realpath(workspace)
-    home_dir = os.path.realpath(home if home is not None else Path.home())
-    targets = deny_targets(policy, protected)
+    del home  # the roots come from the policy's grants
+    targets = deny_targets(policy, protected, credential_files)
+    skip_hunt = {os.path.realpath(p) for p in unhunted}
     grants = grant_prefixes(policy)
-    budget = _Budget(max_entries, seconds, clock)
+    budget = _Budget(max_entries)
     unreadable: list[str] = []
 
     facts: dict[str, PathFact] = {}
@@ -366,24 +564,49 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
 
     matches: dict[str, Match] = {}
     missing: list[MissingDeny] = []
-    denied_inodes: dict[tuple[int, int], Match] = {}
+    # (dev, ino) of every denied file with another name somewhere -> (its match, names known so far)
+    denied_inodes: dict[tuple[int, int], tuple[Match, set[str], int]] = {}
 
     def record(m: Match) -> None:
         old = matches.get(m.path)
         if old is None or _strength(m) > _strength(old):
             matches[m.path] = m
 
-    def remember_inode(path: str, owner: Match) -> None:
+    def remember_inode(path: str, owner: Match, st: os.stat_result | None = None) -> None:
         """Only a file with more than one link can have another name to find."""
-        try:
-            st = os.lstat(path)
-        except OSError as exc:
-            unreadable.append(f"{path}: {exc.strerror}")
-            return
+        hunted = Op.READ in owner.ops or owner.rule_id == SELF_PROTECTION_RULE
+        if owner.via.startswith("except") or not hunted:
+            return  # an except is "not granted by that rule", not a deny of its own; see protect()
+        if st is None:
+            try:
+                st = os.lstat(path)
+            except OSError as exc:
+                unreadable.append(f"{path}: {exc.strerror}")
+                return
         if stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
-            denied_inodes.setdefault((st.st_dev, st.st_ino), owner)
+            known = denied_inodes.setdefault((st.st_dev, st.st_ino), (owner, set(), st.st_nlink))
+            known[1].add(path)
 
-    # literal targets: resolve, record, and remember the inodes they protect
+    def protect(m: Match, walk_dir: bool) -> None:
+        """Record a match and remember the inodes it denies (walking a denied directory)."""
+        record(m)
+        if Op.READ not in m.ops and m.rule_id != SELF_PROTECTION_RULE:
+            # Other names are hunted for what must not be read (and for the guard's own files). Write-
+            # protected trees (toolchains: hundreds of thousands of files) would cost seconds at every
+            # launch, so a hard link to a toolchain file is left to the decision tier, which refuses
+            # write-opens of any file with more than one link.
+            return
+        if m.kind == "dir" and walk_dir:
+            for e in _walk(m.path, budget, unreadable, prune=skip_hunt.__contains__):
+                if e.kind == "file":
+                    remember_inode(e.path, m)
+        elif m.kind == "file":
+            remember_inode(m.path, m)
+
+    def via(t: _Target) -> str:
+        return f"{'except' if t.carve else 'glob'} {t.pattern}"
+
+    # 1. literal targets: resolve, record, and remember the inodes they protect
     for t in targets:
         if not t.subtree:
             continue
@@ -391,97 +614,133 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         if fact.kind == "missing":
             missing.append(MissingDeny(t.pattern, t.rule_id, t.ops, _nearest_existing(t.prefix)))
             continue
-        via = "except" if t.carve else "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern"
-        m = Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, via)
-        record(m)
-        if t.carve or Op.READ not in t.ops:
-            # Other names are hunted for secrets (read denies) only. An except is just "not granted by
-            # that rule"; write-protected trees (toolchains: hundreds of thousands of files) would cost
-            # seconds at every launch, so a hard link planted in the workspace to a toolchain file is
-            # not found (docs/sandbox.md lists this).
-            continue
-        if fact.kind == "dir":
-            for path, kind in _walk(fact.resolved, budget, unreadable):
-                if kind == "file":
-                    remember_inode(path, m)
-        elif fact.kind == "file":
-            remember_inode(fact.resolved, m)
+        kind = "except" if t.carve else "protected" if t.rule_id == SELF_PROTECTION_RULE else "pattern"
+        protect(Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, kind), walk_dir=not t.carve)
 
-    # one walk of the granted trees: glob matches by name, and the regular files an alias could hide in
+    # 2. globs without `**` (`/tmp/krb5cc_*`): their matches lie at one depth, found by listing
     globs = [t for t in targets if not t.subtree]
-    roots = _walk_roots(grants, ws, home_dir)
-    # a granted tree that is not walked may still lie wholly inside a glob deny (a grant of
-    # `x/.git/hooks/**` against a deny of `**/.git/hooks/**`): that costs one match per grant, no walk
-    for prefix, _, _ in grants:
-        if any(is_beneath(prefix, r) for r in roots) or facts[prefix].kind != "dir":
+    for t in globs:
+        if not _bounded(t.pattern):
             continue
-        for t in globs:
-            if t.glob.matches(prefix):
-                record(Match(facts[prefix].resolved, "dir", t.rule_id, t.ops, t.verdict,
-                             f"{'except' if t.carve else 'glob'} {t.pattern}"))
+        for path in _expand(t.pattern, budget, unreadable):
+            target = path_fact(path)  # a matched symlink hides what it points at
+            if target.kind not in ("missing", "proc-link"):
+                protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
+                        walk_dir=True)
+
+    # 3. globs with `**` (`**/.env`): one walk of the workspace, where projects keep their secrets.
+    # Granted files elsewhere (home configuration) are matched one by one; a granted tree that lies wholly
+    # inside a glob deny (a grant of `x/.git/hooks/**` against `**/.git/hooks/**`) costs one match.
+    deep = [t for t in globs if not _bounded(t.pattern)]
+    roots = [ws] if os.path.isdir(ws) else []
+    for prefix, _, _ in grants:
+        fact = facts[prefix]
+        if fact.kind not in ("dir", "file") or any(is_beneath(prefix, r) for r in roots):
+            continue
+        for t in deep:
+            if t.glob.matches(prefix) or t.glob.matches(fact.resolved):
+                protect(Match(fact.resolved, fact.kind, t.rule_id, t.ops, t.verdict, via(t)), walk_dir=True)
                 break
-    candidates: list[str] = []
+    hidden_dirs = {m.path for m in matches.values()
+                   if m.kind == "dir" and Op.READ in m.ops and not m.via.startswith("except")}
     for root in roots:
-        relevant = [t for t in globs if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
-        by_anchor: dict[str, list[_Target]] = {}
-        unanchored: list[_Target] = []
-        for t in relevant:
-            anchor = t.anchor
-            if anchor is None:
-                unanchored.append(t)
-            else:
-                by_anchor.setdefault(anchor, []).append(t)
-        inside: list[tuple[str, Match]] = []  # matched directories we are walking beneath
+        relevant = [t for t in deep if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
+        names = _Names(relevant)
+        covered = False
         for t in relevant:  # the root itself may already lie inside a match (a grant below `x/**/.git/**`)
             if t.glob.matches(root):
-                m = Match(root, "dir", t.rule_id, t.ops, t.verdict,
-                          f"{'except' if t.carve else 'glob'} {t.pattern}")
-                record(m)
-                inside.append((root, m))
+                protect(Match(root, "dir", t.rule_id, t.ops, t.verdict, via(t)), walk_dir=True)
+                covered = True
                 break
-        for path, kind in _walk(root, budget, unreadable):
-            while inside and not is_beneath(path, inside[-1][0]):
-                inside.pop()
-            owner = inside[-1][1] if inside else None
-            if owner is None:
-                name = path.rpartition("/")[2]
-                for t in (*by_anchor.get(name, ()), *unanchored):
-                    if t.glob.matches(path):
-                        target = path_fact(path)  # a matched symlink hides what it points at
-                        if target.kind == "missing":
-                            break
-                        owner = Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict,
-                                      f"{'except' if t.carve else 'glob'} {t.pattern}")
-                        record(owner)
-                        if kind == "dir":
-                            inside.append((path, owner))
-                        break
-            if kind != "file":
-                continue
-            if owner is not None:
-                remember_inode(path, owner)
-            else:
-                candidates.append(path)
+        if covered:
+            continue
 
-    # aliases: only when some denied file has another name somewhere (st_nlink > 1) is a stat per
-    # candidate worth paying; in the common case this loop does not run at all
-    if denied_inodes:
-        denied_dirs = [m.path for m in matches.values() if m.kind == "dir"]
-        for path in candidates:
-            if not budget.spend("hard-link check"):
+        def on_match(path: str, name: str, parent: str, kind: str, names: _Names = names) -> bool:
+            for t in names.candidates(path, name, parent):
+                if t.glob.matches(path):
+                    target = path_fact(path)  # a matched symlink hides what it points at
+                    if target.kind == "missing":
+                        return False
+                    protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
+                            walk_dir=kind == "dir")
+                    return True
+            return False
+
+        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match)
+
+    # 4. other names of denied files. Only a denied file with more than one link has one, and it lies on
+    # the same filesystem; in the common case there is none and nothing more is walked. Otherwise every
+    # tree the agent may read on that filesystem is searched (granted files, the workspace, the other
+    # granted trees), until every name is accounted for.
+    aliases = _Aliases(denied_inodes)
+    if aliases.wanted:
+        hidden_dirs = {m.path for m in matches.values()
+                       if m.kind == "dir" and Op.READ in m.ops and not m.via.startswith("except")}
+        carved = [m.path for m in matches.values() if m.via.startswith("except") and m.kind == "dir"]
+        for prefix, ops, _ in grants:
+            fact = facts[prefix]
+            if Op.READ in ops and fact.kind == "file":
+                aliases.check(fact.resolved, record, hidden_dirs)
+        # every readable tree is a root of its own, and each walk stays out of the others beneath it, so
+        # a tree inside an except of a wider grant (a cache under a home carved out of /tmp) is walked too
+        readable = {facts[p].resolved for p, ops, _ in grants
+                    if Op.READ in ops and facts[p].kind == "dir"
+                    and not any(is_beneath(facts[p].resolved, x) for x in _PSEUDO_ROOTS)
+                    and not any(is_beneath(facts[p].resolved, h) for h in hidden_dirs)}
+        # the workspace first: where a planted name is likeliest, so the hunt usually ends there
+        tree_roots = [*([ws] if os.path.isdir(ws) else []), *sorted(readable - {ws})]
+        skip = hidden_dirs | set(carved) | set(tree_roots)
+        for root in tree_roots:
+            if not aliases.wanted:
                 break
             try:
-                st = os.lstat(path)
+                dev = os.stat(root).st_dev
             except OSError:
-                continue  # gone since the walk: nothing left to alias
-            orig = denied_inodes.get((st.st_dev, st.st_ino))
-            if orig is not None and path not in matches and not any(is_beneath(path, d) for d in denied_dirs):
-                record(Match(path, "file", orig.rule_id, orig.ops, orig.verdict, f"hard link to {orig.path}"))
+                continue
+            if dev not in aliases.devices:
+                continue  # a hard link never crosses filesystems
+            for e in _walk(root, budget, unreadable, prune=skip.__contains__):
+                if e.kind == "file" and e.ino in aliases.inos:
+                    aliases.check(e.path, record, hidden_dirs)
+                    if not aliases.wanted:
+                        break
+        roots = [*roots, *(r for r in tree_roots if r != ws)]
 
     ordered = tuple(sorted(matches.values(), key=lambda m: m.path))
     return LaunchFacts(paths=tuple(facts.values()), matches=ordered,
-                       missing=tuple(missing), walked=tuple(roots), capped=tuple(budget.capped),
-                       unreadable=tuple(unreadable))
+                       missing=tuple(missing), walked=tuple(roots), unreadable=tuple(unreadable),
+                       entries=max_entries - budget.left, unfound=aliases.unfound())
+
+
+class _Aliases:
+    """The denied files that have more names than the scan has seen, and the hunt for the others."""
+
+    def __init__(self, denied: dict[tuple[int, int], tuple[Match, set[str], int]]) -> None:
+        self.denied = {k: v for k, v in denied.items() if len(v[1]) < v[2]}
+        self.found: dict[tuple[int, int], set[str]] = {k: set(v[1]) for k, v in self.denied.items()}
+        self.inos = {ino for _, ino in self.denied}
+        self.devices = {dev for dev, _ in self.denied}
+
+    @property
+    def wanted(self) -> bool:
+        return any(len(self.found[k]) < v[2] for k, v in self.denied.items())
+
+    def check(self, path: str, record: Callable[[Match], None], hidden: set[str]) -> None:
+        try:
+            st = os.lstat(path)
+        except OSError:
+            return  # gone since the walk: nothing left to alias
+        key = (st.st_dev, st.st_ino)
+        entry = self.denied.get(key)
+        if entry is None or path in self.found[key] or any(is_beneath(path, h) for h in hidden):
+            return
+        self.found[key].add(path)
+        orig = entry[0]
+        record(Match(path, "file", orig.rule_id, orig.ops, orig.verdict, f"hard link to {orig.path}"))
+
+    def unfound(self) -> int:
+        """Names of denied files that lie outside every readable tree (harmless: unreachable)."""
+        return sum(v[2] - len(self.found[k]) for k, v in self.denied.items())
 
 
 def _strength(m: Match) -> int:

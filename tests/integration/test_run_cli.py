@@ -144,8 +144,8 @@ def test_no_command_is_a_usage_error(ws: Path) -> None:
 
 # --- --require-full ----------------------------------------------------------------------------------------
 def _capped_scan_policy(ws: Path, tmp_path: Path) -> Path:
-    """A policy whose launch scan budget is smaller than the workspace: the glob denies and planted hard
-    links beyond it are not checked, so the sandbox is honestly only partly enforced on any host."""
+    """A policy whose launch scan bound is smaller than the workspace: glob denies and planted hard links
+    beyond it could not be checked."""
     for i in range(20):
         (ws / f"f{i}.txt").write_text("x")
     policy = tmp_path / "capped.yaml"
@@ -153,24 +153,16 @@ def _capped_scan_policy(ws: Path, tmp_path: Path) -> Path:
     return policy
 
 
-def test_require_full_refuses_a_partly_enforced_policy_and_runs_nothing(ws: Path, tmp_path: Path) -> None:
-    policy = _capped_scan_policy(ws, tmp_path)
-    res = guard_run(ws, "--require-full", "-p", str(policy), "--", "/bin/sh", "-c", "echo ran > ran.txt")
-    assert res.returncode == 125, res.stderr
-    assert "--require-full" in res.stderr
-    assert "denies inside granted trees" in res.stderr
-    assert "guard doctor" in res.stderr
-    assert not (ws / "ran.txt").exists()
-    assert not SUMMARY.search(res.stderr), "no session ran"
-
-
-def test_without_require_full_a_partly_enforced_policy_runs_with_a_warning(ws: Path, tmp_path: Path) -> None:
+def test_a_scan_past_its_bound_refuses_to_start_and_runs_nothing(ws: Path, tmp_path: Path) -> None:
+    """Fail closed: a secret must never become readable because the workspace is large."""
     policy = _capped_scan_policy(ws, tmp_path)
     res = guard_run(ws, "-p", str(policy), "--", "/bin/sh", "-c", "echo ran > ran.txt")
-    assert res.returncode == 0, res.stderr
-    assert "guard: warning: files: denies inside granted trees: partly enforced" in res.stderr
-    assert "stopped after 5 entries" in res.stderr
-    assert (ws / "ran.txt").exists()
+    assert res.returncode == 125, res.stderr
+    assert "stopped after 5 directory entries (settings.scan_max_entries)" in res.stderr
+    assert "nothing was started" in res.stderr and "scan_max_entries: 25" in res.stderr
+    assert "guard doctor" not in res.stderr
+    assert not (ws / "ran.txt").exists()
+    assert not SUMMARY.search(res.stderr), "no session ran"
 
 
 def test_require_full_runs_a_fully_enforceable_policy(ws: Path, tmp_path: Path) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -13,7 +14,7 @@ from guard.model import Op, Verdict
 from guard.sandbox import landlock as ll
 from guard.sandbox.plan import MountKind, build_plan
 from guard.sandbox.report import State
-from guard.sandbox.scan import LaunchFacts, literal_prefix, matcher, scan_launch_facts
+from guard.sandbox.scan import LaunchFacts, ScanCapped, literal_prefix, matcher, scan_launch_facts
 
 RW = frozenset({Op.READ, Op.WRITE})
 R = frozenset({Op.READ})
@@ -150,12 +151,15 @@ def test_missing_deny_under_a_writable_tree_is_left_to_the_decision_tier(tree: d
     assert not plan.report.warnings()
 
 
-def test_capped_scan_is_reported(tree: dict[str, Path]) -> None:
+def test_a_scan_past_its_bound_fails_closed(tree: dict[str, Path]) -> None:
+    """A secret must never become readable because the workspace is large: past the bound, no plan."""
     for i in range(20):
         (tree["ws"] / f"f{i}").write_text("")
-    _, plan = _plan(tree, _policy(tree), max_entries=5)
-    assert plan.report.get("files: hard links planted before launch").state is State.PARTLY
-    assert "stopped after 5 entries" in plan.report.get("files: denies inside granted trees").reason
+    with pytest.raises(ScanCapped, match=r"stopped after 5 directory entries \(settings.scan_max_entries\)") as exc:
+        _plan(tree, _policy(tree), max_entries=5)
+    assert "nothing was started" in exc.value.message and "scan_max_entries: 25" in (exc.value.hint or "")
+    facts, _ = _plan(tree, _policy(tree), max_entries=40)
+    assert facts.entries <= 40
 
 
 def test_audit_only_deny_does_not_mask(tree: dict[str, Path]) -> None:
@@ -327,3 +331,124 @@ def test_glob_without_a_literal_anchor_is_tested_on_every_path(tree: dict[str, P
     pol = _policy(tree, Rule("pem", Verdict.DENY, RW, ("/**/*.pem",)))
     _, plan = _plan(tree, pol)
     assert str(tree["ws"] / "src" / "server.pem") in {m.path for m in plan.mounts}
+
+
+# --- the launch scan in a realistic layout (issue 13, class 1) -------------------------------------------
+def _home_layout(tmp_path: Path) -> dict[str, Path]:
+    """The workspace under HOME, HOME under a scratch grant whose except carves HOME out (as base's `tmp`)."""
+    scratch = tmp_path / "scratch"
+    home = scratch / "home"
+    ws = home / "src" / "proj"
+    (ws / "src").mkdir(parents=True)
+    (home / ".ssh").mkdir()
+    (home / ".ssh" / "id_ed25519").write_text("KEY")
+    (home / ".cache" / "pip").mkdir(parents=True)
+    gh = tmp_path / "gh"
+    gh.mkdir()
+    return {"scratch": scratch, "home": home, "ws": ws, "gh": gh}
+
+
+def _home_policy(t: dict[str, Path]) -> Pol:
+    return Pol((Rule("tmp", Verdict.ALLOW, RW, (f"{t['scratch']}/**",), excepts=(f"{t['home']}/**",)),
+                Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)),
+                Rule("caches", Verdict.ALLOW, RW, (f"{t['home']}/.cache/**",)),
+                Rule("cfg", Verdict.ALLOW, R, (f"{t['home']}/.editorconfig",)),
+                Rule("ssh", Verdict.DENY, RW, (f"{t['home']}/.ssh/**",)),
+                Rule("env", Verdict.DENY, RW, ("/**/.env",))))
+
+
+def test_hard_links_beneath_an_except_are_found(tmp_path: Path) -> None:
+    """The except carving HOME out of a grant is not a denied directory: links planted beneath it, in the
+    workspace, a cache or as a home configuration file, are the key."""
+    t = _home_layout(tmp_path)
+    key = t["home"] / ".ssh" / "id_ed25519"
+    links = [t["ws"] / "src" / "notes.txt", t["home"] / ".cache" / "pip" / "entry", t["home"] / ".editorconfig"]
+    for link in links:
+        os.link(key, link)
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    found = {m.path for m in facts.matches if m.via.startswith("hard link to")}
+    assert found == {str(p) for p in links}
+    assert facts.unfound == 0
+    plan = build_plan(_home_policy(t), facts, workspace=t["ws"], protected=[t["gh"]], abi=7)
+    assert "3 found and masked" in plan.report.get("files: hard links planted before launch").reason
+
+
+def test_no_second_name_means_no_walk_beyond_the_workspace(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    for i in range(30):
+        (t["home"] / ".cache" / "pip" / f"f{i}").write_text("")
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    assert facts.walked == (str(t["ws"]),)
+    assert facts.entries < 30
+
+
+def test_a_second_name_outside_every_grant_is_counted_not_masked(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    (t["home"] / "backup").mkdir()
+    os.link(t["home"] / ".ssh" / "id_ed25519", t["home"] / "backup" / "key")
+    facts = scan_launch_facts(_home_policy(t), workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    assert facts.unfound == 1
+    assert not [m for m in facts.matches if m.via.startswith("hard link")]
+
+
+def test_globs_without_double_star_are_expanded_by_listing(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+    (t["scratch"] / "krb5cc_1000").write_text("TICKET")
+    (t["scratch"] / "krb5cc_other").mkdir()
+    pol = Pol((*_home_policy(t).rules,
+               Rule("krb", Verdict.DENY, RW, (f"{t['scratch']}/krb5cc_*",))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    hit = {m.path: m.kind for m in facts.matches if m.rule_id == "krb"}
+    assert hit == {str(t["scratch"] / "krb5cc_1000"): "file", str(t["scratch"] / "krb5cc_other"): "dir"}
+
+
+def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) -> None:
+    t = _home_layout(tmp_path)
+
+    @dataclass(frozen=True)
+    class PRule(Rule):
+        private: bool = True
+
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)),
+               PRule("caches", Verdict.ALLOW, RW, (f"{t['home']}/.cache/**",))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
+    layer = [m for m in plan.mounts if m.kind is MountKind.PRIVATE]
+    assert [(m.path, m.layer) for m in layer] == [(str(t["home"] / ".cache"), "/layers/0")]
+    assert plan.mounts[0].kind is MountKind.PRIVATE
+    closed = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7)
+    assert not [m for m in closed.mounts if m.kind is MountKind.PRIVATE]
+    cache = {g.path: g for g in closed.landlock.grants}[str(t["home"] / ".cache")]
+    assert not cache.access & ll.WRITE_RIGHTS
+
+
+def test_private_layers_in_the_guard_state_are_hidden_but_not_walked(tmp_path: Path) -> None:
+    """Other sessions' layers (their agents' cache writes) live in the hidden guard state: walking them for
+    second names of secrets would only spend the scan's bound."""
+    t = _home_layout(tmp_path)
+    layer = t["gh"] / "layers" / "other" / "0" / "upper"
+    layer.mkdir(parents=True)
+    for i in range(40):
+        (layer / f"f{i}").write_text("")
+    kw = {"workspace": t["ws"], "protected": [t["gh"]], "home": t["home"], "max_entries": 30}
+    with pytest.raises(ScanCapped):
+        scan_launch_facts(_home_policy(t), **kw)  # type: ignore[arg-type]
+    facts = scan_launch_facts(_home_policy(t), unhunted=[t["gh"] / "layers"], **kw)  # type: ignore[arg-type]
+    assert str(t["gh"]) in {m.path for m in facts.matches}
+
+
+def test_a_private_write_grant_on_a_file_loses_its_write(tmp_path: Path) -> None:
+    """An overlay covers directories; a file granted by a `writes: private` rule is never written in place."""
+    t = _home_layout(tmp_path)
+    lock = t["home"] / ".cargo-lock"
+    lock.write_text("")
+
+    @dataclass(frozen=True)
+    class PRule(Rule):
+        private: bool = True
+
+    pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{t['ws']}/**",)), PRule("lock", Verdict.ALLOW, RW, (str(lock),))))
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
+    grant = {g.path: g for g in plan.landlock.grants}[str(lock)]
+    assert not grant.access & ll.WRITE_RIGHTS and grant.access & ll.READ_RIGHTS
