@@ -108,6 +108,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
     from guard.sandbox.seccomp import SeccompSpec
+    from guard.sandbox.state_dirs import create_state_dirs
+    from guard.sandbox.state_dirs import describe as describe_state_dirs
     from guard.sandbox.supervisor import Supervisor
 
     say = out or (lambda line: print(line, file=sys.stderr))
@@ -136,6 +138,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     decider: Decider | None = None
     try:
         protected = (home, *policy.sources)
+        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        if created:
+            say(f"guard: {describe_state_dirs(created)}")
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
                                   max_entries=policy.scan_max_entries)
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi())

@@ -82,3 +82,41 @@ def test_o_tmpfile_in_workspace(world):
 
 def test_zz_trail_verifies(world):
     world.check_trail()
+
+
+def test_agent_state_folders_missing_at_launch_are_created(world):
+    """A fresh machine: no ~/.claude, ~/.gemini, ~/.codex, ~/.aider, ~/.cursor yet. Each agent creates its
+    state folder on its first run; guard creates the granted ones at launch (mode 0700) so that works."""
+    names = (".claude", ".gemini", ".codex", ".aider", ".cursor")
+    fresh = world.root / "fresh-home"
+    fresh.mkdir()
+    env = {"HOME": str(fresh)}
+    # os.makedirs, not `mkdir -p`: mkdir(2) of the existing HOME answering EEXIST is the supervisor's part
+    run = world.guard_run(world.py(
+        "import os\n"
+        f"for n in {names!r}:\n"
+        "    os.makedirs(os.path.join(os.environ['HOME'], n, 'sub'), exist_ok=True)\n"
+        "    open(os.path.join(os.environ['HOME'], n, 'sub', 's.json'), 'w').write('state\\n')\n"
+        "print('STATE-OK')\n"), env=env)
+    _ok(run)
+    assert "STATE-OK" in run.stdout, run
+    assert "created missing agent-state folders" in run.stderr, run
+    for name in names:
+        assert (fresh / name / "sub" / "s.json").read_text() == "state\n"
+        assert (fresh / name).stat().st_mode & 0o777 == 0o700
+    assert not (fresh / "go").exists() and not (fresh / ".m2").exists()  # only one level, only state
+    again = world.guard_run(world.sh("true"), env=env)
+    assert "created missing agent-state folders" not in again.stderr, again
+
+
+def test_bash_reads_its_startup_files_quietly(world):
+    """An agent's Bash tool sources ~/.bashrc: it must not print "Permission denied" at every command."""
+    if shutil.which("bash") is None:
+        pytest.skip("bash is not installed")
+    run = world.guard_run(["bash", "-i", "-c", "echo BASH-OK $EDITOR"], input="")
+    assert run.returncode == 0, run
+    assert "BASH-OK vi" in run.stdout, run  # ~/.bashrc exports EDITOR=vi
+    assert "Permission denied" not in run.stderr, run
+    run = world.guard_run(["bash", "-l", "-c", "echo LOGIN-OK"])
+    _ok(run)
+    assert "Permission denied" not in run.stderr, run
