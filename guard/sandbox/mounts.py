@@ -63,7 +63,8 @@ def apply_masks(ops: Sequence[MountOp]) -> list[str]:
 
 def _originals_needed(ops: Sequence[MountOp]) -> list[str]:
     out = [op.path for op in ops if op.kind is MountKind.EXEC]
-    out += [e.path for op in ops if op.kind is MountKind.CARVE for e in op.expose if e.kind != "link"]
+    out += [e.path for op in ops if op.kind in (MountKind.CARVE, MountKind.PRIVATE) for e in op.expose
+            if e.kind in ("dir", "file")]
     return out
 
 
@@ -76,11 +77,27 @@ def _carve(op: MountOp, originals: dict[str, int]) -> None:
     """Empty tmpfs over op.path; the exposures' mount points (parents as plain directories), symlinks and
     binds from the originals with their own flags; then the tmpfs itself read-only."""
     sc.mount("tmpfs", op.path, "tmpfs", _HARDEN, f"mode=0755,size=256k,nr_inodes={len(op.expose) * 8 + 64}")
+    _expose(op, originals)
+    sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
+
+
+def _private(op: MountOp, originals: dict[str, int]) -> None:
+    """A fresh writable tmpfs of the session's own over op.path (sticky and world-writable like the
+    shared one it replaces; noexec when the policy lets nothing run from it), the exposures put back."""
+    flags = sc.MS_NOSUID | sc.MS_NODEV | (sc.MS_NOEXEC if op.no_exec else 0)
+    sc.mount("tmpfs", op.path, "tmpfs", flags, "mode=1777")
+    _expose(op, originals)
+
+
+def _expose(op: MountOp, originals: dict[str, int]) -> None:
     for e in op.expose:
         parent = os.path.dirname(e.path)
         os.makedirs(parent, mode=0o755, exist_ok=True)
         if e.kind == "link":
             os.symlink(e.target, e.path)
+            continue
+        if e.kind in ("mkdir", "mountpoint"):
+            os.makedirs(e.path, mode=0o700 if e.kind == "mkdir" else 0o755, exist_ok=True)
             continue
         tree = originals.get(e.path)
         if tree is None:
@@ -91,7 +108,6 @@ def _carve(op: MountOp, originals: dict[str, int]) -> None:
             os.close(os.open(e.path, os.O_RDONLY | os.O_CREAT | os.O_CLOEXEC, 0o600))
         sc.attach_tree(tree, e.path)
         sc.set_mount_attrs(e.path, _attrs(e.read_only, e.no_exec), recursive=True)
-    sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
 
 
 def _apply(op: MountOp, originals: dict[str, int]) -> bool:
@@ -100,6 +116,8 @@ def _apply(op: MountOp, originals: dict[str, int]) -> bool:
     try:
         if op.kind is MountKind.CARVE:
             _carve(op, originals)
+        elif op.kind is MountKind.PRIVATE:
+            _private(op, originals)
         elif op.kind is MountKind.EXEC:
             tree = originals.get(op.path)
             if tree is None:

@@ -120,3 +120,37 @@ def test_bash_reads_its_startup_files_quietly(world):
     run = world.guard_run(["bash", "-l", "-c", "echo LOGIN-OK"])
     _ok(run)
     assert "Permission denied" not in run.stderr, run
+
+
+def test_multiprocessing_pool_executor_lock_and_shared_memory(world):
+    """Semaphores and shared memory of the session's own processes live in its private /dev/shm."""
+    work = world.py(
+        "import multiprocessing as mp, concurrent.futures as cf\n"
+        "from multiprocessing import shared_memory\n"
+        "if __name__ == '__main__':\n"
+        "    with mp.Pool(2) as p: a = p.map(abs, [-1, -2, -3])\n"
+        "    with cf.ProcessPoolExecutor(2) as ex: b = list(ex.map(abs, [-4, -5]))\n"
+        "    lock = mp.Lock(); lock.acquire(); lock.release()\n"
+        "    shm = shared_memory.SharedMemory(create=True, size=16); shm.buf[0] = 42; v = shm.buf[0]\n"
+        "    shm.close(); shm.unlink()\n"
+        "    print('MP-OK', a, b, v)\n")
+    bare = world.bare_run(work)
+    assert "MP-OK [1, 2, 3] [4, 5] 42" in bare.stdout, bare
+    run = world.guard_run(work)
+    _ok(run)
+    assert run.stdout == bare.stdout, run
+
+
+def test_build_in_tmp_and_run_it(world):
+    """`gcc -o /tmp/x t.c && /tmp/x`, and a helper written to a fresh temporary directory and executed
+    (what pytest's tmp_path tests do): the session's /tmp runs what the session builds there."""
+    script = ('d=$(mktemp -d) && printf "#!/bin/sh\\necho HELPER-RAN\\n" > "$d/helper" && chmod +x "$d/helper" '
+              '&& "$d/helper"')
+    if shutil.which("gcc") is not None:
+        script += (' && printf "int main(void){return 7;}\\n" > /tmp/t.c && gcc -o /tmp/x /tmp/t.c; '
+                   '/tmp/x; echo "C-RC=$?"')
+    bare = world.bare_run(world.sh(script))
+    assert "HELPER-RAN" in bare.stdout, bare
+    run = world.guard_run(world.sh(script))
+    _ok(run)
+    assert run.stdout == bare.stdout, run
