@@ -377,6 +377,8 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     vanished = mounts.apply_masks(plan.mounts)
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})
+    # held (open, never read) for the whole session: locked ptys keeping the terminals' numbers free
+    _held_ptys = mounts.private_devpts(mounts.session_terminals()) if plan.private_pts else []
     mounts.mount_proc_and_sys()
     _send(sock, {"t": "memfd", **_memfd_noexec()})
     sc.loopback_up()

@@ -144,6 +144,51 @@ def _apply(op: MountOp, originals: dict[str, int]) -> bool:
     return True
 
 
+_PTS = "/dev/pts"
+
+
+def session_terminals() -> list[str]:
+    """The host pseudo-terminals the agent starts with (its stdin, stdout, stderr): the session's own."""
+    names: list[str] = []
+    for fd in (0, 1, 2):
+        try:
+            name = os.ttyname(fd)
+        except OSError:
+            continue
+        if os.path.dirname(name) == _PTS and name not in names:
+            names.append(name)
+    return names
+
+
+def private_devpts(own: Sequence[str]) -> list[int]:
+    """A devpts instance of the sandbox's own over /dev/pts, with only the session's terminals put back.
+
+    The host's devpts holds every terminal of the user (other shells, tmux panes: type-ahead, passwords,
+    fake prompts, resizes). The new instance holds only the ptys the agent creates (/dev/ptmx opens the
+    instance next to it, so `script`, tmux and node-pty work inside). The session's own terminals keep
+    their names (ttyname() matches, `tty` works): the instance's indices up to theirs are allocated and
+    held, locked, by the caller (the returned master fds), and each host terminal is bound over the entry
+    of its number. Returns the held fds; the caller keeps them open for the session.
+    """
+    clones = {name: sc.clone_tree(name) for name in own}
+    held: list[int] = []
+    try:
+        sc.mount("devpts", _PTS, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
+        want = max((int(os.path.basename(n)) for n in own), default=-1)
+        while len(held) <= want:
+            held.append(os.open(f"{_PTS}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
+        for name, tree in clones.items():
+            sc.attach_tree(tree, name)
+    except BaseException:
+        for fd in held:
+            os.close(fd)
+        raise
+    finally:
+        for fd in clones.values():
+            os.close(fd)
+    return held
+
+
 def mount_proc_and_sys() -> None:
     """/proc of the new pid namespace (only the sandbox's processes), /sys of the new network namespace."""
     sc.mount("proc", "/proc", "proc", _HARDEN)

@@ -87,6 +87,7 @@ class SandboxPlan:
     protected: tuple[str, ...]
     report: EnforcementReport
     hostname: str = "guard"
+    private_pts: bool = False  # a devpts instance of the sandbox's own, the session's terminals put back
 
 
 _OP_RIGHTS = {Op.READ: ll.READ_RIGHTS, Op.WRITE: ll.WRITE_RIGHTS, Op.EXEC: ll.EXEC_RIGHTS}
@@ -443,10 +444,11 @@ def listen_plan(policy: object, abi: int) -> tuple[int, tuple[int, ...], Protect
 
 
 def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, protected: Sequence[Path],
-               abi: int, scratch: Sequence[str] = SCRATCH) -> SandboxPlan:
+               abi: int, scratch: Sequence[str] = SCRATCH, own_pts: bool = True) -> SandboxPlan:
     """See the module docstring. `abi` is the host's Landlock ABI (0 = none), passed in so the
     downgrade is a pure function and unit-testable for every ABI. `scratch`: the directories made
-    private to the session when the policy lets it write there (empty: share the host's)."""
+    private to the session when the policy lets it write there (empty: share the host's). `own_pts`: give
+    the sandbox a devpts instance of its own (the session's terminals put back), not the host's."""
     handled = ll.handled_fs(abi)
     grants, missing_grants = _grants(policy, facts, handled)
     mounts, carvers = _mounts(facts, grants, abi > 0)
@@ -526,6 +528,12 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
                                   State.FULLY if abi >= 7 else State.NOT,
                                   "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if abi >= 7
                                   else f"needs Landlock ABI 7, host has {abi}", required=False))
+    pts = facts.fact("/dev/pts")
+    private_pts = own_pts and pts is not None and pts.kind == "dir"
+    protections.append(Protection(
+        "devices: other terminals of the user", State.FULLY if private_pts else State.NOT,
+        "the sandbox has a devpts instance of its own: only the session's terminal and the ptys the agent "
+        "creates" if private_pts else "the host's /dev/pts is shared", required=False))
     return SandboxPlan(landlock=landlock_plan, mounts=tuple(mounts), workspace=str(workspace),
                        protected=tuple(str(p) for p in protected),
-                       report=EnforcementReport(tuple(protections)))
+                       report=EnforcementReport(tuple(protections)), private_pts=private_pts)
