@@ -43,6 +43,7 @@ class RunOptions:
     workspace: Path = field(default_factory=Path.cwd)
     cwd: Path = field(default_factory=Path.cwd)
     require_full: bool = False
+    audit: bool = False  # the policy in audit mode: decide and record, refuse nothing (but guard's own state)
     json_summary: bool = False
     resolve: Mapping[str, str] = field(default_factory=dict)
     publish: tuple[int, ...] = ()  # host 127.0.0.1:PORT -> the sandbox's 127.0.0.1:PORT
@@ -104,6 +105,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
     from guard.sandbox import landlock
+    from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -123,6 +125,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     except GuardError as exc:  # no policy, no sandbox: 125, with the file:line:col diagnostics intact
         raise SandboxError(f"policy {opts.policy!r} could not be loaded, nothing was started:\n"
                            f"{exc.diagnostics()}") from exc
+    if opts.audit:
+        policy.mode = "audit"  # before any decision: the engine reads it at every decide
 
     try:
         client = DaemonClient.ensure_running(home)
@@ -150,6 +154,10 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                hint="run `guard doctor` to see what is missing")
         for warning in report.warnings():
             say(f"guard: warning: {warning}")
+        if plan.audit:
+            say(f"guard: audit mode ({policy.name}): actions are decided and recorded, not refused; still "
+                "refused: the guard's own state, writes to /proc, /sys and /dev, the kernel surfaces of the "
+                "syscall filter")
 
         decider = Decider(policy, client, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
@@ -170,7 +178,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
-            supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
+            decide = enforce_kernel_state(decider.decide) if plan.audit else decider.decide
+            supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))

@@ -479,6 +479,23 @@ def _memfd_noexec() -> dict[str, Any]:
 
 
 # --- the agent, up to exec ------------------------------------------------------------------------------
+def _audit_grants(plan: SandboxPlan) -> landlock.LandlockPlan:  # pragma: no cover - runs in the agent
+    """Audit mode: write on every top-level tree of the sandbox's root but /proc, /sys and /dev (listed
+    here, at launch: the plan is pure). Write-opens are still notified, decided and recorded."""
+    from dataclasses import replace
+
+    from guard.sandbox.plan import AUDIT_MODE_RULE, AUDIT_NEVER_WRITABLE
+
+    rights = plan.landlock.handled_fs & landlock.WRITE_RIGHTS
+    extra = []
+    for name in sorted(os.listdir("/")):
+        path = "/" + name
+        if path in AUDIT_NEVER_WRITABLE or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        extra.append(landlock.PathGrant(path, rights, True, (AUDIT_MODE_RULE,)))
+    return replace(plan.landlock, grants=(*plan.landlock.grants, *extra))
+
+
 def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
            sock: socket.socket) -> None:  # pragma: no cover
     sc.set_pdeathsig(signal.SIGKILL)
@@ -489,7 +506,7 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     sc.drop_capabilities()
     sc.set_no_new_privs()
-    landlock.restrict(plan.landlock)
+    landlock.restrict(_audit_grants(plan) if plan.audit else plan.landlock)
     try:
         os.chdir(cwd)
     except OSError as exc:

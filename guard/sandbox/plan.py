@@ -88,6 +88,7 @@ class SandboxPlan:
     report: EnforcementReport
     hostname: str = "guard"
     private_pts: bool = False  # a devpts instance of the sandbox's own, the session's terminals put back
+    audit: bool = False  # audit mode: the launcher adds write on every top-level tree but /proc, /sys, /dev
 
 
 _OP_RIGHTS = {Op.READ: ll.READ_RIGHTS, Op.WRITE: ll.WRITE_RIGHTS, Op.EXEC: ll.EXEC_RIGHTS}
@@ -261,6 +262,9 @@ def _exposures(path: str, own: set[str], grants: Sequence[ll.PathGrant], policy:
 # nothing the agent writes there outlives the session or reaches another program, and nothing another
 # program keeps there (tmux, ssh-agent and X sockets, Kerberos ticket caches) is reachable.
 SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+AUDIT_MODE_RULE = "guard:audit-mode"
+# Never writable, even in audit mode: host-wide kernel state (/proc/sys, /sys) and devices.
+AUDIT_NEVER_WRITABLE = ("/proc", "/sys", "/dev")
 
 
 def _private(grants: Sequence[ll.PathGrant], mounts: Sequence[MountOp], policy: PolicyLike,
@@ -450,6 +454,9 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     private to the session when the policy lets it write there (empty: share the host's). `own_pts`: give
     the sandbox a devpts instance of its own (the session's terminals put back), not the host's."""
     handled = ll.handled_fs(abi)
+    audit = getattr(policy, "mode", "enforce") == "audit"
+    if audit:  # the host's /tmp stays shared: what the policy would refuse there is recorded, not hidden
+        scratch = tuple(p for p in scratch if p not in ("/tmp", "/var/tmp"))
     grants, missing_grants = _grants(policy, facts, handled)
     mounts, carvers = _mounts(facts, grants, abi > 0)
     # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
@@ -464,6 +471,13 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     private = _private(grants, mounts, policy, facts, scratch) if abi > 0 else []
     mounts = [m for m in mounts if not any(m.path == p.path for p in private)] + private
     mounts, grants = _arrange(mounts, grants, facts)
+    if audit:
+        # Decide, record, let through: no mask but the guard's own state, everything readable and runnable
+        # (writes: the launcher adds the top-level trees); the decision tier records what would be refused.
+        mounts = [m for m in mounts
+                  if m.kind is MountKind.PRIVATE or m.reason.startswith(SELF_PROTECTION_RULE)]
+        grants = [*grants, ll.PathGrant("/", handled & (ll.READ_RIGHTS | ll.EXEC_RIGHTS), True,
+                                        (AUDIT_MODE_RULE,))]
     net_handled, bind_ports, listen_line = listen_plan(policy, abi)
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
                                     restrict_flags=ll.restrict_flags(abi), grants=tuple(grants),
@@ -528,6 +542,12 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
                                   State.FULLY if abi >= 7 else State.NOT,
                                   "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if abi >= 7
                                   else f"needs Landlock ABI 7, host has {abi}", required=False))
+    if audit:
+        protections.append(Protection(
+            "audit mode: the kernel tier lets through", State.FULLY,
+            "everything readable and runnable, writable but /proc, /sys and /dev; only the guard's own state "
+            "is hidden; what the policy would refuse is recorded (audit_only) by the decision tier",
+            required=False))
     pts = facts.fact("/dev/pts")
     private_pts = own_pts and pts is not None and pts.kind == "dir"
     protections.append(Protection(
@@ -536,4 +556,4 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         "creates" if private_pts else "the host's /dev/pts is shared", required=False))
     return SandboxPlan(landlock=landlock_plan, mounts=tuple(mounts), workspace=str(workspace),
                        protected=tuple(str(p) for p in protected),
-                       report=EnforcementReport(tuple(protections)), private_pts=private_pts)
+                       report=EnforcementReport(tuple(protections)), private_pts=private_pts, audit=audit)
