@@ -71,7 +71,7 @@ def agent_env(base: Mapping[str, str], proxy_port: int) -> dict[str, str]:
     from guard.net.proxy_env import agent_proxy_env
 
     env = {k: v for k, v in base.items() if k not in _WITHHELD_ENV}
-    env.update(agent_proxy_env(proxy_port))
+    env.update(agent_proxy_env(proxy_port, user_no_proxy=base.get("NO_PROXY") or base.get("no_proxy")))
     env["GUARD_SANDBOX"] = "1"
     return env
 
@@ -102,6 +102,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
     from guard.net import policy_cidr_grant
+    from guard.net.forward import ForwardThread, granted_loopback_ports, loopback_warnings
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
     from guard.sandbox import landlock
@@ -163,10 +164,14 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                           existed_at_launch=[m.path for m in facts.matches
                                              if m.rule_id in policy.existing_only_rules])
         published = open_published_ports(opts.publish, decider.decide)
+        cidr_grant = policy_cidr_grant(policy)
+        forwards = granted_loopback_ports(policy, cidr_grant, skip=(PROXY_PORT,))
+        for line in loopback_warnings(opts.env, forwards, (PROXY_PORT,)):
+            say(f"guard: warning: {line}")
         spec = SeccompSpec(notify=True)
         try:
             proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
-                         seccomp=spec, inner_listen_ports=(PROXY_PORT,),
+                         seccomp=spec, inner_listen_ports=(PROXY_PORT, *forwards),
                          publish_ports=tuple(published))
         except BaseException:
             for host_sock, _ in published.values():
@@ -183,10 +188,14 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
-        net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},
-                          cidr_grant=policy_cidr_grant(policy), decide=decider.decide,
-                          record=decider.record_event)
+        net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},
+                          cidr_grant=cidr_grant, decide=decider.decide, record=decider.record_event)
         threads.append(net.thread)
+        forwarder: ForwardThread | None = None
+        if forwards:
+            forwarder = ForwardThread(dict(zip(forwards, proc.inner_listeners[1:], strict=True)),
+                                      decide=decider.decide, record=decider.record_event)
+            threads.append(forwarder.thread)
         publisher: PublishThread | None = None
         if published:
             recorder = decider
@@ -203,6 +212,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         status = _wait_forwarding_signals(proc)
         stop.set()
         net.stop()
+        if forwarder is not None:
+            forwarder.stop()
         if publisher is not None:
             publisher.stop()
         for t in threads:
