@@ -114,6 +114,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox.state_dirs import create_state_dirs
     from guard.sandbox.state_dirs import describe as describe_state_dirs
     from guard.sandbox.supervisor import Supervisor
+    from guard.sandbox.tool_env import tool_env
 
     say = out or (lambda line: print(line, file=sys.stderr))
     if not opts.argv:
@@ -170,7 +171,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             say(f"guard: warning: {line}")
         spec = SeccompSpec(notify=True)
         try:
-            proc = spawn(plan, opts.argv, env=agent_env(opts.env, PROXY_PORT), cwd=opts.cwd,
+            env = {**agent_env(opts.env, PROXY_PORT),
+                   **tool_env(policy, workspace, opts.env, euid=os.geteuid())}
+            proc = spawn(plan, opts.argv, env=env, cwd=opts.cwd,
                          seccomp=spec, inner_listen_ports=(PROXY_PORT, *forwards),
                          publish_ports=tuple(published))
         except BaseException:

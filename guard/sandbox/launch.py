@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 SETUP_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0  # a connect to the agent's loopback server that takes longer is given up
 _GO = b"G"
+_MAPPED = b"M"
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
@@ -262,6 +263,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                     raise SandboxError(f"the relay reported an impossible init pid {init_pid}")
             elif kind == "memfd":
                 memfd = msg
+            elif kind == "idmap":
+                if int(msg.get("pid", -1)) != pid:
+                    raise SandboxError(f"the relay asked to map ids of another process: {msg!r}")
+                namespaces.write_identity_maps(pid)
+                sock.send(_MAPPED)
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
             elif kind == "listener":
@@ -320,7 +326,14 @@ def _relay(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     _parent_gone_guard(supervisor_pid)
     for sig in _TTY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    namespaces.enter(os.geteuid(), os.getegid())
+
+    def mapped_from_outside() -> None:  # root: the supervisor maps every id (a range needs a parent)
+        _send(sock, {"t": "idmap", "pid": os.getpid()})
+        if sock.recv(1) != _MAPPED:
+            raise SandboxError("the supervisor did not map the sandbox's user ids")
+
+    as_root = os.geteuid() == 0 and os.getegid() == 0
+    namespaces.enter(os.geteuid(), os.getegid(), map_ids=mapped_from_outside if as_root else None)
     keep = [sock.fileno()] + ([connector.fileno()] if connector is not None else [])
     _close_stray_fds(keep)  # the supervisor's daemon connection and files are not ours to hold
     alive_r, alive_w = os.pipe()  # the init's way to check the relay survived its fork

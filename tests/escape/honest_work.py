@@ -5,7 +5,9 @@ Each run must exit 0 with no denial in its summary, and produce what the same co
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 
 import pytest
 
@@ -154,3 +156,41 @@ def test_build_in_tmp_and_run_it(world):
     run = world.guard_run(world.sh(script))
     _ok(run)
     assert run.stdout == bare.stdout, run
+
+
+def test_git_status_under_review_readonly_is_not_a_denial(world):
+    """git status refreshes the index opportunistically (.git/index.lock): a cache, not a change."""
+    (world.ws / "app.py").touch()  # a stat change git would want to refresh
+    run = world.guard_run(["git", "status", "--short"], policy="review-readonly")
+    _ok(run)
+
+
+def test_tar_x_of_an_archive_owned_by_another_user(world):
+    """As root, tar restores owners by default; the sandbox has no CAP_CHOWN, so it extracts as an
+    ordinary user does (files owned by the extractor). As nobody, it never tried."""
+    src = world.root / "tar-src"
+    (src / "pkg").mkdir(parents=True, exist_ok=True)
+    (src / "pkg" / "data.txt").write_text("TAR-DATA\n")
+    if os.geteuid() == 0:
+        for p in (src / "pkg", src / "pkg" / "data.txt"):
+            os.chown(p, 1234, 1234)
+    archive = world.ws / "owned.tar"
+    subprocess.run(["tar", "cf", str(archive), "-C", str(src), "pkg"], check=True, timeout=60)
+    script = 'rm -rf "out-$T" && mkdir "out-$T" && tar xf owned.tar -C "out-$T" && cat "out-$T/pkg/data.txt"'
+    bare = world.bare_run(world.sh(script), env={"T": "bare"})
+    assert "TAR-DATA" in bare.stdout, bare
+    run = world.guard_run(world.sh(script), env={"T": "guarded"})
+    _ok(run)
+    assert "TAR-DATA" in run.stdout, run
+
+
+def test_other_users_files_show_their_owner(world):
+    """As root every id is mapped: `ls -n` shows a file's real owner, not the overflow id 65534."""
+    if os.geteuid() != 0:
+        pytest.skip("only root can own a file as another user")
+    f = world.ws / "owned-by-1234.txt"
+    f.write_text("x\n")
+    os.chown(f, 1234, 1234)
+    run = world.guard_run(world.py(f"import os; print('OWNER', os.stat({str(f)!r}).st_uid)"))
+    _ok(run)
+    assert "OWNER 1234" in run.stdout, run
