@@ -25,6 +25,8 @@ import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
+from guard.model import Action, Op
+
 PROGRAMS_SUFFIX = "#programs"
 MAX_BYTES = 8 * 1024 * 1024
 _TRAILING_COMMA = re.compile(r",\s*([}\]])")  # larger files are not parsed: judged as changed (fail closed)
@@ -166,3 +168,40 @@ def programs_target(path: str) -> str:
 
 def _canon(value: Any) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"), default=str)
+
+
+def _read_at(parent: int, name: str) -> bytes | None:
+    """The bytes of `name` in the held directory `parent` (never through a symlink); None when absent."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+    except FileNotFoundError:
+        return None
+    try:
+        chunks, size = [], 0
+        while chunk := os.read(fd, 1 << 20):
+            chunks.append(chunk)
+            size += len(chunk)
+            if size > MAX_BYTES:
+                break
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
+
+
+def rename_programs_action(src: tuple[int, str], dst: tuple[int, str], dst_path: str,
+                           pid: int | None) -> Action | None:
+    """For the supervisor's rename decision: the extra action to decide when the rename replaces a watched
+    agent config with content that adds or changes what starts programs (None: an ordinary save). The
+    source is read as it is at the decision; a writer that keeps changing it after is the documented
+    check-then-continue race of renames."""
+    if watched(dst_path) is None:
+        return None
+    try:
+        new = _read_at(*src)
+        old = _read_at(*dst)
+    except OSError:
+        new = None
+        old = None
+    if new is None or program_change(dst_path, old, new) is not None:
+        return Action(Op.WRITE, programs_target(dst_path), pid=pid)
+    return None
