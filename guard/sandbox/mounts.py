@@ -46,12 +46,14 @@ def apply_masks(ops: Sequence[MountOp]) -> list[str]:
         for path in _originals_needed(ops):
             if os.path.lexists(path):
                 originals[path] = sc.clone_tree(path)
+        # what the carved directories hold, read before any mount of the plan covers them
+        listings = {op.path: _listings(op) for op in ops if op.kind is MountKind.CARVE}
         sc.mount("tmpfs", _STAGING, "tmpfs", _HARDEN, "mode=0755,size=16k")
         try:
             fd = os.open(_EMPTY, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0o444)
             os.close(fd)
             for op in ops:
-                if not _apply(op, originals):
+                if not _apply(op, originals, listings.get(op.path, {})):
                     vanished.append(op.path)
         finally:
             sc.umount2(_STAGING, sc.MNT_DETACH)
@@ -73,12 +75,58 @@ def _attrs(read_only: bool, no_exec: bool) -> int:
             | sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV)
 
 
-def _carve(op: MountOp, originals: dict[str, int]) -> None:
+def _carve(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple[str, bool]]]) -> None:
     """Empty tmpfs over op.path; the exposures' mount points (parents as plain directories), symlinks and
-    binds from the originals with their own flags; then the tmpfs itself read-only."""
-    sc.mount("tmpfs", op.path, "tmpfs", _HARDEN, f"mode=0755,size=256k,nr_inodes={len(op.expose) * 8 + 64}")
+    binds from the originals with their own flags; then the tmpfs itself read-only.
+
+    Refused must look refused: every other entry of those directories (`~/git-mirrors`, `../.venv` next to
+    the workspace) becomes a placeholder of mode 0 (a directory or an empty file), so opening it answers
+    EACCES, "Permission denied", not ENOENT; and the directories themselves are search-only (0111), so
+    their names cannot be listed. That is what Landlock answers in a home not under a carve."""
+    inodes = len(op.expose) * 8 + 64 + sum(len(v) for v in listing.values())
+    sc.mount("tmpfs", op.path, "tmpfs", _HARDEN, f"mode=0755,size=256k,nr_inodes={inodes}")
     _expose(op, originals)
+    for directory, entries in listing.items():
+        if not os.path.isdir(directory) or os.path.islink(directory):
+            continue
+        for name, is_dir in entries:
+            where = os.path.join(directory, name)
+            if os.path.lexists(where):
+                continue
+            if is_dir:
+                os.mkdir(where, 0)
+            else:
+                os.close(os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
+            os.chmod(where, 0)  # the umask is not ours to trust
+        os.chmod(directory, 0o111)  # noqa: S103 - search-only, on a tmpfs remounted read-only below
     sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
+
+
+_PLACEHOLDER_LIMIT = 4096  # entries per carve; a directory with more is left as the tmpfs shows it
+
+
+def _listings(op: MountOp) -> dict[str, list[tuple[str, bool]]]:
+    """The original entries (name, is a directory) of op.path and of every directory between it and an
+    exposure, read before the tmpfs covers them."""
+    dirs = {op.path}
+    for e in op.expose:
+        parent = os.path.dirname(e.path)
+        while parent != op.path and parent.startswith(op.path + "/"):
+            dirs.add(parent)
+            parent = os.path.dirname(parent)
+    out: dict[str, list[tuple[str, bool]]] = {}
+    budget = _PLACEHOLDER_LIMIT
+    for d in sorted(dirs):
+        try:
+            with os.scandir(d) as it:
+                entries = [(x.name, x.is_dir(follow_symlinks=False)) for x in it]
+        except OSError:
+            continue
+        if len(entries) > budget:
+            continue
+        budget -= len(entries)
+        out[d] = entries
+    return out
 
 
 def _private(op: MountOp, originals: dict[str, int]) -> None:
@@ -110,12 +158,12 @@ def _expose(op: MountOp, originals: dict[str, int]) -> None:
         sc.set_mount_attrs(e.path, _attrs(e.read_only, e.no_exec), recursive=True)
 
 
-def _apply(op: MountOp, originals: dict[str, int]) -> bool:
+def _apply(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple[str, bool]]]) -> bool:
     if not os.path.lexists(op.path):
         return False
     try:
         if op.kind is MountKind.CARVE:
-            _carve(op, originals)
+            _carve(op, originals, listing)
         elif op.kind is MountKind.PRIVATE:
             _private(op, originals)
         elif op.kind is MountKind.EXEC:
@@ -124,7 +172,8 @@ def _apply(op: MountOp, originals: dict[str, int]) -> bool:
                 return False
             sc.attach_tree(tree, op.path)
         elif op.kind is MountKind.HIDE_DIR:
-            sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0555,size=4k,nr_inodes=1")
+            # mode 0: "Permission denied" for the directory and anything named inside it (refused, not absent)
+            sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0000,size=4k,nr_inodes=1")
         elif op.kind is MountKind.HIDE_FILE:
             sc.mount(_EMPTY, op.path, None, sc.MS_BIND)
             sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)

@@ -194,3 +194,31 @@ def test_other_users_files_show_their_owner(world):
     run = world.guard_run(world.py(f"import os; print('OWNER', os.stat({str(f)!r}).st_uid)"))
     _ok(run)
     assert "OWNER 1234" in run.stdout, run
+
+
+def test_refused_looks_refused_not_missing(world):
+    """Outside the grants a path answers "Permission denied" (refused), and only a path that does not
+    exist answers "No such file" - also where the home is carved (under /tmp, as here and in CI)."""
+    mirror = world.home / "git-mirrors" / "x.git"
+    mirror.mkdir(parents=True, exist_ok=True)
+    (mirror / "HEAD").write_text("ref: refs/heads/main\n")
+    sibling = world.home / "src" / "other-project"
+    sibling.mkdir(parents=True, exist_ok=True)
+    probe = world.py(
+        "import os\n"
+        "for p in [os.path.expanduser('~/git-mirrors/x.git/HEAD'), '../other-project', "
+        "os.path.expanduser('~/.ssh/id_ed25519'), os.path.expanduser('~/no-such-thing'), "
+        "'../no-such-project']:\n"
+        "    try:\n"
+        "        open(p).read() if not os.path.isdir(p) else os.listdir(p)\n"
+        "        print(p, 'OPEN')\n"
+        "    except OSError as exc:\n"
+        "        print(p, type(exc).__name__)\n")
+    run = world.guard_run(probe)
+    assert run.returncode == 0, run
+    lines = dict(line.rsplit(" ", 1) for line in run.stdout.splitlines())
+    assert lines[str(mirror / "HEAD")] == "PermissionError", run
+    assert lines["../other-project"] == "PermissionError", run
+    assert lines[str(world.ssh_key)] == "PermissionError", run
+    assert lines[str(world.home / "no-such-thing")] == "FileNotFoundError", run
+    assert lines["../no-such-project"] == "FileNotFoundError", run
