@@ -80,9 +80,11 @@ def _carve(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
     binds from the originals with their own flags; then the tmpfs itself read-only.
 
     Refused must look refused: every other entry of those directories (`~/git-mirrors`, `../.venv` next to
-    the workspace) becomes a placeholder of mode 0 (a directory or an empty file), so opening it answers
-    EACCES, "Permission denied", not ENOENT; and the directories themselves are search-only (0111), so
-    their names cannot be listed. That is what Landlock answers in a home not under a carve."""
+    the workspace) becomes a placeholder: a file of mode 0 (opening it answers EACCES, "Permission denied",
+    not ENOENT) or an empty search-only directory (listing it answers EACCES; a name beneath it is absent,
+    and a write there still reaches the supervisor's recorded decision, also for an unprivileged
+    supervisor); the directories themselves are search-only (0111), so their names cannot be listed, as
+    Landlock refuses listing a home it does not grant."""
     inodes = len(op.expose) * 8 + 64 + sum(len(v) for v in listing.values())
     sc.mount("tmpfs", op.path, "tmpfs", _HARDEN, f"mode=0755,size=256k,nr_inodes={inodes}")
     _expose(op, originals)
@@ -93,11 +95,12 @@ def _carve(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
             where = os.path.join(directory, name)
             if os.path.lexists(where):
                 continue
-            if is_dir:
+            if is_dir:  # search-only: a write beneath still reaches the supervisor's (recorded) decision
                 os.mkdir(where, 0)
+                os.chmod(where, 0o111)  # noqa: S103 - search-only, on a tmpfs remounted read-only below
             else:
                 os.close(os.open(where, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_CLOEXEC, 0))
-            os.chmod(where, 0)  # the umask is not ours to trust
+                os.chmod(where, 0)  # the umask is not ours to trust
         os.chmod(directory, 0o111)  # noqa: S103 - search-only, on a tmpfs remounted read-only below
     sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
 
@@ -215,19 +218,24 @@ def private_devpts(own: Sequence[str]) -> list[int]:
     The host's devpts holds every terminal of the user (other shells, tmux panes: type-ahead, passwords,
     fake prompts, resizes). The new instance holds only the ptys the agent creates (/dev/ptmx opens the
     instance next to it, so `script`, tmux and node-pty work inside). The session's own terminals keep
-    their names (ttyname() matches, `tty` works): the instance's indices up to theirs are allocated and
-    held, locked, by the caller (the returned master fds), and each host terminal is bound over the entry
-    of its number. Returns the held fds; the caller keeps them open for the session.
+    their names (ttyname() matches, `tty` works): the instance's indices up to theirs are allocated, each
+    host terminal is bound over the entry of its number, and the masters of those entries are held,
+    locked, by the caller (the returned fds; closing one would remove the entry and the bind with it).
+    The lower ones are released for the agent's own ptys.
     """
     clones = {name: sc.clone_tree(name) for name in own}
     held: list[int] = []
     try:
         sc.mount("devpts", _PTS, "devpts", sc.MS_NOSUID | sc.MS_NOEXEC, "newinstance,ptmxmode=0666,mode=0620")
-        want = max((int(os.path.basename(n)) for n in own), default=-1)
-        while len(held) <= want:
+        numbers = {int(os.path.basename(n)) for n in own}
+        while len(held) <= max(numbers, default=-1):
             held.append(os.open(f"{_PTS}/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC))
         for name, tree in clones.items():
             sc.attach_tree(tree, name)
+        for index, fd in enumerate(held):  # only the entries the terminals are bound over must stay
+            if index not in numbers:
+                os.close(fd)
+        held = [fd for index, fd in enumerate(held) if index in numbers]
     except BaseException:
         for fd in held:
             os.close(fd)

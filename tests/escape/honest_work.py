@@ -197,28 +197,32 @@ def test_other_users_files_show_their_owner(world):
 
 
 def test_refused_looks_refused_not_missing(world):
-    """Outside the grants a path answers "Permission denied" (refused), and only a path that does not
-    exist answers "No such file" - also where the home is carved (under /tmp, as here and in CI)."""
+    """Outside the grants a path answers "Permission denied" (refused), and a path that does not exist
+    "No such file", also where the home is carved (under /tmp, as here and in CI): an ungranted file or
+    directory listing is refused; a name beneath an ungranted directory is absent (the placeholder is
+    search-only so that a write there still reaches the recorded decision)."""
     mirror = world.home / "git-mirrors" / "x.git"
     mirror.mkdir(parents=True, exist_ok=True)
     (mirror / "HEAD").write_text("ref: refs/heads/main\n")
+    (world.home / "notes.txt").write_text("private notes\n")
     sibling = world.home / "src" / "other-project"
     sibling.mkdir(parents=True, exist_ok=True)
     probe = world.py(
         "import os\n"
-        "for p in [os.path.expanduser('~/git-mirrors/x.git/HEAD'), '../other-project', "
-        "os.path.expanduser('~/.ssh/id_ed25519'), os.path.expanduser('~/no-such-thing'), "
-        "'../no-such-project']:\n"
+        "for p in [os.path.expanduser('~/git-mirrors'), os.path.expanduser('~/notes.txt'), "
+        "'../other-project', os.path.expanduser('~/.ssh'), os.path.expanduser('~'), "
+        "os.path.expanduser('~/no-such-thing'), '../no-such-project']:\n"
         "    try:\n"
         "        open(p).read() if not os.path.isdir(p) else os.listdir(p)\n"
         "        print(p, 'OPEN')\n"
         "    except OSError as exc:\n"
         "        print(p, type(exc).__name__)\n")
+    assert "OPEN" in world.bare_run(probe).stdout
     run = world.guard_run(probe)
     assert run.returncode == 0, run
     lines = dict(line.rsplit(" ", 1) for line in run.stdout.splitlines())
-    assert lines[str(mirror / "HEAD")] == "PermissionError", run
-    assert lines["../other-project"] == "PermissionError", run
-    assert lines[str(world.ssh_key)] == "PermissionError", run
+    for refused in (str(world.home / "git-mirrors"), str(world.home / "notes.txt"), "../other-project",
+                    str(world.home / ".ssh"), str(world.home)):
+        assert lines[refused] == "PermissionError", (refused, run)
     assert lines[str(world.home / "no-such-thing")] == "FileNotFoundError", run
     assert lines["../no-such-project"] == "FileNotFoundError", run
