@@ -468,7 +468,10 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
                               + ", ".join(g.path for g in dead))
     mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
               if m.kind is MountKind.CARVE else m for m in mounts]
-    private = _private(grants, mounts, policy, facts, scratch) if abi > 0 else []
+    # without Landlock (abi 0) no right is handled, but the scratch places are still made private: the
+    # policy's tmp rule lets code run there, which is only safe in a tmpfs of the session's own
+    scratch_grants = grants if abi > 0 else _grants(policy, facts, ll.handled_fs(99))[0]
+    private = _private(scratch_grants, mounts, policy, facts, scratch)
     mounts = [m for m in mounts if not any(m.path == p.path for p in private)] + private
     mounts, grants = _arrange(mounts, grants, facts)
     if audit:
