@@ -186,7 +186,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
-            decide = enforce_kernel_state(decider.decide) if plan.audit else decider.decide
+            decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide
             supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),

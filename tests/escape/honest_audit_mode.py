@@ -62,6 +62,9 @@ def test_audit_mode_never_writes_host_kernel_state(world):
         pytest.skip(f"not writable here even bare (not root): {bare.stderr.strip()}")
     run = world.guard_run(attack, extra_args=["--audit"])
     assert "WROTE" not in run.stdout, run
+    refusals = [r["decision"] for r in world.records(run.session) if r.get("type") == "decision"
+                and r["action"]["target"] == "/proc/sys/vm/swappiness"]
+    assert refusals and all(d["verdict"] == "deny" and not d.get("audit_only") for d in refusals), refusals
 
 
 def test_zz_trail_verifies(world):
