@@ -46,6 +46,7 @@ class RunOptions:
     workspace: Path = field(default_factory=Path.cwd)
     cwd: Path = field(default_factory=Path.cwd)
     require_full: bool = False
+    audit: bool = False  # the policy in audit mode: decide and record, refuse nothing (but guard's own state)
     json_summary: bool = False
     resolve: Mapping[str, str] = field(default_factory=dict)
     publish: tuple[int, ...] = ()  # host 127.0.0.1:PORT -> the sandbox's 127.0.0.1:PORT
@@ -72,8 +73,10 @@ def agent_env(base: Mapping[str, str], proxy_port: int,
     from guard.sandbox.env import agent_env as filtered
     from guard.sandbox.env import named_files
 
+    user_no_proxy = base.get("NO_PROXY") or base.get("no_proxy")  # its loopback entries are kept
     env, withheld = filtered(base, pass_env=pass_env,
-                             extra={**agent_proxy_env(proxy_port), "GUARD_SANDBOX": "1",
+                             extra={**agent_proxy_env(proxy_port, user_no_proxy=user_no_proxy),
+                                    "GUARD_SANDBOX": "1",
                                     "GUARD_HOOK_URL": f"http://127.0.0.1:{proxy_port}{HOOK_PATH}"})
     return env, named_files(withheld, base)
 
@@ -106,14 +109,19 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.daemon.client import DaemonClient
     from guard.integrations.channel import HookChannel
     from guard.net import policy_cidr_grant
+    from guard.net.forward import ForwardThread, granted_loopback_ports, loopback_warnings
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
     from guard.sandbox import landlock
+    from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
     from guard.sandbox.seccomp import SeccompSpec
+    from guard.sandbox.state_dirs import create_state_dirs
+    from guard.sandbox.state_dirs import describe as describe_state_dirs
     from guard.sandbox.supervisor import Supervisor
+    from guard.sandbox.tool_env import tool_env
 
     emit = out or (lambda line: print(line, file=sys.stderr))
 
@@ -130,6 +138,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     except GuardError as exc:  # no policy, no sandbox: 125, with the file:line:col diagnostics intact
         raise SandboxError(f"policy {opts.policy!r} could not be loaded, nothing was started:\n"
                            f"{exc.diagnostics()}") from exc
+    if opts.audit:
+        policy.mode = "audit"  # before any decision: the engine reads it at every decide
 
     try:
         client = DaemonClient.ensure_running(home)
@@ -147,6 +157,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     announcer.start()
     try:
         protected = (home, *policy.sources)
+        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        if created:
+            say(f"guard: {describe_state_dirs(created)}")
         env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
                                   max_entries=policy.scan_max_entries,
@@ -161,23 +174,33 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                hint="run `guard doctor` to see what is missing")
         for warning in report.warnings():
             say(f"guard: warning: {warning}")
+        if plan.audit:
+            say(f"guard: audit mode ({policy.name}): actions are decided and recorded, not refused; still "
+                "refused: the guard's own state, writes to /proc, /sys and /dev, the kernel surfaces of the "
+                "syscall filter")
 
         decider = Decider(policy, client, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
                                              if m.rule_id in policy.existing_only_rules])
         hooks = HookChannel(decider.check, decider.record_event)
-        session_decider = decider
+        # audit mode lets writes through, but never to /proc, /sys and /dev (guard.sandbox.audit_mode)
+        base_decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide
 
         def decide(action: Action) -> Decision:
-            decision = session_decider.decide(action)
+            decision = base_decide(action)
             hooks.note(action, decision)  # so a post-tool hook can tell the model what was refused
             return decision
 
         published = open_published_ports(opts.publish, decide)
+        cidr_grant = policy_cidr_grant(policy)
+        forwards = granted_loopback_ports(policy, cidr_grant, skip=(PROXY_PORT,))
+        for line in loopback_warnings(opts.env, forwards, (PROXY_PORT,)):
+            say(f"guard: warning: {line}")
         spec = SeccompSpec(notify=True)
         try:
+            env = {**env, **tool_env(policy, workspace, opts.env, euid=os.geteuid())}
             proc = spawn(plan, opts.argv, env=env, cwd=opts.cwd,
-                         seccomp=spec, inner_listen_ports=(PROXY_PORT,),
+                         seccomp=spec, inner_listen_ports=(PROXY_PORT, *forwards),
                          publish_ports=tuple(published))
         except SandboxError as exc:
             for host_sock, _ in published.values():
@@ -197,10 +220,15 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                     check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
-        net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},
-                          cidr_grant=policy_cidr_grant(policy), decide=decide,
-                          record=decider.record_event, hooks=hooks.handle)
+        net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},
+                          cidr_grant=cidr_grant, decide=decide, record=decider.record_event,
+                          hooks=hooks.handle)
         threads.append(net.thread)
+        forwarder: ForwardThread | None = None
+        if forwards:
+            forwarder = ForwardThread(dict(zip(forwards, proc.inner_listeners[1:], strict=True)),
+                                      decide=decide, record=decider.record_event)
+            threads.append(forwarder.thread)
         publisher: PublishThread | None = None
         if published:
             recorder = decider
@@ -217,6 +245,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         status = _wait_forwarding_signals(proc)
         stop.set()
         net.stop()
+        if forwarder is not None:
+            forwarder.stop()
         if publisher is not None:
             publisher.stop()
         for t in threads:

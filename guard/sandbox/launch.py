@@ -49,6 +49,7 @@ if TYPE_CHECKING:
 SETUP_TIMEOUT = 30.0
 CONNECT_TIMEOUT = 5.0  # a connect to the agent's loopback server that takes longer is given up
 _GO = b"G"
+_MAPPED = b"M"
 _FORWARDED = (signal.SIGTERM, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 _TTY_SIGNALS = (signal.SIGINT, signal.SIGQUIT, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU)
 
@@ -262,6 +263,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                     raise SandboxError(f"the relay reported an impossible init pid {init_pid}")
             elif kind == "memfd":
                 memfd = msg
+            elif kind == "idmap":
+                if int(msg.get("pid", -1)) != pid:
+                    raise SandboxError(f"the relay asked to map ids of another process: {msg!r}")
+                namespaces.write_identity_maps(pid)
+                sock.send(_MAPPED)
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
             elif kind == "listener":
@@ -320,7 +326,14 @@ def _relay(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     _parent_gone_guard(supervisor_pid)
     for sig in _TTY_SIGNALS:
         signal.signal(sig, signal.SIG_IGN)
-    namespaces.enter(os.geteuid(), os.getegid())
+
+    def mapped_from_outside() -> None:  # root: the supervisor maps every id (a range needs a parent)
+        _send(sock, {"t": "idmap", "pid": os.getpid()})
+        if sock.recv(1) != _MAPPED:
+            raise SandboxError("the supervisor did not map the sandbox's user ids")
+
+    as_root = os.geteuid() == 0 and os.getegid() == 0
+    namespaces.enter(os.geteuid(), os.getegid(), map_ids=mapped_from_outside if as_root else None)
     keep = [sock.fileno()] + ([connector.fileno()] if connector is not None else [])
     _close_stray_fds(keep)  # the supervisor's daemon connection and files are not ours to hold
     alive_r, alive_w = os.pipe()  # the init's way to check the relay survived its fork
@@ -377,6 +390,8 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     vanished = mounts.apply_masks(plan.mounts)
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})
+    # held (open, never read) for the whole session: locked ptys keeping the terminals' numbers free
+    _held_ptys = mounts.private_devpts(mounts.session_terminals()) if plan.private_pts else []
     mounts.mount_proc_and_sys()
     _send(sock, {"t": "memfd", **_memfd_noexec()})
     sc.loopback_up()
@@ -477,6 +492,23 @@ def _memfd_noexec() -> dict[str, Any]:
 
 
 # --- the agent, up to exec ------------------------------------------------------------------------------
+def _audit_grants(plan: SandboxPlan) -> landlock.LandlockPlan:  # pragma: no cover - runs in the agent
+    """Audit mode: write on every top-level tree of the sandbox's root but /proc, /sys and /dev (listed
+    here, at launch: the plan is pure). Write-opens are still notified, decided and recorded."""
+    from dataclasses import replace
+
+    from guard.sandbox.plan import AUDIT_MODE_RULE, AUDIT_NEVER_WRITABLE
+
+    rights = plan.landlock.handled_fs & landlock.WRITE_RIGHTS
+    extra = []
+    for name in sorted(os.listdir("/")):
+        path = "/" + name
+        if path in AUDIT_NEVER_WRITABLE or os.path.islink(path) or not os.path.isdir(path):
+            continue
+        extra.append(landlock.PathGrant(path, rights, True, (AUDIT_MODE_RULE,)))
+    return replace(plan.landlock, grants=(*plan.landlock.grants, *extra))
+
+
 def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, seccomp: SeccompSpec | None,
            sock: socket.socket) -> None:  # pragma: no cover
     sc.set_pdeathsig(signal.SIGKILL)
@@ -487,7 +519,7 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     sc.drop_capabilities()
     sc.set_no_new_privs()
-    landlock.restrict(plan.landlock)
+    landlock.restrict(_audit_grants(plan) if plan.audit else plan.landlock)
     try:
         os.chdir(cwd)
     except OSError as exc:

@@ -9,6 +9,7 @@ supplementary group that a negative ACL relies on.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
@@ -19,15 +20,40 @@ NAMES = {sc.CLONE_NEWUSER: "user", sc.CLONE_NEWNS: "mount", sc.CLONE_NEWPID: "pi
          sc.CLONE_NEWNET: "network", sc.CLONE_NEWUTS: "uts"}
 
 
-def enter(uid: int, gid: int) -> None:
+def enter(uid: int, gid: int, *, map_ids: Callable[[], None] | None = None) -> None:
     """unshare every sandbox namespace at once and map uid/gid onto themselves.
 
     PR_SET_DUMPABLE first: after a setresuid (the unprivileged path) the kernel clears it, which makes
-    /proc/self/uid_map owned by root and unwritable by us.
+    /proc/self/uid_map owned by root and unwritable by us. `map_ids`, when given, has a process outside
+    (the supervisor, root) write every id onto itself instead (`write_identity_maps`): a process may map
+    only its own id from inside.
     """
     sc.set_dumpable(True)
     sc.unshare(SANDBOX_FLAGS)
-    sc.write_id_maps(uid, gid)
+    if map_ids is not None:
+        map_ids()
+    else:
+        sc.write_id_maps(uid, gid)
+
+
+_ALL_IDS = "0 0 4294967295\n"
+
+
+def write_identity_maps(pid: int) -> None:
+    """From outside, as root: map every uid and gid of `pid`'s fresh user namespace onto itself.
+
+    Files of other users then show their real owners (not the overflow id), and a chown to another id is
+    refused for want of CAP_CHOWN (EPERM, which tools expect), not for an unmapped id (EINVAL). It grants
+    nothing: every capability is dropped before exec. setgroups stays denied as on the other path."""
+    for name, text in (("setgroups", "deny"), ("uid_map", _ALL_IDS), ("gid_map", _ALL_IDS)):
+        try:
+            fd = os.open(f"/proc/{pid}/{name}", os.O_WRONLY | os.O_CLOEXEC)
+            try:
+                os.write(fd, text.encode())
+            finally:
+                os.close(fd)
+        except OSError as exc:
+            raise SandboxError(f"write /proc/{pid}/{name} ({text.strip()}): {exc.strerror}") from None
 
 
 def probe(drop_to: int | None = None) -> str | None:

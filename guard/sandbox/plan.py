@@ -53,16 +53,20 @@ class MountKind(StrEnum):
     NO_EXEC = "no-exec"  # noexec bind of the path onto itself (and every mount beneath it)
     CARVE = "carve"  # empty read-only tmpfs over a directory, re-exposing the grants listed in `expose`
     EXEC = "exec"  # the original tree bound back (with its own flags) inside a noexec tree
-    PRIVATE = "private"  # an overlay: the directory as it is, writes kept in `layer` (the session's own)
+    LAYER = "layer"  # an overlay: the directory as it is, writes kept in `layer` (the session's own)
+    PRIVATE = "private"  # a fresh writable tmpfs of the session's own (/tmp, /var/tmp, /dev/shm), grants
+    #                      of other rules inside bound back like a carve's
 
 
 @dataclass(frozen=True, slots=True)
 class Exposure:
     """One thing a carve puts back inside its empty tmpfs: a granted directory or file, bound from the
-    original (taken before the tmpfs covers it), or a symlink on the way to one (`target` is its text)."""
+    original (taken before the tmpfs covers it), or a symlink on the way to one (`target` is its text).
+    In a private tmpfs also: `mkdir`, an empty directory of the session's own (TMPDIR under /tmp), and
+    `mountpoint`, the empty directory a nested carve then covers."""
 
     path: str
-    kind: str  # dir, file or link
+    kind: str  # dir, file, link, mkdir or mountpoint
     target: str = ""
     read_only: bool = False
     no_exec: bool = False
@@ -75,6 +79,7 @@ class MountOp:
     reason: str
     expose: tuple[Exposure, ...] = ()
     layer: str = ""  # PRIVATE: the directory holding the overlay's upper and work directories
+    no_exec: bool = False  # PRIVATE only: the fresh tmpfs is mounted noexec
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,6 +90,8 @@ class SandboxPlan:
     protected: tuple[str, ...]
     report: EnforcementReport
     hostname: str = "guard"
+    private_pts: bool = False  # a devpts instance of the sandbox's own, the session's terminals put back
+    audit: bool = False  # audit mode: the launcher adds write on every top-level tree but /proc, /sys, /dev
 
 
 _OP_RIGHTS = {Op.READ: ll.READ_RIGHTS, Op.WRITE: ll.WRITE_RIGHTS, Op.EXEC: ll.EXEC_RIGHTS}
@@ -196,7 +203,7 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
 
 def _rank(kind: MountKind) -> int:
     return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3,
-            MountKind.HIDE_DIR: 3, MountKind.CARVE: 3}[kind]
+            MountKind.HIDE_DIR: 3, MountKind.CARVE: 3, MountKind.PRIVATE: 3}[kind]
 
 
 def _effective(path: str, grants: Sequence[ll.PathGrant], within: str = "/") -> int:
@@ -210,19 +217,30 @@ def _effective(path: str, grants: Sequence[ll.PathGrant], within: str = "/") -> 
 
 
 def _flags(rights: int) -> tuple[bool, bool]:
-    """(read-only, noexec) a re-exposed tree needs to give exactly `rights` at the mount tier."""
+    """(read-only, noexec) a re-exposed tree needs to give exactly `rights` at the mount tier. noexec
+    whenever the tree may not be executed: inside a private /tmp, Landlock's exec grant on the tmpfs
+    reaches every tree bound back beneath it."""
     writable = bool(rights & ll.WRITE_RIGHTS)
-    return not writable, writable and not rights & ll.EXEC_RIGHTS
+    return not writable, not rights & ll.EXEC_RIGHTS
 
 
 def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant], policy: PolicyLike,
            facts: LaunchFacts) -> MountOp:
     """The carve of `path`: the other rules' grants inside it, outermost first (a deeper one only when
     it needs other flags than the exposure around it), plus the symlinks leading to them."""
-    inside = sorted((g for g in grants if set(g.rule_ids) - {rule_id} and g.path != path
-                     and is_beneath(g.path, path)), key=lambda g: (g.path.count("/"), g.path))
-    others = [g for g in grants if set(g.rule_ids) - {rule_id}]
-    binds: list[Exposure] = []
+    return MountOp(MountKind.CARVE, path, reason, _exposures(path, {rule_id}, grants, policy, facts))
+
+
+def _exposures(path: str, own: set[str], grants: Sequence[ll.PathGrant], policy: PolicyLike,
+               facts: LaunchFacts, nested: Sequence[str] = ()) -> tuple[Exposure, ...]:
+    """What a tmpfs over `path` puts back: the grants inside it of rules other than `own`, and the
+    symlinks leading to them. Within `nested` (carves applied after this tmpfs) only their root, as a
+    mount point: the nested carve puts back its own."""
+    inside = sorted((g for g in grants if set(g.rule_ids) - own and g.path != path
+                     and is_beneath(g.path, path) and not any(is_beneath(g.path, c) for c in nested)),
+                    key=lambda g: (g.path.count("/"), g.path))
+    others = [g for g in grants if set(g.rule_ids) - own]
+    binds: list[Exposure] = [Exposure(c, "mountpoint") for c in nested]
     for g in inside:
         ro, nx = _flags(_effective(g.path, others, path))
         around = [e for e in binds if is_beneath(g.path, e.path)]
@@ -232,7 +250,7 @@ def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant],
     links: dict[str, str] = {}
     for prefix, _, rid in grant_prefixes(policy):
         fact = facts.fact(prefix)
-        if rid == rule_id or fact is None:
+        if rid in own or fact is None:
             continue
         for where, text in fact.links:
             covered = any(is_beneath(where, b.path) for b in binds)
@@ -240,11 +258,50 @@ def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant],
                 links[where] = text
     expose = [*binds, *(Exposure(p, "link", t) for p, t in links.items())]
     expose.sort(key=lambda e: (e.path.count("/"), e.path))
-    return MountOp(MountKind.CARVE, path, reason, tuple(expose))
+    return tuple(expose)
+
+
+# The shared scratch places every session gets a private copy of (when the policy lets it write there):
+# nothing the agent writes there outlives the session or reaches another program, and nothing another
+# program keeps there (tmux, ssh-agent and X sockets, Kerberos ticket caches) is reachable.
+SCRATCH = ("/tmp", "/var/tmp", "/dev/shm")
+AUDIT_MODE_RULE = "guard:audit-mode"
+# Never writable, even in audit mode: host-wide kernel state (/proc/sys, /sys) and devices.
+AUDIT_NEVER_WRITABLE = ("/proc", "/sys", "/dev")
+
+
+def _scratch_tmpfs(grants: Sequence[ll.PathGrant], mounts: Sequence[MountOp], policy: PolicyLike,
+                   facts: LaunchFacts, scratch: Sequence[str]) -> list[MountOp]:
+    """A fresh tmpfs over each scratch directory the policy grants write on as a whole; the grants of
+    other rules inside it (a workspace or home under /tmp) are bound back, same-rule directory grants
+    inside it (TMPDIR under /tmp) are created empty."""
+    kinds = {p.resolved: p.kind for p in facts.paths}
+    out: list[MountOp] = []
+    for path in scratch:
+        if kinds.get(path) != "dir" or any(is_beneath(path, o.path) for o in out):
+            continue
+        own_grants = [g for g in grants if g.path == path and g.is_dir]
+        rights = _effective(path, grants)
+        if not own_grants or not rights & ll.WRITE_RIGHTS:
+            continue
+        own = {r for g in own_grants for r in g.rule_ids}
+        nested = [m.path for m in mounts if m.kind is MountKind.CARVE and is_beneath(m.path, path)
+                  and m.path != path]
+        expose = list(_exposures(path, own, grants, policy, facts, nested))
+        exposed = [e.path for e in expose if e.kind != "link"]
+        for g in grants:
+            if (g.is_dir and g.path != path and is_beneath(g.path, path) and not set(g.rule_ids) - own
+                    and not any(is_beneath(g.path, e) for e in exposed)):
+                expose.append(Exposure(g.path, "mkdir"))
+        expose.sort(key=lambda e: (e.path.count("/"), e.path))
+        out.append(MountOp(MountKind.PRIVATE, path,
+                           f"{'+'.join(sorted(own))} (the session's own {path}: a fresh tmpfs)",
+                           tuple(expose), no_exec=not rights & ll.EXEC_RIGHTS))
+    return out
 
 
 def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundaries: Sequence[str],
-                 skip: Sequence[str]) -> list[MountOp]:
+                 skip: Sequence[str], private: Sequence[str] = ()) -> list[MountOp]:
     """noexec on every tree the agent may write but not execute (mmap(PROT_EXEC) of a file there is
     then refused: `ld.so ./bin`, dlopen); executable grants inside one are bound back from the original.
 
@@ -265,7 +322,8 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
     for g in sorted(grants, key=lambda g: (g.path.count("/"), g.path)):
         if any(is_beneath(g.path, p) for p in _PSEUDO) or kinds.get(g.path) not in ("dir", "file"):
             continue
-        if any(g.path != s and is_beneath(g.path, s) for s in skip):
+        if any(g.path != s and is_beneath(g.path, s) for s in skip) or any(is_beneath(g.path, s)
+                                                                           for s in private):
             continue
         rights = _effective(g.path, grants)
         top = above(g.path, out, MountKind.NO_EXEC)
@@ -285,17 +343,19 @@ def _arrange(mounts: list[MountOp], grants: list[ll.PathGrant],
     """Add the exec mounts, repeat write/exec protections on every re-exposed tree beneath them (a tree
     bound from its original does not inherit the flags of a mount above), drop what a carve covers and
     does not put back, and order it all: shallowest first, a fresh mount before the masks on it."""
-    carves = [m for m in mounts if m.kind is MountKind.CARVE]
+    carves = [m for m in mounts if m.kind in (MountKind.CARVE, MountKind.PRIVATE)]
+    kept = ("dir", "file", "mountpoint")
 
     def gone(path: str) -> bool:
         return any(path != c.path and is_beneath(path, c.path)
-                   and not any(e.kind != "link" and is_beneath(path, e.path) for e in c.expose)
+                   and not any(e.kind in kept and is_beneath(path, e.path) for e in c.expose)
                    for c in carves)
 
     grants = [g for g in grants if not gone(g.path)]  # only the carving rule granted them
     kinds = {p.resolved: p.kind for p in facts.paths}
-    fresh = [e.path for c in carves for e in c.expose if e.kind != "link"]
-    exec_ops = _exec_mounts(grants, kinds, fresh, [c.path for c in carves])
+    fresh = [e.path for c in carves for e in c.expose if e.kind in ("dir", "file")]
+    exec_ops = _exec_mounts(grants, kinds, fresh, [c.path for c in carves if c.kind is MountKind.CARVE],
+                            [c.path for c in carves if c.kind is MountKind.PRIVATE])
     fresh += [o.path for o in exec_ops if o.kind is MountKind.EXEC]
     pushed: list[MountOp] = []
     for m in mounts:
@@ -303,7 +363,7 @@ def _arrange(mounts: list[MountOp], grants: list[ll.PathGrant],
             pushed.extend(MountOp(m.kind, x, f"{m.reason}, again on {x} (bound from its original)")
                           for x in fresh if x != m.path and is_beneath(x, m.path))
     everything = [o for o in (*mounts, *exec_ops, *pushed) if not gone(o.path)]
-    first = (MountKind.CARVE, MountKind.EXEC)
+    first = (MountKind.PRIVATE, MountKind.CARVE, MountKind.EXEC)
     everything.sort(key=lambda o: (o.path.count("/") - (o.path == "/"), o.kind not in first,
                                    o not in exec_ops, o.path))
     out: list[MountOp] = []
@@ -390,8 +450,9 @@ def listen_plan(policy: object, abi: int) -> tuple[int, tuple[int, ...], Protect
         f"Landlock ABI {abi}: {listen.reason} ({shown or 'none'}), plus port 0 for ephemeral binds")
 
 
-def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant], mounts: Sequence[MountOp],
-             private_root: str | None) -> tuple[list[MountOp], list[ll.PathGrant], Protection | None]:
+def _cache_layers(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant],
+                  mounts: Sequence[MountOp], private_root: str | None
+                  ) -> tuple[list[MountOp], list[ll.PathGrant], Protection | None]:
     """The directories of `writes: private` rules (the engineer's caches: code they run later) become
     overlays whose writes land in a layer of the session's own under `private_root`; the engineer's
     files never change. Without a layer directory those grants lose their write rights (fail closed)."""
@@ -428,7 +489,7 @@ def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant],
                   if any(is_beneath(g.path, p) for p in paths) else g for g in grants]
         return [], grants, Protection("files: private layers for caches", State.FULLY,
                                       "no layer directory: read-only instead: " + ", ".join(paths))
-    ops = [MountOp(MountKind.PRIVATE, path, f"{rid} (writes: private)", layer=f"{private_root}/{i}")
+    ops = [MountOp(MountKind.LAYER, path, f"{rid} (writes: private)", layer=f"{private_root}/{i}")
            for i, (path, rid) in enumerate(outer)]
     return ops, grants, Protection(
         "files: private layers for caches", State.FULLY,
@@ -437,11 +498,18 @@ def _private(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGrant],
 
 
 def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, protected: Sequence[Path],
-               abi: int, private_root: str | None = None) -> SandboxPlan:
+               abi: int, private_root: str | None = None, scratch: Sequence[str] = SCRATCH,
+               own_pts: bool = True) -> SandboxPlan:
     """See the module docstring. `abi` is the host's Landlock ABI (0 = none), passed in so the
     downgrade is a pure function and unit-testable for every ABI. `private_root` is an empty directory
-    of the session's own for the layers of `writes: private` rules (see _private)."""
+    of the session's own for the layers of `writes: private` rules (see _cache_layers). `scratch`: the
+    directories made private to the session when the policy lets it write there (empty: share the
+    host's). `own_pts`: give the sandbox a devpts instance of its own (the session's terminals put back),
+    not the host's."""
     handled = ll.handled_fs(abi)
+    audit = getattr(policy, "mode", "enforce") == "audit"
+    if audit:  # the host's /tmp stays shared: what the policy would refuse there is recorded, not hidden
+        scratch = tuple(p for p in scratch if p not in ("/tmp", "/var/tmp"))
     grants, missing_grants = _grants(policy, facts, handled)
     mounts, carvers = _mounts(facts, grants, abi > 0)
     # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
@@ -453,9 +521,21 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
                               + ", ".join(g.path for g in dead))
     mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
               if m.kind is MountKind.CARVE else m for m in mounts]
+    # without Landlock (abi 0) no right is handled, but the scratch places are still made private: the
+    # policy's tmp rule lets code run there, which is only safe in a tmpfs of the session's own
+    scratch_grants = grants if abi > 0 else _grants(policy, facts, ll.handled_fs(99))[0]
+    private = _scratch_tmpfs(scratch_grants, mounts, policy, facts, scratch)
+    mounts = [m for m in mounts if not any(m.path == p.path for p in private)] + private
     mounts, grants = _arrange(mounts, grants, facts)
-    layers, grants, private_line = _private(policy, facts, grants, mounts, private_root)
+    layers, grants, private_line = _cache_layers(policy, facts, grants, mounts, private_root)
     mounts = [*layers, *mounts]  # applied first, while every path is still the host's (guard.sandbox.mounts)
+    if audit:
+        # Decide, record, let through: no mask but the guard's own state, everything readable and runnable
+        # (writes: the launcher adds the top-level trees); the decision tier records what would be refused.
+        kept = (MountKind.PRIVATE, MountKind.LAYER)
+        mounts = [m for m in mounts if m.kind in kept or m.reason.startswith(SELF_PROTECTION_RULE)]
+        grants = [*grants, ll.PathGrant("/", handled & (ll.READ_RIGHTS | ll.EXEC_RIGHTS), True,
+                                        (AUDIT_MODE_RULE,))]
     net_handled, bind_ports, listen_line = listen_plan(policy, abi)
     landlock_plan = ll.LandlockPlan(abi=abi, handled_fs=handled, scoped=ll.scopes(abi),
                                     restrict_flags=ll.restrict_flags(abi), grants=tuple(grants),
@@ -511,10 +591,27 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         ("noexec mounts on " + (", ".join(noexec) or "-")
          + ("; executable by policy, bound back: " + ", ".join(reexec) if reexec else ""))
         if abi > 0 else "without Landlock there are no grants to derive the noexec trees from"))
+    protections.append(Protection(
+        "files: private scratch (/tmp, /var/tmp, /dev/shm)", State.FULLY,
+        ("fresh tmpfs of the session's own: " + ", ".join(
+            f"{m.path}{' (noexec)' if m.no_exec else ''}" for m in private)) if private
+        else "none: the policy grants no write on a shared scratch directory", required=False))
     protections.append(Protection("audit: Landlock denials logged after exec",
                                   State.FULLY if abi >= 7 else State.NOT,
                                   "LANDLOCK_RESTRICT_SELF_LOG_NEW_EXEC_ON" if abi >= 7
                                   else f"needs Landlock ABI 7, host has {abi}", required=False))
+    if audit:
+        protections.append(Protection(
+            "audit mode: the kernel tier lets through", State.FULLY,
+            "everything readable and runnable, writable but /proc, /sys and /dev; only the guard's own state "
+            "is hidden; what the policy would refuse is recorded (audit_only) by the decision tier",
+            required=False))
+    pts = facts.fact("/dev/pts")
+    private_pts = own_pts and pts is not None and pts.kind == "dir"
+    protections.append(Protection(
+        "devices: other terminals of the user", State.FULLY if private_pts else State.NOT,
+        "the sandbox has a devpts instance of its own: only the session's terminal and the ptys the agent "
+        "creates" if private_pts else "the host's /dev/pts is shared", required=False))
     return SandboxPlan(landlock=landlock_plan, mounts=tuple(mounts), workspace=str(workspace),
                        protected=tuple(str(p) for p in protected),
-                       report=EnforcementReport(tuple(protections)))
+                       report=EnforcementReport(tuple(protections)), private_pts=private_pts, audit=audit)

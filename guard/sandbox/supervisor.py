@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
+from guard.sandbox.agent_config import rename_programs_action
 from guard.sandbox.seccomp import ARCHES, SeccompSpec
 
 log = logging.getLogger(__name__)
@@ -830,6 +831,11 @@ class Supervisor:
             raise _Reply(errno.EACCES)
         if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
             self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
+            # agent config that starts programs (~/.claude.json's MCP servers): judged on content
+            src, dst = found
+            programs = rename_programs_action((src.parent, src.name), (dst.parent, dst.name), dst.path, n.pid)
+            if programs is not None and not self._judge([programs]):
+                raise _Reply(errno.EACCES)
         self._send(n.id, cont=True)
 
     def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> None:

@@ -1,7 +1,10 @@
-"""Executing code from where the policy grants no exec: the scratch space under /tmp (read/write only).
+"""Executing code from where the policy grants no exec: the agent's own state folder (read/write only).
 
-Every route ends with a copy of `id` running, so success is `uid=` on stdout. The workspace itself is
-executable by policy, so the copies live in the world's scratch directory.
+Every route ends with a copy of `id` running, so success is `uid=` on stdout. The workspace is executable
+by policy, and so is the session's private /tmp (a fresh tmpfs of its own: what runs there was written by
+the session itself, vanishes with it and is seen by no other program, exactly like a build in the
+workspace). The place an agent may write but never run from is its state folder (`~/.claude`: sessions,
+caches): a copied binary there must not run by any route.
 """
 
 from __future__ import annotations
@@ -18,21 +21,28 @@ def _ran(run) -> bool:
     return "uid=" in run.stdout
 
 
+def _scratch(world):
+    """~/.claude/scratch: granted read/write by agent-state, never exec."""
+    path = world.home / ".claude" / "scratch"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def test_exec_copied_binary_from_non_exec_path(world):
-    attack = world.sh(f'cp /usr/bin/id "{world.scratch}/id-$T" && "{world.scratch}/id-$T"')
+    attack = world.sh(f'cp /usr/bin/id "{_scratch(world)}/id-$T" && "{_scratch(world)}/id-$T"')
     assert _ran(world.bare_run(attack, env={"T": "bare"}))
     run = world.guard_run(attack, env={"T": "guarded"})
     assert run.returncode == 126 and not _ran(run), run
-    world.assert_denied(run, "exec", world.scratch / "id-guarded")
+    world.assert_denied(run, "exec", _scratch(world) / "id-guarded")
 
 
 def test_exec_after_chmod(world):
-    attack = world.sh(f'cat /usr/bin/id > "{world.scratch}/raw-$T" && chmod +x "{world.scratch}/raw-$T" && '
-                      f'"{world.scratch}/raw-$T"')
+    attack = world.sh(f'cat /usr/bin/id > "{_scratch(world)}/raw-$T" && chmod +x "{_scratch(world)}/raw-$T" && '
+                      f'"{_scratch(world)}/raw-$T"')
     assert _ran(world.bare_run(attack, env={"T": "bare"}))
     run = world.guard_run(attack, env={"T": "guarded"})
     assert run.returncode == 126 and not _ran(run), run
-    world.assert_denied(run, "exec", world.scratch / "raw-guarded")
+    world.assert_denied(run, "exec", _scratch(world) / "raw-guarded")
 
 
 def test_exec_through_the_dynamic_loader(world):
@@ -40,7 +50,7 @@ def test_exec_through_the_dynamic_loader(world):
     loader = "/lib64/ld-linux-x86-64.so.2"
     if not glob.glob(loader):
         pytest.skip(f"{loader} is not on this host")
-    attack = world.sh(f'cp /usr/bin/id "{world.scratch}/ld-$T" && {loader} "{world.scratch}/ld-$T"')
+    attack = world.sh(f'cp /usr/bin/id "{_scratch(world)}/ld-$T" && {loader} "{_scratch(world)}/ld-$T"')
     assert _ran(world.bare_run(attack, env={"T": "bare"}))
     run = world.guard_run(attack, env={"T": "guarded"})
     assert run.returncode != 0 and not _ran(run), run
@@ -48,8 +58,8 @@ def test_exec_through_the_dynamic_loader(world):
 
 def test_exec_through_a_script_interpreter(world):
     """A script in the (executable) workspace whose interpreter is a copied binary (echo) in scratch."""
-    attack = world.sh(f'cp /bin/echo "{world.scratch}/interp-$T" && '
-                      f'printf "#!{world.scratch}/interp-$T RAN-FROM-SCRATCH\\n" > "script-$T" && '
+    attack = world.sh(f'cp /bin/echo "{_scratch(world)}/interp-$T" && '
+                      f'printf "#!{_scratch(world)}/interp-$T RAN-FROM-SCRATCH\\n" > "script-$T" && '
                       f'chmod +x "script-$T" && ./"script-$T"')
     assert "RAN-FROM-SCRATCH" in world.bare_run(attack, env={"T": "bare"}).stdout
     run = world.guard_run(attack, env={"T": "guarded"})
@@ -79,7 +89,7 @@ def test_dlopen_copied_library_from_non_exec_path(world):
         pytest.skip("no libz shared object to copy")
     attack = world.py(
         "import ctypes, os, shutil\n"
-        f"dst = {str(world.scratch)!r} + '/libz-' + os.environ['T'] + '.so'\n"
+        f"dst = {str(_scratch(world))!r} + '/libz-' + os.environ['T'] + '.so'\n"
         f"shutil.copy({libs[0]!r}, dst)\n"
         "print('LOADED', ctypes.CDLL(dst).zlibVersion)\n")
     assert "LOADED" in world.bare_run(attack, env={"T": "bare"}).stdout
@@ -89,4 +99,4 @@ def test_dlopen_copied_library_from_non_exec_path(world):
 
 def test_zz_trail_verifies(world):
     world.check_trail()
-    shutil.rmtree(world.scratch, ignore_errors=True)
+    shutil.rmtree(_scratch(world), ignore_errors=True)

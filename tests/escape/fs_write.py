@@ -128,9 +128,9 @@ def test_write_outside_via_dev_shm(world):
         bare = world.bare_run(attack, env={"T": name + "-bare"})
         assert bare.returncode == 0 and os.path.exists(f"/dev/shm/{name}-bare"), bare
         run = world.guard_run(attack, env={"T": name})
-        assert run.returncode != 0 and "Permission denied" in run.stderr, run
-        assert not os.path.exists(f"/dev/shm/{name}")
-        world.assert_denied(run, "write", f"/dev/shm/{name}")
+        # the sandbox's /dev/shm is a tmpfs of its own (multiprocessing needs it): the write stays there
+        assert run.returncode == 0, run
+        assert not os.path.exists(f"/dev/shm/{name}"), "a write to the sandbox's /dev/shm reached the host's"
     finally:
         for suffix in ("", "-bare"):
             if os.path.exists(f"/dev/shm/{name}{suffix}"):

@@ -327,8 +327,11 @@ def test_relay_and_init_hold_none_of_the_supervisors_descriptors(tree: Tree) -> 
         for pid in (sp.pid, sp.init_pid):
             targets = {fd: os.readlink(f"/proc/{pid}/fd/{fd}") for fd in os.listdir(f"/proc/{pid}/fd")}
             assert str(tree.other / "existing") not in targets.values(), (pid, targets)
-            extra = {fd: t for fd, t in targets.items() if int(fd) > 2 and not t.startswith("pipe:")}
-            assert not extra, (pid, extra)  # the relay keeps only the pipe the init watches
+            # the relay keeps only the pipe the init watches; the init may hold the locked pty masters
+            # that keep the session's terminal bound in its own devpts (mounts.private_devpts)
+            extra = {fd: t for fd, t in targets.items() if int(fd) > 2 and not t.startswith("pipe:")
+                     and not (pid == sp.init_pid and t == "/dev/pts/ptmx")}
+            assert not extra, (pid, extra)
     finally:
         os.close(held)
         sp.kill()
@@ -729,8 +732,9 @@ def test_an_except_holding_other_grants_hides_everything_else(tree: Tree) -> Non
                                                       (f"{home}/.cache/pip/token",))))
     # the deny inside a grant put back still applies (its mask comes after the carve)
     assert "TAXES" not in out and "PRIVATE KEY" not in out and "CACHE-TOKEN" not in out, out
-    listing = out.split("[user]")[0].split()
-    assert "Documents" not in listing and ".ssh" not in listing and ".gitconfig" in listing, out
+    # the carved home is search-only, as Landlock refuses listing a home it does not grant: no name leaks
+    # (what is not put back is a placeholder: a mode-0 file, or an empty search-only directory)
+    assert f"ls: cannot open directory '{home}': Permission denied" in out, out
     assert "cfg-ro" in out and "cache-rw" in out and "TOOLCONF" in out and "home-ro" in out, out
     assert (home / ".cache" / "pip" / "new").read_text() == "c\n"
     assert (home / ".gitconfig").read_text() == "[user]\n" and not (home / "planted").exists()

@@ -413,11 +413,11 @@ def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) 
                PRule("caches", Verdict.ALLOW, RW, (f"{t['home']}/.cache/**",))))
     facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
     plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
-    layer = [m for m in plan.mounts if m.kind is MountKind.PRIVATE]
+    layer = [m for m in plan.mounts if m.kind is MountKind.LAYER]
     assert [(m.path, m.layer) for m in layer] == [(str(t["home"] / ".cache"), "/layers/0")]
-    assert plan.mounts[0].kind is MountKind.PRIVATE
+    assert plan.mounts[0].kind is MountKind.LAYER
     closed = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7)
-    assert not [m for m in closed.mounts if m.kind is MountKind.PRIVATE]
+    assert not [m for m in closed.mounts if m.kind is MountKind.LAYER]
     cache = {g.path: g for g in closed.landlock.grants}[str(t["home"] / ".cache")]
     assert not cache.access & ll.WRITE_RIGHTS
 
