@@ -26,6 +26,7 @@ import ctypes
 import errno
 import logging
 import os
+import posixpath
 import select
 import shlex
 import socket
@@ -159,7 +160,24 @@ _ATTR_OPS: dict[str, _AttrArg] = {
 SUPERVISOR_RULE = "guard-supervisor"
 _OTHER_NAMES = ("the file has other names (hard links) the policy cannot vouch for: writing through this "
                 "one would write them all")
+_SETID = ("a set-user-id or set-group-id file: another user (or, in a session run as root, anyone) who runs "
+          "it would run as this session's user")
+_CAPABILITY_XATTR = "security.capability"
 RENAME_EXCHANGE = 0x2
+# syscall -> which of its names (index in _PATH_OPS) it creates, and which must exist (EEXIST / ENOENT
+# are answered before the policy, as the kernel would)
+_CREATES: dict[str, tuple[int, ...]] = {"mkdir": (0,), "mkdirat": (0,), "mknod": (0,), "mknodat": (0,),
+                                        "symlink": (0,), "symlinkat": (0,), "link": (1,), "linkat": (1,)}
+_MUST_EXIST: dict[str, tuple[int, ...]] = {"rename": (0,), "renameat": (0,), "link": (0,), "linkat": (0,),
+                                           "unlink": (0,), "unlinkat": (0,), "rmdir": (0,), "truncate": (0,)}
+_MODE_ARG = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
+_CHOWN_ARGS = {"chown": (1, 2), "lchown": (1, 2), "fchownat": (2, 3)}  # (uid arg, gid arg), by path
+# xattr syscall -> (index of its name argument, "set" | "remove" | "at": a struct xattr_args)
+_XATTR_ARGS = {"setxattr": (1, "set"), "lsetxattr": (1, "set"), "fsetxattr": (1, "set"),
+               "setxattrat": (3, "at"), "removexattr": (1, "remove"), "lremovexattr": (1, "remove"),
+               "fremovexattr": (1, "remove"), "removexattrat": (3, "remove")}
+XATTR_NAME_MAX = 255
+XATTR_SIZE_MAX = 65536
 TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, at most
 TREE_WALK_S = 0.5
 _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
@@ -367,6 +385,9 @@ class _Resolved:
     obj: int | None = None  # an O_PATH fd of the object a /proc magic link pointed at
     anonymous: bool = False  # obj is not in the file system (pipe, socket, anon inode)
     must_be_dir: bool = False  # the path ended in "/": the final name must be (or become) a directory
+    # Other names the path passed through: as the task wrote it (lexically, from its cwd or dirfd) and
+    # each symlink met on the way, with the rest of the path after it. A write is judged on all of them.
+    aliases: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -390,6 +411,24 @@ class _Walker:
 
     def resolve(self, dirfd: int | None, path: str, *, follow: bool, empty_ok: bool = False,
                 beneath: bool = False, in_root: bool = False) -> _Resolved:
+        """Where `path` leads, and (in `aliases`) every other name it passed through on the way."""
+        self._aliases: list[str] = []
+        res = self._resolve(dirfd, path, follow=follow, empty_ok=empty_ok, beneath=beneath, in_root=in_root)
+        if not res.anonymous:
+            res.aliases = tuple(a for a in dict.fromkeys(self._aliases) if a != res.path)
+        return res
+
+    def _alias(self, path: str) -> None:
+        """Remember a name the path passed through; /proc names are not (their magic links are judged
+        on the object they stand for, and /proc holds no file a rule protects)."""
+        norm = posixpath.normpath(path)
+        if norm.startswith("//"):
+            norm = "/" + norm.lstrip("/")
+        if norm != "/proc" and not norm.startswith("/proc/"):
+            self._aliases.append(norm)
+
+    def _resolve(self, dirfd: int | None, path: str, *, follow: bool, empty_ok: bool,
+                 beneath: bool, in_root: bool) -> _Resolved:
         task = self.task
         if path == "":
             if not empty_ok:
@@ -411,6 +450,8 @@ class _Walker:
                 raise _Unvouched()
             base_comps = found
         floor = len(base_comps) if (beneath or in_root) else 0
+        if not (beneath or in_root):
+            self._alias(path if path.startswith("/") else "/" + "/".join([*base_comps, path]))
         if path.startswith("/"):
             if beneath:
                 raise _Reply(errno.EXDEV)
@@ -468,6 +509,8 @@ class _Walker:
                 links += 1
                 if links > SYMLINK_MAX or self.no_symlinks:
                     raise _Reply(errno.ELOOP)
+                if not _is_procfs(parent):  # the symlink's own name, continued by the rest of the path
+                    self._alias("/" + "/".join([*comps, name, *todo]))
                 target = self._link_target(parent, name, comps)
                 if isinstance(target, _Resolved):  # an anonymous object: no directory to go on into
                     if not last:
@@ -722,6 +765,37 @@ class Supervisor:
                 allowed = False
         return allowed
 
+    def _judge_names(self, res: _Resolved, pid: int, op: Op = Op.WRITE) -> bool:
+        """Judge `op` on the canonical path and on every other name the path passed through; the
+        strictest verdict wins. `mv .git/hooks h; ln -s h .git/hooks; echo > .git/hooks/pre-commit`
+        writes a plain workspace file canonically, but `.git/hooks/pre-commit` by the name git will run;
+        `~/.local/bin/ruff` is a symlink into a writable cache. An alias counts only when a rule speaks
+        about it (an explicit allow, deny or ask): a name nothing mentions (a symlinked /home, say) does
+        not refuse what the canonical path's grant allows. Aliases that pass are not recorded."""
+        if not self._judge([Action(op=op, target=res.path, pid=pid)]):
+            return False
+        for alias in res.aliases:
+            action = Action(op=op, target=alias, pid=pid)
+            try:
+                first = (self._check_only or self._decide)(action)
+            except Exception:
+                log.exception("seccomp supervisor: check() failed for %s", action)
+                first = Decision(Verdict.DENY, SUPERVISOR_RULE, "guard: decision failed, refused")
+            if first.rule_id is None or first.enforced is Verdict.ALLOW:
+                continue
+            if self._check_only is None:
+                self._record_safely(action, first)
+                return False
+            if not self._judge([action]):
+                return False
+        return True
+
+    def _record_safely(self, action: Action, decision: Decision) -> None:
+        try:
+            self._record(action, decision)
+        except Exception:
+            log.exception("seccomp supervisor: record() failed for %s", action)
+
     # dispatch ---------------------------------------------------------------------------------------
     def _handle(self, n: sc.Notif) -> None:
         name = self._names.get(n.nr, "")
@@ -822,15 +896,50 @@ class Supervisor:
             if not res.anonymous:
                 targets.append(res.path)
         self._check(n.id)
+        self._kernel_answer(name, found, flags)
         actions = [Action(op=Op.WRITE, target=t, pid=n.pid) for t in dict.fromkeys(targets)]
+        if name in ("mknod", "mknodat"):
+            self._check_mknod(actions[0], n.args[1] if name == "mknod" else n.args[2])
         if name == "truncate" and not found[0].anonymous and _has_other_names(found[0]):
             self._refuse(actions[0], _OTHER_NAMES)
             raise _Reply(errno.EACCES)
-        if not self._judge(actions):
-            raise _Reply(errno.EACCES)
+        for res in found:  # each name, on every path it passed through
+            if not res.anonymous and not self._judge_names(res, n.pid):
+                raise _Reply(errno.EACCES)
         if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
             self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
         self._send(n.id, cont=True)
+
+    def _kernel_answer(self, name: str, found: list[_Resolved], flags: int) -> None:
+        """Where the object is visible to the task and the kernel would refuse anyway, answer what the
+        kernel would (EEXIST, ENOENT), before any policy EACCES: `mkdir -p ~` or Node's recursive
+        mkdir of an existing folder must see EEXIST. The walk went through the task's own root, so
+        what it sees is what the task's view shows (masked trees are empty there): nothing leaks."""
+        def exists(res: _Resolved) -> bool:
+            return res.obj is not None or res.name == "." or _lstat_or_none(res.parent, res.name) is not None
+
+        for i in _CREATES.get(name, ()):
+            if exists(found[i]):
+                raise _Reply(errno.EEXIST)
+        needs = _MUST_EXIST.get(name, ())
+        if name == "renameat2" and flags & RENAME_EXCHANGE:
+            needs = (0, 1)
+        elif name == "renameat2":
+            needs = (0,)
+        for i in needs:
+            if not found[i].anonymous and not exists(found[i]):
+                raise _Reply(errno.ENOENT)
+
+    def _check_mknod(self, action: Action, mode: int) -> None:
+        """What mknod may create is an allowlist: regular files, FIFOs and sockets, never a device
+        node, and never with set-user-id or set-group-id bits (a set-id file another user runs)."""
+        kind = stat.S_IFMT(mode & 0xFFFFFFFF) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            self._refuse(action, "mknod of a device node")
+            raise _Reply(errno.EPERM)
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            self._refuse(action, _SETID)
+            raise _Reply(errno.EPERM)
 
     def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> None:
         """A directory rename writes every path under both its names: `mv .git g; echo x > g/hooks/h;
@@ -862,40 +971,142 @@ class Supervisor:
                     raise _Reply(errno.EACCES)
 
     def _attr_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change."""
+        """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change.
+
+        Set-id bits and file capabilities are refused outright (EPERM, recorded). Mode, owner and
+        xattr changes named by a path are then *performed by the supervisor* on the object it resolved
+        and holds, with the task's file-system ids and no capability of ours, so a path swapped after
+        the check changes nothing; by a descriptor (fchmod, fchown) the object is fixed and the
+        arguments are registers, so CONTINUE is exact. Times, inode flags and ftruncate are CONTINUEd."""
         spec = _ATTR_OPS[name]
         a = n.args
         fd = None if spec.fd_arg is None else _s32(a[spec.fd_arg])
         flags = 0 if spec.flags_arg is None else _s32(a[spec.flags_arg])
         path_addr = 0 if spec.path_arg is None else a[spec.path_arg]
+        res: _Resolved | None = None
         if spec.path_arg is None or (path_addr == 0 and fd is not None and fd != AT_FDCWD):
             # The descriptor names the object (f* calls, utimensat(fd, NULL)): nothing can swap it.
             if fd is None or fd < 0:
                 raise _Reply(errno.EBADF)
             obj = task.base(fd)
             comps = task.canonical(obj)
-            self._check(n.id)
-            if comps is None:
-                self._nameless(n.id, obj)
-                return
-            target = "/" + "/".join(comps)
+            target = None if comps is None else "/" + "/".join(comps)
         else:
             path = task.read_path(path_addr)
             self._check(n.id)
             follow = spec.follow and not flags & AT_SYMLINK_NOFOLLOW
             res = _Walker(task, stack).resolve(fd, path, follow=follow, empty_ok=bool(flags & AT_EMPTY_PATH))
-            if res.anonymous:
-                self._check(n.id)
-                self._nameless(n.id, res.parent if res.obj is None else res.obj)
-                return
-            if res.obj is None and res.name != ".":
-                os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: nothing to change
-            target = res.path
+            if res.obj is not None:
+                obj = res.obj
+            else:
+                # ENOENT when missing: nothing to change, nothing to decide
+                obj = os.open(res.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.parent)
+                stack.callback(os.close, obj)
+            target = None if res.anonymous else res.path
+        self._check(n.id)
+        action = Action(op=Op.WRITE, target=target or f"<{name} of an object with no path>", pid=n.pid)
+        st = os.fstat(obj)
+        if name in _MODE_ARG:
+            mode = a[_MODE_ARG[name]] & 0o7777
+            if mode & stat.S_ISUID or (mode & stat.S_ISGID and not stat.S_ISDIR(st.st_mode)):
+                self._refuse(action, _SETID)
+                raise _Reply(errno.EPERM)
+        xname = value = None
+        xflags = 0
+        bad_args: _Reply | None = None  # answered after the policy's refusal, which comes first
+        if name in _XATTR_ARGS:
+            try:
+                xname, value, xflags = self._xattr_args(task, name, a)
+            except _Reply as exc:
+                bad_args = exc
             self._check(n.id)
-        if self._judge([Action(op=Op.WRITE, target=target, pid=n.pid)]):
-            self._send(n.id, cont=True)
+            if xname == _CAPABILITY_XATTR and _XATTR_ARGS[name][1] != "remove":
+                self._refuse(action, "setting file capabilities (security.capability): the file would run "
+                                     "with privileges outside the sandbox")
+                raise _Reply(errno.EPERM)
+        if target is None:
+            if os.readlink(f"/proc/self/fd/{obj}").startswith("/") and st.st_nlink > 0:
+                raise _Unvouched()  # still linked somewhere the task's view does not show
+        elif res is not None:
+            if not self._judge_names(res, n.pid):
+                raise _Reply(errno.EACCES)
+        elif not self._judge([action]):
+            raise _Reply(errno.EACCES)
+        if bad_args is not None:
+            raise bad_args
+        if spec.path_arg is None and name not in _XATTR_ARGS:
+            self._send(n.id, cont=True)  # fchmod, fchown, ftruncate, ...: fixed object, register arguments
+            return
+        if name in _MODE_ARG:
+            if stat.S_ISLNK(st.st_mode):
+                raise _Reply(errno.EOPNOTSUPP)  # what fchmodat2(AT_SYMLINK_NOFOLLOW) answers for a symlink
+            self._perform(n.id, task, lambda: os.chmod(f"/proc/self/fd/{obj}", a[_MODE_ARG[name]] & 0o7777))
+        elif name in _CHOWN_ARGS:
+            ui, gi = _CHOWN_ARGS[name]
+            self._perform(n.id, task, lambda: _fchown_empty(obj, a[ui] & 0xFFFFFFFF, a[gi] & 0xFFFFFFFF))
+        elif xname is not None:
+            where = f"/proc/self/fd/{obj}"
+            if value is None:
+                self._perform(n.id, task, lambda: os.removexattr(where, xname))
+            else:
+                self._perform(n.id, task, lambda: os.setxattr(where, xname, value, xflags))
         else:
-            self._send(n.id, error=errno.EACCES)
+            self._send(n.id, cont=True)  # times, inode flags: residual race documented in docs/seccomp.md
+
+    def _xattr_args(self, task: _Task, name: str, a: tuple[int, ...]) -> tuple[str, bytes | None, int]:
+        """(name, value or None for a removal, flags) of an xattr syscall, read from the task once."""
+        name_arg, kind = _XATTR_ARGS[name]
+        raw, complete = task.read_str(a[name_arg], XATTR_NAME_MAX + 1)
+        if not complete or not raw:
+            raise _Reply(errno.ERANGE)
+        xname = os.fsdecode(raw)
+        if kind == "remove":
+            return xname, None, 0
+        if kind == "at":  # struct xattr_args {u64 value; u32 size; u32 flags}
+            if (a[5] & 0xFFFFFFFF) < 16:
+                raise _Reply(errno.EINVAL)
+            ptr, size, xflags = struct.unpack("=QII", task.read(a[4], 16)[:16].ljust(16, b"\0"))
+        else:
+            ptr, size, xflags = a[name_arg + 1], a[name_arg + 2] & 0xFFFFFFFF, a[name_arg + 3] & 0xFFFFFFFF
+        if size > XATTR_SIZE_MAX:
+            raise _Reply(errno.E2BIG)
+        value = task.read(ptr, size) if size else b""
+        if len(value) < size:
+            raise _Reply(errno.EFAULT)
+        return xname, value, xflags
+
+    def _perform(self, nid: int, task: _Task, act: Callable[[], None]) -> None:
+        """Do the change ourselves, as the task, and answer with its result."""
+        with self._as_task(task):
+            try:
+                act()
+            except OSError as exc:
+                self._send(nid, error=exc.errno or errno.EACCES)
+                return
+        self._send(nid)
+
+    @contextmanager
+    def _as_task(self, task: _Task) -> Iterator[None]:
+        """Act with the task's file-system uid and gid and none of our capabilities, on this thread only
+        (setfsuid and capset are per thread): as root, the supervisor must not write a file the task
+        could not, chown what the task could not, or pass DAC checks the task would fail."""
+        uids, gids = task.status("Uid").split(), task.status("Gid").split()
+        if len(uids) != 4 or len(gids) != 4:
+            raise _Gone()
+        fsuid, fsgid = int(uids[3]), int(gids[3])
+        saved = sc.thread_caps()
+        if (fsuid, fsgid) == (os.geteuid(), os.getegid()) and not sc.effective_caps(saved):
+            yield
+            return
+        old_gid = sc.setfsgid(fsgid)
+        old_uid = sc.setfsuid(fsuid)
+        try:
+            sc.set_thread_caps(sc.without_effective(saved))
+            yield
+        finally:
+            sc.setfsuid(old_uid)
+            sc.setfsgid(old_gid)
+            sc.set_thread_caps(saved)
 
     def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
         """connect (and sendto with an address) to a pathname unix socket: a WRITE of the socket's
@@ -933,15 +1144,6 @@ class Supervisor:
             self._send(n.id, cont=True)
         else:
             self._send(n.id, error=errno.EACCES)
-
-    def _nameless(self, nid: int, obj: int) -> None:
-        """An attribute change of an object with no path in the task's view: a pipe, socket, anonymous
-        inode or a deleted file nothing else links to changes nothing on the file system (CONTINUE); a
-        file still linked somewhere we cannot see is refused, as there is no path to decide on."""
-        text = os.readlink(f"/proc/self/fd/{obj}")
-        if text.startswith("/") and os.fstat(obj).st_nlink > 0:
-            raise _Unvouched()
-        self._send(nid, cont=True)
 
     def _refuse(self, action: Action, reason: str) -> None:
         """Record a DENY the supervisor makes itself, without asking the policy."""
@@ -987,7 +1189,10 @@ class Supervisor:
             else:
                 self._send(n.id, error=errno.EACCES)
             return
-        if not res.anonymous and not self._judge([Action(op=Op.WRITE, target=res.path, pid=n.pid)]):
+        if (not res.anonymous and flags & os.O_CREAT and flags & os.O_EXCL and res.obj is None
+                and res.name != "." and _lstat_or_none(res.parent, res.name) is not None):
+            raise _Reply(errno.EEXIST)  # visible and there: what the kernel answers, before the policy
+        if not res.anonymous and not self._judge_names(res, n.pid):
             self._send(n.id, error=errno.EACCES)
             return
         tmpfile = (flags & O_TMPFILE) == O_TMPFILE
@@ -1019,10 +1224,11 @@ class Supervisor:
 
         def opener() -> int:
             try:
-                if ours:
-                    fd = os.open(f"/proc/self/fd/{held}", ours)
-                else:
-                    fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
+                with self._as_task(task):  # DAC checks as the task: never our uid or capabilities
+                    if ours:
+                        fd = os.open(f"/proc/self/fd/{held}", ours)
+                    else:
+                        fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
             finally:
                 os.close(held)
             try:
@@ -1033,7 +1239,8 @@ class Supervisor:
                     self._refuse(action, _OTHER_NAMES)
                     raise OSError(errno.EACCES, _OTHER_NAMES)
                 if trunc and stat.S_ISREG(st.st_mode):
-                    _truncate(fd, flags)
+                    with self._as_task(task):
+                        _truncate(fd, flags)
             except BaseException:
                 os.close(fd)
                 raise
@@ -1061,6 +1268,7 @@ class Supervisor:
         """Open `name` under the held `parent` as the task asked, creating it with the task's umask
         and owner when the open creates it."""
         ours = _our_flags(flags)
+        mode &= ~(stat.S_ISUID | stat.S_ISGID)  # a created file is never set-id (see _SETID)
         creates = bool(flags & os.O_CREAT) or (flags & O_TMPFILE) == O_TMPFILE
         if not creates:
             return os.open(name, ours, dir_fd=parent)
@@ -1201,6 +1409,17 @@ def _our_flags(flags: int) -> int:
     """The task's open flags as the supervisor passes them: never follow the final name (it was
     resolved already), never acquire a controlling terminal, close-on-exec in our own process."""
     return (flags | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC) & 0xFFFFFFFF
+
+
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_libc.fchownat.restype = ctypes.c_int
+
+
+def _fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """fchownat(fd, "", uid, gid, AT_EMPTY_PATH): chown the object an O_PATH fd holds (no follow)."""
+    if _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
 
 
 def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
