@@ -177,6 +177,10 @@ _XATTR_ARGS = {"setxattr": (1, "set"), "lsetxattr": (1, "set"), "fsetxattr": (1,
                "setxattrat": (3, "at"), "removexattr": (1, "remove"), "lremovexattr": (1, "remove"),
                "fremovexattr": (1, "remove"), "removexattrat": (3, "remove")}
 XATTR_NAME_MAX = 255
+SENDTO_MAX = 1 << 20  # bytes of one sendto to a unix path the supervisor sends on the task's behalf
+_PIDFD_THREAD = os.O_EXCL  # pidfd_open: a pidfd for this very thread (its fd table), kernel 6.9+
+_FOREIGN_SOCKET = ("a unix socket this session did not create (tmux, an agent, a credential cache, an editor "
+                   "listen there): grant it by path in the policy if the agent needs it")
 XATTR_SIZE_MAX = 65536
 TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, at most
 TREE_WALK_S = 0.5
@@ -632,7 +636,8 @@ class Supervisor:
     """
 
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
-                 spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None) -> None:
+                 spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None,
+                 sockets: Callable[[str], bool] | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
         self.workers = workers
@@ -643,6 +648,10 @@ class Supervisor:
         # A decision that records nothing, for the many paths inside a renamed directory: only those it
         # does not allow go through `decide` (and so the trail). None: every one goes through `decide`.
         self._check_only = check
+        # Whether a rule grants connecting to the unix socket at this canonical path; None: none does.
+        self._sockets = sockets
+        self._bound: set[tuple[int, int]] = set()  # (dev, ino) of the sockets this session bound
+        self._bound_lock = threading.Lock()
         table = ARCHES[self.spec.arch]
         self._names = table.names()
         self._arch = table.audit_arch
@@ -735,9 +744,9 @@ class Supervisor:
             os.close(self.fd)
 
     # replies ----------------------------------------------------------------------------------------
-    def _send(self, nid: int, *, error: int = 0, cont: bool = False) -> None:
+    def _send(self, nid: int, *, error: int = 0, cont: bool = False, val: int = 0) -> None:
         try:
-            sc.notif_send(self.fd, nid, error=error, cont=cont)
+            sc.notif_send(self.fd, nid, val=val, error=error, cont=cont)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -813,6 +822,8 @@ class Supervisor:
                     self._path_op(n, name, task, stack)
                 elif name in _ATTR_OPS:
                     self._attr_op(n, name, task, stack)
+                elif name == "bind":
+                    self._bind(n, task, stack)
                 elif name in ("connect", "sendto"):
                     self._connect(n, name, task, stack)
                 else:
@@ -1108,42 +1119,136 @@ class Supervisor:
             sc.setfsgid(old_gid)
             sc.set_thread_caps(saved)
 
-    def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """connect (and sendto with an address) to a pathname unix socket: a WRITE of the socket's
-        canonical path (POSIX asks write permission on a socket to connect). Every other address
-        family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own network
-        namespace and Landlock's abstract-socket scope judge those."""
-        a = n.args
-        addr, size = (a[1], a[2]) if name == "connect" else (a[4], a[5])
+    def _sun_path(self, n: sc.Notif, task: _Task, addr: int, size: int) -> str | None:
+        """The path of a pathname AF_UNIX address the task passed, read once; None for every other
+        address (another family, abstract, unnamed), which the kernel judges itself."""
         size &= 0xFFFFFFFF
         if addr == 0 or size <= _SUN_PATH_OFF:
-            self._send(n.id, cont=True)
-            return
+            return None
         raw = task.read(addr, min(size, _SOCKADDR_UN_MAX))
         self._check(n.id)
         if len(raw) < _SUN_PATH_OFF or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
-            self._send(n.id, cont=True)
-            return
+            return None
         if size > _SOCKADDR_UN_MAX:
             raise _Reply(errno.EINVAL)
         if len(raw) < size:
             raise _Reply(errno.EFAULT)
         sun_path = raw[_SUN_PATH_OFF:size].split(b"\0", 1)[0]
         if raw[_SUN_PATH_OFF] == 0 or not sun_path:
-            self._send(n.id, cont=True)  # abstract (Landlock's scope refuses those) or unnamed
+            return None  # abstract (Landlock's scope refuses those) or unnamed
+        return os.fsdecode(sun_path)
+
+    def _task_socket(self, task: _Task, n: sc.Notif, fd: int, stack: ExitStack) -> socket.socket:
+        """Our own descriptor for the task's socket `fd` (the same open file description), taken with
+        pidfd_getfd: what we bind or connect, the task holds."""
+        try:
+            pidfd = os.pidfd_open(n.pid, _PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise _Gone() from exc
+            pidfd = os.pidfd_open(int(task.status("Tgid")))
+        try:
+            ours = sc.pidfd_getfd(pidfd, fd)
+        except OSError as exc:
+            raise _Reply(errno.EBADF if exc.errno == errno.EBADF else errno.EACCES) from exc
+        finally:
+            os.close(pidfd)
+        self._check(n.id)
+        try:
+            sock = socket.socket(fileno=ours)
+        except OSError as exc:
+            os.close(ours)
+            raise _Reply(errno.ENOTSOCK) from exc
+        stack.callback(sock.close)  # ours only: the task keeps its own descriptor
+        return sock
+
+    def _bind(self, n: sc.Notif, task: _Task, stack: ExitStack) -> None:
+        """bind(2) of a pathname unix socket creates a name on the file system: decided like any create
+        on every name the path passes through, recorded, then *performed by the supervisor* on the
+        parent directory it holds (so a rewritten address after the check binds nothing else), as the
+        task, with the task's umask. The socket's inode is remembered: connecting to a socket the
+        session created itself needs no rule."""
+        a = n.args
+        path = self._sun_path(n, task, a[1], a[2])
+        if path is None:
+            self._send(n.id, cont=True)
             return
-        res = _Walker(task, stack).resolve(None, os.fsdecode(sun_path), follow=True)
+        res = _Walker(task, stack).resolve(None, path, follow=False)
+        self._check(n.id)
+        if res.anonymous or res.obj is not None or res.name == "." or res.must_be_dir:
+            raise _Reply(errno.EADDRINUSE)
+        if _lstat_or_none(res.parent, res.name) is not None:
+            raise _Reply(errno.EADDRINUSE)  # what the kernel answers, before the policy
+        if not self._judge_names(res, n.pid):
+            raise _Reply(errno.EACCES)
+        where = f"/proc/self/fd/{res.parent}/{res.name}"
+        if len(os.fsencode(where)) >= _SOCKADDR_UN_MAX - _SUN_PATH_OFF:
+            raise _Reply(errno.ENAMETOOLONG)
+        sock = self._task_socket(task, n, _s32(a[0]), stack)
+        umask = int(task.status("Umask") or "022", 8)
+        with self._as_task(task):
+            try:
+                sock.bind(where)
+                os.chmod(res.name, 0o777 & ~umask, dir_fd=res.parent, follow_symlinks=False)
+                st = os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)
+            except OSError as exc:
+                self._send(n.id, error=exc.errno or errno.EACCES)
+                return
+        with self._bound_lock:
+            self._bound.add((st.st_dev, st.st_ino))
+        self._send(n.id)
+
+    def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        """connect (and sendto with an address) to a pathname unix socket.
+
+        Default deny: only a socket this session bound itself, or one a rule grants by path (`sockets`),
+        may be reached; the policy's deny and ask rules on every name of the path still apply. Race-free
+        like write-opens: the address is read once, the supervisor resolves it, holds the socket's inode
+        and connects the task's own socket (taken with pidfd_getfd) to that inode through
+        /proc/self/fd, as the task; the kernel never reads the task's address again. Every other
+        address family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own
+        network namespace and Landlock's abstract-socket scope judge those."""
+        a = n.args
+        path = self._sun_path(n, task, *((a[1], a[2]) if name == "connect" else (a[4], a[5])))
+        if path is None:
+            self._send(n.id, cont=True)
+            return
+        res = _Walker(task, stack).resolve(None, path, follow=True)
         self._check(n.id)
         action = Action(op=Op.WRITE, target=res.path, pid=n.pid)
         if res.anonymous:
             self._refuse(action, "connect to a socket with no path in the sandbox's view")
             raise _Reply(errno.EACCES)
-        if res.obj is None:
-            os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: no socket, nothing to judge
-        if self._judge([action]):
-            self._send(n.id, cont=True)
-        else:
-            self._send(n.id, error=errno.EACCES)
+        if res.obj is not None:
+            obj = res.obj
+        else:  # ENOENT: no socket, nothing to judge
+            obj = os.open(res.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.parent)
+            stack.callback(os.close, obj)
+        st = os.fstat(obj)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise _Reply(errno.ECONNREFUSED)  # what the kernel answers for a path that is not a socket
+        if not self._judge_names(res, n.pid):
+            raise _Reply(errno.EACCES)
+        with self._bound_lock:
+            ours = (st.st_dev, st.st_ino) in self._bound
+        if not ours and not (self._sockets is not None and self._sockets(res.path)):
+            self._refuse(action, _FOREIGN_SOCKET)
+            raise _Reply(errno.EACCES)
+        sock = self._task_socket(task, n, _s32(a[0]), stack)
+        where = f"/proc/self/fd/{obj}"
+        if name == "connect":
+            self._perform(n.id, task, lambda: sock.connect(where))
+            return
+        size = a[2] & 0xFFFFFFFF
+        data = task.read(a[1], min(size, SENDTO_MAX)) if size else b""
+        self._check(n.id)
+        with self._as_task(task):
+            try:
+                sent = sock.sendto(data, a[3] & 0xFFFFFFFF, where)
+            except OSError as exc:
+                self._send(n.id, error=exc.errno or errno.EACCES)
+                return
+        self._send(n.id, val=sent)
 
     def _refuse(self, action: Action, reason: str) -> None:
         """Record a DENY the supervisor makes itself, without asking the policy."""
@@ -1431,9 +1536,11 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 
 @contextmanager
 def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
-            workers: int = 1, check: Decide | None = None) -> Iterator[Supervisor]:
+            workers: int = 1, check: Decide | None = None,
+            sockets: Callable[[str], bool] | None = None) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
-    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check)
+    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check,
+                     sockets=sockets)
     stop = threading.Event()
     thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
     thread.start()
