@@ -166,7 +166,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
             supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
-                                    check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
+                                    check=decider.check, sockets=decider.grants_socket, spec=spec,
+                                    workers=SUPERVISOR_WORKERS)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},

@@ -78,5 +78,17 @@ def test_a_socket_the_session_binds_itself_is_reachable(world):
     assert "hi-OWN-OK" in run.stdout, run
 
 
+def test_a_rule_can_grant_one_socket_by_path(world, services):
+    """The way to give an agent the engineer's ssh-agent on purpose: an allow rule naming that socket (a
+    broad write grant such as /tmp/** is not one). The other sockets stay refused."""
+    sock = _need(services, "ssh-agent")
+    policy = world.root / "policies" / "grant-agent.yaml"
+    policy.write_text("version: 1\nname: grant-agent\nextends: [coding-agent]\nrules:\n"
+                      f"  - id: my-agent\n    allow: [write]\n    paths: ['{sock}']\n"
+                      "    reason: this agent signs commits\n")
+    run = world.guard_run(["sh", "-c", f"SSH_AUTH_SOCK={sock} ssh-add -l"], policy=policy)
+    assert run.returncode == 0 and "guard-test" in run.stdout, run
+
+
 def test_zz_trail_verifies(world):
     world.check_trail()
