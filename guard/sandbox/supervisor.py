@@ -652,6 +652,15 @@ class Supervisor:
         self._sockets = sockets
         self._bound: set[tuple[int, int]] = set()  # (dev, ino) of the sockets this session bound
         self._bound_lock = threading.Lock()
+        # Acting as the task (_as_task): our own capability sets (every worker thread starts with them and
+        # gets them back after each act) and each task's fsuid/fsgid, read once per pid. No process in the
+        # sandbox can change its ids (no_new_privs, no capabilities, one uid and gid mapped), so a pid
+        # reused inside it has the same ones.
+        self._caps = sc.thread_caps()
+        self._lean_caps = sc.without_effective(self._caps)
+        self._privileged = sc.effective_caps(self._caps) != 0
+        self._own_ids = (os.geteuid(), os.getegid())
+        self._task_ids: dict[int, tuple[int, int]] = {}
         table = ARCHES[self.spec.arch]
         self._names = table.names()
         self._arch = table.audit_arch
@@ -1101,23 +1110,30 @@ class Supervisor:
         """Act with the task's file-system uid and gid and none of our capabilities, on this thread only
         (setfsuid and capset are per thread): as root, the supervisor must not write a file the task
         could not, chown what the task could not, or pass DAC checks the task would fail."""
-        uids, gids = task.status("Uid").split(), task.status("Gid").split()
-        if len(uids) != 4 or len(gids) != 4:
-            raise _Gone()
-        fsuid, fsgid = int(uids[3]), int(gids[3])
-        saved = sc.thread_caps()
-        if (fsuid, fsgid) == (os.geteuid(), os.getegid()) and not sc.effective_caps(saved):
-            yield
+        ids = self._task_ids.get(task.pid)
+        if ids is None:
+            uids, gids = task.status("Uid").split(), task.status("Gid").split()
+            if len(uids) != 4 or len(gids) != 4:
+                raise _Gone()
+            ids = self._task_ids[task.pid] = (int(uids[3]), int(gids[3]))
+        same = ids == self._own_ids
+        if same and not self._privileged:
+            yield  # the common case: guard run by the user, who is the task's user, holding no capability
             return
-        old_gid = sc.setfsgid(fsgid)
-        old_uid = sc.setfsuid(fsuid)
+        old_gid = old_uid = -1
+        if not same:
+            old_gid = sc.setfsgid(ids[1])
+            old_uid = sc.setfsuid(ids[0])
         try:
-            sc.set_thread_caps(sc.without_effective(saved))
+            if self._privileged:
+                sc.set_thread_caps(self._lean_caps)
             yield
         finally:
-            sc.setfsuid(old_uid)
-            sc.setfsgid(old_gid)
-            sc.set_thread_caps(saved)
+            if not same:
+                sc.setfsuid(old_uid)
+                sc.setfsgid(old_gid)
+            if self._privileged:
+                sc.set_thread_caps(self._caps)
 
     def _sun_path(self, n: sc.Notif, task: _Task, addr: int, size: int) -> str | None:
         """The path of a pathname AF_UNIX address the task passed, read once; None for every other

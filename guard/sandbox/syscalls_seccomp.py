@@ -171,6 +171,7 @@ _NR_SETFSGID = {"x86_64": 123, "aarch64": 152}
 _NR_CAPGET = {"x86_64": 125, "aarch64": 90}
 _NR_CAPSET = {"x86_64": 126, "aarch64": 91}
 _CAP_V3 = 0x20080522
+_MACHINE = machine()
 _CAP_HEADER = struct.Struct("=Ii")
 _CAP_DATA = struct.Struct("=6I")  # two {effective, permitted, inheritable}
 
@@ -186,7 +187,7 @@ def pidfd_getfd(pidfd: int, targetfd: int) -> int:
 
 
 def _raw(table: dict[str, int], *args: object) -> int:
-    ret = _libc.syscall(ctypes.c_long(table[machine()]), *args)
+    ret = _libc.syscall(ctypes.c_long(table[_MACHINE]), *args)
     if ret < 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
