@@ -1256,7 +1256,11 @@ class Supervisor:
             self._perform(n.id, task, lambda: sock.connect(where))
             return
         size = a[2] & 0xFFFFFFFF
-        data = task.read(a[1], min(size, SENDTO_MAX)) if size else b""
+        if size > SENDTO_MAX:
+            raise _Reply(errno.EMSGSIZE)  # a datagram is sent whole or not at all; unix ones are far smaller
+        data = task.read(a[1], size) if size else b""
+        if len(data) < size:
+            raise _Reply(errno.EFAULT)
         self._check(n.id)
         with self._as_task(task):
             try:
