@@ -56,6 +56,7 @@ AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
+AT_REMOVEDIR = 0x200
 O_PATH = 0o10000000
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
@@ -904,7 +905,7 @@ class Supervisor:
         walker = _Walker(task, stack)
         targets: list[str] = []
         found: list[_Resolved] = []
-        flags = _s32(a[4]) if name in ("linkat", "renameat2") else 0
+        flags = _s32(a[4]) if name in ("linkat", "renameat2") else _s32(a[2]) if name == "unlinkat" else 0
         for i, spec in enumerate(_PATH_OPS[name]):
             dirfd = None if spec.dirfd_arg is None else _s32(a[spec.dirfd_arg])
             follow = spec.follow or (name == "linkat" and i == 0 and bool(flags & AT_SYMLINK_FOLLOW))
@@ -949,6 +950,15 @@ class Supervisor:
         for i in needs:
             if not found[i].anonymous and not exists(found[i]):
                 raise _Reply(errno.ENOENT)
+        res = found[0]
+        if name in ("unlink", "unlinkat", "rmdir", "truncate") and not res.anonymous and res.obj is None:
+            there = None if res.name == "." else _lstat_or_none(res.parent, res.name)
+            is_dir = res.name == "." or (there is not None and stat.S_ISDIR(there.st_mode))
+            removes_dir = name == "rmdir" or (name == "unlinkat" and bool(flags & AT_REMOVEDIR))
+            if removes_dir and not is_dir:
+                raise _Reply(errno.ENOTDIR)
+            if not removes_dir and is_dir:
+                raise _Reply(errno.EISDIR)
 
     def _check_mknod(self, action: Action, mode: int) -> None:
         """What mknod may create is an allowlist: regular files, FIFOs and sockets, never a device
@@ -1314,17 +1324,19 @@ class Supervisor:
             else:
                 self._send(n.id, error=errno.EACCES)
             return
-        if (not res.anonymous and flags & os.O_CREAT and flags & os.O_EXCL and res.obj is None
-                and res.name != "." and _lstat_or_none(res.parent, res.name) is not None):
-            raise _Reply(errno.EEXIST)  # visible and there: what the kernel answers, before the policy
+        # What the kernel answers whatever the permissions, for objects the task can see: EEXIST for an
+        # exclusive create of an existing name, EISDIR for writing a directory (or creating "name/").
+        tmpfile = (flags & O_TMPFILE) == O_TMPFILE
+        if res.obj is None and not res.anonymous and not tmpfile:
+            there = None if res.name == "." else _lstat_or_none(res.parent, res.name)
+            if flags & os.O_CREAT and flags & os.O_EXCL and (there is not None or res.name == "."):
+                raise _Reply(errno.EEXIST)
+            is_dir = res.name == "." or (there is not None and stat.S_ISDIR(there.st_mode))
+            if is_dir or res.must_be_dir:
+                raise _Reply(errno.EISDIR if is_dir or flags & os.O_CREAT else errno.ENOENT)
         if not res.anonymous and not self._judge_names(res, n.pid):
             self._send(n.id, error=errno.EACCES)
             return
-        tmpfile = (flags & O_TMPFILE) == O_TMPFILE
-        if res.obj is None and not tmpfile and (res.must_be_dir or res.name == "."):
-            # Writing to a directory, or creating "name/": the kernel refuses both the same way.
-            exists = res.name == "." or _lstat_or_none(res.parent, res.name) is not None
-            raise _Reply(errno.EISDIR if exists or flags & os.O_CREAT else errno.ENOENT)
         cloexec = bool(flags & os.O_CLOEXEC)
         target: os.stat_result | None
         obj = res.obj

@@ -1095,8 +1095,10 @@ def test_a_write_is_judged_on_every_name_the_path_passes_through(ws: Path) -> No
 
 def test_kernel_errnos_come_before_the_policy(ws: Path) -> None:
     """mkdir of a visible existing directory is EEXIST even where nothing may be written (`mkdir -p ~`,
-    Node's recursive mkdir), removing what is not there is ENOENT; neither is a decision."""
+    Node's recursive mkdir), removing what is not there is ENOENT, writing or unlinking a directory
+    EISDIR, rmdir of a file ENOTDIR: what the kernel answers whatever the permissions; none is a decision."""
     (ws / "d").mkdir()
+    (ws / "f").write_text("")
 
     def child() -> object:
         return {"usr": _try(lambda: os.mkdir("/usr")), "ws": _try(lambda: os.mkdir(str(ws))),
@@ -1106,14 +1108,23 @@ def test_kernel_errnos_come_before_the_policy(ws: Path) -> None:
                 "unlink-missing": _try(lambda: os.unlink("missing")),
                 "rename-missing": _try(lambda: os.rename("missing", "other")),
                 "excl-existing": _try(lambda: os.open("d", os.O_CREAT | os.O_EXCL | os.O_WRONLY)),
-                "bind-existing": _try(lambda: socket.socket(socket.AF_UNIX).bind("d"))}
+                "bind-existing": _try(lambda: socket.socket(socket.AF_UNIX).bind("d")),
+                "write-dir": _try(lambda: os.open("/usr", os.O_WRONLY)),
+                "creat-dir": _try(lambda: os.open("d", os.O_WRONLY | os.O_CREAT)),
+                "unlink-dir": _try(lambda: os.unlink("d")), "truncate-dir": _try(lambda: os.truncate("d", 0)),
+                "rmdir-file": _try(lambda: os.rmdir("f")), "rmdir-dir-ok": _try(lambda: os.rmdir("d")),
+                "missing-parent": _try(lambda: os.mkdir("nope/x")),
+                "through-file": _try(lambda: os.open("f/x", os.O_WRONLY | os.O_CREAT))}
 
     run = supervised(child, deny_if(""), cwd=ws)
     assert run.result == {"usr": errno.EEXIST, "ws": errno.EEXIST, "d": errno.EEXIST, "new": errno.EACCES,
                           "symlink-over": errno.EEXIST, "rmdir-missing": errno.ENOENT,
                           "unlink-missing": errno.ENOENT, "rename-missing": errno.ENOENT,
-                          "excl-existing": errno.EEXIST, "bind-existing": errno.EADDRINUSE}
-    assert [a.target for a, _ in run.records] == [str(ws / "new")]
+                          "excl-existing": errno.EEXIST, "bind-existing": errno.EADDRINUSE,
+                          "write-dir": errno.EISDIR, "creat-dir": errno.EISDIR, "unlink-dir": errno.EISDIR,
+                          "truncate-dir": errno.EISDIR, "rmdir-file": errno.ENOTDIR, "rmdir-dir-ok": errno.EACCES,
+                          "missing-parent": errno.ENOENT, "through-file": errno.ENOTDIR}
+    assert [a.target for a, _ in run.records] == [str(ws / "new"), str(ws / "d")]
 
 
 # --- set-id bits, file capabilities, device nodes ----------------------------------------------------------
