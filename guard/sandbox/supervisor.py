@@ -929,7 +929,71 @@ class Supervisor:
                 raise _Reply(errno.EACCES)
         if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
             self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
-        self._send(n.id, cont=True)
+        self._perform(n.id, task, self._name_op(n, name, task, found, flags))
+
+    def _name_op(self, n: sc.Notif, name: str, task: _Task, found: list[_Resolved],
+                 flags: int) -> Callable[[], None]:
+        """The change itself, on the directories the walk holds and the names it judged: performed by the
+        supervisor (as the task), so a thread that rewrites a path after the check changes nothing and no
+        name comes into being that was not decided. What the kernel would answer comes back as the
+        syscall's result."""
+        a = n.args
+        src, dst = found[0], found[-1]
+        follows = name in ("truncate", "link", "linkat")  # their first path may lead to an object we hold
+        if not follows and any(r.name == "." or r.obj is not None for r in found):
+            raise _Reply(errno.EINVAL)  # ".", or a magic link as a name: nothing the kernel would do either
+        if name.startswith("rename"):
+            rflags = flags if name == "renameat2" else 0
+            return lambda: sc.renameat2(src.parent, src.name, dst.parent, dst.name, rflags)
+        if name in ("link", "linkat"):
+            if dst.obj is not None or dst.name == ".":
+                raise _Reply(errno.EEXIST)
+            if src.obj is not None:  # AT_EMPTY_PATH or a followed /proc/self/fd link: the object we hold
+                where = f"/proc/self/fd/{src.obj}"
+                return lambda: os.link(where, dst.name, dst_dir_fd=dst.parent, follow_symlinks=True)
+            return lambda: os.link(src.name, dst.name, src_dir_fd=src.parent, dst_dir_fd=dst.parent,
+                                   follow_symlinks=False)
+        if name in ("symlink", "symlinkat"):
+            text, complete = task.read_str(a[0], PATH_MAX)
+            self._check(n.id)
+            if not complete:
+                raise _Reply(errno.ENAMETOOLONG)
+            if not text:
+                raise _Reply(errno.ENOENT)
+            return lambda: os.symlink(text, os.fsencode(dst.name), dir_fd=dst.parent)
+        if name in ("mkdir", "mkdirat"):
+            mode = (a[1] if name == "mkdir" else a[2]) & 0o1777
+            return lambda: self._make(task, dst, mode, directory=True)
+        if name in ("mknod", "mknodat"):
+            mode, dev = (a[1], a[2]) if name == "mknod" else (a[2], a[3])
+            return lambda: self._make(task, dst, mode & 0xFFFFFFFF, dev=dev & 0xFFFFFFFF)
+        if name in ("unlink", "rmdir", "unlinkat"):
+            if name == "rmdir" or flags & AT_REMOVEDIR:
+                return lambda: os.rmdir(dst.name, dir_fd=dst.parent)
+            return lambda: os.unlink(dst.name, dir_fd=dst.parent)
+        if name == "truncate":
+            length = a[1] - (1 << 64) if a[1] & (1 << 63) else a[1]
+            return lambda: _truncate_at(src, length)
+        raise _Reply(errno.ENOSYS)
+
+    def _make(self, task: _Task, dst: _Resolved, mode: int, *, directory: bool = False, dev: int = 0) -> None:
+        """mkdir/mknod at the held parent, then the exact mode the task would get: its umask, not ours
+        (the kernel applies the supervisor's process umask too), keeping a set-group-id directory's
+        inherited bit."""
+        umask = int(task.status("Umask") or "022", 8)
+        perms = mode & 0o1777 & ~umask
+        if directory:
+            os.mkdir(dst.name, perms, dir_fd=dst.parent)
+        else:
+            os.mknod(dst.name, (stat.S_IFMT(mode) or stat.S_IFREG) | perms, dev, dir_fd=dst.parent)
+        fd = os.open(dst.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst.parent)
+        try:
+            st = os.fstat(fd)
+            keep = st.st_mode & stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0
+            if stat.S_IMODE(st.st_mode) != perms | keep:
+                os.chmod(f"/proc/self/fd/{fd}", perms | keep)
+        finally:
+            os.close(fd)
 
     def _kernel_answer(self, name: str, found: list[_Resolved], flags: int) -> None:
         """Where the object is visible to the task and the kernel would refuse anyway, answer what the
@@ -1480,6 +1544,25 @@ def _truncate(fd: int, flags: int) -> None:
         os.ftruncate(wfd, 0)
     finally:
         os.close(wfd)
+
+
+def _truncate_at(res: _Resolved, length: int) -> None:
+    """truncate(2) of the regular file the walk found (the final symlink already followed)."""
+    if res.obj is not None:
+        st = os.fstat(res.obj)
+    else:
+        st = os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = (os.open(f"/proc/self/fd/{res.obj}", flags & ~os.O_NOFOLLOW) if res.obj is not None
+          else os.open(res.name, flags, dir_fd=res.parent))
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
 
 
 def _has_other_names(res: _Resolved) -> bool:

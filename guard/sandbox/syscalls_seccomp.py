@@ -227,3 +227,12 @@ def without_effective(caps: bytes) -> bytes:
     """The same sets with nothing effective (permitted kept, so they can be raised again)."""
     _e0, p0, i0, _e1, p1, i1 = _CAP_DATA.unpack(caps)
     return _CAP_DATA.pack(0, p0, i0, 0, p1, i1)
+
+
+_NR_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
+
+
+def renameat2(olddirfd: int, oldname: str, newdirfd: int, newname: str, flags: int) -> None:
+    """renameat2(2) (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT), which os.rename lacks."""
+    _raw(_NR_RENAMEAT2, ctypes.c_int(olddirfd), ctypes.c_char_p(os.fsencode(oldname)), ctypes.c_int(newdirfd),
+         ctypes.c_char_p(os.fsencode(newname)), ctypes.c_uint(flags))

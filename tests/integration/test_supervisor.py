@@ -1308,3 +1308,47 @@ def test_the_supervisor_acts_with_the_tasks_credentials_not_its_own(ws: Path) ->
                           "chown": errno.EPERM, "xattr": errno.EACCES}
     st = theirs.stat()
     assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444 and st.st_uid == 65534
+
+
+@pytest.mark.parametrize("call", ["rename", "symlink", "mkdir", "link"])
+def test_name_creating_calls_are_race_free(ws: Path, call: str) -> None:
+    """A thread keeps flipping the name being created between an allowed one and a protected one: the
+    supervisor performs the call on the name it judged, so the protected name never comes into being
+    (with check-then-CONTINUE the kernel re-read the flipped name)."""
+    libc.rename.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.symlink.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.mkdir.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+    libc.link.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+
+    def child() -> object:
+        buf = ctypes.create_string_buffer(64)
+        stop = threading.Event()
+        thread = _flipper(buf, 0, (b"okname", b"secret"), stop)
+        done = escaped = 0
+        for _ in range(1500):
+            if call == "rename":
+                with open("src", "w"):
+                    pass
+                rc = libc.rename(b"src", buf)
+            elif call == "symlink":
+                rc = libc.symlink(b"/bin/true", buf)
+            elif call == "link":
+                rc = libc.link(b"linksrc", buf)
+            else:
+                rc = libc.mkdir(buf, 0o755)
+            if rc == 0:
+                done += 1
+                escaped += os.path.lexists("secret")
+                for name in ("okname", "secret"):
+                    try:
+                        os.rmdir(name) if call == "mkdir" else os.unlink(name)
+                    except OSError:  # FileNotFoundError; PermissionError for an escaped "secret"
+                        pass
+        stop.set()
+        thread.join()
+        return [done, escaped]
+
+    (ws / "linksrc").write_text("x")
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    done, escaped = run.result  # type: ignore[misc]
+    assert done > 0 and escaped == 0 and not os.path.lexists(ws / "secret"), run.result
