@@ -100,6 +100,7 @@ def policy_ref(ref: str) -> str:
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
     from guard.daemon.client import DaemonClient
+    from guard.model import Op
     from guard.net import policy_cidr_grant
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
     from guard.policy import load_policy
@@ -108,7 +109,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
     from guard.sandbox.seccomp import SeccompSpec
-    from guard.sandbox.supervisor import Supervisor
+    from guard.sandbox.supervisor import Supervisor, protected_link_names
 
     say = out or (lambda line: print(line, file=sys.stderr))
     if not opts.argv:
@@ -167,7 +168,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
             supervisor = Supervisor(proc.listener_fd, decide=decider.decide, record=decider.record_refusal,
                                     check=decider.check, sockets=decider.grants_socket, spec=spec,
-                                    workers=SUPERVISOR_WORKERS)
+                                    workers=SUPERVISOR_WORKERS,
+                                    link_names=protected_link_names(m.path for m in facts.matches
+                                                                    if Op.WRITE in m.ops))
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners, host_map={**dict(policy.host_map), **opts.resolve},

@@ -34,7 +34,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -638,7 +638,8 @@ class Supervisor:
 
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
                  spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None,
-                 sockets: Callable[[str], bool] | None = None) -> None:
+                 sockets: Callable[[str], bool] | None = None,
+                 link_names: Mapping[str, Sequence[str]] | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
         self.workers = workers
@@ -651,6 +652,8 @@ class Supervisor:
         self._check_only = check
         # Whether a rule grants connecting to the unix socket at this canonical path; None: none does.
         self._sockets = sockets
+        # canonical target -> protected symlink names pointing at it (see protected_link_names)
+        self._link_names = dict(link_names or {})
         self._bound: set[tuple[int, int]] = set()  # (dev, ino) of the sockets this session bound
         self._bound_lock = threading.Lock()
         # Acting as the task (_as_task): our own capability sets (every worker thread starts with them and
@@ -793,7 +796,7 @@ class Supervisor:
         not refuse what the canonical path's grant allows. Aliases that pass are not recorded."""
         if not self._judge([Action(op=op, target=res.path, pid=pid)]):
             return False
-        for alias in res.aliases:
+        for alias in (*res.aliases, *self._linked_names(res.path)):
             action = Action(op=op, target=alias, pid=pid)
             try:
                 first = (self._check_only or self._decide)(action)
@@ -808,6 +811,23 @@ class Supervisor:
             if not self._judge([action]):
                 return False
         return True
+
+    def _linked_names(self, path: str) -> list[str]:
+        """The protected names that are symlinks to `path` (or to a directory above it), found at launch
+        (`link_names`): writing uv's copy of ruff is writing `~/.local/bin/ruff`, though the agent never
+        used that name."""
+        if not self._link_names:
+            return []
+        out: list[str] = []
+        head, rest = path, ""
+        while True:
+            for link in self._link_names.get(head, ()):
+                out.append(link + rest)
+            if head in ("/", ""):
+                return out
+            head, tail = head.rsplit("/", 1)
+            rest = f"/{tail}{rest}"
+            head = head or "/"
 
     def _record_safely(self, action: Action, decision: Decision) -> None:
         try:
@@ -1616,6 +1636,47 @@ def _subtree(res: _Resolved, budget: int, deadline: float) -> list[str] | None:
     return out
 
 
+LINK_SCAN_MAX = 20_000  # entries looked at under the protected trees, at launch, at most
+LINK_SCAN_S = 1.0
+
+
+def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_MAX,
+                         seconds: float = LINK_SCAN_S) -> dict[str, tuple[str, ...]]:
+    """Symlinks at or under the protected `roots` (existing paths a deny or ask write rule covers, found
+    at launch) that lead out of them: canonical target -> the symlinks' own paths. `~/.local/bin/ruff`
+    points into uv's tool cache, which the agent may write; a write there is judged as a write of
+    `~/.local/bin/ruff` too. Bounded (entries and time): what is beyond is not mapped."""
+    found: dict[str, list[str]] = {}
+    deadline = time.monotonic() + seconds
+
+    def add(link: str, root: str) -> None:
+        target = os.path.realpath(link)
+        if target != root and not target.startswith(root.rstrip("/") + "/") and os.path.exists(target):
+            found.setdefault(target, []).append(link)
+
+    # deepest first: small bin directories (~/.local/bin) before whole toolchain trees (~/.rustup)
+    for root in sorted(dict.fromkeys(roots), key=lambda r: -r.count("/")):
+        budget = max_entries
+        if os.path.islink(root):
+            add(root, root)
+            continue
+        if not os.path.isdir(root):
+            continue
+        for top, dirs, files in os.walk(root):
+            for name in (*dirs, *files):
+                budget -= 1
+                path = os.path.join(top, name)
+                if os.path.islink(path):
+                    add(path, root)
+            if time.monotonic() > deadline:
+                log.warning("seccomp supervisor: stopped looking for symlinks at %s (time budget)", root)
+                return {k: tuple(v) for k, v in found.items()}
+            if budget <= 0:
+                log.warning("seccomp supervisor: stopped looking for symlinks under %s (too many)", root)
+                break
+    return {k: tuple(v) for k, v in found.items()}
+
+
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         try:
@@ -1651,11 +1712,11 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 
 @contextmanager
 def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
-            workers: int = 1, check: Decide | None = None,
-            sockets: Callable[[str], bool] | None = None) -> Iterator[Supervisor]:
+            workers: int = 1, check: Decide | None = None, sockets: Callable[[str], bool] | None = None,
+            link_names: Mapping[str, Sequence[str]] | None = None) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
     sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check,
-                     sockets=sockets)
+                     sockets=sockets, link_names=link_names)
     stop = threading.Event()
     thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
     thread.start()

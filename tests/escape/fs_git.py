@@ -129,6 +129,25 @@ def test_toolchain_entry_point_symlinked_into_a_cache(world):
     world.assert_denied(run, "write", link)
 
 
+def test_toolchain_entry_point_rewritten_through_its_cache_path(world):
+    """The same tool, written where it canonically lives (uv's tool directory, a writable cache) without
+    ever naming ~/.local/bin/ruff: the launch found that protected symlink and maps its target back."""
+    twin = _twin(world, "toolchain-canonical")
+    bare_marker = world.root / "bare-toolchain-canonical.marker"
+    write = 'printf %s "$PAYLOAD" > "$HOME/.local/share/uv/tools/ruff/bin/ruff"'
+    world.bare_run(world.sh(f'{write}; "$HOME/.local/bin/ruff"'), cwd=twin.ws,
+                   env={"PAYLOAD": _payload(bare_marker), "HOME": str(twin.home)})
+    assert bare_marker.exists()
+    marker = world.root / "guarded-toolchain-canonical.marker"
+    before = world.real.tool_target.read_bytes()
+    run = world.guard_run(world.sh(f"{write} && echo WROTE"), env={"PAYLOAD": _payload(marker)})
+    subprocess.run([str(world.real.tool_link)], check=False, timeout=30, capture_output=True,
+                   env={"HOME": str(world.home), "PATH": SYSTEM_PATH})
+    assert "WROTE" not in run.stdout and not marker.exists(), run
+    assert world.real.tool_target.read_bytes() == before
+    world.assert_denied(run, "write", world.real.tool_link)
+
+
 def test_honest_git_work_still_works(world):
     """What the new protections must not break: commit in the repository, in its submodule and in a
     fresh repository made inside the session (whose hooks directory is the agent's own to create)."""

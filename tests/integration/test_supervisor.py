@@ -25,7 +25,13 @@ import pytest
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import seccomp
 from guard.sandbox import syscalls_seccomp as sc
-from guard.sandbox.supervisor import ARGV_MAX_ARGS, SUPERVISOR_RULE, TRUNCATED_MARK, serving
+from guard.sandbox.supervisor import (
+    ARGV_MAX_ARGS,
+    SUPERVISOR_RULE,
+    TRUNCATED_MARK,
+    protected_link_names,
+    serving,
+)
 
 pytestmark = pytest.mark.skipif(sc.machine() != "x86_64", reason="raw syscall numbers are x86_64")
 
@@ -66,7 +72,8 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
                cwd: Path, spec: seccomp.SeccompSpec | None = None,
                server: Callable[[int], None] | None = None,
                check: Callable[[Action], Decision] | None = None, workers: int = 1,
-               sockets: Callable[[str], bool] | None = None) -> Run:
+               sockets: Callable[[str], bool] | None = None,
+               link_names: dict[str, tuple[str, ...]] | None = None) -> Run:
     """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
     back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits,
     with the Supervisor or, for a control experiment, with `server(listener_fd)` on a thread."""
@@ -120,7 +127,8 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
         thread.join()
         os.close(fds[0])
         return Run(status, b"".join(chunks), records)
-    with serving(fds[0], decide=decide, record=record, spec=spec, check=check, workers=workers, sockets=sockets):
+    with serving(fds[0], decide=decide, record=record, spec=spec, check=check, workers=workers, sockets=sockets,
+                 link_names=link_names):
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         os.close(r)
@@ -1352,3 +1360,29 @@ def test_name_creating_calls_are_race_free(ws: Path, call: str) -> None:
     run = supervised(child, deny_if("secret"), cwd=ws)
     done, escaped = run.result  # type: ignore[misc]
     assert done > 0 and escaped == 0 and not os.path.lexists(ws / "secret"), run.result
+
+
+def test_the_target_of_a_guarded_symlink_is_written_as_the_symlink(ws: Path) -> None:
+    """`binlinks/tool` is a symlink into a writable cache: writing the cache's file (never naming
+    `binlinks/tool`) is judged as writing `binlinks/tool` too, once the launch mapped the link."""
+    (ws / "cache" / "sub").mkdir(parents=True)
+    (ws / "cache" / "tool").write_text("v1")
+    (ws / "cache" / "sub" / "lib").write_text("v1")
+    (ws / "binlinks").mkdir()
+    os.symlink(str(ws / "cache" / "tool"), ws / "binlinks" / "tool")
+    os.symlink(str(ws / "cache" / "sub"), ws / "binlinks" / "sub")
+    links = protected_link_names([str(ws / "binlinks")])
+    assert links == {str(ws / "cache" / "tool"): (str(ws / "binlinks" / "tool"),),
+                     str(ws / "cache" / "sub"): (str(ws / "binlinks" / "sub"),)}
+
+    def child() -> object:
+        def write(path: str) -> object:
+            return _try(lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC)))
+        return {"tool": write("cache/tool"), "lib": write("cache/sub/lib"),
+                "other": _try(lambda: os.close(os.open("cache/other", os.O_WRONLY | os.O_CREAT, 0o644)))}
+
+    run = supervised(child, deny_if("binlinks"), cwd=ws, link_names=links)
+    assert run.result == {"tool": errno.EACCES, "lib": errno.EACCES, "other": "done"}
+    assert (ws / "cache" / "tool").read_text() == "v1"
+    denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
+    assert denied == {str(ws / "binlinks" / "tool"), str(ws / "binlinks" / "sub" / "lib")}
