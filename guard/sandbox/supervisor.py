@@ -1651,6 +1651,8 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
 
     def add(link: str, root: str) -> None:
         target = os.path.realpath(link)
+        if target == "/" or link.startswith(target + "/"):
+            return  # a link to an ancestor of itself (a loop, ~, /) names nothing of its own
         if target != root and not target.startswith(root.rstrip("/") + "/") and os.path.exists(target):
             found.setdefault(target, []).append(link)
 
