@@ -108,6 +108,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.announce import AskAnnouncer
     from guard.daemon.client import DaemonClient
     from guard.integrations.channel import HookChannel
+    from guard.model import Op
     from guard.net import policy_cidr_grant
     from guard.net.forward import ForwardThread, granted_loopback_ports, loopback_warnings
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
@@ -120,7 +121,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox.seccomp import SeccompSpec
     from guard.sandbox.state_dirs import create_state_dirs
     from guard.sandbox.state_dirs import describe as describe_state_dirs
-    from guard.sandbox.supervisor import Supervisor
+    from guard.sandbox.supervisor import Supervisor, protected_link_names
     from guard.sandbox.tool_env import tool_env
 
     emit = out or (lambda line: print(line, file=sys.stderr))
@@ -217,7 +218,10 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
             supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
-                                    check=decider.check, spec=spec, workers=SUPERVISOR_WORKERS)
+                                    check=decider.check, sockets=decider.grants_socket, spec=spec,
+                                    workers=SUPERVISOR_WORKERS,
+                                    link_names=protected_link_names(m.path for m in facts.matches
+                                                                    if Op.WRITE in m.ops))
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from guard.errors import DaemonError
-from guard.model import Action, Decision, Verdict
+from guard.model import Action, Decision, Op, Verdict
 
 # The rule id of refusals the session makes without the policy: the daemon could not be asked or told.
 FAIL_CLOSED_RULE = "guard:fail-closed"
@@ -109,6 +109,13 @@ class Decider:
 
     def _existed_at_launch(self, path: str) -> bool:
         return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)
+
+    def grants_socket(self, path: str) -> bool:
+        """Whether a rule grants connecting to the unix socket at `path` *by path*: an enforced allow-write
+        rule naming that very path (no glob). A broad write grant (/tmp/**, the workspace) is not one:
+        sockets there belong to the engineer's tmux, agents and credential caches."""
+        return any(rule.verdict is Verdict.ALLOW and Op.WRITE in rule.ops and not rule.audit_only
+                   and path in rule.patterns for rule in self._policy.file_rules())
 
     def on_record_failure(self, kill: Callable[[], None]) -> None:
         self._on_failure = kill

@@ -26,6 +26,7 @@ import ctypes
 import errno
 import logging
 import os
+import posixpath
 import select
 import shlex
 import socket
@@ -33,7 +34,7 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -56,6 +57,7 @@ AT_FDCWD = -100
 AT_SYMLINK_NOFOLLOW = 0x100
 AT_SYMLINK_FOLLOW = 0x400
 AT_EMPTY_PATH = 0x1000
+AT_REMOVEDIR = 0x200
 O_PATH = 0o10000000
 O_TMPFILE = 0o20000000 | os.O_DIRECTORY
 RESOLVE_NO_XDEV, RESOLVE_NO_MAGICLINKS, RESOLVE_NO_SYMLINKS = 0x01, 0x02, 0x04
@@ -160,7 +162,28 @@ _ATTR_OPS: dict[str, _AttrArg] = {
 SUPERVISOR_RULE = "guard-supervisor"
 _OTHER_NAMES = ("the file has other names (hard links) the policy cannot vouch for: writing through this "
                 "one would write them all")
+_SETID = ("a set-user-id or set-group-id file: another user (or, in a session run as root, anyone) who runs "
+          "it would run as this session's user")
+_CAPABILITY_XATTR = "security.capability"
 RENAME_EXCHANGE = 0x2
+# syscall -> which of its names (index in _PATH_OPS) it creates, and which must exist (EEXIST / ENOENT
+# are answered before the policy, as the kernel would)
+_CREATES: dict[str, tuple[int, ...]] = {"mkdir": (0,), "mkdirat": (0,), "mknod": (0,), "mknodat": (0,),
+                                        "symlink": (0,), "symlinkat": (0,), "link": (1,), "linkat": (1,)}
+_MUST_EXIST: dict[str, tuple[int, ...]] = {"rename": (0,), "renameat": (0,), "link": (0,), "linkat": (0,),
+                                           "unlink": (0,), "unlinkat": (0,), "rmdir": (0,), "truncate": (0,)}
+_MODE_ARG = {"chmod": 1, "fchmod": 1, "fchmodat": 2, "fchmodat2": 2}
+_CHOWN_ARGS = {"chown": (1, 2), "lchown": (1, 2), "fchownat": (2, 3)}  # (uid arg, gid arg), by path
+# xattr syscall -> (index of its name argument, "set" | "remove" | "at": a struct xattr_args)
+_XATTR_ARGS = {"setxattr": (1, "set"), "lsetxattr": (1, "set"), "fsetxattr": (1, "set"),
+               "setxattrat": (3, "at"), "removexattr": (1, "remove"), "lremovexattr": (1, "remove"),
+               "fremovexattr": (1, "remove"), "removexattrat": (3, "remove")}
+XATTR_NAME_MAX = 255
+SENDTO_MAX = 1 << 20  # bytes of one sendto to a unix path the supervisor sends on the task's behalf
+_PIDFD_THREAD = os.O_EXCL  # pidfd_open: a pidfd for this very thread (its fd table), kernel 6.9+
+_FOREIGN_SOCKET = ("a unix socket this session did not create (tmux, an agent, a credential cache, an editor "
+                   "listen there): grant it by path in the policy if the agent needs it")
+XATTR_SIZE_MAX = 65536
 TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, at most
 TREE_WALK_S = 0.5
 _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
@@ -368,6 +391,9 @@ class _Resolved:
     obj: int | None = None  # an O_PATH fd of the object a /proc magic link pointed at
     anonymous: bool = False  # obj is not in the file system (pipe, socket, anon inode)
     must_be_dir: bool = False  # the path ended in "/": the final name must be (or become) a directory
+    # Other names the path passed through: as the task wrote it (lexically, from its cwd or dirfd) and
+    # each symlink met on the way, with the rest of the path after it. A write is judged on all of them.
+    aliases: tuple[str, ...] = ()
 
     @property
     def path(self) -> str:
@@ -391,6 +417,24 @@ class _Walker:
 
     def resolve(self, dirfd: int | None, path: str, *, follow: bool, empty_ok: bool = False,
                 beneath: bool = False, in_root: bool = False) -> _Resolved:
+        """Where `path` leads, and (in `aliases`) every other name it passed through on the way."""
+        self._aliases: list[str] = []
+        res = self._resolve(dirfd, path, follow=follow, empty_ok=empty_ok, beneath=beneath, in_root=in_root)
+        if not res.anonymous:
+            res.aliases = tuple(a for a in dict.fromkeys(self._aliases) if a != res.path)
+        return res
+
+    def _alias(self, path: str) -> None:
+        """Remember a name the path passed through; /proc names are not (their magic links are judged
+        on the object they stand for, and /proc holds no file a rule protects)."""
+        norm = posixpath.normpath(path)
+        if norm.startswith("//"):
+            norm = "/" + norm.lstrip("/")
+        if norm != "/proc" and not norm.startswith("/proc/"):
+            self._aliases.append(norm)
+
+    def _resolve(self, dirfd: int | None, path: str, *, follow: bool, empty_ok: bool,
+                 beneath: bool, in_root: bool) -> _Resolved:
         task = self.task
         if path == "":
             if not empty_ok:
@@ -412,6 +456,8 @@ class _Walker:
                 raise _Unvouched()
             base_comps = found
         floor = len(base_comps) if (beneath or in_root) else 0
+        if not (beneath or in_root):
+            self._alias(path if path.startswith("/") else "/" + "/".join([*base_comps, path]))
         if path.startswith("/"):
             if beneath:
                 raise _Reply(errno.EXDEV)
@@ -469,6 +515,8 @@ class _Walker:
                 links += 1
                 if links > SYMLINK_MAX or self.no_symlinks:
                     raise _Reply(errno.ELOOP)
+                if not _is_procfs(parent):  # the symlink's own name, continued by the rest of the path
+                    self._alias("/" + "/".join([*comps, name, *todo]))
                 target = self._link_target(parent, name, comps)
                 if isinstance(target, _Resolved):  # an anonymous object: no directory to go on into
                     if not last:
@@ -590,7 +638,9 @@ class Supervisor:
     """
 
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
-                 spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None) -> None:
+                 spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None,
+                 sockets: Callable[[str], bool] | None = None,
+                 link_names: Mapping[str, Sequence[str]] | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
         self.workers = workers
@@ -601,6 +651,21 @@ class Supervisor:
         # A decision that records nothing, for the many paths inside a renamed directory: only those it
         # does not allow go through `decide` (and so the trail). None: every one goes through `decide`.
         self._check_only = check
+        # Whether a rule grants connecting to the unix socket at this canonical path; None: none does.
+        self._sockets = sockets
+        # canonical target -> protected symlink names pointing at it (see protected_link_names)
+        self._link_names = dict(link_names or {})
+        self._bound: set[tuple[int, int]] = set()  # (dev, ino) of the sockets this session bound
+        self._bound_lock = threading.Lock()
+        # Acting as the task (_as_task): our own capability sets (every worker thread starts with them and
+        # gets them back after each act) and each task's fsuid/fsgid, read once per pid. No process in the
+        # sandbox can change its ids (no_new_privs, no capabilities, one uid and gid mapped), so a pid
+        # reused inside it has the same ones.
+        self._caps = sc.thread_caps()
+        self._lean_caps = sc.without_effective(self._caps)
+        self._privileged = sc.effective_caps(self._caps) != 0
+        self._own_ids = (os.geteuid(), os.getegid())
+        self._task_ids: dict[int, tuple[int, int]] = {}
         table = ARCHES[self.spec.arch]
         self._names = table.names()
         self._arch = table.audit_arch
@@ -693,9 +758,9 @@ class Supervisor:
             os.close(self.fd)
 
     # replies ----------------------------------------------------------------------------------------
-    def _send(self, nid: int, *, error: int = 0, cont: bool = False) -> None:
+    def _send(self, nid: int, *, error: int = 0, cont: bool = False, val: int = 0) -> None:
         try:
-            sc.notif_send(self.fd, nid, error=error, cont=cont)
+            sc.notif_send(self.fd, nid, val=val, error=error, cont=cont)
         except OSError as exc:
             if exc.errno != errno.ENOENT:
                 raise
@@ -723,6 +788,54 @@ class Supervisor:
                 allowed = False
         return allowed
 
+    def _judge_names(self, res: _Resolved, pid: int, op: Op = Op.WRITE) -> bool:
+        """Judge `op` on the canonical path and on every other name the path passed through; the
+        strictest verdict wins. `mv .git/hooks h; ln -s h .git/hooks; echo > .git/hooks/pre-commit`
+        writes a plain workspace file canonically, but `.git/hooks/pre-commit` by the name git will run;
+        `~/.local/bin/ruff` is a symlink into a writable cache. An alias counts only when a rule speaks
+        about it (an explicit allow, deny or ask): a name nothing mentions (a symlinked /home, say) does
+        not refuse what the canonical path's grant allows. Aliases that pass are not recorded."""
+        if not self._judge([Action(op=op, target=res.path, pid=pid)]):
+            return False
+        for alias in (*res.aliases, *self._linked_names(res.path)):
+            action = Action(op=op, target=alias, pid=pid)
+            try:
+                first = (self._check_only or self._decide)(action)
+            except Exception:
+                log.exception("seccomp supervisor: check() failed for %s", action)
+                first = Decision(Verdict.DENY, SUPERVISOR_RULE, "guard: decision failed, refused")
+            if first.rule_id is None or first.enforced is Verdict.ALLOW:
+                continue
+            if self._check_only is None:
+                self._record_safely(action, first)
+                return False
+            if not self._judge([action]):
+                return False
+        return True
+
+    def _linked_names(self, path: str) -> list[str]:
+        """The protected names that are symlinks to `path` (or to a directory above it), found at launch
+        (`link_names`): writing uv's copy of ruff is writing `~/.local/bin/ruff`, though the agent never
+        used that name."""
+        if not self._link_names:
+            return []
+        out: list[str] = []
+        head, rest = path, ""
+        while True:
+            for link in self._link_names.get(head, ()):
+                out.append(link + rest)
+            if head in ("/", ""):
+                return out
+            head, tail = head.rsplit("/", 1)
+            rest = f"/{tail}{rest}"
+            head = head or "/"
+
+    def _record_safely(self, action: Action, decision: Decision) -> None:
+        try:
+            self._record(action, decision)
+        except Exception:
+            log.exception("seccomp supervisor: record() failed for %s", action)
+
     # dispatch ---------------------------------------------------------------------------------------
     def _handle(self, n: sc.Notif) -> None:
         name = self._names.get(n.nr, "")
@@ -740,6 +853,8 @@ class Supervisor:
                     self._path_op(n, name, task, stack)
                 elif name in _ATTR_OPS:
                     self._attr_op(n, name, task, stack)
+                elif name == "bind":
+                    self._bind(n, task, stack)
                 elif name in ("connect", "sendto"):
                     self._connect(n, name, task, stack)
                 else:
@@ -811,7 +926,7 @@ class Supervisor:
         walker = _Walker(task, stack)
         targets: list[str] = []
         found: list[_Resolved] = []
-        flags = _s32(a[4]) if name in ("linkat", "renameat2") else 0
+        flags = _s32(a[4]) if name in ("linkat", "renameat2") else _s32(a[2]) if name == "unlinkat" else 0
         for i, spec in enumerate(_PATH_OPS[name]):
             dirfd = None if spec.dirfd_arg is None else _s32(a[spec.dirfd_arg])
             follow = spec.follow or (name == "linkat" and i == 0 and bool(flags & AT_SYMLINK_FOLLOW))
@@ -823,12 +938,16 @@ class Supervisor:
             if not res.anonymous:
                 targets.append(res.path)
         self._check(n.id)
+        self._kernel_answer(name, found, flags)
         actions = [Action(op=Op.WRITE, target=t, pid=n.pid) for t in dict.fromkeys(targets)]
+        if name in ("mknod", "mknodat"):
+            self._check_mknod(actions[0], n.args[1] if name == "mknod" else n.args[2])
         if name == "truncate" and not found[0].anonymous and _has_other_names(found[0]):
             self._refuse(actions[0], _OTHER_NAMES)
             raise _Reply(errno.EACCES)
-        if not self._judge(actions):
-            raise _Reply(errno.EACCES)
+        for res in found:  # each name, on every path it passed through
+            if not res.anonymous and not self._judge_names(res, n.pid):
+                raise _Reply(errno.EACCES)
         if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
             self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
             # agent config that starts programs (~/.claude.json's MCP servers): judged on content
@@ -836,7 +955,111 @@ class Supervisor:
             programs = rename_programs_action((src.parent, src.name), (dst.parent, dst.name), dst.path, n.pid)
             if programs is not None and not self._judge([programs]):
                 raise _Reply(errno.EACCES)
-        self._send(n.id, cont=True)
+        self._perform(n.id, task, self._name_op(n, name, task, found, flags))
+
+    def _name_op(self, n: sc.Notif, name: str, task: _Task, found: list[_Resolved],
+                 flags: int) -> Callable[[], None]:
+        """The change itself, on the directories the walk holds and the names it judged: performed by the
+        supervisor (as the task), so a thread that rewrites a path after the check changes nothing and no
+        name comes into being that was not decided. What the kernel would answer comes back as the
+        syscall's result."""
+        a = n.args
+        src, dst = found[0], found[-1]
+        follows = name in ("truncate", "link", "linkat")  # their first path may lead to an object we hold
+        if not follows and any(r.name == "." or r.obj is not None for r in found):
+            raise _Reply(errno.EINVAL)  # ".", or a magic link as a name: nothing the kernel would do either
+        if name.startswith("rename"):
+            rflags = flags if name == "renameat2" else 0
+            return lambda: sc.renameat2(src.parent, src.name, dst.parent, dst.name, rflags)
+        if name in ("link", "linkat"):
+            if dst.obj is not None or dst.name == ".":
+                raise _Reply(errno.EEXIST)
+            if src.obj is not None:  # AT_EMPTY_PATH or a followed /proc/self/fd link: the object we hold
+                where = f"/proc/self/fd/{src.obj}"
+                return lambda: os.link(where, dst.name, dst_dir_fd=dst.parent, follow_symlinks=True)
+            return lambda: os.link(src.name, dst.name, src_dir_fd=src.parent, dst_dir_fd=dst.parent,
+                                   follow_symlinks=False)
+        if name in ("symlink", "symlinkat"):
+            text, complete = task.read_str(a[0], PATH_MAX)
+            self._check(n.id)
+            if not complete:
+                raise _Reply(errno.ENAMETOOLONG)
+            if not text:
+                raise _Reply(errno.ENOENT)
+            return lambda: os.symlink(text, os.fsencode(dst.name), dir_fd=dst.parent)
+        if name in ("mkdir", "mkdirat"):
+            mode = (a[1] if name == "mkdir" else a[2]) & 0o1777
+            return lambda: self._make(task, dst, mode, directory=True)
+        if name in ("mknod", "mknodat"):
+            mode, dev = (a[1], a[2]) if name == "mknod" else (a[2], a[3])
+            return lambda: self._make(task, dst, mode & 0xFFFFFFFF, dev=dev & 0xFFFFFFFF)
+        if name in ("unlink", "rmdir", "unlinkat"):
+            if name == "rmdir" or flags & AT_REMOVEDIR:
+                return lambda: os.rmdir(dst.name, dir_fd=dst.parent)
+            return lambda: os.unlink(dst.name, dir_fd=dst.parent)
+        if name == "truncate":
+            length = a[1] - (1 << 64) if a[1] & (1 << 63) else a[1]
+            return lambda: _truncate_at(src, length)
+        raise _Reply(errno.ENOSYS)
+
+    def _make(self, task: _Task, dst: _Resolved, mode: int, *, directory: bool = False, dev: int = 0) -> None:
+        """mkdir/mknod at the held parent, then the exact mode the task would get: its umask, not ours
+        (the kernel applies the supervisor's process umask too), keeping a set-group-id directory's
+        inherited bit."""
+        umask = int(task.status("Umask") or "022", 8)
+        perms = mode & 0o1777 & ~umask
+        if directory:
+            os.mkdir(dst.name, perms, dir_fd=dst.parent)
+        else:
+            os.mknod(dst.name, (stat.S_IFMT(mode) or stat.S_IFREG) | perms, dev, dir_fd=dst.parent)
+        fd = os.open(dst.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst.parent)
+        try:
+            st = os.fstat(fd)
+            keep = st.st_mode & stat.S_ISGID if stat.S_ISDIR(st.st_mode) else 0
+            if stat.S_IMODE(st.st_mode) != perms | keep:
+                os.chmod(f"/proc/self/fd/{fd}", perms | keep)
+        finally:
+            os.close(fd)
+
+    def _kernel_answer(self, name: str, found: list[_Resolved], flags: int) -> None:
+        """Where the object is visible to the task and the kernel would refuse anyway, answer what the
+        kernel would (EEXIST, ENOENT), before any policy EACCES: `mkdir -p ~` or Node's recursive
+        mkdir of an existing folder must see EEXIST. The walk went through the task's own root, so
+        what it sees is what the task's view shows (masked trees are empty there): nothing leaks."""
+        def exists(res: _Resolved) -> bool:
+            return res.obj is not None or res.name == "." or _lstat_or_none(res.parent, res.name) is not None
+
+        for i in _CREATES.get(name, ()):
+            if exists(found[i]):
+                raise _Reply(errno.EEXIST)
+        needs = _MUST_EXIST.get(name, ())
+        if name == "renameat2" and flags & RENAME_EXCHANGE:
+            needs = (0, 1)
+        elif name == "renameat2":
+            needs = (0,)
+        for i in needs:
+            if not found[i].anonymous and not exists(found[i]):
+                raise _Reply(errno.ENOENT)
+        res = found[0]
+        if name in ("unlink", "unlinkat", "rmdir", "truncate") and not res.anonymous and res.obj is None:
+            there = None if res.name == "." else _lstat_or_none(res.parent, res.name)
+            is_dir = res.name == "." or (there is not None and stat.S_ISDIR(there.st_mode))
+            removes_dir = name == "rmdir" or (name == "unlinkat" and bool(flags & AT_REMOVEDIR))
+            if removes_dir and not is_dir:
+                raise _Reply(errno.ENOTDIR)
+            if not removes_dir and is_dir:
+                raise _Reply(errno.EISDIR)
+
+    def _check_mknod(self, action: Action, mode: int) -> None:
+        """What mknod may create is an allowlist: regular files, FIFOs and sockets, never a device
+        node, and never with set-user-id or set-group-id bits (a set-id file another user runs)."""
+        kind = stat.S_IFMT(mode & 0xFFFFFFFF) or stat.S_IFREG
+        if kind not in (stat.S_IFREG, stat.S_IFIFO, stat.S_IFSOCK):
+            self._refuse(action, "mknod of a device node")
+            raise _Reply(errno.EPERM)
+        if mode & (stat.S_ISUID | stat.S_ISGID):
+            self._refuse(action, _SETID)
+            raise _Reply(errno.EPERM)
 
     def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> None:
         """A directory rename writes every path under both its names: `mv .git g; echo x > g/hooks/h;
@@ -868,86 +1091,284 @@ class Supervisor:
                     raise _Reply(errno.EACCES)
 
     def _attr_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change."""
+        """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change.
+
+        Set-id bits and file capabilities are refused outright (EPERM, recorded). Mode, owner and
+        xattr changes named by a path are then *performed by the supervisor* on the object it resolved
+        and holds, with the task's file-system ids and no capability of ours, so a path swapped after
+        the check changes nothing; by a descriptor (fchmod, fchown) the object is fixed and the
+        arguments are registers, so CONTINUE is exact. Times, inode flags and ftruncate are CONTINUEd."""
         spec = _ATTR_OPS[name]
         a = n.args
         fd = None if spec.fd_arg is None else _s32(a[spec.fd_arg])
         flags = 0 if spec.flags_arg is None else _s32(a[spec.flags_arg])
         path_addr = 0 if spec.path_arg is None else a[spec.path_arg]
+        res: _Resolved | None = None
         if spec.path_arg is None or (path_addr == 0 and fd is not None and fd != AT_FDCWD):
             # The descriptor names the object (f* calls, utimensat(fd, NULL)): nothing can swap it.
             if fd is None or fd < 0:
                 raise _Reply(errno.EBADF)
             obj = task.base(fd)
             comps = task.canonical(obj)
-            self._check(n.id)
-            if comps is None:
-                self._nameless(n.id, obj)
-                return
-            target = "/" + "/".join(comps)
+            target = None if comps is None else "/" + "/".join(comps)
         else:
             path = task.read_path(path_addr)
             self._check(n.id)
             follow = spec.follow and not flags & AT_SYMLINK_NOFOLLOW
             res = _Walker(task, stack).resolve(fd, path, follow=follow, empty_ok=bool(flags & AT_EMPTY_PATH))
-            if res.anonymous:
-                self._check(n.id)
-                self._nameless(n.id, res.parent if res.obj is None else res.obj)
-                return
-            if res.obj is None and res.name != ".":
-                os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: nothing to change
-            target = res.path
+            if res.obj is not None:
+                obj = res.obj
+            else:
+                # ENOENT when missing: nothing to change, nothing to decide
+                obj = os.open(res.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.parent)
+                stack.callback(os.close, obj)
+            target = None if res.anonymous else res.path
+        self._check(n.id)
+        action = Action(op=Op.WRITE, target=target or f"<{name} of an object with no path>", pid=n.pid)
+        st = os.fstat(obj)
+        if name in _MODE_ARG:
+            mode = a[_MODE_ARG[name]] & 0o7777
+            if mode & stat.S_ISUID or (mode & stat.S_ISGID and not stat.S_ISDIR(st.st_mode)):
+                self._refuse(action, _SETID)
+                raise _Reply(errno.EPERM)
+        xname = value = None
+        xflags = 0
+        bad_args: _Reply | None = None  # answered after the policy's refusal, which comes first
+        if name in _XATTR_ARGS:
+            try:
+                xname, value, xflags = self._xattr_args(task, name, a)
+            except _Reply as exc:
+                bad_args = exc
             self._check(n.id)
-        if self._judge([Action(op=Op.WRITE, target=target, pid=n.pid)]):
-            self._send(n.id, cont=True)
+            if xname == _CAPABILITY_XATTR and _XATTR_ARGS[name][1] != "remove":
+                self._refuse(action, "setting file capabilities (security.capability): the file would run "
+                                     "with privileges outside the sandbox")
+                raise _Reply(errno.EPERM)
+        if target is None:
+            if os.readlink(f"/proc/self/fd/{obj}").startswith("/") and st.st_nlink > 0:
+                raise _Unvouched()  # still linked somewhere the task's view does not show
+        elif res is not None:
+            if not self._judge_names(res, n.pid):
+                raise _Reply(errno.EACCES)
+        elif not self._judge([action]):
+            raise _Reply(errno.EACCES)
+        if bad_args is not None:
+            raise bad_args
+        if spec.path_arg is None and name not in _XATTR_ARGS:
+            self._send(n.id, cont=True)  # fchmod, fchown, ftruncate, ...: fixed object, register arguments
+            return
+        if name in _MODE_ARG:
+            if stat.S_ISLNK(st.st_mode):
+                raise _Reply(errno.EOPNOTSUPP)  # what fchmodat2(AT_SYMLINK_NOFOLLOW) answers for a symlink
+            self._perform(n.id, task, lambda: os.chmod(f"/proc/self/fd/{obj}", a[_MODE_ARG[name]] & 0o7777))
+        elif name in _CHOWN_ARGS:
+            ui, gi = _CHOWN_ARGS[name]
+            self._perform(n.id, task, lambda: _fchown_empty(obj, a[ui] & 0xFFFFFFFF, a[gi] & 0xFFFFFFFF))
+        elif xname is not None:
+            where = f"/proc/self/fd/{obj}"
+            if value is None:
+                self._perform(n.id, task, lambda: os.removexattr(where, xname))
+            else:
+                self._perform(n.id, task, lambda: os.setxattr(where, xname, value, xflags))
         else:
-            self._send(n.id, error=errno.EACCES)
+            self._send(n.id, cont=True)  # times, inode flags: residual race documented in docs/seccomp.md
 
-    def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """connect (and sendto with an address) to a pathname unix socket: a WRITE of the socket's
-        canonical path (POSIX asks write permission on a socket to connect). Every other address
-        family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own network
-        namespace and Landlock's abstract-socket scope judge those."""
-        a = n.args
-        addr, size = (a[1], a[2]) if name == "connect" else (a[4], a[5])
+    def _xattr_args(self, task: _Task, name: str, a: tuple[int, ...]) -> tuple[str, bytes | None, int]:
+        """(name, value or None for a removal, flags) of an xattr syscall, read from the task once."""
+        name_arg, kind = _XATTR_ARGS[name]
+        raw, complete = task.read_str(a[name_arg], XATTR_NAME_MAX + 1)
+        if not complete or not raw:
+            raise _Reply(errno.ERANGE)
+        xname = os.fsdecode(raw)
+        if kind == "remove":
+            return xname, None, 0
+        if kind == "at":  # struct xattr_args {u64 value; u32 size; u32 flags}
+            if (a[5] & 0xFFFFFFFF) < 16:
+                raise _Reply(errno.EINVAL)
+            ptr, size, xflags = struct.unpack("=QII", task.read(a[4], 16)[:16].ljust(16, b"\0"))
+        else:
+            ptr, size, xflags = a[name_arg + 1], a[name_arg + 2] & 0xFFFFFFFF, a[name_arg + 3] & 0xFFFFFFFF
+        if size > XATTR_SIZE_MAX:
+            raise _Reply(errno.E2BIG)
+        value = task.read(ptr, size) if size else b""
+        if len(value) < size:
+            raise _Reply(errno.EFAULT)
+        return xname, value, xflags
+
+    def _perform(self, nid: int, task: _Task, act: Callable[[], None]) -> None:
+        """Do the change ourselves, as the task, and answer with its result."""
+        with self._as_task(task):
+            try:
+                act()
+            except OSError as exc:
+                self._send(nid, error=exc.errno or errno.EACCES)
+                return
+        self._send(nid)
+
+    @contextmanager
+    def _as_task(self, task: _Task) -> Iterator[None]:
+        """Act with the task's file-system uid and gid and none of our capabilities, on this thread only
+        (setfsuid and capset are per thread): as root, the supervisor must not write a file the task
+        could not, chown what the task could not, or pass DAC checks the task would fail."""
+        ids = self._task_ids.get(task.pid)
+        if ids is None:
+            uids, gids = task.status("Uid").split(), task.status("Gid").split()
+            if len(uids) != 4 or len(gids) != 4:
+                raise _Gone()
+            ids = self._task_ids[task.pid] = (int(uids[3]), int(gids[3]))
+        same = ids == self._own_ids
+        if same and not self._privileged:
+            yield  # the common case: guard run by the user, who is the task's user, holding no capability
+            return
+        old_gid = old_uid = -1
+        if not same:
+            old_gid = sc.setfsgid(ids[1])
+            old_uid = sc.setfsuid(ids[0])
+        try:
+            if self._privileged:
+                sc.set_thread_caps(self._lean_caps)
+            yield
+        finally:
+            if not same:
+                sc.setfsuid(old_uid)
+                sc.setfsgid(old_gid)
+            if self._privileged:
+                sc.set_thread_caps(self._caps)
+
+    def _sun_path(self, n: sc.Notif, task: _Task, addr: int, size: int) -> str | None:
+        """The path of a pathname AF_UNIX address the task passed, read once; None for every other
+        address (another family, abstract, unnamed), which the kernel judges itself."""
         size &= 0xFFFFFFFF
         if addr == 0 or size <= _SUN_PATH_OFF:
-            self._send(n.id, cont=True)
-            return
+            return None
         raw = task.read(addr, min(size, _SOCKADDR_UN_MAX))
         self._check(n.id)
         if len(raw) < _SUN_PATH_OFF or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
-            self._send(n.id, cont=True)
-            return
+            return None
         if size > _SOCKADDR_UN_MAX:
             raise _Reply(errno.EINVAL)
         if len(raw) < size:
             raise _Reply(errno.EFAULT)
         sun_path = raw[_SUN_PATH_OFF:size].split(b"\0", 1)[0]
         if raw[_SUN_PATH_OFF] == 0 or not sun_path:
-            self._send(n.id, cont=True)  # abstract (Landlock's scope refuses those) or unnamed
+            return None  # abstract (Landlock's scope refuses those) or unnamed
+        return os.fsdecode(sun_path)
+
+    def _task_socket(self, task: _Task, n: sc.Notif, fd: int, stack: ExitStack) -> socket.socket:
+        """Our own descriptor for the task's socket `fd` (the same open file description), taken with
+        pidfd_getfd: what we bind or connect, the task holds."""
+        try:
+            pidfd = os.pidfd_open(n.pid, _PIDFD_THREAD)
+        except OSError as exc:
+            if exc.errno == errno.ESRCH:
+                raise _Gone() from exc
+            pidfd = os.pidfd_open(int(task.status("Tgid")))
+        try:
+            ours = sc.pidfd_getfd(pidfd, fd)
+        except OSError as exc:
+            raise _Reply(errno.EBADF if exc.errno == errno.EBADF else errno.EACCES) from exc
+        finally:
+            os.close(pidfd)
+        self._check(n.id)
+        try:
+            sock = socket.socket(fileno=ours)
+        except OSError as exc:
+            os.close(ours)
+            raise _Reply(errno.ENOTSOCK) from exc
+        stack.callback(sock.close)  # ours only: the task keeps its own descriptor
+        return sock
+
+    def _bind(self, n: sc.Notif, task: _Task, stack: ExitStack) -> None:
+        """bind(2) of a pathname unix socket creates a name on the file system: decided like any create
+        on every name the path passes through, recorded, then *performed by the supervisor* on the
+        parent directory it holds (so a rewritten address after the check binds nothing else), as the
+        task, with the task's umask. The socket's inode is remembered: connecting to a socket the
+        session created itself needs no rule."""
+        a = n.args
+        path = self._sun_path(n, task, a[1], a[2])
+        if path is None:
+            self._send(n.id, cont=True)
             return
-        res = _Walker(task, stack).resolve(None, os.fsdecode(sun_path), follow=True)
+        res = _Walker(task, stack).resolve(None, path, follow=False)
+        self._check(n.id)
+        if res.anonymous or res.obj is not None or res.name == "." or res.must_be_dir:
+            raise _Reply(errno.EADDRINUSE)
+        if _lstat_or_none(res.parent, res.name) is not None:
+            raise _Reply(errno.EADDRINUSE)  # what the kernel answers, before the policy
+        if not self._judge_names(res, n.pid):
+            raise _Reply(errno.EACCES)
+        where = f"/proc/self/fd/{res.parent}/{res.name}"
+        if len(os.fsencode(where)) >= _SOCKADDR_UN_MAX - _SUN_PATH_OFF:
+            raise _Reply(errno.ENAMETOOLONG)
+        sock = self._task_socket(task, n, _s32(a[0]), stack)
+        umask = int(task.status("Umask") or "022", 8)
+        with self._as_task(task):
+            try:
+                sock.bind(where)
+                os.chmod(res.name, 0o777 & ~umask, dir_fd=res.parent, follow_symlinks=False)
+                st = os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)
+            except OSError as exc:
+                self._send(n.id, error=exc.errno or errno.EACCES)
+                return
+        with self._bound_lock:
+            self._bound.add((st.st_dev, st.st_ino))
+        self._send(n.id)
+
+    def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
+        """connect (and sendto with an address) to a pathname unix socket.
+
+        Default deny: only a socket this session bound itself, or one a rule grants by path (`sockets`),
+        may be reached; the policy's deny and ask rules on every name of the path still apply. Race-free
+        like write-opens: the address is read once, the supervisor resolves it, holds the socket's inode
+        and connects the task's own socket (taken with pidfd_getfd) to that inode through
+        /proc/self/fd, as the task; the kernel never reads the task's address again. Every other
+        address family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own
+        network namespace and Landlock's abstract-socket scope judge those."""
+        a = n.args
+        path = self._sun_path(n, task, *((a[1], a[2]) if name == "connect" else (a[4], a[5])))
+        if path is None:
+            self._send(n.id, cont=True)
+            return
+        res = _Walker(task, stack).resolve(None, path, follow=True)
         self._check(n.id)
         action = Action(op=Op.WRITE, target=res.path, pid=n.pid)
         if res.anonymous:
             self._refuse(action, "connect to a socket with no path in the sandbox's view")
             raise _Reply(errno.EACCES)
-        if res.obj is None:
-            os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)  # ENOENT: no socket, nothing to judge
-        if self._judge([action]):
-            self._send(n.id, cont=True)
-        else:
-            self._send(n.id, error=errno.EACCES)
-
-    def _nameless(self, nid: int, obj: int) -> None:
-        """An attribute change of an object with no path in the task's view: a pipe, socket, anonymous
-        inode or a deleted file nothing else links to changes nothing on the file system (CONTINUE); a
-        file still linked somewhere we cannot see is refused, as there is no path to decide on."""
-        text = os.readlink(f"/proc/self/fd/{obj}")
-        if text.startswith("/") and os.fstat(obj).st_nlink > 0:
-            raise _Unvouched()
-        self._send(nid, cont=True)
+        if res.obj is not None:
+            obj = res.obj
+        else:  # ENOENT: no socket, nothing to judge
+            obj = os.open(res.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=res.parent)
+            stack.callback(os.close, obj)
+        st = os.fstat(obj)
+        if not stat.S_ISSOCK(st.st_mode):
+            raise _Reply(errno.ECONNREFUSED)  # what the kernel answers for a path that is not a socket
+        if not self._judge_names(res, n.pid):
+            raise _Reply(errno.EACCES)
+        with self._bound_lock:
+            ours = (st.st_dev, st.st_ino) in self._bound
+        if not ours and not (self._sockets is not None and self._sockets(res.path)):
+            self._refuse(action, _FOREIGN_SOCKET)
+            raise _Reply(errno.EACCES)
+        sock = self._task_socket(task, n, _s32(a[0]), stack)
+        where = f"/proc/self/fd/{obj}"
+        if name == "connect":
+            self._perform(n.id, task, lambda: sock.connect(where))
+            return
+        size = a[2] & 0xFFFFFFFF
+        if size > SENDTO_MAX:
+            raise _Reply(errno.EMSGSIZE)  # a datagram is sent whole or not at all; unix ones are far smaller
+        data = task.read(a[1], size) if size else b""
+        if len(data) < size:
+            raise _Reply(errno.EFAULT)
+        self._check(n.id)
+        with self._as_task(task):
+            try:
+                sent = sock.sendto(data, a[3] & 0xFFFFFFFF, where)
+            except OSError as exc:
+                self._send(n.id, error=exc.errno or errno.EACCES)
+                return
+        self._send(n.id, val=sent)
 
     def _refuse(self, action: Action, reason: str) -> None:
         """Record a DENY the supervisor makes itself, without asking the policy."""
@@ -993,14 +1414,19 @@ class Supervisor:
             else:
                 self._send(n.id, error=errno.EACCES)
             return
-        if not res.anonymous and not self._judge([Action(op=Op.WRITE, target=res.path, pid=n.pid)]):
+        # What the kernel answers whatever the permissions, for objects the task can see: EEXIST for an
+        # exclusive create of an existing name, EISDIR for writing a directory (or creating "name/").
+        tmpfile = (flags & O_TMPFILE) == O_TMPFILE
+        if res.obj is None and not res.anonymous and not tmpfile:
+            there = None if res.name == "." else _lstat_or_none(res.parent, res.name)
+            if flags & os.O_CREAT and flags & os.O_EXCL and (there is not None or res.name == "."):
+                raise _Reply(errno.EEXIST)
+            is_dir = res.name == "." or (there is not None and stat.S_ISDIR(there.st_mode))
+            if is_dir or res.must_be_dir:
+                raise _Reply(errno.EISDIR if is_dir or flags & os.O_CREAT else errno.ENOENT)
+        if not res.anonymous and not self._judge_names(res, n.pid):
             self._send(n.id, error=errno.EACCES)
             return
-        tmpfile = (flags & O_TMPFILE) == O_TMPFILE
-        if res.obj is None and not tmpfile and (res.must_be_dir or res.name == "."):
-            # Writing to a directory, or creating "name/": the kernel refuses both the same way.
-            exists = res.name == "." or _lstat_or_none(res.parent, res.name) is not None
-            raise _Reply(errno.EISDIR if exists or flags & os.O_CREAT else errno.ENOENT)
         cloexec = bool(flags & os.O_CLOEXEC)
         target: os.stat_result | None
         obj = res.obj
@@ -1025,10 +1451,11 @@ class Supervisor:
 
         def opener() -> int:
             try:
-                if ours:
-                    fd = os.open(f"/proc/self/fd/{held}", ours)
-                else:
-                    fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
+                with self._as_task(task):  # DAC checks as the task: never our uid or capabilities
+                    if ours:
+                        fd = os.open(f"/proc/self/fd/{held}", ours)
+                    else:
+                        fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
             finally:
                 os.close(held)
             try:
@@ -1039,7 +1466,8 @@ class Supervisor:
                     self._refuse(action, _OTHER_NAMES)
                     raise OSError(errno.EACCES, _OTHER_NAMES)
                 if trunc and stat.S_ISREG(st.st_mode):
-                    _truncate(fd, flags)
+                    with self._as_task(task):
+                        _truncate(fd, flags)
             except BaseException:
                 os.close(fd)
                 raise
@@ -1067,6 +1495,7 @@ class Supervisor:
         """Open `name` under the held `parent` as the task asked, creating it with the task's umask
         and owner when the open creates it."""
         ours = _our_flags(flags)
+        mode &= ~(stat.S_ISUID | stat.S_ISGID)  # a created file is never set-id (see _SETID)
         creates = bool(flags & os.O_CREAT) or (flags & O_TMPFILE) == O_TMPFILE
         if not creates:
             return os.open(name, ours, dir_fd=parent)
@@ -1143,6 +1572,25 @@ def _truncate(fd: int, flags: int) -> None:
         os.close(wfd)
 
 
+def _truncate_at(res: _Resolved, length: int) -> None:
+    """truncate(2) of the regular file the walk found (the final symlink already followed)."""
+    if res.obj is not None:
+        st = os.fstat(res.obj)
+    else:
+        st = os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)
+    if stat.S_ISDIR(st.st_mode):
+        raise OSError(errno.EISDIR, os.strerror(errno.EISDIR))
+    if not stat.S_ISREG(st.st_mode):
+        raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+    flags = os.O_WRONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC
+    fd = (os.open(f"/proc/self/fd/{res.obj}", flags & ~os.O_NOFOLLOW) if res.obj is not None
+          else os.open(res.name, flags, dir_fd=res.parent))
+    try:
+        os.ftruncate(fd, length)
+    finally:
+        os.close(fd)
+
+
 def _has_other_names(res: _Resolved) -> bool:
     """Whether the regular file `res` names has more than one link, checked on an O_PATH fd of it."""
     if res.obj is not None:
@@ -1194,6 +1642,49 @@ def _subtree(res: _Resolved, budget: int, deadline: float) -> list[str] | None:
     return out
 
 
+LINK_SCAN_MAX = 20_000  # entries looked at under the protected trees, at launch, at most
+LINK_SCAN_S = 1.0
+
+
+def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_MAX,
+                         seconds: float = LINK_SCAN_S) -> dict[str, tuple[str, ...]]:
+    """Symlinks at or under the protected `roots` (existing paths a deny or ask write rule covers, found
+    at launch) that lead out of them: canonical target -> the symlinks' own paths. `~/.local/bin/ruff`
+    points into uv's tool cache, which the agent may write; a write there is judged as a write of
+    `~/.local/bin/ruff` too. Bounded (entries and time): what is beyond is not mapped."""
+    found: dict[str, list[str]] = {}
+    deadline = time.monotonic() + seconds
+
+    def add(link: str, root: str) -> None:
+        target = os.path.realpath(link)
+        if target == "/" or link.startswith(target + "/"):
+            return  # a link to an ancestor of itself (a loop, ~, /) names nothing of its own
+        if target != root and not target.startswith(root.rstrip("/") + "/") and os.path.exists(target):
+            found.setdefault(target, []).append(link)
+
+    # deepest first: small bin directories (~/.local/bin) before whole toolchain trees (~/.rustup)
+    for root in sorted(dict.fromkeys(roots), key=lambda r: -r.count("/")):
+        budget = max_entries
+        if os.path.islink(root):
+            add(root, root)
+            continue
+        if not os.path.isdir(root):
+            continue
+        for top, dirs, files in os.walk(root):
+            for name in (*dirs, *files):
+                budget -= 1
+                path = os.path.join(top, name)
+                if os.path.islink(path):
+                    add(path, root)
+            if time.monotonic() > deadline:
+                log.warning("seccomp supervisor: stopped looking for symlinks at %s (time budget)", root)
+                return {k: tuple(v) for k, v in found.items()}
+            if budget <= 0:
+                log.warning("seccomp supervisor: stopped looking for symlinks under %s (too many)", root)
+                break
+    return {k: tuple(v) for k, v in found.items()}
+
+
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         try:
@@ -1209,6 +1700,17 @@ def _our_flags(flags: int) -> int:
     return (flags | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC) & 0xFFFFFFFF
 
 
+_libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
+_libc.fchownat.restype = ctypes.c_int
+
+
+def _fchown_empty(fd: int, uid: int, gid: int) -> None:
+    """fchownat(fd, "", uid, gid, AT_EMPTY_PATH): chown the object an O_PATH fd holds (no follow)."""
+    if _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
     try:
         return os.stat(name, dir_fd=dirfd, follow_symlinks=False)
@@ -1218,9 +1720,11 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 
 @contextmanager
 def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
-            workers: int = 1, check: Decide | None = None) -> Iterator[Supervisor]:
+            workers: int = 1, check: Decide | None = None, sockets: Callable[[str], bool] | None = None,
+            link_names: Mapping[str, Sequence[str]] | None = None) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
-    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check)
+    sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check,
+                     sockets=sockets, link_names=link_names)
     stop = threading.Event()
     thread = threading.Thread(target=sup.serve_forever, args=(stop,), name="guard-seccomp", daemon=True)
     thread.start()

@@ -116,7 +116,8 @@ def notif_recv(fd: int, buf: bytearray | None = None) -> Notif:
 
 
 def notif_send(fd: int, nid: int, *, val: int = 0, error: int = 0, cont: bool = False) -> None:
-    """Reply: `error` is a positive errno (sent negated), or `cont` to let the kernel run the syscall."""
+    """Reply: `error` is a positive errno (sent negated), `val` the syscall's return value (when the
+    supervisor performed it), or `cont` to let the kernel run the syscall."""
     flags = SECCOMP_USER_NOTIF_FLAG_CONTINUE if cont else 0
     buf = bytearray(_RESP.pack(nid, val, -error, flags))
     fcntl.ioctl(fd, IOCTL_NOTIF_SEND, buf, True)
@@ -162,3 +163,76 @@ def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err), path)
     return int(ret)
+
+
+_NR_PIDFD_GETFD = 438  # the same number on every architecture
+_NR_SETFSUID = {"x86_64": 122, "aarch64": 151}
+_NR_SETFSGID = {"x86_64": 123, "aarch64": 152}
+_NR_CAPGET = {"x86_64": 125, "aarch64": 90}
+_NR_CAPSET = {"x86_64": 126, "aarch64": 91}
+_CAP_V3 = 0x20080522
+_MACHINE = machine()
+_CAP_HEADER = struct.Struct("=Ii")
+_CAP_DATA = struct.Struct("=6I")  # two {effective, permitted, inheritable}
+
+
+def pidfd_getfd(pidfd: int, targetfd: int) -> int:
+    """A duplicate of `targetfd` of the process behind `pidfd` (same open file description), close-on-exec."""
+    ret = _libc.syscall(ctypes.c_long(_NR_PIDFD_GETFD), ctypes.c_long(pidfd), ctypes.c_long(targetfd),
+                        ctypes.c_long(0))
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"pidfd_getfd({targetfd}): {os.strerror(err)}")
+    return int(ret)
+
+
+def _raw(table: dict[str, int], *args: object) -> int:
+    ret = _libc.syscall(ctypes.c_long(table[_MACHINE]), *args)
+    if ret < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+    return int(ret)
+
+
+def setfsuid(uid: int) -> int:
+    """Set this THREAD's file-system uid (the raw syscall is per thread); returns the previous one."""
+    return _raw(_NR_SETFSUID, ctypes.c_long(uid))
+
+
+def setfsgid(gid: int) -> int:
+    return _raw(_NR_SETFSGID, ctypes.c_long(gid))
+
+
+def thread_caps() -> bytes:
+    """This thread's capability sets (capget v3), as the bytes capset takes back."""
+    header = ctypes.create_string_buffer(_CAP_HEADER.pack(_CAP_V3, 0), _CAP_HEADER.size)
+    data = ctypes.create_string_buffer(_CAP_DATA.size)
+    _raw(_NR_CAPGET, header, data)
+    return bytes(data.raw)
+
+
+def effective_caps(caps: bytes) -> int:
+    eff0, _p0, _i0, eff1, _p1, _i1 = _CAP_DATA.unpack(caps)
+    return int(eff0) | (int(eff1) << 32)
+
+
+def set_thread_caps(caps: bytes) -> None:
+    """capset on this thread only (pid 0 means the calling thread)."""
+    header = ctypes.create_string_buffer(_CAP_HEADER.pack(_CAP_V3, 0), _CAP_HEADER.size)
+    data = ctypes.create_string_buffer(caps, _CAP_DATA.size)
+    _raw(_NR_CAPSET, header, data)
+
+
+def without_effective(caps: bytes) -> bytes:
+    """The same sets with nothing effective (permitted kept, so they can be raised again)."""
+    _e0, p0, i0, _e1, p1, i1 = _CAP_DATA.unpack(caps)
+    return _CAP_DATA.pack(0, p0, i0, 0, p1, i1)
+
+
+_NR_RENAMEAT2 = {"x86_64": 316, "aarch64": 276}
+
+
+def renameat2(olddirfd: int, oldname: str, newdirfd: int, newname: str, flags: int) -> None:
+    """renameat2(2) (RENAME_NOREPLACE, RENAME_EXCHANGE, RENAME_WHITEOUT), which os.rename lacks."""
+    _raw(_NR_RENAMEAT2, ctypes.c_int(olddirfd), ctypes.c_char_p(os.fsencode(oldname)), ctypes.c_int(newdirfd),
+         ctypes.c_char_p(os.fsencode(newname)), ctypes.c_uint(flags))

@@ -25,7 +25,13 @@ import pytest
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import seccomp
 from guard.sandbox import syscalls_seccomp as sc
-from guard.sandbox.supervisor import ARGV_MAX_ARGS, SUPERVISOR_RULE, TRUNCATED_MARK, serving
+from guard.sandbox.supervisor import (
+    ARGV_MAX_ARGS,
+    SUPERVISOR_RULE,
+    TRUNCATED_MARK,
+    protected_link_names,
+    serving,
+)
 
 pytestmark = pytest.mark.skipif(sc.machine() != "x86_64", reason="raw syscall numbers are x86_64")
 
@@ -65,7 +71,9 @@ def deny_if(word: str, *, ops: tuple[Op, ...] = tuple(Op)) -> Callable[[Action],
 def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action], Decision], *,
                cwd: Path, spec: seccomp.SeccompSpec | None = None,
                server: Callable[[int], None] | None = None,
-               check: Callable[[Action], Decision] | None = None, workers: int = 1) -> Run:
+               check: Callable[[Action], Decision] | None = None, workers: int = 1,
+               sockets: Callable[[str], bool] | None = None,
+               link_names: dict[str, tuple[str, ...]] | None = None) -> Run:
     """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
     back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits,
     with the Supervisor or, for a control experiment, with `server(listener_fd)` on a thread."""
@@ -119,7 +127,8 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
         thread.join()
         os.close(fds[0])
         return Run(status, b"".join(chunks), records)
-    with serving(fds[0], decide=decide, record=record, spec=spec, check=check, workers=workers):
+    with serving(fds[0], decide=decide, record=record, spec=spec, check=check, workers=workers, sockets=sockets,
+                 link_names=link_names):
         while chunk := os.read(r, 65536):
             chunks.append(chunk)
         os.close(r)
@@ -1009,7 +1018,7 @@ def test_writing_through_a_hard_link_is_refused_and_recorded(tmp_path: Path, ws:
 
 def test_connect_to_a_pathname_unix_socket_is_decided_as_a_write(ws: Path) -> None:
     listeners = []
-    for name in ("secret.sock", "ok.sock"):
+    for name in ("secret.sock", "ok.sock", "foreign.sock"):
         srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         srv.bind(str(ws / name))
         srv.listen(4)
@@ -1033,6 +1042,7 @@ def test_connect_to_a_pathname_unix_socket_is_decided_as_a_write(ws: Path) -> No
             "secret": connect(socket.AF_UNIX, "secret.sock"),
             "via-link": connect(socket.AF_UNIX, "innocent-link"),
             "ok": connect(socket.AF_UNIX, str(ws / "ok.sock")),
+            "foreign": connect(socket.AF_UNIX, "foreign.sock"),
             "missing": connect(socket.AF_UNIX, "nothing-here.sock"),
             "abstract": connect(socket.AF_UNIX, "\0guard-test-no-such-abstract"),
             "tcp": connect(socket.AF_INET, ("127.0.0.1", port)),
@@ -1040,12 +1050,341 @@ def test_connect_to_a_pathname_unix_socket_is_decided_as_a_write(ws: Path) -> No
         }
 
     try:
-        run = supervised(child, deny_if("secret"), cwd=ws)
+        run = supervised(child, deny_if("secret"), cwd=ws, sockets=lambda p: p == str(ws / "ok.sock"))
     finally:
         for s in (*listeners, dgram, tcp):
             s.close()
-    assert run.result == {"secret": errno.EACCES, "via-link": errno.EACCES, "ok": "done",
+    # ok.sock is granted by path; foreign.sock is allowed by the policy's write grant but was neither
+    # bound by the session nor granted as a socket: default deny, recorded by the supervisor
+    assert run.result == {"secret": errno.EACCES, "via-link": errno.EACCES, "ok": "done", "foreign": errno.EACCES,
                           "missing": errno.ENOENT, "abstract": errno.ECONNREFUSED, "tcp": "done",
                           "sendto": errno.EACCES}
     assert run.verdicts(Op.WRITE) == {str(ws / "secret.sock"): Verdict.DENY, str(ws / "ok.sock"): Verdict.ALLOW,
+                                      str(ws / "foreign.sock"): Verdict.DENY,
                                       str(ws / "secret-dgram.sock"): Verdict.DENY}
+    assert [d.rule_id for a, d in run.records if a.target == str(ws / "foreign.sock")][-1] == SUPERVISOR_RULE
+
+
+# --- every name a path passes through ------------------------------------------------------------------
+
+def test_a_write_is_judged_on_every_name_the_path_passes_through(ws: Path) -> None:
+    """`protected` is a symlink to a plain directory: canonically `plain/x` is an ordinary file, but by
+    the name the task used (and the name a later reader will use) it is `protected/x`. The strictest
+    verdict of all the names wins; a name no rule speaks about (a default) refuses nothing."""
+    (ws / "plain").mkdir()
+    os.symlink("plain", ws / "protected")
+    os.symlink(str(ws / "protected"), ws / "chain")  # a symlink to the symlink: both names are judged
+    os.symlink("plain", ws / "unruled")
+
+    def decide(action: Action) -> Decision:
+        if "protected" in action.target:
+            return Decision(Verdict.DENY, "test-deny", "protected name")
+        if "unruled" in action.target:
+            return Decision(Verdict.DENY, None, "no rule: the default")
+        return Decision(Verdict.ALLOW, "test-allow", "allowed")
+
+    def child() -> object:
+        def write(path: str) -> object:
+            return _try(lambda: os.close(os.open(path, os.O_WRONLY | os.O_CREAT, 0o644)))
+        return {"protected": write("protected/x"), "chain": write("chain/y"), "plain": write("plain/z"),
+                "unruled": write("unruled/w"), "dotdot": write("plain/../protected/v"),
+                "mkdir": _try(lambda: os.mkdir("protected/d")), "chmod": _try(lambda: os.chmod("protected", 0o755))}
+
+    run = supervised(child, decide, cwd=ws)
+    assert run.result == {"protected": errno.EACCES, "chain": errno.EACCES, "plain": "done", "unruled": "done",
+                          "dotdot": errno.EACCES, "mkdir": errno.EACCES, "chmod": errno.EACCES}
+    assert not (ws / "plain" / "x").exists() and not (ws / "plain" / "y").exists()
+    assert (ws / "plain" / "w").exists()
+    denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
+    # chain/y: the name met on the way (protected, continued by /y) is the one a rule refused
+    assert {str(ws / "protected" / "x"), str(ws / "protected" / "y"), str(ws / "protected" / "v")} <= denied
+    assert not any("unruled" in a.target for a, _ in run.records), "a default is not a refusal, nor recorded"
+
+
+def test_kernel_errnos_come_before_the_policy(ws: Path) -> None:
+    """mkdir of a visible existing directory is EEXIST even where nothing may be written (`mkdir -p ~`,
+    Node's recursive mkdir), removing what is not there is ENOENT, writing or unlinking a directory
+    EISDIR, rmdir of a file ENOTDIR: what the kernel answers whatever the permissions; none is a decision."""
+    (ws / "d").mkdir()
+    (ws / "f").write_text("")
+
+    def child() -> object:
+        return {"usr": _try(lambda: os.mkdir("/usr")), "ws": _try(lambda: os.mkdir(str(ws))),
+                "d": _try(lambda: os.mkdir("d")), "new": _try(lambda: os.mkdir("new")),
+                "symlink-over": _try(lambda: os.symlink("x", "d")),
+                "rmdir-missing": _try(lambda: os.rmdir("missing")),
+                "unlink-missing": _try(lambda: os.unlink("missing")),
+                "rename-missing": _try(lambda: os.rename("missing", "other")),
+                "excl-existing": _try(lambda: os.open("d", os.O_CREAT | os.O_EXCL | os.O_WRONLY)),
+                "bind-existing": _try(lambda: socket.socket(socket.AF_UNIX).bind("d")),
+                "write-dir": _try(lambda: os.open("/usr", os.O_WRONLY)),
+                "creat-dir": _try(lambda: os.open("d", os.O_WRONLY | os.O_CREAT)),
+                "unlink-dir": _try(lambda: os.unlink("d")), "truncate-dir": _try(lambda: os.truncate("d", 0)),
+                "rmdir-file": _try(lambda: os.rmdir("f")), "rmdir-dir-ok": _try(lambda: os.rmdir("d")),
+                "missing-parent": _try(lambda: os.mkdir("nope/x")),
+                "through-file": _try(lambda: os.open("f/x", os.O_WRONLY | os.O_CREAT))}
+
+    run = supervised(child, deny_if(""), cwd=ws)
+    assert run.result == {"usr": errno.EEXIST, "ws": errno.EEXIST, "d": errno.EEXIST, "new": errno.EACCES,
+                          "symlink-over": errno.EEXIST, "rmdir-missing": errno.ENOENT,
+                          "unlink-missing": errno.ENOENT, "rename-missing": errno.ENOENT,
+                          "excl-existing": errno.EEXIST, "bind-existing": errno.EADDRINUSE,
+                          "write-dir": errno.EISDIR, "creat-dir": errno.EISDIR, "unlink-dir": errno.EISDIR,
+                          "truncate-dir": errno.EISDIR, "rmdir-file": errno.ENOTDIR, "rmdir-dir-ok": errno.EACCES,
+                          "missing-parent": errno.ENOENT, "through-file": errno.ENOTDIR}
+    assert [a.target for a, _ in run.records] == [str(ws / "new"), str(ws / "d")]
+
+
+# --- set-id bits, file capabilities, device nodes ----------------------------------------------------------
+
+S_IFCHR_NULL = stat.S_IFCHR | 0o666
+
+
+def test_set_id_bits_and_file_capabilities_are_refused_everywhere(ws: Path) -> None:
+    prog = ws / "prog"
+    prog.write_bytes(b"#!/bin/sh\n")
+    prog.chmod(0o755)
+    (ws / "dir").mkdir()
+    cap_v2 = struct.pack("<IIIII", 0x02000001, 1 << 12, 0, 0, 0)  # VFS_CAP_REVISION_2, effective, NET_ADMIN
+
+    def child() -> object:
+        os.umask(0o022)
+        fd = os.open("prog", os.O_RDONLY)
+        out = {"chmod-suid": _try(lambda: os.chmod("prog", 0o4755)),
+               "chmod-sgid-file": _try(lambda: os.chmod("prog", 0o2755)),
+               "fchmod-suid": _try(lambda: os.fchmod(fd, 0o4755)),
+               "fchmodat2-suid": _try(lambda: _raw(NR_FCHMODAT2, AT_FDCWD_C, b"prog", 0o6755, 0)),
+               "chmod-sgid-dir": _try(lambda: os.chmod("dir", 0o2775)),
+               "chmod-plain": _try(lambda: os.chmod("prog", 0o700)),
+               "mknod-suid": _try(lambda: os.mknod("made", stat.S_IFREG | 0o4755)),
+               "mknod-device": _try(lambda: os.mknod("null", S_IFCHR_NULL, os.makedev(1, 3))),
+               "setcap": _try(lambda: os.setxattr("prog", "security.capability", cap_v2)),
+               "fsetcap": _try(lambda: os.setxattr(fd, "security.capability", cap_v2))}
+        created = os.open("created", os.O_WRONLY | os.O_CREAT, 0o6755)
+        os.close(created)
+        out["created-mode"] = oct(os.stat("created").st_mode & 0o7777)
+        return out
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == {"chmod-suid": errno.EPERM, "chmod-sgid-file": errno.EPERM, "fchmod-suid": errno.EPERM,
+                          "fchmodat2-suid": errno.EPERM, "chmod-sgid-dir": "done", "chmod-plain": "done",
+                          "mknod-suid": errno.EPERM, "mknod-device": errno.EPERM, "setcap": errno.EPERM,
+                          "fsetcap": errno.EPERM, "created-mode": oct(0o755)}
+    assert stat.S_IMODE(prog.stat().st_mode) == 0o700 and not (ws / "made").exists()
+    assert stat.S_IMODE((ws / "dir").stat().st_mode) & stat.S_ISGID
+    refused = [a.target for a, d in run.records if d.rule_id == SUPERVISOR_RULE]
+    assert refused.count(str(prog)) == 6 and str(ws / "made") in refused and str(ws / "null") in refused
+
+
+def _flipper(buf: ctypes.Array[ctypes.c_char], offset: int, names: tuple[bytes, bytes], stop: threading.Event,
+             ) -> threading.Thread:
+    """A second thread of the task that keeps rewriting the name at `buf[offset:]` between two values."""
+    def run() -> None:
+        i = 0
+        while not stop.is_set():
+            name = names[i % 2] + b"\0"
+            ctypes.memmove(ctypes.addressof(buf) + offset, name, len(name))
+            i += 1
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    return thread
+
+
+def test_chmod_by_path_is_race_free(ws: Path) -> None:
+    """chmod is performed by the supervisor on the object it judged: a thread that swaps the path after
+    the check changes nothing (with check-then-CONTINUE the kernel re-read the swapped path)."""
+    (ws / "mine").write_text("x")
+    secret = ws / "secret"
+    secret.write_text("x")
+    secret.chmod(0o600)
+    libc.chmod.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+
+    def child() -> object:
+        buf = ctypes.create_string_buffer(64)
+        stop = threading.Event()
+        thread = _flipper(buf, 0, (b"mine", b"secret"), stop)
+        results = {0: 0, errno.EACCES: 0}
+        for _ in range(2000):
+            rc = libc.chmod(buf, 0o666)
+            err = 0 if rc == 0 else ctypes.get_errno()
+            results[err] = results.get(err, 0) + 1
+        stop.set()
+        thread.join()
+        return results
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    result = run.result
+    assert isinstance(result, dict) and result["0"] > 0 and result[str(errno.EACCES)] > 0, result
+    assert stat.S_IMODE(secret.stat().st_mode) == 0o600
+
+
+# --- unix sockets: names created by bind, connections only to the session's own ------------------------------
+
+def test_bind_is_decided_performed_and_own_sockets_are_reachable(ws: Path) -> None:
+    def child() -> object:
+        os.umask(0o027)
+        srv = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        out = {"bind": _try(lambda: srv.bind("server.sock")),
+               "bind-denied": _try(lambda: socket.socket(socket.AF_UNIX).bind("secret.sock"))}
+        srv.listen(1)
+        cli = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        out["connect-own"] = _try(lambda: cli.connect(str(ws / "server.sock")))
+        conn, _ = srv.accept()
+        cli.sendall(b"ping")
+        out["echo"] = conn.recv(4).decode()
+        out["name"] = srv.getsockname()
+        out["mode"] = oct(stat.S_IMODE(os.stat("server.sock").st_mode))
+        return out
+
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    assert run.result == {"bind": "done", "bind-denied": errno.EACCES, "connect-own": "done", "echo": "ping",
+                          "name": f"/proc/self/fd/{run.result['name'].split('/')[4]}/server.sock"  # type: ignore[index]
+                          if str(run.result["name"]).startswith("/proc") else str(ws / "server.sock"),  # type: ignore[index]
+                          "mode": oct(0o750)}
+    assert stat.S_ISSOCK((ws / "server.sock").stat().st_mode) and not (ws / "secret.sock").exists()
+    assert run.verdicts(Op.WRITE) == {str(ws / "server.sock"): Verdict.ALLOW, str(ws / "secret.sock"): Verdict.DENY}
+
+
+def test_connect_to_a_unix_socket_is_race_free(ws: Path) -> None:
+    """One thread connects over and over with one address buffer, another keeps flipping its path
+    between the session's own socket and a foreign one: the foreign listener must never be reached."""
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    foreign.bind(str(ws / "foreign.sock"))
+    foreign.listen(4096)
+    foreign.setblocking(False)
+    libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+
+    def child() -> object:
+        own = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        own.bind("own.sock")
+        own.listen(4096)
+        own.setblocking(False)
+        buf = ctypes.create_string_buffer(110)
+        ctypes.memmove(buf, struct.pack("<H", socket.AF_UNIX), 2)
+        stop = threading.Event()
+        thread = _flipper(buf, 2, (b"own.sock", b"foreign.sock"), stop)
+        results: dict[int, int] = {}
+        for _ in range(1500):
+            with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
+                rc = libc.connect(s.fileno(), ctypes.addressof(buf), 110)
+                err = 0 if rc == 0 else ctypes.get_errno()
+                results[err] = results.get(err, 0) + 1
+            try:
+                while True:
+                    own.accept()[0].close()
+            except BlockingIOError:
+                pass
+        stop.set()
+        thread.join()
+        return {"pid": os.getpid(), **results}
+
+    try:
+        run = supervised(child, deny_if("nothing"), cwd=ws)
+        peers = []  # who connected: the sandboxed child, or the supervisor (this process) on its behalf
+        try:
+            while True:
+                conn = foreign.accept()[0]
+                peers.append(struct.unpack("3i", conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12))[0])
+                conn.close()
+        except BlockingIOError:
+            pass
+    finally:
+        foreign.close()
+    result = run.result
+    assert isinstance(result, dict) and result.get("0", 0) > 0 and result.get(str(errno.EACCES), 0) > 0, result
+    reached = [pid for pid in peers if pid in (result["pid"], os.getpid())]
+    assert not reached, f"the foreign listener was reached {len(reached)} times (all peers: {peers})"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the supervisor's own DAC override is what is tested")
+def test_the_supervisor_acts_with_the_tasks_credentials_not_its_own(ws: Path) -> None:
+    """Run as root, the supervisor could write anything; the task (root without capabilities, as in
+    `guard run`) cannot write a 0444 file owned by another user, so neither may the supervisor for it."""
+    theirs = ws / "theirs"
+    theirs.write_text("original\n")
+    os.chown(theirs, 65534, 65534)
+    theirs.chmod(0o444)
+
+    def child() -> object:
+        sc.set_thread_caps(sc.without_effective(sc.thread_caps()))  # root without capabilities
+        return {"append": _try(lambda: os.close(os.open("theirs", os.O_WRONLY | os.O_APPEND))),
+                "trunc": _try(lambda: os.close(os.open("theirs", os.O_WRONLY | os.O_TRUNC))),
+                "chmod": _try(lambda: os.chmod("theirs", 0o666)),
+                "chown": _try(lambda: os.chown("theirs", 0, 0)),
+                "xattr": _try(lambda: os.setxattr("theirs", "user.x", b"1"))}
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == {"append": errno.EACCES, "trunc": errno.EACCES, "chmod": errno.EPERM,
+                          "chown": errno.EPERM, "xattr": errno.EACCES}
+    st = theirs.stat()
+    assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444 and st.st_uid == 65534
+
+
+@pytest.mark.parametrize("call", ["rename", "symlink", "mkdir", "link"])
+def test_name_creating_calls_are_race_free(ws: Path, call: str) -> None:
+    """A thread keeps flipping the name being created between an allowed one and a protected one: the
+    supervisor performs the call on the name it judged, so the protected name never comes into being
+    (with check-then-CONTINUE the kernel re-read the flipped name)."""
+    libc.rename.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.symlink.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+    libc.mkdir.argtypes = [ctypes.c_char_p, ctypes.c_uint]
+    libc.link.argtypes = [ctypes.c_char_p, ctypes.c_char_p]
+
+    def child() -> object:
+        buf = ctypes.create_string_buffer(64)
+        stop = threading.Event()
+        thread = _flipper(buf, 0, (b"okname", b"secret"), stop)
+        done = escaped = 0
+        for _ in range(1500):
+            if call == "rename":
+                with open("src", "w"):
+                    pass
+                rc = libc.rename(b"src", buf)
+            elif call == "symlink":
+                rc = libc.symlink(b"/bin/true", buf)
+            elif call == "link":
+                rc = libc.link(b"linksrc", buf)
+            else:
+                rc = libc.mkdir(buf, 0o755)
+            if rc == 0:
+                done += 1
+                escaped += os.path.lexists("secret")
+                for name in ("okname", "secret"):
+                    try:
+                        os.rmdir(name) if call == "mkdir" else os.unlink(name)
+                    except OSError:  # FileNotFoundError; PermissionError for an escaped "secret"
+                        pass
+        stop.set()
+        thread.join()
+        return [done, escaped]
+
+    (ws / "linksrc").write_text("x")
+    run = supervised(child, deny_if("secret"), cwd=ws)
+    done, escaped = run.result  # type: ignore[misc]
+    assert done > 0 and escaped == 0 and not os.path.lexists(ws / "secret"), run.result
+
+
+def test_the_target_of_a_guarded_symlink_is_written_as_the_symlink(ws: Path) -> None:
+    """`binlinks/tool` is a symlink into a writable cache: writing the cache's file (never naming
+    `binlinks/tool`) is judged as writing `binlinks/tool` too, once the launch mapped the link."""
+    (ws / "cache" / "sub").mkdir(parents=True)
+    (ws / "cache" / "tool").write_text("v1")
+    (ws / "cache" / "sub" / "lib").write_text("v1")
+    (ws / "binlinks").mkdir()
+    os.symlink(str(ws / "cache" / "tool"), ws / "binlinks" / "tool")
+    os.symlink(str(ws / "cache" / "sub"), ws / "binlinks" / "sub")
+    links = protected_link_names([str(ws / "binlinks")])
+    assert links == {str(ws / "cache" / "tool"): (str(ws / "binlinks" / "tool"),),
+                     str(ws / "cache" / "sub"): (str(ws / "binlinks" / "sub"),)}
+
+    def child() -> object:
+        def write(path: str) -> object:
+            return _try(lambda: os.close(os.open(path, os.O_WRONLY | os.O_TRUNC)))
+        return {"tool": write("cache/tool"), "lib": write("cache/sub/lib"),
+                "other": _try(lambda: os.close(os.open("cache/other", os.O_WRONLY | os.O_CREAT, 0o644)))}
+
+    run = supervised(child, deny_if("binlinks"), cwd=ws, link_names=links)
+    assert run.result == {"tool": errno.EACCES, "lib": errno.EACCES, "other": "done"}
+    assert (ws / "cache" / "tool").read_text() == "v1"
+    denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
+    assert denied == {str(ws / "binlinks" / "tool"), str(ws / "binlinks" / "sub" / "lib")}

@@ -174,7 +174,9 @@ class Services:
         return self
 
     def _base_env(self) -> dict[str, str]:
-        return {"HOME": str(self.home.home), "PATH": SYSTEM_PATH, "LANG": "C.UTF-8"}
+        # SHELL: an engineer has a login shell; `nobody`'s passwd entry says nologin, and tmux's session
+        # would end at once (the server exits with it)
+        return {"HOME": str(self.home.home), "PATH": SYSTEM_PATH, "LANG": "C.UTF-8", "SHELL": "/bin/sh"}
 
     def _tmux(self) -> None:
         if shutil.which("tmux") is None:

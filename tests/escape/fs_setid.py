@@ -1,0 +1,121 @@
+"""Set-id files and file capabilities: a file the session marks set-user-id (or gives capabilities) runs
+as the session's user for whoever executes it later, outside the sandbox: another local user, or anyone
+at all when the session ran as root (euid 0). And the supervisor, which performs opens and attribute
+changes for the task, must never lend it its own privileges.
+
+Bare, each attack works; under guard each is refused (EPERM) and recorded, or, for a create, the file
+comes out without its set-id bits.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import stat
+
+import pytest
+
+pytestmark = pytest.mark.timeout(180)
+ROOT = os.geteuid() == 0
+SUPERVISOR_RULE = "guard-supervisor"
+
+# Each makes $F set-id (or privileged) the way an attacker would.
+SETTERS = {
+    "chmod-4755": 'chmod 4755 "$F"',
+    "chmod-u+s": 'chmod u+s "$F"',
+    "chmod-g+s": 'chmod g+s "$F"',
+    "fchmod": "python3 -I -c 'import os; fd = os.open(os.environ[\"F\"], os.O_RDONLY); os.fchmod(fd, 0o6755)'",
+    "install-m": 'cp "$F" "$F.src" && rm "$F" && install -m 4755 "$F.src" "$F"',
+}
+
+
+def _place(world, where: str, name: str):
+    base = world.ws if where == "workspace" else world.scratch
+    path = base / name
+    shutil.copy("/bin/true", path)
+    path.chmod(0o755)
+    return path
+
+
+def _setid(path) -> int:
+    return stat.S_IMODE(path.stat().st_mode) & (stat.S_ISUID | stat.S_ISGID)
+
+
+@pytest.mark.parametrize("where", ["workspace", "tmp"])
+@pytest.mark.parametrize("how", list(SETTERS))
+def test_making_a_file_set_id(world, how, where):
+    bare_file = _place(world, where, f"bare-{how}")
+    world.bare_run(world.sh(SETTERS[how]), env={"F": str(bare_file)})
+    assert _setid(bare_file), f"bare {how} did not set a set-id bit"
+    target = _place(world, where, f"g-{how}")
+    run = world.guard_run(world.sh(SETTERS[how] + " && echo SET"), env={"F": str(target)})
+    assert not _setid(target), f"{target} became set-id under guard: {run!r}"
+    assert "SET" not in run.stdout, run
+    refused = [r for r in world.records(run.session) if r.get("type") == "decision"
+               and r["decision"]["verdict"] == "deny" and r["decision"].get("rule_id") == SUPERVISOR_RULE]
+    assert any(r["action"]["target"] == str(target) for r in refused), f"no recorded refusal: {refused}"
+
+
+CREATE = ("import os; fd = os.open(os.environ['F'], os.O_CREAT | os.O_WRONLY, 0o6755); os.close(fd); "
+          "os.mknod(os.environ['F'] + '.node', 0o106755); print('MADE')")
+
+
+def test_creating_a_set_id_file(world):
+    """open(O_CREAT, 06755) makes a set-id file bare; the supervisor creates it without those bits. mknod of
+    a set-id regular file is refused outright."""
+    bare_file = world.scratch / "bare-created"
+    world.bare_run(world.py(CREATE), env={"F": str(bare_file)})
+    assert _setid(bare_file) and _setid(world.scratch / "bare-created.node")
+    target = world.ws / "created"
+    run = world.guard_run(world.py(CREATE), env={"F": str(target)})
+    assert target.exists() and not _setid(target), run
+    assert not (world.ws / "created.node").exists() and "MADE" not in run.stdout, run
+    world.assert_denied(run, "write", world.ws / "created.node")
+
+
+CAP = ("import os, struct; os.setxattr(os.environ['F'], 'security.capability', "
+       "struct.pack('<IIIII', 0x02000001, 1 << 12, 0, 0, 0)); print('CAP-SET')")
+
+
+@pytest.mark.skipif(not ROOT, reason="setting file capabilities needs CAP_SETFCAP: bare it only works as root")
+def test_file_capabilities(world):
+    bare_file = _place(world, "tmp", "bare-cap")
+    bare = world.bare_run(world.py(CAP), env={"F": str(bare_file)})
+    assert "CAP-SET" in bare.stdout and os.getxattr(bare_file, "security.capability"), bare
+    target = _place(world, "workspace", "g-cap")
+    run = world.guard_run(world.py(CAP), env={"F": str(target)})
+    assert "CAP-SET" not in run.stdout, run
+    with pytest.raises(OSError):
+        os.getxattr(target, "security.capability")
+    world.assert_denied(run, "write", target)
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root: the guard's own DAC override is what the attack borrows")
+def test_the_supervisor_lends_no_privilege(world):
+    """guard run as root: the agent is root without capabilities, so it cannot write a 0444 file owned by
+    another user; the supervisor, which opens and changes files for it, must not either."""
+    theirs = world.ws / "owned-by-nobody.txt"
+    theirs.write_text("original\n")
+    os.chown(theirs, 65534, 65534)
+    theirs.chmod(0o444)
+    script = 'printf pwned >> "$F"; chmod 666 "$F"; printf pwned > "$F"; echo done'
+    bare_copy = world.scratch / "owned-by-nobody.txt"
+    shutil.copy(theirs, bare_copy)
+    os.chown(bare_copy, 65534, 65534)
+    bare_copy.chmod(0o444)
+    world.bare_run(world.sh(script), env={"F": str(bare_copy)})
+    assert "pwned" in bare_copy.read_text(), "bare root writes it (that is the privilege not to lend)"
+    run = world.guard_run(world.sh(script), env={"F": str(theirs)})
+    st = theirs.stat()
+    assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444, run
+    assert run.stderr.count("Permission denied") + run.stderr.count("Operation not permitted") >= 3, run
+
+
+def test_set_group_id_directories_still_work(world):
+    """Honest: a shared directory with g+s (files inherit its group) is not a set-id program."""
+    run = world.guard_run(world.sh("mkdir -p shared && chmod g+s shared && stat -c %A shared"))
+    assert run.returncode == 0 and "s" in run.stdout.split()[0][4:7], run
+
+
+def test_zz_trail_verifies(world):
+    world.check_trail()

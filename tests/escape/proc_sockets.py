@@ -1,0 +1,94 @@
+"""The engineer's own services on path-named unix sockets: a tmux server on a custom socket (type into
+the engineer's shells), git's credential-cache daemon (hands out a token), an ssh-agent (signs with the
+engineer's keys). They sit in places the agent may write (/tmp, ~/.cache), so a deny list of known
+names never covered them: a path-named socket the session did not create itself is refused unless a
+rule grants it by path, race-free, and every attempt is recorded. A server the session starts itself
+stays reachable.
+"""
+
+from __future__ import annotations
+
+import pytest
+from support.realworld import running_services
+
+pytestmark = pytest.mark.timeout(180)
+
+
+@pytest.fixture(scope="module")
+def services(world):
+    with running_services(world.real) as svc:
+        yield svc
+
+
+def _need(services, name: str):
+    if name not in services.sockets:
+        pytest.skip(services.missing.get(name, f"{name} did not start"))
+    return services.sockets[name]
+
+
+def test_type_into_the_engineers_tmux(world, services):
+    """`tmux -S sock send-keys` runs a command in the engineer's shell, outside any sandbox."""
+    sock = _need(services, "tmux")
+    bare_marker, marker, after = (world.root / f"tmux-{n}.marker" for n in ("bare", "guarded", "after"))
+
+    def send(mark, runner):
+        return runner(["tmux", "-S", str(sock), "send-keys", "-t", "eng", f"echo PWNED > {mark}", "Enter"])
+
+    bare = send(bare_marker, world.bare_run)
+    assert world.wait_until(bare_marker.exists), f"bare send-keys did not reach the shell: {bare!r}"
+    run = send(marker, world.guard_run)
+    assert run.returncode != 0, run
+    # the shell runs what it is sent in order: once a later bare command has run, the guarded one never will
+    send(after, world.bare_run)
+    assert world.wait_until(after.exists)
+    assert not marker.exists(), f"the agent typed into the engineer's tmux: {run!r}"
+    world.assert_denied(run, "write", sock)
+
+
+def test_read_a_token_from_the_git_credential_cache(world, services):
+    sock = _need(services, "credential-cache")
+    token = world.real.secrets["credential_cache"]
+    argv = ["git", "credential-cache", f"--socket={sock}", "get"]
+    query = "protocol=https\nhost=git.example.invalid\n\n"
+    bare = world.bare_run(argv, input=query)
+    assert token in bare.stdout, bare
+    run = world.guard_run(argv, input=query)
+    assert token not in run.stdout and token not in run.stderr, run
+    world.assert_denied(run, "write", sock)
+
+
+def test_sign_with_the_engineers_ssh_agent(world, services):
+    sock = _need(services, "ssh-agent")
+    argv = ["sh", "-c", f"SSH_AUTH_SOCK={sock} ssh-add -l"]
+    bare = world.bare_run(argv)
+    assert bare.returncode == 0 and "guard-test" in bare.stdout, bare
+    run = world.guard_run(argv)
+    assert run.returncode != 0 and "guard-test" not in run.stdout, run
+    world.assert_denied(run, "write", sock)
+
+
+def test_a_socket_the_session_binds_itself_is_reachable(world):
+    """Honest work: a test server, a language server, a tmux the agent starts for itself."""
+    code = ("import os, socket\n"
+            "srv = socket.socket(socket.AF_UNIX); srv.bind('own.sock'); srv.listen(1)\n"
+            "cli = socket.socket(socket.AF_UNIX); cli.connect(os.path.abspath('own.sock'))\n"
+            "conn, _ = srv.accept(); cli.sendall(b'hi'); print(conn.recv(2).decode() + '-OWN-OK')\n"
+            "os.unlink('own.sock')\n")
+    run = world.guard_run(world.py(code))
+    assert "hi-OWN-OK" in run.stdout, run
+
+
+def test_a_rule_can_grant_one_socket_by_path(world, services):
+    """The way to give an agent the engineer's ssh-agent on purpose: an allow rule naming that socket (a
+    broad write grant such as /tmp/** is not one). The other sockets stay refused."""
+    sock = _need(services, "ssh-agent")
+    policy = world.root / "policies" / "grant-agent.yaml"
+    policy.write_text("version: 1\nname: grant-agent\nextends: [coding-agent]\nrules:\n"
+                      f"  - id: my-agent\n    allow: [write]\n    paths: ['{sock}']\n"
+                      "    reason: this agent signs commits\n")
+    run = world.guard_run(["sh", "-c", f"SSH_AUTH_SOCK={sock} ssh-add -l"], policy=policy)
+    assert run.returncode == 0 and "guard-test" in run.stdout, run
+
+
+def test_zz_trail_verifies(world):
+    world.check_trail()
