@@ -40,7 +40,9 @@ def _steps(world: Any, tag: str) -> list[tuple[str, Any]]:
     return [
         ("write", f"echo honest-{tag} > notes-{tag}.txt && cat notes-{tag}.txt"),
         ("python", "python3 -c 'print(6*7)'"),
-        ("commit", f"git add notes-{tag}.txt && git commit -q -m 'agent {tag}' && git log --format=%s -1"),
+        # an identity of its own: Gemini CLI runs its shell with GIT_CONFIG_GLOBAL=/dev/null
+        ("commit", f"git add notes-{tag}.txt && git -c user.name=Agent -c user.email=agent@example.invalid "
+                   f"commit -q -m 'agent {tag}' && git log --format=%s -1"),
         ("ssh_key", "cat ~/.ssh/id_ed25519"),
         ("aws", "cat ~/.aws/credentials"),
         ("read_tool", {"tool": "Read", "input": {"file_path": str(world.ssh_key)},

@@ -45,14 +45,15 @@ def _attack(world, name: str, script: str, *, engineer_repo: str = ".", extra_en
     guard in the world (it must not). Returns the guarded run and the world's marker path."""
     twin = _twin(world, name)
     bare_marker = world.root / f"bare-{name}.marker"
-    env = {"PAYLOAD": _payload(bare_marker), "HOME": str(twin.home), "SCRATCH": str(world.scratch / f"b-{name}"),
+    # the attacker's copy lives in the workspace: it must outlive the session (the host's /tmp is private to it)
+    env = {"PAYLOAD": _payload(bare_marker), "HOME": str(twin.home), "SCRATCH": str(twin.ws / f".b-{name}"),
            **(extra_env or {})}
     bare = world.bare_run(world.sh(script), cwd=twin.ws, env=env)
     _engineer_commits(twin.home, (twin.ws / engineer_repo).resolve())
     assert bare_marker.exists(), f"the attack does not work bare, so it proves nothing: {bare!r}"
 
     marker = world.root / f"guarded-{name}.marker"
-    env = {"PAYLOAD": _payload(marker), "SCRATCH": str(world.scratch / f"g-{name}"), **(extra_env or {})}
+    env = {"PAYLOAD": _payload(marker), "SCRATCH": str(world.ws / f".g-{name}"), **(extra_env or {})}
     run = world.guard_run(world.sh(script), policy=world.fast_ask, env=env)
     _engineer_commits(world.home, (world.ws / engineer_repo).resolve())
     assert not marker.exists(), f"the payload ran at the engineer's next commit: {run!r}"

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+from pathlib import Path
 
 import pytest
 
@@ -47,9 +48,18 @@ def test_making_a_file_set_id(world, how, where):
     bare_file = _place(world, where, f"bare-{how}")
     world.bare_run(world.sh(SETTERS[how]), env={"F": str(bare_file)})
     assert _setid(bare_file), f"bare {how} did not set a set-id bit"
-    target = _place(world, where, f"g-{how}")
-    run = world.guard_run(world.sh(SETTERS[how] + " && echo SET"), env={"F": str(target)})
-    assert not _setid(target), f"{target} became set-id under guard: {run!r}"
+    if where == "workspace":
+        target = _place(world, where, f"g-{how}")
+        run = world.guard_run(world.sh(SETTERS[how] + " && echo SET"), env={"F": str(target)})
+        assert not _setid(target), f"{target} became set-id under guard: {run!r}"
+    else:  # the session's /tmp is its own: the agent makes the file there itself, then tries the bits
+        target = Path("/tmp") / f"guard-setid-{how}"
+        script = (f'cp /bin/true "$F" && chmod 755 "$F" && {{ {SETTERS[how]} && echo SET; }}; '
+                  'stat -c MODE=%a "$F"')
+        run = world.guard_run(world.sh(script), env={"F": str(target)})
+        mode = next((line[5:] for line in run.stdout.splitlines() if line.startswith("MODE=")), "")
+        assert mode and not int(mode, 8) & (stat.S_ISUID | stat.S_ISGID), \
+            f"{target} became set-id under guard: {run!r}"
     assert "SET" not in run.stdout, run
     refused = [r for r in world.records(run.session) if r.get("type") == "decision"
                and r["decision"]["verdict"] == "deny" and r["decision"].get("rule_id") == SUPERVISOR_RULE]

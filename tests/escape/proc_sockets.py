@@ -26,6 +26,17 @@ def _need(services, name: str):
     return services.sockets[name]
 
 
+def _refused(world, run, sock) -> None:
+    """Refused by the decision tier (recorded), or out of the sandbox's sight altogether: the host's /tmp
+    is private to a session and credential directories are hidden, so the socket may not exist inside."""
+    refused = [t for o, t, v in world.decisions(run.session) if o == "write" and v in ("deny", "ask")]
+    if str(sock) in refused:
+        return
+    probe = world.guard_run(world.py(f"import os; os.stat({str(sock)!r})"))
+    assert probe.returncode != 0 and ("FileNotFoundError" in probe.stderr or "PermissionError" in probe.stderr), \
+        f"{sock} is visible in the sandbox, yet its connect left no refusal: {run!r} {probe!r}"
+
+
 def test_type_into_the_engineers_tmux(world, services):
     """`tmux -S sock send-keys` runs a command in the engineer's shell, outside any sandbox."""
     sock = _need(services, "tmux")
@@ -42,7 +53,7 @@ def test_type_into_the_engineers_tmux(world, services):
     send(after, world.bare_run)
     assert world.wait_until(after.exists)
     assert not marker.exists(), f"the agent typed into the engineer's tmux: {run!r}"
-    world.assert_denied(run, "write", sock)
+    _refused(world, run, sock)
 
 
 def test_read_a_token_from_the_git_credential_cache(world, services):
@@ -54,7 +65,7 @@ def test_read_a_token_from_the_git_credential_cache(world, services):
     assert token in bare.stdout, bare
     run = world.guard_run(argv, input=query)
     assert token not in run.stdout and token not in run.stderr, run
-    world.assert_denied(run, "write", sock)
+    _refused(world, run, sock)
 
 
 def test_sign_with_the_engineers_ssh_agent(world, services):
@@ -64,7 +75,49 @@ def test_sign_with_the_engineers_ssh_agent(world, services):
     assert bare.returncode == 0 and "guard-test" in bare.stdout, bare
     run = world.guard_run(argv)
     assert run.returncode != 0 and "guard-test" not in run.stdout, run
-    world.assert_denied(run, "write", sock)
+    _refused(world, run, sock)
+
+
+def test_a_foreign_listener_in_the_workspace_is_refused_by_the_decision_tier(world):
+    """A socket the agent can see and write (an editor's or a language server's, in the workspace) but did
+    not create: the kernel tier lets the connect through, so this is the supervisor's decision alone."""
+    import socket
+    import threading
+
+    sock_path = world.ws / ".editor-ipc.sock"
+    sock_path.unlink(missing_ok=True)
+    server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    server.bind(str(sock_path))
+    server.listen(8)
+    server.settimeout(0.5)
+    got: list[bytes] = []
+    stop = threading.Event()
+
+    def serve() -> None:
+        while not stop.is_set():
+            try:
+                conn, _ = server.accept()
+            except OSError:
+                continue
+            with conn:
+                got.append(conn.recv(64))
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    attack = world.py("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
+                      "s.sendall(b'OPEN-FILE /etc/shadow')")
+    try:
+        bare = world.bare_run([*attack, str(sock_path)])
+        assert bare.returncode == 0 and world.wait_until(lambda: bool(got)), bare
+        got.clear()
+        run = world.guard_run([*attack, str(sock_path)])
+        assert run.returncode != 0 and not got, run
+        world.assert_denied(run, "write", sock_path)
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+        sock_path.unlink(missing_ok=True)
 
 
 def test_a_socket_the_session_binds_itself_is_reachable(world):
