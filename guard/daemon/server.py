@@ -32,6 +32,7 @@ from typing import Any
 from guard import __version__
 from guard.daemon import protocol as p
 from guard.daemon.approvals import Answer, Approvals, Pending
+from guard.daemon.ingest import SpoolIngest
 from guard.daemon.reload import PolicyWatcher
 from guard.daemon.sessions import Session, SessionTable, sources_hash
 from guard.errors import DaemonError, GuardError
@@ -140,6 +141,7 @@ class Daemon:
         self._stop: asyncio.Event | None = None
         self._stopping = False
         self._audit: Any = None
+        self._spools: SpoolIngest | None = None
         self._watcher: PolicyWatcher | None = None
         self._reloading: set[asyncio.Task[None]] = set()
 
@@ -181,6 +183,8 @@ class Daemon:
             self._audit = AuditWriter(self.home, now=self.now).open()
             try:
                 self._record_daemon("daemon_start", pid=os.getpid(), version=__version__)
+                self._spools = SpoolIngest(self.home, self._audit)
+                self._finish_abandoned_spools()  # sessions whose guard run died while we were away
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
                 listener = bind_private_socket(self.socket, 128)
@@ -246,7 +250,7 @@ class Daemon:
         if inflight:
             await asyncio.wait(inflight, timeout=self.limits.shutdown_timeout)
         for session in self.sessions:
-            self._end_session(session, status="interrupted", reason="the daemon stopped")
+            self._leave(session, status="interrupted", reason="the daemon stopped")
         conns = list(self._conns.values())
         for conn in conns:
             conn.close()
@@ -264,6 +268,7 @@ class Daemon:
             except GuardError as exc:
                 log.error("audit checkpoint failed: %s", exc.diagnostics())
             self._sweep(time.monotonic())
+            self._finish_abandoned_spools()
 
     def _sweep(self, now: float) -> None:
         """Close connections that stall mid-line or idle without a reason to stay."""
@@ -309,8 +314,8 @@ class Daemon:
             request.cancel()
         for session_id in list(conn.sessions):
             with contextlib.suppress(p.RequestError):
-                self._end_session(self.sessions.get(session_id), status="lost",
-                                  reason="the client's connection dropped")
+                self._leave(self.sessions.get(session_id), status="lost",
+                            reason="the client's connection dropped")
         if not conn.lost.done():
             conn.lost.set_result(None)
 
@@ -427,6 +432,8 @@ class Daemon:
             return self._record(self.sessions.get(args["session"]), args["event"])
         if op == "record.batch":
             return self._record_batch(self.sessions.get(args["session"]), args["events"])
+        if op == "spool.ingest":
+            return self._spool_ingest(self.sessions.get(args["session"]))
         if op == "session.close":
             session = self.sessions.get(args["session"])
             self._end_session(session, status="closed", exit_status=args["exit_status"],
@@ -465,15 +472,21 @@ class Daemon:
             raise p.RequestError(p.SHUTTING_DOWN, "the connection closed while the policy loaded")
         if self._stopping:
             raise p.RequestError(p.SHUTTING_DOWN, "the daemon is shutting down")
-        session = Session(id=self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
+        resume = args.get("resume")
+        if resume is not None:
+            self._take_over(resume)
+        session = Session(id=resume or self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
                           argv=args["argv"], cwd=args["cwd"], pid=args["pid"], policy=policy,
                           sources_hash=sources_hash(policy.sources), started=self.now(), owner=conn.number,
                           peer_uid=conn.uid, env=args.get("env"))
-        self._audit.append(session_event(
-            session.id, "start", argv=list(session.argv), workspace=str(workspace), cwd=session.cwd,
+        seq = self._audit.append(session_event(
+            session.id, "start" if resume is None else "resume", argv=list(session.argv),
+            workspace=str(workspace), cwd=session.cwd,
             pid=session.pid, uid=conn.uid, policy=policy.name, policy_ref=session.policy_ref,
             policy_mode=policy.mode, sources=[str(s) for s in policy.sources],
             sources_hash=session.sources_hash))
+        if resume is None and self._spools is not None:
+            self._spools.opened(session.id, seq)
         self.sessions.add(session)
         conn.sessions.add(session.id)
         self._rewatch()
@@ -576,10 +589,92 @@ class Daemon:
             seqs.append(self._audit.append(record))
         return {"count": len(seqs), "first_seq": seqs[0], "last_seq": seqs[-1]}
 
+    # ---- session spools (guard.daemon.ingest) -----------------------------------------------------
+
+    def _spool_ingest(self, session: Session) -> dict[str, Any]:
+        """The live path: the session's new spool lines into the trail; the reply acknowledges them."""
+        assert self._spools is not None
+        result = self._spools.ingest(session.id)
+        for verdict in result.verdicts:
+            _count(session, verdict)
+        return {"acked": result.acked, "more": result.more}
+
+    def _drain_spool(self, session: Session) -> dict[str, Any] | None:
+        """Everything the session spooled, into the trail; -> its end marker, if it wrote one."""
+        if self._spools is None or not self._spools.has_spool(session.id):
+            return None
+        while True:
+            result = self._spools.ingest(session.id)
+            for verdict in result.verdicts:
+                _count(session, verdict)
+            if not result.more:
+                return result.end
+
+    def _leave(self, session: Session, *, status: str, reason: str) -> None:
+        """The session's connection is gone (or we stop): end it, unless its guard run lives on and will
+        resume with the next daemon; then the trail says it was detached, and its spool keeps recording."""
+        from guard.audit import session_event
+
+        if self._spools is None or not self._spools.has_spool(session.id) \
+                or not self._spools.writer_alive(session.id):
+            self._end_session(session, status=status, reason=reason)
+            return
+        self._drain_spool(session)
+        self.sessions.remove(session.id)
+        conn = self._conns.get(session.owner)
+        if conn is not None:
+            conn.sessions.discard(session.id)
+        self.approvals.answer_all(session=session.id, answer=Answer(
+            Verdict.DENY, "daemon", None, f"the session was detached ({status})"), now=self.now())
+        self._audit.append(session_event(session.id, "detached", status=status, reason=reason,
+                                         counts=session.counts.to_dict()))
+        self._audit.seal()
+        self._spools.forget(session.id)
+        self._rewatch()
+
+    def _take_over(self, session_id: str) -> None:
+        """`session.open` with `resume`: only a session whose spool is held by a live guard run."""
+        if self._spools is None or not self._spools.has_spool(session_id) \
+                or not self._spools.writer_alive(session_id):
+            raise p.RequestError(p.NOT_FOUND,
+                                 f"field 'resume': no live spool for session {session_id[:64]!r}")
+        if session_id in {s.id for s in self.sessions}:  # its old connection has not been noticed gone yet
+            old = self.sessions.remove(session_id)
+            conn = self._conns.get(old.owner)
+            if conn is not None:
+                conn.sessions.discard(session_id)
+            self._spools.forget(session_id)
+
+    def _finish_abandoned_spools(self) -> None:
+        """End, in the trail, every session whose guard run died with records left in its spool."""
+        if self._spools is None:
+            return
+        try:
+            abandoned = self._spools.abandoned({s.id for s in self.sessions})
+        except OSError as exc:
+            log.error("cannot list the session spools: %s", exc)
+            return
+        for session_id in abandoned:
+            try:
+                fields = self._spools.finish_abandoned(session_id)
+            except Exception:  # one damaged spool must not stop the others, nor the daemon
+                log.exception("session %s: could not ingest its spool; it stays for another try", session_id)
+                continue
+            log.info("session %s: ingested its spool after guard run ended (%s)", session_id,
+                     fields["status"])
+
     def _end_session(self, session: Session, *, status: str, reason: str | None = None,
                      exit_status: int | None = None, summary: dict[str, Any] | None = None) -> None:
         from guard.audit import session_event
 
+        marker = self._drain_spool(session) or {}
+        if marker and summary is None:  # guard run wrote its end, then lost us
+            exit_status = marker.get("exit_status") if isinstance(marker.get("exit_status"), int) else None
+            summary = marker.get("summary") if isinstance(marker.get("summary"), dict) else None
+        if isinstance(marker.get("status"), str) and marker["status"] != "closed":
+            status = marker["status"]  # how guard run ended it: stopped (could not record), terminated
+        if reason is None and isinstance(marker.get("reason"), str):
+            reason = marker["reason"]
         self.sessions.remove(session.id)
         conn = self._conns.get(session.owner)
         if conn is not None:
@@ -596,6 +691,8 @@ class Daemon:
             extra["summary"] = summary
         self._audit.append(session_event(session.id, "end", **extra))
         self._audit.seal()  # a finished session's trail verifies at once, not at the next tick
+        if self._spools is not None and self._spools.has_spool(session.id):
+            self._spools.finish(session.id)  # synced: only now may the spool go
         self._rewatch()
 
     # ---- policy reload ---------------------------------------------------------------------------
