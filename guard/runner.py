@@ -228,7 +228,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         problem = recorder.close(exit_status=status, summary=summary, status=ending[0], reason=ending[1])
         if problem is not None:
             say(f"guard: could not close the session with the daemon ({problem}); its records are kept "
-                f"in {spool.path} and the next daemon to start records them")
+                f"in {spool.path}; the daemon records them when it answers again, or at its next start")
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
 

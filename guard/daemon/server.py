@@ -615,9 +615,11 @@ class Daemon:
         resume with the next daemon; then the trail says it was detached, and its spool keeps recording."""
         from guard.audit import session_event
 
-        if self._spools is None or not self._spools.has_spool(session.id) \
-                or not self._spools.writer_alive(session.id):
+        if self._spools is None or not self._spools.has_spool(session.id):
             self._end_session(session, status=status, reason=reason)
+            return
+        if not self._spools.writer_alive(session.id):
+            self._end_session(session, status=status, reason=f"guard run died ({reason})")
             return
         self._drain_spool(session)
         self.sessions.remove(session.id)
@@ -673,7 +675,9 @@ class Daemon:
             summary = marker.get("summary") if isinstance(marker.get("summary"), dict) else None
         if isinstance(marker.get("status"), str) and marker["status"] != "closed":
             status = marker["status"]  # how guard run ended it: stopped (could not record), terminated
-        if reason is None and isinstance(marker.get("reason"), str):
+            if isinstance(marker.get("reason"), str):
+                reason = marker["reason"]
+        elif reason is None and isinstance(marker.get("reason"), str):
             reason = marker["reason"]
         self.sessions.remove(session.id)
         conn = self._conns.get(session.owner)
