@@ -104,9 +104,11 @@ class SpoolIngest:
                 last_seq = self._append(gap)
             last_seq = self._append_line(session, line.n, line.record, result) or last_seq
             state.n = line.n
+        marker_read = state.end is not None and state.offset != read.offset
         state.offset = read.offset
-        if last_seq is not None:
-            state.trail_seq = last_seq
+        if last_seq is not None or marker_read:
+            if last_seq is not None:
+                state.trail_seq = last_seq
             self._writer.tick()  # the lines are in the trail's file before we acknowledge them
             self._save(session)
         result.acked = state.n
@@ -213,7 +215,8 @@ class SpoolIngest:
         state = self._states[session]
         path = self._ack_path(session)
         tmp = path.with_name(path.name + ".tmp")
-        data = orjson.dumps({"offset": state.offset, "n": state.n, "trail_seq": state.trail_seq})
+        data = orjson.dumps({"offset": state.offset, "n": state.n, "trail_seq": state.trail_seq,
+                             "end": state.end})
         fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
         try:
             os.write(fd, data)
@@ -226,7 +229,8 @@ class SpoolIngest:
         state = _State(offset=0, n=0, trail_seq=-1)
         try:
             saved = orjson.loads(self._ack_path(session).read_bytes())
-            state = _State(offset=int(saved["offset"]), n=int(saved["n"]), trail_seq=int(saved["trail_seq"]))
+            state = _State(offset=int(saved["offset"]), n=int(saved["n"]), trail_seq=int(saved["trail_seq"]),
+                           end=saved.get("end") if isinstance(saved.get("end"), dict) else None)
         except FileNotFoundError:
             pass
         except (ValueError, KeyError, TypeError, orjson.JSONDecodeError) as exc:
