@@ -143,10 +143,12 @@ class SpoolIngest:
         return int(self._writer.append(record))
 
     def finish(self, session: str) -> None:
-        """The session has ended in the trail: make the trail durable, then remove its spool."""
-        self._writer.seal()
-        self._writer.sync()
+        """The session has ended in the trail: make the trail durable, then remove its spool (and the ack
+        file, which a session that never spooled anything also has)."""
         path = spool_path(self.home, session)
+        if path.exists():
+            self._writer.seal()
+            self._writer.sync()
         for leftover in (path, path.with_name(path.name + ACK_SUFFIX)):
             with contextlib.suppress(FileNotFoundError):
                 leftover.unlink()

@@ -695,7 +695,7 @@ class Daemon:
             extra["summary"] = summary
         self._audit.append(session_event(session.id, "end", **extra))
         self._audit.seal()  # a finished session's trail verifies at once, not at the next tick
-        if self._spools is not None and self._spools.has_spool(session.id):
+        if self._spools is not None:
             self._spools.finish(session.id)  # synced: only now may the spool go
         self._rewatch()
 

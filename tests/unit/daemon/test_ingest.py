@@ -118,3 +118,10 @@ def test_a_record_the_daemon_refuses_is_recorded_as_refused_not_dropped(guard_ho
     kinds = [(r["type"], r.get("event"), r.get("spool")) for r in trail(guard_home)][1:]
     assert kinds == [("session", "spool_rejected", 1), ("decision", None, 2)]
     spool.close()
+
+
+def test_a_session_that_never_spooled_leaves_nothing_behind(guard_home: Path, writer: AuditWriter) -> None:
+    ingest = SpoolIngest(guard_home, writer)
+    ingest.opened(SESSION, writer.append({"type": "session", "session": SESSION, "event": "start"}))
+    ingest.finish(SESSION)
+    assert list((guard_home / "spool").iterdir()) == []
