@@ -129,6 +129,7 @@ class Recorder:
         self._acked = 0
         self._pending_since: float | None = None  # no acknowledgement since then, records waiting
         self._closing = False
+        self._gave_up = False  # close() stopped waiting for acknowledgements
         self._failed: str | None = None
         self._paused = False
         self._control: AgentControl | None = None
@@ -197,7 +198,7 @@ class Recorder:
             with self._cv:
                 while not self._closing and self._acked >= self._spool.last:
                     self._cv.wait(0.5)
-                if self._acked >= self._spool.last or (self._closing and self._failed is not None):
+                if self._acked >= self._spool.last or self._gave_up:
                     return  # closing, and everything is acknowledged (or the wait for it is over)
             try:
                 client = self._client
@@ -210,7 +211,7 @@ class Recorder:
             except Exception as exc:  # any failure: reconnect and try again
                 self._lost(exc)
                 with self._cv:
-                    if self._closing and self._failed is not None:
+                    if self._gave_up:
                         return
                     self._cv.wait(backoff)
                 backoff = min(backoff * 2, 1.0)
@@ -302,8 +303,8 @@ class Recorder:
         problem: str | None = None
         try:
             self._spool.append(end)
-        except GuardError as exc:
-            problem = exc.message
+        except GuardError as exc:  # the spool broke: what it holds still goes in, the reason in the summary
+            summary = {**summary, "recording_failed": self._failed or exc.message}
         deadline = time.monotonic() + (self.limits.stop_after if self._failed is None else
                                        self.limits.request_timeout)
         with self._cv:
@@ -313,6 +314,7 @@ class Recorder:
                 self._cv.wait(0.1)
             done = self._acked >= self._spool.last
             self._failed = self._failed or "the session has ended"
+            self._gave_up = True
             self._cv.notify_all()
         self._thread.join(timeout=self.limits.request_timeout + 1)
         self._watchdog.join(timeout=1)

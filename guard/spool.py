@@ -122,7 +122,8 @@ class SpoolWriter:
                 raise self._broken from None
             if written != len(line):
                 self._broken = SpoolError(f"{self.path}: record {n} was written only in part "
-                                          f"({written} of {len(line)} bytes)",
+                                          f"({written} of {len(line)} bytes: the disk is full or a size "
+                                          "limit was hit)",
                                           hint="free space on the disk holding $GUARD_HOME")
                 raise self._broken
             self._last = n

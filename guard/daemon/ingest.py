@@ -219,12 +219,17 @@ class SpoolIngest:
         tmp = path.with_name(path.name + ".tmp")
         data = orjson.dumps({"offset": state.offset, "n": state.n, "trail_seq": state.trail_seq,
                              "end": state.end})
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
-        try:
-            os.write(fd, data)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
+        try:  # only a shortcut for a restart (the trail is searched past a stale ack): a failure is no loss
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC | os.O_NOFOLLOW, 0o600)
+            try:
+                if os.write(fd, data) != len(data):
+                    raise OSError(28, "short write")
+            finally:
+                os.close(fd)
+            os.replace(tmp, path)
+        except OSError as exc:
+            log.warning("session %s: cannot save the spool's ack (%s); a restart searches the trail further",
+                        session, exc.strerror or exc)
 
     def _load(self, session: str) -> _State:
         """This daemon has no state for the session (it restarted): the ack file, then the trail after it."""

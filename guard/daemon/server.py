@@ -679,6 +679,8 @@ class Daemon:
                 reason = marker["reason"]
         elif reason is None and isinstance(marker.get("reason"), str):
             reason = marker["reason"]
+        if status == "closed" and summary is not None and isinstance(summary.get("recording_failed"), str):
+            status, reason = "stopped", summary["recording_failed"]  # its spool broke: no end marker
         self.sessions.remove(session.id)
         conn = self._conns.get(session.owner)
         if conn is not None:

@@ -219,3 +219,49 @@ def test_sigterm_to_guard_run_reaches_the_agent_and_the_session_ends_terminated(
     end, _mine = settle_and_count(run)
     assert end["status"] == "terminated" and "SIGTERM" in end["reason"], end
     assert end["exit_status"] == 128 + signal.SIGTERM
+
+
+@pytest.fixture
+def full_spool_disk(guard_home: Path) -> Iterator[Path]:
+    """$GUARD_HOME/spool on a 64 KiB tmpfs: the session's spool fills up after a couple of hundred records."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a small tmpfs needs root (CI runs this suite as root too)")
+    spool = guard_home / "spool"
+    spool.mkdir(parents=True, mode=0o700)
+    guard_home.chmod(0o700)
+    mounted = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k,mode=0700", "tmpfs", str(spool)],
+                             capture_output=True, text=True, timeout=30)
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.strip()}")
+    try:
+        yield spool
+    finally:
+        subprocess.run(["umount", "-l", str(spool)], capture_output=True, timeout=30, check=False)
+
+
+def test_a_full_disk_under_the_spool_denies_and_stops_the_agent_and_loses_nothing(
+        isolated_home: Path, guard_home: Path, tmp_path: Path, full_spool_disk: Path) -> None:
+    project = isolated_home / "project"
+    out = project / "out"
+    out.mkdir(parents=True)
+    script = tmp_path / "writer.py"
+    script.write_text(WRITER)
+    proc = subprocess.Popen([*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES)],
+                            cwd=project, env=dict(os.environ), stdin=subprocess.DEVNULL,
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    run = Run(guard_home, out, proc, tmp_path / "unused")
+    try:
+        _, err_bytes = proc.communicate(timeout=120)
+        err = err_bytes.decode(errors="replace")
+        assert proc.returncode != 0 and run.files() < FILES, (proc.returncode, run.files(), err)
+        # ENOSPC, or a short write when the last bytes of the disk are taken: both stop the sandbox
+        assert "a record could not be written" in err, err
+        assert "No space left" in err or "written only in part" in err, err
+        end, _mine = settle_and_count(run)
+        assert end["status"] == "stopped" and "could not be written" in end["reason"], end
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=30)
+        with contextlib.suppress(OSError, ValueError):
+            _stop_daemon_pid(int((guard_home / "daemon.pid").read_text().strip()))
