@@ -148,13 +148,15 @@ class SpoolRead:
     lines: list[SpoolLine]
     offset: int  # where the next read starts: past the last complete line
     partial: int  # bytes after `offset` (a line being written, or torn if the writer is gone)
+    damaged: str | None = None  # the line at `offset` is not a spool record: why (reading stopped there)
 
 
 def read_spool(path: Path, offset: int = 0, *, limit: int = 1 << 30) -> SpoolRead:
     """The complete lines of `path` from byte `offset` on (at most about `limit` bytes of them).
 
-    A line that is not a JSON object with an integer `n` raises SpoolError naming the byte offset: the
-    spool is written only by `guard run`, so that is damage, never something to skip silently.
+    A complete line that is not a JSON object with an integer `n` stops the read there and is reported in
+    `damaged` with its byte offset: the spool is written only by `guard run`, so that is damage, never
+    something to skip silently. The lines before it are returned.
     """
     try:
         fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NOFOLLOW)
@@ -174,7 +176,10 @@ def read_spool(path: Path, offset: int = 0, *, limit: int = 1 << 30) -> SpoolRea
             start = 0
             base = pos - len(buf)
             while (nl := buf.find(b"\n", start)) >= 0:
-                lines.append(_parse_line(path, buf[start:nl], base + start, base + nl + 1))
+                try:
+                    lines.append(_parse_line(path, buf[start:nl], base + start, base + nl + 1))
+                except SpoolError as exc:
+                    return SpoolRead(lines, base + start, 0, damaged=exc.message)
                 start = nl + 1
             rest = buf[start:]
         consumed = lines[-1].end if lines else offset
@@ -187,12 +192,10 @@ def _parse_line(path: Path, raw: bytes, at: int, end: int) -> SpoolLine:
     try:
         record = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
-        raise SpoolError(f"{path}: byte {at}: not a JSON line: {exc}",
-                         hint="the spool was damaged; keep it as evidence") from None
+        raise SpoolError(f"{path}: byte {at}: not a JSON line: {exc}") from None
     n = record.get("n") if isinstance(record, dict) else None
     if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-        raise SpoolError(f"{path}: byte {at}: a spool line needs a positive integer 'n'",
-                         hint="the spool was damaged; keep it as evidence")
+        raise SpoolError(f"{path}: byte {at}: a spool line needs a positive integer 'n'")
     del record["n"]
     return SpoolLine(n, record, end)
 

@@ -59,6 +59,7 @@ class IngestResult:
     end: dict[str, Any] | None = None  # the end marker, once it has been read
     partial: int = 0  # bytes of an unfinished last line (torn, if the writer is gone)
     more: bool = False  # the read stopped at its limit: ask again
+    damaged: str | None = None  # a line that is not a spool record stopped the read: why
 
 
 @dataclass
@@ -67,6 +68,7 @@ class _State:
     n: int  # last record number in the trail
     trail_seq: int  # the trail seq of that record (or of the session's start)
     end: dict[str, Any] | None = None
+    damaged: str | None = None
 
 
 class SpoolIngest:
@@ -94,7 +96,7 @@ class SpoolIngest:
         state = self._state(session)
         read = read_spool(path, state.offset, limit=_READ_LIMIT)
         result = IngestResult(acked=state.n, partial=read.partial,
-                              more=read.partial == 0 and read.offset < _size(path))
+                              more=read.damaged is None and read.partial == 0 and read.offset < _size(path))
         last_seq = None
         for line in read.lines:
             if line.n <= state.n:
@@ -106,6 +108,11 @@ class SpoolIngest:
             state.n = line.n
         marker_read = state.end is not None and state.offset != read.offset
         state.offset = read.offset
+        if read.damaged is not None and state.damaged is None:
+            state.damaged = read.damaged
+            last_seq = self._append(session_event(session, "spool_damaged", offset=read.offset,
+                                                  error=read.damaged))
+            log.error("session %s: %s", session, read.damaged)
         if last_seq is not None or marker_read:
             if last_seq is not None:
                 state.trail_seq = last_seq
@@ -113,6 +120,7 @@ class SpoolIngest:
             self._save(session)
         result.acked = state.n
         result.end = state.end
+        result.damaged = state.damaged
         return result
 
     def _append_line(self, session: str, n: int, record: dict[str, Any], result: IngestResult) -> int | None:
@@ -146,7 +154,7 @@ class SpoolIngest:
         """The session has ended in the trail: make the trail durable, then remove its spool (and the ack
         file, which a session that never spooled anything also has)."""
         path = spool_path(self.home, session)
-        if path.exists():
+        if path.exists() or path.with_name(path.name + ".damaged").exists():
             self._writer.seal()
             self._writer.sync()
         for leftover in (path, path.with_name(path.name + ACK_SUFFIX)):
@@ -184,6 +192,12 @@ class SpoolIngest:
                 break
         end = dict(result.end or {})
         fields: dict[str, Any] = {"counts_ingested": counts}
+        if result.damaged is not None:  # keep the damaged spool as evidence, out of the way of the sweep
+            path = spool_path(self.home, session)
+            kept = path.with_name(path.name + ".damaged")
+            os.replace(path, kept)
+            fields["damaged"] = result.damaged
+            fields["kept"] = str(kept)
         if end:
             fields["status"] = str(end.get("status", "closed"))
             for key in ("exit_status", "summary", "reason"):

@@ -597,6 +597,8 @@ class Daemon:
         result = self._spools.ingest(session.id)
         for verdict in result.verdicts:
             _count(session, verdict)
+        if result.damaged is not None:  # recorded in the trail; the session cannot go on recording
+            raise p.RequestError(p.INTERNAL, f"the session's spool is damaged: {result.damaged}")
         return {"acked": result.acked, "more": result.more}
 
     def _drain_spool(self, session: Session) -> dict[str, Any] | None:
@@ -607,7 +609,7 @@ class Daemon:
             result = self._spools.ingest(session.id)
             for verdict in result.verdicts:
                 _count(session, verdict)
-            if not result.more:
+            if not result.more or result.damaged is not None:
                 return result.end
 
     def _leave(self, session: Session, *, status: str, reason: str) -> None:

@@ -64,14 +64,16 @@ def test_a_partial_last_line_is_left_for_the_next_read(guard_home: Path) -> None
     spool.close()
 
 
-def test_a_damaged_line_is_an_error_naming_its_offset(guard_home: Path) -> None:
+def test_a_damaged_line_stops_the_read_and_is_reported_with_its_offset(guard_home: Path) -> None:
     spool = SpoolWriter.create(guard_home, "abc123")
     spool.append({"type": "a"})
     end = spool.path.stat().st_size
     with open(spool.path, "ab") as fh:
         fh.write(b"garbage\n")
-    with pytest.raises(SpoolError, match=f"byte {end}"):
-        read_spool(spool.path)
+    spool.append({"type": "b"})
+    read = read_spool(spool.path)
+    assert [x.n for x in read.lines] == [1] and read.offset == end
+    assert read.damaged is not None and f"byte {end}" in read.damaged
     spool.close()
 
 

@@ -125,3 +125,20 @@ def test_a_session_that_never_spooled_leaves_nothing_behind(guard_home: Path, wr
     ingest.opened(SESSION, writer.append({"type": "session", "session": SESSION, "event": "start"}))
     ingest.finish(SESSION)
     assert list((guard_home / "spool").iterdir()) == []
+
+
+def test_a_damaged_abandoned_spool_is_recorded_and_kept_as_evidence(guard_home: Path, writer: AuditWriter) -> None:
+    ingest = SpoolIngest(guard_home, writer)
+    ingest.opened(SESSION, writer.append({"type": "session", "session": SESSION, "event": "start"}))
+    spool = SpoolWriter.create(guard_home, SESSION)
+    spool.append(decision(0))
+    path = spool.path
+    spool.close()
+    with open(path, "ab") as fh:
+        fh.write(b"not json\n")
+    fields = SpoolIngest(guard_home, writer).finish_abandoned(SESSION)
+    assert "not a JSON line" in fields["damaged"]
+    events = [(r["type"], r.get("event")) for r in trail(guard_home)]
+    assert events == [("session", "start"), ("decision", None), ("session", "spool_damaged"), ("session", "end")]
+    assert not path.exists() and Path(fields["kept"]).read_bytes().endswith(b"not json\n")
+    assert SpoolIngest(guard_home, writer).abandoned(set()) == []  # the sweep leaves the evidence alone
