@@ -181,25 +181,52 @@ def test_guard_daemon_stop_mid_session_loses_nothing(writer_run: Any) -> None:
     assert "detached" in events and "resume" in events, events
 
 
-def test_a_stopped_daemon_pauses_then_stops_the_agent_and_the_trail_says_so(writer_run: Any) -> None:
-    run: Run = writer_run(GUARD_RECORD_PAUSE_AFTER="2", GUARD_RECORD_STOP_AFTER="4")
+def test_a_stopped_daemon_pauses_the_agent_until_it_answers_again(writer_run: Any) -> None:
+    run: Run = writer_run(GUARD_RECORD_PAUSE_AFTER="2", GUARD_RECORD_STOP_AFTER="600")
     pid = run.daemon_pid()
     before = psutil.Process(run.proc.pid).memory_info().rss
     os.kill(pid, signal.SIGSTOP)
     try:
         wait_until(lambda: "the agent is paused" in run.err(), timeout=60, what="guard run to pause the agent")
-        paused_at = run.files()
+        wait_until(lambda: _writer_state(run) == psutil.STATUS_STOPPED, timeout=30,
+                   what="the agent's process to be stopped (SIGSTOP)")
         grown = psutil.Process(run.proc.pid).memory_info().rss - before
-        status = run.wait()
     finally:
         os.kill(pid, signal.SIGCONT)
     assert grown < 16 << 20, f"guard run grew by {grown >> 20} MB while the daemon was stopped"
-    assert status != 0 and run.files() == paused_at < FILES, (status, paused_at, run.files())
-    assert "the agent was stopped" in run.err(), run.err()
+    assert run.wait() == 0, run.err()
+    assert "acknowledges records again" in run.err() and run.files() == FILES
+    end, mine = settle_and_count(run)
+    assert end["status"] == "closed", end
+    events = [r["event"] for r in mine if r["type"] == "session"]
+    assert "paused" in events and "resumed" in events, events
+
+
+def test_a_daemon_stopped_past_every_timeout_stops_the_agent_and_the_trail_says_so(writer_run: Any) -> None:
+    run: Run = writer_run(GUARD_RECORD_PAUSE_AFTER="1", GUARD_RECORD_STOP_AFTER="3")
+    pid = run.daemon_pid()
+    os.kill(pid, signal.SIGSTOP)
+    try:
+        status = run.wait()
+    finally:
+        os.kill(pid, signal.SIGCONT)
+    assert status != 0 and run.files() < FILES, (status, run.files())
+    err = run.err()
+    assert "the agent is paused" in err and "the agent was stopped" in err, err
     end, mine = settle_and_count(run)
     assert end["status"] == "stopped" and "acknowledged no record" in end["reason"], end
     events = [r["event"] for r in mine if r["type"] == "session"]
     assert "paused" in events and "stalled" in events, events
+
+
+def _writer_state(run: Run) -> str | None:
+    """The state of the agent's writer process (inside the sandbox, seen from here)."""
+    for child in psutil.Process(run.proc.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            argv = child.cmdline()
+            if argv[:1] == ["/usr/bin/python3"] and argv[1:2] and argv[1].endswith("writer.py"):
+                return str(child.status())  # not guard run's own processes, whose argv holds the command
+    return None
 
 
 def test_sigkill_of_guard_run_loses_nothing_and_the_daemon_ends_the_session(writer_run: Any) -> None:
