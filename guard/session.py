@@ -116,6 +116,8 @@ class Recorder:
     sandbox after `stop_after`, with a message on stderr and a record in the spool.
     """
 
+    LINGER_S = 0.005
+
     def __init__(self, spool: SpoolWriter, session: str, client: DaemonClient | None,
                  connect: Callable[[], DaemonClient], *, limits: RecordingLimits,
                  warn: Callable[[str], None]) -> None:
@@ -172,10 +174,11 @@ class Recorder:
             message = exc.diagnostics() if isinstance(exc, GuardError) else f"{type(exc).__name__}: {exc}"
             self.fail(f"a record could not be written: {message}")
             raise RecordingStopped(self._failed or message) from exc
-        with self._cv:
-            if self._pending_since is None:
-                self._pending_since = time.monotonic()
-            self._cv.notify_all()
+        if self._pending_since is None:  # the recorder may be idle: wake it (later records find it busy)
+            with self._cv:
+                if self._pending_since is None:
+                    self._pending_since = time.monotonic()
+                    self._cv.notify_all()
         return n
 
     def fail(self, why: str) -> None:
@@ -200,6 +203,8 @@ class Recorder:
                     self._cv.wait(0.5)
                 if self._acked >= self._spool.last or self._gave_up:
                     return  # closing, and everything is acknowledged (or the wait for it is over)
+                if self._pending_since is None:  # an append raced with the last acknowledgement
+                    self._pending_since = time.monotonic()
             try:
                 client = self._client
                 if client is None:
@@ -218,6 +223,9 @@ class Recorder:
                 continue
             backoff = 0.05
             self._acknowledged(acked)
+            with self._cv:  # let records gather while the window is far from full: fewer, larger requests
+                if not self._closing and self._spool.last - self._acked < self.limits.window // 4:
+                    self._cv.wait(self.LINGER_S)
 
     def _acknowledged(self, acked: int) -> None:
         resumed = False
