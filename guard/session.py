@@ -136,8 +136,10 @@ class Recorder:
         self._paused = False
         self._control: AgentControl | None = None
         self._lost_since: float | None = None
-        self._thread = threading.Thread(target=self._ack_loop, name="guard-recorder", daemon=True)
-        self._watchdog = threading.Thread(target=self._watch, name="guard-record-watchdog", daemon=True)
+        self._thread = threading.Thread(target=self._guarded, args=(self._ack_loop,), name="guard-recorder",
+                                        daemon=True)
+        self._watchdog = threading.Thread(target=self._guarded, args=(self._watch,),
+                                          name="guard-record-watchdog", daemon=True)
         self._thread.start()
         self._watchdog.start()
 
@@ -194,6 +196,14 @@ class Recorder:
             control.kill()
 
     # ---- the daemon side ---------------------------------------------------------------------------
+
+    def _guarded(self, body: Callable[[], None]) -> None:
+        """A recorder thread that dies of a bug must not leave the agent running unwatched."""
+        try:
+            body()
+        except BaseException as exc:
+            self.fail(f"the session's recorder failed ({type(exc).__name__}: {exc})")
+            raise
 
     def _ack_loop(self) -> None:
         backoff = 0.05
@@ -371,7 +381,7 @@ class Decider:
         if decision.rule_id == SUPERVISOR_RULE:
             self._tally.count(action, decision)
             with contextlib.suppress(RecordingStopped):  # a refusal either way; the sandbox is being stopped
-                self._recorder.append(_decision_record(action, decision))
+                self._record(action, decision)
 
     def record_event(self, event: dict[str, Any]) -> None:
         """Spool a record made elsewhere (a proxied or published connection); never waits for the window,
@@ -398,7 +408,7 @@ class Decider:
             if decision.enforced is Verdict.ASK:
                 decision = self._ask(action, decision)
             else:
-                self._recorder.append(_decision_record(action, decision))
+                self._record(action, decision)
         except RecordingStopped as exc:
             decision = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"guard cannot record: {exc.message}")
         self._tally.count(action, decision)
@@ -412,8 +422,18 @@ class Decider:
             return client.decide(self._session, action)
         except GuardError as exc:
             refused = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"no answer to the ask: {exc.message}")
-            self._recorder.append(_decision_record(action, refused))
+            self._record(action, refused)
             return refused
+
+    def _record(self, action: Action, decision: Decision) -> None:
+        """Spool the decision's record; a record that cannot even be built stops the sandbox too."""
+        try:
+            record = _decision_record(action, decision)
+        except Exception as exc:
+            why = f"a record could not be built: {type(exc).__name__}: {exc}"
+            self._recorder.fail(why)
+            raise RecordingStopped(why) from exc
+        self._recorder.append(record)
 
 
 def _decision_record(action: Action, decision: Decision) -> dict[str, Any]:

@@ -130,3 +130,23 @@ def test_a_stopped_daemon_pauses_then_stops_the_agent(guard_home: Path, tmp_path
 
 def _trail(home: Path) -> list[dict[str, object]]:
     return [orjson.loads(line) for seg in list_segments(home / "log") for line in seg.path.read_bytes().splitlines()]
+
+
+def test_a_record_that_cannot_be_written_is_a_deny_and_stops_the_sandbox(guard_home: Path, tmp_path: Path) -> None:
+    """ENOSPC from the kernel (/dev/full as the spool): the action is refused, never allowed unrecorded."""
+    workspace, policy_file = _setup(guard_home, tmp_path)
+    policy = load_policy(policy_file, workspace=workspace)
+    control = Control()
+    lines: list[str] = []
+    spool = SpoolWriter(os.open("/dev/full", os.O_WRONLY | os.O_CLOEXEC), tmp_path / "full.jsonl")
+    recorder = Recorder(spool, "0123456789", None, lambda: DaemonClient.connect(guard_home, timeout=1),
+                        warn=lines.append, limits=RecordingLimits(request_timeout=0.5))
+    recorder.attach(control)
+    decider = Decider(policy, recorder, "0123456789", Tally(), warn=lines.append)
+    refused = decider.decide(Action(Op.WRITE, str(workspace / "a")))
+    assert (refused.verdict, refused.rule_id) == (Verdict.DENY, FAIL_CLOSED_RULE)
+    assert "No space left" in refused.reason and control.killed.is_set()
+    assert any("stopping the sandbox" in line for line in lines)
+    later = decider.decide(Action(Op.READ, str(workspace / "b")))
+    assert later.verdict is Verdict.DENY
+    assert recorder.close(exit_status=137, summary={}) is not None  # nothing to deliver to: says so
