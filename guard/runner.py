@@ -137,13 +137,21 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         "cwd": str(opts.cwd), "pid": os.getpid(), "env": policy_environment(policy.sources, opts.env)}
     session = client.open_session(**session_fields)
     session_id: str = session["session"]
+    spool: SpoolWriter | None = None
     try:
         spool = SpoolWriter.create(home, session_id)
+        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
     except GuardError as exc:
+        if spool is not None:  # empty: nothing to keep
+            spool.close()
+            with contextlib.suppress(OSError):
+                spool.path.unlink()
         with contextlib.suppress(GuardError):
             client.close_session(session_id, exit_status=125, summary={})
         client.close()
-        raise SandboxError(f"nothing was started: {exc.message}", hint=exc.hint) from exc
+        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
+                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
+        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
 
     def reconnect() -> DaemonClient:
         """A new connection that resumes this session (starting a daemon if none answers)."""
