@@ -85,7 +85,6 @@ class SpoolWriter:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
             os.rename(tmp, final)
-            _fsync_dir(final.parent)
         except OSError as exc:
             os.close(fd)
             with contextlib.suppress(OSError):
@@ -228,10 +227,3 @@ def list_spools(home: Path) -> Iterator[tuple[str, Path]]:
         if session is not None:
             yield session, path
 
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)

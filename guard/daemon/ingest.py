@@ -36,6 +36,7 @@ from guard.home import ensure_private_dir, log_dir
 from guard.model import Verdict
 from guard.spool import (
     ACK_SUFFIX,
+    SPOOL_SUFFIX,
     SpoolError,
     list_spools,
     read_spool,
@@ -49,6 +50,7 @@ log = logging.getLogger(__name__)
 # Lifecycle notes a session may spool about itself (the trail must say when and why the agent was paused).
 SESSION_NOTES = frozenset({"paused", "resumed", "stalled"})
 END_MARKER = "end"
+DONE_SUFFIX = ".done"
 _READ_LIMIT = 8 << 20  # bytes of spool read per ingest call; the session asks again for the rest
 
 
@@ -78,7 +80,9 @@ class SpoolIngest:
         self.home = home
         self._writer = writer
         self._states: dict[str, _State] = {}
+        self._retired: list[tuple[int, Path]] = []  # (lines a synced checkpoint must cover, retired spool)
         ensure_private_dir(spool_dir(home))
+        self.drop_retired_leftovers()
 
     # ---- live sessions -----------------------------------------------------------------------------
 
@@ -151,16 +155,44 @@ class SpoolIngest:
         return int(self._writer.append(record))
 
     def finish(self, session: str) -> None:
-        """The session has ended in the trail: make the trail durable, then remove its spool (and the ack
-        file, which a session that never spooled anything also has)."""
+        """The session has ended in the trail: retire its spool now, remove it once the trail is synced.
+
+        The spool is renamed `<session>.jsonl.done` at once (no sweep may take it for abandoned and end
+        the session twice) and deleted by `reap()` when the checkpoint covering the end record has been
+        fdatasynced, so nobody waits for the disk here.
+        """
         path = spool_path(self.home, session)
-        if path.exists() or path.with_name(path.name + ".damaged").exists():
-            self._writer.seal()
-            self._writer.sync()
-        for leftover in (path, path.with_name(path.name + ACK_SUFFIX)):
-            with contextlib.suppress(FileNotFoundError):
-                leftover.unlink()
+        with contextlib.suppress(FileNotFoundError):
+            path.with_name(path.name + ACK_SUFFIX).unlink()
         self._states.pop(session, None)
+        self._writer.seal()  # now the trail's last line is a checkpoint covering every line before it
+        done = path.with_name(path.name + DONE_SUFFIX)
+        try:
+            os.replace(path, done)
+        except FileNotFoundError:
+            return
+        self._retired.append((int(self._writer.size) - 1, done))
+
+    def reap(self) -> None:
+        """Delete the retired spools whose session end is now covered by a synced checkpoint."""
+        durable = int(self._writer.sealed_size)
+        keep = []
+        for size, done in self._retired:
+            if size <= durable:
+                with contextlib.suppress(FileNotFoundError):
+                    done.unlink()
+            else:
+                keep.append((size, done))
+        self._retired = keep
+
+    def drop_retired_leftovers(self) -> None:
+        """At start: spools retired by an earlier daemon that died before deleting them (their session's
+        end is in the trail, which the writer has just recovered and sealed)."""
+        with contextlib.suppress(FileNotFoundError):
+            for name in os.listdir(spool_dir(self.home)):
+                if name.endswith(SPOOL_SUFFIX + DONE_SUFFIX):
+                    with contextlib.suppress(FileNotFoundError):
+                        (spool_dir(self.home) / name).unlink()
 
     def forget(self, session: str) -> None:
         """The session left this daemon but its `guard run` lives on (it will resume or be found later)."""

@@ -650,9 +650,11 @@ class Daemon:
             self._spools.forget(session_id)
 
     def _finish_abandoned_spools(self) -> None:
-        """End, in the trail, every session whose guard run died with records left in its spool."""
+        """End, in the trail, every session whose guard run died with records left in its spool; delete
+        the spools of ended sessions once the trail is synced."""
         if self._spools is None:
             return
+        self._spools.reap()
         try:
             abandoned = self._spools.abandoned({s.id for s in self.sessions})
         except OSError as exc:

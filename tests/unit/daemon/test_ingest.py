@@ -93,7 +93,8 @@ def test_an_abandoned_spool_is_ingested_ended_and_removed(guard_home: Path, writ
         fh.write(b'{"type":"decision"')  # a write cut short by a death: never allowed
     assert SpoolIngest(guard_home, writer).abandoned(set()) == [SESSION]
     assert ingest.abandoned({SESSION}) == []  # open in this daemon: not abandoned
-    fields = SpoolIngest(guard_home, writer).finish_abandoned(SESSION)
+    finisher = SpoolIngest(guard_home, writer)  # a daemon that started after guard run died
+    fields = finisher.finish_abandoned(SESSION)
     end = trail(guard_home)[-1]
     assert end["event"] == "end" and end["torn_bytes"] == len(b'{"type":"decision"')
     if ended:
@@ -102,6 +103,10 @@ def test_an_abandoned_spool_is_ingested_ended_and_removed(guard_home: Path, writ
         assert end["status"] == "lost" and "guard run died" in str(end["reason"])
     assert [r["event"] for r in trail(guard_home) if r["type"] == "session"] == ["start", "paused", "end"]
     assert not path.exists() and not path.with_name(path.name + ".ack").exists()
+    retired = path.with_name(path.name + ".done")  # deleted once a synced checkpoint covers the end
+    assert retired.exists() and not finisher.abandoned(set())
+    finisher.reap()
+    assert not retired.exists()
     writer.close()
     report = verify_log(guard_home / "log", Keyring(guard_home).root().public)
     assert report.exit_code == 0, report.findings
@@ -136,7 +141,8 @@ def test_a_damaged_abandoned_spool_is_recorded_and_kept_as_evidence(guard_home: 
     spool.close()
     with open(path, "ab") as fh:
         fh.write(b"not json\n")
-    fields = SpoolIngest(guard_home, writer).finish_abandoned(SESSION)
+    finisher = SpoolIngest(guard_home, writer)  # a daemon that started after guard run died
+    fields = finisher.finish_abandoned(SESSION)
     assert "not a JSON line" in fields["damaged"]
     events = [(r["type"], r.get("event")) for r in trail(guard_home)]
     assert events == [("session", "start"), ("decision", None), ("session", "spool_damaged"), ("session", "end")]
