@@ -501,6 +501,7 @@ class Daemon:
             session.counts.asked += 1
             return self._ask(session, action, decision)
         _count(session, decision.enforced)
+        self._audit.tick()  # in the trail's file before the answer lets the action happen
         return {"decision": decision.to_dict()}
 
     async def _ask(self, session: Session, action: Action, decision: Decision) -> dict[str, Any]:
@@ -520,6 +521,7 @@ class Daemon:
             pending.future.set_result(Answer(Verdict.DENY, "timeout", None,
                                              f"no answer within {timeout:g} s"))
         final, approval = self._finish_ask(session, pending)
+        self._audit.tick()  # the approval is in the trail's file before the answer lets the action happen
         return {"decision": final.to_dict(), "approval": approval}
 
     def _finish_ask(self, session: Session, pending: Pending) -> tuple[Decision, dict[str, Any]]:

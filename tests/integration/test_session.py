@@ -150,3 +150,26 @@ def test_a_record_that_cannot_be_written_is_a_deny_and_stops_the_sandbox(guard_h
     later = decider.decide(Action(Op.READ, str(workspace / "b")))
     assert later.verdict is Verdict.DENY
     assert recorder.close(exit_status=137, summary={}) is not None  # nothing to deliver to: says so
+
+
+def test_an_approved_ask_is_in_the_trail_before_the_answer_even_if_the_daemon_dies_at_once(
+        guard_home: Path, tmp_path: Path) -> None:
+    workspace, policy_file = _setup(guard_home, tmp_path)
+    push = Action(Op.RUN, "git push origin main", argv=("git", "push", "origin", "main"))
+    answers: list[object] = []
+    with running_daemon(guard_home) as daemon:
+        client = DaemonClient.connect(guard_home, timeout=5)
+        session = client.open_session(policy_file, workspace)["session"]
+        asking = threading.Thread(target=lambda: answers.append(client.decide(session, push)))
+        asking.start()
+        with DaemonClient.connect(guard_home, timeout=5) as human:
+            pending = wait_until(human.approvals, timeout=20, what="the ask to be pending")
+            human.approve(pending[0]["approval"], by="test")
+        asking.join(timeout=30)
+        daemon.kill()  # the moment the answer is out: nothing may be lost with the daemon's memory
+        daemon.wait(timeout=10)
+        client.close()
+    assert answers and getattr(answers[0], "verdict", None) is Verdict.ALLOW, answers
+    mine = [r for r in _trail(guard_home) if r.get("session") == session]
+    assert [r["type"] for r in mine] == ["session", "decision", "approval"], mine
+    assert mine[-1]["verdict"] == "allow" and mine[-1]["by"] == "test"
