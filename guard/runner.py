@@ -8,7 +8,8 @@ Order matters and is the whole point of this module:
   3. spawn the sandbox; serve its seccomp notifications and its netns loopback listener (the proxy) from
      threads of this process, every action decided by the session's Decider (guard.session) with the
      same policy, and the host ports of `--publish` (each connection made inside by the sandbox's init);
-  4. wait, close the session with a summary, and exit with the command's own status.
+  4. wait (SIGTERM/SIGHUP are passed to the agent, which gets a grace period before the tree is killed),
+     end the session through its spool (guard.session.Recorder), and exit with the command's own status.
 If anything before the command starts fails, we raise SandboxError (exit 125): never an unguarded run.
 """
 
@@ -29,12 +30,14 @@ from typing import Any
 from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
 from guard.model import Action, Decision
-from guard.session import Decider, Tally
+from guard.session import Decider, Recorder, RecordingLimits, Tally
+from guard.spool import SpoolWriter
 from guard.text import shown_text
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
 SUPERVISOR_WORKERS = 4
+TERM_GRACE_S = 5.0  # after SIGTERM/SIGHUP, how long the agent may clean up before its tree is killed
 
 
 @dataclass(frozen=True)
@@ -142,18 +145,47 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     if opts.audit:
         policy.mode = "audit"  # before any decision: the engine reads it at every decide
 
+    limits = RecordingLimits.from_env(opts.env)
     try:
         client = DaemonClient.ensure_running(home)
     except GuardError as exc:
         raise SandboxError(f"the guard daemon could not be reached: {exc.message}",
                            hint="see `guard daemon status`; the command was not started") from exc
-    session = client.open_session(policy=policy_ref(opts.policy), workspace=str(workspace),
-                                  argv=list(opts.argv), cwd=str(opts.cwd), pid=os.getpid(),
-                                  env=policy_environment(policy.sources, opts.env))
+    session_fields: dict[str, Any] = {
+        "policy": policy_ref(opts.policy), "workspace": str(workspace), "argv": list(opts.argv),
+        "cwd": str(opts.cwd), "pid": os.getpid(), "env": policy_environment(policy.sources, opts.env)}
+    session = client.open_session(**session_fields)
     session_id: str = session["session"]
+    spool: SpoolWriter | None = None
+    try:
+        spool = SpoolWriter.create(home, session_id)
+        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
+    except GuardError as exc:
+        if spool is not None:  # empty: nothing to keep
+            spool.close()
+            with contextlib.suppress(OSError):
+                spool.path.unlink()
+        with contextlib.suppress(GuardError):
+            client.close_session(session_id, exit_status=125, summary={})
+        client.close()
+        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
+                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
+        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
+
+    def reconnect() -> DaemonClient:
+        """A new connection that resumes this session (starting a daemon if none answers)."""
+        fresh = DaemonClient.ensure_running(home, wait=limits.request_timeout, timeout=limits.request_timeout)
+        try:
+            fresh.request("session.open", {**session_fields, "resume": session_id})
+        except BaseException:
+            fresh.close()
+            raise
+        return fresh
+
+    recorder = Recorder(spool, session_id, client, reconnect, limits=limits, warn=say)
     tally = Tally()
     status = 125
-    decider: Decider | None = None
+    ending: tuple[str, str | None] = ("closed", None)
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
     try:
@@ -180,7 +212,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                 "refused: the guard's own state, writes to /proc, /sys and /dev, the kernel surfaces of the "
                 "syscall filter")
 
-        decider = Decider(policy, client, session_id, tally, warn=say,
+        decider = Decider(policy, recorder, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
                                              if m.rule_id in policy.existing_only_rules])
         hooks = HookChannel(decider.check, decider.record_event)
@@ -211,7 +243,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             for host_sock, _ in published.values():
                 host_sock.close()
             raise
-        decider.on_record_failure(proc.kill)
+        recorder.attach(_AgentTree(proc))
         stop = threading.Event()
         threads: list[threading.Thread] = []
         if proc.listener_fd is not None:
@@ -235,18 +267,21 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             threads.append(forwarder.thread)
         publisher: PublishThread | None = None
         if published:
-            recorder = decider
+            spooler = decider
 
             def record_published(event: dict[str, Any]) -> None:
                 tally.count_connection()
-                recorder.record_event(event)
+                spooler.record_event(event)
 
             publisher = PublishThread(published, proc.connect_inner, record_published)
             threads.append(publisher.thread)
         for t in threads:
             t.start()
         proc.release()
-        status = _wait_forwarding_signals(proc)
+        status, signalled = _wait_forwarding_signals(proc)
+        if signalled is not None:
+            ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
+                                    f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
         stop.set()
         net.stop()
         if forwarder is not None:
@@ -258,14 +293,13 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     finally:
         announcer.stop()
         _remove_private_layers(home, session_id)
-        if decider is not None:
-            decider.close()  # every record reaches the daemon before the session's end record
         summary = tally.as_dict()
-        try:
-            client.close_session(session_id, exit_status=status, summary=summary)
-        except GuardError as exc:
-            say(f"guard: could not close the session cleanly: {exc.message}")
-        client.close()
+        # every record reaches the trail before the session's end record; if the daemon cannot take them,
+        # the spool keeps them (with the end) for the next daemon to ingest
+        problem = recorder.close(exit_status=status, summary=summary, status=ending[0], reason=ending[1])
+        if problem is not None:
+            say(f"guard: could not close the session with the daemon ({problem}); its records are kept "
+                f"in {spool.path}; the daemon records them when it answers again, or at its next start")
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
 
@@ -354,10 +388,28 @@ def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
                            hint="cd into a project directory, or pass --workspace DIR")
 
 
-def _wait_forwarding_signals(proc: Any) -> int:
-    """Wait for the sandbox. Ctrl-C belongs to the agent (its process group); SIGTERM/SIGHUP kill the tree."""
+def _wait_forwarding_signals(proc: Any, grace: float = TERM_GRACE_S) -> tuple[int, int | None]:
+    """Wait for the sandbox; -> (status, the terminating signal guard run received, if any).
+
+    Ctrl-C belongs to the agent (its process group). SIGTERM/SIGHUP are passed on to the agent (the relay
+    forwards them to the sandbox's init, which forwards them to the agent) so it can clean up; after
+    `grace` seconds the whole tree is killed. A second signal kills at once.
+    """
+    received: list[int] = []
+    timers: list[threading.Timer] = []
+
     def terminate(signum: int, _frame: object) -> None:
-        proc.kill()
+        received.append(signum)
+        if len(received) > 1:
+            proc.kill()
+            return
+        if proc.pid > 0:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(proc.pid, signum)
+        timer = threading.Timer(grace, proc.kill)
+        timer.daemon = True
+        timers.append(timer)
+        timer.start()
 
     previous = {
         signal.SIGINT: signal.signal(signal.SIGINT, signal.SIG_IGN),
@@ -365,10 +417,71 @@ def _wait_forwarding_signals(proc: Any) -> int:
         signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
     }
     try:
-        return int(proc.wait())
+        status = int(proc.wait())
     finally:
+        for timer in timers:
+            timer.cancel()
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+    return status, (received[0] if received else None)
+
+
+class _AgentTree:
+    """The recorder's hold on the agent: stop (SIGSTOP) every process of the sandbox below its init,
+    continue them, or kill the whole tree. Processes are found through /proc's children lists; a process
+    that forks while we stop the tree is caught by going round again until no new one appears."""
+
+    def __init__(self, proc: Any) -> None:
+        self._proc = proc
+        self._stopped: set[int] = set()
+        self._lock = threading.Lock()
+
+    def _tree(self) -> list[int]:
+        found: list[int] = []
+        todo = _children(self._proc.init_pid) if self._proc.init_pid > 0 else []
+        while todo:
+            pid = todo.pop()
+            if pid in found or pid <= 1:
+                continue
+            found.append(pid)
+            todo.extend(_children(pid))
+        return found
+
+    def pause(self) -> None:
+        with self._lock:
+            for _ in range(50):
+                fresh = [pid for pid in self._tree() if pid not in self._stopped]
+                if not fresh:
+                    return
+                for pid in fresh:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGSTOP)
+                    self._stopped.add(pid)
+
+    def resume(self) -> None:
+        with self._lock:
+            for pid in self._tree():
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGCONT)
+            self._stopped.clear()
+
+    def kill(self) -> None:
+        self._proc.kill()
+
+
+def _children(pid: int) -> list[int]:
+    out: list[int] = []
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            with open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                out.extend(int(word) for word in fh.read().split())
+        except OSError:
+            continue
+    return out
 
 
 def _print_summary(say: Callable[[str], None], session_id: str, status: int, summary: dict[str, int],

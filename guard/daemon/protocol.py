@@ -200,6 +200,8 @@ OPS: dict[str, dict[str, _Field]] = {
         # the client's values of the variables the policy reads (HOME, TMPDIR, ${env:NAME}), so the daemon
         # compiles the same policy the client built its sandbox from
         "env": _Field(_env_map, required=False),
+        # reattach to a session whose guard run lives on (its spool is held) after a daemon restart
+        "resume": _Field(_nonempty_str, required=False),
     },
     "decide": {
         "session": _Field(_nonempty_str),
@@ -213,6 +215,10 @@ OPS: dict[str, dict[str, _Field]] = {
     "record.batch": {
         "session": _Field(_nonempty_str),
         "events": _Field(_object_list),
+    },
+    # ingest the session's spool (guard.spool) into the trail; the reply acknowledges up to `acked`
+    "spool.ingest": {
+        "session": _Field(_nonempty_str),
     },
     "session.close": {
         "session": _Field(_nonempty_str),

@@ -42,6 +42,7 @@ from typing import Any
 from guard import __version__
 from guard.daemon import protocol as p
 from guard.daemon.approvals import Answer, Approvals, Pending
+from guard.daemon.ingest import SpoolIngest
 from guard.daemon.reload import PolicyWatcher
 from guard.daemon.sessions import Session, SessionTable, sources_hash
 from guard.errors import DaemonError, GuardError
@@ -157,6 +158,7 @@ class Daemon:
         self._audit_error: GuardError | None = None
         self._tick_error: str | None = None
         self._early: list[tuple[str, dict[str, Any]]] = []  # daemon records made before the trail opened
+        self._spools: SpoolIngest | None = None
         self._watcher: PolicyWatcher | None = None
         self._reloading: set[asyncio.Task[None]] = set()
 
@@ -221,6 +223,8 @@ class Daemon:
                         self._audit.close()
                 raise error from None
             try:
+                self._spools = SpoolIngest(self.home, self._audit)
+                self._finish_abandoned_spools()  # sessions whose guard run died while we were away
                 self._watcher = PolicyWatcher(loop, self._on_policy_change)
                 self._watcher.start()
                 ticker = asyncio.create_task(self._tick_forever())
@@ -319,7 +323,7 @@ class Daemon:
             await asyncio.wait(inflight, timeout=self.limits.shutdown_timeout)
         for session in list(self.sessions):
             try:
-                self._end_session(session, status="interrupted", reason="the daemon stopped")
+                self._leave(session, status="interrupted", reason="the daemon stopped")
             except GuardError as exc:  # the trail failed: the session's end cannot be recorded
                 log.error("session %s: its end is not recorded: %s", session.id, exc.message)
         conns = list(self._conns.values())
@@ -350,6 +354,13 @@ class Daemon:
                 self._sweep(time.monotonic())
             except Exception:
                 log.exception("connection sweep failed")
+            try:
+                self._finish_abandoned_spools()
+            except GuardError as exc:
+                self._fail_audit(exc)
+                return
+            except Exception:
+                log.exception("finishing abandoned spools failed")
 
     def _sweep(self, now: float) -> None:
         """Close connections that stall mid-line or idle (no request) without a reason to stay."""
@@ -399,8 +410,8 @@ class Daemon:
             request.cancel()
         for session_id in list(conn.sessions):
             try:
-                self._end_session(self.sessions.get(session_id), status="lost",
-                                  reason="the client's connection dropped")
+                self._leave(self.sessions.get(session_id), status="lost",
+                            reason="the client's connection dropped")
             except p.RequestError:
                 pass
             except GuardError as exc:
@@ -588,6 +599,8 @@ class Daemon:
             return self._record(self.sessions.get(args["session"]), args["event"])
         if op == "record.batch":
             return self._record_batch(self.sessions.get(args["session"]), args["events"])
+        if op == "spool.ingest":
+            return self._spool_ingest(self.sessions.get(args["session"]))
         if op == "session.close":
             session = self.sessions.get(args["session"])
             self._end_session(session, status="closed", exit_status=args["exit_status"],
@@ -643,15 +656,21 @@ class Daemon:
             raise p.RequestError(p.SHUTTING_DOWN, "the connection closed while the policy loaded")
         if self._stopping:
             raise p.RequestError(p.SHUTTING_DOWN, "the daemon is shutting down")
-        session = Session(id=self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
+        resume = args.get("resume")
+        if resume is not None:
+            self._take_over(resume)
+        session = Session(id=resume or self.sessions.new_id(), policy_ref=args["policy"], workspace=workspace,
                           argv=args["argv"], cwd=args["cwd"], pid=args["pid"], policy=policy,
                           sources_hash=sources_hash(policy.sources), started=self.now(), owner=conn.number,
                           peer_uid=conn.uid, env=args.get("env"))
-        self._audit.append(session_event(
-            session.id, "start", argv=list(session.argv), workspace=str(workspace), cwd=session.cwd,
+        seq = self._audit.append(session_event(
+            session.id, "start" if resume is None else "resume", argv=list(session.argv),
+            workspace=str(workspace), cwd=session.cwd,
             pid=session.pid, uid=conn.uid, policy=policy.name, policy_ref=session.policy_ref,
             policy_mode=policy.mode, sources=[str(s) for s in policy.sources],
             sources_hash=session.sources_hash))
+        if resume is None and self._spools is not None:
+            self._spools.opened(session.id, seq)
         self.sessions.add(session)
         conn.sessions.add(session.id)
         self._rewatch()
@@ -666,6 +685,7 @@ class Daemon:
             session.counts.asked += 1
             return self._ask(session, action, decision)
         _count(session, decision.enforced)
+        self._audit.tick()  # in the trail's file before the answer lets the action happen
         return {"decision": decision.to_dict()}
 
     async def _ask(self, session: Session, action: Action, decision: Decision) -> dict[str, Any]:
@@ -685,6 +705,7 @@ class Daemon:
             pending.future.set_result(Answer(Verdict.DENY, "timeout", None,
                                              f"no answer within {timeout:g} s"))
         final, approval = self._finish_ask(session, pending)
+        self._audit.tick()  # the approval is in the trail's file before the answer lets the action happen
         return {"decision": final.to_dict(), "approval": approval}
 
     def _finish_ask(self, session: Session, pending: Pending) -> tuple[Decision, dict[str, Any]]:
@@ -756,11 +777,103 @@ class Daemon:
             seqs.append(self._audit.append(record))
         return {"count": len(seqs), "first_seq": seqs[0], "last_seq": seqs[-1]}
 
+    # ---- session spools (guard.daemon.ingest) -----------------------------------------------------
+
+    def _spool_ingest(self, session: Session) -> dict[str, Any]:
+        """The live path: the session's new spool lines into the trail; the reply acknowledges them."""
+        assert self._spools is not None
+        result = self._spools.ingest(session.id)
+        for verdict in result.verdicts:
+            _count(session, verdict)
+        if result.damaged is not None:  # recorded in the trail; the session cannot go on recording
+            raise p.RequestError(p.INTERNAL, f"the session's spool is damaged: {result.damaged}")
+        return {"acked": result.acked, "more": result.more}
+
+    def _drain_spool(self, session: Session) -> dict[str, Any] | None:
+        """Everything the session spooled, into the trail; -> its end marker, if it wrote one."""
+        if self._spools is None or not self._spools.has_spool(session.id):
+            return None
+        while True:
+            result = self._spools.ingest(session.id)
+            for verdict in result.verdicts:
+                _count(session, verdict)
+            if not result.more or result.damaged is not None:
+                return result.end
+
+    def _leave(self, session: Session, *, status: str, reason: str) -> None:
+        """The session's connection is gone (or we stop): end it, unless its guard run lives on and will
+        resume with the next daemon; then the trail says it was detached, and its spool keeps recording."""
+        from guard.audit import session_event
+
+        if self._spools is None or not self._spools.has_spool(session.id):
+            self._end_session(session, status=status, reason=reason)
+            return
+        if not self._spools.writer_alive(session.id):
+            self._end_session(session, status=status, reason=f"guard run died ({reason})")
+            return
+        self._drain_spool(session)
+        self.sessions.remove(session.id)
+        conn = self._conns.get(session.owner)
+        if conn is not None:
+            conn.sessions.discard(session.id)
+        self.approvals.answer_all(session=session.id, answer=Answer(
+            Verdict.DENY, "daemon", None, f"the session was detached ({status})"), now=self.now())
+        self._audit.append(session_event(session.id, "detached", status=status, reason=reason,
+                                         counts=session.counts.to_dict()))
+        self._audit.seal()
+        self._spools.forget(session.id)
+        self._rewatch()
+
+    def _take_over(self, session_id: str) -> None:
+        """`session.open` with `resume`: only a session whose spool is held by a live guard run."""
+        if self._spools is None or not self._spools.has_spool(session_id) \
+                or not self._spools.writer_alive(session_id):
+            raise p.RequestError(p.NOT_FOUND,
+                                 f"field 'resume': no live spool for session {session_id[:64]!r}")
+        if session_id in {s.id for s in self.sessions}:  # its old connection has not been noticed gone yet
+            old = self.sessions.remove(session_id)
+            conn = self._conns.get(old.owner)
+            if conn is not None:
+                conn.sessions.discard(session_id)
+            self._spools.forget(session_id)
+
+    def _finish_abandoned_spools(self) -> None:
+        """End, in the trail, every session whose guard run died with records left in its spool; delete
+        the spools of ended sessions once the trail is synced."""
+        if self._spools is None:
+            return
+        self._spools.reap()
+        try:
+            abandoned = self._spools.abandoned({s.id for s in self.sessions})
+        except OSError as exc:
+            log.error("cannot list the session spools: %s", exc)
+            return
+        for session_id in abandoned:
+            try:
+                fields = self._spools.finish_abandoned(session_id)
+            except Exception:  # one damaged spool must not stop the others, nor the daemon
+                log.exception("session %s: could not ingest its spool; it stays for another try", session_id)
+                continue
+            log.info("session %s: ingested its spool after guard run ended (%s)", session_id,
+                     fields["status"])
+
     def _end_session(self, session: Session, *, status: str, reason: str | None = None,
                      exit_status: int | None = None, summary: dict[str, Any] | None = None) -> None:
         from guard.audit import session_event
         from guard.audit.events import ms
 
+        marker = self._drain_spool(session) or {}
+        if marker and summary is None:  # guard run wrote its end, then lost us
+            exit_status = marker.get("exit_status") if isinstance(marker.get("exit_status"), int) else None
+            summary = marker.get("summary") if isinstance(marker.get("summary"), dict) else None
+        if isinstance(marker.get("status"), str) and marker["status"] != "closed":
+            status = marker["status"]  # how guard run ended it: stopped (could not record), terminated
+            if isinstance(marker.get("reason"), str):
+                reason = marker["reason"]
+        elif reason is None and isinstance(marker.get("reason"), str):
+            reason = marker["reason"]
+        if status == "closed" and summary is not None and isinstance(summary.get("recording_failed"), str):
+            status, reason = "stopped", summary["recording_failed"]  # its spool broke: no end marker
         self.sessions.remove(session.id)
         conn = self._conns.get(session.owner)
         if conn is not None:
@@ -777,6 +890,8 @@ class Daemon:
             extra["summary"] = summary
         self._audit.append(session_event(session.id, "end", **extra))
         self._audit.seal()  # a finished session's trail verifies at once, not at the next tick
+        if self._spools is not None:
+            self._spools.finish(session.id)  # synced: only now may the spool go
         self._rewatch()
 
     # ---- policy reload ---------------------------------------------------------------------------

@@ -8,6 +8,7 @@ the pid), so the attack knows exactly whom to hit; the daemon's pid comes from `
 from __future__ import annotations
 
 import hashlib
+import json
 import os
 import subprocess
 import sys
@@ -115,8 +116,9 @@ def test_connect_to_the_daemon_socket(world):
 
 
 def _guard_files(world) -> list[str]:
+    """The lasting files of $GUARD_HOME; session spools come and go (test_forge_or_drop_records_in_the_session_spool)."""
     return sorted(os.path.join(d, f) for d, _, files in os.walk(world.gh) for f in files
-                  if not f.endswith(".sock"))
+                  if not f.endswith(".sock") and os.path.basename(d) != "spool")
 
 
 def _digest(paths: list[str]) -> dict[str, str]:
@@ -151,6 +153,26 @@ def test_read_and_rewrite_keys_and_log(world):
     copied = [f.replace(str(world.gh), str(copy), 1) for f in files]
     bare = world.bare_run(attack, env={"GH": str(copy), "FILES": " ".join(copied), "MARK": mark})
     assert bare.stdout.count("WROTE") == len(files) and "REMOVED" in bare.stdout, bare
+
+
+def test_forge_or_drop_records_in_the_session_spool(world):
+    """The session's spool holds records the daemon has not signed yet: an agent that could append to it
+    would forge decisions, and one that could truncate or remove it would drop them before they are signed."""
+    forged = "/forged-" + world.ssh_secret[-10:]
+    line = json.dumps({"type": "decision", "action": {"op": "write", "target": forged},
+                       "decision": {"verdict": "allow"}, "n": 999})
+    attack = world.sh('for f in "$GH"/spool/*.jsonl; do echo "$LINE" >> "$f" && echo "WROTE $f"; '
+                      ': > "$f" && echo "TRUNCATED $f"; rm "$f" && echo "REMOVED $f"; done')
+    run = world.guard_run(attack, env={"GH": str(world.gh), "LINE": line})
+    assert "WROTE" not in run.stdout and "TRUNCATED" not in run.stdout and "REMOVED" not in run.stdout, run
+    records = world.records(run.session)
+    assert forged not in str(records) and records[-1]["event"] == "end", records[-1]
+    # and the attack is real: bare, against a live-looking spool in a copy of the state directory
+    copy = world.root / "gh-spool-copy"
+    (copy / "spool").mkdir(parents=True)
+    (copy / "spool" / "0123456789.jsonl").write_text('{"type":"decision","n":1}\n')
+    bare = world.bare_run(attack, env={"GH": str(copy), "LINE": line})
+    assert all(word in bare.stdout for word in ("WROTE", "TRUNCATED", "REMOVED")), bare
 
 
 def test_read_and_rewrite_the_policy(world):

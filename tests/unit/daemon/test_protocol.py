@@ -48,7 +48,7 @@ def test_decide_converts_the_action() -> None:
 def test_session_open_defaults_optional_fields() -> None:
     request = p.parse_request(line(op="session.open", policy="coding-agent", workspace="/w"))
     assert request.args == {"policy": "coding-agent", "workspace": "/w", "argv": (), "cwd": None, "pid": None,
-                            "env": None}
+                            "env": None, "resume": None}
 
 
 @pytest.mark.parametrize(("raw", "code", "needle"), [
