@@ -29,6 +29,7 @@ import orjson
 
 from guard.errors import GuardError
 from guard.home import ensure_private_dir
+from guard.text import to_record_deep
 
 SPOOL_SUFFIX = ".jsonl"
 ACK_SUFFIX = ".ack"
@@ -110,7 +111,8 @@ class SpoolWriter:
                 raise SpoolError(f"{self.path}: the spool is closed")
             n = self._last + 1
             try:
-                line = orjson.dumps({**record, "n": n}) + b"\n"
+                # bytes are bytes: a name that is not UTF-8 is carried exactly ({"b64": ...}, guard.text)
+                line = orjson.dumps(to_record_deep({**record, "n": n})) + b"\n"
             except TypeError as exc:  # nothing was written: the spool stays usable, this record is refused
                 raise SpoolError(f"record {n} cannot be encoded: {exc}") from None
             try:

@@ -79,7 +79,7 @@ def writer_run(isolated_home: Path, guard_home: Path, tmp_path: Path) -> Iterato
         project = isolated_home / "project"
         out = project / "out"
         out.mkdir(parents=True)
-        script = tmp_path / "writer.py"
+        script = project / "writer.py"  # in the workspace: the session's /tmp is its own
         script.write_text(WRITER)
         stderr = tmp_path / "guard-run.err"
         with open(stderr, "wb") as err:
@@ -271,7 +271,7 @@ def test_a_full_disk_under_the_spool_denies_and_stops_the_agent_and_loses_nothin
     project = isolated_home / "project"
     out = project / "out"
     out.mkdir(parents=True)
-    script = tmp_path / "writer.py"
+    script = project / "writer.py"  # in the workspace: the session's /tmp is its own
     script.write_text(WRITER)
     proc = subprocess.Popen([*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES)],
                             cwd=project, env=dict(os.environ), stdin=subprocess.DEVNULL,
