@@ -125,7 +125,7 @@ def shown(value: str | bytes | Mapping[str, Any] | None) -> str:
             text = from_record(value)
         except ValueError:
             text = repr(value)
-    if text.isprintable() and text.isascii() and "\\" not in text:
+    if text.isprintable() and text.isascii():
         return text  # the common case, cheaply
     return "".join(_shown_char(ch) for ch in text)
 
@@ -182,7 +182,7 @@ def _escape_surrogates(text: str) -> str:
                    else ch if not 0xD800 <= ord(ch) <= 0xDFFF else f"\\u{ord(ch):04x}" for ch in text)
 
 
-_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}  # a literal backslash cannot pose as an escape
+_SHORT = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 # Categories that are never shown raw: controls, format characters (bidi, zero width, BOM), separators
 # that break lines, surrogates (undecodable bytes, or a stray surrogate from elsewhere), unassigned.
 _HIDDEN = frozenset({"Cc", "Cf", "Zl", "Zp", "Cs", "Cn"})

@@ -489,10 +489,22 @@ def _connected(home: Path, timeout: float) -> DaemonClient:
     return client
 
 
-def _log_tail(home: Path, limit: int = 600) -> str:
+def _log_tail(home: Path, limit: int = 4000) -> str:
+    """Why the daemon stopped, from its log: the last ERROR entry with its continuation lines (a hint), else
+    the last line."""
     try:
         data = (home / "daemon.log").read_bytes()[-limit:]
     except OSError:
         return "(no log)"
     lines = data.decode(errors="replace").strip().splitlines()
-    return lines[-1] if lines else "(empty log)"
+    if not lines:
+        return "(empty log)"
+    errors = [i for i, line in enumerate(lines) if " ERROR " in line]
+    if not errors:
+        return lines[-1]
+    entry = [lines[errors[-1]]]
+    for line in lines[errors[-1] + 1:]:
+        if not line.startswith((" ", "\t")):
+            break
+        entry.append(line.strip())
+    return " ".join(entry)[:1000]

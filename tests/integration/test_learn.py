@@ -16,12 +16,10 @@ from __future__ import annotations
 
 import http.server
 import json
-import os
 import re
 import shutil
 import socketserver
 import subprocess
-import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -67,14 +65,10 @@ def loopback_server() -> Iterator[int]:
 @pytest.fixture
 def world(isolated_home: Path, guard_home: Path, tmp_path: Path,
           monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Path, Path]]:
-    """(workspace, home) with HOME outside every granted tree, and a daemon of the test's own."""
-    if not (SHM.is_dir() and os.access(SHM, os.W_OK | os.X_OK)):
-        pytest.skip("/dev/shm is not writable here: no place for a home outside the base policy's grants")
-    home = Path(tempfile.mkdtemp(prefix="guard-learn-home-", dir=SHM))
+    """(workspace, home): the test's own home (the base policy's scratch grant excepts it, so nothing in it
+    is granted but what coding-agent grants) and a daemon of the test's own."""
+    home = isolated_home
     try:
-        monkeypatch.setenv("HOME", str(home))
-        monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
-        monkeypatch.setenv("XDG_CACHE_HOME", str(home / ".cache"))
         (home / "notes").mkdir()
         (home / ".ssh").mkdir(mode=0o700)
         (home / ".ssh" / "id_rsa").write_text("SECRET-KEY-MATERIAL\n")

@@ -101,9 +101,12 @@ def test_network_needs_become_hosts_ports_and_the_cidr_the_proxy_needs(tmp_path:
     policy = load_learned(tmp_path, render(result, name="learned", extends="coding-agent"))
     assert policy.decide(Action(Op.CONNECT, "pypi.example:443")).verdict is Verdict.ALLOW
     assert policy.decide(Action(Op.CONNECT, "pypi.example:22")).verdict is Verdict.DENY
-    # what the proxy will let through at the host's loopback: the granted port only, by CIDR
+    # what the proxy will let through at the host's loopback: that name, at that address and port only (a
+    # rule's matchers are conditions, all of them hold)
     grant = policy_cidr_grant(policy)
-    assert grant("127.0.0.1", 8443) and not grant("127.0.0.1", 8444) and not grant("127.0.0.2", 8443)
+    assert grant("127.0.0.1", 8443, "api.internal.test")
+    assert not grant("127.0.0.1", 8444, "api.internal.test") and not grant("127.0.0.2", 8443, "api.internal.test")
+    assert not grant("127.0.0.1", 8443, "other.test")
     assert not policy_cidr_grant(load_policy("coding-agent", workspace=Path(WS), home=Path(HOME), env={}))(
         "127.0.0.1", 8443)
 
