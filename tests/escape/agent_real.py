@@ -263,7 +263,8 @@ def test_interactive_claude_in_tmux_an_ask_is_announced_and_answered(world: Any)
     argv = [*prefix, sys.executable, str(HARNESS), "--steps", str(steps), "--log", str(log), "--port", str(PORT),
             "--timeout", "300", "--", *guard]
     sock = world.root / "tui.sock"
-    env = {**world.env, **_agent_env("claude", MODEL_HOST), "ANTHROPIC_API_KEY": key, "TERM": "xterm-256color"}
+    env = {**world.env, **_agent_env("claude", MODEL_HOST), "ANTHROPIC_API_KEY": key, "TERM": "xterm-256color",
+           "SHELL": "/bin/sh"}  # as nobody the login shell is nologin, and tmux's server would exit at once
     subprocess.run(["tmux", "-S", str(sock), "new-session", "-d", "-s", "eng", "-x", "140", "-y", "45",
                     "-c", str(world.ws), shlex.join(argv) + "; sleep 600"], env=env, check=True, timeout=30)
     server = _tmux(sock, "display-message", "-p", "#{pid}").strip()

@@ -12,6 +12,7 @@ namespace and the server go with it.
 from __future__ import annotations
 
 import argparse
+import ctypes
 import json
 import os
 import shutil
@@ -33,8 +34,20 @@ def loopback_only_prefix() -> list[str] | str:
         return "ip (iproute2) is not installed"
     if os.geteuid() == 0:
         return ["unshare", "--net", "--"]
-    # an unprivileged engineer: a user namespace that maps the user to itself owns the new netns
-    return ["unshare", "--map-current-user", "--net", "--"]
+    # an unprivileged engineer: a user namespace that maps the user to itself owns the new netns; its
+    # capabilities are kept for the harness alone (to bring `lo` up) and dropped before the command runs
+    return ["unshare", "--map-current-user", "--keep-caps", "--net", "--"]
+
+
+def _drop_capabilities() -> None:
+    """In the child, before exec: no ambient capabilities, so the command runs as the plain user it is (an
+    engineer's agent has none); a no-op for root, whose namespace is the host's user namespace."""
+    if os.geteuid() == 0:
+        return
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_cap_ambient, pr_cap_ambient_clear_all = 47, 4
+    if libc.prctl(pr_cap_ambient, pr_cap_ambient_clear_all, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_CAP_AMBIENT_CLEAR_ALL)")
 
 
 def main() -> int:
@@ -54,7 +67,7 @@ def main() -> int:
     server = serve(json.loads(args.steps.read_text()), args.log, port=args.port)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
-        return subprocess.run(command, timeout=args.timeout).returncode
+        return subprocess.run(command, timeout=args.timeout, preexec_fn=_drop_capabilities).returncode
     except subprocess.TimeoutExpired:
         print(f"agent_harness: {command[0]} did not finish within {args.timeout:.0f} s", file=sys.stderr)
         return 98
