@@ -426,7 +426,7 @@ class Decider:
         try:  # the daemon records the request, the approval and the final decision
             if client is None:
                 raise GuardError("not connected to the daemon (it is being reconnected)")
-            return client.decide(self._session, action)
+            return client.decide(self._session, action, asked=decision)
         except GuardError as exc:
             refused = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"no answer to the ask: {exc.message}")
             self._record(action, refused)

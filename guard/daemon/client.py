@@ -232,10 +232,14 @@ class DaemonClient:
         self._ask_timeouts[result["session"]] = float(result["policy"]["ask_timeout"])
         return result
 
-    def decide(self, session: str, action: Action) -> Decision:
-        """The final decision; on `ask` this blocks until a human answers or the policy's timeout passes."""
+    def decide(self, session: str, action: Action, asked: Decision | None = None) -> Decision:
+        """The final decision; on `ask` this blocks until a human answers or the policy's timeout passes.
+        `asked`: the caller's own `ask`, held as it is (the daemon does not decide again)."""
         wait = self._ask_timeouts.get(session, 60.0) + self.timeout
-        result = self.request("decide", {"session": session, "action": action.to_dict()}, timeout=wait)
+        fields: dict[str, Any] = {"session": session, "action": action.to_dict()}
+        if asked is not None:
+            fields["decision"] = asked.to_dict()
+        result = self.request("decide", fields, timeout=wait)
         return Decision.from_dict(result["decision"])
 
     def record(self, session: str, event: Mapping[str, Any]) -> int:

@@ -164,6 +164,18 @@ def _action(name: str, value: Any) -> Action:
         raise RequestError(BAD_REQUEST, f"field {exc.message}") from None
 
 
+def _ask_decision(name: str, value: Any) -> Decision | None:
+    if value is None:
+        return None
+    try:
+        decision = Decision.from_dict(_object(name, value))
+    except GuardError as exc:
+        raise RequestError(BAD_REQUEST, f"field {name}.{exc.message}") from None
+    if decision.verdict is not Verdict.ASK or decision.audit_only:
+        raise _field(name, "only an enforced `ask` is held for a human; record other decisions")
+    return decision
+
+
 def _verdict(name: str, value: Any) -> Verdict:
     if value not in (Verdict.ALLOW.value, Verdict.DENY.value):
         raise _field(name, "expected 'allow' or 'deny'")
@@ -206,6 +218,9 @@ OPS: dict[str, dict[str, _Field]] = {
     "decide": {
         "session": _Field(_nonempty_str),
         "action": _Field(_action),
+        # the session's own `ask` (it decided with context the daemon lacks: what existed at launch); the
+        # daemon holds it for a human as given instead of deciding again
+        "decision": _Field(_ask_decision, required=False, default=None),
     },
     "record": {
         "session": _Field(_nonempty_str),

@@ -580,7 +580,7 @@ class Daemon:
         args = request.args
         op = request.op
         if op == "decide":
-            return self._decide(self.sessions.get(args["session"]), args["action"])
+            return self._decide(self.sessions.get(args["session"]), args["action"], args.get("decision"))
         if op == "hello":
             client = args.get("client") or {}
             if args.get("v") != p.VERSION:
@@ -676,10 +676,13 @@ class Daemon:
         self._rewatch()
         return {"session": session.id, "policy": session.policy_view()}
 
-    def _decide(self, session: Session, action: Action) -> dict[str, Any] | Coroutine[Any, Any, Any]:
+    def _decide(self, session: Session, action: Action,
+                given: Decision | None = None) -> dict[str, Any] | Coroutine[Any, Any, Any]:
+        """One decision, made once: a session's own `ask` (`given`) is held as it is; without one (a client
+        that decides nothing itself) the daemon decides with the session's policy."""
         from guard.audit import decision_event
 
-        decision = session.policy.decide(action)
+        decision = given if given is not None else session.policy.decide(action)
         self._audit.append(decision_event(session.id, action, decision))
         if decision.enforced is Verdict.ASK:
             session.counts.asked += 1
