@@ -40,13 +40,15 @@ class Tally:
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
-    def count(self, action: Action, decision: Decision) -> None:
+    def count(self, action: Action, decision: Decision, *, asked: bool = False) -> None:
+        """`decision` is what was enforced; `asked` says a human was asked first (the final decision of an
+        answered ask is allow or deny, so it cannot say so itself)."""
         with self.lock:
             if decision.enforced is Verdict.DENY:
                 self.denied += 1
             else:
                 self.allowed += 1
-            if decision.verdict is Verdict.ASK:
+            if asked or decision.verdict is Verdict.ASK:
                 self.asked += 1
             if action.op.value == "run":
                 self.execs += 1
@@ -410,15 +412,16 @@ class Decider:
     def decide(self, action: Action) -> Decision:
         """The enforced decision, returned only once its record is in the spool."""
         decision = self.check(action)
+        asked = decision.enforced is Verdict.ASK
         try:
             self._recorder.wait_room()
-            if decision.enforced is Verdict.ASK:
+            if asked:
                 decision = self._ask(action, decision)
             else:
                 self._record(action, decision)
         except RecordingStopped as exc:
             decision = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"guard cannot record: {exc.message}")
-        self._tally.count(action, decision)
+        self._tally.count(action, decision, asked=asked)
         return decision
 
     def _ask(self, action: Action, decision: Decision) -> Decision:

@@ -119,3 +119,5 @@ def test_an_ask_is_held_as_the_session_decided_it_never_re_decided(world):
     assert [r["decision"]["rule_id"] for r in asked] == ["ask-conf"], records
     answers = [r for r in records if r.get("type") == "approval"]
     assert [(a["verdict"], a["by"]) for a in answers] == [("deny", "the-engineer")], answers
+    end = next(r for r in records if r.get("type") == "session" and r.get("event") == "end")
+    assert end["summary"]["asked"] == 1 and end["summary"]["denied"] == 1, end  # the summary agrees
