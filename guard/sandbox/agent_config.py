@@ -188,16 +188,6 @@ def _read_at(parent: int, name: str) -> bytes | None:
         os.close(fd)
 
 
-def direct_write_programs_action(path: str, pid: int | None) -> Action | None:
-    """For the supervisor's write-open decision: a watched agent config opened for writing in place. Its new
-    content is not known at the open, so the write is decided as a change of what starts programs (asks
-    under coding-agent). Agents save these files by a temp file and a rename, which is judged on content
-    (rename_programs_action); writing one in place is what an attacker does."""
-    if watched(path) is None:
-        return None
-    return Action(Op.WRITE, programs_target(path), pid=pid)
-
-
 def rename_programs_action(src: tuple[int, str], dst: tuple[int, str], dst_path: str,
                            pid: int | None) -> Action | None:
     """For the supervisor's rename decision: the extra action to decide when the rename replaces a watched

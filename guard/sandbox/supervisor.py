@@ -41,7 +41,7 @@ from dataclasses import dataclass
 from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
-from guard.sandbox.agent_config import direct_write_programs_action, rename_programs_action
+from guard.sandbox.agent_config import rename_programs_action
 from guard.sandbox.seccomp import ARCHES, SeccompSpec
 
 log = logging.getLogger(__name__)
@@ -1425,16 +1425,6 @@ class Supervisor:
             if is_dir or res.must_be_dir:
                 raise _Reply(errno.EISDIR if is_dir or flags & os.O_CREAT else errno.ENOENT)
         if not res.anonymous and not self._judge_names(res, n.pid):
-            self._send(n.id, error=errno.EACCES)
-            return
-        # an agent config that starts programs, written in place where writing it is otherwise free (the
-        # agent's own ~/.claude.json): decided as a change of its programs. Where the write itself already
-        # asks or is refused (settings files), that decision stands alone.
-        in_place = None if res.anonymous else direct_write_programs_action(res.path, n.pid)
-        if in_place is not None and self._check_only is not None and self._check_only(
-                Action(op=Op.WRITE, target=res.path, pid=n.pid)).enforced is not Verdict.ALLOW:
-            in_place = None
-        if in_place is not None and not self._judge([in_place]):
             self._send(n.id, error=errno.EACCES)
             return
         cloexec = bool(flags & os.O_CLOEXEC)
