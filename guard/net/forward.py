@@ -18,7 +18,6 @@ import functools
 import ipaddress
 import re
 import socket
-import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -26,6 +25,7 @@ from typing import Any
 from guard.model import Action, Decision, Op, Verdict
 from guard.net.grants import CidrGrant
 from guard.net.relay import pump
+from guard.net.threads import RelayThread
 
 MAX_FORWARDS = 64
 MAX_CONNECTIONS = 64
@@ -82,40 +82,20 @@ def _refusal(decision: Decision, port: int) -> bytes:
             b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
 
 
-class ForwardThread:
+class ForwardThread(RelayThread):
     """Relays the inner listeners (one per granted port, inside the sandbox) to the host's loopback."""
+
+    NAME = "guard-forward"
 
     def __init__(self, listeners: Mapping[int, socket.socket], *, decide: Callable[[Action], Decision],
                  record: Callable[[dict[str, Any]], None]) -> None:
         self._listeners = dict(listeners)
         self._decide = decide
         self._record = record
-        self._live: set[asyncio.Task[None]] = set()
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="guard-forward", daemon=True)
+        super().__init__()
 
-    def _run(self) -> None:
-        loop = asyncio.new_event_loop()
-        asyncio.set_event_loop(loop)
-        self._loop = loop
-        servers: list[asyncio.Server] = []
-        try:
-            for port, sock in self._listeners.items():
-                handler = functools.partial(self._serve, port)
-                servers.append(loop.run_until_complete(asyncio.start_server(handler, sock=sock)))
-            self._ready.set()
-            loop.run_forever()
-        finally:
-            self._ready.set()
-            for server in servers:
-                server.close()
-            for task in list(self._live):
-                task.cancel()
-            loop.run_until_complete(asyncio.gather(*self._live, *(s.wait_closed() for s in servers),
-                                                   return_exceptions=True))
-            loop.run_until_complete(loop.shutdown_default_executor())
-            loop.close()
+    def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
+        return [(sock, functools.partial(self._serve, port)) for port, sock in self._listeners.items()]
 
     async def _serve(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         from guard.net.records import ConnectionRecord, elapsed_ms
@@ -162,8 +142,3 @@ class ForwardThread:
                 reason=(decision.reason if decision is not None and error is None else (error or "")),
                 bytes_up=counts[0], bytes_down=counts[1], duration_ms=elapsed_ms(started, time.monotonic()),
                 audit_only=bool(decision and decision.audit_only), error=error).to_dict())
-
-    def stop(self) -> None:
-        self._ready.wait(timeout=2)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)

@@ -115,26 +115,25 @@ def open_published_ports(ports: Sequence[int],
     return out
 
 
-class PublishThread:
-    """Relays the host's published ports into the sandbox: each accepted connection gets a socket made
-    inside the sandbox's network namespace by its init (`connect`), bytes flow both ways, and a
-    `connection` record (protocol "publish") is written when it ends, refused ones included.
+class RelayThread:
+    """One asyncio loop in a thread of its own, serving listeners until stop(): the lifecycle shared by the
+    relays of published ports and of forwarded host-loopback ports. Subclasses say what to serve
+    (`_servers`) and track each live connection in `_live`, so a stop cancels them and their handlers still
+    write their records."""
 
-    Bounded (PUBLISH_MAX_CONNECTIONS live) and fail closed: when the init cannot connect or is gone, the
-    client is closed and the refusal recorded.
-    """
+    NAME = "guard-relay"
 
-    def __init__(self, published: Mapping[int, tuple[socket.socket, Decision]],
-                 connect: Callable[[int], socket.socket], record: Callable[[dict[str, Any]], None],
-                 max_connections: int = PUBLISH_MAX_CONNECTIONS) -> None:
-        self._published = dict(published)
-        self._connect = connect
-        self._record = record
-        self._max = max_connections
+    def __init__(self) -> None:
         self._live: set[asyncio.Task[None]] = set()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
-        self.thread = threading.Thread(target=self._run, name="guard-publish", daemon=True)
+        self.thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
+
+    def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
+        raise NotImplementedError
+
+    def _closed(self) -> None:
+        """After the loop has ended: release what the subclass owns."""
 
     def _run(self) -> None:
         loop = asyncio.new_event_loop()
@@ -142,8 +141,7 @@ class PublishThread:
         self._loop = loop
         servers: list[asyncio.Server] = []
         try:
-            for port, (sock, decision) in self._published.items():
-                handler = functools.partial(self._serve, port, decision)
+            for sock, handler in self._servers():
                 servers.append(loop.run_until_complete(asyncio.start_server(handler, sock=sock)))
             self._ready.set()
             loop.run_forever()
@@ -153,8 +151,7 @@ class PublishThread:
                 server.close()
             loop.run_until_complete(self._drain(servers))
             loop.close()
-            for sock, _ in self._published.values():
-                sock.close()
+            self._closed()
 
     async def _drain(self, servers: list[asyncio.Server]) -> None:
         """End live connections (each still recorded), then stop the executor."""
@@ -162,6 +159,40 @@ class PublishThread:
             task.cancel()
         await asyncio.gather(*self._live, *(s.wait_closed() for s in servers), return_exceptions=True)
         await asyncio.get_running_loop().shutdown_default_executor()
+
+    def stop(self) -> None:
+        self._ready.wait(timeout=2)
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+
+
+class PublishThread(RelayThread):
+    """Relays the host's published ports into the sandbox: each accepted connection gets a socket made
+    inside the sandbox's network namespace by its init (`connect`), bytes flow both ways, and a
+    `connection` record (protocol "publish") is written when it ends, refused ones included.
+
+    Bounded (PUBLISH_MAX_CONNECTIONS live) and fail closed: when the init cannot connect or is gone, the
+    client is closed and the refusal recorded.
+    """
+
+    NAME = "guard-publish"
+
+    def __init__(self, published: Mapping[int, tuple[socket.socket, Decision]],
+                 connect: Callable[[int], socket.socket], record: Callable[[dict[str, Any]], None],
+                 max_connections: int = PUBLISH_MAX_CONNECTIONS) -> None:
+        self._published = dict(published)
+        self._connect = connect
+        self._record = record
+        self._max = max_connections
+        super().__init__()
+
+    def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
+        return [(sock, functools.partial(self._serve, port, decision))
+                for port, (sock, decision) in self._published.items()]
+
+    def _closed(self) -> None:
+        for sock, _ in self._published.values():
+            sock.close()
 
     async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
@@ -206,8 +237,3 @@ class PublishThread:
                 reason=error if refused and error else decision.reason,
                 bytes_up=counts[0], bytes_down=counts[1], duration_ms=elapsed_ms(started, time.monotonic()),
                 error=error).to_dict())
-
-    def stop(self) -> None:
-        self._ready.wait(timeout=2)
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
