@@ -20,7 +20,7 @@ from typing import Any
 
 import orjson
 import pytest
-from support.daemon import wait_until
+from support.daemon import running_daemon, wait_until
 from support.tmpfs import fill, small_tmpfs
 
 from guard.audit import AuditWriter, Keyring, verify_log
@@ -47,26 +47,9 @@ def env_for(home: Path, **extra: str) -> dict[str, str]:
 
 @contextmanager
 def daemon_process(home: Path, **env: str) -> Iterator[subprocess.Popen[bytes]]:
-    """`guard daemon run` on `home`, answering before we go on; stopped (then killed) by pid after."""
-    home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
-    try:
-        proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=subprocess.STDOUT, env=env_for(home, **env))
-    finally:
-        log.close()
-    try:
-        wait_until(lambda: proc.poll() is not None or answers(home), what="the daemon")
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}: {daemon_log(home)}"
+    """The shared daemon fixture on `home`, with extra environment for the daemon."""
+    with running_daemon(home, env_for(home, **env), answering=answers) as proc:  # any protocol will do
         yield proc
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(timeout=10)
 
 
 def answers(home: Path) -> bool:

@@ -6,7 +6,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -42,14 +42,23 @@ def daemon_answers(home: Path) -> bool:
 
 
 @contextmanager
-def running_daemon(home: Path) -> Iterator[subprocess.Popen[bytes]]:
-    """`guard daemon run` as our own child, answering before we go on, stopped (then killed) by pid after."""
+def running_daemon(home: Path, env: Mapping[str, str] | None = None,
+                   answering: Callable[[Path], bool] | None = None) -> Iterator[subprocess.Popen[bytes]]:
+    """`guard daemon run` as our own child (its output in `home/daemon.log`), answering before we go on,
+    stopped (then killed) by pid after. `env`: the daemon's whole environment (default: ours);
+    `answering`: when it counts as up (default: a client of this version can talk to it)."""
+    up = answering or daemon_answers
     home.mkdir(mode=0o700, parents=True, exist_ok=True)
-    proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+    log = open(home / "daemon.log", "ab")  # noqa: SIM115 - handed to the child
     try:
-        wait_until(lambda: proc.poll() is not None or daemon_answers(home), what="the daemon")
-        assert proc.poll() is None, f"daemon exited with {proc.returncode}"
+        proc = subprocess.Popen([*GUARD, "daemon", "run"], stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, env=None if env is None else dict(env))
+    finally:
+        log.close()
+    try:
+        wait_until(lambda: proc.poll() is not None or up(home), what="the daemon")
+        assert proc.poll() is None, (f"daemon exited with {proc.returncode}: "
+                                     f"{(home / 'daemon.log').read_text(errors='replace')[-2000:]}")
         yield proc
     finally:
         if proc.poll() is None:
