@@ -98,7 +98,9 @@ def guard_runtime(home: Path) -> dict[str, str]:
     policy can let an agent's hook run `guard hook` inside the sandbox (read and exec only).
 
     A directory that is `/` or holds the home directory would grant far more than guard itself: it is
-    replaced by the guard package's own directory, which holds nothing but guard's code.
+    replaced by the guard package's own directory, which holds nothing but guard's code. The paths are
+    resolved (the loader's one read beside the policy files): the sandbox judges canonical paths, so a
+    venv reached through a symlink must be named by where it really is.
     """
     code = Path(__file__).resolve().parent.parent
     home_text = normalize_path(str(home.absolute()))
