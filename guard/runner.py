@@ -30,7 +30,7 @@ from typing import Any
 from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
 from guard.model import Action, Decision
-from guard.session import Decider, Recorder, RecordingLimits, Tally
+from guard.session import Decider, Recorder, RecordingLimits, Tally, decision_record
 from guard.spool import SpoolWriter
 from guard.text import shown_text
 
@@ -50,6 +50,7 @@ class RunOptions:
     cwd: Path = field(default_factory=Path.cwd)
     require_full: bool = False
     audit: bool = False  # the policy in audit mode: decide and record, refuse nothing (but guard's own state)
+    full_audit: bool = False  # also decide and record every read-only open (SeccompSpec.full_audit)
     json_summary: bool = False
     resolve: Mapping[str, str] = field(default_factory=dict)
     publish: tuple[int, ...] = ()  # host 127.0.0.1:PORT -> the sandbox's 127.0.0.1:PORT
@@ -118,6 +119,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.policy import load_policy
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
+    from guard.sandbox.fastpath import FastPath
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -229,7 +231,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         forwards = granted_loopback_ports(policy, cidr_grant, skip=(PROXY_PORT,))
         for line in loopback_warnings(opts.env, forwards, (PROXY_PORT,)):
             say(f"guard: warning: {line}")
-        spec = SeccompSpec(notify=True)
+        spec = SeccompSpec(notify=True, full_audit=opts.full_audit)
         try:
             env = {**env, **tool_env(policy, workspace, opts.env, euid=os.geteuid())}
             proc = spawn(plan, opts.argv, env=env, cwd=opts.cwd,
@@ -249,11 +251,17 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
+            link_names = protected_link_names(m.path for m in facts.matches if Op.WRITE in m.ops)
+            # audit mode decides through enforce_kernel_state: it stays on the general path
+            fast = None if plan.audit else FastPath.create(
+                proc.listener_fd, spec, policy=policy, probe=decider.uniform, spool=spool,
+                record_of=decision_record, link_names=link_names)
+            if fast is not None:
+                tally.fast_allowed = fast.allowed
+                recorder.watch_fast_appends()
             supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
                                     check=decider.check, sockets=decider.grants_socket, spec=spec,
-                                    workers=SUPERVISOR_WORKERS,
-                                    link_names=protected_link_names(m.path for m in facts.matches
-                                                                    if Op.WRITE in m.ops))
+                                    workers=SUPERVISOR_WORKERS, link_names=link_names, fast=fast)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},
@@ -290,6 +298,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             publisher.stop()
         for t in threads:
             t.join(timeout=2)
+        if os.environ.get("GUARD_SUPERVISOR_STATS") == "1" and proc.listener_fd is not None:
+            fast_counts = fast.core.counts() if fast is not None else {}
+            say(f"guard: supervisor: {supervisor.handled} answered in Python; core: {fast_counts}")
     finally:
         announcer.stop()
         _remove_private_layers(home, session_id)

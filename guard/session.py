@@ -10,6 +10,8 @@ acknowledges what it has written. See Decider and Recorder; docs/durability.md t
 from __future__ import annotations
 
 import contextlib
+import os
+import select
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -39,6 +41,8 @@ class Tally:
     execs: int = 0
     connections: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    # allows the supervisor's compiled fast path made (and recorded) without passing through count()
+    fast_allowed: Callable[[], int] | None = None
 
     def count(self, action: Action, decision: Decision, *, asked: bool = False) -> None:
         """`decision` is what was enforced; `asked` says a human was asked first (the final decision of an
@@ -61,7 +65,8 @@ class Tally:
 
     def as_dict(self) -> dict[str, int]:
         with self.lock:
-            return {"allowed": self.allowed, "denied": self.denied, "asked": self.asked,
+            fast = self.fast_allowed() if self.fast_allowed is not None else 0
+            return {"allowed": self.allowed + fast, "denied": self.denied, "asked": self.asked,
                     "execs": self.execs, "connections": self.connections}
 
 
@@ -142,8 +147,38 @@ class Recorder:
                                         daemon=True)
         self._watchdog = threading.Thread(target=self._guarded, args=(self._watch,),
                                           name="guard-record-watchdog", daemon=True)
+        self._waker: threading.Thread | None = None
         self._thread.start()
         self._watchdog.start()
+
+    def watch_fast_appends(self) -> None:
+        """The supervisor's compiled fast path appends to the spool on its own (SpoolWriter.use_core):
+        keep it told of the window and of a stop, and wake the recorder when it appends."""
+        fd = self._spool.wake_fd
+        if fd is None or self._waker is not None:
+            return
+        self._push_flow()
+        self._waker = threading.Thread(target=self._guarded, args=(lambda: self._wake_loop(fd),),
+                                       name="guard-record-waker", daemon=True)
+        self._waker.start()
+
+    def _push_flow(self) -> None:
+        self._spool.flow(self._acked, self.limits.window, self._failed is not None)
+
+    def _wake_loop(self, fd: int) -> None:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        while True:
+            with self._cv:
+                if self._gave_up or self._failed is not None:
+                    return
+            if not poller.poll(200):
+                continue
+            os.read(fd, 8)
+            with self._cv:
+                if self._pending_since is None:
+                    self._pending_since = time.monotonic()
+                self._cv.notify_all()
 
     # ---- the decision path -------------------------------------------------------------------------
 
@@ -192,6 +227,7 @@ class Recorder:
                 return
             self._failed = why
             self._cv.notify_all()
+        self._push_flow()  # the fast path hands everything back: each is then refused, fail closed
         self._warn(f"guard: {why}; stopping the sandbox")
         control = self._control
         if control is not None:
@@ -251,6 +287,7 @@ class Recorder:
             if progress and self._paused and self._failed is None:
                 self._paused = False
                 resumed = True
+            self._push_flow()
             self._cv.notify_all()
             if not progress:
                 self._cv.wait(0.005)  # the last line was still being written: look again shortly
@@ -338,6 +375,8 @@ class Recorder:
             self._cv.notify_all()
         self._thread.join(timeout=self.limits.request_timeout + 1)
         self._watchdog.join(timeout=1)
+        if self._waker is not None:
+            self._waker.join(timeout=1)
         client = self._client
         if problem is None and not done:
             problem = "the daemon did not take the session's last records in time"
@@ -409,6 +448,13 @@ class Decider:
             decision = self._policy.decide(action, ignore=self._existing_only)
         return decision
 
+    def uniform(self, action: Action) -> Decision | None:
+        """The policy's answer when it does not depend on what existed at launch (no `applies_to:
+        existing` rule decided it), else None: what the fast path may reuse for other names
+        (guard.sandbox.fastpath); records nothing."""
+        decision = self._policy.decide(action)
+        return None if decision.rule_id in self._existing_only else decision
+
     def decide(self, action: Action) -> Decision:
         """The enforced decision, returned only once its record is in the spool."""
         decision = self.check(action)
@@ -438,7 +484,7 @@ class Decider:
     def _record(self, action: Action, decision: Decision) -> None:
         """Spool the decision's record; a record that cannot even be built stops the sandbox too."""
         try:
-            record = _decision_record(action, decision)
+            record = decision_record(action, decision)
         except Exception as exc:
             why = f"a record could not be built: {type(exc).__name__}: {exc}"
             self._recorder.fail(why)
@@ -446,5 +492,6 @@ class Decider:
         self._recorder.append(record)
 
 
-def _decision_record(action: Action, decision: Decision) -> dict[str, Any]:
+def decision_record(action: Action, decision: Decision) -> dict[str, Any]:
+    """The one shape of a decision's record (the compiled fast path fills in a rendering of it)."""
     return {"type": "decision", "action": action.to_dict(), "decision": decision.to_dict()}

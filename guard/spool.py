@@ -69,6 +69,10 @@ class SpoolWriter:
         self._last = last
         self._lock = threading.Lock()
         self._broken: SpoolError | None = None
+        # The supervisor's compiled fast path appends records too (guard.sandbox.fastpath): once attached,
+        # every append goes through it, so record numbers come from one counter under one lock.
+        self._core: Any = None
+        self.wake_fd: int | None = None
 
     @classmethod
     def create(cls, home: Path, session: str) -> SpoolWriter:
@@ -96,7 +100,35 @@ class SpoolWriter:
     @property
     def last(self) -> int:
         """The sequence number of the last record written (0: none yet)."""
-        return self._last
+        core = self._core
+        return int(core.last) if core is not None else self._last
+
+    def use_core(self, core: Any) -> None:
+        """Let the compiled fast path append to this spool; from now on every append goes through it.
+        `wake_fd` (an eventfd) is written when the core appends while nothing was pending, so the
+        recorder notices records it did not write itself."""
+        with self._lock:
+            if self._fd is None or self._broken is not None:
+                return
+            self.wake_fd = os.eventfd(0, os.EFD_CLOEXEC)
+            core.attach_spool(self._fd, self._last)
+            core.set_wake(self.wake_fd)
+            self._core = core
+
+    def flow(self, acked: int, window: int, stopped: bool) -> None:
+        """Tell the fast path how far the daemon has acknowledged and whether recording stopped: it
+        appends only while the window has room and recording goes on, and otherwise hands the action to
+        the Python path, which waits or fails closed."""
+        core = self._core
+        if core is not None:
+            core.set_flow(acked, window, stopped)
+
+    @staticmethod
+    def render_head(record: Mapping[str, Any]) -> bytes:
+        """A record's line without its sequence number: the JSON object minus its closing brace. The
+        number is added as the object's last member (`,"n":N}`) when the line is written."""
+        # bytes are bytes: a name that is not UTF-8 is carried exactly ({"b64": ...}, guard.text)
+        return orjson.dumps(to_record_deep(dict(record)))[:-1]
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Write one record as one line with one write(2); -> its sequence number.
@@ -109,12 +141,19 @@ class SpoolWriter:
                 raise self._broken
             if self._fd is None:
                 raise SpoolError(f"{self.path}: the spool is closed")
-            n = self._last + 1
+            n = self.last + 1
             try:
-                # bytes are bytes: a name that is not UTF-8 is carried exactly ({"b64": ...}, guard.text)
-                line = orjson.dumps(to_record_deep({**record, "n": n})) + b"\n"
+                head = self.render_head(record)
             except TypeError as exc:  # nothing was written: the spool stays usable, this record is refused
                 raise SpoolError(f"record {n} cannot be encoded: {exc}") from None
+            if self._core is not None:
+                try:
+                    return int(self._core.append(head))
+                except OSError as exc:
+                    self._broken = SpoolError(f"{self.path}: writing record {n} failed: {exc.strerror}",
+                                              hint="free space on the disk holding $GUARD_HOME")
+                    raise self._broken from None
+            line = head + (b',"n":%d}\n' % n if len(head) > 1 else b'"n":%d}\n' % n)
             try:
                 written = os.write(self._fd, line)
             except OSError as exc:
@@ -132,6 +171,13 @@ class SpoolWriter:
 
     def close(self) -> None:
         with self._lock:
+            if self._core is not None:
+                self._core.detach_spool()  # the fast path hands everything back from now on
+                self._last = int(self._core.last)
+                self._core = None
+            if self.wake_fd is not None:
+                os.close(self.wake_fd)
+                self.wake_fd = None
             if self._fd is not None:
                 os.close(self._fd)  # drops the flock: the daemon may now finish the spool
                 self._fd = None

@@ -14,6 +14,12 @@ ensure_packages() {
     cmd=${pair%%:*}; pkg=${pair#*:}
     command -v "$cmd" >/dev/null || missing+=("$pkg")
   done
+  # the headers the compiled core (guard/_core.c) builds against, for the system Python the unprivileged
+  # pass uses (without them pip skips the core and guard answers every notification in Python)
+  if [ -x /usr/bin/python3 ] && ! /usr/bin/python3 -c \
+      'import os, sys, sysconfig; sys.exit(not os.path.exists(sysconfig.get_paths()["include"] + "/Python.h"))'; then
+    missing+=(python3-dev)
+  fi
   [ "${#missing[@]}" -eq 0 ] && return 0
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null; then
     echo "== installing ${missing[*]}"

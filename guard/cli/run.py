@@ -36,6 +36,9 @@ def parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
 @click.option("--audit", is_flag=True,
               help="Audit mode: decide and record every action, refuse none (the guard's own state stays "
                    "hidden; see docs/sandbox.md).")
+@click.option("--full-audit", is_flag=True,
+              help="Also decide and record every read-only open (a read of a hidden credential is in the "
+                   "trail for every user); costs more on file-heavy work, see docs/seccomp.md.")
 @click.option("--json-summary", is_flag=True, help="Print the exit summary as one JSON line on stderr.")
 @click.option("--resolve", "resolve", multiple=True, metavar="NAME:ADDR",
               help="Pin a host name to an address for the proxy (like curl --resolve).")
@@ -43,13 +46,15 @@ def parse_resolve(values: tuple[str, ...]) -> dict[str, str]:
               help="Expose the agent's 127.0.0.1:PORT on the host's 127.0.0.1:PORT (repeatable); the "
                    "policy must allow listen on the port.")
 @click.argument("command", nargs=-1, required=True, type=click.UNPROCESSED)
-def run(policy: str, workspace: Path | None, require_full: bool, audit: bool, json_summary: bool,
-        resolve: tuple[str, ...], publish: tuple[int, ...], command: tuple[str, ...]) -> None:
+def run(policy: str, workspace: Path | None, require_full: bool, audit: bool, full_audit: bool,
+        json_summary: bool, resolve: tuple[str, ...], publish: tuple[int, ...],
+        command: tuple[str, ...]) -> None:
     """Run COMMAND under the guard: guard run [OPTIONS] -- COMMAND [ARGS]..."""
     from guard.runner import RunOptions, run_guarded
 
     cwd = Path.cwd()
     opts = RunOptions(argv=tuple(command), policy=policy, workspace=(workspace or cwd).resolve(), cwd=cwd,
-                      require_full=require_full, audit=audit, json_summary=json_summary,
+                      require_full=require_full, audit=audit, full_audit=full_audit,
+                      json_summary=json_summary,
                       resolve=parse_resolve(resolve), publish=tuple(dict.fromkeys(publish)))
     sys.exit(run_guarded(opts).status)

@@ -42,6 +42,7 @@ from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
 from guard.sandbox.agent_config import rename_programs_action
+from guard.sandbox.fastpath import FastPath
 from guard.sandbox.seccomp import ARCHES, SeccompSpec
 
 log = logging.getLogger(__name__)
@@ -640,7 +641,8 @@ class Supervisor:
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
                  spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None,
                  sockets: Callable[[str], bool] | None = None,
-                 link_names: Mapping[str, Sequence[str]] | None = None) -> None:
+                 link_names: Mapping[str, Sequence[str]] | None = None,
+                 fast: FastPath | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
         self.workers = workers
@@ -672,6 +674,9 @@ class Supervisor:
         self._closed = False
         self.sync_wakeup = sc.notif_set_sync_wakeup(listener_fd)
         self.handled = 0
+        # The compiled fast path (guard.sandbox.fastpath): it receives every notification, answers the
+        # plain write-opens of directories the engine proved uniform, and hands the rest to _answer.
+        self._fast = fast
 
     # loop -------------------------------------------------------------------------------------------
     def serve_forever(self, stop: threading.Event, *, poll_ms: int = 100) -> None:
@@ -697,6 +702,9 @@ class Supervisor:
 
     def _worker(self, stop: threading.Event, done: threading.Event, lock: threading.Lock,
                 poll_ms: int) -> None:
+        if self._fast is not None:
+            self._fast_worker(stop, done, poll_ms)
+            return
         poller = select.poll()
         poller.register(self.fd, select.POLLIN)
         wait_s = poll_ms / 1000
@@ -722,6 +730,25 @@ class Supervisor:
                 lock.release()
             if notif is not None:
                 self._answer(notif)
+
+    def _fast_worker(self, stop: threading.Event, done: threading.Event, poll_ms: int) -> None:
+        """The same turn-taking as _worker, inside the core: it holds its own receive lock while it polls
+        and receives, answers what it may, and returns the rest here (never blocking the interpreter)."""
+        assert self._fast is not None
+        core = self._fast.core
+        while not (stop.is_set() or done.is_set()):
+            try:
+                raw = core.next(poll_ms)
+            except OSError as exc:
+                log.error("seccomp supervisor: RECV failed: %s", exc)
+                continue
+            if raw is None:
+                continue
+            if raw is False:  # the listener hung up: every task using the filter is gone
+                done.set()
+                return
+            self.handled += 1
+            self._answer(sc.notif_from_bytes(raw))
 
     def serve_one(self) -> None:
         """Receive and answer one notification (the caller polled the listener)."""
@@ -1116,6 +1143,8 @@ class Supervisor:
             self._check(n.id)
             follow = spec.follow and not flags & AT_SYMLINK_NOFOLLOW
             res = _Walker(task, stack).resolve(fd, path, follow=follow, empty_ok=bool(flags & AT_EMPTY_PATH))
+            if self._fast is not None and res.obj is None and res.name != ".":
+                self._fast.consider(Op.WRITE, "/" + "/".join(res.comps[:-1]), res.parent)
             if res.obj is not None:
                 obj = res.obj
             else:
@@ -1408,6 +1437,9 @@ class Supervisor:
         res = walker.resolve(dirfd, path, follow=not (flags & os.O_NOFOLLOW or excl),
                              beneath=bool(resolve & RESOLVE_BENEATH), in_root=bool(resolve & RESOLVE_IN_ROOT))
         self._check(n.id)
+        if self._fast is not None and res.obj is None and res.name != "." and name != "openat2":
+            # the next plain names in this directory may be answered by the core (if the engine proves it)
+            self._fast.consider(Op.WRITE if write else Op.READ, "/" + "/".join(res.comps[:-1]), res.parent)
         if not write:  # full audit: a read-only open is decided, then CONTINUEd (Landlock bounds reads)
             if res.anonymous or self._judge([Action(op=Op.READ, target=res.path, pid=n.pid)]):
                 self._send(n.id, cont=True)

@@ -110,7 +110,12 @@ def notif_recv(fd: int, buf: bytearray | None = None) -> Notif:
     else:
         buf[:] = _ZERO_NOTIF  # the kernel insists the buffer is zeroed
     fcntl.ioctl(fd, IOCTL_NOTIF_RECV, buf, True)
-    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(buf)
+    return notif_from_bytes(bytes(buf))
+
+
+def notif_from_bytes(raw: bytes) -> Notif:
+    """A notification the compiled core received (the same struct seccomp_notif bytes)."""
+    nid, pid, _flags, nr, arch, _ip, *args = _NOTIF.unpack(raw)
     a0, a1, a2, a3, a4, a5 = args
     return Notif(id=nid, pid=pid, nr=nr, arch=arch, args=(a0, a1, a2, a3, a4, a5))
 

@@ -1,0 +1,927 @@
+/* guard._core: the seccomp supervisor's compiled fast path, and the session spool's one writer.
+ *
+ * Why: the Python supervisor answers a notification in 100-200 us; file-heavy work (pip install, git
+ * add, tar x) sends tens of thousands of write-opens, so guard cost 2-3x bare. Most of them are plain
+ * names in a directory where the policy's answer is the same for every plain name: the Python engine
+ * proves that (guard.sandbox.fastpath) and hands this core, per directory, the decision's record
+ * already rendered. This core then does, in C and without the GIL, exactly what the Python supervisor
+ * does for such an open:
+ *   - read the path from the task's memory, re-validate the notification (the task is still the one
+ *     that asked);
+ *   - resolve the directory without following any symlink (openat2 RESOLVE_NO_SYMLINKS |
+ *     RESOLVE_NO_MAGICLINKS, from the task's cwd, its dirfd or its root), and vouch for its canonical
+ *     path in the task's view (readlink, then the same path reopened from the task's root must be the
+ *     same inode);
+ *   - look the directory up in the table; check the final name against every non-trivial glob segment
+ *     of the policy (a name no rule speaks of gets the directory's answer);
+ *   - append the record to the spool with one write(2) (durable against any guard crash) before acting;
+ *   - open or create the file itself, as the task (its fsuid/fsgid, its umask, none of our
+ *     capabilities), never following the final name, refusing set-id modes, deferring O_TRUNC until the
+ *     file is known to be a regular file with one name; and install the descriptor in the task with
+ *     SECCOMP_IOCTL_NOTIF_ADDFD (SEND), so the task gets the very file that was judged.
+ * Anything else (a symlink on the way, "..", a name that needs escaping, a directory not in the table,
+ * a special file, a hard-linked file, any error before the record) is handed back to the Python
+ * supervisor unchanged, which decides it the slow, general way. Nothing here decides policy: the table
+ * holds only what the engine computed.
+ *
+ * The spool: both the fast path and Python's SpoolWriter append through Core.append, so record
+ * numbers come from one counter under one lock.
+ */
+#define _GNU_SOURCE
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+
+#include <errno.h>
+#include <fcntl.h>
+#include <linux/capability.h>
+#include <linux/openat2.h>
+#include <linux/seccomp.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/eventfd.h>
+#include <sys/ioctl.h>
+#include <sys/stat.h>
+#include <sys/syscall.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+#define PATH_LIMIT 4096
+#define MAX_GLOBS 4096
+#define OP_WRITE 0
+#define OP_READ 1
+
+#ifndef SECCOMP_ADDFD_FLAG_SEND
+#define SECCOMP_ADDFD_FLAG_SEND (1UL << 1)
+#endif
+
+/* ---- the table: (op, canonical directory) -> the record's four fixed parts --------------------- */
+
+typedef struct Entry {
+    struct Entry *next;
+    int op;
+    dev_t dev;            /* the directory's inode when the engine judged it */
+    ino_t ino;
+    char *dir;            /* canonical directory, "/" for the root */
+    size_t dir_len;
+    char *part[3];        /* record = part0 TARGET part1 PID part2 ,"n":N} "\n" */
+    size_t part_len[3];
+} Entry;
+
+typedef struct {
+    PyObject_HEAD
+    int listener;
+    uint32_t arch;
+    int nr_openat, nr_open, nr_creat, nr_utimensat;
+    int full_audit;
+    int enabled;
+    /* spool */
+    pthread_mutex_t spool_lock;
+    int spool_fd;
+    uint64_t last, acked, window;
+    int spool_errno;      /* the spool broke: every later append fails */
+    int stopped;          /* recording stopped: no fast path */
+    int wake_fd;          /* eventfd written when a record is appended while none was pending */
+    int pending;
+    /* table */
+    pthread_rwlock_t table_lock;
+    Entry **buckets;
+    Entry *retired;       /* replaced entries, freed with the core */
+    size_t nbuckets, nentries;
+    char **globs;
+    size_t nglobs;
+    /* receiving */
+    pthread_mutex_t recv_lock;
+    /* the sandbox's root: every task has the same one (chroot, pivot_root, setns and new mount
+     * namespaces are refused by the filter, which is installed after the root is final) */
+    pthread_mutex_t root_lock;
+    int rootfd;
+    char root_text[PATH_LIMIT];
+    size_t root_len;
+    /* acting as the task */
+    int privileged;
+    uid_t own_uid;
+    gid_t own_gid;
+    /* counters */
+    uint64_t fast_writes, fast_reads, handed_back;
+} Core;
+
+static uint64_t hash_key(int op, dev_t dev, ino_t ino) {
+    uint64_t h = 1469598103934665603ULL ^ (uint64_t)op;
+    h = (h ^ (uint64_t)dev) * 1099511628211ULL;
+    h = (h ^ (uint64_t)ino) * 1099511628211ULL;
+    return h ^ (h >> 29);
+}
+
+static void entry_free(Entry *e) {
+    free(e->dir);
+    for (int i = 0; i < 3; i++) free(e->part[i]);
+    free(e);
+}
+
+static void table_clear(Core *c) {
+    for (size_t i = 0; i < c->nbuckets; i++) {
+        Entry *e = c->buckets[i];
+        while (e) { Entry *n = e->next; entry_free(e); e = n; }
+        c->buckets[i] = NULL;
+    }
+    c->nentries = 0;
+}
+
+static Entry *table_find(Core *c, int op, dev_t dev, ino_t ino) {
+    Entry *e = c->buckets[hash_key(op, dev, ino) % c->nbuckets];
+    for (; e; e = e->next)
+        if (e->op == op && e->dev == dev && e->ino == ino) return e;
+    return NULL;
+}
+
+/* ---- the policy's glob segments, matched as guard.policy.paths matches one segment ------------- */
+
+/* One segment glob: `*` any run, `?` one byte, `[...]` a class (`!`/`^` negates, a leading `]` is
+ * literal, `a-z` ranges), `\x` the literal x. Names reaching here are printable ASCII (see plain_name),
+ * and the patterns were made ASCII by guard.sandbox.fastpath (a conservative superset). */
+static int class_match(const char *p, const char **end, unsigned char ch) {
+    const char *q = p + 1;
+    int negate = 0, hit = 0;
+    if (*q == '!' || *q == '^') { negate = 1; q++; }
+    const char *body = q;
+    if (*q == ']') q++;
+    while (*q && *q != ']') q++;
+    if (!*q) { *end = NULL; return 0; }
+    *end = q;
+    for (const char *r = body; r < q; r++) {
+        if (r + 2 < q && r[1] == '-') {
+            if ((unsigned char)r[0] <= ch && ch <= (unsigned char)r[2]) hit = 1;
+            r += 2;
+        } else if ((unsigned char)*r == ch) {
+            hit = 1;
+        }
+    }
+    return negate ? !hit : hit;
+}
+
+static int glob_match(const char *p, const char *s) {
+    const char *star_p = NULL, *star_s = NULL;
+    while (*s) {
+        if (*p == '*') { star_p = ++p; star_s = s; continue; }
+        if (*p == '?') { p++; s++; continue; }
+        if (*p == '[') {
+            const char *end;
+            int ok = class_match(p, &end, (unsigned char)*s);
+            if (end == NULL) return 1; /* malformed: treat as matching (conservative) */
+            if (ok) { p = end + 1; s++; continue; }
+        } else if (*p == '\\' && p[1]) {
+            if (p[1] == *s) { p += 2; s++; continue; }
+        } else if (*p && *p == *s) {
+            p++; s++; continue;
+        }
+        if (star_p) { p = star_p; s = ++star_s; continue; }
+        return 0;
+    }
+    while (*p == '*') p++;
+    return *p == '\0';
+}
+
+static int name_spoken_of(Core *c, const char *name) {
+    for (size_t i = 0; i < c->nglobs; i++)
+        if (glob_match(c->globs[i], name)) return 1;
+    return 0;
+}
+
+/* ---- the spool ------------------------------------------------------------------------------------ */
+
+/* Append `head` (a JSON object without its closing brace) + ,"n":N} + newline with one write(2).
+ * Caller holds spool_lock. -> n, or 0 with errno set. */
+static uint64_t spool_write_locked(Core *c, const char *head, size_t head_len) {
+    if (c->spool_errno) { errno = c->spool_errno; return 0; }
+    if (c->spool_fd < 0) { errno = EBADF; return 0; }
+    uint64_t n = c->last + 1;
+    char tail[48];
+    int tl = snprintf(tail, sizeof tail, "%s\"n\":%llu}\n", head_len > 1 ? "," : "", (unsigned long long)n);
+    struct iovec iov[2] = {{(void *)head, head_len}, {tail, (size_t)tl}};
+    ssize_t want = (ssize_t)head_len + tl;
+    ssize_t got = writev(c->spool_fd, iov, 2);
+    if (got != want) {
+        c->spool_errno = got < 0 ? errno : ENOSPC;
+        errno = c->spool_errno;
+        return 0;
+    }
+    c->last = n;
+    if (!c->pending && c->wake_fd >= 0) {
+        uint64_t one = 1;
+        c->pending = 1;
+        if (write(c->wake_fd, &one, sizeof one) < 0) { /* the recorder polls too; nothing lost */ }
+    }
+    return n;
+}
+
+/* ---- the task ------------------------------------------------------------------------------------- */
+
+static int id_valid(Core *c, uint64_t id) {
+    return ioctl(c->listener, SECCOMP_IOCTL_NOTIF_ID_VALID, &id) == 0;
+}
+
+static int send_reply(Core *c, uint64_t id, int error, int cont) {
+    struct seccomp_notif_resp r;
+    memset(&r, 0, sizeof r);
+    r.id = id;
+    r.error = error ? -error : 0;
+    r.flags = cont ? SECCOMP_USER_NOTIF_FLAG_CONTINUE : 0;
+    if (ioctl(c->listener, SECCOMP_IOCTL_NOTIF_SEND, &r) < 0 && errno != ENOENT) return -1;
+    return 0;
+}
+
+/* The NUL-terminated string at addr in the task, into buf (PATH_LIMIT). -> length, or -1. */
+static ssize_t read_task_str(pid_t pid, uint64_t addr, char *buf) {
+    size_t have = 0;
+    if (addr == 0) return -1;
+    while (have < PATH_LIMIT) {
+        size_t want = 4096 - ((addr + have) % 4096);
+        if (want > PATH_LIMIT - have) want = PATH_LIMIT - have;
+        struct iovec local = {buf + have, want};
+        struct iovec remote = {(void *)(uintptr_t)(addr + have), want};
+        ssize_t got = process_vm_readv(pid, &local, 1, &remote, 1, 0);
+        if (got <= 0) return -1;
+        char *nul = memchr(buf + have, 0, (size_t)got);
+        if (nul) return nul - buf;
+        have += (size_t)got;
+    }
+    return -1;
+}
+
+/* Printable ASCII that JSON writes as itself, so the record holds the bytes exactly as Python would. */
+static int plain_bytes(const char *s, size_t n) {
+    for (size_t i = 0; i < n; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch > 0x7e || ch == '"' || ch == '\\') return 0;
+    }
+    return 1;
+}
+
+/* Split `path` into its directory (normalized: no "", no ".") and final name; refuse ".." anywhere
+ * and a final name of "." or "" (a trailing slash). -> 1 ok. */
+static int split_path(const char *path, char *dir, size_t *dir_len, const char **name) {
+    size_t dl = 0;
+    const char *p = path, *last = NULL;
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) return 0; /* trailing slash */
+        const char *start = p;
+        while (*p && *p != '/') p++;
+        size_t len = (size_t)(p - start);
+        if (len == 2 && start[0] == '.' && start[1] == '.') return 0;
+        if (!*p) { last = start; break; }
+        if (len == 1 && start[0] == '.') continue;
+        if (dl) dir[dl++] = '/';
+        memcpy(dir + dl, start, len);
+        dl += len;
+    }
+    if (!last || (last[0] == '.' && last[1] == '\0')) return 0;
+    dir[dl] = '\0';
+    *dir_len = dl;
+    *name = last;
+    return 1;
+}
+
+static int openat2_dir(int base, const char *path, uint64_t resolve) {
+    struct open_how how;
+    memset(&how, 0, sizeof how);
+    how.flags = O_PATH | O_DIRECTORY | O_CLOEXEC;
+    how.resolve = resolve | RESOLVE_NO_SYMLINKS | RESOLVE_NO_MAGICLINKS;
+    return (int)syscall(SYS_openat2, base, path[0] ? path : ".", &how, sizeof how);
+}
+
+/* The sandbox's root, opened once (see Core.rootfd) from the first task that asks. */
+static int id_valid(Core *c, uint64_t id);
+
+static int sandbox_root(Core *c, const struct seccomp_notif *n) {
+    pthread_mutex_lock(&c->root_lock);
+    if (c->rootfd < 0) {
+        char link[64];
+        snprintf(link, sizeof link, "/proc/%u/root", n->pid);
+        ssize_t rl = readlink(link, c->root_text, sizeof c->root_text - 1);
+        int fd = rl > 0 ? open(link, O_PATH | O_DIRECTORY | O_CLOEXEC) : -1;
+        if (fd >= 0 && !id_valid(c, n->id)) { close(fd); fd = -1; } /* the pid was someone else's by now */
+        if (fd >= 0) {
+            c->root_text[rl] = '\0';
+            c->root_len = (rl == 1 && c->root_text[0] == '/') ? 0 : (size_t)rl;
+            c->rootfd = fd;
+        }
+    }
+    int fd = c->rootfd;
+    pthread_mutex_unlock(&c->root_lock);
+    return fd;
+}
+
+/* The path of directory `fd` in the task's view, as the kernel names its dentry now (readlink of our
+ * own descriptor, the sandbox root's prefix taken off). -> length, or -1 when it has none we can use. */
+static ssize_t dir_path(Core *c, int fd, char *out) {
+    char link[64];
+    snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
+    ssize_t n = readlink(link, out, PATH_LIMIT - 1);
+    if (n <= 0 || out[0] != '/') return -1;
+    out[n] = '\0';
+    if (c->root_len) {
+        size_t rl = c->root_len;
+        if ((size_t)n < rl || strncmp(out, c->root_text, rl) != 0 || (out[rl] != '/' && out[rl] != '\0')) return -1;
+        memmove(out, out + rl, (size_t)n - rl + 1);
+        n -= (ssize_t)rl;
+        if (n == 0) { out[0] = '/'; out[1] = '\0'; n = 1; }
+    }
+    return n;
+}
+
+typedef struct { uid_t fsuid; gid_t fsgid; mode_t umask; int ok; } TaskIds;
+
+static TaskIds task_ids(pid_t pid) {
+    TaskIds t = {0, 0, 022, 0};
+    char path[64], buf[4096];
+    snprintf(path, sizeof path, "/proc/%d/status", pid);
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return t;
+    ssize_t n = read(fd, buf, sizeof buf - 1);
+    close(fd);
+    if (n <= 0) return t;
+    buf[n] = '\0';
+    int have = 0;
+    char *p;
+    if ((p = strstr(buf, "\nUmask:\t")) != NULL) { t.umask = (mode_t)strtoul(p + 8, NULL, 8); have |= 1; }
+    unsigned long a, b, cc, d;
+    if ((p = strstr(buf, "\nUid:\t")) != NULL && sscanf(p + 6, "%lu %lu %lu %lu", &a, &b, &cc, &d) == 4) {
+        t.fsuid = (uid_t)d; have |= 2;
+    }
+    if ((p = strstr(buf, "\nGid:\t")) != NULL && sscanf(p + 6, "%lu %lu %lu %lu", &a, &b, &cc, &d) == 4) {
+        t.fsgid = (gid_t)d; have |= 4;
+    }
+    t.ok = have == 7;
+    return t;
+}
+
+/* Per-thread credentials (raw syscalls: glibc would broadcast setfsuid/capset to every thread). */
+typedef struct { int changed_ids, changed_caps; uid_t old_uid; gid_t old_gid;
+                 struct __user_cap_data_struct caps[2]; } Creds;
+
+/* This thread's own capability sets, read once (only as_self ever changes them, and puts them back). */
+static __thread int caps_read;
+static __thread struct __user_cap_data_struct thread_caps[2];
+
+static int as_task(Core *c, const TaskIds *t, Creds *saved) {
+    memset(saved, 0, sizeof *saved);
+    if (t->fsuid != c->own_uid || t->fsgid != c->own_gid) {
+        saved->old_gid = (gid_t)syscall(SYS_setfsgid, t->fsgid);
+        saved->old_uid = (uid_t)syscall(SYS_setfsuid, t->fsuid);
+        saved->changed_ids = 1;
+    }
+    if (c->privileged) {
+        struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+        if (!caps_read) {
+            if (syscall(SYS_capget, &h, thread_caps) != 0) return -1;
+            caps_read = 1;
+        }
+        memcpy(saved->caps, thread_caps, sizeof saved->caps);
+        struct __user_cap_data_struct lean[2];
+        memcpy(lean, thread_caps, sizeof lean);
+        lean[0].effective = lean[1].effective = 0;
+        if (syscall(SYS_capset, &h, lean) != 0) return -1;
+        saved->changed_caps = 1;
+    }
+    return 0;
+}
+
+static void as_self(Creds *saved) {
+    if (saved->changed_caps) {
+        struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+        /* if this fails the thread stays lean: fewer rights, never more (later acts fail closed) */
+        if (syscall(SYS_capset, &h, saved->caps) != 0) { /* nothing more to do */ }
+    }
+    if (saved->changed_ids) {
+        syscall(SYS_setfsuid, saved->old_uid);
+        syscall(SYS_setfsgid, saved->old_gid);
+    }
+}
+
+/* ---- the fast path -------------------------------------------------------------------------------- */
+
+enum { HANDED_BACK = 0, ANSWERED = 1 };
+
+static int record_locked(Core *c, const Entry *e, const char *target, size_t tlen, pid_t pid) {
+    char line[PATH_LIMIT * 2 + 4096];
+    size_t need = e->part_len[0] + tlen + e->part_len[1] + 16 + e->part_len[2];
+    if (need > sizeof line) return -1;
+    size_t at = 0;
+    memcpy(line + at, e->part[0], e->part_len[0]); at += e->part_len[0];
+    memcpy(line + at, target, tlen); at += tlen;
+    memcpy(line + at, e->part[1], e->part_len[1]); at += e->part_len[1];
+    at += (size_t)snprintf(line + at, 16, "%d", (int)pid);
+    memcpy(line + at, e->part[2], e->part_len[2]); at += e->part_len[2];
+    return spool_write_locked(c, line, at) ? 0 : -1;
+}
+
+/* What prepare() found: the held directory, the final name, what is there. */
+typedef struct {
+    int basefd, dfd;
+    const char *name;
+    struct stat st;
+    int exists;
+    char path[PATH_LIMIT], dir[PATH_LIMIT], canon[PATH_LIMIT * 2];
+} Found;
+
+static void found_close(Found *f) {
+    if (f->dfd >= 0) close(f->dfd);
+    if (f->basefd >= 0) close(f->basefd);
+}
+
+/* Read the path, resolve its directory without symlinks, find the directory (by inode) in the table and
+ * check that it is still where the engine judged it (the kernel's own name for it now), check the final
+ * name and what is there, then write the record. -> ANSWERED when the task is gone or the kernel's answer
+ * comes before any decision (EEXIST), HANDED_BACK when Python must decide (nothing was recorded), or
+ * RECORDED when the record is written and the caller must act. */
+enum { RECORDED = 2 };
+
+static int prepare(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int creating_ok,
+                   int excl, Found *f) {
+    f->basefd = f->dfd = -1;
+    ssize_t plen = read_task_str((pid_t)n->pid, addr, f->path);
+    if (plen <= 0 || !plain_bytes(f->path, (size_t)plen)) return HANDED_BACK;
+    size_t dlen;
+    if (!split_path(f->path, f->dir, &dlen, &f->name)) return HANDED_BACK;
+    /* the notification is re-validated below, after everything read through the pid (memory, cwd) */
+
+    int rootfd = sandbox_root(c, n);
+    if (rootfd < 0) return HANDED_BACK;
+    if (f->path[0] == '/') {
+        f->dfd = openat2_dir(rootfd, f->dir, RESOLVE_IN_ROOT);
+    } else {
+        char proc[64];
+        if (dirfd == AT_FDCWD) snprintf(proc, sizeof proc, "/proc/%u/cwd", n->pid);
+        else if (dirfd >= 0) snprintf(proc, sizeof proc, "/proc/%u/fd/%d", n->pid, dirfd);
+        else return HANDED_BACK;
+        f->basefd = open(proc, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (f->basefd < 0) return HANDED_BACK;
+        f->dfd = openat2_dir(f->basefd, f->dir, RESOLVE_BENEATH);
+    }
+    struct stat dst;
+    if (f->dfd < 0 || fstat(f->dfd, &dst) != 0) return HANDED_BACK;
+
+    pthread_rwlock_rdlock(&c->table_lock);
+    const Entry *e = table_find(c, op, dst.st_dev, dst.st_ino);
+    int spoken = e ? name_spoken_of(c, f->name) : 1;
+    Entry copy;
+    if (e) copy = *e; /* parts are freed only by set_globs/clear/dealloc, never while serving */
+    pthread_rwlock_unlock(&c->table_lock);
+    if (!e || spoken) return HANDED_BACK;
+
+    /* Still where it was judged: renamed or reached through another mount, it is not this entry. */
+    ssize_t clen = dir_path(c, f->dfd, f->canon);
+    if (clen < 0 || (size_t)clen != copy.dir_len || memcmp(f->canon, copy.dir, copy.dir_len) != 0)
+        return HANDED_BACK;
+    size_t nlen = strlen(f->name);
+    if ((size_t)clen + 1 + nlen >= sizeof f->canon) return HANDED_BACK;
+
+    /* A write: only a regular file with one name, or (when the caller may create) nothing yet. A read
+     * (full audit): a regular file or a directory, as the launch scan already masked planted links. */
+    f->exists = fstatat(f->dfd, f->name, &f->st, AT_SYMLINK_NOFOLLOW) == 0;
+    if (!f->exists ? (errno != ENOENT || !creating_ok)
+        : op == OP_READ ? !(S_ISREG(f->st.st_mode) || S_ISDIR(f->st.st_mode))
+        : (!S_ISREG(f->st.st_mode) || f->st.st_nlink != 1))
+        return HANDED_BACK;
+    if (!id_valid(c, n->id)) return ANSWERED;
+    if (f->exists && excl) { send_reply(c, n->id, EEXIST, 0); return ANSWERED; } /* before any decision */
+
+    if (clen == 1) clen = 0; /* the root: "/" + name */
+    f->canon[clen] = '/';
+    memcpy(f->canon + clen + 1, f->name, nlen + 1);
+    size_t tlen = (size_t)clen + 1 + nlen;
+    pthread_mutex_lock(&c->spool_lock);
+    int room = !c->stopped && !c->spool_errno && c->last - c->acked < c->window;
+    int recorded = room && record_locked(c, &copy, f->canon, tlen, (pid_t)n->pid) == 0;
+    pthread_mutex_unlock(&c->spool_lock);
+    /* a full window or a broken spool: Python waits for room or fails closed */
+    return recorded ? RECORDED : HANDED_BACK;
+}
+
+static int fast_open(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    uint32_t flags;
+    mode_t mode;
+    if (d->nr == c->nr_openat) {
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1]; flags = (uint32_t)d->args[2]; mode = d->args[3] & 07777;
+    } else if (c->nr_open >= 0 && d->nr == c->nr_open) {
+        dirfd = AT_FDCWD; addr = d->args[0]; flags = (uint32_t)d->args[1]; mode = d->args[2] & 07777;
+    } else if (c->nr_creat >= 0 && d->nr == c->nr_creat) {
+        dirfd = AT_FDCWD; addr = d->args[0]; flags = O_CREAT | O_WRONLY | O_TRUNC; mode = d->args[1] & 07777;
+    } else {
+        return HANDED_BACK;
+    }
+    int write_open = (flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)) != 0;
+    if (flags & O_PATH || (flags & O_TMPFILE) == O_TMPFILE) return HANDED_BACK;
+    if (write_open ? (flags & O_DIRECTORY) != 0 : !c->full_audit) return HANDED_BACK;
+    int op = write_open ? OP_WRITE : OP_READ;
+
+    Found f;
+    int rc = prepare(c, n, op, dirfd, addr, (flags & O_CREAT) != 0, (flags & O_CREAT) && (flags & O_EXCL), &f);
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    if (op == OP_READ) {
+        __atomic_add_fetch(&c->fast_reads, 1, __ATOMIC_RELAXED);
+        send_reply(c, n->id, 0, 1); /* decided and recorded; Landlock bounds reads */
+        found_close(&f);
+        return ANSWERED;
+    }
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+
+    int fd = -1;
+    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
+    int creating = !f.exists;
+    if (creating || c->privileged) ids = task_ids((pid_t)n->pid);
+    if (!ids.ok) { send_reply(c, n->id, EACCES, 0); goto out; }
+    Creds saved;
+    if (as_task(c, &ids, &saved) != 0) { as_self(&saved); send_reply(c, n->id, EPERM, 0); goto out; }
+    int ours = (int)((flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
+    int err = 0;
+    struct stat st;
+    if (creating) {
+        fd = openat(f.dfd, f.name, ours | O_CREAT | O_EXCL, 0);
+        if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) fd = openat(f.dfd, f.name, ours);
+        else if (fd >= 0) {
+            mode_t want = mode & ~ids.umask & ~(mode_t)(S_ISUID | S_ISGID);
+            if (fchmod(fd, want) != 0) err = errno;
+            else if ((ids.fsuid != c->own_uid || ids.fsgid != c->own_gid) && fchown(fd, ids.fsuid, ids.fsgid) != 0
+                     && errno != EPERM) err = errno;
+        }
+    } else {
+        fd = openat(f.dfd, f.name, ours);
+    }
+    if (fd < 0 && !err) err = errno;
+    if (!err) {
+        if (fstat(fd, &st) != 0) err = errno;
+        else if (!S_ISREG(st.st_mode)) err = S_ISDIR(st.st_mode) ? EISDIR : EACCES;
+        else if (st.st_nlink != 1) err = EACCES; /* linked between our look and the open */
+        else if ((flags & O_TRUNC) && ftruncate(fd, 0) != 0) err = errno;
+        else if (!(flags & O_NONBLOCK) && fcntl(fd, F_SETFL, ours & ~O_NONBLOCK) != 0) err = errno;
+    }
+    as_self(&saved);
+    if (err) { send_reply(c, n->id, err, 0); goto out; }
+    struct seccomp_notif_addfd add;
+    memset(&add, 0, sizeof add);
+    add.id = n->id;
+    add.flags = SECCOMP_ADDFD_FLAG_SEND;
+    add.srcfd = (uint32_t)fd;
+    add.newfd_flags = (flags & O_CLOEXEC) ? O_CLOEXEC : 0;
+    if (ioctl(c->listener, SECCOMP_IOCTL_NOTIF_ADDFD, &add) < 0 && errno != ENOENT && errno != EINPROGRESS)
+        send_reply(c, n->id, errno, 0);
+out:
+    if (fd >= 0) close(fd);
+    found_close(&f);
+    return ANSWERED;
+}
+
+/* utimensat(dirfd, path, times, flags) with a path: a WRITE of the file, recorded like a write-open,
+ * then performed by us, as the task, on the very inode judged (through our own descriptor of it). */
+static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    if (c->nr_utimensat < 0 || d->nr != c->nr_utimensat) return HANDED_BACK;
+    int dirfd = (int)(int32_t)d->args[0];
+    uint64_t addr = d->args[1], times_addr = d->args[2];
+    int flags = (int)(uint32_t)d->args[3];
+    if (addr == 0 || (flags & ~AT_SYMLINK_NOFOLLOW)) return HANDED_BACK;
+    struct timespec times[2];
+    if (times_addr) {
+        struct iovec local = {times, sizeof times};
+        struct iovec remote = {(void *)(uintptr_t)times_addr, sizeof times};
+        if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times) return HANDED_BACK;
+    }
+    Found f;
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, 0, 0, &f);
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+    int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (obj < 0) err = errno;
+    else if (fstat(obj, &st) != 0) err = errno;
+    else if (st.st_dev != f.st.st_dev || st.st_ino != f.st.st_ino) err = EAGAIN; /* swapped since: retry */
+    if (!err) {
+        TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
+        if (c->privileged) ids = task_ids((pid_t)n->pid);
+        Creds saved;
+        if (!ids.ok) err = EACCES;
+        else if (as_task(c, &ids, &saved) != 0) err = EPERM;
+        else {
+            char self_fd[64];
+            snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+            if (utimensat(AT_FDCWD, self_fd, times_addr ? times : NULL, 0) != 0) err = errno;
+        }
+        if (ids.ok) as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    if (obj >= 0) close(obj);
+    found_close(&f);
+    return ANSWERED;
+}
+
+/* ---- Python methods ------------------------------------------------------------------------------- */
+
+static int Core_init(Core *self, PyObject *args, PyObject *kw) {
+    static char *kwlist[] = {"listener", "arch", "nr_openat", "nr_open", "nr_creat", "nr_utimensat", "full_audit",
+                             "privileged", NULL};
+    unsigned int arch;
+    int full_audit = 0, privileged = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iIiiii|pp", kwlist, &self->listener, &arch, &self->nr_openat,
+                                     &self->nr_open, &self->nr_creat, &self->nr_utimensat, &full_audit,
+                                     &privileged))
+        return -1;
+    self->arch = arch;
+    self->full_audit = full_audit;
+    self->privileged = privileged;
+    self->own_uid = geteuid();
+    self->own_gid = getegid();
+    self->spool_fd = -1;
+    self->wake_fd = -1;
+    self->window = UINT64_MAX;
+    self->enabled = 1;
+    self->rootfd = -1;
+    pthread_mutex_init(&self->root_lock, NULL);
+    pthread_mutex_init(&self->spool_lock, NULL);
+    pthread_mutex_init(&self->recv_lock, NULL);
+    pthread_rwlock_init(&self->table_lock, NULL);
+    self->nbuckets = 4096;
+    self->buckets = calloc(self->nbuckets, sizeof(Entry *));
+    if (!self->buckets) { PyErr_NoMemory(); return -1; }
+    return 0;
+}
+
+static void Core_dealloc(Core *self) {
+    if (self->buckets) { table_clear(self); free(self->buckets); }
+    while (self->retired) { Entry *n = self->retired->next; entry_free(self->retired); self->retired = n; }
+    if (self->rootfd >= 0) close(self->rootfd);
+    for (size_t i = 0; i < self->nglobs; i++) free(self->globs[i]);
+    free(self->globs);
+    Py_TYPE(self)->tp_free((PyObject *)self);
+}
+
+static PyObject *Core_attach_spool(Core *self, PyObject *args) {
+    int fd;
+    unsigned long long last;
+    if (!PyArg_ParseTuple(args, "iK", &fd, &last)) return NULL;
+    pthread_mutex_lock(&self->spool_lock);
+    self->spool_fd = fd;
+    self->last = last;
+    self->acked = last;
+    pthread_mutex_unlock(&self->spool_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_detach_spool(Core *self, PyObject *unused) {
+    pthread_mutex_lock(&self->spool_lock);
+    self->spool_fd = -1;
+    self->wake_fd = -1;
+    self->stopped = 1;
+    pthread_mutex_unlock(&self->spool_lock);
+    Py_RETURN_NONE;
+}
+
+/* append(head: bytes) -> n. head is a JSON object's text without its closing brace. */
+static PyObject *Core_append(Core *self, PyObject *args) {
+    Py_buffer head;
+    if (!PyArg_ParseTuple(args, "y*", &head)) return NULL;
+    uint64_t n;
+    int err;
+    Py_BEGIN_ALLOW_THREADS
+    pthread_mutex_lock(&self->spool_lock);
+    n = spool_write_locked(self, head.buf, (size_t)head.len);
+    err = errno;
+    pthread_mutex_unlock(&self->spool_lock);
+    Py_END_ALLOW_THREADS
+    PyBuffer_Release(&head);
+    if (!n) { errno = err; return PyErr_SetFromErrno(PyExc_OSError); }
+    return PyLong_FromUnsignedLongLong(n);
+}
+
+static PyObject *Core_set_flow(Core *self, PyObject *args) {
+    unsigned long long acked, window;
+    int stopped;
+    if (!PyArg_ParseTuple(args, "KKp", &acked, &window, &stopped)) return NULL;
+    pthread_mutex_lock(&self->spool_lock);
+    if (acked > self->acked) self->acked = acked;
+    self->window = window;
+    if (stopped) self->stopped = 1;
+    if (self->acked >= self->last) self->pending = 0;
+    pthread_mutex_unlock(&self->spool_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_wake(Core *self, PyObject *args) {
+    int fd;
+    if (!PyArg_ParseTuple(args, "i", &fd)) return NULL;
+    pthread_mutex_lock(&self->spool_lock);
+    self->wake_fd = fd;
+    self->pending = 0;
+    pthread_mutex_unlock(&self->spool_lock);
+    Py_RETURN_NONE;
+}
+
+static PyObject *Core_set_globs(Core *self, PyObject *args) {
+    PyObject *seq;
+    if (!PyArg_ParseTuple(args, "O", &seq)) return NULL;
+    PyObject *fast = PySequence_Fast(seq, "globs must be a sequence of bytes");
+    if (!fast) return NULL;
+    Py_ssize_t count = PySequence_Fast_GET_SIZE(fast);
+    if (count > MAX_GLOBS) { Py_DECREF(fast); PyErr_SetString(PyExc_ValueError, "too many globs"); return NULL; }
+    char **globs = calloc((size_t)count + 1, sizeof(char *));
+    for (Py_ssize_t i = 0; i < count; i++) {
+        char *s;
+        Py_ssize_t len;
+        if (PyBytes_AsStringAndSize(PySequence_Fast_GET_ITEM(fast, i), &s, &len) < 0) {
+            for (Py_ssize_t j = 0; j < i; j++) free(globs[j]);
+            free(globs);
+            Py_DECREF(fast);
+            return NULL;
+        }
+        globs[i] = strndup(s, (size_t)len);
+    }
+    Py_DECREF(fast);
+    pthread_rwlock_wrlock(&self->table_lock);
+    for (size_t i = 0; i < self->nglobs; i++) free(self->globs[i]);
+    free(self->globs);
+    self->globs = globs;
+    self->nglobs = (size_t)count;
+    table_clear(self);
+    pthread_rwlock_unlock(&self->table_lock);
+    Py_RETURN_NONE;
+}
+
+/* add(op, dir: bytes, parts: (bytes, bytes, bytes)): the record of any plain name in `dir` is
+ * parts[0] + target + parts[1] + pid + parts[2] (then ,"n":N}). */
+static PyObject *Core_add(Core *self, PyObject *args) {
+    int op;
+    unsigned long long dev, ino;
+    Py_buffer dir, p0, p1, p2;
+    if (!PyArg_ParseTuple(args, "iKKy*(y*y*y*)", &op, &dev, &ino, &dir, &p0, &p1, &p2)) return NULL;
+    Entry *e = calloc(1, sizeof *e);
+    Py_buffer *parts[3] = {&p0, &p1, &p2};
+    e->op = op;
+    e->dev = (dev_t)dev;
+    e->ino = (ino_t)ino;
+    e->dir = strndup(dir.buf, (size_t)dir.len);
+    e->dir_len = (size_t)dir.len;
+    for (int i = 0; i < 3; i++) {
+        e->part[i] = malloc((size_t)parts[i]->len + 1);
+        memcpy(e->part[i], parts[i]->buf, (size_t)parts[i]->len);
+        e->part_len[i] = (size_t)parts[i]->len;
+    }
+    for (int i = 0; i < 3; i++) PyBuffer_Release(parts[i]);
+    PyBuffer_Release(&dir);
+    pthread_rwlock_wrlock(&self->table_lock);
+    Entry *old = table_find(self, op, e->dev, e->ino);
+    if (old != NULL && old->dir_len == e->dir_len && memcmp(old->dir, e->dir, e->dir_len) == 0) {
+        pthread_rwlock_unlock(&self->table_lock);
+        entry_free(e);
+        Py_RETURN_FALSE;
+    }
+    if (old != NULL) {
+        /* the directory was renamed: the newest judgement replaces the old one. The old entry is kept
+         * (a reader may hold a copy of its parts) and freed with the core. */
+        Entry **link = &self->buckets[hash_key(op, e->dev, e->ino) % self->nbuckets];
+        while (*link != old) link = &(*link)->next;
+        *link = old->next;
+        old->next = self->retired;
+        self->retired = old;
+        self->nentries--;
+    }
+    if (self->nentries > 1000000) {
+        pthread_rwlock_unlock(&self->table_lock);
+        entry_free(e);
+        Py_RETURN_FALSE;
+    }
+    size_t b = hash_key(op, e->dev, e->ino) % self->nbuckets;
+    e->next = self->buckets[b];
+    self->buckets[b] = e;
+    self->nentries++;
+    pthread_rwlock_unlock(&self->table_lock);
+    Py_RETURN_TRUE;
+}
+
+static PyObject *Core_clear(Core *self, PyObject *unused) {
+    pthread_rwlock_wrlock(&self->table_lock);
+    table_clear(self);
+    pthread_rwlock_unlock(&self->table_lock);
+    Py_RETURN_NONE;
+}
+
+/* next(timeout_ms) -> bytes (a notification for Python to answer) | None (nothing yet) | False (the
+ * listener hung up: every task is gone). Fast-path notifications are answered here, in a loop. */
+static PyObject *Core_next(Core *self, PyObject *args) {
+    int timeout;
+    if (!PyArg_ParseTuple(args, "i", &timeout)) return NULL;
+    struct seccomp_notif n;
+    int status; /* 0 nothing, 1 slow, 2 hung up, 3 error */
+    int err = 0;
+    Py_BEGIN_ALLOW_THREADS
+    for (;;) {
+        pthread_mutex_lock(&self->recv_lock);
+        struct pollfd p = {self->listener, POLLIN, 0};
+        int r = poll(&p, 1, timeout);
+        if (r < 0) { status = errno == EINTR ? 0 : 3; err = errno; pthread_mutex_unlock(&self->recv_lock); break; }
+        if (r == 0) { status = 0; pthread_mutex_unlock(&self->recv_lock); break; }
+        if (!(p.revents & POLLIN)) { status = 2; pthread_mutex_unlock(&self->recv_lock); break; }
+        memset(&n, 0, sizeof n);
+        r = ioctl(self->listener, SECCOMP_IOCTL_NOTIF_RECV, &n);
+        pthread_mutex_unlock(&self->recv_lock);
+        if (r < 0) {
+            if (errno == ENOENT || errno == EINTR || errno == EAGAIN) continue;
+            status = 3; err = errno; break;
+        }
+        if (self->enabled && n.data.arch == self->arch
+            && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED)) continue;
+        __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);
+        status = 1;
+        break;
+    }
+    Py_END_ALLOW_THREADS
+    if (status == 0) Py_RETURN_NONE;
+    if (status == 2) Py_RETURN_FALSE;
+    if (status == 3) { errno = err; return PyErr_SetFromErrno(PyExc_OSError); }
+    return PyBytes_FromStringAndSize((const char *)&n, sizeof n);
+}
+
+static PyObject *Core_counts(Core *self, PyObject *unused) {
+    return Py_BuildValue("{sKsKsKsn}", "fast_writes", (unsigned long long)__atomic_load_n(&self->fast_writes, __ATOMIC_RELAXED),
+                         "fast_reads", (unsigned long long)__atomic_load_n(&self->fast_reads, __ATOMIC_RELAXED),
+                         "handed_back", (unsigned long long)__atomic_load_n(&self->handed_back, __ATOMIC_RELAXED),
+                         "dirs", (Py_ssize_t)self->nentries);
+}
+
+static PyObject *Core_get_last(Core *self, void *closure) {
+    pthread_mutex_lock(&self->spool_lock);
+    uint64_t last = self->last;
+    pthread_mutex_unlock(&self->spool_lock);
+    return PyLong_FromUnsignedLongLong(last);
+}
+
+static PyObject *Core_set_enabled(Core *self, PyObject *args) {
+    int on;
+    if (!PyArg_ParseTuple(args, "p", &on)) return NULL;
+    self->enabled = on;
+    Py_RETURN_NONE;
+}
+
+/* glob_match(pattern: bytes, name: bytes) -> bool: the segment matcher, for the differential test. */
+static PyObject *mod_glob_match(PyObject *mod, PyObject *args) {
+    const char *p, *s;
+    if (!PyArg_ParseTuple(args, "yy", &p, &s)) return NULL;
+    return PyBool_FromLong(glob_match(p, s));
+}
+
+static PyMethodDef Core_methods[] = {
+    {"attach_spool", (PyCFunction)Core_attach_spool, METH_VARARGS, "attach_spool(fd, last): the session's spool"},
+    {"detach_spool", (PyCFunction)Core_detach_spool, METH_NOARGS, "stop appending (the spool is closing)"},
+    {"append", (PyCFunction)Core_append, METH_VARARGS, "append(head) -> n: one record, one write(2)"},
+    {"set_flow", (PyCFunction)Core_set_flow, METH_VARARGS, "set_flow(acked, window, stopped)"},
+    {"set_wake", (PyCFunction)Core_set_wake, METH_VARARGS, "set_wake(eventfd)"},
+    {"set_globs", (PyCFunction)Core_set_globs, METH_VARARGS, "set_globs([bytes]); clears the table"},
+    {"add", (PyCFunction)Core_add, METH_VARARGS, "add(op, dir, parts) -> bool"},
+    {"clear", (PyCFunction)Core_clear, METH_NOARGS, "forget every directory"},
+    {"next", (PyCFunction)Core_next, METH_VARARGS, "next(timeout_ms) -> bytes | None | False"},
+    {"counts", (PyCFunction)Core_counts, METH_NOARGS, "what the fast path did"},
+    {"set_enabled", (PyCFunction)Core_set_enabled, METH_VARARGS, "switch the fast path on or off"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyGetSetDef Core_getset[] = {
+    {"last", (getter)Core_get_last, NULL, "the last record number appended", NULL},
+    {NULL, NULL, NULL, NULL, NULL},
+};
+
+static PyTypeObject CoreType = {
+    PyVarObject_HEAD_INIT(NULL, 0)
+    .tp_name = "guard._core.Core",
+    .tp_basicsize = sizeof(Core),
+    .tp_flags = Py_TPFLAGS_DEFAULT,
+    .tp_doc = "The supervisor's compiled fast path and the session spool's writer.",
+    .tp_new = PyType_GenericNew,
+    .tp_init = (initproc)Core_init,
+    .tp_dealloc = (destructor)Core_dealloc,
+    .tp_methods = Core_methods,
+    .tp_getset = Core_getset,
+};
+
+static PyMethodDef module_methods[] = {
+    {"glob_match", mod_glob_match, METH_VARARGS, "glob_match(pattern, name) -> bool"},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "guard._core", NULL, -1, module_methods};
+
+PyMODINIT_FUNC PyInit__core(void) {
+    if (PyType_Ready(&CoreType) < 0) return NULL;
+    PyObject *m = PyModule_Create(&module);
+    if (!m) return NULL;
+    Py_INCREF(&CoreType);
+    PyModule_AddObject(m, "Core", (PyObject *)&CoreType);
+    PyModule_AddIntConstant(m, "OP_WRITE", OP_WRITE);
+    PyModule_AddIntConstant(m, "OP_READ", OP_READ);
+    return m;
+}

@@ -1,0 +1,162 @@
+"""The supervisor's compiled fast path (guard/_core.c, guard/sandbox/fastpath.py), attacked.
+
+Once the first write in a directory has gone through the Python supervisor, the engine may prove that
+every plain name in it gets the same answer, and the core then answers further write-opens and
+timestamp changes there itself, outside the sandbox and without Landlock: a bug in it would write
+wherever the supervisor can. So each attack first warms a directory (a plain write), then aims at what
+the core must hand back or refuse: names a rule speaks of, a planted hard link, a symlink swapped in
+under a name the core already took, set-id modes. Each works bare; under guard it fails. The honest
+half checks fidelity (umask, O_EXCL, O_TRUNC, O_APPEND, O_NONBLOCK, times) and that every open the
+core answered is in the trail with its target and pid.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+
+import pytest
+
+pytestmark = pytest.mark.timeout(240)
+
+WARM = "import os, sys; d = sys.argv[1]; os.makedirs(d, exist_ok=True); open(os.path.join(d, 'warm'), 'w').close()\n"
+
+
+def _py(world, body: str, *args: str) -> list[str]:
+    return ["/usr/bin/python3", "-I", "-c", WARM + body, *args]
+
+
+def test_a_name_a_rule_speaks_of_is_not_taken_in_a_warm_directory(world):
+    """`.npmrc` in a directory the core already answers for is an ask (workspace-settings), never the
+    directory's allow."""
+    warm = world.ws / "fast-spoken"
+    body = ("for i in range(50): open(os.path.join(d, f'f{i}'), 'w').close()\n"
+            "open(os.path.join(d, '.npmrc'), 'w').write('registry=http://evil.invalid/\\n'); print('WROTE')")
+    bare_dir = world.scratch / "fast-spoken-bare"
+    bare = world.bare_run(_py(world, body, str(bare_dir)))
+    assert "WROTE" in bare.stdout and (bare_dir / ".npmrc").exists(), bare
+    run = world.guard_run(_py(world, body, str(warm)), policy=world.fast_ask)
+    assert "WROTE" not in run.stdout and not (warm / ".npmrc").exists(), run
+    assert (warm / "f49").exists(), run  # the plain names went through
+    world.assert_denied(run, "write", warm / ".npmrc")
+
+
+def test_a_hard_link_planted_in_a_warm_directory_is_not_written(world):
+    secret = world.outside / "fast-linked.txt"
+    secret.write_text("the engineer's file\n")
+    warm = world.ws / "fast-linked"
+    warm.mkdir()
+    os.link(secret, warm / "notes.txt")
+    body = ("for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()\n"
+            "open(os.path.join(d, 'notes.txt'), 'a').write('PWNED\\n'); print('WROTE')")
+    bare_secret = world.scratch / "fast-linked-bare.txt"
+    bare_secret.write_text("x\n")
+    bare_dir = world.scratch / "fast-linked-dir"
+    bare_dir.mkdir()
+    os.link(bare_secret, bare_dir / "notes.txt")
+    bare = world.bare_run(_py(world, body, str(bare_dir)))
+    assert "PWNED" in bare_secret.read_text(), bare
+    run = world.guard_run(_py(world, body, str(warm)))
+    assert "PWNED" not in secret.read_text(), run
+    assert "WROTE" not in run.stdout, run
+
+
+SWAP = """
+import os, sys, threading
+target = sys.argv[2]
+t = os.path.join(d, 't')
+for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+stop = threading.Event()
+def swapper():
+    link = os.path.join(d, 't.link'); plain = os.path.join(d, 't.plain')
+    while not stop.is_set():
+        try:
+            os.symlink(target, link); os.replace(link, t)
+            open(plain, 'w').close(); os.replace(plain, t)
+        except OSError:
+            pass
+threading.Thread(target=swapper, daemon=True).start()
+hits = 0
+for _ in range(3000):
+    try:
+        with open(t, 'a') as fh:
+            fh.write('PWNED\\n')
+            hits += 1
+    except OSError:
+        pass
+stop.set()
+print('OPENS', hits)
+"""
+
+
+def test_a_symlink_swapped_in_under_a_name_the_core_takes_is_never_followed(world):
+    """The core checks what is at the name, records, then opens it itself with O_NOFOLLOW from the held
+    directory: a symlink raced in between is refused (ELOOP), never followed out of the workspace."""
+    victim = world.outside / "fast-swap-victim"
+    victim.write_text("clean\n")
+    bare_victim = world.scratch / "fast-swap-bare-victim"
+    bare_victim.write_text("clean\n")
+    bare = world.bare_run(_py(world, SWAP, str(world.scratch / "fast-swap-bare"), str(bare_victim)), timeout=120)
+    assert "PWNED" in bare_victim.read_text(), bare
+    run = world.guard_run(_py(world, SWAP, str(world.ws / "fast-swap"), str(victim)), timeout=180)
+    assert "OPENS" in run.stdout, run
+    assert victim.read_text() == "clean\n", run
+
+
+def test_a_set_id_mode_is_dropped_by_the_core_too(world):
+    body = ("for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()\n"
+            "fd = os.open(os.path.join(d, 'tool'), os.O_CREAT | os.O_WRONLY, 0o6755); os.close(fd)\n"
+            "print('MODE', oct(os.stat(os.path.join(d, 'tool')).st_mode & 0o7777))")
+    bare_dir = world.scratch / "fast-setid"
+    bare = world.bare_run(_py(world, body, str(bare_dir)))
+    assert stat.S_IMODE((bare_dir / "tool").stat().st_mode) & (stat.S_ISUID | stat.S_ISGID), bare
+    run = world.guard_run(_py(world, body, str(world.ws / "fast-setid")))
+    mode = stat.S_IMODE((world.ws / "fast-setid" / "tool").stat().st_mode)
+    assert mode and not mode & (stat.S_ISUID | stat.S_ISGID), (oct(mode), run)
+
+
+FIDELITY = """
+import fcntl
+os.umask(0o077)
+p = lambda n: os.path.join(d, n)
+for i in range(30): open(p(f'f{i}'), 'w').close()
+out = []
+fd = os.open(p('private'), os.O_CREAT | os.O_WRONLY, 0o666); os.close(fd)
+out.append('mode=' + oct(os.stat(p('private')).st_mode & 0o777))
+try:
+    os.open(p('private'), os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+    out.append('excl=opened')
+except FileExistsError:
+    out.append('excl=EEXIST')
+open(p('t'), 'w').write('0123456789')
+fd = os.open(p('t'), os.O_WRONLY | os.O_TRUNC); os.close(fd)
+out.append('trunc=' + str(os.path.getsize(p('t'))))
+open(p('t'), 'a').write('ab'); open(p('t'), 'a').write('cd')
+out.append('append=' + open(p('t')).read())
+fd = os.open(p('t'), os.O_WRONLY)
+out.append('nonblock=' + str(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK)))
+os.close(fd)
+os.utime(p('t'), (1_000_000_000, 1_200_000_000))
+out.append('mtime=' + str(int(os.stat(p('t')).st_mtime)))
+print(' '.join(out))
+"""
+
+
+def test_the_core_answers_as_the_kernel_would_and_records_every_open(world):
+    bare_dir = world.scratch / "fast-fidelity"
+    bare = world.bare_run(_py(world, FIDELITY, str(bare_dir)))
+    assert bare.returncode == 0, bare
+    warm = world.ws / "fast-fidelity"
+    run = world.guard_run(_py(world, FIDELITY, str(warm)))
+    assert run.returncode == 0, run
+    assert run.stdout == bare.stdout, (run.stdout, bare.stdout)
+    assert "mode=0o600" in run.stdout and "excl=EEXIST" in run.stdout
+    writes = [r for r in world.records(run.session) if r.get("type") == "decision"
+              and r["action"]["op"] == "write" and r["action"]["target"].startswith(str(warm) + "/")]
+    targets = [r["action"]["target"] for r in writes]
+    for i in range(30):
+        assert str(warm / f"f{i}") in targets, f"f{i} has no record: {targets}"
+    assert all(r["decision"]["verdict"] == "allow" and isinstance(r["action"].get("pid"), int) for r in writes)
+    # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime)
+    assert len(writes) == 1 + 30 + 1 + 6, targets
+    world.check_trail()

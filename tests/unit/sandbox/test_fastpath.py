@@ -1,0 +1,138 @@
+"""The compiled fast path decides nothing of its own: differential tests against the engine.
+
+1. The core's segment matcher against the engine's (guard.policy.paths) on generated globs and names:
+   equal on ASCII globs, a superset after `_ascii_superset`.
+2. The table against the policy: for generated directories and names, whenever `uniform_decision`
+   enters a directory and the core's matcher finds the name spoken of by no rule, the engine's own
+   decision for that path is the very decision the core would record (verdict, rule, reason).
+3. The record the core writes is byte for byte the one Python writes.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from guard.model import Action, Decision, Op, Verdict
+from guard.policy import load_policy
+from guard.policy.paths import GlobError, _segment_regex
+from guard.sandbox import fastpath
+from guard.session import decision_record
+from guard.spool import SpoolWriter
+
+core = pytest.importorskip("guard._core", reason="the compiled core is not built (no C compiler or Python headers)")
+
+NAME_CHARS = st.characters(min_codepoint=0x20, max_codepoint=0x7E, blacklist_characters='/"\\')
+names = st.text(NAME_CHARS, min_size=1, max_size=12).filter(lambda n: n not in (".", ".."))
+GLOB_ATOMS = st.sampled_from(["*", "?", "a", "b", ".", "-", "x", "[ab]", "[!a]", "[^b]", "[a-c]", "[]a]",
+                              "[!]]", "\\*", "\\[", "[a-]", "[-a]", "[\\\\]", "é", "[é]", "[!é]", ".git",
+                              "env", "*.pem", "A", "9"])
+globs = st.lists(GLOB_ATOMS, min_size=1, max_size=5).map("".join)
+
+
+def engine_matches(seg: str, name: str) -> bool | None:
+    try:
+        regex = re.compile(_segment_regex(seg, seg), re.DOTALL)
+    except (GlobError, re.error):
+        return None
+    return regex.fullmatch(name) is not None
+
+
+@settings(max_examples=3000, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(seg=globs, name=names)
+def test_the_core_matcher_is_the_engines_on_ascii_and_a_superset_otherwise(seg: str, name: str) -> None:
+    assume("**" not in seg)  # a whole-segment `**` spans segments; anywhere else compile_path refuses it
+    expected = engine_matches(seg, name)
+    assume(expected is not None)
+    wide = fastpath._ascii_superset(seg)
+    if wide is None:  # a literal non-ASCII character: it cannot match a printable-ASCII name
+        assert not expected
+        return
+    got = core.glob_match(wide.encode("ascii"), name.encode("ascii"))
+    if seg.isascii():
+        assert got == expected, (seg, name)
+    elif expected:
+        assert got, (seg, wide, name)
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    home = tmp_path_factory.mktemp("home")
+    ws = home / "src" / "proj"
+    ws.mkdir(parents=True)
+    return home, ws
+
+
+def interesting_dirs(home: Path, ws: Path) -> list[str]:
+    rel_ws = ["", "src", "src/pkg", ".git", ".git/hooks", ".git/objects/ab", ".git/info", ".github/workflows",
+              ".vscode", "node_modules/x", ".claude", "build/out", ".venv/bin", "sub/.git", "a/.env.d"]
+    rel_home = ["", ".ssh", ".aws", ".config", ".config/gh", ".cache/pip", ".cache", ".npm", ".cargo/registry",
+                ".claude", ".local/bin", ".local/share/uv/tools/ruff/bin", "Downloads", "src"]
+    out = [str(ws / r) if r else str(ws) for r in rel_ws]
+    out += [str(home / r) if r else str(home) for r in rel_home]
+    out += ["/", "/tmp", "/tmp/x", "/etc", "/usr/lib", "/dev", "/dev/shm", "/proc/self", "/var/tmp"]
+    return out
+
+
+SPOKEN_NAMES = [".env", ".env.local", "config", "pre-commit", "settings.json", "id_rsa", "credentials", ".npmrc",
+                "key.pem", ".bashrc", "HEAD", "hooks", "index.lock", ".gitmodules", "CLAUDE.md", "x.py", "Makefile"]
+
+
+@pytest.mark.parametrize("policy_name", ["coding-agent", "review-readonly"])
+def test_every_name_the_core_would_take_gets_the_entered_decision(world: tuple[Path, Path],
+                                                                   policy_name: str) -> None:
+    home, ws = world
+    try:
+        policy = load_policy(policy_name, workspace=ws, home=home, env={})
+    except Exception as exc:  # a shipped policy that does not exist here is not this test's business
+        pytest.skip(f"policy {policy_name} does not load: {exc}")
+    segments = fastpath.spoken_segments(policy)
+    encoded = [s.encode("ascii") for s in segments]
+    existing = policy.existing_only_rules
+
+    def probe(action: Action) -> Decision | None:
+        decision = policy.decide(action)
+        return None if decision.rule_id in existing else decision
+
+    probe_name = next(p for p in fastpath._PROBES if not any(core.glob_match(g, p.encode()) for g in encoded))
+    entered = 0
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(directory=st.sampled_from(interesting_dirs(home, ws)), op=st.sampled_from([Op.WRITE, Op.READ]),
+           name=st.one_of(names, st.sampled_from(SPOKEN_NAMES)))
+    def check(directory: str, op: Op, name: str) -> None:
+        nonlocal entered
+        decision = fastpath.uniform_decision(probe, op, directory, probe_name)
+        if decision is None:
+            return
+        if any(core.glob_match(g, name.encode("ascii")) for g in encoded):
+            return  # the core hands this name back to Python
+        entered += 1
+        target = ("" if directory == "/" else directory) + "/" + name
+        assert probe(Action(op=op, target=target)) == decision, target
+        assert decision.enforced is Verdict.ALLOW
+
+    check()
+    assert entered > 0, "no generated name reached the fast path: the test proved nothing"
+
+
+def test_the_cores_record_is_pythons_byte_for_byte(tmp_path: Path) -> None:
+    decision = Decision(Verdict.ALLOW, "workspace", "inside the workspace")
+    head = SpoolWriter.render_head(decision_record(
+        Action(op=Op.WRITE, target=fastpath._SENTINEL_TARGET, pid=fastpath._SENTINEL_PID), decision))
+    parts = fastpath.split_record(head)
+    assert parts is not None
+    target, pid = "/home/u/src/proj/d000/f00001.txt", 4242
+    spool_fd = (tmp_path / "s").open("ab")
+    c = core.Core(-1, 0, 257, 2, 85, 280, False, False)
+    c.attach_spool(spool_fd.fileno(), 0)
+    n = c.append(parts[0] + target.encode() + parts[1] + str(pid).encode() + parts[2])
+    spool_fd.close()
+    python = SpoolWriter.render_head(decision_record(Action(op=Op.WRITE, target=target, pid=pid), decision))
+    assert n == 1
+    assert (tmp_path / "s").read_bytes() == python + b',"n":1}\n'
+
