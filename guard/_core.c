@@ -520,6 +520,8 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     int write_open = (flags & (O_WRONLY | O_RDWR | O_CREAT | O_TRUNC)) != 0;
     if (flags & O_PATH || (flags & O_TMPFILE) == O_TMPFILE) return HANDED_BACK;
     if (write_open ? (flags & O_DIRECTORY) != 0 : !c->full_audit) return HANDED_BACK;
+    /* O_RDONLY|O_TRUNC (Linux truncates) needs a writable reopen: Python does that */
+    if ((flags & O_TRUNC) && (flags & O_ACCMODE) == O_RDONLY) return HANDED_BACK;
     int op = write_open ? OP_WRITE : OP_READ;
 
     Found f;
