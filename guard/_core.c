@@ -70,6 +70,9 @@ typedef struct Entry {
     size_t part_len[3];
 } Entry;
 
+#define ID_SLOTS 1024
+typedef struct { pid_t pid; uid_t fsuid; gid_t fsgid; } IdSlot;
+
 typedef struct {
     PyObject_HEAD
     int listener;
@@ -100,7 +103,9 @@ typedef struct {
     int rootfd;
     char root_text[PATH_LIMIT];
     size_t root_len;
-    /* acting as the task */
+    /* acting as the task: each pid's fsuid/fsgid (see cached_ids) */
+    pthread_mutex_t id_lock;
+    IdSlot id_slots[ID_SLOTS];
     int privileged;
     uid_t own_uid;
     gid_t own_gid;
@@ -359,6 +364,26 @@ static TaskIds task_ids(pid_t pid) {
     return t;
 }
 
+/* Each task's fsuid/fsgid, read once per pid as the Python supervisor does: nothing in the sandbox can
+ * change its ids (no capabilities, no_new_privs), so a pid reused inside it has the same ones. The umask
+ * can change at any time, so a create always reads the status afresh. */
+static TaskIds cached_ids(Core *c, pid_t pid, int need_umask) {
+    IdSlot *slot = &c->id_slots[(unsigned)pid % ID_SLOTS];
+    if (!need_umask) {
+        pthread_mutex_lock(&c->id_lock);
+        IdSlot copy = *slot;
+        pthread_mutex_unlock(&c->id_lock);
+        if (copy.pid == pid && pid != 0) return (TaskIds){copy.fsuid, copy.fsgid, 022, 1};
+    }
+    TaskIds t = task_ids(pid);
+    if (t.ok) {
+        pthread_mutex_lock(&c->id_lock);
+        *slot = (IdSlot){pid, t.fsuid, t.fsgid};
+        pthread_mutex_unlock(&c->id_lock);
+    }
+    return t;
+}
+
 /* Per-thread credentials (raw syscalls: glibc would broadcast setfsuid/capset to every thread). */
 typedef struct { int changed_ids, changed_caps; uid_t old_uid; gid_t old_gid;
                  struct __user_cap_data_struct caps[2]; } Creds;
@@ -538,7 +563,7 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     int fd = -1;
     TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
     int creating = !f.exists;
-    if (creating || c->privileged) ids = task_ids((pid_t)n->pid);
+    if (creating || c->privileged) ids = cached_ids(c, (pid_t)n->pid, creating);
     if (!ids.ok) { send_reply(c, n->id, EACCES, 0); goto out; }
     Creds saved;
     if (as_task(c, &ids, &saved) != 0) { as_self(&saved); send_reply(c, n->id, EPERM, 0); goto out; }
@@ -607,7 +632,7 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     else if (st.st_dev != f.st.st_dev || st.st_ino != f.st.st_ino) err = EAGAIN; /* swapped since: retry */
     if (!err) {
         TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-        if (c->privileged) ids = task_ids((pid_t)n->pid);
+        if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
         Creds saved;
         if (!ids.ok) err = EACCES;
         else if (as_task(c, &ids, &saved) != 0) err = EPERM;
@@ -646,6 +671,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     self->enabled = 1;
     self->rootfd = -1;
     pthread_mutex_init(&self->root_lock, NULL);
+    pthread_mutex_init(&self->id_lock, NULL);
     pthread_mutex_init(&self->spool_lock, NULL);
     pthread_mutex_init(&self->recv_lock, NULL);
     pthread_rwlock_init(&self->table_lock, NULL);
