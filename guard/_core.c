@@ -73,11 +73,16 @@ typedef struct Entry {
 #define ID_SLOTS 1024
 typedef struct { pid_t pid; uid_t fsuid; gid_t fsgid; } IdSlot;
 
+enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
+       NR_RENAMEAT, NR_RENAMEAT2, NR_COUNT };
+static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
+                                               "unlink", "unlinkat", "rename", "renameat", "renameat2"};
+
 typedef struct {
     PyObject_HEAD
     int listener;
     uint32_t arch;
-    int nr_openat, nr_open, nr_creat, nr_utimensat;
+    int nr[NR_COUNT];     /* syscall numbers by NR_* (-1: not on this architecture) */
     int full_audit;
     int enabled;
     /* spool */
@@ -444,12 +449,14 @@ static int record_locked(Core *c, const Entry *e, const char *target, size_t tle
     return spool_write_locked(c, line, at) ? 0 : -1;
 }
 
-/* What prepare() found: the held directory, the final name, what is there. */
+/* What locate() found: the held directory, the final name, what is there, and the table entry. */
 typedef struct {
     int basefd, dfd;
     const char *name;
     struct stat st;
     int exists;
+    Entry entry;          /* a copy: its parts live as long as the core */
+    size_t tlen;          /* canon holds the target, dir + "/" + name */
     char path[PATH_LIMIT], dir[PATH_LIMIT], canon[PATH_LIMIT * 2];
 } Found;
 
@@ -458,15 +465,23 @@ static void found_close(Found *f) {
     if (f->basefd >= 0) close(f->basefd);
 }
 
+/* What may be at the final name for the core to take the call (anything else goes to Python, which
+ * answers what the kernel would: EEXIST, EISDIR, ENOENT...). */
+enum {
+    MAY_ABSENT = 1,       /* nothing there (a create) */
+    MAY_REG1 = 2,         /* a regular file with one name (writes: another name was never judged) */
+    MAY_REG = 4,          /* a regular file, any link count (names: unlink, rename) */
+    MAY_DIR = 8,          /* a directory (full-audit reads) */
+};
+
+enum { RECORDED = 2, LOCATED = 3 };
+
 /* Read the path, resolve its directory without symlinks, find the directory (by inode) in the table and
  * check that it is still where the engine judged it (the kernel's own name for it now), check the final
- * name and what is there, then write the record. -> ANSWERED when the task is gone or the kernel's answer
- * comes before any decision (EEXIST), HANDED_BACK when Python must decide (nothing was recorded), or
- * RECORDED when the record is written and the caller must act. */
-enum { RECORDED = 2 };
-
-static int prepare(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int creating_ok,
-                   int excl, Found *f) {
+ * name and what is there. Nothing is recorded. -> LOCATED, ANSWERED (the task is gone, or EEXIST comes
+ * before any decision) or HANDED_BACK. */
+static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int may, int excl,
+                  Found *f) {
     f->basefd = f->dfd = -1;
     ssize_t plen = read_task_str((pid_t)n->pid, addr, f->path);
     if (plen <= 0 || !plain_bytes(f->path, (size_t)plen)) return HANDED_BACK;
@@ -493,38 +508,49 @@ static int prepare(Core *c, const struct seccomp_notif *n, int op, int dirfd, ui
     pthread_rwlock_rdlock(&c->table_lock);
     const Entry *e = table_find(c, op, dst.st_dev, dst.st_ino);
     int spoken = e ? name_spoken_of(c, f->name) : 1;
-    Entry copy;
-    if (e) copy = *e; /* parts are freed only by set_globs/clear/dealloc, never while serving */
+    if (e) f->entry = *e; /* parts are freed only with the core, never while serving */
     pthread_rwlock_unlock(&c->table_lock);
     if (!e || spoken) return HANDED_BACK;
 
     /* Still where it was judged: renamed or reached through another mount, it is not this entry. */
     ssize_t clen = dir_path(c, f->dfd, f->canon);
-    if (clen < 0 || (size_t)clen != copy.dir_len || memcmp(f->canon, copy.dir, copy.dir_len) != 0)
+    if (clen < 0 || (size_t)clen != f->entry.dir_len || memcmp(f->canon, f->entry.dir, f->entry.dir_len) != 0)
         return HANDED_BACK;
     size_t nlen = strlen(f->name);
     if ((size_t)clen + 1 + nlen >= sizeof f->canon) return HANDED_BACK;
 
-    /* A write: only a regular file with one name, or (when the caller may create) nothing yet. A read
-     * (full audit): a regular file or a directory, as the launch scan already masked planted links. */
     f->exists = fstatat(f->dfd, f->name, &f->st, AT_SYMLINK_NOFOLLOW) == 0;
-    if (!f->exists ? (errno != ENOENT || !creating_ok)
-        : op == OP_READ ? !(S_ISREG(f->st.st_mode) || S_ISDIR(f->st.st_mode))
-        : (!S_ISREG(f->st.st_mode) || f->st.st_nlink != 1))
-        return HANDED_BACK;
+    int ok;
+    if (!f->exists) ok = errno == ENOENT && (may & MAY_ABSENT);
+    else if (S_ISREG(f->st.st_mode)) ok = (may & MAY_REG) || ((may & MAY_REG1) && f->st.st_nlink == 1);
+    else ok = S_ISDIR(f->st.st_mode) && (may & MAY_DIR);
+    if (!ok && !(f->exists && excl)) return HANDED_BACK;
     if (!id_valid(c, n->id)) return ANSWERED;
     if (f->exists && excl) { send_reply(c, n->id, EEXIST, 0); return ANSWERED; } /* before any decision */
 
     if (clen == 1) clen = 0; /* the root: "/" + name */
     f->canon[clen] = '/';
     memcpy(f->canon + clen + 1, f->name, nlen + 1);
-    size_t tlen = (size_t)clen + 1 + nlen;
+    f->tlen = (size_t)clen + 1 + nlen;
+    return LOCATED;
+}
+
+/* Append the records of `count` located names with one lock held (all or none); -> RECORDED, or
+ * HANDED_BACK when the window is full or the spool cannot take them (Python then waits or fails closed). */
+static int record_found(Core *c, pid_t pid, Found **fs, int count) {
     pthread_mutex_lock(&c->spool_lock);
-    int room = !c->stopped && !c->spool_errno && c->last - c->acked < c->window;
-    int recorded = room && record_locked(c, &copy, f->canon, tlen, (pid_t)n->pid) == 0;
+    int ok = !c->stopped && !c->spool_errno && c->last - c->acked + (uint64_t)count <= c->window;
+    for (int i = 0; ok && i < count; i++) ok = record_locked(c, &fs[i]->entry, fs[i]->canon, fs[i]->tlen, pid) == 0;
     pthread_mutex_unlock(&c->spool_lock);
-    /* a full window or a broken spool: Python waits for room or fails closed */
-    return recorded ? RECORDED : HANDED_BACK;
+    return ok ? RECORDED : HANDED_BACK;
+}
+
+static int prepare(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int may, int excl,
+                   Found *f) {
+    int rc = locate(c, n, op, dirfd, addr, may, excl, f);
+    if (rc != LOCATED) return rc;
+    Found *one[1] = {f};
+    return record_found(c, (pid_t)n->pid, one, 1);
 }
 
 static int fast_open(Core *c, const struct seccomp_notif *n) {
@@ -533,11 +559,11 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     uint64_t addr;
     uint32_t flags;
     mode_t mode;
-    if (d->nr == c->nr_openat) {
+    if (d->nr == c->nr[NR_OPENAT]) {
         dirfd = (int)(int32_t)d->args[0]; addr = d->args[1]; flags = (uint32_t)d->args[2]; mode = d->args[3] & 07777;
-    } else if (c->nr_open >= 0 && d->nr == c->nr_open) {
+    } else if (c->nr[NR_OPEN] >= 0 && d->nr == c->nr[NR_OPEN]) {
         dirfd = AT_FDCWD; addr = d->args[0]; flags = (uint32_t)d->args[1]; mode = d->args[2] & 07777;
-    } else if (c->nr_creat >= 0 && d->nr == c->nr_creat) {
+    } else if (c->nr[NR_CREAT] >= 0 && d->nr == c->nr[NR_CREAT]) {
         dirfd = AT_FDCWD; addr = d->args[0]; flags = O_CREAT | O_WRONLY | O_TRUNC; mode = d->args[1] & 07777;
     } else {
         return HANDED_BACK;
@@ -550,7 +576,8 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     int op = write_open ? OP_WRITE : OP_READ;
 
     Found f;
-    int rc = prepare(c, n, op, dirfd, addr, (flags & O_CREAT) != 0, (flags & O_CREAT) && (flags & O_EXCL), &f);
+    int may = op == OP_READ ? MAY_REG | MAY_DIR : MAY_REG1 | ((flags & O_CREAT) ? MAY_ABSENT : 0);
+    int rc = prepare(c, n, op, dirfd, addr, may, (flags & O_CREAT) && (flags & O_EXCL), &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     if (op == OP_READ) {
         __atomic_add_fetch(&c->fast_reads, 1, __ATOMIC_RELAXED);
@@ -610,7 +637,7 @@ out:
  * then performed by us, as the task, on the very inode judged (through our own descriptor of it). */
 static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     const struct seccomp_data *d = &n->data;
-    if (c->nr_utimensat < 0 || d->nr != c->nr_utimensat) return HANDED_BACK;
+    if (c->nr[NR_UTIMENSAT] < 0 || d->nr != c->nr[NR_UTIMENSAT]) return HANDED_BACK;
     int dirfd = (int)(int32_t)d->args[0];
     uint64_t addr = d->args[1], times_addr = d->args[2];
     int flags = (int)(uint32_t)d->args[3];
@@ -622,7 +649,7 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
         if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times) return HANDED_BACK;
     }
     Found f;
-    int rc = prepare(c, n, OP_WRITE, dirfd, addr, 0, 0, &f);
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG1, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
     int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -649,17 +676,147 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* mkdir(path, mode), mkdirat(dirfd, path, mode): created as the task, with its umask exactly (the
+ * kernel would also apply ours), a set-group-id parent's inherited bit kept, as _make does in Python. */
+static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    mode_t mode;
+    if (c->nr[NR_MKDIRAT] >= 0 && d->nr == c->nr[NR_MKDIRAT]) {
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1]; mode = d->args[2] & 01777;
+    } else if (c->nr[NR_MKDIR] >= 0 && d->nr == c->nr[NR_MKDIR]) {
+        dirfd = AT_FDCWD; addr = d->args[0]; mode = d->args[1] & 01777;
+    } else {
+        return HANDED_BACK;
+    }
+    Found f;
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_ABSENT, 0, &f);
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+    int err = 0;
+    TaskIds ids = cached_ids(c, (pid_t)n->pid, 1);
+    Creds saved;
+    if (!ids.ok) err = EACCES;
+    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
+    else {
+        mode_t perms = mode & ~ids.umask & 01777;
+        if (mkdirat(f.dfd, f.name, perms) != 0) err = errno;
+        else {
+            int obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
+            struct stat st;
+            if (obj >= 0 && fstat(obj, &st) == 0) {
+                mode_t want = perms | (st.st_mode & S_ISGID);
+                if ((st.st_mode & 07777) != want) {
+                    char self_fd[64];
+                    snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+                    if (chmod(self_fd, want) != 0) err = errno;
+                }
+            }
+            if (obj >= 0) close(obj);
+        }
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(&f);
+    return ANSWERED;
+}
+
+/* unlink(path), unlinkat(dirfd, path, 0): a regular file's name (directories, AT_REMOVEDIR and anything
+ * else go to Python), removed as the task from the directory judged. */
+static int fast_unlink(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    if (c->nr[NR_UNLINKAT] >= 0 && d->nr == c->nr[NR_UNLINKAT]) {
+        if ((int)(uint32_t)d->args[2] != 0) return HANDED_BACK;
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1];
+    } else if (c->nr[NR_UNLINK] >= 0 && d->nr == c->nr[NR_UNLINK]) {
+        dirfd = AT_FDCWD; addr = d->args[0];
+    } else {
+        return HANDED_BACK;
+    }
+    Found f;
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG, 0, &f);
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+    int err = 0;
+    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
+    if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
+    Creds saved;
+    if (!ids.ok) err = EACCES;
+    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
+    else {
+        if (unlinkat(f.dfd, f.name, 0) != 0) err = errno;
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(&f);
+    return ANSWERED;
+}
+
+/* rename, renameat, renameat2 with no flags or RENAME_NOREPLACE, of a regular file onto nothing or a
+ * regular file: both names judged (two records, written together), renamed as the task between the two
+ * directories held. Directories (whose trees Python vets), exchanges and anything else go to Python. */
+static int fast_rename(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int odir, ndir;
+    uint64_t oaddr, naddr;
+    unsigned int flags = 0;
+    if (c->nr[NR_RENAMEAT2] >= 0 && d->nr == c->nr[NR_RENAMEAT2]) {
+        flags = (unsigned int)d->args[4];
+        if (flags & ~RENAME_NOREPLACE) return HANDED_BACK;
+        odir = (int)(int32_t)d->args[0]; oaddr = d->args[1]; ndir = (int)(int32_t)d->args[2]; naddr = d->args[3];
+    } else if (c->nr[NR_RENAMEAT] >= 0 && d->nr == c->nr[NR_RENAMEAT]) {
+        odir = (int)(int32_t)d->args[0]; oaddr = d->args[1]; ndir = (int)(int32_t)d->args[2]; naddr = d->args[3];
+    } else if (c->nr[NR_RENAME] >= 0 && d->nr == c->nr[NR_RENAME]) {
+        odir = ndir = AT_FDCWD; oaddr = d->args[0]; naddr = d->args[1];
+    } else {
+        return HANDED_BACK;
+    }
+    Found src, dst;
+    dst.basefd = dst.dfd = -1;
+    int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, &src);
+    if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, MAY_ABSENT | MAY_REG, 0, &dst);
+    if (rc == LOCATED && src.st.st_dev == dst.st.st_dev && src.st.st_ino == dst.st.st_ino && dst.exists)
+        rc = HANDED_BACK; /* a name onto another name of itself: the kernel does nothing; Python says so */
+    if (rc == LOCATED) {
+        Found *both[2] = {&src, &dst};
+        rc = record_found(c, (pid_t)n->pid, both, 2);
+    }
+    if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
+    int err = 0;
+    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
+    if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
+    Creds saved;
+    if (!ids.ok) err = EACCES;
+    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
+    else {
+        if (syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags) != 0) err = errno;
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(&src);
+    found_close(&dst);
+    return ANSWERED;
+}
+
 /* ---- Python methods ------------------------------------------------------------------------------- */
 
 static int Core_init(Core *self, PyObject *args, PyObject *kw) {
-    static char *kwlist[] = {"listener", "arch", "nr_openat", "nr_open", "nr_creat", "nr_utimensat", "full_audit",
-                             "privileged", NULL};
+    static char *kwlist[] = {"listener", "arch", "numbers", "full_audit", "privileged", NULL};
     unsigned int arch;
     int full_audit = 0, privileged = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kw, "iIiiii|pp", kwlist, &self->listener, &arch, &self->nr_openat,
-                                     &self->nr_open, &self->nr_creat, &self->nr_utimensat, &full_audit,
-                                     &privileged))
+    PyObject *numbers;
+    if (!PyArg_ParseTupleAndKeywords(args, kw, "iIO!|pp", kwlist, &self->listener, &arch, &PyDict_Type, &numbers,
+                                     &full_audit, &privileged))
         return -1;
+    for (int i = 0; i < NR_COUNT; i++) {
+        PyObject *v = PyDict_GetItemString(numbers, NR_NAMES[i]); /* borrowed */
+        self->nr[i] = v ? (int)PyLong_AsLong(v) : -1;
+        if (PyErr_Occurred()) return -1;
+    }
     self->arch = arch;
     self->full_audit = full_audit;
     self->privileged = privileged;
@@ -863,7 +1020,9 @@ static PyObject *Core_next(Core *self, PyObject *args) {
             status = 3; err = errno; break;
         }
         if (self->enabled && n.data.arch == self->arch
-            && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED)) continue;
+            && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
+                || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
+                || fast_rename(self, &n) == ANSWERED)) continue;
         __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);
         status = 1;
         break;

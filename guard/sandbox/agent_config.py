@@ -83,6 +83,12 @@ _WATCHED: tuple[tuple[str, str, str, Extract], ...] = (
 )
 
 
+def watched_names() -> list[str]:
+    """The name globs of every watched config: the compiled fast path hands such names to Python, which
+    judges them on content (guard.sandbox.fastpath)."""
+    return [glob for glob, _in_dir, _fmt, _extract in _WATCHED]
+
+
 def watched(path: str) -> tuple[str, Extract] | None:
     """(format, extractor) when `path` is an agent config file that can start programs."""
     base = os.path.basename(path)

@@ -136,11 +136,13 @@ class FastPath:
         from guard.sandbox import syscalls_seccomp as sc
 
         table = spec.table
-        numbers = table.numbers
         privileged = sc.effective_caps(sc.thread_caps()) != 0
-        core = core_mod.Core(listener_fd, table.audit_arch, numbers["openat"], numbers.get("open", -1),
-                             numbers.get("creat", -1), numbers["utimensat"], spec.full_audit, privileged)
-        fast = cls(core, probe=probe, segments=spoken_segments(policy), render=spool.render_head,
+        core = core_mod.Core(listener_fd, table.audit_arch, dict(table.numbers), spec.full_audit, privileged)
+        from guard.sandbox.agent_config import watched_names
+
+        # names Python judges on more than the policy's rules (agent config that starts programs) stay there
+        segments = list(dict.fromkeys([*spoken_segments(policy), *watched_names()]))
+        fast = cls(core, probe=probe, segments=segments, render=spool.render_head,
                    record_of=record_of, link_names=link_names)
         spool.use_core(core)
         return fast

@@ -962,6 +962,8 @@ class Supervisor:
             self._check(n.id)
             res = walker.resolve(dirfd, path, follow=follow, empty_ok=empty_ok)
             found.append(res)
+            if self._fast is not None and res.obj is None and res.name != ".":
+                self._fast.consider(Op.WRITE, "/" + "/".join(res.comps[:-1]), res.parent)
             if not res.anonymous:
                 targets.append(res.path)
         self._check(n.id)

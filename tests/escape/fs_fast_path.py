@@ -160,3 +160,82 @@ def test_the_core_answers_as_the_kernel_would_and_records_every_open(world):
     # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime)
     assert len(writes) == 1 + 30 + 1 + 6, targets
     world.check_trail()
+
+
+NAMES_ATTACK = """
+for i in range(30): open(os.path.join(d, f'f{i}'), 'w').close()
+os.mkdir(os.path.join(d, 'sub')); open(os.path.join(d, 'sub', 'x'), 'w').close()
+out = []
+open(os.path.join(d, 'evil'), 'w').write('registry=http://evil.invalid/\\n')
+for label, act in [
+    ('rename-onto-spoken', lambda: os.rename(os.path.join(d, 'evil'), os.path.join(d, '.npmrc'))),
+    ('rename-into-hooks', lambda: os.rename(os.path.join(d, 'f1'), sys.argv[2])),
+    ('mkdir-spoken', lambda: os.mkdir(os.path.join(d, '.vscode'))),
+    ('unlink-spoken', lambda: os.unlink(os.path.join(d, 'sub', '..', '.env.keep'))),
+]:
+    try:
+        act()
+        out.append(label + '=done')
+    except OSError as exc:
+        out.append(label + '=' + type(exc).__name__)
+print(' '.join(out))
+"""
+
+
+def test_names_a_rule_speaks_of_are_not_renamed_made_or_removed_by_the_core(world):
+    """rename onto `.npmrc`, rename into .git/hooks, mkdir `.vscode`, unlink through `..` of a protected
+    file: in a warm directory each goes to Python, which asks or refuses; bare, each is done."""
+    bare_dir = world.scratch / "fast-names-bare"
+    bare_dir.mkdir()
+    (bare_dir / ".env.keep").write_text("keep\n")
+    bare_hooks = world.scratch / "fast-names-bare-hooks"
+    bare_hooks.mkdir()
+    bare = world.bare_run(_py(world, NAMES_ATTACK, str(bare_dir), str(bare_hooks / "pre-commit")))
+    assert bare.stdout.split() == ["rename-onto-spoken=done", "rename-into-hooks=done", "mkdir-spoken=done",
+                                   "unlink-spoken=done"], bare
+    warm = world.ws / "fast-names"
+    warm.mkdir()
+    (warm / ".env.keep").write_text("keep\n")
+    hook = world.ws / ".git" / "hooks" / "pre-commit-fast"
+    run = world.guard_run(_py(world, NAMES_ATTACK, str(warm), str(hook)), policy=world.fast_ask)
+    assert "=done" not in run.stdout, run
+    assert not (warm / ".npmrc").exists() and not hook.exists() and not (warm / ".vscode").exists(), run
+    assert (warm / "evil").exists() and (warm / "f1").exists(), run
+
+
+NAMES_HONEST = """
+os.umask(0o027)
+p = lambda *n: os.path.join(d, *n)
+for i in range(30): open(p(f'f{i}'), 'w').close()
+out = []
+os.mkdir(p('m'), 0o777); out.append('mkdir=' + oct(os.stat(p('m')).st_mode & 0o7777))
+try:
+    os.mkdir(p('m'))
+except FileExistsError:
+    out.append('again=EEXIST')
+open(p('a'), 'w').write('A'); open(p('b'), 'w').write('B')
+os.rename(p('a'), p('b')); out.append('replace=' + open(p('b')).read() + str(os.path.exists(p('a'))))
+open(p('c'), 'w').write('C')
+os.rename(p('c'), p('m', 'c')); out.append('moved=' + open(p('m', 'c')).read())
+os.unlink(p('b')); out.append('unlinked=' + str(os.path.exists(p('b'))))
+try:
+    os.unlink(p('b'))
+except FileNotFoundError:
+    out.append('again=ENOENT')
+print(' '.join(out))
+"""
+
+
+def test_the_cores_names_are_the_kernels_and_each_is_recorded(world):
+    bare_dir = world.scratch / "fast-names-honest"
+    bare = world.bare_run(_py(world, NAMES_HONEST, str(bare_dir)))
+    assert bare.returncode == 0, bare
+    warm = world.ws / "fast-names-honest"
+    run = world.guard_run(_py(world, NAMES_HONEST, str(warm)))
+    assert run.returncode == 0 and run.stdout == bare.stdout, (run, bare.stdout)
+    targets = [r["action"]["target"] for r in world.records(run.session) if r.get("type") == "decision"
+               and r["action"]["op"] == "write" and r["decision"]["verdict"] == "allow"]
+    for name in ("m", "a", "b", "c", "m/c"):
+        assert str(warm / name) in targets, (name, targets)
+    # rename a->b and c->m/c: both names of each recorded
+    assert targets.count(str(warm / "a")) == 2 and targets.count(str(warm / "c")) == 2, targets

@@ -128,7 +128,7 @@ def test_the_cores_record_is_pythons_byte_for_byte(tmp_path: Path) -> None:
     assert parts is not None
     target, pid = "/home/u/src/proj/d000/f00001.txt", 4242
     spool_fd = (tmp_path / "s").open("ab")
-    c = core.Core(-1, 0, 257, 2, 85, 280, False, False)
+    c = core.Core(-1, 0, {"openat": 257}, False, False)
     c.attach_spool(spool_fd.fileno(), 0)
     n = c.append(parts[0] + target.encode() + parts[1] + str(pid).encode() + parts[2])
     spool_fd.close()
