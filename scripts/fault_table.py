@@ -134,10 +134,14 @@ def scenario(fault: str, sessions: int, files: int) -> dict[str, Any]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("faults", nargs="*", choices=SCENARIOS, default=[], help="scenarios (default: all)")
+    ap.add_argument("faults", nargs="*", metavar="FAULT",
+                    help=f"scenarios (default: all): {', '.join(SCENARIOS)}")
     ap.add_argument("--sessions", type=int, default=3)
     ap.add_argument("--files", type=int, default=8000, help="files each agent creates")
     args = ap.parse_args()
+    unknown = sorted(set(args.faults) - set(SCENARIOS))
+    if unknown:  # argparse's `choices` rejects an empty list of nargs="*" on Python 3.11
+        ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     for fault in args.faults or SCENARIOS:
         print(json.dumps(scenario(fault, args.sessions, args.files)), flush=True)
 
