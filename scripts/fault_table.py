@@ -66,7 +66,6 @@ def scenario(fault: str, sessions: int, files: int) -> dict[str, Any]:
     env = {**os.environ, "GUARD_HOME": str(home), "HOME": str(root / "home")}
     if fault == "sigstop-daemon-past-stop":
         env.update(GUARD_RECORD_PAUSE_AFTER="2", GUARD_RECORD_STOP_AFTER="5")
-    (root / "writer.py").write_text(WRITER)
     procs: list[subprocess.Popen[bytes]] = []
     outs: list[Path] = []
     daemons: set[int] = set()
@@ -76,8 +75,9 @@ def scenario(fault: str, sessions: int, files: int) -> dict[str, Any]:
             out = project / "out"
             out.mkdir(parents=True)
             outs.append(out)
-            procs.append(subprocess.Popen([*GUARD, "run", "--", "/usr/bin/python3", str(root / "writer.py"),
-                                           str(out), str(files)], cwd=project, env=env,
+            (project / "writer.py").write_text(WRITER)  # in the workspace: the sandbox's /tmp is its own
+            argv = ["/usr/bin/python3", str(project / "writer.py"), str(out), str(files)]
+            procs.append(subprocess.Popen([*GUARD, "run", "--", *argv], cwd=project, env=env,
                                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL))
         _wait(lambda: sum(len(os.listdir(o)) for o in outs) >= 300 * sessions, 120, "the agents to start")
         pid = _wait(lambda: _daemon_pid(home), 30, "the daemon")
