@@ -105,3 +105,46 @@ def _all_sessions(home: Path) -> list[str]:
     assert res.returncode == 0, res.stderr
     return [str(r["session"]) for r in map(orjson.loads, res.stdout.splitlines())
             if r.get("type") == "session" and r.get("event") == "start"]
+
+
+AUDIT_ASK = """\
+version: 1
+name: audit-ask
+extends: [base]
+mode: audit
+defaults: {file: deny, network: deny, process: allow}
+rules:
+  - id: workspace-read
+    allow: [read, exec]
+    paths: ["${workspace}/**"]
+  - id: ask-to-write
+    ask: [write]
+    paths: ["${workspace}/**"]
+    reason: in audit mode this asks no one
+"""
+
+
+def test_an_audit_mode_ask_asks_no_one_and_every_count_says_so(ws: Path, tmp_path: Path,
+                                                              guard_home: Path) -> None:
+    """The end record's counts (the daemon's) and summary (guard run's) once disagreed on `asked` here."""
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(AUDIT_ASK)
+    res = guard_run(ws, "-p", str(policy), "--", "/usr/bin/python3", "-c",
+                    "open('made-in-audit-mode.txt', 'w').write('x')")
+    assert res.returncode == 0, res.stderr
+    assert (ws / "made-in-audit-mode.txt").exists()
+    line = summary_of(res.stderr)
+    session = next(r for r in _all_sessions(guard_home) if r.startswith(line["id"]))
+    records = _records(guard_home, session)
+    would_ask = [r for r in records if r.get("type") == "decision"
+                 and r["decision"]["verdict"] == "ask"]  # type: ignore[index]
+    assert would_ask and all(r["decision"]["audit_only"] for r in would_ask), records  # type: ignore[index]
+    end = next(r for r in records if r.get("type") == "session" and r.get("event") == "end")
+    counts, summary = end["counts"], end["summary"]
+    assert isinstance(counts, dict) and isinstance(summary, dict)
+    assert counts["asked"] == summary["asked"] == 0, end
+    assert (counts["allowed"], counts["denied"]) == (summary["allowed"], summary["denied"]), end
+    report = subprocess.run([*GUARD, "audit", "report", session, "--json"], capture_output=True, text=True,
+                            check=False, timeout=60)
+    totals = json.loads(report.stdout)["summary"]
+    assert (totals["asked"], totals["allowed"]) == (0, summary["allowed"]), totals
