@@ -88,6 +88,13 @@ def _daemon_pid(home: Path) -> int | None:
     return None
 
 
+def _alive(pid: int) -> bool:
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
 def _ready(env: dict[str, str]) -> bool:
     done = subprocess.run([*GUARD, "daemon", "status"], env=env, capture_output=True, text=True, timeout=60,
                           check=False)
@@ -156,6 +163,7 @@ def _scenario(fault: str, root: Path, home: Path, sessions: int, files: int, tra
     daemons: set[int] = set()
     extra: dict[str, Any] = {}
     idlers: list[subprocess.Popen[str]] = []
+    own_daemons: list[subprocess.Popen[bytes]] = []  # started here: reaped here, or they stay zombies
 
     def cleanup() -> None:
         for proc in procs:
@@ -197,6 +205,7 @@ def _scenario(fault: str, root: Path, home: Path, sessions: int, files: int, tra
                                   stderr=subprocess.STDOUT, env=daemon_env)
         log.close()
         daemons.add(daemon.pid)
+        own_daemons.append(daemon)
         _wait(lambda: socket_path(home).exists(), 60, "the daemon's socket")
         if fault == "old-daemon":
             start_sessions()
@@ -257,10 +266,15 @@ def _scenario(fault: str, root: Path, home: Path, sessions: int, files: int, tra
         extra["daemon_back"] = _daemon_pid(home) is not None
     daemons.add(_wait(lambda: _daemon_pid(home), 60, "a daemon after the fault"))
     _wait(lambda: not list((home / "spool").glob("*.jsonl")), 120, "every spool to be ingested")
+    for idler in idlers:  # the idle peers go first: a stopping daemon waits for its connections
+        idler.kill()
+        idler.wait(timeout=30)
     for pid in daemons:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGTERM)
-    _wait(lambda: not any(psutil.pid_exists(p) for p in daemons), 60, "the daemons to stop")
+    _wait(lambda: not any(_alive(p) for p in daemons), 60, "the daemons to stop")
+    for daemon in own_daemons:
+        daemon.wait(timeout=10)
     records = _trail(home)
     written = {(r["session"], as_bytes(r["action"]["target"])) for r in records if r.get("type") == "decision"
                and r["action"]["op"] == "write" and r["decision"]["verdict"] == "allow"}
@@ -273,6 +287,8 @@ def _scenario(fault: str, root: Path, home: Path, sessions: int, files: int, tra
            "exits": [p.returncode for p in procs],
            "ends": [r.get("status") for r in records if r.get("type") == "session"
                     and r.get("event") == "end" and r.get("session") != "daemon"],
+           "end_reasons": sorted({str(r.get("reason")) for r in records if r.get("type") == "session"
+                                  and r.get("event") == "end" and r.get("reason")}),
            "seqs_contiguous": seqs == list(range(len(seqs))), "verify_exit": verify.returncode,
            "rss_mb_before": rss_before, "rss_mb_while_stopped": rss_stopped, **extra}
     if fault == "non-utf8":
@@ -296,7 +312,11 @@ def main() -> None:
     if unknown:  # argparse's `choices` rejects an empty list of nargs="*" on Python 3.11
         ap.error(f"unknown scenario(s) {', '.join(unknown)}; choose from {', '.join(SCENARIOS)}")
     for fault in args.faults or SCENARIOS:
-        print(json.dumps(scenario(fault, args.sessions, args.files, args.trail_records)), flush=True)
+        try:
+            row = scenario(fault, args.sessions, args.files, args.trail_records)
+        except (SystemExit, Exception) as exc:  # one scenario's failure is its row, the others still run
+            row = {"fault": fault, "failed": f"{type(exc).__name__}: {exc}"}
+        print(json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":
