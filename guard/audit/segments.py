@@ -213,7 +213,7 @@ def replay_parallel(log: Path, verifier: LogVerifier, workers: int, *, chunk: in
                     break
                 block, torn, count, future = pending.popleft()
                 if future is not None:
-                    verifier.feed_prepared(block, future.result(), lineno)
+                    verifier.feed_prepared(block, future.result(), lineno, lines=count)
                     lineno += count
                 if torn:
                     verifier.feed_torn(torn, lineno)

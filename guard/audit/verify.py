@@ -309,7 +309,8 @@ class LogVerifier:
             self._last_seq = idx - 1
             self._last_ts = last_ts
 
-    def feed_prepared(self, block: bytes, prep: Prepared, first_lineno: int) -> None:
+    def feed_prepared(self, block: bytes, prep: Prepared, first_lineno: int, *, lines: int | None = None
+                      ) -> None:
         """Complete lines (`block`, newline-terminated) that `prepare_block` pre-checked in another process.
 
         The worker did every fast-path check, seq == leaf index included (it was told the block's first
@@ -317,14 +318,15 @@ class LogVerifier:
         it covers; here each subtree joins the frontier (a few hashes per run, not one per line) and the
         other lines go through `feed`. Whenever the verifier's state could change the outcome (a pending
         torn fragment, a witness, a block the worker saw differently) the block goes through `feed_lines`
-        instead, so the outcome is the serial verifier's exactly.
+        instead, so the outcome is the serial verifier's exactly. `lines`: the block's line count, when the
+        caller has counted them already.
         """
         frontier = self._frontier
         if (self._torn is not None or self.witness is not None or prep.base != frontier.size
-                or prep.count != block.count(b"\n") or prep.count == 0):
-            lines = block.split(b"\n")
-            lines.pop()
-            self.feed_lines(lines, first_lineno)
+                or prep.count != (block.count(b"\n") if lines is None else lines) or prep.count == 0):
+            complete = block.split(b"\n")
+            complete.pop()
+            self.feed_lines(complete, first_lineno)
             return
         append_subtree = frontier.append_subtree
         for first, second, roots, last in prep.parts:
