@@ -266,22 +266,16 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},
                           cidr_grant=cidr_grant, decide=decide, record=decider.record_event,
-                          hooks=hooks.handle)
+                          hooks=hooks.handle, refused=decider.refuse)
         threads.append(net.thread)
         forwarder: ForwardThread | None = None
         if forwards:
             forwarder = ForwardThread(dict(zip(forwards, proc.inner_listeners[1:], strict=True)),
-                                      decide=decide, record=decider.record_event)
+                                      decide=decide, record=decider.record_event, refused=decider.refuse)
             threads.append(forwarder.thread)
         publisher: PublishThread | None = None
         if published:
-            spooler = decider
-
-            def record_published(event: dict[str, Any]) -> None:
-                tally.count_connection()
-                spooler.record_event(event)
-
-            publisher = PublishThread(published, proc.connect_inner, record_published)
+            publisher = PublishThread(published, proc.connect_inner, decider.record_event)
             threads.append(publisher.thread)
         for t in threads:
             t.start()

@@ -45,19 +45,21 @@ class Tally:
     fast_allowed: Callable[[], int] | None = None
 
     def count(self, action: Action, decision: Decision, *, asked: bool = False) -> None:
-        """`decision` is what was enforced; `asked` says a human was asked first (the final decision of an
-        answered ask is allow or deny, so it cannot say so itself)."""
+        """`decision` is what was enforced; `asked` says the daemon held it for a human, who answered (the
+        final decision of an answered ask is allow or deny, so it cannot say so itself). An audit-mode
+        `ask` asked no one: it counts as the allow it enforced, as the daemon counts it.
+
+        Connections are not counted here: a proxied name is decided twice (by name, then with its
+        addresses) for one connection; `count_connection` counts each `connection` record once."""
         with self.lock:
             if decision.enforced is Verdict.DENY:
                 self.denied += 1
             else:
                 self.allowed += 1
-            if asked or decision.verdict is Verdict.ASK:
+            if asked:
                 self.asked += 1
             if action.op.value == "run":
                 self.execs += 1
-            if action.op.value == "connect":
-                self.connections += 1
 
     def count_connection(self) -> None:
         with self.lock:
@@ -420,13 +422,23 @@ class Decider:
         from guard.sandbox.supervisor import SUPERVISOR_RULE
 
         if decision.rule_id == SUPERVISOR_RULE:
-            self._tally.count(action, decision)
-            with contextlib.suppress(RecordingStopped):  # a refusal either way; the sandbox is being stopped
-                self._record(action, decision)
+            self.refuse(action, decision)
+
+    def refuse(self, action: Action, decision: Decision) -> None:
+        """Record and count a refusal that no decision made: the supervisor's own, or the egress proxy's (a
+        name that resolves to a special-purpose address, a forwarded port nothing answers on). Its record is
+        a `decision` like any other, so the summary, the daemon's counts, `audit show --verdict deny` and
+        the report all count it once. Never waits for the window (the proxy's loop calls it)."""
+        self._tally.count(action, decision)
+        with contextlib.suppress(RecordingStopped):  # a refusal either way; the sandbox is being stopped
+            self._record(action, decision)
 
     def record_event(self, event: dict[str, Any]) -> None:
-        """Spool a record made elsewhere (a proxied or published connection); never waits for the window,
-        so the proxy's loop may call it. A failure stops the sandbox."""
+        """Spool a record made elsewhere (a proxied, forwarded or published connection: each one is a
+        connection in the summary); never waits for the window, so the proxy's loop may call it. A failure
+        stops the sandbox."""
+        if event.get("type") == "connection":
+            self._tally.count_connection()
         with contextlib.suppress(RecordingStopped):
             self._recorder.append(event)
 
@@ -458,11 +470,11 @@ class Decider:
     def decide(self, action: Action) -> Decision:
         """The enforced decision, returned only once its record is in the spool."""
         decision = self.check(action)
-        asked = decision.enforced is Verdict.ASK
+        asked = False
         try:
             self._recorder.wait_room()
-            if asked:
-                decision = self._ask(action, decision)
+            if decision.enforced is Verdict.ASK:
+                decision, asked = self._ask(action, decision)
             else:
                 self._record(action, decision)
         except RecordingStopped as exc:
@@ -470,16 +482,18 @@ class Decider:
         self._tally.count(action, decision, asked=asked)
         return decision
 
-    def _ask(self, action: Action, decision: Decision) -> Decision:
+    def _ask(self, action: Action, decision: Decision) -> tuple[Decision, bool]:
+        """-> the final decision, and whether the daemon held the ask and answered it (then it counted the
+        ask too; otherwise the refusal here is a plain fail-closed deny)."""
         client = self._recorder.client
         try:  # the daemon records the request, the approval and the final decision
             if client is None:
                 raise GuardError("not connected to the daemon (it is being reconnected)")
-            return client.decide(self._session, action, asked=decision)
+            return client.decide(self._session, action, asked=decision), True
         except GuardError as exc:
             refused = Decision(Verdict.DENY, FAIL_CLOSED_RULE, f"no answer to the ask: {exc.message}")
             self._record(action, refused)
-            return refused
+            return refused, False
 
     def _record(self, action: Action, decision: Decision) -> None:
         """Spool the decision's record; a record that cannot even be built stops the sandbox too."""

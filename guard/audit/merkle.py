@@ -45,6 +45,21 @@ class Frontier:
         stack.append(h)
         self.size += 1
 
+    def append_subtree(self, root: bytes, height: int) -> None:
+        """Append the 2**height leaves whose perfect subtree has hash `root`: the same state as appending
+        them one by one, in a few hashes. Only at an aligned size (a multiple of 2**height)."""
+        n = self.size
+        if n & ((1 << height) - 1):
+            raise AuditError(f"a subtree of height {height} cannot join a frontier of size {n}")
+        h = root
+        stack = self.stack
+        n >>= height
+        while n & 1:
+            h = _sha256(b"\x01" + stack.pop() + h).digest()
+            n >>= 1
+        stack.append(h)
+        self.size += 1 << height
+
     def root(self) -> bytes:
         stack = self.stack
         if not stack:
@@ -56,6 +71,28 @@ class Frontier:
 
     def copy(self) -> Frontier:
         return Frontier(self.size, self.stack)
+
+
+def aligned_roots(leaves: Sequence[bytes], first: int) -> tuple[tuple[int, bytes], ...]:
+    """Leaf hashes of leaves [first, first + len(leaves)) as the aligned perfect subtrees they cover, left
+    to right, (height, hash) each: appended with `Frontier.append_subtree` at size `first`, they give the
+    frontier appending every leaf would. Each is the largest subtree that starts at its index's alignment
+    and fits, so a run of n leaves folds into at most about 2*log2(n) subtrees."""
+    out: list[tuple[int, bytes]] = []
+    i, n = 0, len(leaves)
+    sha256 = _sha256
+    while i < n:
+        at = first + i
+        size = at & -at if at else 1 << 62
+        while size > n - i:
+            size >>= 1
+        level = list(leaves[i:i + size])
+        while len(level) > 1:
+            it = iter(level)
+            level = [sha256(b"\x01" + left + right).digest() for left, right in zip(it, it, strict=True)]
+        out.append((size.bit_length() - 1, level[0]))
+        i += size
+    return tuple(out)
 
 
 def subtree_root(leaves: Sequence[bytes], start: int, end: int) -> bytes:

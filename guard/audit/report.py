@@ -339,6 +339,9 @@ class _Builder:
         verdict, rule = text(decision.get("verdict")), text(decision.get("rule_id")) or "default"
         audit_only = bool(decision.get("audit_only"))
         self.counts["decisions"] += 1
+        if verdict == "ask" and audit_only:  # audit mode asked no one: it let the action through
+            self.asks.append(Ask(ts, session, op, target, rule, "not asked (audit mode)", "", None))
+            verdict = "allow"
         if verdict == "ask":
             self.counts["asked"] += 1
             self.open_asks.setdefault((session, op, target), []).append(len(self.asks))
@@ -418,9 +421,10 @@ class _Builder:
         if verdict == "deny":
             dest["refused"] += 1
             self.counts["refused"] += 1
-            denial = Denial(ts, session, "connect", target, rule, text(r.get("reason")),
-                            bool(r.get("audit_only")))
-            self.conn_denials.append(denial)
+            if direction == "outbound" and host and port is not None:  # the agent's own connection
+                denial = Denial(ts, session, "connect", target, rule, text(r.get("reason")),
+                                bool(r.get("audit_only")))
+                self.conn_denials.append(denial)
         else:
             dest["allowed"] += 1
         self.events.append((ts, "connect", session,
@@ -460,7 +464,8 @@ class _Builder:
         self.events.append((ts, "tool", session, f"tool call {tool}: {detail}", verdict))
 
     def finish(self, verification: Verification) -> SessionReport:
-        # a connection the proxy refused on its own (no matching deny decision) is a denial too
+        # a connection the proxy refused on its own is a denial too: since the session records such a
+        # refusal as a deny decision this only adds the refusals of trails written before that
         for denial in self.conn_denials:
             if (denial.session, "connect", denial.target) not in self.denied_targets:
                 self.denials.append(denial)

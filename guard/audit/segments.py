@@ -11,6 +11,7 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from guard.audit.note import SignedNote, parse_note
 from guard.audit.verify import LogVerifier, Prepared, Report, prepare_block
@@ -18,7 +19,7 @@ from guard.errors import AuditError, UsageError
 
 SEGMENT_RE = re.compile(r"^seg-(\d{8})\.jsonl$")
 CHUNK = 1 << 20
-PARALLEL_MIN_BYTES = 32 << 20  # below this, starting worker processes costs more than it saves
+PARALLEL_MIN_BYTES = 8 << 20  # below this, starting worker processes costs more than it saves
 
 
 def segment_name(index: int) -> str:
@@ -153,24 +154,46 @@ def iter_blocks(path: Path, chunk: int = CHUNK) -> Iterator[tuple[bytes, bytes]]
         f.close()
 
 
-def replay_parallel(log: Path, verifier: LogVerifier, workers: int, *, chunk: int = CHUNK) -> LogVerifier:
-    """`replay`, with the state-free per-line checks and leaf hashes done by `workers` processes.
+def scan_block(path: str, offset: int, length: int, base: int) -> Prepared:
+    """A worker's job: read one block of a segment itself (no copy through a pipe) and prepare it."""
+    with open(path, "rb") as f:
+        f.seek(offset)
+        block = f.read(length)
+    return prepare_block(block, base)
 
-    The verifier itself still sees every line in order (`feed_prepared`), so findings are the serial
-    replay's; only the work that needs no state moves. Memory stays bounded: at most 2 blocks per worker
-    are in flight.
-    """
+
+def _pool_context() -> Any:
+    """fork while this process has one thread (cheap: the workers start at once); spawn otherwise, since
+    forking a threaded process can copy a lock some other thread holds."""
     import multiprocessing
+    import threading
+
+    if threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods():
+        return multiprocessing.get_context("fork")
+    return multiprocessing.get_context("spawn")
+
+
+def replay_parallel(log: Path, verifier: LogVerifier, workers: int, *, chunk: int = CHUNK) -> LogVerifier:
+    """`replay`, with the state-free per-line work done by `workers` processes.
+
+    This process reads each block to cut it at a line end and count its lines, so it knows the leaf index
+    every block starts at; a worker reads the same bytes, checks every line (seq == that index too),
+    hashes the leaves and the subtrees they fill. The verifier still sees every block in order
+    (`feed_prepared`), so findings are the serial replay's; a block the worker saw differently (the file
+    changed under us) is verified here from this process's copy. Memory stays bounded: at most 2 blocks
+    per worker are in flight.
+    """
     from collections import deque
     from concurrent.futures import Future, ProcessPoolExecutor
 
-    context = multiprocessing.get_context("spawn")  # no fork of a possibly threaded caller
-    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+    base = verifier.leaves
+    with ProcessPoolExecutor(workers, mp_context=_pool_context()) as pool:
         for seg in list_segments(log):
             verifier.begin_segment(seg.index, seg.name)
             blocks = iter_blocks(seg.path, chunk)
-            pending: deque[tuple[bytes, bytes, Future[Prepared] | None]] = deque()
+            pending: deque[tuple[bytes, bytes, int, Future[Prepared] | None]] = deque()
             lineno = 1
+            offset = 0
             exhausted = False
             while True:
                 while not exhausted and len(pending) < 2 * workers:
@@ -179,14 +202,19 @@ def replay_parallel(log: Path, verifier: LogVerifier, workers: int, *, chunk: in
                         exhausted = True
                         break
                     block, torn = item
-                    pending.append((block, torn, pool.submit(prepare_block, block) if block else None))
+                    count = block.count(b"\n")
+                    future = None
+                    if block:
+                        future = pool.submit(scan_block, str(seg.path), offset, len(block), base)
+                        offset += len(block)
+                        base += count
+                    pending.append((block, torn, count, future))
                 if not pending:
                     break
-                block, torn, future = pending.popleft()
+                block, torn, count, future = pending.popleft()
                 if future is not None:
-                    prep = future.result()
-                    verifier.feed_prepared(block, prep, lineno)
-                    lineno += prep.count
+                    verifier.feed_prepared(block, future.result(), lineno, lines=count)
+                    lineno += count
                 if torn:
                     verifier.feed_torn(torn, lineno)
     return verifier

@@ -25,7 +25,7 @@ from guard.audit.chain import (
     read_grant,
     root_verifier_key,
 )
-from guard.audit.merkle import Frontier, leaf_hash
+from guard.audit.merkle import Frontier, aligned_roots, leaf_hash
 from guard.audit.note import SignedNote, VerifierKey, parse_note
 from guard.errors import AuditError
 from guard.text import is_record_text
@@ -195,6 +195,11 @@ class LogVerifier:
         verifier._segments = 1
         return verifier
 
+    @property
+    def leaves(self) -> int:
+        """Lines fed so far (each complete line is one leaf of the tree, whatever it holds)."""
+        return self._frontier.size
+
     # -- findings -----------------------------------------------------------------------------------------
     def _add(self, kind: str, message: str, *, seq: int | None = None, line: int | None = None,
              tampering: bool = True, segment: str | None = None) -> None:
@@ -304,46 +309,35 @@ class LogVerifier:
             self._last_seq = idx - 1
             self._last_ts = last_ts
 
-    def feed_prepared(self, block: bytes, prep: Prepared, first_lineno: int) -> None:
+    def feed_prepared(self, block: bytes, prep: Prepared, first_lineno: int, *, lines: int | None = None
+                      ) -> None:
         """Complete lines (`block`, newline-terminated) that `prepare_block` pre-checked in another process.
 
-        The worker did every fast-path check that needs no verifier state; what does (seq == leaf index,
-        the witness size, a pending torn fragment) is checked here, and whenever one of them is in play the
-        block goes through `feed_lines` instead, so the outcome is the serial verifier's exactly.
+        The worker did every fast-path check, seq == leaf index included (it was told the block's first
+        leaf index), hashed the leaves and folded each run of fast lines into the aligned perfect subtrees
+        it covers; here each subtree joins the frontier (a few hashes per run, not one per line) and the
+        other lines go through `feed`. Whenever the verifier's state could change the outcome (a pending
+        torn fragment, a witness, a block the worker saw differently) the block goes through `feed_lines`
+        instead, so the outcome is the serial verifier's exactly. `lines`: the block's line count, when the
+        caller has counted them already.
         """
-        idx = self._frontier.size
-        if (self._torn is not None or self.witness is not None or prep.count == 0
-                or (prep.base is not None and prep.base != idx) or not prep.consistent):
-            lines = block.split(b"\n")
-            lines.pop()
-            self.feed_lines(lines, first_lineno)
-            return
         frontier = self._frontier
-        push, pop = frontier.stack.append, frontier.stack.pop
-        sha256 = hashlib.sha256
-        leaves = prep.leaves
-        slow = prep.slow
-        ts_at = prep.ts_at
-        start = 0
-        for stop in [*sorted(slow), prep.count]:
-            if stop > start:  # lines [start, stop) passed the fast path in the worker
-                for i in range(start, stop):
-                    h = leaves[32 * i:32 * i + 32]
-                    n = idx
-                    while n & 1:
-                        h = sha256(b"\x01" + pop() + h).digest()
-                        n >>= 1
-                    push(h)
-                    idx += 1
-                frontier.size = idx
-                self._records += stop - start
-                self._last_seq = idx - 1
-                self._last_ts = ts_at[stop - 1]
-            if stop < prep.count:
-                begin, end = slow[stop]
-                self.feed(block[begin:end], first_lineno + stop)
-                idx = frontier.size
-            start = stop + 1
+        if (self._torn is not None or self.witness is not None or prep.base != frontier.size
+                or prep.count != (block.count(b"\n") if lines is None else lines) or prep.count == 0):
+            complete = block.split(b"\n")
+            complete.pop()
+            self.feed_lines(complete, first_lineno)
+            return
+        append_subtree = frontier.append_subtree
+        for first, second, roots, last in prep.parts:
+            if roots is None:  # line `first`, which the fast path did not take, is block[second:last]
+                self.feed(block[second:last], first_lineno + first)
+                continue
+            for height, root in roots:  # lines [first, second), all fast; `last` is the last one's ts
+                append_subtree(root, height)
+            self._records += second - first
+            self._last_seq = frontier.size - 1
+            self._last_ts = last
         self._seg_lines = first_lineno + prep.count - 1
 
     def feed(self, data: bytes, lineno: int) -> None:
@@ -541,48 +535,49 @@ class LogVerifier:
 
 @dataclass(frozen=True, slots=True)
 class Prepared:
-    """What `prepare_block` found: per line a leaf hash (32 zero bytes for a slow line), the byte spans of
-    the lines that need the full path, and the `ts` of each fast line that ends a run of fast lines."""
+    """What `prepare_block` found, in line order. Each part is either a run of fast lines
+    `(start, stop, roots, last_ts)`, lines [start, stop) of the block folded into aligned perfect subtrees
+    `roots` ((height, hash) left to right), or a line the fast path did not take,
+    `(line, begin, None, end)` with its byte span in the block."""
 
     count: int
-    leaves: bytes
-    slow: dict[int, tuple[int, int]]
-    ts_at: dict[int, str]
-    base: int | None  # seq - line number, the same for every fast line when `consistent`
-    consistent: bool
+    base: int  # the leaf index of the block's first line
+    parts: tuple[tuple[int, int, tuple[tuple[int, bytes], ...] | None, Any], ...]
 
 
-def prepare_block(block: bytes) -> Prepared:
-    """The state-free half of `LogVerifier.feed_lines`' fast path, for a worker process (a pure function).
+def prepare_block(block: bytes, base: int) -> Prepared:
+    """The fast path of `LogVerifier.feed_lines` over a block whose first line is leaf `base`, for a
+    worker process (a pure function): parse, field types, seq == leaf index, canonical form, leaf hashes,
+    and the tree over each run of fast lines as far as the run covers aligned subtrees.
 
-    The predicate must stay the fast path's, minus `seq == idx` and the witness check (the verifier does
-    those in `feed_prepared`); tests/unit/audit compares parallel and serial reports on every vector.
+    The predicate must stay the fast path's, minus the witness check (the parallel verifier never has a
+    witness); tests/unit/audit compares parallel and serial reports on every vector.
     """
     lines = block.split(b"\n")
     lines.pop()
     loads = orjson.loads
     dumps = orjson.dumps
-    opts = orjson.OPT_SORT_KEYS
+    opts = OPTS
     sha256 = hashlib.sha256
     record_types = RECORD_TYPES
     verdicts = _VERDICTS
-    zero = bytes(32)
+    parts: list[tuple[int, int, tuple[tuple[int, bytes], ...] | None, Any]] = []
     leaves: list[bytes] = []
-    slow: dict[int, tuple[int, int]] = {}
-    ts_at: dict[int, str] = {}
-    base: int | None = None
-    consistent = True
+    append = leaves.append
+    run_start = base  # leaf index of the current run's first line
     offset = 0
-    last_ts = ""
-    fast = False
-    for i, data in enumerate(lines):
+    ts: Any = None
+    last_ts = None
+    idx = base - 1
+    for data in lines:
+        idx += 1
         end = offset + len(data)
         try:
             obj = loads(data)
             ts = obj["ts"]
             kind = obj["type"]
             seq = obj["seq"]
-            ok = (type(seq) is int and kind in record_types
+            ok = (seq == idx and type(seq) is int and kind in record_types
                   and type(ts) is str and len(ts) == 27 and type(obj["session"]) is str
                   and (kind != "decision" or (type(obj["action"]["op"]) is str
                                               and type(obj["action"]["target"]) is str
@@ -591,23 +586,19 @@ def prepare_block(block: bytes) -> Prepared:
         except (ValueError, KeyError, TypeError):
             ok = False
         if ok:
-            if base is None:
-                base = seq - i
-            elif seq - i != base:
-                consistent = False
-            leaves.append(sha256(b"\x00" + data).digest())
+            append(sha256(b"\x00" + data).digest())
             last_ts = ts
-            fast = True
         else:
-            if fast:
-                ts_at[i - 1] = last_ts
-            fast = False
-            leaves.append(zero)
-            slow[i] = (offset, end)
+            if leaves:
+                parts.append((run_start - base, idx - base, aligned_roots(leaves, run_start), last_ts))
+                leaves = []
+                append = leaves.append
+            parts.append((idx - base, offset, None, end))
+            run_start = idx + 1
         offset = end + 1
-    if fast:
-        ts_at[len(lines) - 1] = last_ts
-    return Prepared(len(lines), b"".join(leaves), slow, ts_at, base, consistent)
+    if leaves:
+        parts.append((run_start - base, len(lines), aligned_roots(leaves, run_start), last_ts))
+    return Prepared(len(lines), base, tuple(parts))
 
 
 def _decision_ok(obj: dict[str, Any]) -> bool:

@@ -238,7 +238,9 @@ class SpoolIngest:
             fields["recovered"] = "the daemon ingested the spool after guard run had ended"
         else:
             fields["status"] = "lost"
-            fields["reason"] = "guard run died; its spool was ingested by the daemon"
+            # no end marker: guard run was killed, or could not write it (its disk full, as the trail's)
+            fields["reason"] = ("guard run died or could not write its end marker (a full disk?); its spool "
+                                "was ingested by the daemon")
         if partial:
             # a record whose write(2) was cut short: its decide() never returned, so it was never allowed
             fields["torn_bytes"] = partial

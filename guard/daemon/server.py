@@ -812,7 +812,8 @@ class Daemon:
             self._end_session(session, status=status, reason=reason)
             return
         if not self._spools.writer_alive(session.id):
-            self._end_session(session, status=status, reason=f"guard run died ({reason})")
+            self._end_session(session, status=status,
+                              reason=f"guard run died or could not write its end marker ({reason})")
             return
         self._drain_spool(session)
         self.sessions.remove(session.id)

@@ -88,10 +88,12 @@ class ForwardThread(RelayThread):
     NAME = "guard-forward"
 
     def __init__(self, listeners: Mapping[int, socket.socket], *, decide: Callable[[Action], Decision],
-                 record: Callable[[dict[str, Any]], None]) -> None:
+                 record: Callable[[dict[str, Any]], None],
+                 refused: Callable[[Action, Decision], None] | None = None) -> None:
         self._listeners = dict(listeners)
         self._decide = decide
         self._record = record
+        self._refused = refused  # its own refusals (no decision refused them), recorded as decisions
         super().__init__()
 
     def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
@@ -133,6 +135,10 @@ class ForwardThread(RelayThread):
                 if w is not None:
                     w.close()
             allowed = decision is not None and decision.enforced is Verdict.ALLOW and out_writer is not None
+            own = not allowed and (decision is None or error is not None)  # refused here, by no decision
+            if own and self._refused is not None:
+                self._refused(Action(Op.CONNECT, f"127.0.0.1:{port}", addresses=("127.0.0.1",)),
+                              Decision(Verdict.DENY, "guard:forward", error or ""))
             self._record(ConnectionRecord(
                 protocol="forward", client="sandbox", host="127.0.0.1", port=port, addresses=("127.0.0.1",),
                 address="127.0.0.1" if allowed else None,

@@ -85,6 +85,7 @@ class _Conn:
     addresses: tuple[str, ...] = ()
     address: str | None = None
     decision: Decision | None = None
+    refused_by_decision: bool = False  # a decision `decide` returned (and so recorded) refused it
     counts: list[int] = field(default_factory=lambda: [0, 0])
     answered: bool = False  # the client already got its protocol's final answer
 
@@ -94,7 +95,9 @@ class Proxy:
 
     `decide` is awaited for every destination (the daemon may hold it while a person approves an `ask`);
     a decision that is not an enforced allow refuses the connection, and so does an exception from `decide`
-    (fail closed). `record` receives one `connection` record per client connection.
+    (fail closed). `record` receives one `connection` record per client connection. `refused` receives
+    the proxy's own refusals of a destination (a special-purpose address, no decision): a refusal no
+    decision made, which the session records and counts as a denied action like any other.
 
     `cidr_grant(address, port, host)` says whether the policy grants `host` at a special-purpose address by
     CIDR (see
@@ -107,8 +110,10 @@ class Proxy:
                  head_timeout: float = 30.0, max_connections: int = 1024,
                  cidr_grant: Callable[[str, int, str], bool] | None = None,
                  clock: Callable[[], float] = time.monotonic,
-                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 refused: Callable[[Action, Decision], None] | None = None) -> None:
         self._hooks = hooks
+        self._refused_fn = refused
         self._decide_fn = decide
         self._record_fn = record
         self._host_map = check_host_map(host_map or {})
@@ -219,6 +224,7 @@ class Proxy:
             if grant.enforced is Verdict.ALLOW:
                 vetted.append(address)
             else:
+                conn.refused_by_decision = conn.refused_by_decision or grant.rule_id != RULE_NO_DECISION
                 refused.append(f"{address} ({what})")
         if not vetted:
             what = "is" if resolution.source == "literal" else "resolves to"
@@ -230,6 +236,7 @@ class Proxy:
     def _require(decision: Decision, target: str, conn: _Conn) -> None:
         conn.decision = decision
         if decision.enforced is not Verdict.ALLOW:
+            conn.refused_by_decision = decision.rule_id != RULE_NO_DECISION
             raise Denied(decision.reason or f"connect {target} is not allowed", rule_id=decision.rule_id,
                          verdict=decision.verdict.value)
 
@@ -436,6 +443,15 @@ class Proxy:
             bytes_up=conn.counts[0], bytes_down=conn.counts[1],
             duration_ms=elapsed_ms(started, self._clock()),
             audit_only=audit_only, error=error.message if error is not None else None)
+        if (verdict == "deny" and not conn.refused_by_decision and self._refused_fn is not None
+                and conn.host is not None and conn.port is not None):
+            # the proxy refused on its own: that refusal is the connection's decision
+            target = format_target(conn.host, conn.port)
+            action = Action(op=Op.CONNECT, target=target, addresses=conn.addresses)
+            try:
+                self._refused_fn(action, Decision(Verdict.DENY, rule_id, reason))
+            except Exception:
+                log.exception("recording a refusal failed")
         try:
             self._record_fn(rec.to_dict())
         except Exception:

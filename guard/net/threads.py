@@ -29,8 +29,10 @@ class ProxyThread:
     def __init__(self, listeners: Sequence[socket.socket], *, host_map: Mapping[str, str],
                  cidr_grant: CidrGrant, decide: Callable[[Action], Decision],
                  record: Callable[[dict[str, Any]], None],
-                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None) -> None:
+                 hooks: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+                 refused: Callable[[Action, Decision], None] | None = None) -> None:
         self._hooks = hooks  # the agent hooks' channel (guard.integrations.channel), served on the same port
+        self._refused = refused  # the proxy's own refusals, recorded as decisions; must not block
         self._listeners = list(listeners)
         self._host_map = dict(host_map)
         self._cidr_grant = cidr_grant
@@ -53,7 +55,7 @@ class ProxyThread:
             return await loop.run_in_executor(None, self._decide, action)
 
         proxy = Proxy(decide, self._record, host_map=self._host_map, cidr_grant=self._cidr_grant,
-                      hooks=self._hooks)
+                      hooks=self._hooks, refused=self._refused)
 
         async def start() -> list[asyncio.Server]:
             return [await serve_bridge(sock, proxy) for sock in self._listeners]

@@ -108,6 +108,9 @@ def observations(records: Iterable[Mapping[str, Any]],
             action, decision = r.get("action") or {}, r.get("decision") or {}
             if decision.get("verdict") not in ("deny", "ask"):
                 continue
+            rule = text(decision.get("rule_id"))
+            if rule.startswith("guard:") and not rule.startswith("guard:special"):
+                continue  # guard's own refusals (nothing listening, no decision, cannot record): no need
             try:
                 op = Op(text(action.get("op")))
             except ValueError:

@@ -9,6 +9,7 @@ import pytest
 from guard.audit.merkle import (
     EMPTY_ROOT,
     Frontier,
+    aligned_roots,
     inclusion_proof,
     leaf_hash,
     node_hash,
@@ -91,3 +92,34 @@ def test_malformed_proofs_raise() -> None:
         root_from_inclusion(leaves[2], 6, 6, proof)
     with pytest.raises(AuditError, match="no inclusion proof"):
         inclusion_proof(leaves, 6, 6)
+
+
+@pytest.mark.parametrize("first", [0, 1, 2, 3, 5, 8, 13, 64, 100, 1023, 1024])
+@pytest.mark.parametrize("count", [1, 2, 3, 7, 8, 31, 64, 100])
+def test_a_run_folded_into_aligned_subtrees_gives_the_frontier_of_every_leaf(first: int, count: int) -> None:
+    """The parallel verifier appends a run of leaves as the subtrees it fills; the frontier (and so every
+    later root a checkpoint is compared with) must be the one appending each leaf gives."""
+    data = [i.to_bytes(4, "big") for i in range(first + count + 5)]
+    leaves = [leaf_hash(d) for d in data]
+    one_by_one, folded = Frontier(), Frontier()
+    for h in leaves[:first]:
+        one_by_one.append(h)
+        folded.append(h)
+    for h in leaves[first:first + count]:
+        one_by_one.append(h)
+    roots = aligned_roots(leaves[first:first + count], first)
+    assert sum(1 << height for height, _ in roots) == count
+    for height, root in roots:
+        folded.append_subtree(root, height)
+    assert (folded.size, folded.stack) == (one_by_one.size, one_by_one.stack)
+    for h in leaves[first + count:]:  # and it goes on as one
+        one_by_one.append(h)
+        folded.append(h)
+    assert folded.root() == one_by_one.root() == mth(data)
+
+
+def test_a_subtree_cannot_join_a_frontier_out_of_alignment() -> None:
+    frontier = Frontier()
+    frontier.append(leaf_hash(b"a"))
+    with pytest.raises(AuditError, match="height 1 cannot join a frontier of size 1"):
+        frontier.append_subtree(leaf_hash(b"b"), 1)

@@ -59,3 +59,26 @@ def test_damage_only_the_verifier_state_can_see(guard_home: Path, clock: Clock, 
         w.replayed.clear()
     serial, parallel = both(log, root.public, chunk=1024)
     assert parallel == serial
+
+
+def test_a_threaded_caller_gets_spawned_workers_and_the_same_report(tmp_path: Path) -> None:
+    """Forking a process that has other threads can copy a lock one of them holds: with a second thread
+    alive the workers are spawned instead, and the report is still the serial one."""
+    import threading
+
+    from guard.audit.segments import _pool_context
+
+    log = LOGS[0]
+    root = read_pinned_key(VECTORS / "root.pub").public
+    out: dict[str, object] = {}
+
+    def go() -> None:
+        out["method"] = _pool_context().get_start_method()
+        out["reports"] = both(log, root)
+
+    worker = threading.Thread(target=go)
+    worker.start()
+    worker.join(timeout=120)
+    assert out["method"] == "spawn"
+    serial, parallel = out["reports"]  # type: ignore[misc]
+    assert parallel == serial

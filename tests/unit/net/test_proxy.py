@@ -684,3 +684,40 @@ def test_aclose_ends_live_tunnels_and_records_them(kit: Any) -> None:
         assert len(records) == 1 and records[0]["bytes_up"] == 2 and records[0]["verdict"] == "allow"
 
     run(go)
+
+
+def test_only_refusals_no_decision_made_go_to_the_refused_hook(kit: Any) -> None:
+    """The session records what `refused` gets as a deny decision and counts it: exactly the proxy's own
+    refusals of a destination (once each), never a policy deny (already a recorded decision) nor a
+    request that names no destination."""
+    rules = kit.Rules([("net.api", "allow", "api.example.com", None), ("net.no", "deny", "no.example.com", None)])
+    calls: list[str] = []
+    resolver = fixed_resolver({"api.example.com": ["127.0.0.1", "10.0.0.7"]}, calls)
+
+    async def broken(action: Action) -> Decision:
+        raise ConnectionRefusedError("daemon down")
+
+    async def go() -> None:
+        for decide, target, rule in ((rules, "api.example.com:80", "guard:special-address"),
+                                     (rules, "no.example.com:80", None),
+                                     (broken, "api.example.com:80", "guard:no-decision"),
+                                     (rules, "not a target", None)):
+            records = kit.Recorder()
+            refused: list[tuple[Action, Decision]] = []
+            proxy = Proxy(decide, records, resolver=resolver,
+                          refused=lambda a, d, into=refused: into.append((a, d)))
+            async with kit.serving(proxy) as port:
+                reader, writer = await connect_via(port, target)
+                status, _, _ = await kit.read_response(reader)
+                writer.close()
+            assert status in (400, 403)
+            assert len(records) == 1 and records[0]["verdict"] == "deny"  # serving() waited for the record
+            if rule is None:
+                assert refused == [], (target, refused)
+                continue
+            [(action, decision)] = refused
+            assert (action.op, action.target, decision.verdict, decision.rule_id) == \
+                (Op.CONNECT, target, Verdict.DENY, rule)
+            assert decision.rule_id == records[0]["rule_id"] and action.addresses == tuple(records[0]["addresses"])
+
+    run(go)

@@ -153,3 +153,24 @@ def test_allowed_and_unknown_records_teach_nothing() -> None:
     ))
     assert found == []
     assert observations([denied(Op.WRITE, "/x/y")]) == [Observation(Op.WRITE, "/x/y", "s1", "")]
+
+
+def test_the_refusal_decision_the_session_records_for_the_proxy_teaches_what_its_connection_did(
+        tmp_path: Path) -> None:
+    """Since the session records the proxy's own refusal as a deny decision too, the learner sees it twice:
+    the special-address refusal is one need (the CIDR grant), and guard's other refusals (a forwarded port
+    nothing answers on, no decision, a recording failure) teach nothing, as their connection records never
+    did."""
+    refusal = denied(Op.CONNECT, "api.internal.test:8443", rule="guard:special-address",
+                     addresses=("127.0.0.1",))
+    record = {**ConnectionRecord("connect", "127.0.0.1:4000", "deny", "guard:special-address", "no",
+                                 host="api.internal.test", port=8443, addresses=("127.0.0.1",)).to_dict(),
+              "session": "s1"}
+    found = observations(trail(refusal, record,
+                               denied(Op.CONNECT, "127.0.0.1:5000", rule="guard:forward", addresses=("127.0.0.1",)),
+                               denied(Op.CONNECT, "x.test:443", rule="guard:no-decision"),
+                               denied(Op.WRITE, "/projects/ws/a", rule="guard:fail-closed")))
+    assert [(o.target, o.proxy_refused_address) for o in found] == [("api.internal.test:8443", True)]
+    result = learned_from(trail(refusal, record))
+    [rule] = result.rules
+    assert rule.hosts == ("api.internal.test",) and rule.cidrs == ("127.0.0.1/32",)
