@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from guard.errors import GuardError
 from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox.new_repos import in_new_repository, session_clock_ns
 
 # The rule id of refusals the session makes without the policy: the daemon could not be asked, or the
 # record could not be written.
@@ -370,6 +371,10 @@ class Decider:
         # repository config, say), not what the agent creates during it (a repository it clones).
         self._existing_only = policy.existing_only_rules
         self._existed = tuple(existed_at_launch)
+        # `applies_to: outside-new-repos` rules (CI workflows, editor settings) hold everywhere but in a
+        # repository born during the session (guard.sandbox.new_repos): a clone checks them out freely
+        self._outside_new = policy.outside_new_repos_rules
+        self._started_ns = session_clock_ns()
         self._recorder = recorder
         self._session = session
         self._tally = tally
@@ -405,8 +410,15 @@ class Decider:
         """The policy's answer, recording nothing: the supervisor vets every entry of a renamed directory
         with it and records only through decide() (the refusals), so a moved tree does not flood the trail."""
         decision = self._policy.decide(action)
-        if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
-            decision = self._policy.decide(action, ignore=self._existing_only)
+        ignore: frozenset[str] = frozenset()
+        while decision.rule_id not in ignore:
+            if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
+                ignore |= self._existing_only
+            elif decision.rule_id in self._outside_new and in_new_repository(action.target, self._started_ns):
+                ignore |= self._outside_new
+            else:
+                break
+            decision = self._policy.decide(action, ignore=ignore)
         return decision
 
     def decide(self, action: Action) -> Decision:
