@@ -199,8 +199,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                   credential_files=_hideable(credential_files, workspace, opts.env),
                                   unhunted=[home / "layers"])
         layers = _private_layers(home, session_id)
+        # the supervisor decides every write (SeccompSpec(notify=True) below): asks need no read-only mount
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
-                          private_root=str(layers))
+                          private_root=str(layers), decided_asks=True)
         report = plan.report
         if opts.require_full and not report.fully_enforced:
             raise SandboxError(f"--require-full: this host cannot enforce everything: {report.summary()}",
