@@ -30,7 +30,7 @@ import tarfile
 import textwrap
 import threading
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -110,14 +110,17 @@ def guarded(world: World, script: str, where: Path, *run_args: str,
 
 
 def both(world: World, name: str, script: str, *run_args: str, env: dict[str, str] | None = None,
-         on_purpose: tuple[str, ...] = ()) -> tuple[Outcome, Outcome]:
+         on_purpose: tuple[str, ...] = (), after_bare: Callable[[], None] | None = None) -> tuple[Outcome, Outcome]:
     """Run `script` (its $1: a fresh directory of its own in the workspace) bare, then guarded; assert the
-    same exit status and output and no denial but those named in `on_purpose` (substrings of each)."""
+    same exit status and output and no denial but those named in `on_purpose` (substrings of each).
+    `after_bare` runs between the two (to look at what the bare run changed)."""
     dirs = {kind: world.ws / f"{name}-{kind}" for kind in ("bare", "guard")}
     for d in dirs.values():
         d.mkdir()
     b = bare(world, script, dirs["bare"], env)
     assert b.returncode == 0, f"the workflow fails bare, so it proves nothing:\n{b.stdout}\n{b.stderr}"
+    if after_bare is not None:
+        after_bare()
     g = guarded(world, script, dirs["guard"], *run_args, env=env)
     denials = _denials(world, g.session) if g.denied else []
     unexpected = [d for d in denials if not any(p in d for p in on_purpose)]
@@ -325,9 +328,10 @@ def _rust_toolchain(world: World) -> None:
     whose toolchain our user cannot read (root's, when the suite runs as nobody) skips."""
     source = Path(os.environ.get("RUSTUP_HOME", str(Path.home() / ".rustup")))
     for cand in (source, Path("/root/.rustup")):
-        if (cand / "settings.toml").is_file() and os.access(cand / "toolchains", os.R_OK | os.X_OK):
-            source = cand
-            break
+        with contextlib.suppress(OSError):  # another user's home: not even stat-able
+            if (cand / "settings.toml").is_file() and os.access(cand / "toolchains", os.R_OK | os.X_OK):
+                source = cand
+                break
     else:
         print("\nSKIP: no rustup toolchain readable by this user (cargo may live under /root)")
         pytest.skip("no rustup toolchain readable by this user (cargo may live under /root)")
@@ -455,8 +459,15 @@ def test_grep_sed_rg_vim_jq(world: World) -> None:
         jq -r '.deps | to_entries | map(.key + "=" + (.value|tostring)) | join(",")' data.json
         jq '.name = "renamed"' data.json > data2.json && jq -r .name data2.json
         """)
-    b, _ = both(world, "text-tools", script)
+    viminfo = world.home / ".viminfo"
+    original = viminfo.read_text()
+    after_bare: list[str] = []
+    b, _ = both(world, "text-tools", script, after_bare=lambda: after_bare.append(viminfo.read_text()))
     assert b.stdout.splitlines()[-4:] == ["omega", "from-vim", "a=1,b=2", "renamed"], b.stdout
+    # bare vim keeps its history in ~/.viminfo; under guard the engineer's file is neither read nor
+    # written (not granted: vim finds no viminfo and saves none), and that costs no denial
+    assert after_bare[0] != original, "bare vim did not write ~/.viminfo: the check below proves nothing"
+    assert viminfo.read_text() == after_bare[0]
 
 
 # --- archives --------------------------------------------------------------------------------------------
