@@ -39,6 +39,8 @@ import pytest
 from support.daemon import GUARD
 from support.realworld import SYSTEM_PATH, RealHome
 
+pytestmark = pytest.mark.timeout(300)  # two runs of a whole workflow each, on a shared 2-core machine
+
 PY = sys.executable
 TIMEOUT = 240
 SUMMARY = re.compile(r"^guard: session (?P<id>[0-9a-f]+) exited (?P<status>\d+): (?P<denied>\d+) denied", re.M)
