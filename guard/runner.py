@@ -215,7 +215,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
 
         decider = Decider(policy, recorder, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
-                                             if m.rule_id in policy.existing_only_rules])
+                                             if m.rule_id in policy.existing_only_rules],
+                          workspace=os.path.realpath(workspace))
         hooks = HookChannel(decider.check, decider.record_event)
         # audit mode lets writes through, but never to /proc, /sys and /dev (guard.sandbox.audit_mode)
         base_decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide

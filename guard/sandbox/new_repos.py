@@ -10,6 +10,12 @@ The ask still holds in the engineer's own trees, so the answer must not be forge
   keeps its birth time (and renaming one is a write of every path in it, which the supervisor judges).
   `git init` in a directory that existed before (the workspace itself) does not make it new.
 - where the file system keeps no birth time, nothing is new: the rule keeps asking (fail closed).
+
+The session (guard.session.Decider) adds one condition: the protected name must lie *inside* the new
+repository, as it would at a repository's root (`clone/.github/workflows/ci.yml` reads as
+`.github/workflows/ci.yml`). A fresh repository whose directory *is* part of the protected name
+(`git init .github`, then `workflows/x.yml`, then `rm -rf .github/.git`) would otherwise plant a CI
+workflow in the engineer's repository without an ask.
 """
 
 from __future__ import annotations
@@ -37,10 +43,15 @@ def repository_of(path: str) -> str | None:
     return None
 
 
-def in_new_repository(path: str, since_ns: int) -> bool:
-    """Whether `path` lies in a repository whose top directory was born after `since_ns`."""
+def new_repository_of(path: str, since_ns: int) -> str | None:
+    """The repository `path` lies in, if its top directory was born after `since_ns`; else None."""
     top = repository_of(path)
     if top is None:
-        return False
+        return None
     born = birth_time_ns(top)
-    return born is not None and born > since_ns
+    return top if born is not None and born > since_ns else None
+
+
+def in_new_repository(path: str, since_ns: int) -> bool:
+    """Whether `path` lies in a repository whose top directory was born after `since_ns`."""
+    return new_repository_of(path, since_ns) is not None

