@@ -5,8 +5,9 @@ child enforces (`launch` applies it and nothing else). Landlock carries the allo
 contributes its literal prefix (a glob is widened to the directory it starts in, and the report says so).
 Explicit denies *inside* granted trees cannot be expressed in Landlock, so the planner turns every
 existing path they cover into a mount: hidden paths become an empty read-only tmpfs (directories) or an
-empty read-only file (everything else); write-protected paths become read-only binds onto themselves.
-The guard's own files are always hidden, whatever the policy says.
+empty read-only file (everything else); write-protected paths become read-only binds onto themselves
+(an `ask` on write is left to the supervisor when it decides every write, so an approval can take
+effect). The guard's own files are always hidden, whatever the policy says.
 
 Two holes Landlock leaves are closed with mounts too. An allow rule's `except` that contains other
 rules' grants (base's `tmp` rule excepts the home, which may live under /tmp) is *carved*: an empty
