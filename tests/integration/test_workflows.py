@@ -34,9 +34,10 @@ import zipfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
-from support.daemon import GUARD
+from support.daemon import GUARD, wait_until
 from support.realworld import SYSTEM_PATH, RealHome
 
 pytestmark = pytest.mark.timeout(300)  # two runs of a whole workflow each, on a shared 2-core machine
@@ -83,14 +84,29 @@ def world(isolated_home: Path, guard_daemon: subprocess.Popen[bytes]) -> World:
     return World(real, real.ws, env)
 
 
+def _records(world: World, session: str) -> list[dict[str, Any]]:
+    """The session's records once its end record is in the trail (the daemon ingests asynchronously)."""
+    rows: list[dict[str, Any]] = []
+
+    def ended() -> bool:
+        nonlocal rows
+        shown = subprocess.run([*GUARD, "audit", "show", "--session", session, "--json"], cwd=world.ws,
+                               env=world.env, capture_output=True, text=True, timeout=120, check=False)
+        rows = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()]
+        return any(r.get("type") == "session" and r.get("event") == "end" for r in rows)
+
+    wait_until(ended, timeout=30, what=f"the end record of session {session}", interval=0.1)
+    return rows
+
+
 def _denials(world: World, session: str) -> list[str]:
-    shown = subprocess.run([*GUARD, "audit", "show", "--session", session, "--json"], cwd=world.ws,
-                           env=world.env, capture_output=True, text=True, timeout=120, check=False)
-    rows = [json.loads(line) for line in shown.stdout.splitlines() if line.strip()]
+    rows = _records(world, session)
     out = []
-    for r in rows:
+    for r in rows:  # a refused decision, an ask a human (or the timeout) denied, a refused connection
         decision = r.get("decision") or {}
-        if decision.get("verdict") == "deny" or (r.get("type") == "connection" and r.get("verdict") == "deny"):
+        refused = decision.get("verdict") == "deny" or (
+            r.get("type") in ("approval", "connection") and r.get("verdict") == "deny")
+        if refused:
             action = r.get("action") or {}
             out.append(f"{action.get('op', r.get('type'))} {action.get('target', r.get('host'))} "
                        f"({decision.get('rule_id', r.get('rule_id'))})")
@@ -129,13 +145,14 @@ def both(world: World, name: str, script: str, *run_args: str, env: dict[str, st
     started = time.perf_counter()
     g = guarded(world, script, dirs["guard"], *run_args, env=env)
     guard_s = time.perf_counter() - started
-    denials = _denials(world, g.session) if g.denied else []
+    denials = _denials(world, g.session)  # the signed trail itself, not only the summary's count
     unexpected = [d for d in denials if not any(p in d for p in on_purpose)]
     assert g.returncode == b.returncode, (f"{name}: bare exited {b.returncode}, guarded {g.returncode}; "
                                           f"denials {denials}\n{g.stderr[-3000:]}")
     assert g.stdout.replace(str(dirs["guard"]), "$W") == b.stdout.replace(str(dirs["bare"]), "$W"), (
         f"{name}: output differs; denials {denials}\n{g.stderr[-2000:]}")
     assert not unexpected, f"{name}: denials nobody listed as on purpose: {unexpected}"
+    assert len(denials) == g.denied, f"{name}: {g.denied} denied, but the trail shows {denials}"
     # informative only (a loaded machine makes any timing assertion flaky): scripts/bench_run.py measures
     print(f"\nWORKFLOW {name}: bare {b.returncode}, guard {g.returncode}, denied {g.denied}; "
           f"{bare_s:.2f} s bare, {guard_s:.2f} s guarded (x{guard_s / bare_s:.2f})")
@@ -577,4 +594,6 @@ def test_a_denied_change_to_the_existing_repositorys_config_is_refused_and_chang
     assert g.returncode != 0, g.stderr[-2000:]
     assert answered, "the change asked a human"
     assert g.denied >= 1
+    assert any(".git/config" in d and "workspace-git-config" in d for d in _denials(world, g.session)), (
+        _denials(world, g.session))
     assert (world.ws / ".git" / "config").read_bytes() == before
