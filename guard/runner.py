@@ -201,8 +201,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                                   credential_files=_hideable(credential_files, workspace, opts.env),
                                   unhunted=[home / "layers"])
         layers = _private_layers(home, session_id)
+        # the supervisor decides every write (SeccompSpec(notify=True) below): asks need no read-only mount
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
-                          private_root=str(layers))
+                          private_root=str(layers), decided_asks=True)
         report = plan.report
         if opts.require_full and not report.fully_enforced:
             raise SandboxError(f"--require-full: this host cannot enforce everything: {report.summary()}",
@@ -216,7 +217,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
 
         decider = Decider(policy, recorder, session_id, tally, warn=say,
                           existed_at_launch=[m.path for m in facts.matches
-                                             if m.rule_id in policy.existing_only_rules])
+                                             if m.rule_id in policy.existing_only_rules],
+                          workspace=os.path.realpath(workspace))
         hooks = HookChannel(decider.check, decider.record_event)
         # audit mode lets writes through, but never to /proc, /sys and /dev (guard.sandbox.audit_mode)
         base_decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from guard.errors import GuardError
 from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox.new_repos import new_repository_of, session_clock_ns
 
 # The rule id of refusals the session makes without the policy: the daemon could not be asked, or the
 # record could not be written.
@@ -405,12 +406,18 @@ class Decider:
     """
 
     def __init__(self, policy: Policy, recorder: Recorder, session: str, tally: Tally,
-                 warn: Callable[[str], None], existed_at_launch: Sequence[str] = ()) -> None:
+                 warn: Callable[[str], None], existed_at_launch: Sequence[str] = (),
+                 workspace: str = "") -> None:
         self._policy = policy
         # `applies_to: existing` rules protect only what existed when the session started (the engineer's
         # repository config, say), not what the agent creates during it (a repository it clones).
         self._existing_only = policy.existing_only_rules
         self._existed = tuple(existed_at_launch)
+        # `applies_to: outside-new-repos` rules (CI workflows, editor settings) hold everywhere but in a
+        # repository born during the session (guard.sandbox.new_repos): a clone checks them out freely
+        self._outside_new = policy.outside_new_repos_rules
+        self._started_ns = session_clock_ns()
+        self._workspace = workspace
         self._recorder = recorder
         self._session = session
         self._tally = tally
@@ -456,16 +463,36 @@ class Decider:
         """The policy's answer, recording nothing: the supervisor vets every entry of a renamed directory
         with it and records only through decide() (the refusals), so a moved tree does not flood the trail."""
         decision = self._policy.decide(action)
-        if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
-            decision = self._policy.decide(action, ignore=self._existing_only)
+        ignore: frozenset[str] = frozenset()
+        while decision.rule_id not in ignore:
+            if decision.rule_id in self._existing_only and not self._existed_at_launch(action.target):
+                ignore |= self._existing_only
+            elif decision.rule_id in self._outside_new and self._in_own_repository(action, decision.rule_id):
+                ignore |= self._outside_new
+            else:
+                break
+            decision = self._policy.decide(action, ignore=ignore)
         return decision
 
     def uniform(self, action: Action) -> Decision | None:
-        """The policy's answer when it does not depend on what existed at launch (no `applies_to:
-        existing` rule decided it), else None: what the fast path may reuse for other names
-        (guard.sandbox.fastpath); records nothing."""
+        """The policy's answer when it depends on nothing but the path (no `applies_to` rule decided it:
+        not what existed at launch, not which repositories are new), else None: what the fast path may
+        reuse for other names (guard.sandbox.fastpath); records nothing."""
         decision = self._policy.decide(action)
-        return None if decision.rule_id in self._existing_only else decision
+        return None if decision.rule_id in self._existing_only | self._outside_new else decision
+
+    def _in_own_repository(self, action: Action, rule_id: str) -> bool:
+        """`action.target` lies in a repository born during the session, and the rule would still cover
+        it with that repository at the workspace's place: the protected name is inside the repository,
+        not made of it (guard.sandbox.new_repos)."""
+        top = new_repository_of(action.target, self._started_ns) if self._workspace else None
+        if top is None or top == self._workspace:
+            return False
+        rel = os.path.relpath(action.target, top)
+        if rel.startswith(".."):
+            return False
+        as_root = Action(action.op, os.path.join(self._workspace, rel), pid=action.pid)
+        return self._policy.decide(as_root).rule_id == rule_id
 
     def decide(self, action: Action) -> Decision:
         """The enforced decision, returned only once its record is in the spool."""

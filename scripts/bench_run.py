@@ -8,7 +8,10 @@ The workload, the same shell script in every mode, in a fresh directory of a scr
   3. `tar cf` of the tree;
   4. `git add -A && git commit` (the repository is initialised outside the timed run, for every mode).
 Also measured: `launch_ms`, the median wall time of `guard run -- true` with the daemon warm;
-`notified_per_s`, write-opens per second that go through the seccomp supervisor inside `guard run`.
+`notified_per_s`, write-opens per second that go through the seccomp supervisor inside `guard run`;
+`workflows`, the bare and guarded medians and ratio of developer workflows (pip install of 20 wheels
+into a fresh venv, git clone + checkout of a 400-file repository, tar x of it, make of a small C
+library), each in a fresh directory, one line per workflow.
 
 Everything lives under a scratch directory with its own HOME and GUARD_HOME; the daemon started for the
 run is stopped at the end (by pid if it will not stop). Last line: one JSON object.
@@ -81,6 +84,50 @@ for _ in range(n):
     os.close(os.open(path, flags, 0o644))
 print(round(n / (time.perf_counter() - start)))
 """
+
+
+# Developer workflows (tests/integration/test_workflows.py runs them for correctness; here: their cost).
+# name -> (setup, untimed, run bare in the round's directory; timed, in every mode). $A: the shared assets.
+WHEEL_PY = r"""
+import base64, hashlib, sys, zipfile
+from pathlib import Path
+dist = Path(sys.argv[1]); dist.mkdir(parents=True, exist_ok=True)
+for n in range(int(sys.argv[2])):
+    name = f"benchpkg{n}"; info = f"{name}-1.0.dist-info"
+    files = {f"{name}/__init__.py": f"VALUE = {n}\n" * 50,
+             f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: 1.0\n",
+             f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: bench\nRoot-Is-Purelib: true\n"
+                              "Tag: py3-none-any\n"}
+    def digest(t):
+        return base64.urlsafe_b64encode(hashlib.sha256(t.encode()).digest()).rstrip(b"=").decode()
+    rec = [f"{p},sha256={digest(t)},{len(t.encode())}" for p, t in files.items()] + [f"{info}/RECORD,,"]
+    files[f"{info}/RECORD"] = "\n".join(rec) + "\n"
+    with zipfile.ZipFile(dist / f"{name}-1.0-py3-none-any.whl", "w") as z:
+        for p, t in files.items():
+            z.writestr(p, t)
+"""
+
+ASSETS_SH = f"""set -e
+cd "$1"
+{PY} wheel.py wheels 20
+mkdir src && cd src
+for i in $(seq 1 400); do mkdir -p "d$((i % 20))"; echo "line $i" > "d$((i % 20))/f$i.txt"; done
+git init -q . && git add -A && git -c user.name=b -c user.email=b@example.invalid commit -q -m src
+cd .. && git clone -q --bare src upstream.git && tar cf big.tar src && rm -rf src
+mkdir cproj && cd cproj
+for i in $(seq 1 24); do printf 'int f%d(int x) {{ return x * %d; }}\n' "$i" "$i" > "f$i.c"; done
+printf 'OBJS := $(patsubst %%.c,%%.o,$(wildcard f*.c))\nlib.a: $(OBJS)\n\tar rcs $@ $^\n' > Makefile
+"""
+
+WORKFLOWS: dict[str, tuple[str, str]] = {
+    "pip-wheels": (f"{PY} -m venv v",
+                   "v/bin/pip install -q --disable-pip-version-check --no-index --find-links $A/wheels "
+                   + " ".join(f"benchpkg{n}" for n in range(20))),
+    "git-clone": ("", "git clone -q $A/upstream.git c && git -C c checkout -q -b topic && "
+                      "git -C c status -s"),
+    "tar-x": ("", "tar xf $A/big.tar && tar cf again.tar src"),
+    "make": ("cp -r $A/cproj .", "make -s -C cproj -j2 && make -s -C cproj -B"),
+}
 
 
 class BenchError(Exception):
@@ -208,6 +255,38 @@ def run_rounds(s: Scratch, rounds: int, modes: Modes) -> dict[str, list[float]]:
     return times
 
 
+def run_workflows(s: Scratch, rounds: int, policy: Sequence[str]) -> dict[str, dict[str, float]]:
+    """Each workflow bare and guarded, interleaved, in fresh directories; medians of the rounds."""
+    assets = s.ws / "assets"
+    assets.mkdir()
+    (assets / "wheel.py").write_text(WHEEL_PY)
+    timed(["/bin/sh", "-c", ASSETS_SH, "sh", str(assets)], cwd=assets, env=s.env, what="workflow assets")
+    env = {**s.env, "A": str(assets)}
+    out: dict[str, dict[str, float]] = {}
+    for name, (setup, work) in WORKFLOWS.items():
+        times: dict[str, list[float]] = {"bare": [], "guard": []}
+        for r in range(rounds + 1):  # the first round warms up, untimed
+            for mode in times:
+                run = s.ws / f"wf-{name}-{mode}-{r}"
+                run.mkdir()
+                if setup:
+                    timed(["/bin/sh", "-c", setup], cwd=run, env=env, what=f"{name} setup")
+                argv = ["/bin/sh", "-c", work]
+                if mode == "guard":
+                    argv = [*s.guard(*policy), "--", *argv]
+                took = timed(argv, cwd=run, env=env, what=f"{name} {mode} round {r}")
+                if r:
+                    times[mode].append(took)
+                shutil.rmtree(run)
+        bare_s, guard_s = statistics.median(times["bare"]), statistics.median(times["guard"])
+        out[name] = {"bare_s": round(bare_s, 3), "guard_s": round(guard_s, 3),
+                     "ratio": round(guard_s / bare_s, 3)}
+        print(f"workflow {name}: bare {out[name]['bare_s']} s, guard {out[name]['guard_s']} s "
+              f"(ratio {out[name]['ratio']})", flush=True)
+    shutil.rmtree(assets)
+    return out
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (medians are reported)")
@@ -223,6 +302,9 @@ def main() -> int:
     ap.add_argument("--cold-bytecode", action="store_true",
                     help="keep PYTHONDONTWRITEBYTECODE (measure recompiling guard at each launch)")
     ap.add_argument("--keep", action="store_true", help="keep the scratch directory")
+    ap.add_argument("--workflow-rounds", type=int, default=3,
+                    help="rounds of each developer workflow (pip from wheels, git clone, tar x, make); "
+                         "0: skip")
     args = ap.parse_args()
 
     s = Scratch(args.dir, args.files, args.size, cold_bytecode=args.cold_bytecode)
@@ -259,6 +341,7 @@ def main() -> int:
         notified = int(output_of([*s.guard(*policy), "--", *opens_argv], cwd=s.ws, env=s.env,
                                  what="notified write-opens").split()[-1])
         opens_bare = int(output_of(opens_argv, cwd=s.ws, env=s.env, what="bare write-opens").split()[-1])
+        workflows = run_workflows(s, args.workflow_rounds, policy) if args.workflow_rounds > 0 else {}
     except BenchError as exc:
         print(f"bench_run: {exc}", file=sys.stderr)
         return 1
@@ -292,6 +375,8 @@ def main() -> int:
         "files": args.files,
         "policy": args.policy,
         "bytecode_cached": not args.cold_bytecode,
+        "workflows": workflows,
+        "workflow_rounds": args.workflow_rounds,
     }
     print(f"workload: bare {result['bare_s']} s, guard {result['guard_s']} s (ratio {result['ratio']}, "
           f"target <= 1.10), bwrap {result['bwrap_s']} s (ratio {result['bwrap_ratio']}); guard/bwrap "
@@ -301,6 +386,12 @@ def main() -> int:
           f"bare {result['launch_bare_ms']} ms, "
           f"bwrap {result['launch_bwrap_ms']} ms, `python -m guard --version` {result['cli_floor_ms']} ms")
     print(f"write-opens: {notified}/s through the supervisor, {opens_bare}/s bare")
+    launch_s = statistics.median(true_guard)
+    for name, w in workflows.items():
+        # what the session itself costs, without the fixed launch (measured above as launch_ms)
+        w["ratio_excluding_launch"] = round(max(w["guard_s"] - launch_s, 0.0) / w["bare_s"], 3)
+        print(f"workflow {name}: bare {w['bare_s']} s, guard {w['guard_s']} s, ratio {w['ratio']} "
+              f"({w['ratio_excluding_launch']} without the launch)")
     print(json.dumps(result))
     return 0
 

@@ -21,7 +21,7 @@ TOP_KEYS = ("version", "name", "description", "extends", "mode", "vars", "lists"
             "network", "rules", "tests")
 RULE_KEYS = ("id", "allow", "deny", "ask", "paths", "hosts", "ports", "cidrs", "commands", "except",
              "reason", "mode", "description", "applies_to", "writes")
-APPLIES_TO = ("any", "existing")
+APPLIES_TO = ("any", "existing", "outside-new-repos")
 WRITES = ("in-place", "private")
 SETTINGS_KEYS = ("ask_timeout", "scan_max_entries", "pass_env")
 NETWORK_KEYS = ("hosts",)
@@ -57,6 +57,7 @@ class RawRule:
     audit: bool
     file: str
     existing_only: bool = False
+    outside_new_repos: bool = False  # `applies_to: outside-new-repos`
     private: bool = False  # `writes: private`: writes land in a layer of the session's own
 
 
@@ -399,9 +400,12 @@ def _rule(node: YNode, display: str, col: Collector) -> RawRule | None:
     _string(seen.get("description"), "description", col)
     mode = _choice(seen["mode"], "mode", MODES, col) if "mode" in seen else None
     applies_to = _choice(seen["applies_to"], "applies_to", APPLIES_TO, col) if "applies_to" in seen else None
-    if applies_to == "existing" and (kind is not Kind.FILE or Op.READ in ops or Op.EXEC in ops):
-        col.error("'applies_to: existing' protects files that exist at launch from being changed: it fits "
-                  f"only write rules, not {ops_text}", keys["applies_to"],
+    if applies_to in ("existing", "outside-new-repos") and (kind is not Kind.FILE or Op.READ in ops
+                                                            or Op.EXEC in ops):
+        what = ("protects files that exist at launch from being changed" if applies_to == "existing" else
+                "leaves out repositories created during the session")
+        col.error(f"'applies_to: {applies_to}' {what}: it fits only write rules, not {ops_text}",
+                  keys["applies_to"],
                   hint="remove it, or split the write operation into its own rule")
         ok = False
     writes = _choice(seen["writes"], "writes", WRITES, col) if "writes" in seen else None
@@ -416,7 +420,8 @@ def _rule(node: YNode, display: str, col: Collector) -> RawRule | None:
         return None
     return RawRule(id=rule_id, loc=node.loc, verdict=verdict, ops=frozenset(ops), kind=kind,
                    matchers=matchers, excepts=excepts, reason=reason, audit=mode == "audit", file=display,
-                   existing_only=applies_to == "existing", private=writes == "private")
+                   existing_only=applies_to == "existing",
+                   outside_new_repos=applies_to == "outside-new-repos", private=writes == "private")
 
 
 def _tests(node: YNode, col: Collector) -> list[RawTest]:

@@ -233,6 +233,12 @@ class Policy:
         """Ids of the `applies_to: existing` rules: they protect what exists when a session starts."""
         return frozenset(rule.id for rule in self._rules if rule.existing_only)
 
+    @property
+    def outside_new_repos_rules(self) -> frozenset[str]:
+        """Ids of the `applies_to: outside-new-repos` rules: they hold everywhere but inside a repository
+        the session created (or cloned)."""
+        return frozenset(rule.id for rule in self._rules if rule.outside_new_repos)
+
     def explain(self, action: Action) -> Explanation:
         exe, argv = _exec_context(action)
         outcome = self._evaluate(action.op, action.target, action.cwd, action.addresses, frozenset(), exe,

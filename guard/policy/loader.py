@@ -416,7 +416,7 @@ def _compile_rule(raw: RawRule, ex: _Expander) -> Rule | None:
                 cidrs=tuple(cidrs), ports=tuple(ports), commands=tuple(commands),
                 except_paths=tuple(except_paths), except_hosts=tuple(except_hosts),
                 except_cidrs=tuple(except_cidrs), except_commands=tuple(except_commands),
-                existing_only=raw.existing_only, private=raw.private)
+                existing_only=raw.existing_only, outside_new_repos=raw.outside_new_repos, private=raw.private)
 
 
 def _glob_message(exc: Exception, matcher: str) -> str:

@@ -51,6 +51,7 @@ class Rule:
     except_cidrs: tuple[IPNetwork, ...] = ()
     except_commands: tuple[CommandPattern, ...] = ()
     existing_only: bool = False
+    outside_new_repos: bool = False  # not inside a repository created during the session
     private: bool = False
 
     @property

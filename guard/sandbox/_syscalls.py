@@ -371,3 +371,26 @@ def seccomp_ioctl_supported(listener_fd: int, request: int) -> bool:
     if result == 0:
         return True
     return ctypes.get_errno() not in (errno.EINVAL, errno.ENOTTY)
+
+
+# --- statx: a file's birth time (which no utimes() can set) ------------------------------------------------
+AT_SYMLINK_NOFOLLOW_STATX = 0x100
+STATX_BTIME = 0x800
+_STATX_SIZE = 256
+_STATX_BTIME_OFFSET = 80  # struct statx: stx_btime {__s64 tv_sec; __u32 tv_nsec; __s32 reserved}
+
+
+def birth_time_ns(path: str) -> int | None:
+    """When `path` (not followed if a symlink) came into being, in ns since the epoch; None where the file
+    system keeps no birth time or the path cannot be examined."""
+    buf = ctypes.create_string_buffer(_STATX_SIZE)
+    statx = getattr(_libc, "statx", None)
+    if statx is None:
+        return None
+    if statx(-100, os.fsencode(path), AT_SYMLINK_NOFOLLOW_STATX, STATX_BTIME, buf) != 0:
+        return None
+    mask = struct.unpack_from("=I", buf, 0)[0]
+    if not mask & STATX_BTIME:
+        return None
+    sec, nsec = struct.unpack_from("=qI", buf, _STATX_BTIME_OFFSET)
+    return int(sec) * 1_000_000_000 + int(nsec)

@@ -5,8 +5,9 @@ child enforces (`launch` applies it and nothing else). Landlock carries the allo
 contributes its literal prefix (a glob is widened to the directory it starts in, and the report says so).
 Explicit denies *inside* granted trees cannot be expressed in Landlock, so the planner turns every
 existing path they cover into a mount: hidden paths become an empty read-only tmpfs (directories) or an
-empty read-only file (everything else); write-protected paths become read-only binds onto themselves.
-The guard's own files are always hidden, whatever the policy says.
+empty read-only file (everything else); write-protected paths become read-only binds onto themselves
+(an `ask` on write is left to the supervisor when it decides every write, so an approval can take
+effect). The guard's own files are always hidden, whatever the policy says.
 
 Two holes Landlock leaves are closed with mounts too. An allow rule's `except` that contains other
 rules' grants (base's `tmp` rule excepts the home, which may live under /tmp) is *carved*: an empty
@@ -164,14 +165,16 @@ def _granted(path: str, op: Op, grants: Sequence[ll.PathGrant]) -> bool:
                for g in grants)
 
 
-def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
-            landlock_on: bool) -> tuple[list[MountOp], dict[str, str]]:
+def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: bool,
+            decided_asks: bool = False) -> tuple[list[MountOp], dict[str, str]]:
     """The masks of the explicit denies and excepts; also returns {carved path: carving rule id}."""
     chosen: dict[str, tuple[MountKind, str]] = {}
     carvers: dict[str, str] = {}
     for m in facts.matches:
         if m.kind == "proc-link" or is_beneath(m.path, "/proc") or is_beneath(m.path, "/sys"):
             continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
+        if decided_asks and m.verdict is Verdict.ASK and m.ops == frozenset({Op.WRITE}):
+            continue  # the decision tier asks, and performs what a human approves (see build_plan)
         kind = _mount_kind(m)
         protected = m.rule_id == SELF_PROTECTION_RULE
         # outside every grant for the op, Landlock already refuses it: no mount needed
@@ -499,19 +502,23 @@ def _cache_layers(policy: PolicyLike, facts: LaunchFacts, grants: list[ll.PathGr
 
 def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, protected: Sequence[Path],
                abi: int, private_root: str | None = None, scratch: Sequence[str] = SCRATCH,
-               own_pts: bool = True) -> SandboxPlan:
+               own_pts: bool = True, decided_asks: bool = False) -> SandboxPlan:
     """See the module docstring. `abi` is the host's Landlock ABI (0 = none), passed in so the
     downgrade is a pure function and unit-testable for every ABI. `private_root` is an empty directory
     of the session's own for the layers of `writes: private` rules (see _cache_layers). `scratch`: the
     directories made private to the session when the policy lets it write there (empty: share the
     host's). `own_pts`: give the sandbox a devpts instance of its own (the session's terminals put back),
-    not the host's."""
+    not the host's. `decided_asks`: the session's supervisor decides every write (seccomp user
+    notification) and performs each write-open, rename and link itself on the name it judged, so a path
+    an `ask: [write]` rule covers is *not* made read-only at the kernel tier: under a read-only bind a
+    human's approval could not take effect (a new file in an existing `.vscode/` failed with EROFS after
+    `guard approve`). What the human refuses stays refused by the supervisor."""
     handled = ll.handled_fs(abi)
     audit = getattr(policy, "mode", "enforce") == "audit"
     if audit:  # the host's /tmp stays shared: what the policy would refuse there is recorded, not hidden
         scratch = tuple(p for p in scratch if p not in ("/tmp", "/var/tmp"))
     grants, missing_grants = _grants(policy, facts, handled)
-    mounts, carvers = _mounts(facts, grants, abi > 0)
+    mounts, carvers = _mounts(facts, grants, abi > 0, decided_asks)
     # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
     hidden = [m.path for m in mounts if m.kind is MountKind.HIDE_DIR]
     dead = [g for g in grants if any(g.path != h and is_beneath(g.path, h) for h in hidden)]

@@ -61,3 +61,35 @@ def test_applies_to_takes_any_or_existing(tmp_path: Path) -> None:
           - {id: r, deny: [write], paths: ["/x/**"], applies_to: later}
     """)
     assert error.startswith("p.yaml:3:") and "applies_to" in error
+
+
+NEW_REPOS = """
+    version: 1
+    name: t
+    rules:
+      - {id: ws, allow: [read, write], paths: ["${workspace}/**"]}
+      - id: settings
+        ask: [write]
+        paths: ["${workspace}/**/.vscode/**"]
+        applies_to: outside-new-repos
+"""
+
+
+def test_outside_new_repos_rules_are_listed_and_a_session_can_leave_them_out(tmp_path: Path) -> None:
+    policy = load(tmp_path, NEW_REPOS)
+    assert policy.outside_new_repos_rules == frozenset({"settings"})
+    assert policy.existing_only_rules == frozenset()
+    write = Action(Op.WRITE, "/work/ws/clone/.vscode/settings.json")
+    assert policy.decide(write).verdict is Verdict.ASK  # explain and tests: no session, the rule holds
+    left_out = policy.decide(write, ignore=policy.outside_new_repos_rules)
+    assert (left_out.verdict, left_out.rule_id) == (Verdict.ALLOW, "ws")
+
+
+def test_outside_new_repos_fits_only_write_rules(tmp_path: Path) -> None:
+    assert errors(tmp_path, """
+        version: 1
+        rules:
+          - {id: r, ask: [read, write], paths: ["/x/**"], applies_to: outside-new-repos}
+    """) == ["p.yaml:3:51: 'applies_to: outside-new-repos' leaves out repositories created during the session: "
+             "it fits only write rules, not read, write (hint: remove it, or split the write operation into "
+             "its own rule)"]

@@ -92,7 +92,7 @@ def test_every_name_the_core_would_take_gets_the_entered_decision(world: tuple[P
         pytest.skip(f"policy {policy_name} does not load: {exc}")
     segments = fastpath.spoken_segments(policy)
     encoded = [s.encode("ascii") for s in segments]
-    existing = policy.existing_only_rules
+    existing = policy.existing_only_rules | policy.outside_new_repos_rules
 
     def probe(action: Action) -> Decision | None:
         decision = policy.decide(action)

@@ -452,3 +452,18 @@ def test_a_private_write_grant_on_a_file_loses_its_write(tmp_path: Path) -> None
     plan = build_plan(pol, facts, workspace=t["ws"], protected=[t["gh"]], abi=7, private_root="/layers")
     grant = {g.path: g for g in plan.landlock.grants}[str(lock)]
     assert not grant.access & ll.WRITE_RIGHTS and grant.access & ll.READ_RIGHTS
+
+
+def test_an_ask_on_write_is_left_to_the_supervisor_when_it_decides_every_write(tree: dict[str, Path]) -> None:
+    """Under `guard run` the supervisor asks and then performs the approved write itself: a read-only
+    bind would make the approval useless (EROFS). Denies keep their mounts; so does a plan without a
+    deciding supervisor."""
+    pol = _policy(tree, Rule("hooks-deny", Verdict.DENY, W, (f"{tree['ws']}/src/main.py",)))
+    facts, plan = _plan(tree, pol)
+    hooks = str(tree["ws"] / ".git" / "hooks")
+    assert {m.path: m.kind for m in plan.mounts}[hooks] is MountKind.READ_ONLY
+    decided = build_plan(pol, facts, workspace=tree["ws"], protected=[tree["gh"]], abi=7, decided_asks=True)
+    by_path = {m.path: m.kind for m in decided.mounts}
+    assert hooks not in by_path
+    assert by_path[str(tree["ws"] / "src" / "main.py")] is MountKind.READ_ONLY
+    assert by_path[str(tree["home"] / ".ssh")] is MountKind.HIDE_DIR
