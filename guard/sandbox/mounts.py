@@ -205,6 +205,10 @@ def _apply(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
             if tree is None:
                 return False
             sc.attach_tree(tree, op.path)
+            sc.set_mount_attrs(op.path, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, recursive=True)
+        elif op.kind is MountKind.NO_SUID:  # writable tree: set-id bits and device nodes mean nothing
+            sc.mount(op.path, op.path, None, sc.MS_BIND | sc.MS_REC)
+            sc.set_mount_attrs(op.path, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, recursive=True)
         elif op.kind is MountKind.HIDE_DIR:
             # mode 0: "Permission denied" for the directory and anything named inside it (refused, not absent)
             sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0000,size=4k,nr_inodes=1")

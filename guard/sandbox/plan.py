@@ -13,7 +13,9 @@ rules' grants (base's `tmp` rule excepts the home, which may live under /tmp) is
 read-only tmpfs covers it and exactly the grants inside are put back, each bound from its original with
 its own read-only/noexec flags. And Landlock's EXECUTE right judges execve of a path only, not
 mmap(PROT_EXEC) (`ld.so ./bin`, dlopen), so every tree the agent may write but not execute is mounted
-noexec, and trees inside it that the policy does let run are bound back from their original.
+noexec, and trees inside it that the policy does let run are bound back from their original. Every
+writable tree is also nosuid and nodev (a bind of itself where no other mount of the plan covers it):
+no_new_privs already voids set-id bits at exec inside, and a device node planted in it never opens.
 
 `listen` rules become Landlock's TCP bind allowlist (ABI >= 4), always with port 0 added: tools bind
 ephemeral ports all the time (test servers, language servers), Landlock judges port 0 like any other
@@ -51,6 +53,7 @@ class MountKind(StrEnum):
     HIDE_FILE = "hide-file"  # empty read-only file bound over a non-directory
     READ_ONLY = "read-only"  # read-only bind of the path onto itself
     NO_EXEC = "no-exec"  # noexec bind of the path onto itself (and every mount beneath it)
+    NO_SUID = "no-suid"  # nosuid, nodev bind of a writable (and executable) tree onto itself
     CARVE = "carve"  # empty read-only tmpfs over a directory, re-exposing the grants listed in `expose`
     EXEC = "exec"  # the original tree bound back (with its own flags) inside a noexec tree
     LAYER = "layer"  # an overlay: the directory as it is, writes kept in `layer` (the session's own)
@@ -202,8 +205,8 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
 
 
 def _rank(kind: MountKind) -> int:
-    return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3,
-            MountKind.HIDE_DIR: 3, MountKind.CARVE: 3, MountKind.PRIVATE: 3}[kind]
+    return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.NO_SUID: 1, MountKind.READ_ONLY: 2,
+            MountKind.HIDE_FILE: 3, MountKind.HIDE_DIR: 3, MountKind.CARVE: 3, MountKind.PRIVATE: 3}[kind]
 
 
 def _effective(path: str, grants: Sequence[ll.PathGrant], within: str = "/") -> int:
@@ -328,6 +331,8 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
         rights = _effective(g.path, grants)
         top = above(g.path, out, MountKind.NO_EXEC)
         inherited = top is not None and not cut(g.path, top.path)
+        hardened = [o for o in (top, above(g.path, out, MountKind.NO_SUID)) if o is not None
+                    and not cut(g.path, o.path)]
         if rights & ll.WRITE_RIGHTS and not rights & ll.EXEC_RIGHTS and not inherited:
             out.append(MountOp(MountKind.NO_EXEC, g.path,
                                f"{'+'.join(g.rule_ids)} (writable, not executable: no code runs from it)"))
@@ -335,6 +340,11 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
             out.append(MountOp(MountKind.EXEC, g.path,
                                f"{'+'.join(g.rule_ids)} (executable inside the noexec {top.path})"))
             boundaries = [*boundaries, g.path]
+        elif rights & ll.WRITE_RIGHTS and kinds.get(g.path) == "dir" and not hardened:
+            # a writable tree the agent may also run from: set-id bits and device nodes in it mean
+            # nothing (no_new_privs already voids set-id at exec; this also holds for a node planted before)
+            out.append(MountOp(MountKind.NO_SUID, g.path,
+                               f"{'+'.join(g.rule_ids)} (writable: nosuid, nodev)"))
     return out
 
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import stat
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -119,6 +120,40 @@ def test_the_supervisor_lends_no_privilege(world):
     st = theirs.stat()
     assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444, run
     assert run.stderr.count("Permission denied") + run.stderr.count("Operation not permitted") >= 3, run
+
+
+def _outside_scratch() -> Path | None:
+    """A workspace outside /tmp, /var/tmp and /dev/shm (those are the session's own tmpfs, already
+    nosuid): the layout of an engineer whose code lies in /home or /srv. Root only can make one."""
+    for base in ("/var/lib", "/srv", "/opt"):
+        if os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="guard-escape-ws-", dir=base))
+    return None
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root: mknod of a device node (CAP_MKNOD), and a workspace outside "
+                                     "the shared scratch directories, which only root can create")
+def test_device_node_and_set_id_in_a_writable_tree_mean_nothing(world):
+    """A device node planted before launch in a writable tree (here a copy of /dev/null's numbers; an
+    attacker's would be a disk) opens bare; under guard the tree is mounted nodev (and nosuid), so it
+    does not. The workspace lies outside /tmp, where no other mount of the sandbox covers it."""
+    ws = _outside_scratch()
+    if ws is None:
+        pytest.skip("no writable directory outside the shared scratch places (/var/lib, /srv, /opt)")
+    try:
+        node = ws / "disk"
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        probe = ("for line in open('/proc/self/mountinfo'):\n"
+                 f"    f = line.split()\n    if f[4] == {str(ws)!r}: print('OPTS', f[5])\n"
+                 "open('disk').read(); print('OPENED')\n")
+        bare = world.bare_run(world.py(probe), cwd=ws)
+        assert "OPENED" in bare.stdout, bare
+        run = world.guard_run(world.py(probe), cwd=ws, extra_args=["--workspace", str(ws)])
+        assert "OPENED" not in run.stdout and "Permission denied" in run.stderr, run
+        opts = next((line.split()[1] for line in run.stdout.splitlines() if line.startswith("OPTS")), "")
+        assert {"nosuid", "nodev"} <= set(opts.split(",")), run
+    finally:
+        shutil.rmtree(ws)
 
 
 def test_set_group_id_directories_still_work(world):
