@@ -177,6 +177,8 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
             continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
         kind = _mount_kind(m)
         protected = m.rule_id == SELF_PROTECTION_RULE
+        if kind is MountKind.READ_ONLY and m.kind == "dir" and _names_only(m):
+            continue  # the directory's name is the rule's, not its contents: the decision tier's (below)
         # outside every grant for the op, Landlock already refuses it: no mount needed
         if landlock_on and not protected and not _granted(m.path, _NEEDS[kind], grants):
             continue
@@ -202,6 +204,15 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant],
         if kind is MountKind.HIDE_DIR:
             hidden.append(path)
     return out, {p: r for p, r in carvers.items() if any(o.path == p for o in out)}
+
+
+def _names_only(m: Match) -> bool:
+    """A write-protect glob whose last component names the directory itself (`**/.git`, `**/.git/hooks`),
+    not what lies in it. A read-only mount would freeze the contents (every commit writes inside `.git`);
+    the name is held by the decision tier instead, where renaming, removing or replacing it is notified
+    and decided as a write of it, on every name a path passes through."""
+    pattern = m.via.removeprefix("glob ") if m.via.startswith("glob ") else ""
+    return bool(pattern) and not pattern.rstrip("/").endswith("**")
 
 
 def _rank(kind: MountKind) -> int:
