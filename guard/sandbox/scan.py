@@ -215,14 +215,26 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path],
 
 
 def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
-    """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath."""
+    """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath.
+
+    A write-only grant of names whose only glob is their last component (`~/.claude.json.tmp.*`, the temp
+    files an agent saves its config through) is left to the decision tier: the supervisor performs every
+    create, write-open, rename and removal by name, so it needs no kernel grant, and Landlock could only
+    give one as write on the whole directory (the home)."""
     out: list[tuple[str, frozenset[Op], str]] = []
     for rule in policy.file_rules():
         ops = frozenset(rule.ops) & FILE_OPS
         if rule.verdict is Verdict.ALLOW and ops:
             out.extend((literal_prefix(p if p.startswith("/") else "/" + p), ops, rule.rule_id)
-                       for p in rule.patterns)
+                       for p in rule.patterns if not (ops == {Op.WRITE} and names_beside(p)))
     return out
+
+
+def names_beside(pattern: str) -> bool:
+    """Whether `pattern` names entries of one literal directory by a glob in its last component only."""
+    comps = _components(pattern)
+    return bool(comps) and is_glob(comps[-1]) and "**" not in comps[-1] and not any(map(is_glob, comps[:-1]))
+
 
 
 def _kind(mode: int) -> str:
