@@ -118,6 +118,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.policy import load_policy
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
+    from guard.sandbox.config_watch import ConfigWatch
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -188,6 +189,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     ending: tuple[str, str | None] = ("closed", None)
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
+    watch: ConfigWatch | None = None
     try:
         protected = (home, *policy.sources)
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
@@ -220,9 +222,16 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         base_decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide
 
         def decide(action: Action) -> Decision:
+            if watch is not None:  # a write of agent config whose new content is being decided
+                action = watch.redirect(action)
             decision = base_decide(action)
             hooks.note(action, decision)  # so a post-tool hook can tell the model what was refused
             return decision
+
+        # in-place writes of agent config that starts programs, judged on content (sandbox.config_watch)
+        watch = ConfigWatch.for_policy(policy.home, decider.check, decide, say)
+        if watch is not None:
+            watch.start()
 
         published = open_published_ports(opts.publish, decide)
         cidr_grant = policy_cidr_grant(policy)
@@ -290,7 +299,12 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             publisher.stop()
         for t in threads:
             t.join(timeout=2)
+        if watch is not None:
+            watch.stop()
+            watch = None
     finally:
+        if watch is not None:
+            watch.stop()
         announcer.stop()
         _remove_private_layers(home, session_id)
         summary = tally.as_dict()
