@@ -119,6 +119,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.config_watch import ConfigWatch
+    from guard.sandbox.fuse_mask import MaskServer
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -190,6 +191,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
     watch: ConfigWatch | None = None
+    mask_server: MaskServer | None = None
     try:
         protected = (home, *policy.sources)
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
@@ -255,6 +257,9 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         recorder.attach(_AgentTree(proc))
         stop = threading.Event()
         threads: list[threading.Thread] = []
+        if proc.watched_masks:  # read-denied names under FUSE masks: each attempt is recorded
+            mask_server = MaskServer(proc.watched_masks, decide)
+            threads.append(mask_server.thread)
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
@@ -292,6 +297,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
                                     f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
         stop.set()
+        if mask_server is not None:
+            mask_server.stop()
         net.stop()
         if forwarder is not None:
             forwarder.stop()
@@ -303,6 +310,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             watch.stop()
             watch = None
     finally:
+        if mask_server is not None:
+            mask_server.stop()
         if watch is not None:
             watch.stop()
         announcer.stop()

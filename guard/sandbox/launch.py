@@ -69,6 +69,8 @@ class SandboxedProcess:
     inner_listeners: list[socket.socket]
     report: EnforcementReport
     _control: socket.socket | None = field(default=None, repr=False)
+    # FUSE masks over read-denied names: (descriptor, path, is a directory), served by the guard
+    watched_masks: list[tuple[int, str, bool]] = field(default_factory=list, repr=False)
     _status: int | None = field(default=None, repr=False)
     _connector: socket.socket | None = field(default=None, repr=False)
     _connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -239,6 +241,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     memfd: dict[str, Any] = {"enforced": False, "why": "not reported by the sandbox init"}
     ready = False
     listener_fd: int | None = None
+    watched: list[tuple[int, str, bool]] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
         while True:
@@ -270,6 +273,14 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                 sock.send(_MAPPED)
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
+            elif kind == "watched":
+                masks = msg.get("masks", [])
+                if len(masks) != len(fds):
+                    for fd in fds:
+                        os.close(fd)
+                    raise SandboxError(f"the sandbox sent {len(fds)} mask descriptor(s) for "
+                                       f"{len(masks)} mask(s)")
+                watched.extend((fd, str(p), bool(d)) for fd, (p, d) in zip(fds, masks, strict=True))
             elif kind == "listener":
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
@@ -293,8 +304,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
             extra.append(Protection("files: masks skipped (path gone between scan and launch)",
                                     State.PARTLY, ", ".join(vanished), required=False))
         report = plan.report.with_protections(extra)
-        return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
+        return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock,
+                                watched_masks=watched)
     except BaseException:
+        for fd, _, _ in watched:
+            os.close(fd)
         for s in listeners:
             s.close()
         if listener_fd is not None:
@@ -387,9 +401,15 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     _close_stray_fds([sock.fileno()] + ([connector.fileno()] if connector is not None else []))
     sc.sethostname(plan.hostname)
     mounts.make_private()
-    vanished = mounts.apply_masks(plan.mounts)
+    watched: list[tuple[int, str, bool]] = []
+    vanished = mounts.apply_masks(plan.mounts, watched)
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})
+    for i in range(0, len(watched), 8):  # FUSE masks: the guard answers them (guard.sandbox.fuse_mask)
+        batch = watched[i:i + 8]
+        _send(sock, {"t": "watched", "masks": [[p, d] for _, p, d in batch]}, [fd for fd, _, _ in batch])
+        for fd, _, _ in batch:
+            os.close(fd)
     # held (open, never read) for the whole session: locked ptys keeping the terminals' numbers free
     _held_ptys = mounts.private_devpts(mounts.session_terminals()) if plan.private_pts else []
     mounts.mount_proc_and_sys()
