@@ -69,8 +69,8 @@ class SandboxedProcess:
     inner_listeners: list[socket.socket]
     report: EnforcementReport
     _control: socket.socket | None = field(default=None, repr=False)
-    # FUSE masks over read-denied names: (descriptor, path, is a directory), served by the guard
-    watched_masks: list[tuple[int, str, bool]] = field(default_factory=list, repr=False)
+    # FUSE masks over read-denied names: (descriptor, path, shape), served by the guard
+    watched_masks: list[tuple[int, str, str]] = field(default_factory=list, repr=False)
     _status: int | None = field(default=None, repr=False)
     _connector: socket.socket | None = field(default=None, repr=False)
     _connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -241,7 +241,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     memfd: dict[str, Any] = {"enforced": False, "why": "not reported by the sandbox init"}
     ready = False
     listener_fd: int | None = None
-    watched: list[tuple[int, str, bool]] = []
+    watched: list[tuple[int, str, str]] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
         while True:
@@ -280,7 +280,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                         os.close(fd)
                     raise SandboxError(f"the sandbox sent {len(fds)} mask descriptor(s) for "
                                        f"{len(masks)} mask(s)")
-                watched.extend((fd, str(p), bool(d)) for fd, (p, d) in zip(fds, masks, strict=True))
+                watched.extend((fd, str(p), str(d)) for fd, (p, d) in zip(fds, masks, strict=True))
             elif kind == "listener":
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
@@ -401,7 +401,7 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     _close_stray_fds([sock.fileno()] + ([connector.fileno()] if connector is not None else []))
     sc.sethostname(plan.hostname)
     mounts.make_private()
-    watched: list[tuple[int, str, bool]] = []
+    watched: list[tuple[int, str, str]] = []
     vanished = mounts.apply_masks(plan.mounts, watched)
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})

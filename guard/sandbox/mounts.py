@@ -32,12 +32,12 @@ def make_private() -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def apply_masks(ops: Sequence[MountOp], watched: list[tuple[int, str, bool]] | None = None) -> list[str]:
+def apply_masks(ops: Sequence[MountOp], watched: list[tuple[int, str, str]] | None = None) -> list[str]:
     """Apply the plan's mounts, shallowest first (the planner sorted them), so deeper ones land on top.
 
     Returns the paths that vanished between the scan and now (nothing left there to hide or protect;
     a later re-creation is the decision tier's to refuse, like any creation after launch). Any other
-    failure raises. FUSE masks mounted are appended to `watched` as (descriptor, path, is a directory).
+    failure raises. FUSE masks mounted are appended to `watched` as (descriptor, path, shape).
     """
     global _watched
     _watched = watched if watched is not None else []
@@ -139,19 +139,21 @@ def _carve(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
     sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
 
 
-_watched: list[tuple[int, str, bool]] = []
+_watched: list[tuple[int, str, str]] = []
 
 
 def _watch(op: MountOp) -> None:
     """A FUSE mask the guard answers (guard.sandbox.fuse_mask); where FUSE cannot be mounted, the plan's
     fallback mask (none when Landlock already refuses the path: then only the record is lost)."""
     try:
-        fd = mount_mask(op.path, op.is_dir)
+        # a file inside a grant was an empty file; one outside (or a carve's placeholder) refused opening
+        shape = "dir" if op.is_dir else "empty" if op.fallback is MountKind.HIDE_FILE else "file"
+        fd = mount_mask(op.path, shape)
     except (SandboxError, OSError):
         if op.fallback is not None:
             _apply(MountOp(op.fallback, op.path, op.reason), {}, {})
         return
-    _watched.append((fd, op.path, op.is_dir))
+    _watched.append((fd, op.path, shape))
 
 
 _PLACEHOLDER_LIMIT = 4096  # entries per carve; a directory with more is left as the tmpfs shows it

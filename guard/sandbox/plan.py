@@ -26,7 +26,7 @@ port, and an ephemeral port lives in the sandbox's own network namespace, unreac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -408,7 +408,8 @@ def _arrange(mounts: list[MountOp], grants: list[ll.PathGrant],
         if m.kind in (MountKind.READ_ONLY, MountKind.NO_EXEC):
             pushed.extend(MountOp(m.kind, x, f"{m.reason}, again on {x} (bound from its original)")
                           for x in fresh if x != m.path and is_beneath(x, m.path))
-    # a FUSE mask inside a carve lands on the carve's placeholder for that name
+    # a FUSE mask inside a carve lands on the carve's placeholder for that name, and refuses like it
+    mounts = [replace(o, fallback=None) if o.kind is MountKind.WATCH and gone(o.path) else o for o in mounts]
     everything = [o for o in (*mounts, *exec_ops, *pushed) if o.kind is MountKind.WATCH or not gone(o.path)]
     first = (MountKind.PRIVATE, MountKind.CARVE, MountKind.EXEC)
     everything.sort(key=lambda o: (o.path.count("/") - (o.path == "/"), o.kind not in first,
