@@ -119,7 +119,6 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.config_watch import ConfigWatch
-    from guard.sandbox.fuse_mask import MaskServer
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -191,7 +190,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
     watch: ConfigWatch | None = None
-    mask_server: MaskServer | None = None
+    mask_server: Any = None  # guard.sandbox.fuse_mask.MaskServer
     try:
         protected = (home, *policy.sources)
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
@@ -257,9 +256,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         recorder.attach(_AgentTree(proc))
         stop = threading.Event()
         threads: list[threading.Thread] = []
-        if proc.watched_masks:  # read-denied names under FUSE masks: each attempt is recorded
-            mask_server = MaskServer(proc.watched_masks, decide)
-            threads.append(mask_server.thread)
+        mask_server = proc.serve_masks(decide)  # read-denied names under FUSE masks: each attempt recorded
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).

@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
 from guard.sandbox import landlock, mounts, namespaces
+from guard.sandbox.fuse_mask import MaskServer
 from guard.sandbox.plan import SandboxPlan
 from guard.sandbox.report import EnforcementReport, Protection, State
 
 if TYPE_CHECKING:
+    from guard.model import Action
     from guard.sandbox.seccomp import SeccompSpec
 
 SETUP_TIMEOUT = 30.0
@@ -71,6 +73,7 @@ class SandboxedProcess:
     _control: socket.socket | None = field(default=None, repr=False)
     # FUSE masks over read-denied names: (descriptor, path, shape), served by the guard
     watched_masks: list[tuple[int, str, str]] = field(default_factory=list, repr=False)
+    _mask_server: MaskServer | None = field(default=None, repr=False)
     _status: int | None = field(default=None, repr=False)
     _connector: socket.socket | None = field(default=None, repr=False)
     _connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -111,10 +114,22 @@ class SandboxedProcess:
             self._connector.close()
             self._connector = None
 
+    def serve_masks(self, decide: Callable[[Action], object]) -> MaskServer | None:
+        """Start answering the FUSE masks (guard.sandbox.fuse_mask), recording each read through
+        `decide`; the caller stops the returned server after the session. None: there are none."""
+        if not self.watched_masks or self._mask_server is not None:
+            return None
+        self._mask_server = MaskServer(self.watched_masks, decide)
+        self.watched_masks = []  # the server owns the descriptors now
+        self._mask_server.thread.start()
+        return self._mask_server
+
     def start(self) -> None:
-        """Release the agent: it chdirs and execs."""
+        """Release the agent: it chdirs and execs. FUSE masks nobody serves yet are answered from here on
+        (refused, unrecorded): unanswered, any access to a masked name would hang."""
         if self._control is None:
             raise SandboxError("sandbox already started")
+        self.serve_masks(lambda _action: None)
         try:
             self._control.send(_GO)
         except OSError as exc:
@@ -159,6 +174,13 @@ class SandboxedProcess:
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._mask_server is not None:
+            self._mask_server.stop()
+            self._mask_server = None
+        for fd, _, _ in self.watched_masks:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.watched_masks = []
         for s in self.inner_listeners:
             s.close()
         with self._connector_lock:

@@ -45,6 +45,7 @@ from guard.sandbox.scan import (
     is_beneath,
     is_glob,
     literal_prefix,
+    names_only,
 )
 
 
@@ -231,12 +232,12 @@ def _watchable(m: Match, grants: Sequence[ll.PathGrant], landlock_on: bool) -> b
 
 
 def _names_only(m: Match) -> bool:
-    """A write-protect glob whose last component names the directory itself (`**/.git`, `**/.git/hooks`),
-    not what lies in it. A read-only mount would freeze the contents (every commit writes inside `.git`);
-    the name is held by the decision tier instead, where renaming, removing or replacing it is notified
-    and decided as a write of it, on every name a path passes through."""
-    pattern = m.via.removeprefix("glob ") if m.via.startswith("glob ") else ""
-    return bool(pattern) and not pattern.rstrip("/").endswith("**")
+    """A write-protect glob naming a repository's `.git` directory itself (`**/.git`), not what lies in it.
+    A read-only mount would freeze the repository (every commit writes inside `.git`); the name is held by
+    the decision tier instead, where renaming, removing or replacing it is notified and decided as a write
+    of it, on every name a path passes through. (Other directory names, `.git/hooks`, keep their
+    read-only mount: nothing in them is the agent's to write.)"""
+    return m.via.startswith("glob ") and names_only(m.via.removeprefix("glob "))
 
 
 def _rank(kind: MountKind) -> int:

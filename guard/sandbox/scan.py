@@ -230,6 +230,12 @@ def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
     return out
 
 
+def names_only(pattern: str) -> bool:
+    """Whether a write-protect `pattern` names a repository's `.git` itself (`**/.git`), not what lies in
+    it: the repository's files are written by every commit; the name is the decision tier's to hold."""
+    return pattern.rstrip("/").rsplit("/", 1)[-1] == ".git"
+
+
 def names_beside(pattern: str) -> bool:
     """Whether `pattern` names entries of one literal directory by a glob in its last component only."""
     comps = _components(pattern)
@@ -675,7 +681,8 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                         return False
                     protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
                             walk_dir=kind == "dir")
-                    return True
+                    # a protected `.git` name covers only itself: what lies in it is matched on its own
+                    return not (kind == "dir" and Op.READ not in t.ops and names_only(t.pattern))
             return False
 
         _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match)
