@@ -119,6 +119,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.policy import load_policy
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
+    from guard.sandbox.config_watch import ConfigWatch
     from guard.sandbox.fastpath import FastPath
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
@@ -190,6 +191,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     ending: tuple[str, str | None] = ("closed", None)
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
+    watch: ConfigWatch | None = None
+    mask_server: Any = None  # guard.sandbox.fuse_mask.MaskServer
     try:
         protected = (home, *policy.sources)
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
@@ -224,9 +227,16 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         base_decide = enforce_kernel_state(decider.decide, decider.check) if plan.audit else decider.decide
 
         def decide(action: Action) -> Decision:
+            if watch is not None:  # a write of agent config whose new content is being decided
+                action = watch.redirect(action)
             decision = base_decide(action)
             hooks.note(action, decision)  # so a post-tool hook can tell the model what was refused
             return decision
+
+        # in-place writes of agent config that starts programs, judged on content (sandbox.config_watch)
+        watch = ConfigWatch.for_policy(policy.home, decider.check, decide, say)
+        if watch is not None:
+            watch.start()
 
         published = open_published_ports(opts.publish, decide)
         cidr_grant = policy_cidr_grant(policy)
@@ -250,6 +260,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         recorder.attach(_AgentTree(proc))
         stop = threading.Event()
         threads: list[threading.Thread] = []
+        mask_server = proc.serve_masks(decide)  # read-denied names under FUSE masks: each attempt recorded
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
@@ -287,6 +298,8 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
                                     f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
         stop.set()
+        if mask_server is not None:
+            mask_server.stop()
         net.stop()
         if forwarder is not None:
             forwarder.stop()
@@ -297,7 +310,14 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if os.environ.get("GUARD_SUPERVISOR_STATS") == "1" and proc.listener_fd is not None:
             fast_counts = fast.core.counts() if fast is not None else {}
             say(f"guard: supervisor: {supervisor.handled} answered in Python; core: {fast_counts}")
+        if watch is not None:
+            watch.stop()
+            watch = None
     finally:
+        if mask_server is not None:
+            mask_server.stop()
+        if watch is not None:
+            watch.stop()
         announcer.stop()
         _remove_private_layers(home, session_id)
         summary = tally.as_dict()

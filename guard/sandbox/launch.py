@@ -32,7 +32,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -40,10 +40,12 @@ from typing import TYPE_CHECKING, Any
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
 from guard.sandbox import landlock, mounts, namespaces
+from guard.sandbox.fuse_mask import MaskServer
 from guard.sandbox.plan import SandboxPlan
 from guard.sandbox.report import EnforcementReport, Protection, State
 
 if TYPE_CHECKING:
+    from guard.model import Action
     from guard.sandbox.seccomp import SeccompSpec
 
 SETUP_TIMEOUT = 30.0
@@ -69,6 +71,9 @@ class SandboxedProcess:
     inner_listeners: list[socket.socket]
     report: EnforcementReport
     _control: socket.socket | None = field(default=None, repr=False)
+    # FUSE masks over read-denied names: (descriptor, path, shape), served by the guard
+    watched_masks: list[tuple[int, str, str]] = field(default_factory=list, repr=False)
+    _mask_server: MaskServer | None = field(default=None, repr=False)
     _status: int | None = field(default=None, repr=False)
     _connector: socket.socket | None = field(default=None, repr=False)
     _connector_lock: threading.Lock = field(default_factory=threading.Lock, repr=False)
@@ -109,10 +114,22 @@ class SandboxedProcess:
             self._connector.close()
             self._connector = None
 
+    def serve_masks(self, decide: Callable[[Action], object]) -> MaskServer | None:
+        """Start answering the FUSE masks (guard.sandbox.fuse_mask), recording each read through
+        `decide`; the caller stops the returned server after the session. None: there are none."""
+        if not self.watched_masks or self._mask_server is not None:
+            return None
+        self._mask_server = MaskServer(self.watched_masks, decide)
+        self.watched_masks = []  # the server owns the descriptors now
+        self._mask_server.thread.start()
+        return self._mask_server
+
     def start(self) -> None:
-        """Release the agent: it chdirs and execs."""
+        """Release the agent: it chdirs and execs. FUSE masks nobody serves yet are answered from here on
+        (refused, unrecorded): unanswered, any access to a masked name would hang."""
         if self._control is None:
             raise SandboxError("sandbox already started")
+        self.serve_masks(lambda _action: None)
         try:
             self._control.send(_GO)
         except OSError as exc:
@@ -157,6 +174,13 @@ class SandboxedProcess:
         if self._control is not None:
             self._control.close()
             self._control = None
+        if self._mask_server is not None:
+            self._mask_server.stop()
+            self._mask_server = None
+        for fd, _, _ in self.watched_masks:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        self.watched_masks = []
         for s in self.inner_listeners:
             s.close()
         with self._connector_lock:
@@ -239,6 +263,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     memfd: dict[str, Any] = {"enforced": False, "why": "not reported by the sandbox init"}
     ready = False
     listener_fd: int | None = None
+    watched: list[tuple[int, str, str]] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
         while True:
@@ -270,6 +295,14 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                 sock.send(_MAPPED)
             elif kind == "vanished":
                 vanished.extend(str(p) for p in msg.get("paths", []))
+            elif kind == "watched":
+                masks = msg.get("masks", [])
+                if len(masks) != len(fds):
+                    for fd in fds:
+                        os.close(fd)
+                    raise SandboxError(f"the sandbox sent {len(fds)} mask descriptor(s) for "
+                                       f"{len(masks)} mask(s)")
+                watched.extend((fd, str(p), str(d)) for fd, (p, d) in zip(fds, masks, strict=True))
             elif kind == "listener":
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
@@ -293,8 +326,11 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
             extra.append(Protection("files: masks skipped (path gone between scan and launch)",
                                     State.PARTLY, ", ".join(vanished), required=False))
         report = plan.report.with_protections(extra)
-        return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock)
+        return SandboxedProcess(pid, init_pid, listener_fd, listeners, report, _control=sock,
+                                watched_masks=watched)
     except BaseException:
+        for fd, _, _ in watched:
+            os.close(fd)
         for s in listeners:
             s.close()
         if listener_fd is not None:
@@ -387,9 +423,15 @@ def _init(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, sec
     _close_stray_fds([sock.fileno()] + ([connector.fileno()] if connector is not None else []))
     sc.sethostname(plan.hostname)
     mounts.make_private()
-    vanished = mounts.apply_masks(plan.mounts)
+    watched: list[tuple[int, str, str]] = []
+    vanished = mounts.apply_masks(plan.mounts, watched)
     if vanished:
         _send(sock, {"t": "vanished", "paths": vanished})
+    for i in range(0, len(watched), 8):  # FUSE masks: the guard answers them (guard.sandbox.fuse_mask)
+        batch = watched[i:i + 8]
+        _send(sock, {"t": "watched", "masks": [[p, d] for _, p, d in batch]}, [fd for fd, _, _ in batch])
+        for fd, _, _ in batch:
+            os.close(fd)
     # held (open, never read) for the whole session: locked ptys keeping the terminals' numbers free
     _held_ptys = mounts.private_devpts(mounts.session_terminals()) if plan.private_pts else []
     mounts.mount_proc_and_sys()

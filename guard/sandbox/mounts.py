@@ -19,6 +19,7 @@ from collections.abc import Sequence
 
 from guard.errors import SandboxError
 from guard.sandbox import _syscalls as sc
+from guard.sandbox.fuse_mask import mount_mask
 from guard.sandbox.plan import MountKind, MountOp
 
 _STAGING = "/proc"
@@ -31,13 +32,15 @@ def make_private() -> None:
     sc.mount(None, "/", None, sc.MS_REC | sc.MS_PRIVATE)
 
 
-def apply_masks(ops: Sequence[MountOp]) -> list[str]:
+def apply_masks(ops: Sequence[MountOp], watched: list[tuple[int, str, str]] | None = None) -> list[str]:
     """Apply the plan's mounts, shallowest first (the planner sorted them), so deeper ones land on top.
 
     Returns the paths that vanished between the scan and now (nothing left there to hide or protect;
     a later re-creation is the decision tier's to refuse, like any creation after launch). Any other
-    failure raises.
+    failure raises. FUSE masks mounted are appended to `watched` as (descriptor, path, shape).
     """
+    global _watched
+    _watched = watched if watched is not None else []
     if not ops:
         return []
     vanished: list[str] = []
@@ -136,6 +139,23 @@ def _carve(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
     sc.mount(None, op.path, None, sc.MS_BIND | sc.MS_REMOUNT | sc.MS_RDONLY | _HARDEN)
 
 
+_watched: list[tuple[int, str, str]] = []
+
+
+def _watch(op: MountOp) -> None:
+    """A FUSE mask the guard answers (guard.sandbox.fuse_mask); where FUSE cannot be mounted, the plan's
+    fallback mask (none when Landlock already refuses the path: then only the record is lost)."""
+    try:
+        # a file inside a grant was an empty file; one outside (or a carve's placeholder) refused opening
+        shape = "dir" if op.is_dir else "empty" if op.fallback is MountKind.HIDE_FILE else "file"
+        fd = mount_mask(op.path, shape)
+    except (SandboxError, OSError):
+        if op.fallback is not None:
+            _apply(MountOp(op.fallback, op.path, op.reason), {}, {})
+        return
+    _watched.append((fd, op.path, shape))
+
+
 _PLACEHOLDER_LIMIT = 4096  # entries per carve; a directory with more is left as the tmpfs shows it
 
 
@@ -200,11 +220,17 @@ def _apply(op: MountOp, originals: dict[str, int], listing: dict[str, list[tuple
             _carve(op, originals, listing)
         elif op.kind is MountKind.PRIVATE:
             _private(op, originals)
+        elif op.kind is MountKind.WATCH:
+            _watch(op)
         elif op.kind is MountKind.EXEC:
             tree = originals.get(op.path)
             if tree is None:
                 return False
             sc.attach_tree(tree, op.path)
+            sc.set_mount_attrs(op.path, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, recursive=True)
+        elif op.kind is MountKind.NO_SUID:  # writable tree: set-id bits and device nodes mean nothing
+            sc.mount(op.path, op.path, None, sc.MS_BIND | sc.MS_REC)
+            sc.set_mount_attrs(op.path, sc.MOUNT_ATTR_NOSUID | sc.MOUNT_ATTR_NODEV, recursive=True)
         elif op.kind is MountKind.HIDE_DIR:
             # mode 0: "Permission denied" for the directory and anything named inside it (refused, not absent)
             sc.mount("tmpfs", op.path, "tmpfs", sc.MS_RDONLY | _HARDEN, "mode=0000,size=4k,nr_inodes=1")

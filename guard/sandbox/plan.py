@@ -14,7 +14,9 @@ rules' grants (base's `tmp` rule excepts the home, which may live under /tmp) is
 read-only tmpfs covers it and exactly the grants inside are put back, each bound from its original with
 its own read-only/noexec flags. And Landlock's EXECUTE right judges execve of a path only, not
 mmap(PROT_EXEC) (`ld.so ./bin`, dlopen), so every tree the agent may write but not execute is mounted
-noexec, and trees inside it that the policy does let run are bound back from their original.
+noexec, and trees inside it that the policy does let run are bound back from their original. Every
+writable tree is also nosuid and nodev (a bind of itself where no other mount of the plan covers it):
+no_new_privs already voids set-id bits at exec inside, and a device node planted in it never opens.
 
 `listen` rules become Landlock's TCP bind allowlist (ABI >= 4), always with port 0 added: tools bind
 ephemeral ports all the time (test servers, language servers), Landlock judges port 0 like any other
@@ -25,7 +27,7 @@ port, and an ephemeral port lives in the sandbox's own network namespace, unreac
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
 from typing import Protocol
@@ -44,6 +46,7 @@ from guard.sandbox.scan import (
     is_beneath,
     is_glob,
     literal_prefix,
+    names_only,
 )
 
 
@@ -52,11 +55,13 @@ class MountKind(StrEnum):
     HIDE_FILE = "hide-file"  # empty read-only file bound over a non-directory
     READ_ONLY = "read-only"  # read-only bind of the path onto itself
     NO_EXEC = "no-exec"  # noexec bind of the path onto itself (and every mount beneath it)
+    NO_SUID = "no-suid"  # nosuid, nodev bind of a writable (and executable) tree onto itself
     CARVE = "carve"  # empty read-only tmpfs over a directory, re-exposing the grants listed in `expose`
     EXEC = "exec"  # the original tree bound back (with its own flags) inside a noexec tree
     LAYER = "layer"  # an overlay: the directory as it is, writes kept in `layer` (the session's own)
     PRIVATE = "private"  # a fresh writable tmpfs of the session's own (/tmp, /var/tmp, /dev/shm), grants
     #                      of other rules inside bound back like a carve's
+    WATCH = "watch"  # a read-denied name covered by a FUSE mount the guard answers (refused and recorded)
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,6 +86,8 @@ class MountOp:
     expose: tuple[Exposure, ...] = ()
     layer: str = ""  # PRIVATE: the directory holding the overlay's upper and work directories
     no_exec: bool = False  # PRIVATE only: the fresh tmpfs is mounted noexec
+    is_dir: bool = False  # WATCH only: a directory (else a file)
+    fallback: MountKind | None = None  # WATCH only: the mask to apply where FUSE cannot be mounted
 
 
 @dataclass(frozen=True, slots=True)
@@ -170,6 +177,7 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
     """The masks of the explicit denies and excepts; also returns {carved path: carving rule id}."""
     chosen: dict[str, tuple[MountKind, str]] = {}
     carvers: dict[str, str] = {}
+    watches: dict[str, MountOp] = {}
     for m in facts.matches:
         if m.kind == "proc-link" or is_beneath(m.path, "/proc") or is_beneath(m.path, "/sys"):
             continue  # replaced by the sandbox's own /proc and /sys; Landlock's ptrace scoping guards them
@@ -177,6 +185,13 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
             continue  # the decision tier asks, and performs what a human approves (see build_plan)
         kind = _mount_kind(m)
         protected = m.rule_id == SELF_PROTECTION_RULE
+        if kind is MountKind.READ_ONLY and m.kind == "dir" and _names_only(m):
+            continue  # the directory's name is the rule's, not its contents: the decision tier's (below)
+        if _watchable(m, grants, landlock_on) and len(watches) < MAX_WATCHED:
+            needed = protected or _granted(m.path, _NEEDS[kind], grants)
+            watches[m.path] = MountOp(MountKind.WATCH, m.path, f"{m.rule_id} ({m.via}; reads recorded)",
+                                      is_dir=m.kind == "dir", fallback=kind if needed else None)
+            continue
         # outside every grant for the op, Landlock already refuses it: no mount needed
         if landlock_on and not protected and not _granted(m.path, _NEEDS[kind], grants):
             continue
@@ -192,21 +207,46 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
         old = chosen.get(m.path)
         if old is None or _rank(kind) > _rank(old[0]):
             chosen[m.path] = (kind, reason)
-    ops = sorted(chosen.items(), key=lambda kv: (kv[0].count("/"), kv[0]))
+    for path in watches:
+        chosen.pop(path, None)
+    ops = sorted([*((p, MountOp(k, p, r)) for p, (k, r) in chosen.items()), *watches.items()],
+                 key=lambda kv: (kv[0].count("/"), kv[0]))
     out: list[MountOp] = []
     hidden: list[str] = []
-    for path, (kind, reason) in ops:
+    for path, op in ops:
         if any(is_beneath(path, h) for h in hidden):
-            continue  # already inside an empty tmpfs
-        out.append(MountOp(kind, path, reason))
-        if kind is MountKind.HIDE_DIR:
+            continue  # already inside an empty tmpfs (or a FUSE mask)
+        out.append(op)
+        if op.kind is MountKind.HIDE_DIR or (op.kind is MountKind.WATCH and op.is_dir):
             hidden.append(path)
     return out, {p: r for p, r in carvers.items() if any(o.path == p for o in out)}
 
 
+MAX_WATCHED = 128  # FUSE masks per session (a descriptor each); further denied names get plain masks
+
+
+def _watchable(m: Match, grants: Sequence[ll.PathGrant], landlock_on: bool) -> bool:
+    """A name the policy itself denies reading (not an except, not another name of a denied file, not the
+    guard's own state), with no grant at or beneath it (the sandbox's setup opens granted paths before
+    the guard serves the mask): covered by a FUSE mask, so each attempt to read it is recorded."""
+    return (landlock_on and Op.READ in m.ops and m.verdict is Verdict.DENY and m.kind in ("dir", "file")
+            and m.rule_id != SELF_PROTECTION_RULE and (m.via == "pattern" or m.via.startswith("glob "))
+            and not any(is_beneath(g.path, m.path) for g in grants))
+
+
+def _names_only(m: Match) -> bool:
+    """A write-protect glob naming a repository's `.git` directory itself (`**/.git`), not what lies in it.
+    A read-only mount would freeze the repository (every commit writes inside `.git`); the name is held by
+    the decision tier instead, where renaming, removing or replacing it is notified and decided as a write
+    of it, on every name a path passes through. (Other directory names, `.git/hooks`, keep their
+    read-only mount: nothing in them is the agent's to write.)"""
+    return m.via.startswith("glob ") and names_only(m.via.removeprefix("glob "))
+
+
 def _rank(kind: MountKind) -> int:
-    return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.READ_ONLY: 2, MountKind.HIDE_FILE: 3,
-            MountKind.HIDE_DIR: 3, MountKind.CARVE: 3, MountKind.PRIVATE: 3}[kind]
+    return {MountKind.EXEC: 0, MountKind.NO_EXEC: 1, MountKind.NO_SUID: 1, MountKind.READ_ONLY: 2,
+            MountKind.HIDE_FILE: 3, MountKind.HIDE_DIR: 3, MountKind.WATCH: 3, MountKind.CARVE: 3,
+            MountKind.PRIVATE: 3}[kind]
 
 
 def _effective(path: str, grants: Sequence[ll.PathGrant], within: str = "/") -> int:
@@ -331,6 +371,8 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
         rights = _effective(g.path, grants)
         top = above(g.path, out, MountKind.NO_EXEC)
         inherited = top is not None and not cut(g.path, top.path)
+        hardened = [o for o in (top, above(g.path, out, MountKind.NO_SUID)) if o is not None
+                    and not cut(g.path, o.path)]
         if rights & ll.WRITE_RIGHTS and not rights & ll.EXEC_RIGHTS and not inherited:
             out.append(MountOp(MountKind.NO_EXEC, g.path,
                                f"{'+'.join(g.rule_ids)} (writable, not executable: no code runs from it)"))
@@ -338,6 +380,11 @@ def _exec_mounts(grants: Sequence[ll.PathGrant], kinds: dict[str, str], boundari
             out.append(MountOp(MountKind.EXEC, g.path,
                                f"{'+'.join(g.rule_ids)} (executable inside the noexec {top.path})"))
             boundaries = [*boundaries, g.path]
+        elif rights & ll.WRITE_RIGHTS and kinds.get(g.path) == "dir" and not hardened:
+            # a writable tree the agent may also run from: set-id bits and device nodes in it mean
+            # nothing (no_new_privs already voids set-id at exec; this also holds for a node planted before)
+            out.append(MountOp(MountKind.NO_SUID, g.path,
+                               f"{'+'.join(g.rule_ids)} (writable: nosuid, nodev)"))
     return out
 
 
@@ -365,7 +412,9 @@ def _arrange(mounts: list[MountOp], grants: list[ll.PathGrant],
         if m.kind in (MountKind.READ_ONLY, MountKind.NO_EXEC):
             pushed.extend(MountOp(m.kind, x, f"{m.reason}, again on {x} (bound from its original)")
                           for x in fresh if x != m.path and is_beneath(x, m.path))
-    everything = [o for o in (*mounts, *exec_ops, *pushed) if not gone(o.path)]
+    # a FUSE mask inside a carve lands on the carve's placeholder for that name, and refuses like it
+    mounts = [replace(o, fallback=None) if o.kind is MountKind.WATCH and gone(o.path) else o for o in mounts]
+    everything = [o for o in (*mounts, *exec_ops, *pushed) if o.kind is MountKind.WATCH or not gone(o.path)]
     first = (MountKind.PRIVATE, MountKind.CARVE, MountKind.EXEC)
     everything.sort(key=lambda o: (o.path.count("/") - (o.path == "/"), o.kind not in first,
                                    o not in exec_ops, o.path))
@@ -572,9 +621,11 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         shown = ", ".join(patterns[:3]) + (f" and {len(patterns) - 3} more" if len(patterns) > 3 else "")
         deny_notes.append(f"absent at launch, so the decision tier refuses creating them: {shown}")
     hides = sum(1 for m in mounts if m.kind in (MountKind.HIDE_DIR, MountKind.HIDE_FILE))
+    watched = sum(1 for m in mounts if m.kind is MountKind.WATCH)
     ro = sum(1 for m in mounts if m.kind is MountKind.READ_ONLY)
     scanned = ", ".join(facts.walked) or "-"
-    summary = (f"{hides} hidden, {ro} write-protected by mounts; roots scanned: {scanned} "
+    summary = (f"{hides} hidden, {watched} hidden with reads recorded (FUSE), {ro} write-protected by "
+               f"mounts; roots scanned: {scanned} "
                f"({facts.entries} entries); `**` globs are matched in the workspace and on granted files")
     protections.append(Protection("files: denies inside granted trees", deny_state,
                                   "; ".join([summary, *deny_notes])))

@@ -215,14 +215,32 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path],
 
 
 def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
-    """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath."""
+    """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath.
+
+    A write-only grant of names whose only glob is their last component (`~/.claude.json.tmp.*`, the temp
+    files an agent saves its config through) is left to the decision tier: the supervisor performs every
+    create, write-open, rename and removal by name, so it needs no kernel grant, and Landlock could only
+    give one as write on the whole directory (the home)."""
     out: list[tuple[str, frozenset[Op], str]] = []
     for rule in policy.file_rules():
         ops = frozenset(rule.ops) & FILE_OPS
         if rule.verdict is Verdict.ALLOW and ops:
             out.extend((literal_prefix(p if p.startswith("/") else "/" + p), ops, rule.rule_id)
-                       for p in rule.patterns)
+                       for p in rule.patterns if not (ops == {Op.WRITE} and names_beside(p)))
     return out
+
+
+def names_only(pattern: str) -> bool:
+    """Whether a write-protect `pattern` names a repository's `.git` itself (`**/.git`), not what lies in
+    it: the repository's files are written by every commit; the name is the decision tier's to hold."""
+    return pattern.rstrip("/").rsplit("/", 1)[-1] == ".git"
+
+
+def names_beside(pattern: str) -> bool:
+    """Whether `pattern` names entries of one literal directory by a glob in its last component only."""
+    comps = _components(pattern)
+    return bool(comps) and is_glob(comps[-1]) and "**" not in comps[-1] and not any(map(is_glob, comps[:-1]))
+
 
 
 def _kind(mode: int) -> str:
@@ -663,7 +681,8 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                         return False
                     protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
                             walk_dir=kind == "dir")
-                    return True
+                    # a protected `.git` name covers only itself: what lies in it is matched on its own
+                    return not (kind == "dir" and Op.READ not in t.ops and names_only(t.pattern))
             return False
 
         _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match)

@@ -1126,7 +1126,8 @@ class Supervisor:
         xattr changes named by a path are then *performed by the supervisor* on the object it resolved
         and holds, with the task's file-system ids and no capability of ours, so a path swapped after
         the check changes nothing; by a descriptor (fchmod, fchown) the object is fixed and the
-        arguments are registers, so CONTINUE is exact. Times, inode flags and ftruncate are CONTINUEd."""
+        arguments are registers, so CONTINUE is exact. Times named by a path are performed the same way
+        (the times read from the task once). Inode flags and ftruncate are CONTINUEd."""
         spec = _ATTR_OPS[name]
         a = n.args
         fd = None if spec.fd_arg is None else _s32(a[spec.fd_arg])
@@ -1201,8 +1202,12 @@ class Supervisor:
                 self._perform(n.id, task, lambda: os.removexattr(where, xname))
             else:
                 self._perform(n.id, task, lambda: os.setxattr(where, xname, value, xflags))
+        elif name in _TIMES_ARG and res is not None:
+            times = _times_arg(task, name, a)
+            self._check(n.id)
+            self._perform(n.id, task, lambda: _utimens_empty(obj, times))
         else:
-            self._send(n.id, cont=True)  # times, inode flags: residual race documented in docs/seccomp.md
+            self._send(n.id, cont=True)  # file_setattr by path: residual race documented in docs/seccomp.md
 
     def _xattr_args(self, task: _Task, name: str, a: tuple[int, ...]) -> tuple[str, bytes | None, int]:
         """(name, value or None for a removal, flags) of an xattr syscall, read from the task once."""
@@ -1741,6 +1746,40 @@ _libc.fchownat.restype = ctypes.c_int
 def _fchown_empty(fd: int, uid: int, gid: int) -> None:
     """fchownat(fd, "", uid, gid, AT_EMPTY_PATH): chown the object an O_PATH fd holds (no follow)."""
     if _libc.fchownat(fd, b"", uid, gid, AT_EMPTY_PATH) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_libc.utimensat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_void_p, ctypes.c_int]
+# syscall -> index of its times argument (utime: struct utimbuf; utimes, futimesat: struct timeval[2];
+# utimensat: struct timespec[2]); NULL means "now"
+_TIMES_ARG = {"utime": 1, "utimes": 1, "futimesat": 2, "utimensat": 2}
+
+
+def _times_arg(task: _Task, name: str, a: tuple[int, ...]) -> bytes | None:
+    """The times the task asked for, read from it once, as utimensat's struct timespec[2] (None: now)."""
+    addr = a[_TIMES_ARG[name]]
+    if addr == 0:
+        return None
+    size = 16 if name == "utime" else 32
+    raw = task.read(addr, size)
+    if len(raw) < size:
+        raise _Reply(errno.EFAULT)
+    if name == "utimensat":
+        return raw  # UTIME_NOW, UTIME_OMIT and range checks: the kernel's, on our call
+    if name == "utime":
+        atime, mtime = struct.unpack("=qq", raw)
+        return struct.pack("=qqqq", atime, 0, mtime, 0)
+    s0, u0, s1, u1 = struct.unpack("=qqqq", raw)
+    if not (0 <= u0 < 1_000_000 and 0 <= u1 < 1_000_000):
+        raise _Reply(errno.EINVAL)  # what utimes(2) answers
+    return struct.pack("=qqqq", s0, u0 * 1000, s1, u1 * 1000)
+
+
+def _utimens_empty(fd: int, times: bytes | None) -> None:
+    """utimensat(fd, "", times, AT_EMPTY_PATH): set the times of the object an O_PATH fd holds."""
+    buf = None if times is None else ctypes.create_string_buffer(times, len(times))
+    if _libc.utimensat(fd, b"", buf, AT_EMPTY_PATH) != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
 

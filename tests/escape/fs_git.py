@@ -110,6 +110,32 @@ def test_worktree_commondir_redirect(world):
     world.assert_denied(run, "write", world.ws / ".git" / "worktrees" / "proj-feature" / "commondir")
 
 
+def test_submodule_gitdir_file_redirect(world):
+    """A submodule's `.git` is a file, `gitdir: ../../.git/modules/vendor/lib`: point it at a copy of that
+    directory whose hooks the agent wrote, and the engineer's next commit in the submodule runs them. No
+    hook, config or commondir of the repository is touched."""
+    script = ('cp -a .git/modules/vendor/lib "$SCRATCH" && printf %s "$PAYLOAD" > "$SCRATCH/hooks/pre-commit" '
+              '&& chmod +x "$SCRATCH/hooks/pre-commit" && git config --file "$SCRATCH/config" --unset core.worktree; '
+              'printf "gitdir: %s\n" "$SCRATCH" > vendor/lib/.git && echo WROTE')
+    run = _attack(world, "submodule-gitdir", script, engineer_repo="vendor/lib")
+    assert "WROTE" not in run.stdout, run
+    assert (world.ws / "vendor" / "lib" / ".git").read_text().startswith("gitdir: ../../.git/modules"), run
+    world.assert_denied(run, "write", world.ws / "vendor" / "lib" / ".git")
+
+
+def test_repository_git_dir_replaced_by_a_gitdir_file(world):
+    """The repository's own `.git` directory moved aside and replaced by a `gitdir:` file naming a copy
+    with the agent's hook: the next commit runs it. (`rm -rf .git` instead of the move empties the
+    directory, whose files are workspace files, but cannot remove the name to put the file there.)"""
+    script = ('cp -a .git "$SCRATCH" && printf %s "$PAYLOAD" > "$SCRATCH/hooks/pre-commit" '
+              '&& chmod +x "$SCRATCH/hooks/pre-commit" && mv .git .git-aside '
+              '&& printf "gitdir: %s\n" "$SCRATCH" > .git && echo WROTE')
+    run = _attack(world, "gitdir-rename", script)
+    assert "WROTE" not in run.stdout, run
+    assert (world.ws / ".git").is_dir() and (world.ws / ".git" / "HEAD").exists(), run
+    world.assert_denied(run, "write", world.ws / ".git")
+
+
 def test_toolchain_entry_point_symlinked_into_a_cache(world):
     """~/.local/bin/ruff is a symlink into uv's tool directory (a writable cache): canonically the write
     lands in the cache, but by the name the engineer runs next it rewrites a toolchain entry point."""

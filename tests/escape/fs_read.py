@@ -28,6 +28,32 @@ def test_read_ssh_key_directly(world):
     assert "id_ed25519" not in run.stdout, "the hidden directory must not even list the key"
 
 
+def test_reads_of_masked_credentials_are_recorded_with_their_rule(world):
+    """Issue 12: the trail shows the credential-theft attempt, for every user. Each read-denied name is a
+    FUSE mask the guard answers: the read is refused (Permission denied) and recorded as a denied READ of
+    that path with its rule; through a symlink too (the mask is met on the way)."""
+    (world.ws / "key-alias").symlink_to(world.ssh_key)
+    dotenv = world.ws / ".env"
+    dotenv.write_text("DB_PASSWORD=hunter2-dotenv\n")
+    attack = world.sh(f'cat "{world.ssh_key}"; cat "{world.aws}"; cat key-alias; cat .env; '
+                      f'python3 -I -c "open(\'{world.aws}\').read()"; echo END')
+    bare = world.bare_run(attack)
+    assert world.ssh_secret in bare.stdout and world.aws_secret in bare.stdout, bare
+    assert "hunter2-dotenv" in bare.stdout, bare
+    try:
+        run = world.guard_run(attack)
+    finally:
+        dotenv.unlink()
+        (world.ws / "key-alias").unlink()
+    assert "END" in run.stdout and not _leaks(run, world.ssh_secret) and not _leaks(run, world.aws_secret), run
+    assert "hunter2-dotenv" not in run.stdout and "Permission denied" in run.stderr, run
+    refused = {(r["action"]["target"], r["decision"].get("rule_id")) for r in world.records(run.session)
+               if r.get("type") == "decision" and r["action"]["op"] == "read"
+               and r["decision"]["verdict"] == "deny"}
+    for path in (world.ssh_key, world.aws, dotenv):
+        assert (str(path), "credentials") in refused, (path, refused, run)
+
+
 def test_read_via_symlink_planted_before_launch(world):
     (world.ws / "key-link").symlink_to(world.ssh_key)
     attack = world.sh("cat key-link")

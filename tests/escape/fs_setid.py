@@ -9,9 +9,12 @@ comes out without its set-id bits.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import stat
+import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -119,6 +122,127 @@ def test_the_supervisor_lends_no_privilege(world):
     st = theirs.stat()
     assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444, run
     assert run.stderr.count("Permission denied") + run.stderr.count("Operation not permitted") >= 3, run
+
+
+def _outside_scratch() -> Path | None:
+    """A workspace outside /tmp, /var/tmp and /dev/shm (those are the session's own tmpfs, already
+    nosuid): the layout of an engineer whose code lies in /home or /srv. Root only can make one."""
+    for base in ("/var/lib", "/srv", "/opt"):
+        if os.path.isdir(base) and os.access(base, os.W_OK):
+            return Path(tempfile.mkdtemp(prefix="guard-escape-ws-", dir=base))
+    return None
+
+
+@pytest.mark.skipif(not ROOT, reason="needs root: mknod of a device node (CAP_MKNOD), and a workspace outside "
+                                     "the shared scratch directories, which only root can create")
+def test_device_node_and_set_id_in_a_writable_tree_mean_nothing(world):
+    """A device node planted before launch in a writable tree (here a copy of /dev/null's numbers; an
+    attacker's would be a disk) opens bare; under guard the tree is mounted nodev (and nosuid), so it
+    does not. The workspace lies outside /tmp, where no other mount of the sandbox covers it."""
+    ws = _outside_scratch()
+    if ws is None:
+        pytest.skip("no writable directory outside the shared scratch places (/var/lib, /srv, /opt)")
+    try:
+        node = ws / "disk"
+        os.mknod(node, 0o600 | stat.S_IFCHR, os.makedev(1, 3))
+        probe = ("for line in open('/proc/self/mountinfo'):\n"
+                 f"    f = line.split()\n    if f[4] == {str(ws)!r}: print('OPTS', f[5])\n"
+                 "open('disk').read(); print('OPENED')\n")
+        bare = world.bare_run(world.py(probe), cwd=ws)
+        assert "OPENED" in bare.stdout, bare
+        run = world.guard_run(world.py(probe), cwd=ws, extra_args=["--workspace", str(ws)])
+        assert "OPENED" not in run.stdout and "Permission denied" in run.stderr, run
+        opts = next((line.split()[1] for line in run.stdout.splitlines() if line.startswith("OPTS")), "")
+        assert {"nosuid", "nodev"} <= set(opts.split(",")), run
+    finally:
+        shutil.rmtree(ws)
+
+
+RACE_TIMES = """
+import os, sys, threading
+victim = os.path.expanduser('~/.claude/victim')
+open('mine.txt', 'w').write('mine')
+for stale in ('link', 'link.tmp0', 'link.tmp1'):
+    if os.path.lexists(stale):
+        os.unlink(stale)
+print('READY', flush=True)
+sys.stdin.readline()  # the test creates the victim after launch (so no mount protects it: the policy must)
+stop = False
+def flip():  # `link` points at the agent's own file, then at the victim, then back, as fast as it can
+    i = 0
+    while not stop:
+        i += 1
+        tmp = 'link.tmp%d' % (i % 2)
+        os.symlink(victim if i % 2 else 'mine.txt', tmp)
+        os.replace(tmp, 'link')
+os.symlink('mine.txt', 'link')
+t = threading.Thread(target=flip)
+t.start()
+try:
+    for _ in range(int(sys.argv[1])):
+        try:
+            os.utime('link', (1000000000, 1000000000))
+        except OSError:
+            pass
+        if os.stat(victim).st_mtime == 1000000000:
+            print('RACED', flush=True)
+            break
+finally:
+    stop = True
+    t.join()
+print('DONE', flush=True)
+"""
+
+
+def test_times_by_path_cannot_be_raced_onto_a_protected_file(world):
+    """utimensat by path, checked on the path and then continued, lets a thread that swaps a symlink
+    between the check and the kernel's own lookup change the times of a file the policy write-protects
+    (make a stale build output look fresh, hide an edit). The supervisor now performs the change itself on
+    the object it resolved and judged. Bare the change lands at once; under guard never, in 1,500 tries."""
+    victim = world.home / ".claude" / "victim"
+    victim.parent.mkdir(exist_ok=True)
+    policy = world.root / "policies" / "times.yaml"
+    policy.write_text("version: 1\nname: times\nextends: [coding-agent]\nrules:\n"
+                      "  - id: victim-protected\n    deny: [write]\n    paths: [~/.claude/victim]\n")
+    for guarded in (False, True):
+        victim.unlink(missing_ok=True)
+        argv = [*world.py(RACE_TIMES), "1500" if guarded else "1000000"]
+        if guarded:
+            argv = world.guard_run_argv(argv, policy=policy)
+        proc = subprocess.Popen(argv, env=world.env, cwd=world.ws, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        world.track(proc.pid)
+        try:
+            assert proc.stdout is not None and proc.stdin is not None
+            assert proc.stdout.readline().strip() == "READY"
+            victim.write_text("the engineer's\n")
+            os.utime(victim, (2000000000, 2000000000))
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+            out, err = proc.communicate(timeout=150)
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+        if not guarded:
+            assert "RACED" in out and victim.stat().st_mtime == 1000000000, (out, err)
+        else:
+            assert "DONE" in out and "RACED" not in out, (out, err.splitlines()[1:])
+            assert victim.stat().st_mtime == 2000000000, (out, err)
+            session = json.loads(err.strip().splitlines()[-1])["session"]
+            refused = [t for op, t, v in world.decisions(session, "deny") if op == "write"]
+            assert str(victim) in refused, refused  # the swaps were attempted, and refused on the victim
+
+
+def test_honest_times_still_work(world):
+    """Honest: touch (now), touch -d (a date), touch -h (a symlink's own times), make's utime, UTIME_OMIT."""
+    script = ("touch t1 && touch -d 2001-09-09T01:46:40Z t2 && ln -sf t2 l && touch -h -d 2002-01-01 l && "
+              "python3 -I -c \"import os; os.utime('t1', ns=(5 * 10**9, 7 * 10**9)); "
+              "os.utime('t2', (0, 0)); os.utime('t2', None)\" && "
+              "stat -c '%n %Y' t1 l && echo OK")
+    run = world.guard_run(world.sh(script))
+    assert run.returncode == 0 and "OK" in run.stdout, run
+    assert "t1 7" in run.stdout and "l 1009843200" in run.stdout, run
 
 
 def test_set_group_id_directories_still_work(world):

@@ -71,8 +71,13 @@ def test_glob_semantics() -> None:
 def test_denies_inside_granted_trees_become_mounts(tree: dict[str, Path]) -> None:
     _, plan = _plan(tree, _policy(tree))
     by_path = {m.path: m.kind for m in plan.mounts}
-    assert by_path[str(tree["home"] / ".ssh")] is MountKind.HIDE_DIR
-    assert by_path[str(tree["ws"] / "src" / ".env")] is MountKind.HIDE_FILE
+    ops = {m.path: m for m in plan.mounts}
+    # what the policy denies reading is a FUSE mask the guard answers (reads recorded), the plain mask its
+    # fallback where FUSE cannot be mounted
+    assert by_path[str(tree["home"] / ".ssh")] is MountKind.WATCH
+    assert ops[str(tree["home"] / ".ssh")].fallback is MountKind.HIDE_DIR and ops[str(tree["home"] / ".ssh")].is_dir
+    assert by_path[str(tree["ws"] / "src" / ".env")] is MountKind.WATCH
+    assert ops[str(tree["ws"] / "src" / ".env")].fallback is MountKind.HIDE_FILE
     assert by_path[str(tree["ws"] / ".git" / "hooks")] is MountKind.READ_ONLY
     assert by_path[str(tree["gh"])] is MountKind.HIDE_DIR
     assert str(tree["ws"] / "src" / "main.py") not in by_path
@@ -91,7 +96,9 @@ def test_deny_outside_every_grant_needs_no_mount(tree: dict[str, Path]) -> None:
     pol = Pol((Rule("ws", Verdict.ALLOW, RW, (f"{tree['ws']}/**",)),
                Rule("ssh", Verdict.DENY, RW, (f"{tree['home']}/.ssh/**",))))
     _, plan = _plan(tree, pol)
-    assert str(tree["home"] / ".ssh") not in {m.path for m in plan.mounts}
+    # Landlock refuses it: only a recording FUSE mask, with no fallback where FUSE cannot be mounted
+    ssh = [m for m in plan.mounts if m.path == str(tree["home"] / ".ssh")]
+    assert [(m.kind, m.fallback) for m in ssh] == [(MountKind.WATCH, None)]
     # ... but without Landlock the mount is the only protection left
     _, plan0 = _plan(tree, pol, abi=0)
     assert str(tree["home"] / ".ssh") in {m.path for m in plan0.mounts}
@@ -240,8 +247,11 @@ def test_except_holding_other_grants_is_carved_and_the_grants_put_back(tree: dic
     assert back[str(home / ".gitconfig")].kind == "file" and back[str(home / ".gitconfig")].read_only
     assert not back[str(home / ".cache")].read_only and not back[str(home / ".cache")].no_exec
     paths = [m.path for m in plan.mounts]
-    # the ssh mask is dropped (the tmpfs hides it); a mask inside a put-back grant comes after the carve
-    assert str(home / ".ssh") not in paths
+    # the ssh mask's recording FUSE mask lands on the carve's placeholder, after the carve, like a mask
+    # inside a put-back grant
+    ssh = next(m for m in plan.mounts if m.path == str(home / ".ssh"))
+    assert ssh.kind is MountKind.WATCH and ssh.is_dir
+    assert paths.index(str(home / ".ssh")) > paths.index(str(home))
     assert paths.index(str(home / ".cache" / "pip" / ".env")) > paths.index(str(home))
     prot = plan.report.get("files: denies inside granted trees")
     assert prot.state is State.FULLY and "carved" in prot.reason

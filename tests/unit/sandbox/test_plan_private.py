@@ -72,11 +72,12 @@ def test_a_read_only_scratch_place_stays_shared(tmp_path: Path) -> None:
 def test_audit_mode_keeps_only_the_guards_own_masks_and_grants_everything_readable(tmp_path: Path) -> None:
     t = _tree(tmp_path)
     enforced = _plan(t, Pol(_rules(t)))
-    assert any(m.kind is MountKind.HIDE_DIR and m.path == str(t["home"] / ".ssh") for m in enforced.mounts)
+    assert any(m.kind is MountKind.WATCH and m.fallback is MountKind.HIDE_DIR and m.path == str(t["home"] / ".ssh")
+               for m in enforced.mounts)
     audit = _plan(t, AuditPol(_rules(t)))
     assert audit.audit and not enforced.audit
     kinds = {(m.kind, m.path) for m in audit.mounts}
-    assert (MountKind.HIDE_DIR, str(t["home"] / ".ssh")) not in kinds
+    assert not any(path == str(t["home"] / ".ssh") for _, path in kinds)
     assert all(m.kind is MountKind.PRIVATE or m.reason.startswith(SELF_PROTECTION_RULE) for m in audit.mounts)
     assert any(m.path == str(t["gh"]) for m in audit.mounts)  # the guard's own state stays hidden
     root = [g for g in audit.landlock.grants if g.path == "/"]
