@@ -154,23 +154,23 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     session_fields: dict[str, Any] = {
         "policy": policy_ref(opts.policy), "workspace": str(workspace), "argv": list(opts.argv),
         "cwd": str(opts.cwd), "pid": os.getpid(), "env": policy_environment(policy.sources, opts.env)}
-    session = client.open_session(**session_fields)
-    session_id: str = session["session"]
-    spool: SpoolWriter | None = None
+    # The daemon compiles the policy and writes the session's start record while we look at the host: the
+    # two overlap (a thread waiting on the daemon's socket), and the sandbox is spawned only once both are
+    # done, so the start record still precedes everything the agent does.
+    opening = _Background(lambda: _open_session(client, session_fields, home))
+    protected = (home, *policy.sources)
+    prepared: BaseException | None = None
     try:
-        spool = SpoolWriter.create(home, session_id)
-        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
-    except GuardError as exc:
-        if spool is not None:  # empty: nothing to keep
-            spool.close()
-            with contextlib.suppress(OSError):
-                spool.path.unlink()
-        with contextlib.suppress(GuardError):
-            client.close_session(session_id, exit_status=125, summary={})
-        client.close()
-        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
-                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
-        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
+        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
+        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
+                                  max_entries=policy.scan_max_entries,
+                                  credential_files=_hideable(credential_files, workspace, opts.env),
+                                  unhunted=[home / "layers"])
+        link_names = protected_link_names(m.path for m in facts.matches if Op.WRITE in m.ops)
+    except BaseException as exc:  # raised below, inside the session: it ends with a record, exit 125
+        prepared = exc
+    session_id, spool = opening.result()
 
     def reconnect() -> DaemonClient:
         """A new connection that resumes this session (starting a daemon if none answers)."""
@@ -189,15 +189,10 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     announcer = AskAnnouncer(home, session_id, opts.env, say)
     announcer.start()
     try:
-        protected = (home, *policy.sources)
-        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        if prepared is not None:
+            raise prepared
         if created:
             say(f"guard: {describe_state_dirs(created)}")
-        env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
-        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                  max_entries=policy.scan_max_entries,
-                                  credential_files=_hideable(credential_files, workspace, opts.env),
-                                  unhunted=[home / "layers"])
         layers = _private_layers(home, session_id)
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
                           private_root=str(layers))
@@ -252,8 +247,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             supervisor = Supervisor(proc.listener_fd, decide=decide, record=decider.record_refusal,
                                     check=decider.check, sockets=decider.grants_socket, spec=spec,
                                     workers=SUPERVISOR_WORKERS,
-                                    link_names=protected_link_names(m.path for m in facts.matches
-                                                                    if Op.WRITE in m.ops))
+                                    link_names=link_names)
             threads.append(threading.Thread(target=supervisor.serve_forever, args=(stop,),
                                             name="guard-supervisor", daemon=True))
         net = ProxyThread(proc.inner_listeners[:1], host_map={**dict(policy.host_map), **opts.resolve},
@@ -302,6 +296,53 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
                 f"in {spool.path}; the daemon records them when it answers again, or at its next start")
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
+
+
+def _open_session(client: Any, fields: Mapping[str, Any], home: Path) -> tuple[str, SpoolWriter]:
+    """Open the session with the daemon and its spool; -> (session id, spool). When the daemon cannot take
+    spools, the session is closed again (exit 125) and SandboxError says why: nothing was started."""
+    session = client.open_session(**fields)
+    session_id: str = session["session"]
+    spool: SpoolWriter | None = None
+    try:
+        spool = SpoolWriter.create(home, session_id)
+        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
+    except GuardError as exc:
+        if spool is not None:  # empty: nothing to keep
+            spool.close()
+            with contextlib.suppress(OSError):
+                spool.path.unlink()
+        with contextlib.suppress(GuardError):
+            client.close_session(session_id, exit_status=125, summary={})
+        client.close()
+        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
+                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
+        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
+    return session_id, spool
+
+
+class _Background:
+    """Run one call in a thread now; `result()` joins it and returns its value or raises its exception.
+    Always joined before the sandbox is forked: the sandbox is never forked while it runs."""
+
+    def __init__(self, call: Callable[[], Any]) -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = call()
+            except BaseException as exc:  # handed to the caller by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name="guard-session-open", daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _host_remedy(hint: str | None) -> str:

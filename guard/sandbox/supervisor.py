@@ -1670,12 +1670,10 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
             continue
         if not os.path.isdir(root):
             continue
-        for top, dirs, files in os.walk(root):
-            for name in (*dirs, *files):
-                budget -= 1
-                path = os.path.join(top, name)
-                if os.path.islink(path):
-                    add(path, root)
+        for links, entries in _walk_links(root):
+            budget -= entries
+            for path in links:
+                add(path, root)
             if time.monotonic() > deadline:
                 log.warning("seccomp supervisor: stopped looking for symlinks at %s (time budget)", root)
                 return {k: tuple(v) for k, v in found.items()}
@@ -1683,6 +1681,36 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
                 log.warning("seccomp supervisor: stopped looking for symlinks under %s (too many)", root)
                 break
     return {k: tuple(v) for k, v in found.items()}
+
+
+def _walk_links(root: str) -> Iterator[tuple[list[str], int]]:
+    """Depth first from `root`, symlinks never followed: (a directory's symlinks, its number of entries).
+
+    The kind comes from the directory entry itself (d_type), so a tree costs one getdents per directory
+    and no stat per file: the protected trees include the guard's own interpreter and code (thousands of
+    files), and this walk is on the path of every launch. Unreadable directories are skipped, as os.walk
+    skips them."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        links: list[str] = []
+        subdirs: list[str] = []
+        count = 0
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    count += 1
+                    try:
+                        if entry.is_symlink():
+                            links.append(entry.path)
+                        elif entry.is_dir(follow_symlinks=False):
+                            subdirs.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        yield links, count
+        stack.extend(reversed(subdirs))
 
 
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
