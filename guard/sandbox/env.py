@@ -20,6 +20,7 @@ guard's own variables are never passed, whatever the policy says: no rule could 
 from __future__ import annotations
 
 import fnmatch
+import functools
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
@@ -65,8 +66,16 @@ class Withheld:
 
 
 def _matches(name: str, patterns: Iterable[str]) -> bool:
-    upper = name.upper()
-    return any(fnmatch.fnmatchcase(upper, p.upper()) for p in patterns)
+    """fnmatch's `fnmatchcase(NAME, PATTERN)` for any of the (upper-cased) patterns."""
+    table = tuple(patterns)
+    return bool(table) and _union(table).match(name.upper()) is not None
+
+
+@functools.lru_cache(maxsize=32)
+def _union(patterns: tuple[str, ...]) -> re.Pattern[str]:
+    """The patterns as one expression, compiled once: fnmatch compiling ~100 patterns one by one cost
+    ~12 ms of every launch. fnmatch.translate's `(?s:...)\\Z` pieces keep their meaning in an alternation."""
+    return re.compile("|".join(fnmatch.translate(p.upper()) for p in patterns))
 
 
 def classify(name: str, value: str) -> str | None:
