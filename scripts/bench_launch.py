@@ -8,7 +8,8 @@ walkers it was chosen against on the 120,000-entry tree (os.scandir as guard wal
 
 Everything lives under a scratch directory with its own HOME (the workspaces under it, as an engineer keeps
 them) and GUARD_HOME; the daemon started for the run is stopped at the end (by pid if it will not stop).
-One JSON line per workspace size, then the walkers' line.
+One JSON line per workspace size, then the walkers' line. With --phases, first the breakdown of one
+launch (scripts/launch_phases.py, run --rounds times in the empty workspace; medians per phase).
 """
 
 from __future__ import annotations
@@ -102,9 +103,35 @@ def scan_ms(ws: Path, home: Path, gh: Path) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
+def phases(rounds: int, env: dict[str, str], cwd: Path) -> None:
+    """Print the median of each phase of `guard run -- true` over `rounds` runs (scripts/launch_phases.py)."""
+    script = Path(__file__).with_name("launch_phases.py")
+    runs = []
+    for _ in range(rounds):
+        out = subprocess.run([sys.executable, str(script), "true"], env=env, cwd=cwd, capture_output=True,
+                             text=True, timeout=120)
+        if out.returncode != 0:
+            raise SystemExit(f"launch_phases.py failed ({out.returncode}):\n{out.stderr}")
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+    print(f"{'phase (median of ' + str(rounds) + ' runs)':64s} start_ms    ms")
+    for key in ("startup_ms", "import_cli_ms", "import_run_ms", "run_guarded_ms"):
+        print(f"  {key:60s}        {statistics.median(r[key] for r in runs):6.1f}")
+    names = list(dict.fromkeys(p["phase"] for r in runs for p in r["phases"]))
+    by_name = {n: [p for r in runs for p in r["phases"] if p["phase"] == n] for n in names}
+    for name in sorted(names, key=lambda n: statistics.median(p["at_ms"] for p in by_name[n])):
+        at = statistics.median(p["at_ms"] for p in by_name[name])
+        took = statistics.median(p["ms"] for p in by_name[name])
+        print(f"    {name:58s} {at:6.1f} {took:6.1f}")
+    print(json.dumps({"phases": {n: statistics.median(p["ms"] for p in by_name[n]) for n in names},
+                      **{k: statistics.median(r[k] for r in runs)
+                         for k in ("startup_ms", "import_cli_ms", "import_run_ms", "run_guarded_ms")}}),
+          flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="first print the breakdown of one launch")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="guard-bench-launch-"))
     home, gh = scratch / "home", scratch / "gh"
@@ -121,6 +148,8 @@ def main() -> None:
         status = json.loads(subprocess.run([*GUARD, "daemon", "status", "--json"], env=env,
                                            capture_output=True, text=True, timeout=60).stdout or "{}")
         daemon_pid = status.get("pid") if status.get("running") else None
+        if args.phases:
+            phases(args.rounds, env, spaces[0])
         bare: list[float] = []
         guarded: dict[int, list[float]] = {n: [] for n in SIZES}
         for _ in range(args.rounds):

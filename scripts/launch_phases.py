@@ -58,9 +58,9 @@ def main() -> None:
 
     for name in ("guard.announce", "guard.daemon.client", "guard.integrations.channel", "guard.net.grants",
                  "guard.net.forward", "guard.net.threads", "guard.policy", "guard.sandbox.landlock",
-                 "guard.sandbox.audit_mode", "guard.sandbox.launch", "guard.sandbox.plan", "guard.sandbox.scan",
-                 "guard.sandbox.seccomp", "guard.sandbox.state_dirs", "guard.sandbox.supervisor",
-                 "guard.sandbox.tool_env"):
+                 "guard.sandbox.audit_mode", "guard.sandbox.launch", "guard.sandbox.plan",
+                 "guard.sandbox.scan", "guard.sandbox.seccomp", "guard.sandbox.state_dirs",
+                 "guard.sandbox.supervisor", "guard.sandbox.tool_env"):
         importlib.import_module(name)  # what run_guarded imports when it starts
     t_imports = time.perf_counter()
     wrap("guard.policy", "load_policy")
