@@ -102,7 +102,7 @@ def policy_environment(sources: Sequence[Path], env: Mapping[str, str]) -> dict[
 
 def policy_ref(ref: str) -> str:
     """A policy name as is; a policy file as an absolute path (the daemon's cwd is not ours)."""
-    from guard.policy.loader import is_policy_name
+    from guard.policy.refs import is_policy_name
 
     return ref if is_policy_name(ref) else str(Path(ref).resolve())
 
@@ -126,7 +126,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.net import policy_cidr_grant
     from guard.net.forward import ForwardThread, granted_loopback_ports, loopback_warnings
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
-    from guard.policy import load_policy
+    from guard.policy_cache import load_policy_cached
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.launch import spawn
@@ -149,7 +149,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     workspace = opts.workspace.resolve()
     _refuse_broad_workspace(workspace, opts.env)
     try:
-        policy = load_policy(opts.policy, workspace=workspace, env=opts.env)
+        policy = load_policy_cached(opts.policy, workspace=workspace, env=opts.env, home=home)
     except GuardError as exc:  # no policy, no sandbox: 125, with the file:line:col diagnostics intact
         raise SandboxError(f"policy {opts.policy!r} could not be loaded, nothing was started:\n"
                            f"{exc.diagnostics()}") from exc

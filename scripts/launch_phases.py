@@ -60,10 +60,10 @@ def main() -> None:
                  "guard.net.forward", "guard.net.threads", "guard.policy", "guard.sandbox.landlock",
                  "guard.sandbox.audit_mode", "guard.sandbox.launch", "guard.sandbox.plan",
                  "guard.sandbox.scan", "guard.sandbox.seccomp", "guard.sandbox.state_dirs",
-                 "guard.sandbox.supervisor", "guard.sandbox.tool_env"):
+                 "guard.sandbox.supervisor", "guard.sandbox.tool_env", "guard.policy_cache"):
         importlib.import_module(name)  # what run_guarded imports when it starts
     t_imports = time.perf_counter()
-    wrap("guard.policy", "load_policy")
+    wrap("guard.policy_cache", "load_policy_cached", "policy (compiled-policy cache)")
     wrap("guard.daemon.client", "ensure_running", "daemon connect", owner=lambda m: m.DaemonClient)
     wrap("guard.runner", "_open_session", "session open (daemon)")
     wrap("guard.sandbox.state_dirs", "create_state_dirs")
