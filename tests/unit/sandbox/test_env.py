@@ -60,7 +60,7 @@ def test_pattern_tables_match_as_fnmatch_does_pattern_by_pattern() -> None:
 
     from guard.sandbox.env import CREDENTIAL_NAMES, SOCKET_NAMES, _matches
 
-    for table in (CREDENTIAL_NAMES, SOCKET_NAMES, ("A?C", "[XY]Z*", "*"), ()):
+    for table in (CREDENTIAL_NAMES, SOCKET_NAMES, ("A?C", "[XY]Z*", "*"), ("**", "A*B*C", "Q*R", ""), ()):
         names = {"", "X", "path", "HOME", "my_token", "AWS", "aws_x", "GH", "gh_", "TMUX2", "_TMUX"}
         for pattern in table:
             bare = pattern.replace("*", "")
