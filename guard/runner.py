@@ -282,10 +282,13 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
             threads.append(publisher.thread)
         for t in threads:
             t.start()
-        proc.release()
-        if collecting:
-            gc.enable()  # the session may last hours: its garbage is collected as usual
-        status, signalled = _wait_forwarding_signals(proc)
+
+        def release() -> None:
+            proc.release()
+            if collecting:
+                gc.enable()  # the session may last hours: its garbage is collected as usual
+
+        status, signalled = _wait_forwarding_signals(proc, release)
         if signalled is not None:
             ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
                                     f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
@@ -442,8 +445,11 @@ def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
                            hint="cd into a project directory, or pass --workspace DIR")
 
 
-def _wait_forwarding_signals(proc: Any, grace: float = TERM_GRACE_S) -> tuple[int, int | None]:
-    """Wait for the sandbox; -> (status, the terminating signal guard run received, if any).
+def _wait_forwarding_signals(proc: Any, release: Callable[[], None] = lambda: None,
+                             grace: float = TERM_GRACE_S) -> tuple[int, int | None]:
+    """Release the agent (`release`) and wait for the sandbox; -> (status, the terminating signal guard run
+    received, if any). The handlers are in place before the agent runs: a Ctrl-C typed as soon as it
+    prints must not find guard run still taking SIGINT (it died of KeyboardInterrupt, the agent orphaned).
 
     Ctrl-C belongs to the agent (its process group). SIGTERM/SIGHUP are passed on to the agent (the relay
     forwards them to the sandbox's init, which forwards them to the agent) so it can clean up; after
@@ -471,6 +477,7 @@ def _wait_forwarding_signals(proc: Any, grace: float = TERM_GRACE_S) -> tuple[in
         signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
     }
     try:
+        release()
         status = int(proc.wait())
     finally:
         for timer in timers:
