@@ -178,7 +178,8 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
                                   max_entries=policy.scan_max_entries,
                                   credential_files=_hideable(credential_files, workspace, opts.env),
                                   unhunted=[home / "layers"])
-        link_names = protected_link_names(m.path for m in facts.matches if Op.WRITE in m.ops)
+        link_names = protected_link_names((m.path for m in facts.matches if Op.WRITE in m.ops),
+                                          skip=(str(workspace),))
     except BaseException as exc:  # raised below, inside the session: it ends with a record, exit 125
         prepared = exc
     session_id, spool = opening.result()
