@@ -15,6 +15,7 @@ import time
 T0 = time.perf_counter()
 T0_CLOCK = time.clock_gettime(time.CLOCK_BOOTTIME)
 
+import contextlib  # noqa: E402
 import importlib  # noqa: E402
 import json  # noqa: E402
 import os  # noqa: E402
@@ -27,9 +28,14 @@ marks: list[tuple[str, float, float]] = []
 
 
 def wrap(module: str, attr: str, label: str | None = None, owner: Callable[[Any], Any] | None = None) -> None:
-    mod = importlib.import_module(module)
-    holder = owner(mod) if owner else mod
-    fn = getattr(holder, attr)
+    """Time every call of module[.owner].attr; absent in this guard's version (an older tree measured with
+    bench_run --baseline style PYTHONPATH): nothing to time."""
+    try:
+        mod = importlib.import_module(module)
+        holder = owner(mod) if owner else mod
+        fn = getattr(holder, attr)
+    except (ImportError, AttributeError):
+        return
 
     def timed(*args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -61,11 +67,14 @@ def main() -> None:
                  "guard.sandbox.audit_mode", "guard.sandbox.launch", "guard.sandbox.plan",
                  "guard.sandbox.scan", "guard.sandbox.seccomp", "guard.sandbox.state_dirs",
                  "guard.sandbox.supervisor", "guard.sandbox.tool_env", "guard.policy_cache"):
-        importlib.import_module(name)  # what run_guarded imports when it starts
+        with contextlib.suppress(ImportError):  # an older guard may not have it
+            importlib.import_module(name)  # what run_guarded imports when it starts
     t_imports = time.perf_counter()
     wrap("guard.policy_cache", "load_policy_cached", "policy (compiled-policy cache)")
+    wrap("guard.policy", "load_policy", "policy (compiled from the files)")
+    wrap("guard.daemon.client", "open_session", "session open (daemon)", owner=lambda m: m.DaemonClient)
     wrap("guard.daemon.client", "ensure_running", "daemon connect", owner=lambda m: m.DaemonClient)
-    wrap("guard.runner", "_open_session", "session open (daemon)")
+    wrap("guard.runner", "_open_session", "session open + spool (daemon)")
     wrap("guard.sandbox.state_dirs", "create_state_dirs")
     wrap("guard.runner", "agent_env")
     wrap("guard.sandbox.scan", "scan_launch_facts", "scan")
@@ -85,6 +94,7 @@ def main() -> None:
     result = runner.run_guarded(opts, out=lambda _line: None)
     t_end = time.perf_counter()
     print(json.dumps({
+        "guard": os.path.dirname(runner.__file__),
         "status": result.status,
         "startup_ms": round(startup, 1),
         "import_cli_ms": round((t_cli - T0) * 1000, 1),
@@ -92,7 +102,10 @@ def main() -> None:
         "run_guarded_ms": round((t_end - t_run) * 1000, 1),
         "phases": [{"phase": name, "at_ms": round((start - t_run) * 1000, 1),
                     "ms": round((end - start) * 1000, 1)} for name, start, end in marks],
-    }))
+    }), flush=True)
+    exit_now = getattr(importlib.import_module("guard.cli.run"), "_exit_now", None)
+    if exit_now is not None:  # leave as `guard run` leaves, so the parent's wall time counts the same exit
+        exit_now(result.status)
 
 
 if __name__ == "__main__":
