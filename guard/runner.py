@@ -16,6 +16,7 @@ If anything before the command starts fails, we raise SandboxError (exit 125): n
 from __future__ import annotations
 
 import contextlib
+import gc
 import json
 import os
 import re
@@ -102,13 +103,23 @@ def policy_environment(sources: Sequence[Path], env: Mapping[str, str]) -> dict[
 
 def policy_ref(ref: str) -> str:
     """A policy name as is; a policy file as an absolute path (the daemon's cwd is not ours)."""
-    from guard.policy.loader import is_policy_name
+    from guard.policy.refs import is_policy_name
 
     return ref if is_policy_name(ref) else str(Path(ref).resolve())
 
 
 def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -> RunResult:
     """Run `opts.argv` under the guard; the status is the command's own (125: the guard could not start)."""
+    collecting = gc.isenabled()
+    gc.disable()  # the launch allocates much and frees little: the collector's passes were ~5% of it
+    try:
+        return _run_guarded(opts, out, collecting)
+    finally:
+        if collecting:
+            gc.enable()
+
+
+def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting: bool) -> RunResult:
     from guard.announce import AskAnnouncer
     from guard.daemon.client import DaemonClient
     from guard.integrations.channel import HookChannel
@@ -116,7 +127,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     from guard.net import policy_cidr_grant
     from guard.net.forward import ForwardThread, granted_loopback_ports, loopback_warnings
     from guard.net.threads import ProxyThread, PublishThread, open_published_ports
-    from guard.policy import load_policy
+    from guard.policy_cache import load_policy_cached
     from guard.sandbox import landlock
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.config_watch import ConfigWatch
@@ -141,7 +152,7 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     workspace = opts.workspace.resolve()
     _refuse_broad_workspace(workspace, opts.env)
     try:
-        policy = load_policy(opts.policy, workspace=workspace, env=opts.env)
+        policy = load_policy_cached(opts.policy, workspace=workspace, env=opts.env, home=home)
     except GuardError as exc:  # no policy, no sandbox: 125, with the file:line:col diagnostics intact
         raise SandboxError(f"policy {opts.policy!r} could not be loaded, nothing was started:\n"
                            f"{exc.diagnostics()}") from exc
@@ -157,23 +168,24 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     session_fields: dict[str, Any] = {
         "policy": policy_ref(opts.policy), "workspace": str(workspace), "argv": list(opts.argv),
         "cwd": str(opts.cwd), "pid": os.getpid(), "env": policy_environment(policy.sources, opts.env)}
-    session = client.open_session(**session_fields)
-    session_id: str = session["session"]
-    spool: SpoolWriter | None = None
+    # The daemon compiles the policy and writes the session's start record while we look at the host: the
+    # two overlap (a thread waiting on the daemon's socket), and the sandbox is spawned only once both are
+    # done, so the start record still precedes everything the agent does.
+    opening = _Background(lambda: _open_session(client, session_fields, home))
+    protected = (home, *policy.sources)
+    prepared: BaseException | None = None
     try:
-        spool = SpoolWriter.create(home, session_id)
-        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
-    except GuardError as exc:
-        if spool is not None:  # empty: nothing to keep
-            spool.close()
-            with contextlib.suppress(OSError):
-                spool.path.unlink()
-        with contextlib.suppress(GuardError):
-            client.close_session(session_id, exit_status=125, summary={})
-        client.close()
-        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
-                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
-        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
+        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
+        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
+                                  max_entries=policy.scan_max_entries,
+                                  credential_files=_hideable(credential_files, workspace, opts.env),
+                                  unhunted=[home / "layers"])
+        link_names = protected_link_names((m.path for m in facts.matches if Op.WRITE in m.ops),
+                                          skip=(str(workspace),))
+    except BaseException as exc:  # raised below, inside the session: it ends with a record, exit 125
+        prepared = exc
+    session_id, spool = opening.result()
 
     def reconnect() -> DaemonClient:
         """A new connection that resumes this session (starting a daemon if none answers)."""
@@ -194,15 +206,10 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
     watch: ConfigWatch | None = None
     mask_server: Any = None  # guard.sandbox.fuse_mask.MaskServer
     try:
-        protected = (home, *policy.sources)
-        created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
+        if prepared is not None:
+            raise prepared
         if created:
             say(f"guard: {describe_state_dirs(created)}")
-        env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
-        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                  max_entries=policy.scan_max_entries,
-                                  credential_files=_hideable(credential_files, workspace, opts.env),
-                                  unhunted=[home / "layers"])
         layers = _private_layers(home, session_id)
         # the supervisor decides every write (SeccompSpec(notify=True) below): asks need no read-only mount
         plan = build_plan(policy, facts, workspace=workspace, protected=protected, abi=landlock.abi(),
@@ -292,8 +299,13 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
             threads.append(publisher.thread)
         for t in threads:
             t.start()
-        proc.release()
-        status, signalled = _wait_forwarding_signals(proc)
+
+        def release() -> None:
+            proc.release()
+            if collecting:
+                gc.enable()  # the session may last hours: its garbage is collected as usual
+
+        status, signalled = _wait_forwarding_signals(proc, release)
         if signalled is not None:
             ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
                                     f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
@@ -319,16 +331,67 @@ def run_guarded(opts: RunOptions, *, out: Callable[[str], None] | None = None) -
         if watch is not None:
             watch.stop()
         announcer.stop()
-        _remove_private_layers(home, session_id)
+        # rmdir of directories an overlay has just released takes ~1.5 ms each: done beside the session's end
+        remover = _Background(lambda: _remove_private_layers(home, session_id), name="guard-layers-rm")
         summary = tally.as_dict()
         # every record reaches the trail before the session's end record; if the daemon cannot take them,
         # the spool keeps them (with the end) for the next daemon to ingest
-        problem = recorder.close(exit_status=status, summary=summary, status=ending[0], reason=ending[1])
+        try:
+            problem = recorder.close(exit_status=status, summary=summary, status=ending[0], reason=ending[1])
+        finally:
+            remover.result()
         if problem is not None:
             say(f"guard: could not close the session with the daemon ({problem}); its records are kept "
                 f"in {spool.path}; the daemon records them when it answers again, or at its next start")
     _print_summary(say, session_id, status, summary, opts.json_summary)
     return RunResult(status=status, session=session_id, summary=summary)
+
+
+def _open_session(client: Any, fields: Mapping[str, Any], home: Path) -> tuple[str, SpoolWriter]:
+    """Open the session with the daemon and its spool; -> (session id, spool). When the daemon cannot take
+    spools, the session is closed again (exit 125) and SandboxError says why: nothing was started."""
+    session = client.open_session(**fields)
+    session_id: str = session["session"]
+    spool: SpoolWriter | None = None
+    try:
+        spool = SpoolWriter.create(home, session_id)
+        client.request("spool.ingest", {"session": session_id})  # a daemon that cannot take spools says so
+    except GuardError as exc:
+        if spool is not None:  # empty: nothing to keep
+            spool.close()
+            with contextlib.suppress(OSError):
+                spool.path.unlink()
+        with contextlib.suppress(GuardError):
+            client.close_session(session_id, exit_status=125, summary={})
+        client.close()
+        hint = ("the running daemon is older than this guard: restart it (`guard daemon stop`; the next "
+                "`guard run` starts the new one)" if getattr(exc, "code", None) == "unknown_op" else exc.hint)
+        raise SandboxError(f"nothing was started: {exc.message}", hint=hint) from exc
+    return session_id, spool
+
+
+class _Background:
+    """Run one call in a thread now; `result()` joins it and returns its value or raises its exception.
+    Joined before the sandbox is forked (the sandbox is never forked while one runs) and before exit."""
+
+    def __init__(self, call: Callable[[], Any], name: str = "guard-session-open") -> None:
+        self._value: Any = None
+        self._error: BaseException | None = None
+
+        def run() -> None:
+            try:
+                self._value = call()
+            except BaseException as exc:  # handed to the caller by result()
+                self._error = exc
+
+        self._thread = threading.Thread(target=run, name=name, daemon=True)
+        self._thread.start()
+
+    def result(self) -> Any:
+        self._thread.join()
+        if self._error is not None:
+            raise self._error
+        return self._value
 
 
 def _host_remedy(hint: str | None) -> str:
@@ -415,8 +478,11 @@ def _refuse_broad_workspace(workspace: Path, env: Mapping[str, str]) -> None:
                            hint="cd into a project directory, or pass --workspace DIR")
 
 
-def _wait_forwarding_signals(proc: Any, grace: float = TERM_GRACE_S) -> tuple[int, int | None]:
-    """Wait for the sandbox; -> (status, the terminating signal guard run received, if any).
+def _wait_forwarding_signals(proc: Any, release: Callable[[], None] = lambda: None,
+                             grace: float = TERM_GRACE_S) -> tuple[int, int | None]:
+    """Release the agent (`release`) and wait for the sandbox; -> (status, the terminating signal guard run
+    received, if any). The handlers are in place before the agent runs: a Ctrl-C typed as soon as it
+    prints must not find guard run still taking SIGINT (it died of KeyboardInterrupt, the agent orphaned).
 
     Ctrl-C belongs to the agent (its process group). SIGTERM/SIGHUP are passed on to the agent (the relay
     forwards them to the sandbox's init, which forwards them to the agent) so it can clean up; after
@@ -444,6 +510,7 @@ def _wait_forwarding_signals(proc: Any, grace: float = TERM_GRACE_S) -> tuple[in
         signal.SIGHUP: signal.signal(signal.SIGHUP, terminate),
     }
     try:
+        release()
         status = int(proc.wait())
     finally:
         for timer in timers:

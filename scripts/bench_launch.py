@@ -8,7 +8,8 @@ walkers it was chosen against on the 120,000-entry tree (os.scandir as guard wal
 
 Everything lives under a scratch directory with its own HOME (the workspaces under it, as an engineer keeps
 them) and GUARD_HOME; the daemon started for the run is stopped at the end (by pid if it will not stop).
-One JSON line per workspace size, then the walkers' line.
+One JSON line per workspace size, then the walkers' line. With --phases, first the breakdown of one
+launch (scripts/launch_phases.py, run --rounds times in the empty workspace; medians per phase).
 """
 
 from __future__ import annotations
@@ -102,9 +103,61 @@ def scan_ms(ws: Path, home: Path, gh: Path) -> float:
     return round(statistics.median(times) * 1000, 1)
 
 
+def phases(rounds: int, envs: dict[str, dict[str, str]], cwd: Path) -> None:
+    """Print the median of each phase of `guard run -- true` over `rounds` runs (scripts/launch_phases.py),
+    one column per guard (this tree, and --baseline's), runs interleaved; `wall_ms` is the whole process as
+    its parent sees it, `exit and the rest` what the phases leave out of it (the interpreter's exit...)."""
+    script = Path(__file__).with_name("launch_phases.py")
+    runs: dict[str, list[dict[str, Any]]] = {label: [] for label in envs}
+    for _ in range(rounds):
+        for label, env in envs.items():
+            start = time.perf_counter()
+            out = subprocess.run([sys.executable, str(script), "true"], env=env, cwd=cwd, capture_output=True,
+                                 text=True, timeout=120)
+            wall = (time.perf_counter() - start) * 1000
+            if out.returncode != 0:
+                raise SystemExit(f"launch_phases.py failed ({out.returncode}):\n{out.stderr}")
+            run = json.loads(out.stdout.splitlines()[-1])
+            run["wall_ms"] = wall
+            run["rest_ms"] = wall - sum(run[k] for k in _TOP)
+            runs[label].append(run)
+
+    def median(label: str, key: str) -> float | None:
+        values = [r[key] for r in runs[label] if key in r]
+        return statistics.median(values) if values else None
+
+    def phase(label: str, name: str) -> float | None:
+        values = [p["ms"] for r in runs[label] for p in r["phases"] if p["phase"] == name]
+        return statistics.median(values) if values else None
+
+    labels = list(envs)
+    def cell(value: float | None) -> str:
+        return f"{value:8.1f}" if value is not None else "       -"
+
+    print(f"{'phase of guard run -- true (median of ' + str(rounds) + ' runs, ms)':58s}"
+          + "".join(f"{lab:>9s}" for lab in labels))
+    for key in ("wall_ms", *_TOP, "rest_ms"):
+        print(f"  {key:56s}" + "".join(cell(median(lab, key)) for lab in labels))
+    names = list(dict.fromkeys(p["phase"] for lab in labels for r in runs[lab] for p in r["phases"]))
+    first = {n: min(p["at_ms"] for lab in labels for r in runs[lab] for p in r["phases"] if p["phase"] == n)
+             for n in names}
+    print("  of run_guarded_ms (phases that overlap each show their own time):")
+    for name in sorted(names, key=lambda n: first[n]):
+        print(f"    {name:54s}" + "".join(cell(phase(lab, name)) for lab in labels))
+    print(json.dumps({lab: {"wall_ms": median(lab, "wall_ms"), **{k: median(lab, k) for k in _TOP},
+                            "phases": {n: phase(lab, n) for n in names}} for lab in labels}), flush=True)
+
+
+_TOP = ("startup_ms", "import_cli_ms", "import_run_ms", "run_guarded_ms")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--phases", action="store_true", help="first print the breakdown of one launch")
+    parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                        help="with --phases: also break down another guard's source tree (git archive REV), "
+                             "interleaved, with its own GUARD_HOME and daemon")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="guard-bench-launch-"))
     home, gh = scratch / "home", scratch / "gh"
@@ -121,6 +174,20 @@ def main() -> None:
         status = json.loads(subprocess.run([*GUARD, "daemon", "status", "--json"], env=env,
                                            capture_output=True, text=True, timeout=60).stdout or "{}")
         daemon_pid = status.get("pid") if status.get("running") else None
+        if args.phases:
+            envs = {"this": env}
+            if args.baseline is not None:
+                base_env = {**env, "PYTHONPATH": str(args.baseline.resolve()),
+                            "GUARD_HOME": str(scratch / "gh-base")}
+                (scratch / "gh-base").mkdir(mode=0o700)
+                timed([*GUARD, "run", "--", "true"], base_env, spaces[0])  # starts the baseline's daemon
+                envs["baseline"] = base_env
+            try:
+                phases(args.rounds, envs, spaces[0])
+            finally:
+                if args.baseline is not None:
+                    subprocess.run([*GUARD, "daemon", "stop"], env=envs["baseline"], capture_output=True,
+                                   timeout=60)
         bare: list[float] = []
         guarded: dict[int, list[float]] = {n: [] for n in SIZES}
         for _ in range(args.rounds):

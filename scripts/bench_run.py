@@ -209,8 +209,8 @@ class Scratch:
     def guard(self, *args: str) -> list[str]:
         return [*GUARD, "run", "--workspace", str(self.ws), *args]
 
-    def daemon_pid(self) -> int | None:
-        res = subprocess.run([*GUARD, "daemon", "status", "--json"], env=self.env, capture_output=True,
+    def daemon_pid(self, env: Mapping[str, str] | None = None) -> int | None:
+        res = subprocess.run([*GUARD, "daemon", "status", "--json"], env=env or self.env, capture_output=True,
                              text=True, check=False)
         try:
             info: dict[str, Any] = json.loads(res.stdout)
@@ -218,14 +218,18 @@ class Scratch:
             return None
         return int(info["pid"]) if info.get("running") else None
 
-    def stop_daemon(self) -> None:
-        pid = self.daemon_pid()
-        subprocess.run([*GUARD, "daemon", "stop"], env=self.env, capture_output=True, check=False, timeout=30)
+    def stop_daemon(self, env: Mapping[str, str] | None = None) -> None:
+        pid = self.daemon_pid(env)
+        subprocess.run([*GUARD, "daemon", "stop"], env=env or self.env, capture_output=True, check=False,
+                       timeout=30)
         if pid is not None:
-            try:
-                os.kill(pid, 0)
-            except ProcessLookupError:
-                return
+            deadline = time.monotonic() + 10
+            while time.monotonic() < deadline:
+                try:
+                    os.kill(pid, 0)
+                except ProcessLookupError:
+                    return
+                time.sleep(0.05)
             os.kill(pid, signal.SIGKILL)
 
     def cleanup(self) -> None:
@@ -236,8 +240,15 @@ def median_ms(samples: Sequence[float]) -> float:
     return round(statistics.median(samples) * 1000, 1)
 
 
-def launch_samples(n: int, argv: Sequence[str], s: Scratch) -> list[float]:
-    return [timed(argv, cwd=s.ws, env=s.env, what=f"launch {argv[0]}") for _ in range(n)]
+def launch_samples(n: int, modes: Mapping[str, Sequence[str]], s: Scratch,
+                   envs: Mapping[str, Mapping[str, str]] | None = None) -> dict[str, list[float]]:
+    """`n` launches of each mode, interleaved (one of each, n times) so a busy machine slows all alike."""
+    out: dict[str, list[float]] = {mode: [] for mode in modes}
+    for _ in range(n):
+        for mode, argv in modes.items():
+            env = (envs or {}).get(mode, s.env)
+            out[mode].append(timed(argv, cwd=s.ws, env=env, what=f"launch {mode}"))
+    return out
 
 
 Modes = dict[str, Callable[[Path], list[str]]]
@@ -305,6 +316,11 @@ def main() -> int:
     ap.add_argument("--workflow-rounds", type=int, default=3,
                     help="rounds of each developer workflow (pip from wheels, git clone, tar x, make); "
                          "0: skip")
+    ap.add_argument("--baseline", type=Path, default=None, metavar="SRC",
+                    help="also launch another guard's source tree (e.g. `git archive REV` unpacked), "
+                         "interleaved, with its own GUARD_HOME and daemon: before/after in one run")
+    ap.add_argument("--launch-only", action="store_true",
+                    help="only the launch line (no workload rounds, no write-opens, no workflows)")
     args = ap.parse_args()
 
     s = Scratch(args.dir, args.files, args.size, cold_bytecode=args.cold_bytecode)
@@ -327,50 +343,74 @@ def main() -> int:
         # Warm-up, untimed: page cache, the daemon's first session, bwrap's first namespace setup.
         for mode, argv_for in modes.items():
             run = s.fresh_run_dir()
-            timed(argv_for(run), cwd=run, env=s.env, what=f"{mode} warm-up")
+            argv = argv_for(run)
+            if args.launch_only:  # warm with `true` in place of the workload
+                argv = [*argv[:-len(s.workload_argv())], "true"]
+            timed(argv, cwd=run, env=s.env, what=f"{mode} warm-up")
             shutil.rmtree(run)
-        times = run_rounds(s, args.rounds, modes)
+        times = run_rounds(s, 0 if args.launch_only else args.rounds, modes)
 
-        true_guard = launch_samples(args.launch_runs, [*s.guard(*policy), "--", "true"], s)
-        true_bare = launch_samples(args.launch_runs, ["true"], s)
-        cli_floor = launch_samples(args.launch_runs, [*GUARD, "--version"], s)
-        true_bwrap = (launch_samples(args.launch_runs, [*bwrap_prefix(s.ws, s.home), "--", "true"], s)
-                      if bwrap else None)
+        launch_modes: dict[str, list[str]] = {"guard": [*s.guard(*policy), "--", "true"], "bare": ["true"],
+                                              "floor": [*GUARD, "--version"]}
+        if bwrap:
+            launch_modes["bwrap"] = [*bwrap_prefix(s.ws, s.home), "--", "true"]
+        envs: dict[str, dict[str, str]] = {}
+        if args.baseline is not None:
+            launch_modes["baseline"] = launch_modes["guard"]
+            envs["baseline"] = baseline_env = {**s.env, "PYTHONPATH": str(args.baseline.resolve()),
+                                               "GUARD_HOME": str(s.root / "guard-home-baseline")}
+            Path(baseline_env["GUARD_HOME"]).mkdir(mode=0o700)
+            timed(launch_modes["baseline"], cwd=s.ws, env=baseline_env, what="baseline warm-up")
+        launches = launch_samples(args.launch_runs, launch_modes, s, envs)
+        true_guard, true_bare, cli_floor = launches["guard"], launches["bare"], launches["floor"]
+        true_bwrap = launches.get("bwrap")
 
-        opens_argv = [PY, str(s.ws / "opens.py"), str(args.opens)]
-        notified = int(output_of([*s.guard(*policy), "--", *opens_argv], cwd=s.ws, env=s.env,
-                                 what="notified write-opens").split()[-1])
-        opens_bare = int(output_of(opens_argv, cwd=s.ws, env=s.env, what="bare write-opens").split()[-1])
-        workflows = run_workflows(s, args.workflow_rounds, policy) if args.workflow_rounds > 0 else {}
+        notified = opens_bare = None
+        workflows: dict[str, dict[str, float]] = {}
+        if not args.launch_only:
+            opens_argv = [PY, str(s.ws / "opens.py"), str(args.opens)]
+            notified = int(output_of([*s.guard(*policy), "--", *opens_argv], cwd=s.ws, env=s.env,
+                                     what="notified write-opens").split()[-1])
+            opens_bare = int(output_of(opens_argv, cwd=s.ws, env=s.env, what="bare write-opens").split()[-1])
+            if args.workflow_rounds > 0:
+                workflows = run_workflows(s, args.workflow_rounds, policy)
     except BenchError as exc:
         print(f"bench_run: {exc}", file=sys.stderr)
         return 1
     finally:
         s.stop_daemon()
+        if args.baseline is not None:
+            s.stop_daemon({**s.env, "PYTHONPATH": str(args.baseline.resolve()),
+                           "GUARD_HOME": str(s.root / "guard-home-baseline")})
         if args.keep:
             print(f"kept {s.root}")
         else:
             s.cleanup()
 
-    bare_s = statistics.median(times["bare"])
-    guard_s = statistics.median(times["guard"])
-    bwrap_s = statistics.median(times["bwrap"]) if "bwrap" in times else None
-    full_s = statistics.median(times["full-audit"]) if "full-audit" in times else None
-    result = {
-        "bare_s": round(bare_s, 3),
-        "guard_s": round(guard_s, 3),
-        "ratio": round(guard_s / bare_s, 3),
-        "bwrap_s": round(bwrap_s, 3) if bwrap_s is not None else None,
-        "bwrap_ratio": round(bwrap_s / bare_s, 3) if bwrap_s is not None else None,
-        "guard_to_bwrap": round(guard_s / bwrap_s, 3) if bwrap_s is not None else None,
-        "full_audit_s": round(full_s, 3) if full_s is not None else None,
-        "full_audit_ratio": round(full_s / bare_s, 3) if full_s is not None else None,
+    result: dict[str, Any] = {}
+    if not args.launch_only:
+        bare_s = statistics.median(times["bare"])
+        guard_s = statistics.median(times["guard"])
+        bwrap_s = statistics.median(times["bwrap"]) if "bwrap" in times else None
+        full_s = statistics.median(times["full-audit"]) if "full-audit" in times else None
+        result = {
+            "bare_s": round(bare_s, 3),
+            "guard_s": round(guard_s, 3),
+            "ratio": round(guard_s / bare_s, 3),
+            "bwrap_s": round(bwrap_s, 3) if bwrap_s is not None else None,
+            "bwrap_ratio": round(bwrap_s / bare_s, 3) if bwrap_s is not None else None,
+            "guard_to_bwrap": round(guard_s / bwrap_s, 3) if bwrap_s is not None else None,
+            "full_audit_s": round(full_s, 3) if full_s is not None else None,
+            "full_audit_ratio": round(full_s / bare_s, 3) if full_s is not None else None,
+        }
+    result |= {
         "notified_per_s": notified,
         "bare_write_opens_per_s": opens_bare,
         "launch_ms": median_ms(true_guard),
         "launch_bare_ms": median_ms(true_bare),
         "launch_bwrap_ms": median_ms(true_bwrap) if true_bwrap is not None else None,
         "cli_floor_ms": median_ms(cli_floor),
+        "launch_baseline_ms": median_ms(launches["baseline"]) if "baseline" in launches else None,
         "rounds": args.rounds,
         "files": args.files,
         "policy": args.policy,
@@ -378,14 +418,17 @@ def main() -> int:
         "workflows": workflows,
         "workflow_rounds": args.workflow_rounds,
     }
-    print(f"workload: bare {result['bare_s']} s, guard {result['guard_s']} s (ratio {result['ratio']}, "
-          f"target <= 1.10), bwrap {result['bwrap_s']} s (ratio {result['bwrap_ratio']}); guard/bwrap "
-          f"{result['guard_to_bwrap']} (target <= 1.15); --full-audit {result['full_audit_s']} s "
-          f"(ratio {result['full_audit_ratio']}, target <= 1.3)")
+    if not args.launch_only:
+        print(f"workload: bare {result['bare_s']} s, guard {result['guard_s']} s (ratio {result['ratio']}, "
+              f"target <= 1.10), bwrap {result['bwrap_s']} s (ratio {result['bwrap_ratio']}); guard/bwrap "
+              f"{result['guard_to_bwrap']} (target <= 1.15); --full-audit {result['full_audit_s']} s "
+              f"(ratio {result['full_audit_ratio']}, target <= 1.3)")
     print(f"launch: guard run -- true {result['launch_ms']} ms (target <= 50), "
           f"bare {result['launch_bare_ms']} ms, "
-          f"bwrap {result['launch_bwrap_ms']} ms, `python -m guard --version` {result['cli_floor_ms']} ms")
-    print(f"write-opens: {notified}/s through the supervisor, {opens_bare}/s bare")
+          f"bwrap {result['launch_bwrap_ms']} ms, `python -m guard --version` {result['cli_floor_ms']} ms"
+          + (f", baseline guard run -- true {result['launch_baseline_ms']} ms" if args.baseline else ""))
+    if not args.launch_only:
+        print(f"write-opens: {notified}/s through the supervisor, {opens_bare}/s bare")
     launch_s = statistics.median(true_guard)
     for name, w in workflows.items():
         # what the session itself costs, without the fixed launch (measured above as launch_ms)

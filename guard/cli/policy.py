@@ -285,7 +285,7 @@ def learn(sessions: tuple[str, ...], base: str, output: Path, name: str, log: Pa
     from guard.home import guard_home, log_dir
     from guard.policy.learn import learn as learn_policy
     from guard.policy.learn import observations, render
-    from guard.policy.loader import is_policy_name
+    from guard.policy.refs import is_policy_name
 
     path = log or log_dir(guard_home())
     starts = session_starts(path)

@@ -644,12 +644,13 @@ class Daemon:
 
     async def _open_session(self, conn: _Conn, args: Mapping[str, Any]) -> dict[str, Any]:
         from guard.audit import session_event
-        from guard.policy import load_policy
+        from guard.policy_cache import load_policy_cached
 
         workspace = Path(args["workspace"])
-        try:
-            policy = await asyncio.to_thread(load_policy, args["policy"], workspace=workspace,
-                                             env=args.get("env"))
+        env = args.get("env")
+        try:  # the same compiled-policy cache as guard run's, checked against every input at each use
+            policy = await asyncio.to_thread(load_policy_cached, args["policy"], workspace=workspace,
+                                             env=os.environ if env is None else env, home=self.home)
         except GuardError as exc:
             raise p.RequestError(p.POLICY, exc.diagnostics()) from None
         if conn.closed:

@@ -13,7 +13,6 @@ records is marked as the agent's own claim (`type: intent`), never as a decision
 
 from __future__ import annotations
 
-import http.client
 import json
 import threading
 import time
@@ -82,6 +81,8 @@ def forward(url: str, agent: str, raw: bytes, *, timeout: float = 30.0) -> tuple
     parts = urlsplit(url)
     if parts.scheme != "http" or not parts.hostname or not parts.port:
         raise UsageError(f"GUARD_HOOK_URL is not an http://host:port URL: {url[:200]!r}")
+    import http.client  # here, not at the top: `guard run` serves the channel and never posts to it
+
     body = json.dumps({"agent": agent, "input": raw.decode("utf-8", "surrogateescape")}).encode()
     conn = http.client.HTTPConnection(parts.hostname, parts.port, timeout=timeout)
     try:

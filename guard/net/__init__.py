@@ -3,13 +3,42 @@
 Public API: `Proxy` (serve any asyncio stream), `serve_bridge` (a listener from inside the sandbox's
 netns), `serve_unix` (a pathname unix socket), `agent_proxy_env` (the environment for the agent),
 `policy_cidr_grant` (which special-purpose addresses a policy opens at the proxy). See docs/network.md.
+
+The names are loaded on first use (PEP 562), and asyncio only where a loop runs: `guard run` imports
+this package at every launch, and asyncio's import was ~10 ms of it, paid even by commands that never
+open a connection.
 """
 
-from guard.net.bridge import agent_proxy_env, serve_bridge, serve_relay_to_unix, serve_unix
-from guard.net.grants import policy_cidr_grant
-from guard.net.proxy import Proxy
-from guard.net.records import ConnectionRecord
-from guard.net.resolve import Resolution, normalize_host, special_range
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from guard.net.bridge import agent_proxy_env, serve_bridge, serve_relay_to_unix, serve_unix
+    from guard.net.grants import policy_cidr_grant
+    from guard.net.proxy import Proxy
+    from guard.net.records import ConnectionRecord
+    from guard.net.resolve import Resolution, normalize_host, special_range
+
+_WHERE = {
+    "agent_proxy_env": "bridge", "serve_bridge": "bridge", "serve_relay_to_unix": "bridge",
+    "serve_unix": "bridge", "policy_cidr_grant": "grants", "Proxy": "proxy", "ConnectionRecord": "records",
+    "Resolution": "resolve", "normalize_host": "resolve", "special_range": "resolve",
+}
 
 __all__ = ["ConnectionRecord", "Proxy", "Resolution", "agent_proxy_env", "normalize_host",
            "policy_cidr_grant", "serve_bridge", "serve_relay_to_unix", "serve_unix", "special_range"]
+
+
+def __getattr__(name: str) -> Any:
+    module = _WHERE.get(name)
+    if module is None:
+        raise AttributeError(f"module 'guard.net' has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"guard.net.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(__all__))

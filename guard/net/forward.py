@@ -13,19 +13,21 @@ on a port the policy does not grant: inside, nothing listens there, and the clie
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import ipaddress
 import re
 import socket
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard.model import Action, Decision, Op, Verdict
 from guard.net.grants import CidrGrant
 from guard.net.relay import pump
 from guard.net.threads import RelayThread
+
+if TYPE_CHECKING:
+    import asyncio
 
 MAX_FORWARDS = 64
 MAX_CONNECTIONS = 64
@@ -100,6 +102,8 @@ class ForwardThread(RelayThread):
         return [(sock, functools.partial(self._serve, port)) for port, sock in self._listeners.items()]
 
     async def _serve(self, port: int, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         from guard.net.records import ConnectionRecord, elapsed_ms
 
         task = asyncio.current_task()

@@ -3,8 +3,11 @@ SOCKS tunnels, the unix-socket bridge, ports published with `guard run --publish
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import asyncio
 
 CHUNK = 256 * 1024
 

@@ -8,7 +8,6 @@ DNS answer changes between check and use (rebinding) cannot steer the connection
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import socket
 from collections.abc import Awaitable, Callable, Mapping, Sequence
@@ -179,6 +178,8 @@ def check_host_map(host_map: Mapping[str, str]) -> dict[str, str]:
 
 async def system_resolver(name: str) -> Sequence[str]:
     """getaddrinfo in the loop's executor: the proxy never blocks on DNS."""
+    import asyncio  # here: `guard run` imports this module at launch, and asyncio only once a loop runs
+
     loop = asyncio.get_running_loop()
     infos = await loop.getaddrinfo(name, None, type=socket.SOCK_STREAM, proto=socket.IPPROTO_TCP)
     return [str(info[4][0]) for info in infos]

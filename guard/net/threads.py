@@ -7,18 +7,23 @@ goes is the caller's business (guard.session), how bytes move is this module's.
 
 from __future__ import annotations
 
-import asyncio
+import contextlib
 import functools
+import os
+import select
 import socket
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.net.grants import CidrGrant
 from guard.net.relay import pump
+
+if TYPE_CHECKING:
+    import asyncio
 
 PUBLISH_MAX_CONNECTIONS = 64  # live connections through all published ports; more are refused and recorded
 
@@ -40,9 +45,32 @@ class ProxyThread:
         self._record = record  # must not block: it is called on the proxy's loop
         self._loop: asyncio.AbstractEventLoop | None = None
         self._ready = threading.Event()
+        self._wake_r, self._wake_w = os.pipe()  # stop() before any connection: no loop was ever started
+        self._wake_lock = threading.Lock()
+        self._wake_closed = False
         self.thread = threading.Thread(target=self._run, name="guard-proxy", daemon=True)
 
+    def _first_connection(self) -> bool:
+        """Wait for the first connection (True) or stop() (False) before starting asyncio: a command that
+        never connects never pays for the loop (its import alone was ~10 ms of every launch). Meanwhile
+        connections wait in the listeners' backlog, and the first is served as soon as the loop runs."""
+        fds = [sock.fileno() for sock in self._listeners]
+        poller = select.poll()  # not select(): any descriptor number
+        for fd in (*fds, self._wake_r):
+            poller.register(fd, select.POLLIN)
+        while True:
+            ready = {fd for fd, _ in poller.poll()}
+            if ready.intersection(fds):
+                return True
+            if self._wake_r in ready:
+                return False
+
     def _run(self) -> None:
+        if not self._first_connection():
+            self._ready.set()
+            return
+        import asyncio
+
         from guard.net.bridge import serve_bridge
         from guard.net.proxy import Proxy
 
@@ -73,14 +101,26 @@ class ProxyThread:
     @staticmethod
     async def _drain(proxy: Any, servers: list[asyncio.Server]) -> None:
         """End live connections (each still recorded), then flush records before the session closes."""
+        import asyncio
+
         await proxy.aclose()
         await asyncio.gather(*(s.wait_closed() for s in servers), return_exceptions=True)
         await asyncio.get_running_loop().shutdown_default_executor()
 
     def stop(self) -> None:
+        with self._wake_lock:
+            if not self._wake_closed:
+                with contextlib.suppress(OSError):
+                    os.write(self._wake_w, b"x")
         self._ready.wait(timeout=2)
         if self._loop is not None:
             self._loop.call_soon_threadsafe(self._loop.stop)
+        with self._wake_lock:
+            if self._ready.is_set() and not self._wake_closed:  # the thread is past its select
+                self._wake_closed = True
+                for fd in (self._wake_r, self._wake_w):
+                    with contextlib.suppress(OSError):
+                        os.close(fd)
 
 
 def open_published_ports(ports: Sequence[int],
@@ -138,6 +178,8 @@ class RelayThread:
         """After the loop has ended: release what the subclass owns."""
 
     def _run(self) -> None:
+        import asyncio
+
         loop = asyncio.new_event_loop()
         asyncio.set_event_loop(loop)
         self._loop = loop
@@ -157,6 +199,8 @@ class RelayThread:
 
     async def _drain(self, servers: list[asyncio.Server]) -> None:
         """End live connections (each still recorded), then stop the executor."""
+        import asyncio
+
         for task in list(self._live):
             task.cancel()
         await asyncio.gather(*self._live, *(s.wait_closed() for s in servers), return_exceptions=True)
@@ -198,6 +242,8 @@ class PublishThread(RelayThread):
 
     async def _serve(self, port: int, decision: Decision, reader: asyncio.StreamReader,
                      writer: asyncio.StreamWriter) -> None:
+        import asyncio
+
         from guard.net.records import ConnectionRecord, elapsed_ms
 
         task = asyncio.current_task()

@@ -33,7 +33,6 @@ MATCHERS_BY_KIND: dict[Kind, tuple[str, ...]] = {
 ALL_MATCHERS = ("paths", "hosts", "cidrs", "ports", "commands")
 MODES = ("enforce", "audit")
 DEFAULT_ASK_TIMEOUT = 60.0
-DEFAULT_SCAN_MAX_ENTRIES = 200_000  # the launch scan's bound (guard.sandbox.scan): past it nothing starts
 
 
 @dataclass(frozen=True, slots=True)

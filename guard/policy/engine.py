@@ -25,12 +25,12 @@ from typing import Any
 from guard.errors import Location, UsageError
 from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
 from guard.policy._tools import Form, exec_forms, is_known_program, line_forms, window_forms
-from guard.policy.document import DEFAULT_SCAN_MAX_ENTRIES
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
 from guard.policy.paths import ancestors, normalize_path
 from guard.policy.rules import FileRule, Rule
 from guard.policy.shell import MANY, ONE, WILDCARDS
 
+DEFAULT_SCAN_MAX_ENTRIES = 200_000  # the launch scan's bound (guard.sandbox.scan): past it nothing starts
 CACHE_SIZE = 16384
 CACHE_MAX_TARGET = 4096  # longer targets are judged every time: the cache must not hold megabytes of argv
 _VAR = re.compile(r"\$\{([^{}]*)\}")
@@ -178,6 +178,16 @@ class Policy:
         for rule in self._rules:
             self._index(rule)
         self._decide_cached = functools.lru_cache(maxsize=CACHE_SIZE)(self._decide_key)
+
+    def __reduce__(self) -> tuple[Any, tuple[dict[str, Any]]]:
+        """Pickled as the arguments it was built from (its indexes and decision cache are rebuilt): the
+        compiled-policy cache (guard.policy_cache) stores policies this way."""
+        return _rebuild_policy, ({
+            "name": self.name, "description": self.description, "mode": self.mode,
+            "defaults": dict(self._defaults), "rules": self._rules, "sources": self.sources,
+            "ask_timeout": self.ask_timeout, "host_map": dict(self._host_map), "tests": self.tests,
+            "home": self.home, "variables": dict(self._variables), "scan_max_entries": self.scan_max_entries,
+            "pass_env": self.pass_env},)
 
     # -- public API (docs/contracts.md) -------------------------------------------------------------------
 
@@ -607,3 +617,7 @@ def _best(matches: list[Match]) -> Match | None:
 
 def _reason(rule: Rule) -> str:
     return rule.reason or f"{_VERB[rule.verdict]} by rule {rule.id!r}"
+
+
+def _rebuild_policy(kwargs: dict[str, Any]) -> Policy:
+    return Policy(**kwargs)

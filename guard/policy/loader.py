@@ -21,14 +21,13 @@ from guard.policy.commands import CommandPattern, CommandPatternError, compile_c
 from guard.policy.diagnostics import Collector, Diagnostic, PolicyLoadError, did_you_mean
 from guard.policy.document import (
     DEFAULT_ASK_TIMEOUT,
-    DEFAULT_SCAN_MAX_ENTRIES,
     Item,
     RawFile,
     RawRule,
     RawTest,
     parse_document,
 )
-from guard.policy.engine import Policy, PolicyTest
+from guard.policy.engine import DEFAULT_SCAN_MAX_ENTRIES, Policy, PolicyTest
 from guard.policy.hosts import (
     HostPattern,
     HostPatternError,
@@ -40,6 +39,7 @@ from guard.policy.hosts import (
     parse_ip,
 )
 from guard.policy.paths import GlobError, PathPattern, compile_path, normalize_path
+from guard.policy.refs import is_policy_name
 from guard.policy.rules import Rule
 
 SHIPPED_DIR = Path(__file__).resolve().parent.parent / "data" / "policies"
@@ -60,13 +60,7 @@ def shipped_policy_path(name: str) -> Path:
     return path
 
 
-def _is_name(ref: str) -> bool:
-    return "/" not in ref and not ref.endswith((".yaml", ".yml")) and ref not in ("", ".", "..")
-
-
-def is_policy_name(ref: str) -> bool:
-    """True when `ref` names a shipped policy rather than a file (how load_policy reads it)."""
-    return _is_name(ref)
+_is_name = is_policy_name
 
 
 @dataclass(slots=True)

@@ -21,7 +21,6 @@ import fnmatch
 import json
 import os
 import re
-import tomllib
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -104,6 +103,8 @@ def _parse(fmt: str, data: bytes) -> Any:
         raise ValueError(f"larger than {MAX_BYTES} bytes")
     text = data.decode("utf-8")
     if fmt == "toml":
+        import tomllib  # here: its import is ~5 ms of every launch, and few sessions save a TOML config
+
         return tomllib.loads(text)
     if fmt == "jsonc":
         text = _strip_jsonc(text)
@@ -143,7 +144,7 @@ def program_entries(path: str, data: bytes) -> dict[str, Any] | None:
     fmt, extract = spec
     try:
         return extract(_parse(fmt, data))
-    except (ValueError, UnicodeDecodeError, tomllib.TOMLDecodeError):
+    except (ValueError, UnicodeDecodeError):  # tomllib.TOMLDecodeError is a ValueError
         return None
 
 

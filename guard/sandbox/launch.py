@@ -580,7 +580,7 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
         os._exit(125)  # the supervisor gave up on us: leave quietly
     sock.close()
     try:
-        os.execvpe(argv[0], argv, env)  # noqa: S606 - argv as given, no shell
+        _execvpe(argv, env)
     except OSError as exc:
         hint = ""
         if isinstance(exc, PermissionError):  # the policy grants no exec there (or it is mounted noexec)
@@ -591,3 +591,33 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
             hint = " (not found in the sandbox: is it on PATH, and does the policy let the sandbox read it?)"
         os.write(2, f"guard: cannot run {argv[0]}: {exc.strerror}{hint}\n".encode("utf-8", "surrogateescape"))
         os._exit(127 if isinstance(exc, FileNotFoundError) else 126)
+
+
+def _execvpe(argv: list[str], env: dict[str, str]) -> None:  # pragma: no cover - runs in the agent
+    """os.execvpe, but a PATH entry where the program does not exist is skipped after a stat instead of
+    tried with execve: every execve of the agent is a notification the supervisor decides, and a PATH of
+    ten entries made the launch of `true` ten notifications. The outcome is execvpe's: the first entry
+    whose execve succeeds; on failure the first error other than "not found" (EACCES...), else the last.
+    A stat error other than "not found" is left to execve to report."""
+    program = argv[0]
+    if os.path.dirname(program):
+        os.execve(program, argv, env)  # noqa: S606 - argv as given, no shell
+    saved: OSError | None = None
+    last: OSError = FileNotFoundError(2, "No such file or directory", program)
+    for directory in os.get_exec_path(env):
+        path = os.path.join(directory, program)
+        try:
+            os.stat(path)
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+            continue
+        except OSError:
+            pass
+        try:
+            os.execve(path, argv, env)  # noqa: S606
+        except (FileNotFoundError, NotADirectoryError) as exc:
+            last = exc
+        except OSError as exc:
+            last = exc
+            saved = saved or exc
+    raise saved or last

@@ -1686,13 +1686,20 @@ LINK_SCAN_S = 1.0
 
 
 def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_MAX,
-                         seconds: float = LINK_SCAN_S) -> dict[str, tuple[str, ...]]:
+                         seconds: float = LINK_SCAN_S,
+                         skip: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
     """Symlinks at or under the protected `roots` (existing paths a deny or ask write rule covers, found
     at launch) that lead out of them: canonical target -> the symlinks' own paths. `~/.local/bin/ruff`
     points into uv's tool cache, which the agent may write; a write there is judged as a write of
-    `~/.local/bin/ruff` too. Bounded (entries and time): what is beyond is not mapped."""
+    `~/.local/bin/ruff` too. Bounded (entries and time): what is beyond is not mapped.
+
+    `skip`: trees the agent may write (the workspace) are not walked from a root above them: a link
+    there names a place the agent may write anyway, so it adds nothing to a decision, and a workspace
+    under the home (its node_modules) would spend the whole budget of the home's walk. A protected root
+    inside a skipped tree (the workspace's .git/hooks) is still walked."""
     found: dict[str, list[str]] = {}
     deadline = time.monotonic() + seconds
+    skipped = tuple(skip)
 
     def add(link: str, root: str) -> None:
         target = os.path.realpath(link)
@@ -1709,12 +1716,11 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
             continue
         if not os.path.isdir(root):
             continue
-        for top, dirs, files in os.walk(root):
-            for name in (*dirs, *files):
-                budget -= 1
-                path = os.path.join(top, name)
-                if os.path.islink(path):
-                    add(path, root)
+        pruned = frozenset(p for p in skipped if p != root and p.startswith(root.rstrip("/") + "/"))
+        for links, entries in _walk_links(root, pruned):
+            budget -= entries
+            for path in links:
+                add(path, root)
             if time.monotonic() > deadline:
                 log.warning("seccomp supervisor: stopped looking for symlinks at %s (time budget)", root)
                 return {k: tuple(v) for k, v in found.items()}
@@ -1722,6 +1728,36 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
                 log.warning("seccomp supervisor: stopped looking for symlinks under %s (too many)", root)
                 break
     return {k: tuple(v) for k, v in found.items()}
+
+
+def _walk_links(root: str, pruned: frozenset[str] = frozenset()) -> Iterator[tuple[list[str], int]]:
+    """Depth first from `root`, symlinks never followed: (a directory's symlinks, its number of entries).
+
+    The kind comes from the directory entry itself (d_type), so a tree costs one getdents per directory
+    and no stat per file: the protected trees include the guard's own interpreter and code (thousands of
+    files), and this walk is on the path of every launch. Unreadable directories are skipped, as os.walk
+    skips them."""
+    stack = [root]
+    while stack:
+        top = stack.pop()
+        links: list[str] = []
+        subdirs: list[str] = []
+        count = 0
+        try:
+            with os.scandir(top) as it:
+                for entry in it:
+                    count += 1
+                    try:
+                        if entry.is_symlink():
+                            links.append(entry.path)
+                        elif entry.is_dir(follow_symlinks=False) and entry.path not in pruned:
+                            subdirs.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+        yield links, count
+        stack.extend(reversed(subdirs))
 
 
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:

@@ -1388,3 +1388,25 @@ def test_the_target_of_a_guarded_symlink_is_written_as_the_symlink(ws: Path) -> 
     assert (ws / "cache" / "tool").read_text() == "v1"
     denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
     assert denied == {str(ws / "binlinks" / "tool"), str(ws / "binlinks" / "sub" / "lib")}
+
+
+def test_link_names_skip_the_agents_own_tree_under_a_protected_root_but_not_roots_inside_it(tmp_path: Path) -> None:
+    """The home is a protected root and the workspace lies under it: the workspace is not walked from the
+    home (its links name places the agent may write anyway, and its node_modules would spend the home's
+    whole budget), while a protected root inside the workspace (.git/hooks) and the rest of the home still
+    are, every entry looked at by its directory entry (nested, deepest first)."""
+    home, outside = tmp_path / "home", tmp_path / "outside"
+    ws = home / "src" / "proj"
+    for d in (home / ".local" / "bin", ws / ".git" / "hooks", ws / "node_modules" / "a" / "b", outside):
+        d.mkdir(parents=True)
+    for name in ("tool", "hook", "dep"):
+        (outside / name).write_text("x")
+    os.symlink(outside / "tool", home / ".local" / "bin" / "tool")
+    os.symlink(outside / "hook", ws / ".git" / "hooks" / "pre-commit")
+    os.symlink(outside / "dep", ws / "node_modules" / "a" / "b" / "dep")
+    roots = [str(home), str(ws / ".git" / "hooks")]
+    assert protected_link_names(roots, skip=[str(ws)]) == {
+        str(outside / "tool"): (str(home / ".local" / "bin" / "tool"),),
+        str(outside / "hook"): (str(ws / ".git" / "hooks" / "pre-commit"),)}
+    walked = protected_link_names(roots)  # without the skip, the workspace's link is mapped too
+    assert walked[str(outside / "dep")] == (str(ws / "node_modules" / "a" / "b" / "dep"),)

@@ -51,3 +51,21 @@ def test_files_named_by_withheld_credential_variables() -> None:
     _, withheld = agent_env(BASE)
     files = set(named_files(withheld, BASE))
     assert files == {"/tmp/krb5cc_1000", "/home/u/.kube/a", "/etc/kube/b", "/home/u/key.json"}
+
+
+def test_pattern_tables_match_as_fnmatch_does_pattern_by_pattern() -> None:
+    """The tables are matched as one compiled expression; the answer is fnmatch's, pattern by pattern, on
+    names built from every pattern's pieces (each literal, each with text around it) and near misses."""
+    import fnmatch
+
+    from guard.sandbox.env import CREDENTIAL_NAMES, SOCKET_NAMES, _matches
+
+    for table in (CREDENTIAL_NAMES, SOCKET_NAMES, ("A?C", "[XY]Z*", "*"), ("**", "A*B*C", "Q*R", ""), ()):
+        names = {"", "X", "path", "HOME", "my_token", "AWS", "aws_x", "GH", "gh_", "TMUX2", "_TMUX"}
+        for pattern in table:
+            bare = pattern.replace("*", "")
+            names.update({bare, bare.lower(), f"X{bare}", f"{bare}X", f"X_{bare}_Y", bare[:-1], bare[1:],
+                          pattern.replace("*", "MID"), pattern.replace("*", "")})
+        for name in names:
+            expected = any(fnmatch.fnmatchcase(name.upper(), p.upper()) for p in table)
+            assert _matches(name, table) is expected, (name, table)
