@@ -74,9 +74,10 @@ typedef struct Entry {
 typedef struct { pid_t pid; uid_t fsuid; gid_t fsgid; } IdSlot;
 
 enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
-       NR_RENAMEAT, NR_RENAMEAT2, NR_COUNT };
+       NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_COUNT };
 static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
-                                               "unlink", "unlinkat", "rename", "renameat", "renameat2"};
+                                               "unlink", "unlinkat", "rename", "renameat", "renameat2",
+                                               "fchmod", "fchown", "chmod", "fchmodat", "fchownat"};
 
 typedef struct {
     PyObject_HEAD
@@ -649,7 +650,7 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
         if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times) return HANDED_BACK;
     }
     Found f;
-    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG1, 0, &f);
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG1 | MAY_DIR, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
     int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
@@ -799,6 +800,135 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     send_reply(c, n->id, err, 0);
     found_close(&src);
     found_close(&dst);
+    return ANSWERED;
+}
+
+/* An attribute change by descriptor (fchmod, fchown, utimensat(fd, NULL, ...)): a WRITE of the file the
+ * descriptor holds, decided on its canonical path (the kernel's name for it now, whose directory must be
+ * an entered one and whose name must still be this very inode), then CONTINUEd: the object is fixed and
+ * the arguments are registers (or, for times, the task's own choice for a file it may write). */
+static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int fd;
+    if (c->nr[NR_FCHMOD] >= 0 && d->nr == c->nr[NR_FCHMOD]) {
+        if (d->args[1] & (S_ISUID | S_ISGID)) return HANDED_BACK; /* refused and recorded by Python */
+        fd = (int)(int32_t)d->args[0];
+    } else if (c->nr[NR_FCHOWN] >= 0 && d->nr == c->nr[NR_FCHOWN]) {
+        fd = (int)(int32_t)d->args[0];
+    } else if (c->nr[NR_UTIMENSAT] >= 0 && d->nr == c->nr[NR_UTIMENSAT] && d->args[1] == 0
+               && (uint32_t)d->args[3] == 0) {
+        fd = (int)(int32_t)d->args[0];
+    } else {
+        return HANDED_BACK;
+    }
+    if (fd < 0) return HANDED_BACK;
+    char proc[64];
+    snprintf(proc, sizeof proc, "/proc/%u/fd/%d", n->pid, fd);
+    int obj = open(proc, O_PATH | O_CLOEXEC);
+    if (obj < 0) return HANDED_BACK;
+    Found f;
+    f.basefd = f.dfd = -1;
+    int rc = HANDED_BACK;
+    struct stat ost;
+    int rootfd = sandbox_root(c, n);
+    ssize_t plen = rootfd >= 0 && fstat(obj, &ost) == 0 && S_ISREG(ost.st_mode) && ost.st_nlink == 1
+                   ? dir_path(c, obj, f.path) : -1;
+    size_t dlen;
+    if (plen > 1 && plain_bytes(f.path, (size_t)plen) && split_path(f.path, f.dir, &dlen, &f.name)) {
+        f.dfd = openat2_dir(rootfd, f.dir, RESOLVE_IN_ROOT);
+        struct stat dst;
+        if (f.dfd >= 0 && fstat(f.dfd, &dst) == 0) {
+            pthread_rwlock_rdlock(&c->table_lock);
+            const Entry *e = table_find(c, OP_WRITE, dst.st_dev, dst.st_ino);
+            int spoken = e ? name_spoken_of(c, f.name) : 1;
+            if (e) f.entry = *e;
+            pthread_rwlock_unlock(&c->table_lock);
+            size_t nlen = strlen(f.name);
+            ssize_t clen = (!e || spoken) ? -1 : dir_path(c, f.dfd, f.canon);
+            if (clen > 0 && (size_t)clen == f.entry.dir_len && memcmp(f.canon, f.entry.dir, (size_t)clen) == 0
+                && (size_t)clen + 1 + nlen < sizeof f.canon
+                && fstatat(f.dfd, f.name, &f.st, AT_SYMLINK_NOFOLLOW) == 0
+                && f.st.st_dev == ost.st_dev && f.st.st_ino == ost.st_ino) {
+                if (!id_valid(c, n->id)) {
+                    rc = ANSWERED;
+                } else {
+                    if (clen == 1) clen = 0;
+                    f.canon[clen] = '/';
+                    memcpy(f.canon + clen + 1, f.name, nlen + 1);
+                    f.tlen = (size_t)clen + 1 + nlen;
+                    Found *one[1] = {&f};
+                    if (record_found(c, (pid_t)n->pid, one, 1) == RECORDED) {
+                        __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+                        send_reply(c, n->id, 0, 1);
+                        rc = ANSWERED;
+                    }
+                }
+            }
+        }
+    }
+    close(obj);
+    found_close(&f);
+    return rc;
+}
+
+/* chmod(path, mode), fchmodat(dirfd, path, mode, 0), fchownat(dirfd, path, uid, gid, 0 or
+ * AT_SYMLINK_NOFOLLOW) of a regular file or a directory (never a symlink: those go to Python): performed
+ * by us, as the task, on an O_PATH descriptor of the very inode judged. Set-id modes go to Python, which
+ * refuses and records them (S_ISGID on a directory is allowed there, and here). */
+static int fast_path_attr(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd, chown_call = 0;
+    uint64_t addr;
+    mode_t mode = 0;
+    uid_t uid = 0;
+    gid_t gid = 0;
+    if (c->nr[NR_CHMOD] >= 0 && d->nr == c->nr[NR_CHMOD]) {
+        dirfd = AT_FDCWD; addr = d->args[0]; mode = d->args[1] & 07777;
+    } else if (c->nr[NR_FCHMODAT] >= 0 && d->nr == c->nr[NR_FCHMODAT]) {
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1]; mode = d->args[2] & 07777;
+    } else if (c->nr[NR_FCHOWNAT] >= 0 && d->nr == c->nr[NR_FCHOWNAT]) {
+        if ((uint32_t)d->args[4] & ~(uint32_t)AT_SYMLINK_NOFOLLOW) return HANDED_BACK;
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1];
+        uid = (uid_t)(uint32_t)d->args[2]; gid = (gid_t)(uint32_t)d->args[3];
+        chown_call = 1;
+    } else {
+        return HANDED_BACK;
+    }
+    if (mode & S_ISUID) return HANDED_BACK;
+    Found f;
+    int rc = locate(c, n, OP_WRITE, dirfd, addr, MAY_REG1 | MAY_DIR, 0, &f);
+    if (rc == LOCATED && !chown_call && (mode & S_ISGID) && !S_ISDIR(f.st.st_mode)) rc = HANDED_BACK;
+    if (rc == LOCATED) {
+        Found *one[1] = {&f};
+        rc = record_found(c, (pid_t)n->pid, one, 1);
+    }
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+    int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    struct stat st;
+    if (obj < 0) err = errno;
+    else if (fstat(obj, &st) != 0) err = errno;
+    else if (st.st_dev != f.st.st_dev || st.st_ino != f.st.st_ino) err = EAGAIN; /* swapped since: retry */
+    if (!err) {
+        TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
+        if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
+        Creds saved;
+        if (!ids.ok) err = EACCES;
+        else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
+        else {
+            if (chown_call) {
+                if (fchownat(obj, "", uid, gid, AT_EMPTY_PATH) != 0) err = errno;
+            } else {
+                char self_fd[64];
+                snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+                if (chmod(self_fd, mode) != 0) err = errno;
+            }
+            as_self(&saved);
+        }
+    }
+    send_reply(c, n->id, err, 0);
+    if (obj >= 0) close(obj);
+    found_close(&f);
     return ANSWERED;
 }
 
@@ -1022,7 +1152,8 @@ static PyObject *Core_next(Core *self, PyObject *args) {
         if (self->enabled && n.data.arch == self->arch
             && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
                 || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
-                || fast_rename(self, &n) == ANSWERED)) continue;
+                || fast_rename(self, &n) == ANSWERED || fast_fd_attr(self, &n) == ANSWERED
+                || fast_path_attr(self, &n) == ANSWERED)) continue;
         __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);
         status = 1;
         break;

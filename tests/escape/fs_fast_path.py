@@ -239,3 +239,76 @@ def test_the_cores_names_are_the_kernels_and_each_is_recorded(world):
         assert str(warm / name) in targets, (name, targets)
     # rename a->b and c->m/c: both names of each recorded
     assert targets.count(str(warm / "a")) == 2 and targets.count(str(warm / "c")) == 2, targets
+
+
+ATTRS_HONEST = """
+p = lambda *n: os.path.join(d, *n)
+for i in range(30): open(p(f'f{i}'), 'w').close()
+out = []
+os.chmod(p('f1'), 0o640); out.append('chmod=' + oct(os.stat(p('f1')).st_mode & 0o7777))
+fd = os.open(p('f2'), os.O_WRONLY); os.fchmod(fd, 0o600)
+os.utime(fd, (1_000_000_000, 1_100_000_000)); os.close(fd)
+out.append('fchmod=' + oct(os.stat(p('f2')).st_mode & 0o7777) + ' futimes=' + str(int(os.stat(p('f2')).st_mtime)))
+os.mkdir(p('sub')); open(p('sub', 'x'), 'w').close()
+os.chmod(p('sub'), 0o2750); out.append('dir=' + oct(os.stat(p('sub')).st_mode & 0o7777))
+os.utime(p('sub'), (1_000_000_000, 1_200_000_000)); out.append('dirtime=' + str(int(os.stat(p('sub')).st_mtime)))
+if os.geteuid() == 0:
+    os.chown(p('f3'), 0, 0); fd = os.open(p('f4'), os.O_WRONLY); os.fchown(fd, 0, 0); os.close(fd)
+    out.append('chown=' + str(os.stat(p('f3')).st_uid) + str(os.stat(p('f4')).st_uid))
+for label, act in [('chmod-setuid', lambda: os.chmod(p('f5'), 0o4755)),
+                   ('fchmod-setgid', lambda: os.fchmod(os.open(p('f6'), os.O_WRONLY), 0o2755))]:
+    try:
+        act(); out.append(label + '=done')
+    except PermissionError:
+        out.append(label + '=EPERM')
+print(' '.join(out))
+"""
+
+
+def test_attribute_changes_in_a_warm_directory_are_the_kernels_and_set_id_is_refused(world):
+    bare = world.bare_run(_py(world, ATTRS_HONEST, str(world.scratch / "fast-attrs")))
+    assert bare.returncode == 0 and "chmod-setuid=done" in bare.stdout, bare
+    run = world.guard_run(_py(world, ATTRS_HONEST, str(world.ws / "fast-attrs")))
+    assert run.returncode == 0, run
+    expected = bare.stdout.replace("chmod-setuid=done", "chmod-setuid=EPERM").replace(
+        "fchmod-setgid=done", "fchmod-setgid=EPERM")
+    assert run.stdout == expected, (run.stdout, expected)
+
+
+CHMOD_SWAP = """
+import threading
+target = sys.argv[2]
+for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+link = os.path.join(d, 'link')
+stop = threading.Event()
+def swapper():
+    while not stop.is_set():
+        try:
+            os.symlink(target, link + '.l'); os.replace(link + '.l', link)
+            open(link + '.p', 'w').close(); os.replace(link + '.p', link)
+        except OSError:
+            pass
+threading.Thread(target=swapper, daemon=True).start()
+for _ in range(3000):
+    try:
+        os.chmod(link, 0o777)
+    except OSError:
+        pass
+stop.set()
+print('DONE')
+"""
+
+
+def test_a_symlink_raced_in_under_a_chmod_never_reaches_the_file_it_points_at(world):
+    victim = world.outside / "fast-chmod-victim"
+    victim.write_text("x\n")
+    victim.chmod(0o600)
+    bare_victim = world.scratch / "fast-chmod-bare-victim"
+    bare_victim.write_text("x\n")
+    bare_victim.chmod(0o600)
+    bare = world.bare_run(_py(world, CHMOD_SWAP, str(world.scratch / "fast-chmod-bare"), str(bare_victim)),
+                          timeout=120)
+    assert stat.S_IMODE(bare_victim.stat().st_mode) == 0o777, bare
+    run = world.guard_run(_py(world, CHMOD_SWAP, str(world.ws / "fast-chmod"), str(victim)), timeout=180)
+    assert "DONE" in run.stdout, run
+    assert stat.S_IMODE(victim.stat().st_mode) == 0o600, run
