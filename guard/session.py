@@ -379,6 +379,10 @@ class Recorder:
         self._thread.join(timeout=self.limits.request_timeout + 1)
         self._watchdog.join(timeout=1)
         if self._waker is not None:
+            fd = self._spool.wake_fd
+            if fd is not None:  # wake it now rather than at its next poll: the session is ending
+                with contextlib.suppress(OSError):
+                    os.write(fd, (1).to_bytes(8, "little"))
             self._waker.join(timeout=1)
         client = self._client
         if problem is None and not done:
