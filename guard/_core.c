@@ -595,12 +595,16 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     if (!ids.ok) { send_reply(c, n->id, EACCES, 0); goto out; }
     Creds saved;
     if (as_task(c, &ids, &saved) != 0) { as_self(&saved); send_reply(c, n->id, EPERM, 0); goto out; }
-    int ours = (int)((flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC | O_NONBLOCK);
-    int err = 0;
+    /* O_NONBLOCK: an existing name swapped for a FIFO after our look must not block this thread (cleared
+     * again below); a file we create with O_EXCL is new, regular and has one name, so it needs neither
+     * that nor the checks after the open. */
+    int ours = (int)((flags & ~(O_CREAT | O_EXCL | O_TRUNC)) | O_NOFOLLOW | O_NOCTTY | O_CLOEXEC);
+    int err = 0, fresh = 0;
     struct stat st;
     if (creating) {
         fd = openat(f.dfd, f.name, ours | O_CREAT | O_EXCL, 0);
-        if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) fd = openat(f.dfd, f.name, ours);
+        fresh = fd >= 0;
+        if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) fd = openat(f.dfd, f.name, ours | O_NONBLOCK);
         else if (fd >= 0) {
             mode_t want = mode & ~ids.umask & ~(mode_t)(S_ISUID | S_ISGID);
             if (fchmod(fd, want) != 0) err = errno;
@@ -608,10 +612,10 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
                      && errno != EPERM) err = errno;
         }
     } else {
-        fd = openat(f.dfd, f.name, ours);
+        fd = openat(f.dfd, f.name, ours | O_NONBLOCK);
     }
     if (fd < 0 && !err) err = errno;
-    if (!err) {
+    if (!err && !fresh) {
         if (fstat(fd, &st) != 0) err = errno;
         else if (!S_ISREG(st.st_mode)) err = S_ISDIR(st.st_mode) ? EISDIR : EACCES;
         else if (st.st_nlink != 1) err = EACCES; /* linked between our look and the open */
