@@ -108,11 +108,13 @@ def _render(report: Report) -> None:
             more = report.findings_total - 1 - min(len(others), MAX_LISTED)
             if more > 0:
                 say(f"  ... and {more} more (use --json for all kept findings)")
-    summary = (f"{report.records} records, {report.leaves} lines in {report.segments} segment(s), "
-               f"{report.checkpoints} checkpoints, {report.epochs} epoch key(s), "
+    # every line is a leaf of the tree (seq numbers count lines): records, checkpoints and epoch keys alike
+    summary = (f"{report.leaves} lines in {report.segments} segment(s) ({report.records} records, "
+               f"{report.checkpoints} checkpoints, {report.epochs} epoch key(s)), "
                f"root {report.root.hex()[:16]}…")
     if report.witness_size is not None:
-        summary += f", consistent with the witnessed size {report.witness_size}" if first is None else ""
+        summary += (f"; the witnessed tree of {report.witness_size} lines is a prefix of it"
+                    if first is None else "")
     if first is None and report.exit_code == 0:
         say(f"VALID: {summary}; every line is sealed")
         return
