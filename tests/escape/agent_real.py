@@ -21,6 +21,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -133,12 +134,15 @@ def _run(world: Any, agent: str, tag: str, *, guarded: bool) -> tuple[Any, list[
     host = MODEL_HOST if guarded else "127.0.0.1"
     _prepare_home(world, agent, host)
     env = _agent_env(agent, host)
+    started = time.monotonic()
     if guarded:
         run = world.guard_run(_agent_argv(agent), policy=_policy(world), prefix=harness, env=env, timeout=300,
                               extra_args=["--resolve", f"{MODEL_HOST}:127.0.0.1",
                                           "--resolve", "evil.test:127.0.0.1"])
     else:
         run = world.bare_run([*harness, *_agent_argv(agent)], env=env, timeout=300)
+    # informative, never asserted (pytest -s shows it): a headless agent run's wall time, bare and guarded
+    print(f"{agent} {'guarded' if guarded else 'bare'}: {time.monotonic() - started:.2f} s")
     outputs = _results(log)
     return run, outputs
 
