@@ -253,3 +253,26 @@ def test_set_group_id_directories_still_work(world):
 
 def test_zz_trail_verifies(world):
     world.check_trail()
+
+
+FILE_SETATTR = """
+import ctypes, errno, os, struct, sys
+libc = ctypes.CDLL(None, use_errno=True)
+attr = ctypes.create_string_buffer(struct.pack('=QIIII', 0x80, 0, 0, 0, 0), 24)  # FS_XFLAG_NODUMP
+open(sys.argv[1], 'w').close()
+rc = libc.syscall(469, -100, sys.argv[1].encode(), attr, ctypes.c_size_t(24), 0)  # file_setattr
+print('rc', rc, errno.errorcode.get(ctypes.get_errno(), 0) if rc else 'ok')
+"""
+
+
+@pytest.mark.skipif(os.uname().machine not in ("x86_64", "aarch64"), reason="file_setattr is 469 here only")
+def test_file_setattr_by_path_is_performed_with_the_kernels_answer(world):
+    """file_setattr (Linux 6.17) by path is performed by the supervisor on the object it judged, so a path
+    swapped after the check changes nothing; what the task gets back is what the kernel answers bare
+    (success, or the file system's own refusal)."""
+    bare = world.bare_run(["/usr/bin/python3", "-I", "-c", FILE_SETATTR, str(world.scratch / "setattr")])
+    if "ENOSYS" in bare.stdout:
+        pytest.skip("this kernel has no file_setattr")
+    run = world.guard_run(["/usr/bin/python3", "-I", "-c", FILE_SETATTR, str(world.ws / "setattr")])
+    assert run.returncode == 0 and run.stdout == bare.stdout, (run, bare.stdout)
+    assert any(t == str(world.ws / "setattr") for _, t, v in world.decisions(run.session, "allow")), run
