@@ -454,7 +454,14 @@ class Decider:
             self._recorder.append(event)
 
     def _existed_at_launch(self, path: str) -> bool:
-        return any(path == p or path.startswith(p.rstrip("/") + "/") for p in self._existed)
+        """`path` existed when the session started, or lies in a protected directory that did (new hooks in an
+        existing `.git/hooks`). A repository's `.git` itself counts only as that name: what git creates in it
+        during the session (a rebase's todo, a new submodule's modules/) did not exist."""
+        for p in self._existed:
+            top = p.rstrip("/")
+            if path == p or (path.startswith(top + "/") and top.rsplit("/", 1)[-1] != ".git"):
+                return True
+        return False
 
     def grants_socket(self, path: str) -> bool:
         """Whether a rule grants connecting to the unix socket at `path` *by path*: an enforced allow-write

@@ -217,16 +217,23 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path],
 def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
     """(literal prefix, ops, rule id) of every allow rule: what Landlock will open beneath.
 
-    A write-only grant of names whose only glob is their last component (`~/.claude.json.tmp.*`, the temp
-    files an agent saves its config through) is left to the decision tier: the supervisor performs every
-    create, write-open, rename and removal by name, so it needs no kernel grant, and Landlock could only
-    give one as write on the whole directory (the home)."""
+    A write-only grant of names directly in the home whose only glob is their last component
+    (`~/.claude.json.tmp.*`, the temp files an agent saves its config through) is left to the decision
+    tier: the supervisor performs every create, write-open, rename and removal by name, so it needs no
+    kernel grant, and Landlock could only give one as write on the whole home. A grant of names in any
+    other directory (`~/notes/*`, as `guard policy learn` writes them) is a Landlock grant of that
+    directory, as before."""
+    home = os.path.realpath(os.path.expanduser("~")) if getattr(policy, "home", None) is None \
+        else os.path.realpath(str(policy.home))
     out: list[tuple[str, frozenset[Op], str]] = []
     for rule in policy.file_rules():
         ops = frozenset(rule.ops) & FILE_OPS
         if rule.verdict is Verdict.ALLOW and ops:
-            out.extend((literal_prefix(p if p.startswith("/") else "/" + p), ops, rule.rule_id)
-                       for p in rule.patterns if not (ops == {Op.WRITE} and names_beside(p)))
+            for p in rule.patterns:
+                prefix = literal_prefix(p if p.startswith("/") else "/" + p)
+                if ops == {Op.WRITE} and names_beside(p) and os.path.realpath(prefix) == home:
+                    continue
+                out.append((prefix, ops, rule.rule_id))
     return out
 
 

@@ -1079,6 +1079,9 @@ class Supervisor:
                 raise _Reply(errno.ENOTDIR)
             if not removes_dir and is_dir:
                 raise _Reply(errno.EISDIR)
+            if removes_dir and is_dir and res.name != "." and _has_entries(res.parent, res.name):
+                # git removes directories it thinks empty (`rmdir .git` after a stash): the kernel's answer
+                raise _Reply(errno.ENOTEMPTY)
 
     def _check_mknod(self, action: Action, mode: int) -> None:
         """What mknod may create is an allowlist: regular files, FIFOs and sockets, never a device
@@ -1843,6 +1846,19 @@ def _file_setattr_empty(fd: int, attr: bytes, nr: int) -> None:
     if res != 0:
         err = ctypes.get_errno()
         raise OSError(err, os.strerror(err))
+
+
+def _has_entries(dirfd: int, name: str) -> bool:
+    """Whether the directory `name` under `dirfd` holds anything (read with our own view, not followed)."""
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dirfd)
+    except OSError:
+        return False  # unreadable here: the act itself answers
+    try:
+        with os.scandir(fd) as entries:
+            return next(entries, None) is not None
+    finally:
+        os.close(fd)
 
 
 def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:

@@ -239,7 +239,8 @@ def test_python_venv_pip_install_from_wheels_and_a_local_index(world: World, tmp
                   f'"$V/pip" install -q --no-cache-dir --index-url http://127.0.0.1:{port}/simple/ tinypkg; '
                   '"$V/python" -c "import tinypkg, sys; print(tinypkg.__file__.startswith(sys.prefix))"; '
                   '"$V/pip" list --format=freeze | grep -i tinypkg')
-        b, _ = both(world, "pip", script, "-p", str(policy))
+        # README, "refused on purpose": pip reads ~/.netrc for credentials; the hidden file's read is recorded
+        b, _ = both(world, "pip", script, "-p", str(policy), on_purpose=("/.netrc (credentials)",))
     assert b.stdout.splitlines() == ["tinypkg 42", "True", "tinypkg==1.0"]
     assert sum(1 for p in seen if p.endswith(".whl")) == 2, f"each run fetched the wheel from the index: {seen}"
 
@@ -319,7 +320,8 @@ def test_npm_install_offline_from_a_local_tarball_then_npm_test(world: World) ->
         npm test --silent
         ls node_modules/leftpad-local
         """)
-    b, _ = both(world, "npm", script)
+    # README, "refused on purpose": npm reads ~/.npmrc (registry tokens); the hidden file's read is recorded
+    b, _ = both(world, "npm", script, on_purpose=("/.npmrc (credentials)",))
     assert b.stdout.splitlines() == ["ok 007", "index.js", "package.json"], b.stdout
 
 
