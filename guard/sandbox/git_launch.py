@@ -66,25 +66,31 @@ def _resolve(target: str, config: str, home: str) -> str:
 
 
 def _include_paths(git: str, config: str) -> list[str]:
-    """The raw include targets of one config file, without following them (git runs nothing here)."""
-    out: list[str] = []
-    for args in (["--get-all", "include.path"], ["--get-regexp", r"^includeif\..*\.path$"]):
-        proc = subprocess.run([git, "config", "--no-includes", "--null", "--file", config, *args],
-                              capture_output=True, timeout=30, check=False,
-                              env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                                   "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
-        if proc.returncode == 1:  # no such key
-            continue
-        if proc.returncode != 0:
-            raise SandboxError(f"git cannot read {config}, so the files it includes cannot be protected: "
-                               f"{proc.stderr.decode(errors='replace').strip()}",
-                               hint="fix or remove that git config file, then start the session again")
-        for item in proc.stdout.decode(errors="surrogateescape").split("\0"):
-            if not item:
-                continue
-            # --get-regexp prints "key\nvalue"; --get-all prints the value alone
-            out.append(item.split("\n", 1)[1] if args[0] == "--get-regexp" else item)
-    return out
+    """The raw include targets of one config file, without following them (git runs nothing here). A
+    file that does not say `include` anywhere (section names are ASCII, any case) has none: git is
+    asked only about the others, so a launch without includes costs a read per config."""
+    try:
+        with open(config, "rb") as f:
+            if b"include" not in f.read().lower():
+                return []
+    except OSError as exc:
+        raise SandboxError(f"cannot read the git config {config} ({exc.strerror}), so the files it includes "
+                           "cannot be protected",
+                           hint="make it readable or remove it, then start the session again") from exc
+    proc = subprocess.run([git, "config", "--no-includes", "--null", "--file", config, "--get-regexp",
+                           r"^include(if\..*)?\.path$"],
+                          capture_output=True, timeout=30, check=False,
+                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                               "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
+    if proc.returncode == 1:  # no such key
+        return []
+    if proc.returncode != 0:
+        raise SandboxError(f"git cannot read {config}, so the files it includes cannot be protected: "
+                           f"{proc.stderr.decode(errors='replace').strip()}",
+                           hint="fix or remove that git config file, then start the session again")
+    # with --null, --get-regexp prints "key\nvalue\0" per entry
+    return [item.split("\n", 1)[1] for item in proc.stdout.decode(errors="surrogateescape").split("\0")
+            if "\n" in item]
 
 
 def include_targets(configs: Sequence[str], home: str) -> list[str]:
