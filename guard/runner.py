@@ -134,7 +134,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.sandbox.config_watch import ConfigWatch
     from guard.sandbox.fastpath import FastPath
     from guard.sandbox.git_launch import augment as augment_git
-    from guard.sandbox.git_launch import bare_repos_under, include_targets, launch_configs
+    from guard.sandbox.git_launch import bare_repos_under, include_targets, launch_configs, work_trees
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -187,8 +187,9 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
         # git's include targets and the workspace's bare repositories become rules of their own (see
         # guard.sandbox.git_launch); the scan runs again with them, only when there are any
         bare = bare_repos_under(os.path.realpath(workspace), facts.head_dirs)
-        includes = include_targets(launch_configs((m.path for m in facts.matches), bare, opts.env,
-                                                  policy.home), policy.home)
+        configs = launch_configs((m.path for m in facts.matches), bare, opts.env, policy.home)
+        includes = include_targets(configs, policy.home,
+                                   work_trees(configs, os.path.realpath(workspace), bare))
         augmented = augment_git(policy, workspace=os.path.realpath(workspace), includes=includes,
                                 bare_repos=bare)
         if augmented is not policy:

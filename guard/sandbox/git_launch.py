@@ -8,6 +8,11 @@ kinds of name git reads code from cannot be written as patterns, because they de
   found): rewrite an included file and git runs its core.fsmonitor, hooksPath or aliases, so each target
   (read with `git config --file X --no-includes`, resolved as git resolves it, followed to nested
   includes) becomes an asked write for the session, whether or not it exists yet;
+- what those configs make git run by itself, by path: the hooks of a `core.hooksPath` directory
+  (`.githooks/` in the work tree is common) and the program of core.fsmonitor, pager, editor,
+  sshCommand, filters, diff and merge drivers, credential helpers: a program the agent may rewrite is
+  code the engineer's next git command runs, so each becomes an asked write too. (A `!` alias runs only
+  when the engineer types it, like a project script they run: not protected, as project scripts are not);
 - bare repositories inside the workspace (`mirror.git/` with HEAD, objects/ and refs/ at its top): the
   engineer's push to one runs its hooks, and its config is read there. Each gets the protections the
   policy gives a `.git`, by rewriting every `<workspace>/**/.git...` pattern of the policy onto it.
@@ -21,6 +26,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shlex
 import shutil
 import subprocess
 from collections.abc import Iterable, Mapping, Sequence
@@ -34,6 +40,13 @@ from guard.policy.rules import Rule
 INCLUDE_RULE = "git-include-targets"
 MAX_CONFIGS = 400  # configs read at launch (nested includes count); past this the launch stops
 MAX_DEPTH = 10  # git's own limit on nested includes
+# the hooks git runs, by name (githooks(5)), looked up directly in the hooks directory
+HOOK_NAMES = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
+              "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout", "post-merge",
+              "pre-push", "pre-receive", "update", "proc-receive", "post-receive", "post-update",
+              "reference-transaction", "push-to-checkout", "pre-auto-gc", "post-rewrite",
+              "sendemail-validate", "fsmonitor-watchman", "post-index-change", "p4-changelist",
+              "p4-prepare-changelist", "p4-post-changelist", "p4-pre-submit")
 _GLOB_CHARS = frozenset("*?[]{}")
 _CONFIG_NAMES = ("config", "config.worktree")
 
@@ -65,41 +78,75 @@ def _resolve(target: str, config: str, home: str) -> str:
     return os.path.normpath(target)
 
 
-def _include_paths(git: str, config: str) -> list[str]:
-    """The raw include targets of one config file, without following them (git runs nothing here). A
-    file that does not say `include` anywhere (section names are ASCII, any case) has none: git is
-    asked only about the others, so a launch without includes costs a read per config."""
+# Keys whose value is a file git reads as config (includes), a directory it runs hooks from, or a command
+# line it runs (its first word, when that is a path, is a program the agent must not rewrite).
+_KEYS = (r"^(include(if\..*)?\.path|core\.(hookspath|fsmonitor|pager|editor|sshcommand|askpass)"
+         r"|sequence\.editor|diff\.external|gpg\.(.*\.)?program|credential\..*helper"
+         r"|filter\..*\.(clean|smudge|process)|diff\..*\.(command|textconv)|merge\..*\.driver)$")
+_WORDS = (b"include", b"hookspath", b"fsmonitor", b"pager", b"editor", b"sshcommand", b"askpass", b"external",
+          b"program", b"helper", b"filter", b"command", b"textconv", b"driver")
+
+
+def _entries(git: str, config: str) -> list[tuple[str, str]]:
+    """The (key, value) pairs of one config file that lead git to read config or run code, without
+    following its includes (git runs nothing here). A file that names none of those keys anywhere
+    (section and key names are ASCII, any case) has none: git is asked only about the others, so a
+    launch costs a read per config."""
     try:
         with open(config, "rb") as f:
-            if b"include" not in f.read().lower():
-                return []
+            text = f.read().lower()
     except OSError as exc:
-        raise SandboxError(f"cannot read the git config {config} ({exc.strerror}), so the files it includes "
+        raise SandboxError(f"cannot read the git config {config} ({exc.strerror}), so what it runs "
                            "cannot be protected",
                            hint="make it readable or remove it, then start the session again") from exc
-    proc = subprocess.run([git, "config", "--no-includes", "--null", "--file", config, "--get-regexp",
-                           r"^include(if\..*)?\.path$"],
+    if not any(w in text for w in _WORDS):
+        return []
+    proc = subprocess.run([git, "config", "--no-includes", "--null", "--file", config, "--get-regexp", _KEYS],
                           capture_output=True, timeout=30, check=False,
                           env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
                                "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
     if proc.returncode == 1:  # no such key
         return []
     if proc.returncode != 0:
-        raise SandboxError(f"git cannot read {config}, so the files it includes cannot be protected: "
+        raise SandboxError(f"git cannot read {config}, so what it includes or runs cannot be protected: "
                            f"{proc.stderr.decode(errors='replace').strip()}",
                            hint="fix or remove that git config file, then start the session again")
     # with --null, --get-regexp prints "key\nvalue\0" per entry
-    return [item.split("\n", 1)[1] for item in proc.stdout.decode(errors="surrogateescape").split("\0")
-            if "\n" in item]
+    return [(k, v) for k, _, v in (item.partition("\n") for item in
+                                   proc.stdout.decode(errors="surrogateescape").split("\0")) if k]
 
 
-def include_targets(configs: Sequence[str], home: str) -> list[str]:
-    """Every file the given configs include, directly or through nested includes (bounded)."""
+def _program(key: str, value: str) -> str | None:
+    """The program a command-valued key runs, when it is named by a path (a bare name is found on PATH)."""
+    if key.startswith("credential.") and value.startswith("!"):
+        value = value[1:]
+    try:
+        words = shlex.split(value)
+    except ValueError:
+        words = value.split()
+    return words[0] if words and ("/" in words[0] or words[0].startswith("~")) else None
+
+
+def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = ()) -> list[str]:
+    """What the given configs lead git to read or run, as policy paths: every file they include (directly
+    or through nested includes, followed while they exist), every hooks directory they name with the
+    hooks git runs from it, and every program they name by path. A relative hooks directory or program is
+    resolved against each of `tops` (repository work trees and the workspace: git runs hooks and commands
+    there) as well as against the config's own directory. Bounded by MAX_CONFIGS and MAX_DEPTH."""
     git = shutil.which("git")
     if git is None:
         return []  # no git on this host: nothing reads these files
     seen: set[str] = set()
-    targets: list[str] = []
+    out: list[str] = []
+
+    def add(path: str, hooks: bool = False) -> None:
+        for name in dict.fromkeys((os.path.normpath(path), os.path.realpath(path))):  # and its canonical name
+            # a hooks directory: its name (replaced by a symlink, it is read from elsewhere) and the names
+            # git runs in it, not all it holds (`core.hooksPath = .` must not make the workspace an ask)
+            for pattern in [name, *(os.path.join(name, h) for h in HOOK_NAMES)] if hooks else [name]:
+                if _literal(pattern, "a name git config leads to") not in out:
+                    out.append(pattern)
+
     frontier = [(os.path.realpath(c), 0) for c in configs if os.path.isfile(c)]
     while frontier:
         config, depth = frontier.pop()
@@ -107,18 +154,24 @@ def include_targets(configs: Sequence[str], home: str) -> list[str]:
             continue
         seen.add(config)
         if len(seen) > MAX_CONFIGS:
-            raise SandboxError(f"more than {MAX_CONFIGS} git config files to read for include targets",
+            raise SandboxError(f"more than {MAX_CONFIGS} git config files to read for what they include "
+                               "or run",
                                hint="remove nested or repeated [include] sections from the git configs")
-        for raw in _include_paths(git, config):
-            target = _resolve(raw, config, home)
-            if target not in targets:
-                targets.append(target)
-            if depth + 1 < MAX_DEPTH and os.path.isfile(target):
-                frontier.append((os.path.realpath(target), depth + 1))
-            real = os.path.realpath(target)
-            if real != target and real not in targets:
-                targets.append(real)  # the write lands on the canonical name
-    return targets
+        for key, value in _entries(git, config):
+            if key.endswith(".path") and key.startswith("include"):
+                target = _resolve(value, config, home)
+                add(target)
+                if depth + 1 < MAX_DEPTH and os.path.isfile(target):
+                    frontier.append((os.path.realpath(target), depth + 1))
+                continue
+            where = value if key == "core.hookspath" else _program(key, value)
+            if not where:
+                continue
+            bases = [config] if os.path.isabs(where) or where.startswith("~") else \
+                [config, *(os.path.join(t, "x") for t in tops)]
+            for base in bases:
+                add(_resolve(where, base, home), hooks=key == "core.hookspath")
+    return out
 
 
 def _literal(path: str, why: str) -> str:
@@ -159,12 +212,13 @@ def augment(policy: Policy, *, workspace: str, includes: Sequence[str], bare_rep
         anchor = policy.rule("workspace-git-config")
         rules.append(Rule(
             id=INCLUDE_RULE, verdict=Verdict.ASK, ops=frozenset({Op.WRITE}), kind=Kind.FILE,
-            reason=("A git config includes this file ([include] or [includeIf] path): what it says runs "
-                    "at the engineer's next git command (core.fsmonitor, hooksPath, aliases); "
+            reason=("A git config includes this file ([include] or [includeIf] path), runs hooks from this "
+                    "directory (core.hooksPath) or runs this program (core.fsmonitor, pager, editor, "
+                    "filters, helpers): changing it runs code at the engineer's next git command; "
                     "a human decides."),
             audit_only=anchor.audit_only if anchor is not None else False,
             location=anchor.location if anchor is not None else Location("<launch: git include targets>"),
-            paths=tuple(compile_path(_literal(t, "the git include target")) for t in includes)))
+            paths=tuple(compile_path(t) for t in includes)))
     fields = policy.__reduce__()[1][0]
     return Policy(**{**fields, "rules": tuple(rules)})
 
@@ -175,10 +229,24 @@ def bare_repos_under(root: str, dirs: Iterable[str]) -> list[str]:
     return sorted(set(found))
 
 
+def work_trees(configs: Iterable[str], workspace: str, bare: Sequence[str]) -> list[str]:
+    """Where git runs hooks and commands for the repositories found (a relative hooksPath or program is
+    resolved there): the workspace, each `<top>/.git`'s top, a submodule's checkout, each bare repository."""
+    tops = {workspace, *bare}
+    for config in configs:
+        top, sep, rest = config.partition("/.git/")
+        if not sep:
+            continue
+        tops.add(top)
+        if rest.startswith("modules/"):
+            tops.add(os.path.join(top, os.path.dirname(rest.removeprefix("modules/"))))
+    return sorted(tops)
+
+
 def launch_configs(paths: Iterable[str], bare: Sequence[str], env: Mapping[str, str], home: str) -> list[str]:
     """Every config whose includes must be followed: the engineer's, the repositories', the bare ones'."""
     return [*home_configs(env, home), *repo_configs(paths), *(os.path.join(b, "config") for b in bare)]
 
 
-__all__ = ["INCLUDE_RULE", "augment", "bare_repos_under", "include_targets", "is_bare_repo",
-           "launch_configs"]
+__all__ = ["HOOK_NAMES", "INCLUDE_RULE", "augment", "bare_repos_under", "include_targets", "is_bare_repo",
+           "launch_configs", "work_trees"]

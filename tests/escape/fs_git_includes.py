@@ -96,6 +96,45 @@ def test_file_included_by_the_engineers_gitconfig_missing_at_launch(world):
     world.assert_denied(run, "write", world.ws / "tools" / "eng.gitconfig")
 
 
+def test_hooks_path_directory_in_the_work_tree(world):
+    """The repository keeps its hooks in the work tree (`core.hooksPath = .githooks`, a common practice):
+    the agent adds .githooks/pre-commit and the engineer's next commit runs it."""
+    def setup(home: Path, ws: Path) -> None:
+        (ws / ".githooks").mkdir(exist_ok=True)
+        _git(home, "config", "core.hooksPath", ".githooks", cwd=ws)
+
+    script = 'h=.githooks/pre-commit; printf %s "$PAYLOAD" > $h && chmod +x $h && echo WROTE'
+    try:
+        run = _attack(world, "hooks-path", script, setup, _commits)
+    finally:
+        _git(world.home, "config", "--unset", "core.hooksPath", cwd=world.ws)
+    assert "WROTE" not in run.stdout, run
+    world.assert_denied(run, "write", world.ws / ".githooks" / "pre-commit")
+
+
+def _status(home: Path, ws: Path) -> None:
+    _git(home, "status", "--short", cwd=ws)
+
+
+def test_fsmonitor_program_in_the_workspace(world):
+    """The engineer's config runs a file-system monitor kept in the project (core.fsmonitor names it by
+    path): the agent rewrites that program and the engineer's next `git status` runs it."""
+    def setup(home: Path, ws: Path) -> None:
+        tool = ws / "tools" / "fsmonitor"
+        tool.parent.mkdir(exist_ok=True)
+        tool.write_text("#!/bin/sh\nexit 1\n")  # no monitor answer: git scans the tree itself
+        tool.chmod(0o755)
+        _git(home, "config", "core.fsmonitor", str(tool), cwd=ws)
+
+    script = 'printf %s "$PAYLOAD" > tools/fsmonitor && echo WROTE'
+    try:
+        run = _attack(world, "fsmonitor", script, setup, _status)
+    finally:
+        _git(world.home, "config", "--unset", "core.fsmonitor", cwd=world.ws)
+    assert "WROTE" not in run.stdout, run
+    world.assert_denied(run, "write", world.ws / "tools" / "fsmonitor")
+
+
 def _mirror(home: Path, ws: Path) -> None:
     """A bare mirror kept inside the project, which the engineer pushes to."""
     subprocess.run(["git", "init", "-q", "--bare", str(ws / "mirror.git")], check=True, timeout=60,

@@ -76,3 +76,18 @@ def test_augmented_policy_protects_the_bare_repository_like_a_dot_git(tree: dict
     assert verdict(str(ws / "local.inc")) is Verdict.ASK
     assert policy.decide(policy.action(f"write {bare}/hooks/post-receive")).verdict is Verdict.ALLOW
     assert git_launch.augment(policy, workspace=str(ws), includes=[], bare_repos=[]) is policy
+
+
+def test_hooks_directories_and_programs_named_by_config(tree: dict[str, Path]) -> None:
+    home, ws = tree["home"], tree["ws"]
+    config = ws / ".git" / "config"
+    _git("config", "--file", str(config), "core.hooksPath", ".githooks", cwd=ws)
+    _git("config", "--file", str(config), "core.fsmonitor", str(ws / "tools" / "fsmon"), cwd=ws)
+    _git("config", "--file", str(config), "alias.lint", "!./scripts/lint.sh", cwd=ws)
+    _git("config", "--file", str(config), "core.pager", "less -R", cwd=ws)
+    tops = git_launch.work_trees([str(config)], str(ws), [])
+    out = git_launch.include_targets([str(config)], str(home), tops)
+    assert str(ws / ".githooks") in out and str(ws / ".githooks" / "pre-commit") in out
+    assert str(ws / ".githooks" / "README.md") not in out  # the names git runs, not all it holds
+    assert str(ws / "tools" / "fsmon") in out
+    assert not any("lint" in p or p.endswith("/less") for p in out)  # typed by the engineer; found on PATH
