@@ -38,7 +38,7 @@ from guard.policy.paths import compile_path
 from guard.policy.rules import Rule
 
 INCLUDE_RULE = "git-include-targets"
-MAX_CONFIGS = 400  # configs read at launch (nested includes count); past this the launch stops
+MAX_CONFIGS = 400  # included configs read at launch; past this the launch stops
 MAX_DEPTH = 10  # git's own limit on nested includes
 # the hooks git runs, by name (githooks(5)), looked up directly in the hooks directory
 HOOK_NAMES = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
@@ -148,14 +148,16 @@ def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = ())
                     out.append(pattern)
 
     frontier = [(os.path.realpath(c), 0) for c in configs if os.path.isfile(c)]
+    included = 0  # the configs themselves are bounded by the launch scan; what they include, here
     while frontier:
         config, depth = frontier.pop()
         if config in seen:
             continue
         seen.add(config)
-        if len(seen) > MAX_CONFIGS:
-            raise SandboxError(f"more than {MAX_CONFIGS} git config files to read for what they include "
-                               "or run",
+        included += depth > 0
+        if included > MAX_CONFIGS:
+            raise SandboxError(f"the git configs include more than {MAX_CONFIGS} other files, each to read "
+                               "for what it includes or runs",
                                hint="remove nested or repeated [include] sections from the git configs")
         for key, value in _entries(git, config):
             if key.endswith(".path") and key.startswith("include"):
