@@ -52,9 +52,11 @@ _CONFIG_NAMES = ("config", "config.worktree")
 
 
 def home_configs(env: Mapping[str, str], home: str) -> list[str]:
-    """The user-level and system configs the engineer's git reads outside any repository."""
+    """The user-level and system configs the engineer's git reads outside any repository (and those the
+    engineer's environment names instead, GIT_CONFIG_GLOBAL and GIT_CONFIG_SYSTEM)."""
     xdg = env.get("XDG_CONFIG_HOME") or os.path.join(home, ".config")
-    return [os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig"]
+    named = [env[v] for v in ("GIT_CONFIG_GLOBAL", "GIT_CONFIG_SYSTEM") if os.path.isabs(env.get(v, ""))]
+    return [os.path.join(home, ".gitconfig"), os.path.join(xdg, "git", "config"), "/etc/gitconfig", *named]
 
 
 def is_bare_repo(path: str) -> bool:

@@ -91,3 +91,11 @@ def test_hooks_directories_and_programs_named_by_config(tree: dict[str, Path]) -
     assert str(ws / ".githooks" / "README.md") not in out  # the names git runs, not all it holds
     assert str(ws / "tools" / "fsmon") in out
     assert not any("lint" in p or p.endswith("/less") for p in out)  # typed by the engineer; found on PATH
+
+
+def test_the_engineers_configs_follow_their_environment(tmp_path: Path) -> None:
+    env = {"XDG_CONFIG_HOME": str(tmp_path / "xdg"), "GIT_CONFIG_GLOBAL": str(tmp_path / "g.cfg"),
+           "GIT_CONFIG_SYSTEM": "relative/ignored"}
+    got = git_launch.home_configs(env, str(tmp_path / "h"))
+    assert got == [str(tmp_path / "h" / ".gitconfig"), str(tmp_path / "xdg" / "git" / "config"),
+                   "/etc/gitconfig", str(tmp_path / "g.cfg")]
