@@ -16,6 +16,7 @@ If anything before the command starts fails, we raise SandboxError (exit 125): n
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import json
 import os
@@ -132,6 +133,8 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.config_watch import ConfigWatch
     from guard.sandbox.fastpath import FastPath
+    from guard.sandbox.git_launch import augment as augment_git
+    from guard.sandbox.git_launch import bare_repos_under, include_targets, launch_configs, work_trees
     from guard.sandbox.launch import spawn
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
@@ -177,10 +180,24 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     try:
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
         env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
+        hideable = _hideable(credential_files, workspace, opts.env)
         facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                  max_entries=policy.scan_max_entries,
-                                  credential_files=_hideable(credential_files, workspace, opts.env),
+                                  max_entries=policy.scan_max_entries, credential_files=hideable,
                                   unhunted=[home / "layers"])
+        # git's include targets and the workspace's bare repositories become rules of their own (see
+        # guard.sandbox.git_launch); the scan runs again with them, only when there are any
+        bare = bare_repos_under(os.path.realpath(workspace), facts.head_dirs)
+        configs = launch_configs((m.path for m in facts.matches), bare, opts.env, policy.home)
+        includes = include_targets(configs, policy.home,
+                                   work_trees(configs, os.path.realpath(workspace), bare))
+        augmented = augment_git(policy, workspace=os.path.realpath(workspace), includes=includes,
+                                bare_repos=bare)
+        if augmented is not policy:
+            policy = augmented
+            facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
+                                      max_entries=policy.scan_max_entries, credential_files=hideable,
+                                      unhunted=[home / "layers"])
+            facts = dataclasses.replace(facts, held_names=tuple(bare))
         link_names = protected_link_names((m.path for m in facts.matches if Op.WRITE in m.ops),
                                           skip=(str(workspace),))
     except BaseException as exc:  # raised below, inside the session: it ends with a record, exit 125

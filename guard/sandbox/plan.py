@@ -185,7 +185,8 @@ def _mounts(facts: LaunchFacts, grants: Sequence[ll.PathGrant], landlock_on: boo
             continue  # the decision tier asks, and performs what a human approves (see build_plan)
         kind = _mount_kind(m)
         protected = m.rule_id == SELF_PROTECTION_RULE
-        if kind is MountKind.READ_ONLY and m.kind == "dir" and _names_only(m):
+        if kind is MountKind.READ_ONLY and m.kind == "dir" and (
+                _names_only(m) or (m.via == "pattern" and m.path in facts.held_names)):
             continue  # the directory's name is the rule's, not its contents: the decision tier's (below)
         if _watchable(m, grants, landlock_on) and len(watches) < MAX_WATCHED:
             needed = protected or _granted(m.path, _NEEDS[kind], grants)

@@ -155,6 +155,10 @@ class LaunchFacts:
     unreadable: tuple[str, ...] = ()
     entries: int = 0  # directory entries the scan visited
     unfound: int = 0  # names of denied files outside every readable tree (unreachable, so harmless)
+    head_dirs: tuple[str, ...] = ()  # workspace directories holding a `HEAD` name: maybe bare repositories
+    # directories whose literal write-protection holds their name only, like `**/.git` (see plan._names_only):
+    # the workspace's bare repositories, whose objects and refs every push writes (guard.sandbox.git_launch)
+    held_names: tuple[str, ...] = ()
     _index: dict[str, PathFact] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -469,11 +473,13 @@ class _Names:
 
 
 def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
-               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool]) -> None:
+               prune: Callable[[str], bool], on_match: Callable[[str, str, str, str], bool],
+               head_dirs: list[str] | None = None) -> None:
     """The workspace walk, kept tight because it visits every entry: `_walk`'s order and rules, but each
     entry costs a dict lookup or two (`_Names.may_match`) unless it may match a glob deny, in which case
     `on_match(path, name, parent, kind)` decides; a matched directory is not descended into (its match
-    covers it)."""
+    covers it). Directories that hold a `HEAD` name are noted in `head_dirs` (bare repositories are
+    found there, guard.sandbox.git_launch) at no extra system call."""
 
     def listing(path: str) -> list[os.DirEntry[str]]:
         try:
@@ -482,6 +488,8 @@ def _glob_walk(root: str, names: _Names, budget: _Budget, unreadable: list[str],
         except OSError as exc:
             unreadable.append(f"{path}: {exc.strerror}")
             return []
+        if head_dirs is not None and any(e.name == "HEAD" for e in entries):
+            head_dirs.append(path)
         entries.reverse()
         return entries
 
@@ -668,6 +676,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                 break
     hidden_dirs = {m.path for m in matches.values()
                    if m.kind == "dir" and Op.READ in m.ops and not m.via.startswith("except")}
+    head_dirs: list[str] = []
     for root in roots:
         relevant = [t for t in deep if is_beneath(root, t.prefix) or is_beneath(t.prefix, root)]
         names = _Names(relevant)
@@ -692,7 +701,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
                     return not (kind == "dir" and Op.READ not in t.ops and names_only(t.pattern))
             return False
 
-        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match)
+        _glob_walk(root, names, budget, unreadable, hidden_dirs.__contains__, on_match, head_dirs)
 
     # 4. other names of denied files. Only a denied file with more than one link has one, and it lies on
     # the same filesystem; in the common case there is none and nothing more is walked. Otherwise every
@@ -735,7 +744,8 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
     ordered = tuple(sorted(matches.values(), key=lambda m: m.path))
     return LaunchFacts(paths=tuple(facts.values()), matches=ordered,
                        missing=tuple(missing), walked=tuple(roots), unreadable=tuple(unreadable),
-                       entries=max_entries - budget.left, unfound=aliases.unfound())
+                       entries=max_entries - budget.left, unfound=aliases.unfound(),
+                       head_dirs=tuple(head_dirs))
 
 
 class _Aliases:
