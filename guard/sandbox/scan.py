@@ -227,8 +227,8 @@ def grant_prefixes(policy: PolicyLike) -> list[tuple[str, frozenset[Op], str]]:
     kernel grant, and Landlock could only give one as write on the whole home. A grant of names in any
     other directory (`~/notes/*`, as `guard policy learn` writes them) is a Landlock grant of that
     directory, as before."""
-    home = os.path.realpath(os.path.expanduser("~")) if getattr(policy, "home", None) is None \
-        else os.path.realpath(str(policy.home))
+    policy_home: object = getattr(policy, "home", None)
+    home = os.path.realpath(os.path.expanduser("~") if policy_home is None else str(policy_home))
     out: list[tuple[str, frozenset[Op], str]] = []
     for rule in policy.file_rules():
         ops = frozenset(rule.ops) & FILE_OPS
