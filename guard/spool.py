@@ -16,6 +16,7 @@ record whose write was cut short; its action was never allowed (decide() returns
 from __future__ import annotations
 
 import contextlib
+import errno
 import fcntl
 import os
 import re
@@ -149,8 +150,9 @@ class SpoolWriter:
             if self._core is not None:
                 try:
                     return int(self._core.append(head))
-                except OSError as exc:
-                    self._broken = SpoolError(f"{self.path}: writing record {n} failed: {exc.strerror}",
+                except OSError as exc:  # the core reports a short write as ENOSPC
+                    full = " (the disk is full)" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else ""
+                    self._broken = SpoolError(f"{self.path}: writing record {n} failed: {exc.strerror}{full}",
                                               hint="free space on the disk holding $GUARD_HOME")
                     raise self._broken from None
             line = head + (b',"n":%d}\n' % n if len(head) > 1 else b'"n":%d}\n' % n)
