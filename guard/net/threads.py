@@ -14,6 +14,7 @@ import select
 import socket
 import threading
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -157,7 +158,7 @@ def open_published_ports(ports: Sequence[int],
     return out
 
 
-class RelayThread:
+class RelayThread(ABC):
     """One asyncio loop in a thread of its own, serving listeners until stop(): the lifecycle shared by the
     relays of published ports and of forwarded host-loopback ports. Subclasses say what to serve
     (`_servers`) and track each live connection in `_live`, so a stop cancels them and their handlers still
@@ -171,8 +172,9 @@ class RelayThread:
         self._ready = threading.Event()
         self.thread = threading.Thread(target=self._run, name=self.NAME, daemon=True)
 
+    @abstractmethod
     def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
-        raise NotImplementedError
+        """(listening socket, connection handler) pairs to serve: each subclass says what it relays."""
 
     def _closed(self) -> None:
         """After the loop has ended: release what the subclass owns."""
