@@ -176,7 +176,7 @@ class RelayThread(ABC):
     def _servers(self) -> list[tuple[socket.socket, Callable[..., Any]]]:
         """(listening socket, connection handler) pairs to serve: each subclass says what it relays."""
 
-    def _closed(self) -> None:
+    def _closed(self) -> None:  # noqa: B027 - an optional hook: most relays own nothing to release
         """After the loop has ended: release what the subclass owns."""
 
     def _run(self) -> None:
