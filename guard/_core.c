@@ -433,6 +433,16 @@ static void as_self(Creds *saved) {
     }
 }
 
+/* Take on the task's credentials for one act: its ids (read when we act for another user or need its umask),
+ * then as_task. -> 0, after which the caller acts and calls as_self(saved); or the errno to answer. */
+static int enter_task(Core *c, pid_t pid, int need_umask, TaskIds *ids, Creds *saved) {
+    *ids = (TaskIds){c->own_uid, c->own_gid, 022, 1};
+    if (need_umask || c->privileged) *ids = cached_ids(c, pid, need_umask);
+    if (!ids->ok) return EACCES;
+    if (as_task(c, ids, saved) != 0) { as_self(saved); return EPERM; }
+    return 0;
+}
+
 /* ---- the fast path -------------------------------------------------------------------------------- */
 
 enum { HANDED_BACK = 0, ANSWERED = 1 };
@@ -464,6 +474,19 @@ typedef struct {
 static void found_close(Found *f) {
     if (f->dfd >= 0) close(f->dfd);
     if (f->basefd >= 0) close(f->basefd);
+}
+
+/* An O_PATH descriptor of the name locate() judged, only while it is still that inode (a name swapped
+ * since is answered EAGAIN: the task retries and is judged again). -> fd, or -1 with *err set. */
+static int hold_judged(const Found *f, int *err) {
+    struct stat st;
+    int obj = openat(f->dfd, f->name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
+    if (obj < 0) { *err = errno; return -1; }
+    if (fstat(obj, &st) != 0) *err = errno;
+    else if (st.st_dev != f->st.st_dev || st.st_ino != f->st.st_ino) *err = EAGAIN;
+    else return obj;
+    close(obj);
+    return -1;
 }
 
 /* What may be at the final name for the core to take the call (anything else goes to Python, which
@@ -588,13 +611,11 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
 
-    int fd = -1;
-    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-    int creating = !f.exists;
-    if (creating || c->privileged) ids = cached_ids(c, (pid_t)n->pid, creating);
-    if (!ids.ok) { send_reply(c, n->id, EACCES, 0); goto out; }
+    int fd = -1, creating = !f.exists;
+    TaskIds ids;
     Creds saved;
-    if (as_task(c, &ids, &saved) != 0) { as_self(&saved); send_reply(c, n->id, EPERM, 0); goto out; }
+    int refused = enter_task(c, (pid_t)n->pid, creating, &ids, &saved);
+    if (refused) { send_reply(c, n->id, refused, 0); goto out; }
     /* O_NONBLOCK: an existing name swapped for a FIFO after our look must not block this thread (cleared
      * again below); a file we create with O_EXCL is new, regular and has one name, so it needs neither
      * that nor the checks after the open. */
@@ -657,23 +678,14 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG1 | MAY_DIR, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-    int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    if (obj < 0) err = errno;
-    else if (fstat(obj, &st) != 0) err = errno;
-    else if (st.st_dev != f.st.st_dev || st.st_ino != f.st.st_ino) err = EAGAIN; /* swapped since: retry */
-    if (!err) {
-        TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-        if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
-        Creds saved;
-        if (!ids.ok) err = EACCES;
-        else if (as_task(c, &ids, &saved) != 0) err = EPERM;
-        else {
-            char self_fd[64];
-            snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
-            if (utimensat(AT_FDCWD, self_fd, times_addr ? times : NULL, 0) != 0) err = errno;
-        }
-        if (ids.ok) as_self(&saved);
+    int err = 0, obj = hold_judged(&f, &err);
+    TaskIds ids;
+    Creds saved;
+    if (obj >= 0 && !(err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved))) {
+        char self_fd[64];
+        snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+        if (utimensat(AT_FDCWD, self_fd, times_addr ? times : NULL, 0) != 0) err = errno;
+        as_self(&saved);
     }
     send_reply(c, n->id, err, 0);
     if (obj >= 0) close(obj);
@@ -699,12 +711,10 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
     int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_ABSENT, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-    int err = 0;
-    TaskIds ids = cached_ids(c, (pid_t)n->pid, 1);
+    TaskIds ids;
     Creds saved;
-    if (!ids.ok) err = EACCES;
-    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
-    else {
+    int err = enter_task(c, (pid_t)n->pid, 1, &ids, &saved);
+    if (!err) {
         mode_t perms = mode & ~ids.umask & 01777;
         if (mkdirat(f.dfd, f.name, perms) != 0) err = errno;
         else {
@@ -745,13 +755,10 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
     int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-    int err = 0;
-    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-    if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
+    TaskIds ids;
     Creds saved;
-    if (!ids.ok) err = EACCES;
-    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
-    else {
+    int err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved);
+    if (!err) {
         if (unlinkat(f.dfd, f.name, 0) != 0) err = errno;
         as_self(&saved);
     }
@@ -791,13 +798,10 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     }
     if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
     __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
-    int err = 0;
-    TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-    if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
+    TaskIds ids;
     Creds saved;
-    if (!ids.ok) err = EACCES;
-    else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
-    else {
+    int err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved);
+    if (!err) {
         if (syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags) != 0) err = errno;
         as_self(&saved);
     }
@@ -908,27 +912,18 @@ static int fast_path_attr(Core *c, const struct seccomp_notif *n) {
     }
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-    int err = 0, obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_CLOEXEC);
-    struct stat st;
-    if (obj < 0) err = errno;
-    else if (fstat(obj, &st) != 0) err = errno;
-    else if (st.st_dev != f.st.st_dev || st.st_ino != f.st.st_ino) err = EAGAIN; /* swapped since: retry */
-    if (!err) {
-        TaskIds ids = {c->own_uid, c->own_gid, 022, 1};
-        if (c->privileged) ids = cached_ids(c, (pid_t)n->pid, 0);
-        Creds saved;
-        if (!ids.ok) err = EACCES;
-        else if (as_task(c, &ids, &saved) != 0) { as_self(&saved); err = EPERM; }
-        else {
-            if (chown_call) {
-                if (fchownat(obj, "", uid, gid, AT_EMPTY_PATH) != 0) err = errno;
-            } else {
-                char self_fd[64];
-                snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
-                if (chmod(self_fd, mode) != 0) err = errno;
-            }
-            as_self(&saved);
+    int err = 0, obj = hold_judged(&f, &err);
+    TaskIds ids;
+    Creds saved;
+    if (obj >= 0 && !(err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved))) {
+        if (chown_call) {
+            if (fchownat(obj, "", uid, gid, AT_EMPTY_PATH) != 0) err = errno;
+        } else {
+            char self_fd[64];
+            snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+            if (chmod(self_fd, mode) != 0) err = errno;
         }
+        as_self(&saved);
     }
     send_reply(c, n->id, err, 0);
     if (obj >= 0) close(obj);
