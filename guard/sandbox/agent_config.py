@@ -180,9 +180,15 @@ def _canon(value: Any) -> str:
 def _read_at(parent: int, name: str) -> bytes | None:
     """The bytes of `name` in the held directory `parent` (never through a symlink); None when absent."""
     try:
-        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=parent)
+        return read_config(name, dir_fd=parent)
     except FileNotFoundError:
         return None
+
+
+def read_config(name: str, *, dir_fd: int | None = None) -> bytes:
+    """The bytes of a config file, never through a symlink and never more than just past MAX_BYTES (a
+    larger file is judged as changed, fail closed); raises OSError."""
+    fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
     try:
         chunks, size = [], 0
         while chunk := os.read(fd, 1 << 20):

@@ -28,7 +28,7 @@ import threading
 from collections.abc import Callable, Sequence
 
 from guard.model import Action, Decision, Op, Verdict
-from guard.sandbox.agent_config import program_change, programs_target, watched
+from guard.sandbox.agent_config import program_change, programs_target, read_config, watched
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 # watched (those written without an ask).
 HOME_CONFIGS = (".claude.json", ".claude/settings.json", ".claude/settings.local.json", ".codex/config.toml",
                 ".gemini/settings.json", ".cursor/mcp.json", ".cursor/cli-config.json")
-MAX_BYTES = 8 * 1024 * 1024
 
 _IN_CLOSE_WRITE = 0x00000008
 _IN_MOVED_TO = 0x00000080
@@ -52,19 +51,9 @@ _libc.inotify_add_watch.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint
 
 def _read(path: str) -> bytes | None:
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        return read_config(path)
     except OSError:
         return None
-    try:
-        chunks, size = [], 0
-        while chunk := os.read(fd, 1 << 20):
-            chunks.append(chunk)
-            size += len(chunk)
-            if size > MAX_BYTES:
-                break
-        return b"".join(chunks)
-    finally:
-        os.close(fd)
 
 
 def _write_in_place(path: str, data: bytes) -> None:
