@@ -11,8 +11,9 @@ open a connection.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from guard.lazy import lazy_names
 
 if TYPE_CHECKING:
     from guard.net.bridge import agent_proxy_env, serve_bridge, serve_relay_to_unix, serve_unix
@@ -31,14 +32,4 @@ __all__ = ["ConnectionRecord", "Proxy", "Resolution", "agent_proxy_env", "normal
            "policy_cidr_grant", "serve_bridge", "serve_relay_to_unix", "serve_unix", "special_range"]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'guard.net' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"guard.net.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("guard.net", _WHERE)

@@ -11,8 +11,9 @@ tenth of `guard run`'s start-up.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from guard.lazy import lazy_names
 
 if TYPE_CHECKING:
     from guard.policy.diagnostics import Diagnostic, PolicyLoadError, Severity
@@ -44,14 +45,4 @@ __all__ = [
 ]
 
 
-def __getattr__(name: str) -> Any:
-    module = _WHERE.get(name)
-    if module is None:
-        raise AttributeError(f"module 'guard.policy' has no attribute {name!r}")
-    value = getattr(importlib.import_module(f"guard.policy.{module}"), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(set(globals()) | set(__all__))
+__getattr__, __dir__ = lazy_names("guard.policy", _WHERE)
