@@ -11,7 +11,6 @@ import sys
 from collections.abc import Callable, Mapping
 from typing import Any
 
-
 Getattr = Callable[[str], Any]
 
 
