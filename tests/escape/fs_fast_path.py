@@ -61,30 +61,68 @@ def test_a_hard_link_planted_in_a_warm_directory_is_not_written(world):
     assert "WROTE" not in run.stdout, run
 
 
-SWAP = """
-import os, sys, threading
+# The swapper is a forked process, not a thread: a thread shares the interpreter lock with the attack
+# loop and under load may barely run, so a bare run would show nothing. Its progress is counted in a
+# shared page, and the attack runs until the swapper has swapped often enough (bounded) or, given a
+# patience of 0, until the attack has visibly reached its target (the bare run's proof).
+RACE = """
+import mmap, signal, struct
 target = sys.argv[2]
-t = os.path.join(d, 't')
+patience = int(sys.argv[3])
 for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
-stop = threading.Event()
-def swapper():
-    link = os.path.join(d, 't.link'); plain = os.path.join(d, 't.plain')
-    while not stop.is_set():
+shared = mmap.mmap(-1, 8)
+def swaps():
+    return struct.unpack_from('Q', shared)[0]
+def swapper(name):
+    link = name + '.l'; plain = name + '.p'
+    n = 0
+    while True:
         try:
-            os.symlink(target, link); os.replace(link, t)
-            open(plain, 'w').close(); os.replace(plain, t)
+            os.symlink(target, link); os.replace(link, name)
+            open(plain, 'w').close(); os.replace(plain, name)
+            n += 1; struct.pack_into('Q', shared, 0, n)
         except OSError:
             pass
-threading.Thread(target=swapper, daemon=True).start()
+def race(name, attempt, reached):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            swapper(name)
+        finally:
+            os._exit(0)
+    tries = 0
+    try:
+        while tries < 2_000_000:
+            tries += 1
+            attempt()
+            if patience == 0:
+                if tries % 64 == 0 and reached():
+                    break
+            elif tries >= patience and swaps() >= 300:
+                break
+    finally:
+        os.kill(pid, signal.SIGKILL); os.waitpid(pid, 0)
+    return tries
+"""
+
+SWAP = RACE + """
+t = os.path.join(d, 't')
 hits = 0
-for _ in range(3000):
+def attempt():
+    global hits
     try:
         with open(t, 'a') as fh:
             fh.write('PWNED\\n')
             hits += 1
     except OSError:
         pass
-stop.set()
+def reached():
+    try:
+        with open(target) as fh:
+            return 'PWNED' in fh.read()
+    except OSError:
+        return False
+race(t, attempt, reached)
 print('OPENS', hits)
 """
 
@@ -96,9 +134,10 @@ def test_a_symlink_swapped_in_under_a_name_the_core_takes_is_never_followed(worl
     victim.write_text("clean\n")
     bare_victim = world.scratch / "fast-swap-bare-victim"
     bare_victim.write_text("clean\n")
-    bare = world.bare_run(_py(world, SWAP, str(world.scratch / "fast-swap-bare"), str(bare_victim)), timeout=120)
+    bare = world.bare_run(_py(world, SWAP, str(world.scratch / "fast-swap-bare"), str(bare_victim), "0"),
+                          timeout=120)
     assert "PWNED" in bare_victim.read_text(), bare
-    run = world.guard_run(_py(world, SWAP, str(world.ws / "fast-swap"), str(victim)), timeout=180)
+    run = world.guard_run(_py(world, SWAP, str(world.ws / "fast-swap"), str(victim), "3000"), timeout=180)
     assert "OPENS" in run.stdout, run
     assert victim.read_text() == "clean\n", run
 
@@ -275,26 +314,19 @@ def test_attribute_changes_in_a_warm_directory_are_the_kernels_and_set_id_is_ref
     assert run.stdout == expected, (run.stdout, expected)
 
 
-CHMOD_SWAP = """
-import threading
-target = sys.argv[2]
-for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+CHMOD_SWAP = RACE + """
 link = os.path.join(d, 'link')
-stop = threading.Event()
-def swapper():
-    while not stop.is_set():
-        try:
-            os.symlink(target, link + '.l'); os.replace(link + '.l', link)
-            open(link + '.p', 'w').close(); os.replace(link + '.p', link)
-        except OSError:
-            pass
-threading.Thread(target=swapper, daemon=True).start()
-for _ in range(3000):
+def attempt():
     try:
         os.chmod(link, 0o777)
     except OSError:
         pass
-stop.set()
+def reached():
+    try:
+        return os.stat(target).st_mode & 0o777 == 0o777
+    except OSError:
+        return False
+race(link, attempt, reached)
 print('DONE')
 """
 
@@ -306,9 +338,9 @@ def test_a_symlink_raced_in_under_a_chmod_never_reaches_the_file_it_points_at(wo
     bare_victim = world.scratch / "fast-chmod-bare-victim"
     bare_victim.write_text("x\n")
     bare_victim.chmod(0o600)
-    bare = world.bare_run(_py(world, CHMOD_SWAP, str(world.scratch / "fast-chmod-bare"), str(bare_victim)),
+    bare = world.bare_run(_py(world, CHMOD_SWAP, str(world.scratch / "fast-chmod-bare"), str(bare_victim), "0"),
                           timeout=120)
     assert stat.S_IMODE(bare_victim.stat().st_mode) == 0o777, bare
-    run = world.guard_run(_py(world, CHMOD_SWAP, str(world.ws / "fast-chmod"), str(victim)), timeout=180)
+    run = world.guard_run(_py(world, CHMOD_SWAP, str(world.ws / "fast-chmod"), str(victim), "3000"), timeout=180)
     assert "DONE" in run.stdout, run
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600, run
