@@ -38,6 +38,7 @@
 #include <linux/seccomp.h>
 #include <poll.h>
 #include <pthread.h>
+#include <sched.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -73,11 +74,19 @@ typedef struct Entry {
 #define ID_SLOTS 1024
 typedef struct { pid_t pid; uid_t fsuid; gid_t fsgid; } IdSlot;
 
+/* Each task's umask, kept while the task lives (see task_umask). */
+#define UMASK_SLOTS 64
+#define UNSETTLED_MAX 16
+typedef struct { pid_t pid; int pidfd; mode_t umask; } UmaskSlot;
+#ifndef PIDFD_THREAD
+#define PIDFD_THREAD O_EXCL
+#endif
+
 enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
-       NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_COUNT };
+       NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_UMASK, NR_COUNT };
 static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
                                                "unlink", "unlinkat", "rename", "renameat", "renameat2",
-                                               "fchmod", "fchown", "chmod", "fchmodat", "fchownat"};
+                                               "fchmod", "fchown", "chmod", "fchmodat", "fchownat", "umask"};
 
 typedef struct {
     PyObject_HEAD
@@ -112,6 +121,13 @@ typedef struct {
     /* acting as the task: each pid's fsuid/fsgid (see cached_ids) */
     pthread_mutex_t id_lock;
     IdSlot id_slots[ID_SLOTS];
+    /* each task's umask (see task_umask) */
+    pthread_mutex_t umask_lock;
+    UmaskSlot umask_slots[UMASK_SLOTS];
+    uint64_t umask_gen;           /* bumped whenever any task's umask may have changed */
+    pid_t unsettled[UNSETTLED_MAX]; /* tasks whose umask call was let through and may not have run yet */
+    int nunsettled;               /* read without the lock as a hint */
+    int umask_never;              /* more unsettled calls at once than the list holds: keep nothing more */
     int privileged;
     uid_t own_uid;
     gid_t own_gid;
@@ -370,23 +386,121 @@ static TaskIds task_ids(pid_t pid) {
     return t;
 }
 
+enum { HANDED_BACK = 0, ANSWERED = 1 };
+
+/* ---- each task's umask ----------------------------------------------------------------------------
+ * A create must apply the task's umask, and reading /proc/<pid>/status for it was the largest single cost
+ * of a create. The umask changes only through umask(2) (inherited on fork, shared by threads that share
+ * their fs_struct), and the filter sends every umask(2) call here. So a task's umask, once read, is kept
+ * with a pidfd of the task: it stays true while that task lives (a reused pid is another task, and its
+ * pidfd is then readable) and until any task calls umask(2), which forgets every kept umask. The call is
+ * let through (the kernel sets it); until it has run (see umask_called), nothing read is kept. */
+
+static void umask_forget_locked(Core *c) {
+    c->umask_gen++;
+    for (int i = 0; i < UMASK_SLOTS; i++) {
+        if (c->umask_slots[i].pid && c->umask_slots[i].pidfd >= 0) close(c->umask_slots[i].pidfd);
+        c->umask_slots[i] = (UmaskSlot){0, -1, 0};
+    }
+}
+
+/* A umask read from the task itself; -> 0, or -1 when it cannot be read (the task is gone). */
+static int read_umask(pid_t pid, mode_t *out) {
+    TaskIds t = task_ids(pid);
+    if (!t.ok) return -1;
+    *out = t.umask;
+    return 0;
+}
+
+static void umask_settled(Core *c, pid_t pid);
+
+/* umask(2) from a task: forget every kept umask, let the call through, and wait (briefly) until the kernel
+ * has set it, so that what is read afterwards may be kept again. A task that has not run its call within
+ * the bound stays unsettled until its next notification (its call has run by then). */
+static int fast_umask(Core *c, const struct seccomp_notif *n) {
+    if (c->nr[NR_UMASK] < 0 || (int)n->data.nr != c->nr[NR_UMASK]) return HANDED_BACK;
+    pid_t pid = (pid_t)n->pid;
+    pthread_mutex_lock(&c->umask_lock);
+    if (c->nunsettled < UNSETTLED_MAX) c->unsettled[c->nunsettled++] = pid;
+    else c->umask_never = 1; /* too many at once: keep nothing for the rest of the session */
+    umask_forget_locked(c);
+    pthread_mutex_unlock(&c->umask_lock);
+    send_reply(c, n->id, 0, 1);
+    mode_t want = (mode_t)(n->data.args[0] & 0777), now;
+    for (int i = 0; i < 2000; i++) {
+        if (read_umask(pid, &now) != 0 || now == want) { umask_settled(c, pid); break; }
+        sched_yield();
+    }
+    return ANSWERED;
+}
+
+/* Any notification from `pid` means its earlier umask call (if any) has run. */
+static void umask_settled(Core *c, pid_t pid) {
+    pthread_mutex_lock(&c->umask_lock);
+    for (int i = 0; i < c->nunsettled; i++) {
+        if (c->unsettled[i] != pid) continue;
+        c->unsettled[i] = c->unsettled[--c->nunsettled];
+        umask_forget_locked(c); /* nothing was kept meanwhile; this only bumps the generation */
+        break;
+    }
+    pthread_mutex_unlock(&c->umask_lock);
+}
+
+/* The umask of the (live, notifying) task `pid`, kept or read. -> 0, or -1. The caller has checked the
+ * notification is still valid, so the task at `pid` is the one that asked. */
+static int task_umask(Core *c, const struct seccomp_notif *n, mode_t *out) {
+    pid_t pid = (pid_t)n->pid;
+    UmaskSlot *slot = &c->umask_slots[(unsigned)pid % UMASK_SLOTS];
+    pthread_mutex_lock(&c->umask_lock);
+    if (slot->pid == pid && c->nunsettled == 0 && !c->umask_never) {
+        struct pollfd p = {slot->pidfd, POLLIN, 0};
+        if (poll(&p, 1, 0) == 0) { /* the task we read it from still lives: this is that task */
+            *out = slot->umask;
+            pthread_mutex_unlock(&c->umask_lock);
+            return 0;
+        }
+    }
+    uint64_t gen = c->umask_gen;
+    pthread_mutex_unlock(&c->umask_lock);
+    /* the pidfd first, then the value, then the notification re-checked: all three are of one task */
+    int pidfd = (int)syscall(SYS_pidfd_open, pid, PIDFD_THREAD);
+    if (read_umask(pid, out) != 0 || !id_valid(c, n->id)) {
+        if (pidfd >= 0) close(pidfd);
+        return -1;
+    }
+    if (pidfd < 0) return 0;
+    pthread_mutex_lock(&c->umask_lock);
+    if (gen == c->umask_gen && c->nunsettled == 0 && !c->umask_never) {
+        if (slot->pid && slot->pidfd >= 0) close(slot->pidfd);
+        *slot = (UmaskSlot){pid, pidfd, *out};
+        pidfd = -1;
+    }
+    pthread_mutex_unlock(&c->umask_lock);
+    if (pidfd >= 0) close(pidfd);
+    return 0;
+}
+
 /* Each task's fsuid/fsgid, read once per pid as the Python supervisor does: nothing in the sandbox can
  * change its ids (no capabilities, no_new_privs), so a pid reused inside it has the same ones. The umask
- * can change at any time, so a create always reads the status afresh. */
-static TaskIds cached_ids(Core *c, pid_t pid, int need_umask) {
+ * comes from task_umask. */
+static TaskIds cached_ids(Core *c, const struct seccomp_notif *n, int need_umask) {
+    pid_t pid = (pid_t)n->pid;
     IdSlot *slot = &c->id_slots[(unsigned)pid % ID_SLOTS];
-    if (!need_umask) {
-        pthread_mutex_lock(&c->id_lock);
-        IdSlot copy = *slot;
-        pthread_mutex_unlock(&c->id_lock);
-        if (copy.pid == pid && pid != 0) return (TaskIds){copy.fsuid, copy.fsgid, 022, 1};
-    }
-    TaskIds t = task_ids(pid);
-    if (t.ok) {
+    pthread_mutex_lock(&c->id_lock);
+    IdSlot copy = *slot;
+    pthread_mutex_unlock(&c->id_lock);
+    TaskIds t;
+    if (copy.pid == pid && pid != 0) {
+        t = (TaskIds){copy.fsuid, copy.fsgid, 022, 1};
+    } else {
+        t = task_ids(pid);
+        if (!t.ok) return t;
         pthread_mutex_lock(&c->id_lock);
         *slot = (IdSlot){pid, t.fsuid, t.fsgid};
         pthread_mutex_unlock(&c->id_lock);
+        if (need_umask) return t; /* the status just read holds the umask too */
     }
+    if (need_umask && task_umask(c, n, &t.umask) != 0) t.ok = 0;
     return t;
 }
 
@@ -435,17 +549,15 @@ static void as_self(Creds *saved) {
 
 /* Take on the task's credentials for one act: its ids (read when we act for another user or need its umask),
  * then as_task. -> 0, after which the caller acts and calls as_self(saved); or the errno to answer. */
-static int enter_task(Core *c, pid_t pid, int need_umask, TaskIds *ids, Creds *saved) {
+static int enter_task(Core *c, const struct seccomp_notif *n, int need_umask, TaskIds *ids, Creds *saved) {
     *ids = (TaskIds){c->own_uid, c->own_gid, 022, 1};
-    if (need_umask || c->privileged) *ids = cached_ids(c, pid, need_umask);
+    if (need_umask || c->privileged) *ids = cached_ids(c, n, need_umask);
     if (!ids->ok) return EACCES;
     if (as_task(c, ids, saved) != 0) { as_self(saved); return EPERM; }
     return 0;
 }
 
 /* ---- the fast path -------------------------------------------------------------------------------- */
-
-enum { HANDED_BACK = 0, ANSWERED = 1 };
 
 static int record_locked(Core *c, const Entry *e, const char *target, size_t tlen, pid_t pid) {
     char line[PATH_LIMIT * 2 + 4096];
@@ -496,13 +608,14 @@ enum {
     MAY_REG1 = 2,         /* a regular file with one name (writes: another name was never judged) */
     MAY_REG = 4,          /* a regular file, any link count (names: unlink, rename) */
     MAY_DIR = 8,          /* a directory (full-audit reads) */
+    MAY_ENOENT = 16,      /* nothing there: answer ENOENT before any decision, as Python does (unlink) */
 };
 
 enum { RECORDED = 2, LOCATED = 3 };
 
 /* Read the path, resolve its directory without symlinks, find the directory (by inode) in the table and
  * check that it is still where the engine judged it (the kernel's own name for it now), check the final
- * name and what is there. Nothing is recorded. -> LOCATED, ANSWERED (the task is gone, or EEXIST comes
+ * name and what is there. Nothing is recorded. -> LOCATED, ANSWERED (the task is gone, or EEXIST/ENOENT comes
  * before any decision) or HANDED_BACK. */
 static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int may, int excl,
                   Found *f) {
@@ -544,8 +657,13 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
     if ((size_t)clen + 1 + nlen >= sizeof f->canon) return HANDED_BACK;
 
     f->exists = fstatat(f->dfd, f->name, &f->st, AT_SYMLINK_NOFOLLOW) == 0;
+    int absent = !f->exists && errno == ENOENT;
+    if (absent && (may & MAY_ENOENT)) {
+        if (id_valid(c, n->id)) send_reply(c, n->id, ENOENT, 0);
+        return ANSWERED;
+    }
     int ok;
-    if (!f->exists) ok = errno == ENOENT && (may & MAY_ABSENT);
+    if (!f->exists) ok = absent && (may & MAY_ABSENT);
     else if (S_ISREG(f->st.st_mode)) ok = (may & MAY_REG) || ((may & MAY_REG1) && f->st.st_nlink == 1);
     else ok = S_ISDIR(f->st.st_mode) && (may & MAY_DIR);
     if (!ok && !(f->exists && excl)) return HANDED_BACK;
@@ -614,7 +732,7 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     int fd = -1, creating = !f.exists;
     TaskIds ids;
     Creds saved;
-    int refused = enter_task(c, (pid_t)n->pid, creating, &ids, &saved);
+    int refused = enter_task(c, n, creating, &ids, &saved);
     if (refused) { send_reply(c, n->id, refused, 0); goto out; }
     /* O_NONBLOCK: an existing name swapped for a FIFO after our look must not block this thread (cleared
      * again below); a file we create with O_EXCL is new, regular and has one name, so it needs neither
@@ -681,7 +799,7 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     int err = 0, obj = hold_judged(&f, &err);
     TaskIds ids;
     Creds saved;
-    if (obj >= 0 && !(err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved))) {
+    if (obj >= 0 && !(err = enter_task(c, n, 0, &ids, &saved))) {
         char self_fd[64];
         snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
         if (utimensat(AT_FDCWD, self_fd, times_addr ? times : NULL, 0) != 0) err = errno;
@@ -713,7 +831,7 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
     TaskIds ids;
     Creds saved;
-    int err = enter_task(c, (pid_t)n->pid, 1, &ids, &saved);
+    int err = enter_task(c, n, 1, &ids, &saved);
     if (!err) {
         mode_t perms = mode & ~ids.umask & 01777;
         if (mkdirat(f.dfd, f.name, perms) != 0) err = errno;
@@ -752,12 +870,12 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
         return HANDED_BACK;
     }
     Found f;
-    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG, 0, &f);
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG | MAY_ENOENT, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
     TaskIds ids;
     Creds saved;
-    int err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved);
+    int err = enter_task(c, n, 0, &ids, &saved);
     if (!err) {
         if (unlinkat(f.dfd, f.name, 0) != 0) err = errno;
         as_self(&saved);
@@ -800,7 +918,7 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
     TaskIds ids;
     Creds saved;
-    int err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved);
+    int err = enter_task(c, n, 0, &ids, &saved);
     if (!err) {
         if (syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags) != 0) err = errno;
         as_self(&saved);
@@ -811,28 +929,45 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* The task's descriptor `fd` as our own: the same open file description (pidfd_getfd). -> fd, or -1. */
+static int task_file(const struct seccomp_notif *n, int fd) {
+    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)n->pid, PIDFD_THREAD);
+    if (pidfd < 0) return -1;
+    int ours = (int)syscall(SYS_pidfd_getfd, pidfd, fd, 0);
+    close(pidfd);
+    return ours;
+}
+
 /* An attribute change by descriptor (fchmod, fchown, utimensat(fd, NULL, ...)): a WRITE of the file the
  * descriptor holds, decided on its canonical path (the kernel's name for it now, whose directory must be
- * an entered one and whose name must still be this very inode), then CONTINUEd: the object is fixed and
- * the arguments are registers (or, for times, the task's own choice for a file it may write). */
+ * an entered one and whose name must still be this very inode), then performed by us, as the task, on our
+ * duplicate of the task's open file. Never CONTINUEd: the descriptor table is the task's, and a thread
+ * that dup2()s another file onto the number after our look would have the kernel change that one. */
 static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
     const struct seccomp_data *d = &n->data;
-    int fd;
+    int fd, kind;
+    enum { K_CHMOD, K_CHOWN, K_TIMES };
+    struct timespec times[2];
+    uint64_t times_addr = 0;
     if (c->nr[NR_FCHMOD] >= 0 && d->nr == c->nr[NR_FCHMOD]) {
         if (d->args[1] & (S_ISUID | S_ISGID)) return HANDED_BACK; /* refused and recorded by Python */
-        fd = (int)(int32_t)d->args[0];
+        fd = (int)(int32_t)d->args[0]; kind = K_CHMOD;
     } else if (c->nr[NR_FCHOWN] >= 0 && d->nr == c->nr[NR_FCHOWN]) {
-        fd = (int)(int32_t)d->args[0];
+        fd = (int)(int32_t)d->args[0]; kind = K_CHOWN;
     } else if (c->nr[NR_UTIMENSAT] >= 0 && d->nr == c->nr[NR_UTIMENSAT] && d->args[1] == 0
                && (uint32_t)d->args[3] == 0) {
-        fd = (int)(int32_t)d->args[0];
+        fd = (int)(int32_t)d->args[0]; kind = K_TIMES; times_addr = d->args[2];
+        if (times_addr) { /* read once, before the decision, as Python does */
+            struct iovec local = {times, sizeof times};
+            struct iovec remote = {(void *)(uintptr_t)times_addr, sizeof times};
+            if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times)
+                return HANDED_BACK;
+        }
     } else {
         return HANDED_BACK;
     }
     if (fd < 0) return HANDED_BACK;
-    char proc[64];
-    snprintf(proc, sizeof proc, "/proc/%u/fd/%d", n->pid, fd);
-    int obj = open(proc, O_PATH | O_CLOEXEC);
+    int obj = task_file(n, fd);
     if (obj < 0) return HANDED_BACK;
     Found f;
     f.basefd = f.dfd = -1;
@@ -867,7 +1002,18 @@ static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
                     Found *one[1] = {&f};
                     if (record_found(c, (pid_t)n->pid, one, 1) == RECORDED) {
                         __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-                        send_reply(c, n->id, 0, 1);
+                        TaskIds ids;
+                        Creds saved;
+                        int err = enter_task(c, n, 0, &ids, &saved);
+                        if (!err) {
+                            int r = kind == K_CHMOD ? fchmod(obj, (mode_t)(d->args[1] & 07777))
+                                  : kind == K_CHOWN ? fchown(obj, (uid_t)(uint32_t)d->args[1],
+                                                             (gid_t)(uint32_t)d->args[2])
+                                  : futimens(obj, times_addr ? times : NULL);
+                            if (r != 0) err = errno;
+                            as_self(&saved);
+                        }
+                        send_reply(c, n->id, err, 0);
                         rc = ANSWERED;
                     }
                 }
@@ -915,7 +1061,7 @@ static int fast_path_attr(Core *c, const struct seccomp_notif *n) {
     int err = 0, obj = hold_judged(&f, &err);
     TaskIds ids;
     Creds saved;
-    if (obj >= 0 && !(err = enter_task(c, (pid_t)n->pid, 0, &ids, &saved))) {
+    if (obj >= 0 && !(err = enter_task(c, n, 0, &ids, &saved))) {
         if (chown_call) {
             if (fchownat(obj, "", uid, gid, AT_EMPTY_PATH) != 0) err = errno;
         } else {
@@ -958,6 +1104,7 @@ static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     self->rootfd = -1;
     pthread_mutex_init(&self->root_lock, NULL);
     pthread_mutex_init(&self->id_lock, NULL);
+    pthread_mutex_init(&self->umask_lock, NULL);
     pthread_mutex_init(&self->spool_lock, NULL);
     pthread_mutex_init(&self->recv_lock, NULL);
     pthread_rwlock_init(&self->table_lock, NULL);
@@ -971,6 +1118,8 @@ static void Core_dealloc(Core *self) {
     if (self->buckets) { table_clear(self); free(self->buckets); }
     while (self->retired) { Entry *n = self->retired->next; entry_free(self->retired); self->retired = n; }
     if (self->rootfd >= 0) close(self->rootfd);
+    for (int i = 0; i < UMASK_SLOTS; i++)
+        if (self->umask_slots[i].pid && self->umask_slots[i].pidfd >= 0) close(self->umask_slots[i].pidfd);
     for (size_t i = 0; i < self->nglobs; i++) free(self->globs[i]);
     free(self->globs);
     Py_TYPE(self)->tp_free((PyObject *)self);
@@ -1148,6 +1297,8 @@ static PyObject *Core_next(Core *self, PyObject *args) {
             if (errno == ENOENT || errno == EINTR || errno == EAGAIN) continue;
             status = 3; err = errno; break;
         }
+        if (__atomic_load_n(&self->nunsettled, __ATOMIC_RELAXED) > 0) umask_settled(self, (pid_t)n.pid);
+        if (n.data.arch == self->arch && fast_umask(self, &n) == ANSWERED) continue;
         if (self->enabled && n.data.arch == self->arch
             && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
                 || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED

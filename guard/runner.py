@@ -338,7 +338,9 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
             t.join(timeout=2)
         if os.environ.get("GUARD_SUPERVISOR_STATS") == "1" and proc.listener_fd is not None:
             fast_counts = fast.core.counts() if fast is not None else {}
-            say(f"guard: supervisor: {supervisor.handled} answered in Python; core: {fast_counts}")
+            by_name = ", ".join(f"{k} {v}" for k, v in supervisor.handled_by.most_common())
+            say(f"guard: supervisor: {supervisor.handled} answered in Python ({by_name}); "
+                f"core: {fast_counts}")
         if watch is not None:
             watch.stop()
             watch = None

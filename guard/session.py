@@ -486,10 +486,15 @@ class Decider:
         return decision
 
     def uniform(self, action: Action) -> Decision | None:
-        """The policy's answer when it depends on nothing but the path (no `applies_to` rule decided it:
-        not what existed at launch, not which repositories are new), else None: what the fast path may
-        reuse for other names (guard.sandbox.fastpath); records nothing."""
+        """The policy's answer when it depends on nothing but the path and the repository it lies in, else
+        None: what the fast path may reuse for other plain names in the same directory
+        (guard.sandbox.fastpath); records nothing. Not when an `applies_to: existing` rule is involved
+        (what existed at launch is per name). An `applies_to: outside-new-repos` rule is set aside as
+        check() does: which repository a plain name lies in is the nearest `.git` above its directory,
+        the same for every name there, and the fast path forgets its table when a `.git` changes."""
         decision = self._policy.decide(action)
+        if decision.rule_id in self._outside_new and self._in_own_repository(action, decision.rule_id):
+            decision = self._policy.decide(action, ignore=self._outside_new)
         return None if decision.rule_id in self._existing_only | self._outside_new else decision
 
     def _in_own_repository(self, action: Action, rule_id: str) -> bool:

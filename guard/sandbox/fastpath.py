@@ -19,6 +19,10 @@ other name back. A directory is never entered in the table when:
 - the answer is not an enforced, plain `allow` (asks and denials stay on the path that records them
   with their context; audit mode is not accelerated);
 - an `applies_to: existing` rule decides the probe (its answer depends on what existed at launch);
+- an `applies_to: outside-new-repos` rule decides it, unless the directory lies in a repository the
+  session created (guard.session.Decider.uniform): which repository that is depends only on the nearest
+  `.git` above the directory and that repository's birth time, which nothing changes; a `.git` made,
+  removed or moved (in a moved tree) goes through Python, which then forgets the whole table (`forget`);
 - a protected symlink points at the directory, above it or at a name inside it (`link_names`: the
   write must also be judged under the symlink's name).
 Names are further limited, in the core, to printable ASCII with no quote or backslash (so the record
@@ -120,6 +124,7 @@ class FastPath:
         self._links = [t.rstrip("/") or "/" for t in (link_names or {})]
         self._seen: set[tuple[int, str, int, int]] = set()
         self._lock = threading.Lock()
+        self._generation = 0  # bumped by forget(): a judgement begun before it is not entered
         encoded = [s.encode("ascii") for s in segments]
         core.set_globs(encoded)
         self._probe_name = next((p for p in _PROBES if not any(_glob_match(g, p) for g in encoded)), None)
@@ -165,9 +170,21 @@ class FastPath:
             if key in self._seen:
                 return
             self._seen.add(key)
+            generation = self._generation
         parts = self._entry(op, directory)
         if parts is not None:
-            self.core.add(code, st.st_dev, st.st_ino, directory.encode("ascii"), parts)
+            with self._lock:
+                if generation == self._generation:
+                    self.core.add(code, st.st_dev, st.st_ino, directory.encode("ascii"), parts)
+
+    def forget(self) -> None:
+        """Forget every directory: a `.git` was made, removed or moved, so which repository a path lies
+        in (what an `applies_to: outside-new-repos` rule asks) may have changed anywhere around it. Each
+        directory is judged afresh at its next write through Python; a judgement under way is dropped."""
+        with self._lock:
+            self._generation += 1
+            self._seen.clear()
+            self.core.clear()
 
     def _entry(self, op: Op, directory: str) -> tuple[bytes, bytes, bytes] | None:
         if self._probe_name is None:

@@ -91,6 +91,9 @@ NOTIFIED = (
     # sockaddr: every connect goes to the supervisor, which decides only AF_UNIX paths. bind() of a
     # pathname unix socket creates a name on the file system, so it is decided like any create.
     "connect", "bind",
+    # Not decided: the compiled core keeps each task's umask (a create must apply it) instead of reading
+    # /proc/<pid>/status for every create; a umask call makes it forget what it kept, then continues.
+    "umask",
 )
 # sendto with a destination address (arg 4 non-NULL) names a socket path too; sendmsg's address is
 # inside a struct BPF cannot read, so it stays a documented residual.
@@ -118,7 +121,7 @@ _X86_64 = {
     "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
     "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 77,
-    "connect": 42, "sendto": 44, "bind": 49,
+    "connect": 42, "sendto": 44, "bind": 49, "umask": 95,
 }
 
 # The generic table (asm-generic/unistd.h) as arm64 uses it; it has no legacy path syscalls.
@@ -139,7 +142,7 @@ _AARCH64 = {
     "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
     "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 46,
-    "connect": 203, "sendto": 206, "bind": 200,
+    "connect": 203, "sendto": 206, "bind": 200, "umask": 166,
 }
 
 

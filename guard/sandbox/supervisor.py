@@ -34,6 +34,7 @@ import stat
 import struct
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -43,7 +44,7 @@ from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
 from guard.sandbox.agent_config import rename_programs_action
 from guard.sandbox.fastpath import FastPath
-from guard.sandbox.seccomp import ARCHES, SeccompSpec
+from guard.sandbox.seccomp import ARCHES, FS_IOC_FSSETXATTR, SeccompSpec
 
 log = logging.getLogger(__name__)
 
@@ -675,6 +676,7 @@ class Supervisor:
         self._closed = False
         self.sync_wakeup = sc.notif_set_sync_wakeup(listener_fd)
         self.handled = 0
+        self.handled_by: Counter[str] = Counter()  # syscall -> answered in Python (GUARD_SUPERVISOR_STATS)
         # The compiled fast path (guard.sandbox.fastpath): it receives every notification, answers the
         # plain write-opens of directories the engine proved uniform, and hands the rest to _answer.
         self._fast = fast
@@ -867,6 +869,7 @@ class Supervisor:
     # dispatch ---------------------------------------------------------------------------------------
     def _handle(self, n: sc.Notif) -> None:
         name = self._names.get(n.nr, "")
+        self.handled_by[name] += 1
         if n.arch != self._arch:
             self._send(n.id, error=errno.EPERM)
             return
@@ -885,6 +888,8 @@ class Supervisor:
                     self._bind(n, task, stack)
                 elif name in ("connect", "sendto"):
                     self._connect(n, name, task, stack)
+                elif name == "umask":  # nothing to decide (see seccomp.NOTIFIED): the compiled core's cue
+                    self._send(n.id, cont=True)
                 else:
                     self._send(n.id, error=errno.ENOSYS)
             except _Reply as reply:
@@ -975,17 +980,29 @@ class Supervisor:
         if name == "truncate" and not found[0].anonymous and _has_other_names(found[0]):
             self._refuse(actions[0], _OTHER_NAMES)
             raise _Reply(errno.EACCES)
+        # a `.git` made, removed or moved changes which repository the paths around it lie in, and so what
+        # the fast path may answer there (guard.sandbox.fastpath.FastPath.forget): forgotten before and after
+        reshapes = any(res.name == ".git" for res in found)
+        if reshapes and self._fast is not None:
+            self._fast.forget()
         for res in found:  # each name, on every path it passed through
             if not res.anonymous and not self._judge_names(res, n.pid):
                 raise _Reply(errno.EACCES)
         if name.startswith("rename") and len(found) == 2 and not (found[0].anonymous or found[1].anonymous):
-            self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE))
+            if self._judge_renamed_trees(n, found[0], found[1], exchange=bool(flags & RENAME_EXCHANGE)):
+                reshapes = True
+                if self._fast is not None:
+                    self._fast.forget()
             # agent config that starts programs (~/.claude.json's MCP servers): judged on content
             src, dst = found
             programs = rename_programs_action((src.parent, src.name), (dst.parent, dst.name), dst.path, n.pid)
             if programs is not None and not self._judge([programs]):
                 raise _Reply(errno.EACCES)
-        self._perform(n.id, task, self._name_op(n, name, task, found, flags))
+        act = self._name_op(n, name, task, found, flags)
+        if reshapes and self._fast is not None:
+            self._perform(n.id, task, _then(act, self._fast.forget))
+        else:
+            self._perform(n.id, task, act)
 
     def _name_op(self, n: sc.Notif, name: str, task: _Task, found: list[_Resolved],
                  flags: int) -> Callable[[], None]:
@@ -1094,14 +1111,16 @@ class Supervisor:
             self._refuse(action, _SETID)
             raise _Reply(errno.EPERM)
 
-    def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> None:
+    def _judge_renamed_trees(self, n: sc.Notif, src: _Resolved, dst: _Resolved, *, exchange: bool) -> bool:
         """A directory rename writes every path under both its names: `mv .git g; echo x > g/hooks/h;
         mv g .git` must not plant a hook that the `.git/hooks/**` rule refuses to write directly. Walk
         the moved tree (both, for RENAME_EXCHANGE) and decide WRITE for each entry under the old and
-        the new name; raises _Reply to refuse."""
+        the new name; raises _Reply to refuse. -> whether a moved tree holds a `.git` (it changes which
+        repository paths lie in)."""
         moves = [(src, dst)] + ([(dst, src)] if exchange else [])
         deadline = time.monotonic() + TREE_WALK_S
         budget = TREE_WALK_MAX
+        holds_repository = False
         for old, new in moves:
             names = _subtree(old, budget, deadline)
             if names is None:
@@ -1110,6 +1129,7 @@ class Supervisor:
                              f"{TREE_WALK_S} s to list) cannot be judged path by path; copy it instead")
                 raise _Reply(errno.EXDEV)  # mv, shutil.move, pip: copy and delete, each file judged
             budget -= len(names)
+            holds_repository = holds_repository or any(".git" in rel.split("/") for rel in names)
             paths = dict.fromkeys(f"{base}/{rel}" for rel in names for base in (old.path, new.path))
             self._check(n.id)
             for path in paths:
@@ -1122,6 +1142,7 @@ class Supervisor:
                         log.exception("seccomp supervisor: check() failed for %s", action)
                 if not self._judge([action]):
                     raise _Reply(errno.EACCES)
+        return holds_repository
 
     def _attr_op(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
         """Mode, owner, times, xattrs, inode flags, ftruncate: a WRITE of the object they change.
@@ -1131,7 +1152,11 @@ class Supervisor:
         and holds, with the task's file-system ids and no capability of ours, so a path swapped after
         the check changes nothing; by a descriptor (fchmod, fchown) the object is fixed and the
         arguments are registers, so CONTINUE is exact. Times named by a path are performed the same way
-        (the times read from the task once). Inode flags and ftruncate are CONTINUEd."""
+        (the times read from the task once). By a descriptor (fchmod, fchown, futimens, ftruncate, the
+        chattr ioctls) the change is performed on the task's own open file, taken with pidfd_getfd: the
+        descriptor table is the task's, and a thread that dup2()s another file onto the number between
+        our look and the kernel's act would otherwise change that file instead (a read-only descriptor is
+        enough for fchmod). Nothing is CONTINUEd."""
         spec = _ATTR_OPS[name]
         a = n.args
         fd = None if spec.fd_arg is None else _s32(a[spec.fd_arg])
@@ -1139,10 +1164,11 @@ class Supervisor:
         path_addr = 0 if spec.path_arg is None else a[spec.path_arg]
         res: _Resolved | None = None
         if spec.path_arg is None or (path_addr == 0 and fd is not None and fd != AT_FDCWD):
-            # The descriptor names the object (f* calls, utimensat(fd, NULL)): nothing can swap it.
+            # The descriptor names the object (f* calls, utimensat(fd, NULL)): we take the task's open file
+            # itself, judge it and act on it, whatever the number names by then.
             if fd is None or fd < 0:
                 raise _Reply(errno.EBADF)
-            obj = task.base(fd)
+            obj = self._task_file(task, n, fd, stack)
             comps = task.canonical(obj)
             target = None if comps is None else "/" + "/".join(comps)
         else:
@@ -1190,8 +1216,8 @@ class Supervisor:
             raise _Reply(errno.EACCES)
         if bad_args is not None:
             raise bad_args
-        if spec.path_arg is None and name not in _XATTR_ARGS:
-            self._send(n.id, cont=True)  # fchmod, fchown, ftruncate, ...: fixed object, register arguments
+        if res is None and name not in _XATTR_ARGS:
+            self._perform(n.id, task, self._by_descriptor(n, name, task, obj))
             return
         if name in _MODE_ARG:
             if stat.S_ISLNK(st.st_mode):
@@ -1210,7 +1236,7 @@ class Supervisor:
             times = _times_arg(task, name, a)
             self._check(n.id)
             self._perform(n.id, task, lambda: _utimens_empty(obj, times))
-        elif name == "file_setattr" and res is not None:
+        elif name == "file_setattr":
             size = a[3]
             if size > _FILE_ATTR_MAX:
                 raise _Reply(errno.E2BIG)
@@ -1221,6 +1247,42 @@ class Supervisor:
             self._perform(n.id, task, lambda: _file_setattr_empty(obj, attr, self._file_setattr_nr))
         else:
             self._send(n.id, cont=True)
+
+    def _task_file(self, task: _Task, n: sc.Notif, fd: int, stack: ExitStack) -> int:
+        """Our own descriptor for the task's descriptor `fd`: the same open file description (pidfd_getfd),
+        so what is judged is what is changed, and its open mode is the task's (fchmod of an O_PATH
+        descriptor, ftruncate of a read-only one, fail as they would)."""
+        ours = _task_fd(task, n, fd)
+        stack.callback(os.close, ours)
+        return ours
+
+    def _by_descriptor(self, n: sc.Notif, name: str, task: _Task, ours: int) -> Callable[[], None]:
+        """The change a descriptor call asks for, on our duplicate of the task's open file (see _attr_op);
+        memory arguments are read from the task once."""
+        a = n.args
+        if name == "fchmod":
+            return lambda: os.fchmod(ours, a[1] & 0o7777)
+        if name == "fchown":
+            uid, gid = (-1 if v & 0xFFFFFFFF == 0xFFFFFFFF else v & 0xFFFFFFFF for v in (a[1], a[2]))
+            return lambda: os.fchown(ours, uid, gid)
+        if name == "ftruncate":
+            length = a[1] - (1 << 64) if a[1] & (1 << 63) else a[1]
+            return lambda: os.ftruncate(ours, length)
+        if name in _TIMES_ARG:  # utimensat(fd, NULL, times, 0), futimesat(fd, NULL, times)
+            if name == "utimensat" and a[3] & 0xFFFFFFFF:
+                raise _Reply(errno.EINVAL)  # no flags without a path, as the kernel answers
+            times = _times_arg(task, name, a)
+            self._check(n.id)
+            return lambda: _futimens(ours, times)
+        if name == "ioctl":  # FS_IOC_(32_)SETFLAGS take an int, FS_IOC_FSSETXATTR a struct fsxattr
+            cmd = a[1] & 0xFFFFFFFF
+            size = _FSXATTR_SIZE if cmd == FS_IOC_FSSETXATTR else 4
+            arg = task.read(a[2], size)
+            self._check(n.id)
+            if len(arg) < size:
+                raise _Reply(errno.EFAULT)
+            return lambda: _ioctl_bytes(ours, cmd, arg)
+        raise _Reply(errno.ENOSYS)
 
     def _xattr_args(self, task: _Task, name: str, a: tuple[int, ...]) -> tuple[str, bytes | None, int]:
         """(name, value or None for a removal, flags) of an xattr syscall, read from the task once."""
@@ -1306,18 +1368,7 @@ class Supervisor:
     def _task_socket(self, task: _Task, n: sc.Notif, fd: int, stack: ExitStack) -> socket.socket:
         """Our own descriptor for the task's socket `fd` (the same open file description), taken with
         pidfd_getfd: what we bind or connect, the task holds."""
-        try:
-            pidfd = os.pidfd_open(n.pid, _PIDFD_THREAD)
-        except OSError as exc:
-            if exc.errno == errno.ESRCH:
-                raise _Gone() from exc
-            pidfd = os.pidfd_open(int(task.status("Tgid")))
-        try:
-            ours = sc.pidfd_getfd(pidfd, fd)
-        except OSError as exc:
-            raise _Reply(errno.EBADF if exc.errno == errno.EBADF else errno.EACCES) from exc
-        finally:
-            os.close(pidfd)
+        ours = _task_fd(task, n, fd)
         self._check(n.id)
         try:
             sock = socket.socket(fileno=ours)
@@ -1476,6 +1527,10 @@ class Supervisor:
             is_dir = res.name == "." or (there is not None and stat.S_ISDIR(there.st_mode))
             if is_dir or res.must_be_dir:
                 raise _Reply(errno.EISDIR if is_dir or flags & os.O_CREAT else errno.ENOENT)
+        # a `.git` coming into being changes which repository the paths around it lie in (fastpath.forget)
+        fast = self._fast if res.name == ".git" and flags & os.O_CREAT else None
+        if fast is not None:
+            fast.forget()
         if not res.anonymous and not self._judge_names(res, n.pid):
             self._send(n.id, error=errno.EACCES)
             return
@@ -1510,6 +1565,8 @@ class Supervisor:
                         fd = self._open_at(task, held, name, flags & ~os.O_TRUNC, mode)
             finally:
                 os.close(held)
+                if fast is not None:
+                    fast.forget()
             try:
                 st = os.fstat(fd)
                 if writes and not res.anonymous and stat.S_ISREG(st.st_mode) and st.st_nlink > 1:
@@ -1825,6 +1882,26 @@ def _times_arg(task: _Task, name: str, a: tuple[int, ...]) -> bytes | None:
     return struct.pack("=qqqq", s0, u0 * 1000, s1, u1 * 1000)
 
 
+def _futimens(fd: int, times: bytes | None) -> None:
+    """futimens(fd, times): the times of the open file `fd` (an O_PATH one fails, as the task's would)."""
+    buf = None if times is None else ctypes.create_string_buffer(times, len(times))
+    if _libc.futimens(fd, buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
+_libc.futimens.argtypes = [ctypes.c_int, ctypes.c_void_p]
+_FSXATTR_SIZE = 28  # struct fsxattr: five u32 and eight bytes of padding
+
+
+def _ioctl_bytes(fd: int, cmd: int, arg: bytes) -> None:
+    """ioctl(fd, cmd, &arg) with a copy of the task's argument."""
+    buf = ctypes.create_string_buffer(arg, len(arg))
+    if _libc.ioctl(fd, ctypes.c_ulong(cmd), buf) != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, os.strerror(err))
+
+
 def _utimens_empty(fd: int, times: bytes | None) -> None:
     """utimensat(fd, "", times, AT_EMPTY_PATH): set the times of the object an O_PATH fd holds."""
     buf = None if times is None else ctypes.create_string_buffer(times, len(times))
@@ -1884,3 +1961,30 @@ def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSp
         stop.set()
         thread.join()
         sup.close()
+
+
+def _task_fd(task: _Task, n: sc.Notif, fd: int) -> int:
+    """A duplicate of the task's descriptor `fd` (the same open file description), taken with pidfd_getfd
+    from the very thread that asked (its descriptor table); the caller closes it."""
+    try:
+        pidfd = os.pidfd_open(n.pid, _PIDFD_THREAD)
+    except OSError as exc:
+        if exc.errno == errno.ESRCH:
+            raise _Gone() from exc
+        pidfd = os.pidfd_open(int(task.status("Tgid")))
+    try:
+        return sc.pidfd_getfd(pidfd, fd)
+    except OSError as exc:
+        raise _Reply(errno.EBADF if exc.errno == errno.EBADF else errno.EACCES) from exc
+    finally:
+        os.close(pidfd)
+
+
+def _then(act: Callable[[], None], after: Callable[[], None]) -> Callable[[], None]:
+    """`act`, then `after` whatever act raised."""
+    def both() -> None:
+        try:
+            act()
+        finally:
+            after()
+    return both

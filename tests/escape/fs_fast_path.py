@@ -177,6 +177,11 @@ out.append('nonblock=' + str(bool(fcntl.fcntl(fd, fcntl.F_GETFL) & os.O_NONBLOCK
 os.close(fd)
 os.utime(p('t'), (1_000_000_000, 1_200_000_000))
 out.append('mtime=' + str(int(os.stat(p('t')).st_mtime)))
+try:
+    os.unlink(p('never-there'))  # the kernel's ENOENT, before any decision: nothing recorded
+    out.append('unlink=done')
+except FileNotFoundError:
+    out.append('unlink=ENOENT')
 print(' '.join(out))
 """
 
@@ -344,3 +349,42 @@ def test_a_symlink_raced_in_under_a_chmod_never_reaches_the_file_it_points_at(wo
     run = world.guard_run(_py(world, CHMOD_SWAP, str(world.ws / "fast-chmod"), str(victim), "3000"), timeout=180)
     assert "DONE" in run.stdout, run
     assert stat.S_IMODE(victim.stat().st_mode) == 0o600, run
+
+
+UMASKS = """
+import threading
+p = lambda n: os.path.join(d, n)
+for i in range(30): open(p(f'f{i}'), 'w').close()
+out = []
+def make(tag):
+    fd = os.open(p(tag), os.O_CREAT | os.O_WRONLY, 0o777); os.close(fd)
+    os.mkdir(p(tag + '.d'), 0o777)
+    return oct(os.stat(p(tag)).st_mode & 0o777) + '/' + oct(os.stat(p(tag + '.d')).st_mode & 0o777)
+for i, m in enumerate((0o022, 0o077, 0o002, 0o027, 0o000, 0o077)):
+    os.umask(m)
+    out.append(make(f'main{i}a')); out.append(make(f'main{i}b'))  # the second create may use a kept umask
+for i, m in enumerate((0o007, 0o070)):  # a thread shares the umask with the main thread
+    t = threading.Thread(target=os.umask, args=(m,)); t.start(); t.join()
+    out.append(make(f'thread{i}'))
+for i, m in enumerate((0o066, 0o011)):  # a child's umask is its own; the parent's stays as it was
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.umask(m)
+        os.write(w, (make(f'child{i}a') + ',' + make(f'child{i}b')).encode()); os._exit(0)
+    os.close(w); out.append(os.read(r, 200).decode()); os.close(r); os.waitpid(pid, 0)
+    out.append(make(f'parent{i}'))
+print(' '.join(out))
+"""
+
+
+def test_the_umask_a_create_applies_is_the_tasks_own_after_every_change(world):
+    """The core keeps each task's umask instead of reading it for every create; any umask(2) call makes it
+    forget. Modes of files and directories after changes in the main thread, in another thread (threads
+    share it) and in forked children (theirs alone) are exactly the bare ones."""
+    bare = world.bare_run(_py(world, UMASKS, str(world.scratch / "fast-umask")))
+    assert bare.returncode == 0, bare
+    run = world.guard_run(_py(world, UMASKS, str(world.ws / "fast-umask")))
+    assert run.returncode == 0, run
+    assert run.stdout == bare.stdout, (run.stdout, bare.stdout)
+    assert "0o700/0o700" in run.stdout and "0o711/0o711" in run.stdout

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,70 @@ def test_the_cores_record_is_pythons_byte_for_byte(tmp_path: Path) -> None:
     assert n == 1
     assert (tmp_path / "s").read_bytes() == python + b',"n":1}\n'
 
+
+
+def test_a_repository_the_session_made_is_entered_and_the_engineers_is_not(tmp_path: Path) -> None:
+    """CI workflows are protected by an `applies_to: outside-new-repos` rule: in a clone the session made,
+    they are the agent's own (check() allows them), so the fast path may answer there with the very
+    decision check() makes; in the engineer's repository they stay an ask and are never entered."""
+    from guard.sandbox.new_repos import birth_time_ns
+    from guard.session import Decider
+
+    home = tmp_path / "home"
+    ws = home / "src" / "proj"
+    (ws / ".git").mkdir(parents=True)
+    (ws / ".github" / "workflows").mkdir(parents=True)
+    if birth_time_ns(str(ws)) is None:
+        pytest.skip("this file system keeps no birth times: nothing is new, the rule keeps asking")
+    policy = load_policy("coding-agent", workspace=ws, home=home)
+    decider = Decider(policy, None, "0123456789", None, warn=lambda _line: None,  # type: ignore[arg-type]
+                      workspace=str(ws))
+    clone_workflows = ws / "clone" / ".github" / "workflows"
+    for _ in range(10_000):  # born after the session started (the inode clock may be coarse)
+        clone_workflows.mkdir(parents=True)
+        (ws / "clone" / ".git").mkdir()
+        if birth_time_ns(str(ws / "clone")) > decider._started_ns:
+            break
+        shutil.rmtree(ws / "clone")
+    new = Action(Op.WRITE, str(clone_workflows / "guard-probe-0"))
+    entered = decider.uniform(new)
+    assert entered is not None and entered.verdict is Verdict.ALLOW, entered
+    assert entered == decider.check(new)
+    old = Action(Op.WRITE, str(ws / ".github" / "workflows" / "guard-probe-0"))
+    assert decider.check(old).verdict is Verdict.ASK
+    assert decider.uniform(old) is None
+
+
+def test_forget_empties_the_table_and_drops_a_judgement_under_way(tmp_path: Path) -> None:
+    """A `.git` made, removed or moved changes which repository paths lie in: forget() empties the core's
+    table, and a directory whose judgement began before it is not entered after it."""
+    import os
+
+    allow = Decision(Verdict.ALLOW, "workspace", "inside the workspace")
+    during: list[fastpath.FastPath] = []
+
+    def probe(action: Action) -> Decision:
+        if during:
+            during.pop().forget()  # a `.git` changed while this directory was being judged
+        return allow
+
+    c = core.Core(-1, 0, {"openat": 257}, False, False)
+    fast = fastpath.FastPath(c, probe=probe, segments=[], render=SpoolWriter.render_head,
+                             record_of=decision_record)
+    one, two = tmp_path / "one", tmp_path / "two"
+    one.mkdir()
+    two.mkdir()
+    fd1, fd2 = os.open(one, os.O_PATH), os.open(two, os.O_PATH)
+    try:
+        fast.consider(Op.WRITE, str(one), fd1)
+        assert c.counts()["dirs"] == 1
+        fast.forget()
+        assert c.counts()["dirs"] == 0
+        during.append(fast)
+        fast.consider(Op.WRITE, str(two), fd2)
+        assert c.counts()["dirs"] == 0, "a judgement made before forget() was entered after it"
+        fast.consider(Op.WRITE, str(one), fd1)  # judged afresh after forget()
+        assert c.counts()["dirs"] == 1
+    finally:
+        os.close(fd1)
+        os.close(fd2)
