@@ -69,6 +69,7 @@ typedef struct Entry {
     size_t dir_len;
     char *part[3];        /* record = part0 TARGET part1 PID part2 ,"n":N} "\n" */
     size_t part_len[3];
+    int inherit;          /* levels below whose plain names the engine proved the same answer (enter_made) */
 } Entry;
 
 #define ID_SLOTS 1024
@@ -83,10 +84,12 @@ typedef struct { pid_t pid; int pidfd; mode_t umask; } UmaskSlot;
 #endif
 
 enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
-       NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_UMASK, NR_COUNT };
+       NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_UMASK, NR_LINK, NR_LINKAT,
+       NR_COUNT };
 static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
                                                "unlink", "unlinkat", "rename", "renameat", "renameat2",
-                                               "fchmod", "fchown", "chmod", "fchmodat", "fchownat", "umask"};
+                                               "fchmod", "fchown", "chmod", "fchmodat", "fchownat", "umask",
+                                               "link", "linkat"};
 
 typedef struct {
     PyObject_HEAD
@@ -107,6 +110,7 @@ typedef struct {
     pthread_rwlock_t table_lock;
     Entry **buckets;
     Entry *retired;       /* replaced entries, freed with the core */
+    uint64_t table_gen;   /* bumped by every clear: an entry derived from an older one is not added */
     size_t nbuckets, nentries;
     char **globs;
     size_t nglobs;
@@ -149,6 +153,7 @@ static void entry_free(Entry *e) {
 }
 
 static void table_clear(Core *c) {
+    c->table_gen++;
     for (size_t i = 0; i < c->nbuckets; i++) {
         Entry *e = c->buckets[i];
         while (e) { Entry *n = e->next; entry_free(e); e = n; }
@@ -579,6 +584,7 @@ typedef struct {
     struct stat st;
     int exists;
     Entry entry;          /* a copy: its parts live as long as the core */
+    uint64_t gen;         /* the table's generation when the entry was copied */
     size_t tlen;          /* canon holds the target, dir + "/" + name */
     char path[PATH_LIMIT], dir[PATH_LIMIT], canon[PATH_LIMIT * 2];
 } Found;
@@ -639,6 +645,12 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         if (f->basefd < 0) return HANDED_BACK;
         f->dfd = openat2_dir(f->basefd, f->dir, RESOLVE_BENEATH);
     }
+    if (f->dfd < 0 && errno == ENOENT) {
+        /* a directory on the way is missing (no symlink met before it: that would be ELOOP): the kernel's
+         * own lookup answers ENOENT whatever the policy, and Python answers it before any decision */
+        if (id_valid(c, n->id)) send_reply(c, n->id, ENOENT, 0);
+        return ANSWERED;
+    }
     struct stat dst;
     if (f->dfd < 0 || fstat(f->dfd, &dst) != 0) return HANDED_BACK;
 
@@ -646,6 +658,7 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
     const Entry *e = table_find(c, op, dst.st_dev, dst.st_ino);
     int spoken = e ? name_spoken_of(c, f->name) : 1;
     if (e) f->entry = *e; /* parts are freed only with the core, never while serving */
+    f->gen = c->table_gen;
     pthread_rwlock_unlock(&c->table_lock);
     if (!e || spoken) return HANDED_BACK;
 
@@ -811,6 +824,41 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* A directory the core has just made (by the name judged) in an entered one whose answer the engine proved
+ * for `inherit` levels below it (guard.sandbox.fastpath.FastPath._entry): the same entry for it, one level
+ * less, so the first write in it needs no Python. Not after the table was cleared since the parent's entry
+ * was read (a `.git` changed: fastpath.forget). */
+static void enter_made(Core *c, const Found *f, const struct stat *st) {
+    if (f->entry.inherit <= 0 || !S_ISDIR(st->st_mode)) return;
+    Entry *e = calloc(1, sizeof *e);
+    if (!e) return;
+    e->op = f->entry.op;
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->dir = strndup(f->canon, f->tlen);
+    e->dir_len = f->tlen;
+    e->inherit = f->entry.inherit - 1;
+    int ok = e->dir != NULL;
+    for (int i = 0; i < 3; i++) {
+        e->part[i] = malloc(f->entry.part_len[i] + 1);
+        if (!e->part[i]) { ok = 0; continue; }
+        memcpy(e->part[i], f->entry.part[i], f->entry.part_len[i]);
+        e->part_len[i] = f->entry.part_len[i];
+    }
+    if (ok) {
+        pthread_rwlock_wrlock(&c->table_lock);
+        if (c->table_gen == f->gen && c->nentries < 1000000 && !table_find(c, e->op, e->dev, e->ino)) {
+            size_t b = hash_key(e->op, e->dev, e->ino) % c->nbuckets;
+            e->next = c->buckets[b];
+            c->buckets[b] = e;
+            c->nentries++;
+            e = NULL;
+        }
+        pthread_rwlock_unlock(&c->table_lock);
+    }
+    if (e) entry_free(e);
+}
+
 /* mkdir(path, mode), mkdirat(dirfd, path, mode): created as the task, with its umask exactly (the
  * kernel would also apply ours), a set-group-id parent's inherited bit kept, as _make does in Python. */
 static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
@@ -845,6 +893,7 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
                     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
                     if (chmod(self_fd, want) != 0) err = errno;
                 }
+                if (!err) enter_made(c, &f, &st);
             }
             if (obj >= 0) close(obj);
         }
@@ -885,6 +934,23 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* Locate both names of a rename or link and record them together (two records, all or none): the source
+ * a regular file, the destination as `dst_may` allows (with `dst_excl`, an existing one is EEXIST before
+ * any decision). -> RECORDED, or what locate() answered. */
+static int prepare_two(Core *c, const struct seccomp_notif *n, int odir, uint64_t oaddr, int ndir, uint64_t naddr,
+                       int dst_may, int dst_excl, Found *src, Found *dst) {
+    dst->basefd = dst->dfd = -1;
+    int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, src);
+    if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, dst_may, dst_excl, dst);
+    if (rc == LOCATED && src->st.st_dev == dst->st.st_dev && src->st.st_ino == dst->st.st_ino && dst->exists)
+        rc = HANDED_BACK; /* a name onto another name of itself: the kernel does nothing; Python says so */
+    if (rc == LOCATED) {
+        Found *both[2] = {src, dst};
+        rc = record_found(c, (pid_t)n->pid, both, 2);
+    }
+    return rc;
+}
+
 /* rename, renameat, renameat2 with no flags or RENAME_NOREPLACE, of a regular file onto nothing or a
  * regular file: both names judged (two records, written together), renamed as the task between the two
  * directories held. Directories (whose trees Python vets), exchanges and anything else go to Python. */
@@ -905,15 +971,7 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
         return HANDED_BACK;
     }
     Found src, dst;
-    dst.basefd = dst.dfd = -1;
-    int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, &src);
-    if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, MAY_ABSENT | MAY_REG, 0, &dst);
-    if (rc == LOCATED && src.st.st_dev == dst.st.st_dev && src.st.st_ino == dst.st.st_ino && dst.exists)
-        rc = HANDED_BACK; /* a name onto another name of itself: the kernel does nothing; Python says so */
-    if (rc == LOCATED) {
-        Found *both[2] = {&src, &dst};
-        rc = record_found(c, (pid_t)n->pid, both, 2);
-    }
+    int rc = prepare_two(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT | MAY_REG, 0, &src, &dst);
     if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
     __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
     TaskIds ids;
@@ -921,6 +979,39 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     int err = enter_task(c, n, 0, &ids, &saved);
     if (!err) {
         if (syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags) != 0) err = errno;
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(&src);
+    found_close(&dst);
+    return ANSWERED;
+}
+
+/* link(old, new), linkat(olddir, old, newdir, new, 0) of a regular file to a name where nothing is: both
+ * names judged (two records, written together: what Python records), linked as the task between the two
+ * directories held, the source not followed. AT_SYMLINK_FOLLOW, AT_EMPTY_PATH, symlinks and directories
+ * go to Python. (git links every loose object it writes from its temporary name.) */
+static int fast_link(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int odir, ndir;
+    uint64_t oaddr, naddr;
+    if (c->nr[NR_LINKAT] >= 0 && d->nr == c->nr[NR_LINKAT]) {
+        if ((uint32_t)d->args[4] != 0) return HANDED_BACK;
+        odir = (int)(int32_t)d->args[0]; oaddr = d->args[1]; ndir = (int)(int32_t)d->args[2]; naddr = d->args[3];
+    } else if (c->nr[NR_LINK] >= 0 && d->nr == c->nr[NR_LINK]) {
+        odir = ndir = AT_FDCWD; oaddr = d->args[0]; naddr = d->args[1];
+    } else {
+        return HANDED_BACK;
+    }
+    Found src, dst;
+    int rc = prepare_two(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT, 1, &src, &dst);
+    if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
+    TaskIds ids;
+    Creds saved;
+    int err = enter_task(c, n, 0, &ids, &saved);
+    if (!err) {
+        if (linkat(src.dfd, src.name, dst.dfd, dst.name, 0) != 0) err = errno;
         as_self(&saved);
     }
     send_reply(c, n->id, err, 0);
@@ -1216,14 +1307,16 @@ static PyObject *Core_set_globs(Core *self, PyObject *args) {
     Py_RETURN_NONE;
 }
 
-/* add(op, dir: bytes, parts: (bytes, bytes, bytes)): the record of any plain name in `dir` is
- * parts[0] + target + parts[1] + pid + parts[2] (then ,"n":N}). */
+/* add(op, dev, ino, dir: bytes, parts: (bytes, bytes, bytes), inherit=0): the record of any plain name in
+ * `dir` is parts[0] + target + parts[1] + pid + parts[2] (then ,"n":N}); the same holds `inherit` levels of
+ * plain directories down (see enter_made). */
 static PyObject *Core_add(Core *self, PyObject *args) {
-    int op;
+    int op, inherit = 0;
     unsigned long long dev, ino;
     Py_buffer dir, p0, p1, p2;
-    if (!PyArg_ParseTuple(args, "iKKy*(y*y*y*)", &op, &dev, &ino, &dir, &p0, &p1, &p2)) return NULL;
+    if (!PyArg_ParseTuple(args, "iKKy*(y*y*y*)|i", &op, &dev, &ino, &dir, &p0, &p1, &p2, &inherit)) return NULL;
     Entry *e = calloc(1, sizeof *e);
+    e->inherit = inherit;
     Py_buffer *parts[3] = {&p0, &p1, &p2};
     e->op = op;
     e->dev = (dev_t)dev;
@@ -1302,7 +1395,8 @@ static PyObject *Core_next(Core *self, PyObject *args) {
         if (self->enabled && n.data.arch == self->arch
             && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
                 || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
-                || fast_rename(self, &n) == ANSWERED || fast_fd_attr(self, &n) == ANSWERED
+                || fast_rename(self, &n) == ANSWERED || fast_link(self, &n) == ANSWERED
+                || fast_fd_attr(self, &n) == ANSWERED
                 || fast_path_attr(self, &n) == ANSWERED)) continue;
         __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);
         status = 1;
@@ -1350,7 +1444,7 @@ static PyMethodDef Core_methods[] = {
     {"set_flow", (PyCFunction)Core_set_flow, METH_VARARGS, "set_flow(acked, window, stopped)"},
     {"set_wake", (PyCFunction)Core_set_wake, METH_VARARGS, "set_wake(eventfd)"},
     {"set_globs", (PyCFunction)Core_set_globs, METH_VARARGS, "set_globs([bytes]); clears the table"},
-    {"add", (PyCFunction)Core_add, METH_VARARGS, "add(op, dir, parts) -> bool"},
+    {"add", (PyCFunction)Core_add, METH_VARARGS, "add(op, dev, ino, dir, parts, inherit=0) -> bool"},
     {"clear", (PyCFunction)Core_clear, METH_NOARGS, "forget every directory"},
     {"next", (PyCFunction)Core_next, METH_VARARGS, "next(timeout_ms) -> bytes | None | False"},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS, "what the fast path did"},

@@ -50,6 +50,9 @@ log = logging.getLogger(__name__)
 # check below makes sure).
 _PROBES = ("guard-probe-0", "guard-probe-1", "q7x9z", "zz9q7x3")
 _SENTINEL_TARGET = "/guard\x01fast\x01target"
+# How many levels of new plain directories below an entered one may be entered by the core as it makes them
+# (`FastPath._entry`): each level costs one more engine decision when a directory is entered.
+INHERIT_LEVELS = 4
 _SENTINEL_PID = 987654321987
 OPS = {Op.WRITE: 0, Op.READ: 1}
 
@@ -171,11 +174,12 @@ class FastPath:
                 return
             self._seen.add(key)
             generation = self._generation
-        parts = self._entry(op, directory)
-        if parts is not None:
+        entry = self._entry(op, directory)
+        if entry is not None:
+            parts, inherit = entry
             with self._lock:
                 if generation == self._generation:
-                    self.core.add(code, st.st_dev, st.st_ino, directory.encode("ascii"), parts)
+                    self.core.add(code, st.st_dev, st.st_ino, directory.encode("ascii"), parts, inherit)
 
     def forget(self) -> None:
         """Forget every directory: a `.git` was made, removed or moved, so which repository a path lies
@@ -186,14 +190,32 @@ class FastPath:
             self._seen.clear()
             self.core.clear()
 
-    def _entry(self, op: Op, directory: str) -> tuple[bytes, bytes, bytes] | None:
+    def _entry(self, op: Op, directory: str) -> tuple[tuple[bytes, bytes, bytes], int] | None:
+        """The record's parts for plain names in `directory`, and how many levels of plain directories
+        below it get the very same decision: the core enters a directory it makes itself (mkdir of a plain
+        name) with the same parts, one level less. The proof is the module docstring's, applied to every
+        component: for plain names p1..pk and x, every rule matches `D/p1/../pk/x` exactly when it matches
+        `D/q/../q/q` for the probe name q, so the engine's answer there is the answer for all of them. A
+        protected symlink pointing anywhere below the directory stops it (its name must be judged too);
+        a `.git` made below is Python's, and makes the table forget."""
         if self._probe_name is None:
             return None
         decision = uniform_decision(self._probe, op, directory, self._probe_name, self._links)
         if decision is None:
             return None
         sentinel = Action(op=op, target=_SENTINEL_TARGET, pid=_SENTINEL_PID)
-        return split_record(self._render(self._record_of(sentinel, decision)))
+        parts = split_record(self._render(self._record_of(sentinel, decision)))
+        if parts is None:
+            return None
+        inherit = 0
+        if not any(_under(link, directory) for link in self._links):
+            deeper = directory.rstrip("/")
+            while inherit < INHERIT_LEVELS:
+                deeper = f"{deeper}/{self._probe_name}"
+                if uniform_decision(self._probe, op, deeper, self._probe_name, self._links) != decision:
+                    break
+                inherit += 1
+        return parts, inherit
 
 
 def uniform_decision(probe: Callable[[Action], Decision | None], op: Op, directory: str, probe_name: str,

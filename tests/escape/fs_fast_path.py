@@ -182,6 +182,13 @@ try:
     out.append('unlink=done')
 except FileNotFoundError:
     out.append('unlink=ENOENT')
+os.link(p('t'), p('t.hard'))  # git links each loose object from its temporary name
+out.append('link=' + str(os.stat(p('t')).st_nlink) + open(p('t.hard')).read())
+try:
+    os.link(p('t'), p('t.hard'))
+    out.append('relink=done')
+except FileExistsError:
+    out.append('relink=EEXIST')
 print(' '.join(out))
 """
 
@@ -201,8 +208,9 @@ def test_the_core_answers_as_the_kernel_would_and_records_every_open(world):
     for i in range(30):
         assert str(warm / f"f{i}") in targets, f"f{i} has no record: {targets}"
     assert all(r["decision"]["verdict"] == "allow" and isinstance(r["action"].get("pid"), int) for r in writes)
-    # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime)
-    assert len(writes) == 1 + 30 + 1 + 6, targets
+    # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime), t + t.hard (link)
+    assert len(writes) == 1 + 30 + 1 + 6 + 2, targets
+    assert targets[-2:] == [str(warm / "t"), str(warm / "t.hard")], targets
     world.check_trail()
 
 
@@ -388,3 +396,54 @@ def test_the_umask_a_create_applies_is_the_tasks_own_after_every_change(world):
     assert run.returncode == 0, run
     assert run.stdout == bare.stdout, (run.stdout, bare.stdout)
     assert "0o700/0o700" in run.stdout and "0o711/0o711" in run.stdout
+
+
+DEPTH_POLICY = """version: 1
+name: depths
+extends: [coding-agent]
+rules:
+  - id: two-deep
+    deny: [write]
+    paths: ["${workspace}/fast-depth/src/*/*"]
+  - id: four-deep
+    deny: [write]
+    paths: ["${workspace}/fast-depth/build/*/*/*/*"]
+"""
+
+MADE_DIRS = """
+out = []
+for top, chain in (('src', ['a']), ('build', ['a', 'b', 'c']), ('free', ['a', 'b', 'c', 'e', 'f'])):
+    base = os.path.join(d, top)
+    os.makedirs(base, exist_ok=True)
+    open(os.path.join(base, 'warm'), 'w').close()  # Python judges it and enters the directory
+    here = base
+    for name in chain:  # made by the core (a plain name in an entered directory)
+        here = os.path.join(here, name)
+        os.mkdir(here)
+    try:
+        open(os.path.join(here, 'x'), 'w').close()
+        out.append(top + '=written')
+    except PermissionError:
+        out.append(top + '=EACCES')
+print(' '.join(out))
+"""
+
+
+def test_a_directory_the_core_makes_keeps_the_answer_only_as_deep_as_the_engine_proved(world):
+    """The core enters directories it makes itself with the entry of the directory they were made in, as many
+    levels down as the engine proved the same answer. A rule whose answer changes with depth alone
+    (`src/*/*`, `build/*/*/*/*`) still refuses the write one level below; a tree with no such rule is
+    written, and each write is recorded with its own path."""
+    policy = world.root / "policies" / "depths.yaml"
+    policy.parent.mkdir(exist_ok=True)
+    policy.write_text(DEPTH_POLICY)
+    bare = world.bare_run(_py(world, MADE_DIRS, str(world.scratch / "fast-depth")))
+    assert bare.stdout.split() == ["src=written", "build=written", "free=written"], bare
+    run = world.guard_run(_py(world, MADE_DIRS, str(world.ws / "fast-depth")), policy=policy)
+    assert run.stdout.split() == ["src=EACCES", "build=EACCES", "free=written"], run
+    records = [r for r in world.records(run.session) if r.get("type") == "decision"]
+    by_target = {r["action"]["target"]: r["decision"] for r in records}
+    deep = str(world.ws / "fast-depth" / "free" / "a" / "b" / "c" / "e" / "f" / "x")
+    assert by_target[deep]["verdict"] == "allow", sorted(by_target)
+    refused = by_target[str(world.ws / "fast-depth" / "src" / "a" / "x")]
+    assert (refused["verdict"], refused["rule_id"]) == ("deny", "two-deep"), refused

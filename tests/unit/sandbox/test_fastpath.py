@@ -204,3 +204,67 @@ def test_forget_empties_the_table_and_drops_a_judgement_under_way(tmp_path: Path
     finally:
         os.close(fd1)
         os.close(fd2)
+
+
+DEPTHS = """version: 1
+name: depths
+extends: [coding-agent]
+rules:
+  - id: two-deep
+    deny: [write]
+    paths: ["${workspace}/src/*/*"]
+  - id: four-deep
+    ask: [write]
+    paths: ["${workspace}/build/*/*/*/*"]
+  - id: home-top
+    allow: [write]
+    paths: ["~/*"]
+"""
+
+
+@pytest.mark.parametrize("policy_name", ["coding-agent", "review-readonly", "depths"])
+def test_directories_the_core_makes_below_an_entered_one_get_the_engines_decision(
+        world: tuple[Path, Path], policy_name: str, tmp_path: Path) -> None:
+    """`_entry` says how many levels of new plain directories keep the entered decision; the core enters
+    directories it makes down to that depth. For generated chains of plain directory names and a final
+    name the core would take, the engine's own decision at every depth within it is the entered one
+    (`depths` has rules whose answer changes with depth alone)."""
+    home, ws = world
+    if policy_name == "depths":
+        (tmp_path / "depths.yaml").write_text(DEPTHS)
+        policy_name = str(tmp_path / "depths.yaml")
+    try:
+        policy = load_policy(policy_name, workspace=ws, home=home, env={})
+    except Exception as exc:
+        pytest.skip(f"policy {policy_name} does not load: {exc}")
+    segments = fastpath.spoken_segments(policy)
+    encoded = [s.encode("ascii") for s in segments]
+    existing = policy.existing_only_rules | policy.outside_new_repos_rules
+
+    def probe(action: Action) -> Decision | None:
+        decision = policy.decide(action)
+        return None if decision.rule_id in existing else decision
+
+    c = core.Core(-1, 0, {"openat": 257}, False, False)
+    fast = fastpath.FastPath(c, probe=probe, segments=segments, render=SpoolWriter.render_head,
+                             record_of=decision_record)
+    plain = names.filter(lambda n: not any(core.glob_match(g, n.encode("ascii")) for g in encoded))
+    deep = 0
+
+    @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+    @given(directory=st.sampled_from([*interesting_dirs(home, ws), str(ws / "build")]),
+           op=st.sampled_from([Op.WRITE, Op.READ]), chain=st.lists(plain, min_size=1, max_size=fastpath.INHERIT_LEVELS), name=plain)
+    def check(directory: str, op: Op, chain: list[str], name: str) -> None:
+        nonlocal deep
+        entry = fast._entry(op, directory)
+        if entry is None:
+            return
+        decision = fastpath.uniform_decision(probe, op, directory, fast._probe_name)
+        _parts, inherit = entry
+        for depth in range(1, min(inherit, len(chain)) + 1):
+            deep += 1
+            target = "/".join([directory.rstrip("/"), *chain[:depth], name])
+            assert probe(Action(op=op, target=target)) == decision, target
+
+    check()
+    assert deep > 0, "no generated chain was inside an inheritable directory: the test proved nothing"
