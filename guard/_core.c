@@ -934,21 +934,37 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
-/* Locate both names of a rename or link and record them together (two records, all or none): the source
- * a regular file, the destination as `dst_may` allows (with `dst_excl`, an existing one is EEXIST before
- * any decision). -> RECORDED, or what locate() answered. */
-static int prepare_two(Core *c, const struct seccomp_notif *n, int odir, uint64_t oaddr, int ndir, uint64_t naddr,
-                       int dst_may, int dst_excl, Found *src, Found *dst) {
-    dst->basefd = dst->dfd = -1;
-    int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, src);
-    if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, dst_may, dst_excl, dst);
-    if (rc == LOCATED && src->st.st_dev == dst->st.st_dev && src->st.st_ino == dst->st.st_ino && dst->exists)
+/* A rename or link of a regular file: locate both names and record them together (two records, all or
+ * none), the destination as `dst_may` allows (with `dst_excl`, an existing one is EEXIST before any
+ * decision); then rename (renameat2 with `flags`) or link (`link` set) as the task between the two
+ * directories held. -> ANSWERED, or HANDED_BACK before anything was recorded. */
+static int two_names(Core *c, const struct seccomp_notif *n, int odir, uint64_t oaddr, int ndir, uint64_t naddr,
+                     int dst_may, int dst_excl, int link, unsigned int flags) {
+    Found src, dst;
+    dst.basefd = dst.dfd = -1;
+    int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, &src);
+    if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, dst_may, dst_excl, &dst);
+    if (rc == LOCATED && src.st.st_dev == dst.st.st_dev && src.st.st_ino == dst.st.st_ino && dst.exists)
         rc = HANDED_BACK; /* a name onto another name of itself: the kernel does nothing; Python says so */
     if (rc == LOCATED) {
-        Found *both[2] = {src, dst};
+        Found *both[2] = {&src, &dst};
         rc = record_found(c, (pid_t)n->pid, both, 2);
     }
-    return rc;
+    if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
+    __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
+    TaskIds ids;
+    Creds saved;
+    int err = enter_task(c, n, 0, &ids, &saved);
+    if (!err) {
+        int r = link ? linkat(src.dfd, src.name, dst.dfd, dst.name, 0)
+                     : (int)syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags);
+        if (r != 0) err = errno;
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(&src);
+    found_close(&dst);
+    return ANSWERED;
 }
 
 /* rename, renameat, renameat2 with no flags or RENAME_NOREPLACE, of a regular file onto nothing or a
@@ -970,21 +986,7 @@ static int fast_rename(Core *c, const struct seccomp_notif *n) {
     } else {
         return HANDED_BACK;
     }
-    Found src, dst;
-    int rc = prepare_two(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT | MAY_REG, 0, &src, &dst);
-    if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
-    __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
-    TaskIds ids;
-    Creds saved;
-    int err = enter_task(c, n, 0, &ids, &saved);
-    if (!err) {
-        if (syscall(SYS_renameat2, src.dfd, src.name, dst.dfd, dst.name, flags) != 0) err = errno;
-        as_self(&saved);
-    }
-    send_reply(c, n->id, err, 0);
-    found_close(&src);
-    found_close(&dst);
-    return ANSWERED;
+    return two_names(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT | MAY_REG, 0, 0, flags);
 }
 
 /* link(old, new), linkat(olddir, old, newdir, new, 0) of a regular file to a name where nothing is: both
@@ -1003,21 +1005,7 @@ static int fast_link(Core *c, const struct seccomp_notif *n) {
     } else {
         return HANDED_BACK;
     }
-    Found src, dst;
-    int rc = prepare_two(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT, 1, &src, &dst);
-    if (rc != RECORDED) { found_close(&src); found_close(&dst); return rc; }
-    __atomic_add_fetch(&c->fast_writes, 2, __ATOMIC_RELAXED);
-    TaskIds ids;
-    Creds saved;
-    int err = enter_task(c, n, 0, &ids, &saved);
-    if (!err) {
-        if (linkat(src.dfd, src.name, dst.dfd, dst.name, 0) != 0) err = errno;
-        as_self(&saved);
-    }
-    send_reply(c, n->id, err, 0);
-    found_close(&src);
-    found_close(&dst);
-    return ANSWERED;
+    return two_names(c, n, odir, oaddr, ndir, naddr, MAY_ABSENT, 1, 1, 0);
 }
 
 /* The task's descriptor `fd` as our own: the same open file description (pidfd_getfd). -> fd, or -1. */

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -83,21 +84,28 @@ SPOKEN_NAMES = [".env", ".env.local", "config", "pre-commit", "settings.json", "
                 "key.pem", ".bashrc", "HEAD", "hooks", "index.lock", ".gitmodules", "CLAUDE.md", "x.py", "Makefile"]
 
 
-@pytest.mark.parametrize("policy_name", ["coding-agent", "review-readonly"])
-def test_every_name_the_core_would_take_gets_the_entered_decision(world: tuple[Path, Path],
-                                                                   policy_name: str) -> None:
-    home, ws = world
+def engine(policy_name: str, home: Path, ws: Path) -> tuple[list[str], list[bytes], Callable[[Action], Decision | None]]:
+    """The policy's spoken segments (as text and as the core's bytes) and the probe the session gives the
+    fast path: the engine's decision, None when an `applies_to` rule made it."""
     try:
         policy = load_policy(policy_name, workspace=ws, home=home, env={})
     except Exception as exc:  # a shipped policy that does not exist here is not this test's business
         pytest.skip(f"policy {policy_name} does not load: {exc}")
     segments = fastpath.spoken_segments(policy)
-    encoded = [s.encode("ascii") for s in segments]
     existing = policy.existing_only_rules | policy.outside_new_repos_rules
 
     def probe(action: Action) -> Decision | None:
         decision = policy.decide(action)
         return None if decision.rule_id in existing else decision
+
+    return segments, [s.encode("ascii") for s in segments], probe
+
+
+@pytest.mark.parametrize("policy_name", ["coding-agent", "review-readonly"])
+def test_every_name_the_core_would_take_gets_the_entered_decision(world: tuple[Path, Path],
+                                                                   policy_name: str) -> None:
+    home, ws = world
+    _segments, encoded, probe = engine(policy_name, home, ws)
 
     probe_name = next(p for p in fastpath._PROBES if not any(core.glob_match(g, p.encode()) for g in encoded))
     entered = 0
@@ -233,17 +241,7 @@ def test_directories_the_core_makes_below_an_entered_one_get_the_engines_decisio
     if policy_name == "depths":
         (tmp_path / "depths.yaml").write_text(DEPTHS)
         policy_name = str(tmp_path / "depths.yaml")
-    try:
-        policy = load_policy(policy_name, workspace=ws, home=home, env={})
-    except Exception as exc:
-        pytest.skip(f"policy {policy_name} does not load: {exc}")
-    segments = fastpath.spoken_segments(policy)
-    encoded = [s.encode("ascii") for s in segments]
-    existing = policy.existing_only_rules | policy.outside_new_repos_rules
-
-    def probe(action: Action) -> Decision | None:
-        decision = policy.decide(action)
-        return None if decision.rule_id in existing else decision
+    segments, encoded, probe = engine(policy_name, home, ws)
 
     c = core.Core(-1, 0, {"openat": 257}, False, False)
     fast = fastpath.FastPath(c, probe=probe, segments=segments, render=SpoolWriter.render_head,
