@@ -85,11 +85,11 @@ typedef struct { pid_t pid; int pidfd; mode_t umask; } UmaskSlot;
 
 enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
        NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_UMASK, NR_LINK, NR_LINKAT,
-       NR_COUNT };
+       NR_EXECVE, NR_EXECVEAT, NR_COUNT };
 static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
                                                "unlink", "unlinkat", "rename", "renameat", "renameat2",
                                                "fchmod", "fchown", "chmod", "fchmodat", "fchownat", "umask",
-                                               "link", "linkat"};
+                                               "link", "linkat", "execve", "execveat"};
 
 typedef struct {
     PyObject_HEAD
@@ -824,6 +824,48 @@ static int fast_utimensat(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* execve/execveat of a name that is not there: a shell or execvp probing each PATH entry. The kernel
+ * answers ENOENT whatever the policy, and Python answers it before any decision (nothing runs, nothing is
+ * recorded); so does this, when the path's directories are reached without a symlink (`/bin` on a merged
+ * /usr is one: those go to Python) and the final name is absent. Everything else goes to Python. */
+static int fast_exec_absent(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    if (c->nr[NR_EXECVE] >= 0 && d->nr == c->nr[NR_EXECVE]) {
+        dirfd = AT_FDCWD; addr = d->args[0];
+    } else if (c->nr[NR_EXECVEAT] >= 0 && d->nr == c->nr[NR_EXECVEAT] && (uint32_t)d->args[4] == 0) {
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1];
+    } else {
+        return HANDED_BACK;
+    }
+    char path[PATH_LIMIT], dir[PATH_LIMIT];
+    const char *name;
+    size_t dlen;
+    ssize_t plen = read_task_str((pid_t)n->pid, addr, path);
+    if (plen <= 0 || !split_path(path, dir, &dlen, &name)) return HANDED_BACK;
+    int rootfd = sandbox_root(c, n), basefd = -1, dfd;
+    if (rootfd < 0) return HANDED_BACK;
+    if (path[0] == '/') {
+        dfd = openat2_dir(rootfd, dir, RESOLVE_IN_ROOT);
+    } else {
+        char proc[64];
+        if (dirfd == AT_FDCWD) snprintf(proc, sizeof proc, "/proc/%u/cwd", n->pid);
+        else if (dirfd >= 0) snprintf(proc, sizeof proc, "/proc/%u/fd/%d", n->pid, dirfd);
+        else return HANDED_BACK;
+        basefd = open(proc, O_PATH | O_DIRECTORY | O_CLOEXEC);
+        if (basefd < 0) return HANDED_BACK;
+        dfd = openat2_dir(basefd, dir, RESOLVE_BENEATH);
+    }
+    struct stat st;
+    int absent = dfd < 0 ? errno == ENOENT : fstatat(dfd, name, &st, AT_SYMLINK_NOFOLLOW) != 0 && errno == ENOENT;
+    if (dfd >= 0) close(dfd);
+    if (basefd >= 0) close(basefd);
+    if (!absent) return HANDED_BACK;
+    if (id_valid(c, n->id)) send_reply(c, n->id, ENOENT, 0);
+    return ANSWERED;
+}
+
 /* A directory the core has just made (by the name judged) in an entered one whose answer the engine proved
  * for `inherit` levels below it (guard.sandbox.fastpath.FastPath._entry): the same entry for it, one level
  * less, so the first write in it needs no Python. Not after the table was cleared since the parent's entry
@@ -874,7 +916,7 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
         return HANDED_BACK;
     }
     Found f;
-    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_ABSENT, 0, &f);
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_ABSENT, 1, &f); /* an existing name: EEXIST, undecided */
     if (rc != RECORDED) { found_close(&f); return rc; }
     __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
     TaskIds ids;
@@ -1384,6 +1426,7 @@ static PyObject *Core_next(Core *self, PyObject *args) {
             && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
                 || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
                 || fast_rename(self, &n) == ANSWERED || fast_link(self, &n) == ANSWERED
+                || fast_exec_absent(self, &n) == ANSWERED
                 || fast_fd_attr(self, &n) == ANSWERED
                 || fast_path_attr(self, &n) == ANSWERED)) continue;
         __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);

@@ -189,6 +189,11 @@ try:
     out.append('relink=done')
 except FileExistsError:
     out.append('relink=EEXIST')
+try:
+    os.mkdir(p('t'))  # the kernel's EEXIST, before any decision: nothing recorded (pip's exist_ok)
+    out.append('mkdir=done')
+except FileExistsError:
+    out.append('mkdir=EEXIST')
 print(' '.join(out))
 """
 
@@ -447,3 +452,30 @@ def test_a_directory_the_core_makes_keeps_the_answer_only_as_deep_as_the_engine_
     assert by_target[deep]["verdict"] == "allow", sorted(by_target)
     refused = by_target[str(world.ws / "fast-depth" / "src" / "a" / "x")]
     assert (refused["verdict"], refused["rule_id"]) == ("deny", "two-deep"), refused
+
+
+PROBES = """
+import subprocess
+empty = os.path.join(d, 'empty-bin')
+os.makedirs(empty, exist_ok=True)
+path = os.pathsep.join([os.path.join(d, 'missing-bin'), empty, os.path.join(d, 'x', 'y'), '/usr/bin', '/bin'])
+rc = subprocess.run(['true'], env={'PATH': path}).returncode
+try:
+    os.execv(os.path.join(empty, 'nothing'), ['nothing'])
+except FileNotFoundError:
+    print('probe', rc, 'ENOENT')
+"""
+
+
+def test_a_program_looked_for_along_path_is_not_found_where_it_is_not_and_nothing_is_recorded(world):
+    """A shell or execvp tries each PATH entry; where nothing is, the kernel answers ENOENT whatever the
+    policy. The core answers those itself, before any decision, as Python does: the run works as bare and
+    the trail holds no decision for a name that is not there."""
+    bare = world.bare_run(_py(world, PROBES, str(world.scratch / "fast-probes")))
+    assert bare.stdout.strip() == "probe 0 ENOENT", bare
+    probes = world.ws / "fast-probes"
+    run = world.guard_run(_py(world, PROBES, str(probes)))
+    assert run.stdout.strip() == "probe 0 ENOENT", run
+    targets = [r["action"]["target"] for r in world.records(run.session)
+               if r.get("type") == "decision" and r["action"]["op"] != "run"]  # a run's target is its argv
+    assert not [t for t in targets if "missing-bin" in t or "empty-bin/" in t or "/x/y" in t], targets
