@@ -42,6 +42,7 @@
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
+#include <dirent.h>
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
@@ -85,11 +86,12 @@ typedef struct { pid_t pid; int pidfd; mode_t umask; } UmaskSlot;
 
 enum { NR_OPENAT, NR_OPEN, NR_CREAT, NR_UTIMENSAT, NR_MKDIR, NR_MKDIRAT, NR_UNLINK, NR_UNLINKAT, NR_RENAME,
        NR_RENAMEAT, NR_RENAMEAT2, NR_FCHMOD, NR_FCHOWN, NR_CHMOD, NR_FCHMODAT, NR_FCHOWNAT, NR_UMASK, NR_LINK, NR_LINKAT,
-       NR_EXECVE, NR_EXECVEAT, NR_COUNT };
+       NR_EXECVE, NR_EXECVEAT, NR_RMDIR, NR_SYMLINK, NR_SYMLINKAT, NR_COUNT };
 static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utimensat", "mkdir", "mkdirat",
                                                "unlink", "unlinkat", "rename", "renameat", "renameat2",
                                                "fchmod", "fchown", "chmod", "fchmodat", "fchownat", "umask",
-                                               "link", "linkat", "execve", "execveat"};
+                                               "link", "linkat", "execve", "execveat", "rmdir",
+                                               "symlink", "symlinkat"};
 
 typedef struct {
     PyObject_HEAD
@@ -946,6 +948,27 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
+/* After the record: count it, act as the task on the name judged (`act` -> 0, or -1 with errno set) and
+ * answer with the result. */
+static int act_as_task(Core *c, const struct seccomp_notif *n, Found *f, int (*act)(const Found *, const void *),
+                       const void *arg) {
+    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
+    TaskIds ids;
+    Creds saved;
+    int err = enter_task(c, n, 0, &ids, &saved);
+    if (!err) {
+        if (act(f, arg) != 0) err = errno;
+        as_self(&saved);
+    }
+    send_reply(c, n->id, err, 0);
+    found_close(f);
+    return ANSWERED;
+}
+
+static int do_unlink(const Found *f, const void *unused) { return unlinkat(f->dfd, f->name, 0); }
+static int do_rmdir(const Found *f, const void *unused) { return unlinkat(f->dfd, f->name, AT_REMOVEDIR); }
+static int do_symlink(const Found *f, const void *text) { return symlinkat((const char *)text, f->dfd, f->name); }
+
 /* unlink(path), unlinkat(dirfd, path, 0): a regular file's name (directories, AT_REMOVEDIR and anything
  * else go to Python), removed as the task from the directory judged. */
 static int fast_unlink(Core *c, const struct seccomp_notif *n) {
@@ -963,17 +986,7 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
     Found f;
     int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_REG | MAY_ENOENT, 0, &f);
     if (rc != RECORDED) { found_close(&f); return rc; }
-    __atomic_add_fetch(&c->fast_writes, 1, __ATOMIC_RELAXED);
-    TaskIds ids;
-    Creds saved;
-    int err = enter_task(c, n, 0, &ids, &saved);
-    if (!err) {
-        if (unlinkat(f.dfd, f.name, 0) != 0) err = errno;
-        as_self(&saved);
-    }
-    send_reply(c, n->id, err, 0);
-    found_close(&f);
-    return ANSWERED;
+    return act_as_task(c, n, &f, do_unlink, NULL);
 }
 
 /* A rename or link of a regular file: locate both names and record them together (two records, all or
@@ -1007,6 +1020,83 @@ static int two_names(Core *c, const struct seccomp_notif *n, int odir, uint64_t 
     found_close(&src);
     found_close(&dst);
     return ANSWERED;
+}
+
+/* Whether directory `name` under `dfd` holds any entry besides . and .. (-1: it cannot be read here). */
+static int dir_has_entries(int dfd, const char *name) {
+    int fd = openat(dfd, name, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    if (fd < 0) return -1;
+    char buf[4096];
+    int found = 0;
+    for (;;) {
+        long got = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (got < 0) { found = -1; break; }
+        if (got == 0) break;
+        for (long at = 0; at < got && !found;) {
+            struct dirent64 *ent = (struct dirent64 *)(buf + at);
+            const char *nm = ent->d_name;
+            if (!(nm[0] == '.' && (nm[1] == '\0' || (nm[1] == '.' && nm[2] == '\0')))) found = 1;
+            at += ent->d_reclen;
+        }
+        if (found) break;
+    }
+    close(fd);
+    return found;
+}
+
+/* rmdir(path), unlinkat(dirfd, path, AT_REMOVEDIR) of a plain name: what the kernel answers first is
+ * answered first, before any decision, as Python does (ENOENT when nothing is there, ENOTEMPTY when the
+ * directory holds anything: git removes directories it thinks empty); then recorded and removed as the
+ * task from the directory judged. Not a directory, unreadable, anything else: Python. */
+static int fast_rmdir(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    if (c->nr[NR_UNLINKAT] >= 0 && d->nr == c->nr[NR_UNLINKAT] && (uint32_t)d->args[2] == AT_REMOVEDIR) {
+        dirfd = (int)(int32_t)d->args[0]; addr = d->args[1];
+    } else if (c->nr[NR_RMDIR] >= 0 && d->nr == c->nr[NR_RMDIR]) {
+        dirfd = AT_FDCWD; addr = d->args[0];
+    } else {
+        return HANDED_BACK;
+    }
+    Found f;
+    int rc = locate(c, n, OP_WRITE, dirfd, addr, MAY_DIR | MAY_ENOENT, 0, &f);
+    if (rc == LOCATED) {
+        int full = dir_has_entries(f.dfd, f.name);
+        if (full < 0) rc = HANDED_BACK;
+        else if (full) {
+            if (id_valid(c, n->id)) send_reply(c, n->id, ENOTEMPTY, 0);
+            rc = ANSWERED;
+        } else {
+            Found *one[1] = {&f};
+            rc = record_found(c, (pid_t)n->pid, one, 1);
+        }
+    }
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    return act_as_task(c, n, &f, do_rmdir, NULL);
+}
+
+/* symlink(text, path), symlinkat(text, dirfd, path) at a plain name where nothing is: the name recorded
+ * (what Python records; the text is read once, before), made as the task in the directory judged. An
+ * existing name is EEXIST before any decision. A text that cannot be read whole, or is empty: Python. */
+static int fast_symlink(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int dirfd;
+    uint64_t addr;
+    if (c->nr[NR_SYMLINKAT] >= 0 && d->nr == c->nr[NR_SYMLINKAT]) {
+        dirfd = (int)(int32_t)d->args[1]; addr = d->args[2];
+    } else if (c->nr[NR_SYMLINK] >= 0 && d->nr == c->nr[NR_SYMLINK]) {
+        dirfd = AT_FDCWD; addr = d->args[1];
+    } else {
+        return HANDED_BACK;
+    }
+    char text[PATH_LIMIT];
+    ssize_t tlen = read_task_str((pid_t)n->pid, d->args[0], text);
+    if (tlen <= 0) return HANDED_BACK;
+    Found f;
+    int rc = prepare(c, n, OP_WRITE, dirfd, addr, MAY_ABSENT, 1, &f);
+    if (rc != RECORDED) { found_close(&f); return rc; }
+    return act_as_task(c, n, &f, do_symlink, text);
 }
 
 /* rename, renameat, renameat2 with no flags or RENAME_NOREPLACE, of a regular file onto nothing or a
@@ -1426,7 +1516,8 @@ static PyObject *Core_next(Core *self, PyObject *args) {
             && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
                 || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
                 || fast_rename(self, &n) == ANSWERED || fast_link(self, &n) == ANSWERED
-                || fast_exec_absent(self, &n) == ANSWERED
+                || fast_exec_absent(self, &n) == ANSWERED || fast_rmdir(self, &n) == ANSWERED
+                || fast_symlink(self, &n) == ANSWERED
                 || fast_fd_attr(self, &n) == ANSWERED
                 || fast_path_attr(self, &n) == ANSWERED)) continue;
         __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);

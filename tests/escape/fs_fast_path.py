@@ -194,6 +194,16 @@ try:
     out.append('mkdir=done')
 except FileExistsError:
     out.append('mkdir=EEXIST')
+os.mkdir(p('sub')); open(p('sub/inside'), 'w').close()
+for what, act in (('rmdir-full', lambda: os.rmdir(p('sub'))),  # ENOTEMPTY before any decision
+                  ('rmdir-absent', lambda: os.rmdir(p('no-such'))),  # ENOENT, likewise
+                  ('symlink-taken', lambda: os.symlink('t', p('t.hard')))):  # EEXIST, likewise
+    try:
+        act(); out.append(what + '=done')
+    except OSError as exc:
+        out.append(what + '=' + type(exc).__name__)
+os.symlink('t', p('t.sym')); out.append('symlink=' + os.readlink(p('t.sym')))
+os.unlink(p('sub/inside')); os.rmdir(p('sub')); out.append('rmdir=' + str(os.path.exists(p('sub'))))
 print(' '.join(out))
 """
 
@@ -213,9 +223,11 @@ def test_the_core_answers_as_the_kernel_would_and_records_every_open(world):
     for i in range(30):
         assert str(warm / f"f{i}") in targets, f"f{i} has no record: {targets}"
     assert all(r["decision"]["verdict"] == "allow" and isinstance(r["action"].get("pid"), int) for r in writes)
-    # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime), t + t.hard (link)
-    assert len(writes) == 1 + 30 + 1 + 6 + 2, targets
-    assert targets[-2:] == [str(warm / "t"), str(warm / "t.hard")], targets
+    # warm, f0..f29, private, t (create), t (trunc), t (append) x2, t (O_WRONLY), t (utime), t + t.hard (link),
+    # sub (mkdir), sub/inside (create), t.sym (symlink), sub/inside (unlink), sub (rmdir)
+    assert len(writes) == 1 + 30 + 1 + 6 + 2 + 5, targets
+    assert targets[-7:] == [str(warm / n) for n in ("t", "t.hard", "sub", "sub/inside", "t.sym", "sub/inside",
+                                                     "sub")], targets
     world.check_trail()
 
 
