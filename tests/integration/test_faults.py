@@ -27,15 +27,22 @@ from support.daemon import GUARD, daemon_answers, wait_until
 from guard.audit.segments import list_segments
 from guard.spool import list_spools
 
+# The agent's work, paced to last at least PACE_S whatever the machine's speed: a fault must find it still
+# writing, past the pause threshold (the compiled fast path writes 12,000 files in well under a second).
 WRITER = r"""
-import os, sys
-out, n = sys.argv[1], int(sys.argv[2])
+import os, sys, time
+out, n, pace = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+start = time.monotonic()
 for i in range(n):
     with open(os.path.join(out, f"f{i:06d}"), "w"):
         pass
+    ahead = start + pace * (i + 1) / n - time.monotonic()
+    if ahead > 0.005:
+        time.sleep(ahead)
 print("done", flush=True)
 """
-FILES = 12_000  # a few seconds of notified write-opens: long enough to be disturbed mid-run
+FILES = 12_000  # notified write-opens: many records in flight when the fault comes
+PACE_S = 6.0  # at least this long, so that a 2 s pause threshold is crossed mid-run
 STARTED = 300  # files on disk before the fault is injected
 
 
@@ -83,8 +90,8 @@ def writer_run(isolated_home: Path, guard_home: Path, tmp_path: Path) -> Iterato
         script.write_text(WRITER)
         stderr = tmp_path / "guard-run.err"
         with open(stderr, "wb") as err:
-            proc = subprocess.Popen([*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES)],
-                                    cwd=project, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
+            argv = [*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES), str(PACE_S)]
+            proc = subprocess.Popen(argv, cwd=project, env={**os.environ, **env}, stdin=subprocess.DEVNULL,
                                     stdout=subprocess.DEVNULL, stderr=err)
         run = Run(guard_home, out, proc, stderr)
         runs.append(run)
@@ -303,8 +310,8 @@ def test_a_full_disk_under_the_spool_denies_and_stops_the_agent_and_loses_nothin
     out.mkdir(parents=True)
     script = project / "writer.py"  # in the workspace: the session's /tmp is its own
     script.write_text(WRITER)
-    proc = subprocess.Popen([*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES)],
-                            cwd=project, env=dict(os.environ), stdin=subprocess.DEVNULL,
+    argv = [*GUARD, "run", "--", "/usr/bin/python3", str(script), str(out), str(FILES), str(PACE_S)]
+    proc = subprocess.Popen(argv, cwd=project, env=dict(os.environ), stdin=subprocess.DEVNULL,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     run = Run(guard_home, out, proc, tmp_path / "unused")
     try:
