@@ -645,7 +645,12 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         else return HANDED_BACK;
         f->basefd = open(proc, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (f->basefd < 0) return HANDED_BACK;
-        f->dfd = openat2_dir(f->basefd, f->dir, RESOLVE_BENEATH);
+        if (f->dir[0]) {
+            f->dfd = openat2_dir(f->basefd, f->dir, RESOLVE_BENEATH);
+        } else { /* a bare name: the directory is the one we hold (nothing to walk) */
+            f->dfd = f->basefd;
+            f->basefd = -1;
+        }
     }
     if (f->dfd < 0 && errno == ENOENT) {
         /* a directory on the way is missing (no symlink met before it: that would be ELOOP): the kernel's
