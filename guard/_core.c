@@ -596,6 +596,90 @@ static void found_close(Found *f) {
     if (f->basefd >= 0) close(f->basefd);
 }
 
+/* Enter directory `st` (at path `dir`) with the entry `parent` of a directory `levels` above it, whose
+ * answer the engine proved for plain names that many levels (and more) down (guard.sandbox.fastpath.
+ * FastPath._entry): the same parts, `levels` less to inherit. Not if the table was cleared since `gen`
+ * (a `.git` changed: fastpath.forget), nor over an entry already there. */
+static void enter_below(Core *c, const Entry *parent, uint64_t gen, int levels, const char *dir, size_t dir_len,
+                        const struct stat *st) {
+    if (parent->inherit < levels || !S_ISDIR(st->st_mode)) return;
+    Entry *e = calloc(1, sizeof *e);
+    if (!e) return;
+    e->op = parent->op;
+    e->dev = st->st_dev;
+    e->ino = st->st_ino;
+    e->dir = strndup(dir, dir_len);
+    e->dir_len = dir_len;
+    e->inherit = parent->inherit - levels;
+    int ok = e->dir != NULL;
+    for (int i = 0; i < 3; i++) {
+        e->part[i] = malloc(parent->part_len[i] + 1);
+        if (!e->part[i]) { ok = 0; continue; }
+        memcpy(e->part[i], parent->part[i], parent->part_len[i]);
+        e->part_len[i] = parent->part_len[i];
+    }
+    if (ok) {
+        pthread_rwlock_wrlock(&c->table_lock);
+        if (c->table_gen == gen && c->nentries < 1000000 && !table_find(c, e->op, e->dev, e->ino)) {
+            size_t b = hash_key(e->op, e->dev, e->ino) % c->nbuckets;
+            e->next = c->buckets[b];
+            c->buckets[b] = e;
+            c->nentries++;
+            e = NULL;
+        }
+        pthread_rwlock_unlock(&c->table_lock);
+    }
+    if (e) entry_free(e);
+}
+
+/* A directory not in the table, `held` at (canonical, plain) path `dir`: enter it if an entered directory
+ * at most INHERIT_MAX levels above it proved its answer that deep, every directory on the way (itself
+ * included) has a plain name no rule speaks of, and none holds a `.git` (which repository a path lies in
+ * must be the one the entry was judged in). Existing trees are entered on their first write, with no
+ * Python. -> 1 when it was entered. */
+#define INHERIT_MAX 4
+static int enter_from_above(Core *c, int op, int held, const char *dir, size_t dir_len, const struct stat *st) {
+    int cur = held, entered = 0;
+    size_t len = dir_len;
+    for (int levels = 1; levels <= INHERIT_MAX && len > 1; levels++) {
+        const char *slash = memrchr(dir, '/', len);
+        if (!slash) break;
+        size_t plen = (size_t)(slash - dir);
+        char name[256];
+        size_t nlen = len - plen - 1;
+        if (nlen == 0 || nlen >= sizeof name) break;
+        memcpy(name, slash + 1, nlen);
+        name[nlen] = '\0';
+        struct stat gst;
+        if (fstatat(cur, ".git", &gst, AT_SYMLINK_NOFOLLOW) == 0 || errno != ENOENT) break;
+        int up = openat(cur, "..", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+        if (cur != held) close(cur);
+        cur = up;
+        struct stat pst;
+        if (cur < 0 || fstat(cur, &pst) != 0) break;
+        pthread_rwlock_rdlock(&c->table_lock);
+        int spoken = name_spoken_of(c, name);
+        const Entry *pe = spoken ? NULL : table_find(c, op, pst.st_dev, pst.st_ino);
+        Entry parent;
+        uint64_t gen = c->table_gen;
+        int match = pe && (plen == 0 ? pe->dir_len == 1 && pe->dir[0] == '/'
+                                     : pe->dir_len == plen && memcmp(pe->dir, dir, plen) == 0);
+        if (match) parent = *pe;
+        pthread_rwlock_unlock(&c->table_lock);
+        if (spoken) break;
+        if (match) {
+            if (parent.inherit >= levels) {
+                enter_below(c, &parent, gen, levels, dir, dir_len, st);
+                entered = 1;
+            }
+            break;
+        }
+        len = plen;
+    }
+    if (cur >= 0 && cur != held) close(cur);
+    return entered;
+}
+
 /* An O_PATH descriptor of the name locate() judged, only while it is still that inode (a name swapped
  * since is answered EAGAIN: the task retries and is judged again). -> fd, or -1 with *err set. */
 static int hold_judged(const Found *f, int *err) {
@@ -661,13 +745,20 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
     struct stat dst;
     if (f->dfd < 0 || fstat(f->dfd, &dst) != 0) return HANDED_BACK;
 
-    pthread_rwlock_rdlock(&c->table_lock);
-    const Entry *e = table_find(c, op, dst.st_dev, dst.st_ino);
-    int spoken = e ? name_spoken_of(c, f->name) : 1;
-    if (e) f->entry = *e; /* parts are freed only with the core, never while serving */
-    f->gen = c->table_gen;
-    pthread_rwlock_unlock(&c->table_lock);
-    if (!e || spoken) return HANDED_BACK;
+    for (int pass = 0;; pass++) {
+        pthread_rwlock_rdlock(&c->table_lock);
+        const Entry *e = table_find(c, op, dst.st_dev, dst.st_ino);
+        int spoken = e ? name_spoken_of(c, f->name) : 1;
+        if (e) f->entry = *e; /* parts are freed only with the core, never while serving */
+        f->gen = c->table_gen;
+        pthread_rwlock_unlock(&c->table_lock);
+        if (e && !spoken) break;
+        if (e || pass > 0) return HANDED_BACK;
+        /* not entered: perhaps below an entered directory whose answer holds this deep */
+        ssize_t dl = dir_path(c, f->dfd, f->canon);
+        if (dl <= 1 || !plain_bytes(f->canon, (size_t)dl)
+            || !enter_from_above(c, op, f->dfd, f->canon, (size_t)dl, &dst)) return HANDED_BACK;
+    }
 
     /* Still where it was judged: renamed or reached through another mount, it is not this entry. */
     ssize_t clen = dir_path(c, f->dfd, f->canon);
@@ -873,41 +964,6 @@ static int fast_exec_absent(Core *c, const struct seccomp_notif *n) {
     return ANSWERED;
 }
 
-/* A directory the core has just made (by the name judged) in an entered one whose answer the engine proved
- * for `inherit` levels below it (guard.sandbox.fastpath.FastPath._entry): the same entry for it, one level
- * less, so the first write in it needs no Python. Not after the table was cleared since the parent's entry
- * was read (a `.git` changed: fastpath.forget). */
-static void enter_made(Core *c, const Found *f, const struct stat *st) {
-    if (f->entry.inherit <= 0 || !S_ISDIR(st->st_mode)) return;
-    Entry *e = calloc(1, sizeof *e);
-    if (!e) return;
-    e->op = f->entry.op;
-    e->dev = st->st_dev;
-    e->ino = st->st_ino;
-    e->dir = strndup(f->canon, f->tlen);
-    e->dir_len = f->tlen;
-    e->inherit = f->entry.inherit - 1;
-    int ok = e->dir != NULL;
-    for (int i = 0; i < 3; i++) {
-        e->part[i] = malloc(f->entry.part_len[i] + 1);
-        if (!e->part[i]) { ok = 0; continue; }
-        memcpy(e->part[i], f->entry.part[i], f->entry.part_len[i]);
-        e->part_len[i] = f->entry.part_len[i];
-    }
-    if (ok) {
-        pthread_rwlock_wrlock(&c->table_lock);
-        if (c->table_gen == f->gen && c->nentries < 1000000 && !table_find(c, e->op, e->dev, e->ino)) {
-            size_t b = hash_key(e->op, e->dev, e->ino) % c->nbuckets;
-            e->next = c->buckets[b];
-            c->buckets[b] = e;
-            c->nentries++;
-            e = NULL;
-        }
-        pthread_rwlock_unlock(&c->table_lock);
-    }
-    if (e) entry_free(e);
-}
-
 /* mkdir(path, mode), mkdirat(dirfd, path, mode): created as the task, with its umask exactly (the
  * kernel would also apply ours), a set-group-id parent's inherited bit kept, as _make does in Python. */
 static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
@@ -942,7 +998,7 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
                     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
                     if (chmod(self_fd, want) != 0) err = errno;
                 }
-                if (!err) enter_made(c, &f, &st);
+                if (!err) enter_below(c, &f.entry, f.gen, 1, f.canon, f.tlen, &st);
             }
             if (obj >= 0) close(obj);
         }

@@ -491,3 +491,40 @@ def test_a_program_looked_for_along_path_is_not_found_where_it_is_not_and_nothin
     targets = [r["action"]["target"] for r in world.records(run.session)
                if r.get("type") == "decision" and r["action"]["op"] != "run"]  # a run's target is its argv
     assert not [t for t in targets if "missing-bin" in t or "empty-bin/" in t or "/x/y" in t], targets
+
+
+EXISTING_DIRS = """
+out = []
+for top, chain in (('src', ['e1']), ('build', ['e1', 'e2', 'e3']), ('free', ['e1', 'e2', 'e3', 'e4'])):
+    base = os.path.join(d, top)
+    open(os.path.join(base, 'warm'), 'w').close()  # Python judges it and enters the directory
+    here = os.path.join(base, *chain)  # these existed before the session: the core meets them on this write
+    try:
+        open(os.path.join(here, 'x'), 'w').close()
+        out.append(top + '=written')
+    except PermissionError:
+        out.append(top + '=EACCES')
+print(' '.join(out))
+"""
+
+
+def test_an_existing_directory_below_an_entered_one_keeps_the_answer_only_as_deep_as_proved(world):
+    """The core enters an existing directory on its first write when an entered directory above it proved
+    its answer that deep (no Python): the rules whose answer changes with depth alone still refuse, and
+    the deep write that is allowed is recorded with its own path."""
+    policy = world.root / "policies" / "depths-existing.yaml"
+    policy.parent.mkdir(exist_ok=True)
+    policy.write_text(DEPTH_POLICY)
+    for root in (world.scratch / "fast-depth", world.ws / "fast-depth"):
+        for chain in ("src/e1", "build/e1/e2/e3", "free/e1/e2/e3/e4"):
+            (root / chain).mkdir(parents=True, exist_ok=True)
+    bare = world.bare_run(_py(world, EXISTING_DIRS, str(world.scratch / "fast-depth")))
+    assert bare.stdout.split() == ["src=written", "build=written", "free=written"], bare
+    run = world.guard_run(_py(world, EXISTING_DIRS, str(world.ws / "fast-depth")), policy=policy)
+    assert run.stdout.split() == ["src=EACCES", "build=EACCES", "free=written"], run
+    records = [r for r in world.records(run.session) if r.get("type") == "decision"]
+    by_target = {r["action"]["target"]: r["decision"] for r in records}
+    deep = str(world.ws / "fast-depth" / "free" / "e1" / "e2" / "e3" / "e4" / "x")
+    assert by_target[deep]["verdict"] == "allow", sorted(by_target)
+    refused = by_target[str(world.ws / "fast-depth" / "build" / "e1" / "e2" / "e3" / "x")]
+    assert (refused["verdict"], refused["rule_id"]) == ("deny", "four-deep"), refused
