@@ -13,6 +13,7 @@ core answered is in the trail with its target and pid.
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 
 import pytest
@@ -427,16 +428,21 @@ rules:
     paths: ["${workspace}/fast-depth/build/*/*/*/*"]
 """
 
-MADE_DIRS = """
+# One program for both depth tests: warm each top directory (Python judges it and enters it), reach the
+# chain's last directory (`make` it, by the core: a plain name in an entered directory; or find it there),
+# then write in it.
+DEPTHS_PROGRAM = """
 out = []
-for top, chain in (('src', ['a']), ('build', ['a', 'b', 'c']), ('free', ['a', 'b', 'c', 'e', 'f'])):
+make = sys.argv[2] == 'make'
+for top, chain in (('src', ['a']), ('build', ['a', 'b', 'c']), ('free', ['a', 'b', 'c', 'e'])):
     base = os.path.join(d, top)
     os.makedirs(base, exist_ok=True)
-    open(os.path.join(base, 'warm'), 'w').close()  # Python judges it and enters the directory
+    open(os.path.join(base, 'warm'), 'w').close()
     here = base
-    for name in chain:  # made by the core (a plain name in an entered directory)
+    for name in chain:
         here = os.path.join(here, name)
-        os.mkdir(here)
+        if make:
+            os.mkdir(here)
     try:
         open(os.path.join(here, 'x'), 'w').close()
         out.append(top + '=written')
@@ -446,24 +452,31 @@ print(' '.join(out))
 """
 
 
-def test_a_directory_the_core_makes_keeps_the_answer_only_as_deep_as_the_engine_proved(world):
-    """The core enters directories it makes itself with the entry of the directory they were made in, as many
-    levels down as the engine proved the same answer. A rule whose answer changes with depth alone
-    (`src/*/*`, `build/*/*/*/*`) still refuses the write one level below; a tree with no such rule is
-    written, and each write is recorded with its own path."""
-    policy = world.root / "policies" / "depths.yaml"
+@pytest.mark.parametrize("how", ["make", "existing"])
+def test_a_directory_below_an_entered_one_keeps_the_answer_only_as_deep_as_the_engine_proved(world, how):
+    """The core enters a directory it makes itself, or an existing one it meets on its first write, with the
+    entry of the entered directory above it, as many levels down as the engine proved the same answer (no
+    Python). A rule whose answer changes with depth alone (`src/*/*`, `build/*/*/*/*`) still refuses the
+    write one level below; a tree with no such rule is written, and each write is recorded with its own
+    path."""
+    policy = world.root / "policies" / f"depths-{how}.yaml"
     policy.parent.mkdir(exist_ok=True)
     policy.write_text(DEPTH_POLICY)
-    bare = world.bare_run(_py(world, MADE_DIRS, str(world.scratch / "fast-depth")))
+    bare_top, top = world.scratch / f"fast-depth-{how}", world.ws / "fast-depth"
+    shutil.rmtree(top, ignore_errors=True)
+    if how == "existing":  # there before the session
+        for root in (bare_top, top):
+            for chain in ("src/a", "build/a/b/c", "free/a/b/c/e"):
+                (root / chain).mkdir(parents=True, exist_ok=True)
+    bare = world.bare_run(_py(world, DEPTHS_PROGRAM, str(bare_top), how))
     assert bare.stdout.split() == ["src=written", "build=written", "free=written"], bare
-    run = world.guard_run(_py(world, MADE_DIRS, str(world.ws / "fast-depth")), policy=policy)
+    run = world.guard_run(_py(world, DEPTHS_PROGRAM, str(top), how), policy=policy)
     assert run.stdout.split() == ["src=EACCES", "build=EACCES", "free=written"], run
     records = [r for r in world.records(run.session) if r.get("type") == "decision"]
     by_target = {r["action"]["target"]: r["decision"] for r in records}
-    deep = str(world.ws / "fast-depth" / "free" / "a" / "b" / "c" / "e" / "f" / "x")
-    assert by_target[deep]["verdict"] == "allow", sorted(by_target)
-    refused = by_target[str(world.ws / "fast-depth" / "src" / "a" / "x")]
-    assert (refused["verdict"], refused["rule_id"]) == ("deny", "two-deep"), refused
+    assert by_target[str(top / "free" / "a" / "b" / "c" / "e" / "x")]["verdict"] == "allow", sorted(by_target)
+    for refused, rule in ((top / "src" / "a" / "x", "two-deep"), (top / "build" / "a" / "b" / "c" / "x", "four-deep")):
+        assert (by_target[str(refused)]["verdict"], by_target[str(refused)]["rule_id"]) == ("deny", rule)
 
 
 PROBES = """
@@ -491,40 +504,3 @@ def test_a_program_looked_for_along_path_is_not_found_where_it_is_not_and_nothin
     targets = [r["action"]["target"] for r in world.records(run.session)
                if r.get("type") == "decision" and r["action"]["op"] != "run"]  # a run's target is its argv
     assert not [t for t in targets if "missing-bin" in t or "empty-bin/" in t or "/x/y" in t], targets
-
-
-EXISTING_DIRS = """
-out = []
-for top, chain in (('src', ['e1']), ('build', ['e1', 'e2', 'e3']), ('free', ['e1', 'e2', 'e3', 'e4'])):
-    base = os.path.join(d, top)
-    open(os.path.join(base, 'warm'), 'w').close()  # Python judges it and enters the directory
-    here = os.path.join(base, *chain)  # these existed before the session: the core meets them on this write
-    try:
-        open(os.path.join(here, 'x'), 'w').close()
-        out.append(top + '=written')
-    except PermissionError:
-        out.append(top + '=EACCES')
-print(' '.join(out))
-"""
-
-
-def test_an_existing_directory_below_an_entered_one_keeps_the_answer_only_as_deep_as_proved(world):
-    """The core enters an existing directory on its first write when an entered directory above it proved
-    its answer that deep (no Python): the rules whose answer changes with depth alone still refuse, and
-    the deep write that is allowed is recorded with its own path."""
-    policy = world.root / "policies" / "depths-existing.yaml"
-    policy.parent.mkdir(exist_ok=True)
-    policy.write_text(DEPTH_POLICY)
-    for root in (world.scratch / "fast-depth", world.ws / "fast-depth"):
-        for chain in ("src/e1", "build/e1/e2/e3", "free/e1/e2/e3/e4"):
-            (root / chain).mkdir(parents=True, exist_ok=True)
-    bare = world.bare_run(_py(world, EXISTING_DIRS, str(world.scratch / "fast-depth")))
-    assert bare.stdout.split() == ["src=written", "build=written", "free=written"], bare
-    run = world.guard_run(_py(world, EXISTING_DIRS, str(world.ws / "fast-depth")), policy=policy)
-    assert run.stdout.split() == ["src=EACCES", "build=EACCES", "free=written"], run
-    records = [r for r in world.records(run.session) if r.get("type") == "decision"]
-    by_target = {r["action"]["target"]: r["decision"] for r in records}
-    deep = str(world.ws / "fast-depth" / "free" / "e1" / "e2" / "e3" / "e4" / "x")
-    assert by_target[deep]["verdict"] == "allow", sorted(by_target)
-    refused = by_target[str(world.ws / "fast-depth" / "build" / "e1" / "e2" / "e3" / "x")]
-    assert (refused["verdict"], refused["rule_id"]) == ("deny", "four-deep"), refused
