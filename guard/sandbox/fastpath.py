@@ -194,11 +194,12 @@ class FastPath:
         """The record's parts for plain names in `directory`, and how many levels of plain directories
         below it get the very same decision: the core enters a directory it makes itself (mkdir of a plain
         name), or an existing one it meets that many levels below on its first write (none of the
-        directories on the way holding a `.git`), with the same parts and that many levels less. The proof is the module docstring's, applied to every
-        component: for plain names p1..pk and x, every rule matches `D/p1/../pk/x` exactly when it matches
-        `D/q/../q/q` for the probe name q, so the engine's answer there is the answer for all of them. A
-        protected symlink pointing anywhere below the directory stops it (its name must be judged too);
-        a `.git` made below is Python's, and makes the table forget."""
+        directories on the way holding a `.git`), with the same parts and that many levels less. The proof
+        is the module docstring's, applied to every component: for plain names p1..pk and x, every rule
+        matches `D/p1/../pk/x` exactly when it matches `D/q/../q/q` for the probe name q, so the engine's
+        answer there is the answer for all of them. A protected symlink pointing anywhere below the
+        directory stops it (its name must be judged too); a `.git` made below is Python's, and makes the
+        table forget."""
         if self._probe_name is None:
             return None
         decision = uniform_decision(self._probe, op, directory, self._probe_name, self._links)
