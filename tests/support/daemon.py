@@ -68,6 +68,28 @@ def running_daemon(home: Path, env: Mapping[str, str] | None = None,
             except subprocess.TimeoutExpired:
                 proc.kill()
                 proc.wait(timeout=10)
+        stop_other_daemons_on(home)
+
+
+def stop_other_daemons_on(home: Path) -> None:
+    """Stop, by pid, every `guard daemon run` whose GUARD_HOME is `home` (one a `guard run` started on its own
+    after ours stopped, say on a full disk): a test leaves no process behind. Only processes whose environment
+    names this very home are touched."""
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = process.info.get("cmdline") or []
+        if "daemon" not in cmdline or "run" not in cmdline:
+            continue
+        try:
+            if process.environ().get("GUARD_HOME") != str(home):
+                continue
+            process.terminate()
+            try:
+                process.wait(timeout=20)
+            except psutil.TimeoutExpired:
+                process.kill()
+                process.wait(timeout=10)
+        except (psutil.NoSuchProcess, psutil.AccessDenied):
+            continue
 
 
 def stop_daemon_of(home: Path) -> None:
