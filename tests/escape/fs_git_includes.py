@@ -65,6 +65,18 @@ def _attack(world, name: str, script: str, setup: Engineer, engineer: Engineer):
     return run
 
 
+def _refused_under_config(world, name: str, key: str, script: str, setup: Engineer, engineer: Engineer,
+                          target: Path) -> None:
+    """_attack with `setup` setting `key` in the world's repository config (taken out again afterwards, so
+    later tests see the engineer's plain config): the write of `target` is refused and recorded."""
+    try:
+        run = _attack(world, name, script, setup, engineer)
+    finally:
+        _git(world.home, "config", "--unset", key, cwd=world.ws)
+    assert "WROTE" not in run.stdout, run
+    world.assert_denied(run, "write", target)
+
+
 _HOOKS_PATH = ('mkdir -p "$SCRATCH" && printf %s "$PAYLOAD" > "$SCRATCH/{hook}" && chmod +x "$SCRATCH/{hook}" '
                '&& mkdir -p "$(dirname {target})" && printf "[core]\\n\\thooksPath = %s\\n" "$SCRATCH" > {target} '
                '&& echo WROTE')
@@ -104,12 +116,8 @@ def test_hooks_path_directory_in_the_work_tree(world):
         _git(home, "config", "core.hooksPath", ".githooks", cwd=ws)
 
     script = 'h=.githooks/pre-commit; printf %s "$PAYLOAD" > $h && chmod +x $h && echo WROTE'
-    try:
-        run = _attack(world, "hooks-path", script, setup, _commits)
-    finally:
-        _git(world.home, "config", "--unset", "core.hooksPath", cwd=world.ws)
-    assert "WROTE" not in run.stdout, run
-    world.assert_denied(run, "write", world.ws / ".githooks" / "pre-commit")
+    _refused_under_config(world, "hooks-path", "core.hooksPath", script, setup, _commits,
+                          world.ws / ".githooks" / "pre-commit")
 
 
 def _status(home: Path, ws: Path) -> None:
@@ -127,12 +135,7 @@ def test_fsmonitor_program_in_the_workspace(world):
         _git(home, "config", "core.fsmonitor", str(tool), cwd=ws)
 
     script = 'printf %s "$PAYLOAD" > tools/fsmonitor && echo WROTE'
-    try:
-        run = _attack(world, "fsmonitor", script, setup, _status)
-    finally:
-        _git(world.home, "config", "--unset", "core.fsmonitor", cwd=world.ws)
-    assert "WROTE" not in run.stdout, run
-    world.assert_denied(run, "write", world.ws / "tools" / "fsmonitor")
+    _refused_under_config(world, "fsmonitor", "core.fsmonitor", script, setup, _status, world.ws / "tools" / "fsmonitor")
 
 
 def _mirror(home: Path, ws: Path) -> None:
