@@ -39,6 +39,8 @@
 #include <poll.h>
 #include <pthread.h>
 #include <sched.h>
+#include <signal.h>
+#include <time.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
@@ -93,6 +95,15 @@ static const char *const NR_NAMES[NR_COUNT] = {"openat", "open", "creat", "utime
                                                "link", "linkat", "execve", "execveat", "rmdir",
                                                "symlink", "symlinkat"};
 
+/* Threads of the core that wait in SECCOMP_IOCTL_NOTIF_RECV at once. Measured on this kind of machine
+ * (2 vCPUs whose idle halt is a VM exit): with one thread waiting, every ADDFD round trip wakes an idle
+ * CPU twice (about 56 us); with two, one of them is always waiting on the CPU the task runs on, which
+ * the kernel's same-CPU wake-up (SYNC_WAKE_UP) then uses (about 15 us). More than two wake each other
+ * for nothing on every notification (the RECV wait is not exclusive) and measured slower. */
+#define RECEIVERS 2
+
+typedef struct Pending { struct seccomp_notif n; struct Pending *next; } Pending;
+
 typedef struct {
     PyObject_HEAD
     int listener;
@@ -116,8 +127,18 @@ typedef struct {
     size_t nbuckets, nentries;
     char **globs;
     size_t nglobs;
-    /* receiving */
-    pthread_mutex_t recv_lock;
+    /* receiving: the core's own threads wait in RECV (see receiver_main); what they may not answer is
+     * queued here for the Python workers, which take it with next() */
+    pthread_mutex_t q_lock;
+    pthread_cond_t q_cond;
+    struct Pending *q_head, *q_tail;
+    int hung;                     /* the listener hung up: every task using the filter is gone */
+    int recv_errno;               /* an unexpected RECV error, reported once by next() */
+    int stopping;
+    int nreceivers;               /* started (0: not yet; next() starts them) */
+    pthread_t receivers[RECEIVERS];
+    pthread_mutex_t recv_guard[RECEIVERS]; /* held by a receiver whenever it is not waiting in RECV */
+    int receiver_live[RECEIVERS];
     /* the sandbox's root: every task has the same one (chroot, pivot_root, setns and new mount
      * namespaces are refused by the filter, which is installed after the root is final) */
     pthread_mutex_t root_lock;
@@ -518,6 +539,23 @@ typedef struct { int changed_ids, changed_caps; uid_t old_uid; gid_t old_gid;
 /* This thread's own capability sets, read once (only as_self ever changes them, and puts them back). */
 static __thread int caps_read;
 static __thread struct __user_cap_data_struct thread_caps[2];
+/* A receiver of a privileged core drops its effective capabilities once, when it starts (see lean_thread):
+ * it then acts as a task without the two capset calls per act. */
+static __thread int thread_lean;
+
+/* Make this thread lean for good: no effective capability, as every task in the sandbox. Whatever it then
+ * cannot do (a task that is not dumpable, say) fails, and the notification goes to Python, which still
+ * has them: fewer rights, never more. */
+static void lean_thread(Core *c) {
+    if (!c->privileged) return;
+    struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
+    if (syscall(SYS_capget, &h, thread_caps) != 0) return;
+    caps_read = 1;
+    struct __user_cap_data_struct lean[2];
+    memcpy(lean, thread_caps, sizeof lean);
+    lean[0].effective = lean[1].effective = 0;
+    if (syscall(SYS_capset, &h, lean) == 0) thread_lean = 1;
+}
 
 static int as_task(Core *c, const TaskIds *t, Creds *saved) {
     memset(saved, 0, sizeof *saved);
@@ -526,7 +564,7 @@ static int as_task(Core *c, const TaskIds *t, Creds *saved) {
         saved->old_uid = (uid_t)syscall(SYS_setfsuid, t->fsuid);
         saved->changed_ids = 1;
     }
-    if (c->privileged) {
+    if (c->privileged && !thread_lean) {
         struct __user_cap_header_struct h = {_LINUX_CAPABILITY_VERSION_3, 0};
         if (!caps_read) {
             if (syscall(SYS_capget, &h, thread_caps) != 0) return -1;
@@ -1378,7 +1416,13 @@ static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     pthread_mutex_init(&self->id_lock, NULL);
     pthread_mutex_init(&self->umask_lock, NULL);
     pthread_mutex_init(&self->spool_lock, NULL);
-    pthread_mutex_init(&self->recv_lock, NULL);
+    pthread_mutex_init(&self->q_lock, NULL);
+    pthread_condattr_t ca;
+    pthread_condattr_init(&ca);
+    pthread_condattr_setclock(&ca, CLOCK_MONOTONIC);
+    pthread_cond_init(&self->q_cond, &ca);
+    pthread_condattr_destroy(&ca);
+    for (int i = 0; i < RECEIVERS; i++) pthread_mutex_init(&self->recv_guard[i], NULL);
     pthread_rwlock_init(&self->table_lock, NULL);
     self->nbuckets = 4096;
     self->buckets = calloc(self->nbuckets, sizeof(Entry *));
@@ -1386,7 +1430,13 @@ static int Core_init(Core *self, PyObject *args, PyObject *kw) {
     return 0;
 }
 
+static void core_stop(Core *c);
+
 static void Core_dealloc(Core *self) {
+    Py_BEGIN_ALLOW_THREADS
+    core_stop(self);
+    Py_END_ALLOW_THREADS
+    while (self->q_head) { Pending *p = self->q_head; self->q_head = p->next; free(p); }
     if (self->buckets) { table_clear(self); free(self->buckets); }
     while (self->retired) { Entry *n = self->retired->next; entry_free(self->retired); self->retired = n; }
     if (self->rootfd >= 0) close(self->rootfd);
@@ -1548,48 +1598,200 @@ static PyObject *Core_clear(Core *self, PyObject *unused) {
     Py_RETURN_NONE;
 }
 
+/* ---- receiving ------------------------------------------------------------------------------------ */
+
+/* Stopping a receiver that waits in RECV while tasks still live takes a signal (RECV cannot time out).
+ * It is sent only while the receiver does not hold its recv_guard, that is while it waits in RECV (or is
+ * about to): never in the middle of answering, where it could interrupt an ADDFD. No SA_RESTART, so the
+ * interrupted RECV returns EINTR. The handler does nothing, and the signal is only ever sent to a
+ * receiver, by tid. */
+#define WAKE_SIGNAL (SIGRTMIN + 7)
+
+static void wake_handler(int sig) { (void)sig; }
+
+static void queue_for_python(Core *c, const struct seccomp_notif *n) {
+    Pending *p = malloc(sizeof *p);
+    if (!p) { /* cannot queue it: refuse it rather than leave the task waiting */
+        send_reply(c, n->id, ENOMEM, 0);
+        return;
+    }
+    p->n = *n;
+    p->next = NULL;
+    pthread_mutex_lock(&c->q_lock);
+    if (c->q_tail) c->q_tail->next = p; else c->q_head = p;
+    c->q_tail = p;
+    __atomic_add_fetch(&c->handed_back, 1, __ATOMIC_RELAXED);
+    pthread_cond_signal(&c->q_cond);
+    pthread_mutex_unlock(&c->q_lock);
+}
+
+static int answered_here(Core *c, const struct seccomp_notif *n) {
+    if (__atomic_load_n(&c->nunsettled, __ATOMIC_RELAXED) > 0) umask_settled(c, (pid_t)n->pid);
+    if (n->data.arch == c->arch && fast_umask(c, n) == ANSWERED) return 1;
+    return c->enabled && n->data.arch == c->arch
+           && (fast_open(c, n) == ANSWERED || fast_utimensat(c, n) == ANSWERED
+               || fast_mkdir(c, n) == ANSWERED || fast_unlink(c, n) == ANSWERED
+               || fast_rename(c, n) == ANSWERED || fast_link(c, n) == ANSWERED
+               || fast_exec_absent(c, n) == ANSWERED || fast_rmdir(c, n) == ANSWERED
+               || fast_symlink(c, n) == ANSWERED
+               || fast_fd_attr(c, n) == ANSWERED
+               || fast_path_attr(c, n) == ANSWERED);
+}
+
+typedef struct { Core *core; int index; } ReceiverArg;
+
+/* One receiver: wait in RECV, answer what the fast path may, queue the rest for Python. Every other
+ * signal stays blocked here, so the process's signals go to the interpreter's threads. */
+static void *receiver_main(void *arg) {
+    ReceiverArg a = *(ReceiverArg *)arg;
+    free(arg);
+    Core *c = a.core;
+    pthread_mutex_t *guard = &c->recv_guard[a.index];
+    sigset_t all;
+    sigfillset(&all);
+    sigdelset(&all, WAKE_SIGNAL);
+    pthread_sigmask(SIG_SETMASK, &all, NULL);
+    lean_thread(c);
+    struct seccomp_notif n;
+    pthread_mutex_lock(guard);
+    while (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
+        memset(&n, 0, sizeof n);
+        pthread_mutex_unlock(guard);
+        int r = ioctl(c->listener, SECCOMP_IOCTL_NOTIF_RECV, &n);
+        int e = errno;
+        pthread_mutex_lock(guard);
+        if (r < 0) {
+            if (e == EINTR || e == EAGAIN) continue;
+            if (e == ENOENT) { /* the task went away before we took it, or every task is gone */
+                struct pollfd p = {c->listener, POLLIN, 0};
+                if (poll(&p, 1, 0) == 1 && !(p.revents & POLLIN)) break; /* hung up */
+                continue;
+            }
+            pthread_mutex_lock(&c->q_lock);
+            if (!c->recv_errno) c->recv_errno = e;
+            pthread_cond_broadcast(&c->q_cond);
+            pthread_mutex_unlock(&c->q_lock);
+            if (e == EBADF || e == ENOTTY || e == EINVAL) break; /* the listener is gone */
+            struct timespec ms10 = {0, 10 * 1000 * 1000};
+            nanosleep(&ms10, NULL);
+            continue;
+        }
+        if (!answered_here(c, &n)) queue_for_python(c, &n);
+    }
+    pthread_mutex_lock(&c->q_lock);
+    c->hung = 1; /* whatever ended this receiver ends receiving: Python sees it once the queue is empty */
+    pthread_cond_broadcast(&c->q_cond);
+    pthread_mutex_unlock(&c->q_lock);
+    __atomic_store_n(&c->receiver_live[a.index], 0, __ATOMIC_RELEASE);
+    pthread_mutex_unlock(guard);
+    return NULL;
+}
+
+/* Start the receivers (once). -> 0, or an errno. Called with the GIL released. */
+static int core_start(Core *c) {
+    static int handler_installed;
+    pthread_mutex_lock(&c->q_lock);
+    if (c->nreceivers || c->stopping) { pthread_mutex_unlock(&c->q_lock); return 0; }
+    if (!__atomic_load_n(&handler_installed, __ATOMIC_ACQUIRE)) {
+        struct sigaction sa;
+        memset(&sa, 0, sizeof sa);
+        sa.sa_handler = wake_handler;
+        sigemptyset(&sa.sa_mask);
+        if (sigaction(WAKE_SIGNAL, &sa, NULL) != 0) { int e = errno; pthread_mutex_unlock(&c->q_lock); return e; }
+        __atomic_store_n(&handler_installed, 1, __ATOMIC_RELEASE);
+    }
+    for (int i = 0; i < RECEIVERS; i++) {
+        ReceiverArg *a = malloc(sizeof *a);
+        if (!a) break;
+        a->core = c;
+        a->index = i;
+        __atomic_store_n(&c->receiver_live[i], 1, __ATOMIC_RELEASE);
+        if (pthread_create(&c->receivers[i], NULL, receiver_main, a) != 0) {
+            __atomic_store_n(&c->receiver_live[i], 0, __ATOMIC_RELEASE);
+            free(a);
+            break;
+        }
+        c->nreceivers = i + 1;
+    }
+    int started = c->nreceivers;
+    pthread_mutex_unlock(&c->q_lock);
+    return started ? 0 : EAGAIN;
+}
+
+/* Stop and join the receivers (idempotent). Called with the GIL released. */
+static void core_stop(Core *c) {
+    pthread_mutex_lock(&c->q_lock);
+    int n = c->nreceivers;
+    int first = !c->stopping;
+    __atomic_store_n(&c->stopping, 1, __ATOMIC_RELEASE);
+    pthread_cond_broadcast(&c->q_cond);
+    pthread_mutex_unlock(&c->q_lock);
+    if (!first) return;
+    for (int i = 0; i < n; i++) {
+        while (__atomic_load_n(&c->receiver_live[i], __ATOMIC_ACQUIRE)) {
+            pthread_mutex_lock(&c->recv_guard[i]); /* now it waits in RECV, or is about to, or has ended */
+            if (__atomic_load_n(&c->receiver_live[i], __ATOMIC_ACQUIRE)) pthread_kill(c->receivers[i], WAKE_SIGNAL);
+            pthread_mutex_unlock(&c->recv_guard[i]);
+            struct timespec ms1 = {0, 1000 * 1000};
+            nanosleep(&ms1, NULL);
+        }
+        pthread_join(c->receivers[i], NULL);
+    }
+}
+
 /* next(timeout_ms) -> bytes (a notification for Python to answer) | None (nothing yet) | False (the
- * listener hung up: every task is gone). Fast-path notifications are answered here, in a loop. */
+ * listener hung up: every task is gone, or the core was stopped). The receivers answer the fast path
+ * themselves; they are started by the first call. */
 static PyObject *Core_next(Core *self, PyObject *args) {
     int timeout;
     if (!PyArg_ParseTuple(args, "i", &timeout)) return NULL;
-    struct seccomp_notif n;
-    int status; /* 0 nothing, 1 slow, 2 hung up, 3 error */
+    Pending *p = NULL;
+    int status = 0; /* 0 nothing, 1 one for Python, 2 hung up or stopped, 3 error */
     int err = 0;
     Py_BEGIN_ALLOW_THREADS
-    for (;;) {
-        pthread_mutex_lock(&self->recv_lock);
-        struct pollfd p = {self->listener, POLLIN, 0};
-        int r = poll(&p, 1, timeout);
-        if (r < 0) { status = errno == EINTR ? 0 : 3; err = errno; pthread_mutex_unlock(&self->recv_lock); break; }
-        if (r == 0) { status = 0; pthread_mutex_unlock(&self->recv_lock); break; }
-        if (!(p.revents & POLLIN)) { status = 2; pthread_mutex_unlock(&self->recv_lock); break; }
-        memset(&n, 0, sizeof n);
-        r = ioctl(self->listener, SECCOMP_IOCTL_NOTIF_RECV, &n);
-        pthread_mutex_unlock(&self->recv_lock);
-        if (r < 0) {
-            if (errno == ENOENT || errno == EINTR || errno == EAGAIN) continue;
-            status = 3; err = errno; break;
+    err = core_start(self);
+    if (err) status = 3;
+    else {
+        struct timespec dl;
+        clock_gettime(CLOCK_MONOTONIC, &dl);
+        if (timeout > 0) {
+            dl.tv_sec += timeout / 1000;
+            dl.tv_nsec += (long)(timeout % 1000) * 1000000L;
+            if (dl.tv_nsec >= 1000000000L) { dl.tv_sec++; dl.tv_nsec -= 1000000000L; }
         }
-        if (__atomic_load_n(&self->nunsettled, __ATOMIC_RELAXED) > 0) umask_settled(self, (pid_t)n.pid);
-        if (n.data.arch == self->arch && fast_umask(self, &n) == ANSWERED) continue;
-        if (self->enabled && n.data.arch == self->arch
-            && (fast_open(self, &n) == ANSWERED || fast_utimensat(self, &n) == ANSWERED
-                || fast_mkdir(self, &n) == ANSWERED || fast_unlink(self, &n) == ANSWERED
-                || fast_rename(self, &n) == ANSWERED || fast_link(self, &n) == ANSWERED
-                || fast_exec_absent(self, &n) == ANSWERED || fast_rmdir(self, &n) == ANSWERED
-                || fast_symlink(self, &n) == ANSWERED
-                || fast_fd_attr(self, &n) == ANSWERED
-                || fast_path_attr(self, &n) == ANSWERED)) continue;
-        __atomic_add_fetch(&self->handed_back, 1, __ATOMIC_RELAXED);
-        status = 1;
-        break;
+        pthread_mutex_lock(&self->q_lock);
+        for (;;) {
+            if (self->q_head) {
+                p = self->q_head;
+                self->q_head = p->next;
+                if (!self->q_head) self->q_tail = NULL;
+                status = 1;
+                break;
+            }
+            if (self->recv_errno) { err = self->recv_errno; self->recv_errno = 0; status = 3; break; }
+            if (self->hung || self->stopping) { status = 2; break; }
+            if (timeout <= 0) break;
+            if (pthread_cond_timedwait(&self->q_cond, &self->q_lock, &dl) == ETIMEDOUT && !self->q_head
+                && !self->recv_errno && !self->hung && !self->stopping)
+                break;
+        }
+        pthread_mutex_unlock(&self->q_lock);
     }
     Py_END_ALLOW_THREADS
     if (status == 0) Py_RETURN_NONE;
     if (status == 2) Py_RETURN_FALSE;
     if (status == 3) { errno = err; return PyErr_SetFromErrno(PyExc_OSError); }
-    return PyBytes_FromStringAndSize((const char *)&n, sizeof n);
+    PyObject *out = PyBytes_FromStringAndSize((const char *)&p->n, sizeof p->n);
+    free(p);
+    return out;
+}
+
+/* stop(): end the receivers (the session is over, or the listener is about to be closed). */
+static PyObject *Core_stop(Core *self, PyObject *unused) {
+    Py_BEGIN_ALLOW_THREADS
+    core_stop(self);
+    Py_END_ALLOW_THREADS
+    Py_RETURN_NONE;
 }
 
 static PyObject *Core_counts(Core *self, PyObject *unused) {
@@ -1630,6 +1832,7 @@ static PyMethodDef Core_methods[] = {
     {"add", (PyCFunction)Core_add, METH_VARARGS, "add(op, dev, ino, dir, parts, inherit=0) -> bool"},
     {"clear", (PyCFunction)Core_clear, METH_NOARGS, "forget every directory"},
     {"next", (PyCFunction)Core_next, METH_VARARGS, "next(timeout_ms) -> bytes | None | False"},
+    {"stop", (PyCFunction)Core_stop, METH_NOARGS, "stop and join the receivers (before the listener closes)"},
     {"counts", (PyCFunction)Core_counts, METH_NOARGS, "what the fast path did"},
     {"set_enabled", (PyCFunction)Core_set_enabled, METH_VARARGS, "switch the fast path on or off"},
     {NULL, NULL, 0, NULL},

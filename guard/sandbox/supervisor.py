@@ -702,6 +702,8 @@ class Supervisor:
             done.set()
             for t in extra:
                 t.join()
+            if self._fast is not None:
+                self._fast.core.stop()  # its receivers, before anyone closes the listener they wait on
 
     def _worker(self, stop: threading.Event, done: threading.Event, lock: threading.Lock,
                 poll_ms: int) -> None:
@@ -735,8 +737,8 @@ class Supervisor:
                 self._answer(notif)
 
     def _fast_worker(self, stop: threading.Event, done: threading.Event, poll_ms: int) -> None:
-        """The same turn-taking as _worker, inside the core: it holds its own receive lock while it polls
-        and receives, answers what it may, and returns the rest here (never blocking the interpreter)."""
+        """With the core, its own threads receive every notification and answer what they may; the
+        workers take the rest from its queue (waiting there without the interpreter's lock)."""
         assert self._fast is not None
         core = self._fast.core
         while not (stop.is_set() or done.is_set()):
@@ -785,6 +787,8 @@ class Supervisor:
     def close(self) -> None:
         if not self._closed:
             self._closed = True
+            if self._fast is not None:
+                self._fast.core.stop()
             os.close(self.fd)
 
     # replies ----------------------------------------------------------------------------------------
