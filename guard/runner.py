@@ -288,7 +288,6 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
         if proc.listener_fd is not None:
             # The decider records every decision; several workers so one pending `ask` does not stall the
             # rest of the agent's tree (the decider and the daemon client are thread-safe).
-            link_names = protected_link_names(m.path for m in facts.matches if Op.WRITE in m.ops)
             # audit mode decides through enforce_kernel_state: it stays on the general path
             fast = None if plan.audit else FastPath.create(
                 proc.listener_fd, spec, policy=policy, probe=decider.uniform, spool=spool,

@@ -57,6 +57,9 @@ def started_ms_ago() -> float:
 
 def main() -> None:
     startup = started_ms_ago()
+    if sys.argv[1:2] in (["-h"], ["--help"]):  # not a command to run under guard
+        print(__doc__)
+        return
     import guard.cli.main  # noqa: F401 - what `python -m guard` imports before it parses argv
 
     t_cli = time.perf_counter()
