@@ -372,12 +372,20 @@ static int sandbox_root(Core *c, const struct seccomp_notif *n) {
 
 /* The path of directory `fd` in the task's view, as the kernel names its dentry now (readlink of our
  * own descriptor, the sandbox root's prefix taken off). -> length, or -1 when it has none we can use. */
+static ssize_t strip_root(Core *c, char *out, ssize_t n);
+
 static ssize_t dir_path(Core *c, int fd, char *out) {
     char link[64];
     snprintf(link, sizeof link, "/proc/self/fd/%d", fd);
     ssize_t n = readlink(link, out, PATH_LIMIT - 1);
     if (n <= 0 || out[0] != '/') return -1;
     out[n] = '\0';
+    return strip_root(c, out, n);
+}
+
+/* `out` (n bytes, NUL-terminated, as we name it) in the task's view: the sandbox root's prefix taken off.
+ * -> the new length, or -1 when it is not below that root. */
+static ssize_t strip_root(Core *c, char *out, ssize_t n) {
     if (c->root_len) {
         size_t rl = c->root_len;
         if ((size_t)n < rl || strncmp(out, c->root_text, rl) != 0 || (out[rl] != '/' && out[rl] != '\0')) return -1;
@@ -620,6 +628,7 @@ static int record_locked(Core *c, const Entry *e, const char *target, size_t tle
 /* What locate() found: the held directory, the final name, what is there, and the table entry. */
 typedef struct {
     int basefd, dfd;
+    int slot;             /* dfd belongs to this receiver's directory cache (see dir_cache), or -1: ours */
     const char *name;
     struct stat st;
     int exists;
@@ -629,9 +638,82 @@ typedef struct {
     char path[PATH_LIMIT], dir[PATH_LIMIT], canon[PATH_LIMIT * 2];
 } Found;
 
+/* ---- each receiver's last directories --------------------------------------------------------------
+ * Resolving a task's directory anew (open its cwd through /proc, openat2, fstat, two closes) was a third
+ * of the syscalls of a notification. A receiver keeps the last few directories it resolved, by their
+ * path in the task's view, as O_PATH descriptors. One is used only when the kernel names it by exactly
+ * the path the task's call names now (readlink of the descriptor, the one the entry check reads anyway):
+ * a directory renamed, removed or replaced since has another name (or " (deleted)") and is resolved the
+ * general way. The path itself comes from the task's cwd as the kernel names it now (readlink of
+ * /proc/<pid>/cwd, read before the notification is re-validated) and the call's path, which must be
+ * plain. So the directory acted in is the one whose name was judged, as with a fresh openat2; the table
+ * lookup by inode and every later check are unchanged. A descriptor in use by a call is never evicted. */
+#define DIR_CACHE 8
+typedef struct { char path[PATH_LIMIT]; size_t len; int fd; int pins; struct stat st; } CachedDir;
+static __thread CachedDir dir_cache[DIR_CACHE];
+static __thread int dir_cache_next;
+static __thread int dir_cache_ready;
+
+static void dir_cache_init(void) {
+    if (dir_cache_ready) return;
+    for (int i = 0; i < DIR_CACHE; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
+    dir_cache_ready = 1;
+}
+
+/* Receivers only: other threads never locate (the cache is per thread, and theirs would never be freed). */
+static __thread int is_receiver;
+
+static void dir_cache_free(void) {
+    if (!dir_cache_ready) return;
+    for (int i = 0; i < DIR_CACHE; i++) if (dir_cache[i].fd >= 0) { close(dir_cache[i].fd); dir_cache[i].fd = -1; }
+}
+
+static int dir_cache_find(const char *path, size_t len) {
+    if (!is_receiver) return -1;
+    dir_cache_init();
+    for (int i = 0; i < DIR_CACHE; i++)
+        if (dir_cache[i].fd >= 0 && dir_cache[i].len == len && memcmp(dir_cache[i].path, path, len) == 0) return i;
+    return -1;
+}
+
+static void dir_cache_drop(int i) {
+    if (dir_cache[i].pins) return; /* in use by this call: it fails the check again next time */
+    close(dir_cache[i].fd);
+    dir_cache[i].fd = -1;
+    dir_cache[i].len = 0;
+}
+
+/* Keep `fd` (a directory this call resolved and checked, named `path`): -> its slot, or -1 when every slot
+ * is in use by this call (the caller then keeps and closes it). */
+static int dir_cache_put(const char *path, size_t len, int fd, const struct stat *st) {
+    if (!is_receiver || len >= PATH_LIMIT) return -1;
+    dir_cache_init();
+    for (int tries = 0; tries < DIR_CACHE; tries++) {
+        int i = dir_cache_next;
+        dir_cache_next = (dir_cache_next + 1) % DIR_CACHE;
+        if (dir_cache[i].pins) continue;
+        if (dir_cache[i].fd >= 0) close(dir_cache[i].fd);
+        memcpy(dir_cache[i].path, path, len);
+        dir_cache[i].len = len;
+        dir_cache[i].fd = fd;
+        dir_cache[i].st = *st;
+        dir_cache[i].pins = 1;
+        return i;
+    }
+    return -1;
+}
+
+static void found_init(Found *f) {
+    f->basefd = f->dfd = -1;
+    f->slot = -1;
+}
+
 static void found_close(Found *f) {
-    if (f->dfd >= 0) close(f->dfd);
+    if (f->slot >= 0) dir_cache[f->slot].pins--;
+    else if (f->dfd >= 0) close(f->dfd);
     if (f->basefd >= 0) close(f->basefd);
+    f->slot = -1;
+    f->dfd = f->basefd = -1;
 }
 
 /* Enter directory `st` (at path `dir`) with the entry `parent` of a directory `levels` above it, whose
@@ -749,7 +831,7 @@ enum { RECORDED = 2, LOCATED = 3 };
  * before any decision) or HANDED_BACK. */
 static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uint64_t addr, int may, int excl,
                   Found *f) {
-    f->basefd = f->dfd = -1;
+    found_init(f);
     ssize_t plen = read_task_str((pid_t)n->pid, addr, f->path);
     if (plen <= 0 || !plain_bytes(f->path, (size_t)plen)) return HANDED_BACK;
     size_t dlen;
@@ -758,7 +840,51 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
 
     int rootfd = sandbox_root(c, n);
     if (rootfd < 0) return HANDED_BACK;
-    if (f->path[0] == '/') {
+    /* the directory's path in the task's view, for the cache: "/" + dir, or the task's cwd + "/" + dir */
+    char key[PATH_LIMIT];
+    ssize_t klen = -1;
+    if (is_receiver && (f->path[0] == '/' || dirfd == AT_FDCWD)) {
+        size_t at = 0;
+        if (f->path[0] == '/') {
+            key[0] = '/';
+            at = 1;
+        } else {
+            char proc[64];
+            snprintf(proc, sizeof proc, "/proc/%u/cwd", n->pid);
+            ssize_t cl = readlink(proc, key, PATH_LIMIT - 1);
+            static const char gone[] = " (deleted)"; /* a removed cwd: resolved the general way */
+            if (cl > 0 && key[0] == '/') {
+                key[cl] = '\0';
+                size_t gl = sizeof gone - 1;
+                cl = (size_t)cl >= gl && memcmp(key + cl - gl, gone, gl) == 0 ? -1 : strip_root(c, key, cl);
+            }
+            if (cl > 0) at = (size_t)cl;
+            if (at > 1 && dlen) key[at++] = '/'; /* at 1: the root, "/" + dir */
+        }
+        if (at && at + dlen < PATH_LIMIT) {
+            memcpy(key + at, f->dir, dlen);
+            klen = (ssize_t)(at + dlen);
+            key[klen] = '\0';
+        }
+    }
+    int cached = klen > 0 ? dir_cache_find(key, (size_t)klen) : -1;
+    ssize_t checked = -1; /* canon holds the kernel's name for dfd, read once for this call */
+    struct stat dst;
+    if (cached >= 0) {
+        ssize_t cl = dir_path(c, dir_cache[cached].fd, f->canon);
+        if (cl == klen && memcmp(f->canon, key, (size_t)klen) == 0) {
+            f->dfd = dir_cache[cached].fd;
+            f->slot = cached;
+            dir_cache[cached].pins++;
+            dst = dir_cache[cached].st;
+            checked = cl;
+        } else {
+            dir_cache_drop(cached);
+        }
+    }
+    if (f->dfd >= 0) {
+        /* resolved from the cache */
+    } else if (f->path[0] == '/') {
         f->dfd = openat2_dir(rootfd, f->dir, RESOLVE_IN_ROOT);
     } else {
         char proc[64];
@@ -780,8 +906,7 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         if (id_valid(c, n->id)) send_reply(c, n->id, ENOENT, 0);
         return ANSWERED;
     }
-    struct stat dst;
-    if (f->dfd < 0 || fstat(f->dfd, &dst) != 0) return HANDED_BACK;
+    if (f->dfd < 0 || (checked < 0 && fstat(f->dfd, &dst) != 0)) return HANDED_BACK;
 
     for (int pass = 0;; pass++) {
         pthread_rwlock_rdlock(&c->table_lock);
@@ -794,14 +919,19 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         if (e || pass > 0) return HANDED_BACK;
         /* not entered: perhaps below an entered directory whose answer holds this deep */
         ssize_t dl = dir_path(c, f->dfd, f->canon);
+        checked = dl;
         if (dl <= 1 || !plain_bytes(f->canon, (size_t)dl)
             || !enter_from_above(c, op, f->dfd, f->canon, (size_t)dl, &dst)) return HANDED_BACK;
     }
 
     /* Still where it was judged: renamed or reached through another mount, it is not this entry. */
-    ssize_t clen = dir_path(c, f->dfd, f->canon);
+    ssize_t clen = checked >= 0 ? checked : dir_path(c, f->dfd, f->canon);
     if (clen < 0 || (size_t)clen != f->entry.dir_len || memcmp(f->canon, f->entry.dir, f->entry.dir_len) != 0)
         return HANDED_BACK;
+    if (f->slot < 0 && clen == klen && memcmp(f->canon, key, (size_t)klen) == 0) {
+        int slot = dir_cache_put(key, (size_t)klen, f->dfd, &dst); /* kept for the next call */
+        if (slot >= 0) f->slot = slot;
+    }
     size_t nlen = strlen(f->name);
     if ((size_t)clen + 1 + nlen >= sizeof f->canon) return HANDED_BACK;
 
@@ -1095,7 +1225,7 @@ static int fast_unlink(Core *c, const struct seccomp_notif *n) {
 static int two_names(Core *c, const struct seccomp_notif *n, int odir, uint64_t oaddr, int ndir, uint64_t naddr,
                      int dst_may, int dst_excl, int link, unsigned int flags) {
     Found src, dst;
-    dst.basefd = dst.dfd = -1;
+    found_init(&dst);
     int rc = locate(c, n, OP_WRITE, odir, oaddr, MAY_REG, 0, &src);
     if (rc == LOCATED) rc = locate(c, n, OP_WRITE, ndir, naddr, dst_may, dst_excl, &dst);
     if (rc == LOCATED && src.st.st_dev == dst.st.st_dev && src.st.st_ino == dst.st.st_ino && dst.exists)
@@ -1280,7 +1410,7 @@ static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
     int obj = task_file(n, fd);
     if (obj < 0) return HANDED_BACK;
     Found f;
-    f.basefd = f.dfd = -1;
+    found_init(&f);
     int rc = HANDED_BACK;
     struct stat ost;
     int rootfd = sandbox_root(c, n);
@@ -1652,6 +1782,7 @@ static void *receiver_main(void *arg) {
     sigdelset(&all, WAKE_SIGNAL);
     pthread_sigmask(SIG_SETMASK, &all, NULL);
     lean_thread(c);
+    is_receiver = 1;
     struct seccomp_notif n;
     pthread_mutex_lock(guard);
     while (!__atomic_load_n(&c->stopping, __ATOMIC_ACQUIRE)) {
@@ -1682,6 +1813,7 @@ static void *receiver_main(void *arg) {
     c->hung = 1; /* whatever ended this receiver ends receiving: Python sees it once the queue is empty */
     pthread_cond_broadcast(&c->q_cond);
     pthread_mutex_unlock(&c->q_lock);
+    dir_cache_free();
     __atomic_store_n(&c->receiver_live[a.index], 0, __ATOMIC_RELEASE);
     pthread_mutex_unlock(guard);
     return NULL;

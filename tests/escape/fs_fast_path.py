@@ -504,3 +504,62 @@ def test_a_program_looked_for_along_path_is_not_found_where_it_is_not_and_nothin
     targets = [r["action"]["target"] for r in world.records(run.session)
                if r.get("type") == "decision" and r["action"]["op"] != "run"]  # a run's target is its argv
     assert not [t for t in targets if "missing-bin" in t or "empty-bin/" in t or "/x/y" in t], targets
+
+
+# The core keeps each receiver's last directories by name (guard/_core.c, "each receiver's last
+# directories"). A directory it kept is renamed and another put at its name, the task's cwd moves, a
+# symlink to a protected directory takes the kept name, the cwd is removed: each next write must reach
+# what the kernel resolves now, as bare, and the symlink must not lead a write into the hooks.
+KEPT_DIRS = """
+os.chdir(d)
+out = []
+os.mkdir('a')
+for i in range(20): open(f'a/f{i}', 'w').close()
+os.rename('a', 'b'); os.mkdir('a'); open('a/x', 'w').close()
+out.append('x-in-a=%s x-in-b=%s' % (os.path.exists('a/x'), os.path.exists('b/x')))
+os.chdir('b'); open('y', 'w').close(); os.chdir('..')
+out.append('y-in-b=%s y-in-a=%s' % (os.path.exists('b/y'), os.path.exists('a/y')))
+for i in range(20): open(f'a/g{i}', 'w').close()
+os.rename('a', 'c'); os.symlink(sys.argv[2], 'a')
+try:
+    open('a/pre-commit', 'w').write('#!/bin/sh\\necho PWNED\\n'); out.append('hook=written')
+except OSError as exc:
+    out.append('hook=' + type(exc).__name__)
+out.append('in-c=%s' % os.path.exists('c/pre-commit'))
+os.mkdir('gone'); os.chdir('gone')
+for i in range(5): open(f'w{i}', 'w').close()
+for i in range(5): os.unlink(f'w{i}')
+os.rmdir(os.path.join(d, 'gone'))
+try:
+    open('z', 'w'); out.append('z=written')
+except OSError as exc:
+    out.append('z=' + type(exc).__name__)
+print(' '.join(out))
+"""
+
+
+def test_a_kept_directory_renamed_replaced_or_swapped_for_a_symlink_is_resolved_anew(world):
+    bare_dir = world.scratch / "fast-kept"
+    bare_hooks = world.scratch / "fast-kept-hooks"
+    bare_hooks.mkdir()
+    bare = world.bare_run(_py(world, KEPT_DIRS, str(bare_dir), str(bare_hooks)))
+    assert bare.returncode == 0, bare
+    assert "hook=written" in bare.stdout and (bare_hooks / "pre-commit").exists(), bare.stdout
+    hooks = world.ws / ".git" / "hooks"
+    warm = world.ws / "fast-kept"
+    before = (hooks / "pre-commit").read_bytes()  # the engineer's own hook (tests/support/realworld.py)
+    run = world.guard_run(_py(world, KEPT_DIRS, str(warm), str(hooks)))
+    assert run.returncode == 0, run
+    assert (hooks / "pre-commit").read_bytes() == before, run
+    assert "hook=written" not in run.stdout, run.stdout
+    # a create in a removed cwd: ENOENT bare; the supervisor cannot vouch for a removed directory's path and
+    # refuses it (EACCES), with or without the core
+    assert "z=written" not in run.stdout, run.stdout
+    seen = run.stdout.replace("hook=PermissionError", "hook=written").replace("z=PermissionError",
+                                                                             "z=FileNotFoundError")
+    assert seen == bare.stdout, (run.stdout, bare.stdout)
+    targets = [r["action"]["target"] for r in world.records(run.session) if r.get("type") == "decision"
+               and r["action"]["op"] == "write" and r["decision"]["verdict"] == "allow"]
+    for name in ("a/f19", "a/x", "b/y", "a/g19"):
+        assert str(warm / name) in targets, (name, targets)
+    assert str(warm / "b/x") not in targets and str(warm / "c/pre-commit") not in targets, targets
