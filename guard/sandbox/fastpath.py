@@ -160,10 +160,15 @@ class FastPath:
         counts = self.core.counts()
         return int(counts["fast_writes"]) + int(counts["fast_reads"])
 
-    def consider(self, op: Op, directory: str, held: int) -> None:
+    def consider(self, op: Op, directory: str, held: int, *, parent: bool = True) -> None:
         """Enter `directory` (held open as `held`, as the supervisor resolved it) for `op` if the engine
         proves one answer for every plain name in it. The core finds it by inode and takes it only while
-        the kernel still names that inode `directory`."""
+        the kernel still names that inode `directory`.
+
+        Its parent is considered too (`parent`), once: entered with the depth the engine proves for it, it
+        lets the core enter the directory's siblings on their first write by itself (an existing directory
+        below an entered one), instead of each coming here first. A local `git clone` links one object out
+        of each of upstream's 256 object directories, and each of those came here, with its own proof."""
         code = OPS.get(op)
         if code is None or self._probe_name is None:
             return
@@ -180,6 +185,17 @@ class FastPath:
             with self._lock:
                 if generation == self._generation:
                     self.core.add(code, st.st_dev, st.st_ino, directory.encode("ascii"), parts, inherit)
+        up = directory.rsplit("/", 1)[0]
+        if parent and up and up != directory:
+            try:
+                # the parent as the kernel has it now; the core still takes it only while it is named `up`
+                above = os.open("..", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC, dir_fd=held)
+            except OSError:
+                return
+            try:
+                self.consider(op, up, above, parent=False)
+            finally:
+                os.close(above)
 
     def forget(self) -> None:
         """Forget every directory: a `.git` was made, removed or moved, so which repository a path lies

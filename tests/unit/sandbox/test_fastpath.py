@@ -200,18 +200,57 @@ def test_forget_empties_the_table_and_drops_a_judgement_under_way(tmp_path: Path
     two.mkdir()
     fd1, fd2 = os.open(one, os.O_PATH), os.open(two, os.O_PATH)
     try:
-        fast.consider(Op.WRITE, str(one), fd1)
+        fast.consider(Op.WRITE, str(one), fd1, parent=False)
         assert c.counts()["dirs"] == 1
         fast.forget()
         assert c.counts()["dirs"] == 0
         during.append(fast)
-        fast.consider(Op.WRITE, str(two), fd2)
+        fast.consider(Op.WRITE, str(two), fd2, parent=False)
         assert c.counts()["dirs"] == 0, "a judgement made before forget() was entered after it"
-        fast.consider(Op.WRITE, str(one), fd1)  # judged afresh after forget()
+        fast.consider(Op.WRITE, str(one), fd1, parent=False)  # judged afresh after forget()
         assert c.counts()["dirs"] == 1
     finally:
         os.close(fd1)
         os.close(fd2)
+
+
+def test_the_parent_of_a_directory_entered_is_considered_too_and_only_where_the_engine_proves_it(
+        tmp_path: Path) -> None:
+    """consider() also judges the directory's parent (one level, once), so the core can enter its siblings
+    itself; the parent is entered only where the engine proves its own answer, never over the policy."""
+    import os
+
+    allow = Decision(Verdict.ALLOW, "workspace", "inside the workspace")
+    ask = Decision(Verdict.ASK, "top", "the top needs a human")
+    top = tmp_path / "top"
+    (top / "objects" / "ab").mkdir(parents=True)
+    asked: list[str] = []
+
+    def probe(action: Action) -> Decision:
+        directory = action.target.rsplit("/", 1)[0]
+        asked.append(directory)
+        return ask if directory == str(top) else allow
+
+    c = core.Core(-1, 0, {"openat": 257}, False, False)
+    fast = fastpath.FastPath(c, probe=probe, segments=[], render=SpoolWriter.render_head,
+                             record_of=decision_record)
+    ab = os.open(top / "objects" / "ab", os.O_PATH)
+    objects = os.open(top / "objects", os.O_PATH)
+    try:
+        fast.consider(Op.WRITE, str(top / "objects" / "ab"), ab)
+        assert c.counts()["dirs"] == 2, "the parent (objects) was not entered"
+        assert str(top / "objects") in asked and str(top) not in asked, asked  # one level up, no further
+        fast.consider(Op.WRITE, str(top / "objects"), objects)  # already judged: nothing more
+        assert c.counts()["dirs"] == 2
+        asked.clear()
+        inner = os.open(top / "objects", os.O_PATH)
+        fast.forget()
+        fast.consider(Op.WRITE, str(top / "objects"), inner)  # its parent is the asking top: not entered
+        os.close(inner)
+        assert str(top) in asked and c.counts()["dirs"] == 1, (asked, c.counts())
+    finally:
+        os.close(ab)
+        os.close(objects)
 
 
 DEPTHS = """version: 1
