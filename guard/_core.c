@@ -48,6 +48,8 @@
 #include <sys/eventfd.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
+#include <sys/statfs.h>
+#include <linux/magic.h>
 #include <sys/syscall.h>
 #include <sys/uio.h>
 #include <unistd.h>
@@ -143,6 +145,7 @@ typedef struct {
      * namespaces are refused by the filter, which is installed after the root is final) */
     pthread_mutex_t root_lock;
     int rootfd;
+    int proc_checked;             /* 1: the sandbox's /proc is a proc file system; -1: it is not; 0: not looked */
     char root_text[PATH_LIMIT];
     size_t root_len;
     /* acting as the task: each pid's fsuid/fsgid (see cached_ids) */
@@ -1383,39 +1386,32 @@ static int task_file(const struct seccomp_notif *n, int fd) {
  * an entered one and whose name must still be this very inode), then performed by us, as the task, on our
  * duplicate of the task's open file. Never CONTINUEd: the descriptor table is the task's, and a thread
  * that dup2()s another file onto the number after our look would have the kernel change that one. */
-static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
-    const struct seccomp_data *d = &n->data;
-    int fd, kind;
-    enum { K_CHMOD, K_CHOWN, K_TIMES };
-    struct timespec times[2];
-    uint64_t times_addr = 0;
-    if (c->nr[NR_FCHMOD] >= 0 && d->nr == c->nr[NR_FCHMOD]) {
-        if (d->args[1] & (S_ISUID | S_ISGID)) return HANDED_BACK; /* refused and recorded by Python */
-        fd = (int)(int32_t)d->args[0]; kind = K_CHMOD;
-    } else if (c->nr[NR_FCHOWN] >= 0 && d->nr == c->nr[NR_FCHOWN]) {
-        fd = (int)(int32_t)d->args[0]; kind = K_CHOWN;
-    } else if (c->nr[NR_UTIMENSAT] >= 0 && d->nr == c->nr[NR_UTIMENSAT] && d->args[1] == 0
-               && (uint32_t)d->args[3] == 0) {
-        fd = (int)(int32_t)d->args[0]; kind = K_TIMES; times_addr = d->args[2];
-        if (times_addr) { /* read once, before the decision, as Python does */
-            struct iovec local = {times, sizeof times};
-            struct iovec remote = {(void *)(uintptr_t)times_addr, sizeof times};
-            if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times)
-                return HANDED_BACK;
-        }
-    } else {
-        return HANDED_BACK;
-    }
-    if (fd < 0) return HANDED_BACK;
-    int obj = task_file(n, fd);
-    if (obj < 0) return HANDED_BACK;
+enum { K_CHMOD, K_CHOWN, K_TIMES };
+
+typedef struct {
+    int kind;
+    mode_t mode;
+    uid_t uid;
+    gid_t gid;
+    const struct timespec *times; /* K_TIMES: NULL for now */
+    int through_proc;             /* chmod("/proc/self/fd/N"): the kernel follows the descriptor's link, so an
+                                   * O_PATH descriptor is changed too (glibc's fchmodat(AT_SYMLINK_NOFOLLOW)) */
+} AttrChange;
+
+/* Judge and perform an attribute change of the file `obj` (our duplicate of the task's open file; closed
+ * here): a WRITE of its canonical path (the kernel's name for it now, whose directory must be an entered
+ * one and whose name must still be this very inode; a regular file with one name, or a directory), then
+ * performed by us, as the task, on that duplicate. -> ANSWERED, or HANDED_BACK before anything was
+ * recorded. */
+static int attr_by_file(Core *c, const struct seccomp_notif *n, int obj, const AttrChange *a) {
     Found f;
     found_init(&f);
     int rc = HANDED_BACK;
     struct stat ost;
     int rootfd = sandbox_root(c, n);
-    ssize_t plen = rootfd >= 0 && fstat(obj, &ost) == 0 && S_ISREG(ost.st_mode) && ost.st_nlink == 1
-                   ? dir_path(c, obj, f.path) : -1;
+    int usable = rootfd >= 0 && fstat(obj, &ost) == 0
+                 && ((S_ISREG(ost.st_mode) && ost.st_nlink == 1) || S_ISDIR(ost.st_mode));
+    ssize_t plen = usable ? dir_path(c, obj, f.path) : -1;
     size_t dlen;
     if (plen > 1 && plain_bytes(f.path, (size_t)plen) && split_path(f.path, f.dir, &dlen, &f.name)) {
         f.dfd = openat2_dir(rootfd, f.dir, RESOLVE_IN_ROOT);
@@ -1446,10 +1442,16 @@ static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
                         Creds saved;
                         int err = enter_task(c, n, 0, &ids, &saved);
                         if (!err) {
-                            int r = kind == K_CHMOD ? fchmod(obj, (mode_t)(d->args[1] & 07777))
-                                  : kind == K_CHOWN ? fchown(obj, (uid_t)(uint32_t)d->args[1],
-                                                             (gid_t)(uint32_t)d->args[2])
-                                  : futimens(obj, times_addr ? times : NULL);
+                            int r;
+                            if (a->through_proc) {
+                                char self_fd[64];
+                                snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
+                                r = chmod(self_fd, a->mode);
+                            } else {
+                                r = a->kind == K_CHMOD ? fchmod(obj, a->mode)
+                                  : a->kind == K_CHOWN ? fchown(obj, a->uid, a->gid)
+                                  : futimens(obj, a->times);
+                            }
                             if (r != 0) err = errno;
                             as_self(&saved);
                         }
@@ -1463,6 +1465,81 @@ static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
     close(obj);
     found_close(&f);
     return rc;
+}
+
+/* An attribute change by descriptor (fchmod, fchown, utimensat(fd, NULL, ...)), see attr_by_file. Never
+ * CONTINUEd: the descriptor table is the task's, and a thread that dup2()s another file onto the number
+ * after our look would have the kernel change that one. */
+static int fast_fd_attr(Core *c, const struct seccomp_notif *n) {
+    const struct seccomp_data *d = &n->data;
+    int fd;
+    AttrChange a = {0};
+    struct timespec times[2];
+    if (c->nr[NR_FCHMOD] >= 0 && d->nr == c->nr[NR_FCHMOD]) {
+        if (d->args[1] & (S_ISUID | S_ISGID)) return HANDED_BACK; /* refused and recorded by Python */
+        fd = (int)(int32_t)d->args[0]; a.kind = K_CHMOD; a.mode = (mode_t)(d->args[1] & 07777);
+    } else if (c->nr[NR_FCHOWN] >= 0 && d->nr == c->nr[NR_FCHOWN]) {
+        fd = (int)(int32_t)d->args[0]; a.kind = K_CHOWN;
+        a.uid = (uid_t)(uint32_t)d->args[1]; a.gid = (gid_t)(uint32_t)d->args[2];
+    } else if (c->nr[NR_UTIMENSAT] >= 0 && d->nr == c->nr[NR_UTIMENSAT] && d->args[1] == 0
+               && (uint32_t)d->args[3] == 0) {
+        fd = (int)(int32_t)d->args[0]; a.kind = K_TIMES;
+        uint64_t times_addr = d->args[2];
+        if (times_addr) { /* read once, before the decision, as Python does */
+            struct iovec local = {times, sizeof times};
+            struct iovec remote = {(void *)(uintptr_t)times_addr, sizeof times};
+            if (process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0) != (ssize_t)sizeof times)
+                return HANDED_BACK;
+            a.times = times;
+        }
+    } else {
+        return HANDED_BACK;
+    }
+    if (fd < 0) return HANDED_BACK;
+    int obj = task_file(n, fd);
+    if (obj < 0) return HANDED_BACK;
+    return attr_by_file(c, n, obj, &a);
+}
+
+/* Is "/proc" in the sandbox's root a proc file system (so "/proc/self/fd/N" is the task's descriptor N)?
+ * Looked at once: the root is the same for every task and its mounts do not change. */
+static int sandbox_proc_is_procfs(Core *c, int rootfd) {
+    int known = __atomic_load_n(&c->proc_checked, __ATOMIC_ACQUIRE);
+    if (known) return known > 0;
+    int fd = openat(rootfd, "proc", O_PATH | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+    struct statfs sf;
+    int ok = fd >= 0 && fstatfs(fd, &sf) == 0 && sf.f_type == PROC_SUPER_MAGIC;
+    if (fd >= 0) close(fd);
+    __atomic_store_n(&c->proc_checked, ok ? 1 : -1, __ATOMIC_RELEASE);
+    return ok;
+}
+
+/* chmod("/proc/self/fd/N", mode), which glibc's fchmodat(..., AT_SYMLINK_NOFOLLOW) makes after opening the
+ * name O_PATH (tar sets every mode that way): the task's descriptor N, changed as fchmod(N) would be, except
+ * that an O_PATH descriptor is changed too (the kernel follows the link). Only for a thread-group leader
+ * (its descriptor table is /proc/self's), and only where /proc is a proc file system. */
+static int fast_proc_fd_chmod(Core *c, const struct seccomp_notif *n, const char *path, mode_t mode) {
+    static const char prefix[] = "/proc/self/fd/";
+    size_t pl = sizeof prefix - 1;
+    if (strncmp(path, prefix, pl) != 0 || !path[pl]) return HANDED_BACK;
+    long fd = 0;
+    for (const char *p = path + pl; *p; p++) {
+        if (*p < '0' || *p > '9' || fd > 1000000) return HANDED_BACK;
+        fd = fd * 10 + (*p - '0');
+    }
+    if (path[pl] == '0' && path[pl + 1]) return HANDED_BACK; /* "/proc/self/fd/05": Python's */
+    if (mode & S_ISUID) return HANDED_BACK;
+    int rootfd = sandbox_root(c, n);
+    if (rootfd < 0 || !sandbox_proc_is_procfs(c, rootfd)) return HANDED_BACK;
+    int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)n->pid, 0); /* EINVAL: not a thread-group leader */
+    if (pidfd < 0) return HANDED_BACK;
+    int obj = (int)syscall(SYS_pidfd_getfd, pidfd, (int)fd, 0);
+    close(pidfd);
+    if (obj < 0) return HANDED_BACK;
+    struct stat st;
+    if (fstat(obj, &st) != 0 || ((mode & S_ISGID) && !S_ISDIR(st.st_mode))) { close(obj); return HANDED_BACK; }
+    AttrChange a = {.kind = K_CHMOD, .mode = mode, .through_proc = 1};
+    return attr_by_file(c, n, obj, &a);
 }
 
 /* chmod(path, mode), fchmodat(dirfd, path, mode, 0), fchownat(dirfd, path, uid, gid, 0 or
@@ -1489,6 +1566,17 @@ static int fast_path_attr(Core *c, const struct seccomp_notif *n) {
         return HANDED_BACK;
     }
     if (mode & S_ISUID) return HANDED_BACK;
+    if (!chown_call) {
+        char procpath[64];
+        struct iovec local = {procpath, sizeof procpath - 1};
+        struct iovec remote = {(void *)(uintptr_t)addr, sizeof procpath - 1};
+        ssize_t got = process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0);
+        if (got >= 15 && memcmp(procpath, "/proc/self/fd/", 14) == 0) {
+            procpath[got] = '\0';
+            if (strnlen(procpath, (size_t)got) < (size_t)got) return fast_proc_fd_chmod(c, n, procpath, mode);
+            return HANDED_BACK;
+        }
+    }
     Found f;
     int rc = locate(c, n, OP_WRITE, dirfd, addr, MAY_REG1 | MAY_DIR, 0, &f);
     if (rc == LOCATED && !chown_call && (mode & S_ISGID) && !S_ISDIR(f.st.st_mode)) rc = HANDED_BACK;

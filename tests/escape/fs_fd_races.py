@@ -1,7 +1,7 @@
 """Attribute changes by descriptor, raced: the descriptor table is the task's, and a second thread can
 make the same number name another file between the supervisor's look and the kernel's act.
 
-fchmod(fd), futimens(fd) and fsetxattr(fd) change the file a descriptor holds, and a read-only descriptor
+fchmod(fd), chmod("/proc/self/fd/N"), futimens(fd) and fsetxattr(fd) change the file a descriptor holds, and a read-only descriptor
 is enough (fchmod needs ownership, not write access). An agent can read many files it may not change
 (its rc files, the engineer's notes): so one thread calls fchmod(N) on a workspace file while another
 flips N between that file and a read-only descriptor of the victim with dup2(). Had the check looked at
@@ -26,6 +26,7 @@ ROOT = os.geteuid() == 0
 RACE = """
 import os, sys, threading
 victim, mine, what, patience = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+open(os.path.join(os.path.dirname(mine), 'warm-' + what), 'w').close()  # the core answers in this directory
 vfd = os.open(victim, os.O_RDONLY)
 mfd = os.open(mine, os.O_RDONLY)
 n = os.dup(mfd)
@@ -38,13 +39,15 @@ def swapper():
 def act():
     if what == 'fchmod':
         os.fchmod(n, 0o666)
+    elif what == 'proc-chmod':  # glibc's fchmodat(AT_SYMLINK_NOFOLLOW) does this; tar sets every mode so
+        os.chmod('/proc/self/fd/%d' % n, 0o666)
     elif what == 'futimens':
         os.utime(n, (1_000_000_000, 1_000_000_000))
     elif what == 'fsetxattr':
         os.setxattr(n, 'user.guard-race', b'1')
 def landed():
     st = os.stat(victim)
-    if what == 'fchmod':
+    if what in ('fchmod', 'proc-chmod'):
         return stat.S_IMODE(st.st_mode) == 0o666
     if what == 'futimens':
         return int(st.st_mtime) == 1_000_000_000
@@ -106,7 +109,7 @@ def victim(world):
         shutil.rmtree(top, ignore_errors=True)
 
 
-@pytest.mark.parametrize("what", ["fchmod", "futimens", "fsetxattr"])
+@pytest.mark.parametrize("what", ["fchmod", "proc-chmod", "futimens", "fsetxattr"])
 def test_a_descriptor_flipped_under_an_attribute_change_never_reaches_another_file(world, what, victim):
     victim, policy = victim
     bare_victim = world.scratch / f"fdrace-{what}-bare-victim"
