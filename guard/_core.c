@@ -568,6 +568,29 @@ static void lean_thread(Core *c) {
     if (syscall(SYS_capset, &h, lean) == 0) thread_lean = 1;
 }
 
+/* A receiver's own umask: it unshares its fs_struct (cwd, root, umask) when it starts, so it can create
+ * with the task's umask in effect and let the kernel apply it, or the directory's default ACL instead, as it
+ * does for the task; otherwise it creates with the mode already masked and sets the exact mode after. */
+static __thread int thread_own_fs;
+static __thread mode_t thread_umask;
+
+static void own_fs_thread(void) {
+    if (unshare(CLONE_FS) != 0) return;
+    thread_umask = umask(022);
+    umask(thread_umask);
+    thread_own_fs = 1;
+}
+
+/* -> 1 when this thread's umask is now `want` (the kernel applies it to what this thread creates). */
+static int with_umask(mode_t want) {
+    if (!thread_own_fs) return 0;
+    if (thread_umask != want) {
+        umask(want);
+        thread_umask = want;
+    }
+    return 1;
+}
+
 static int as_task(Core *c, const TaskIds *t, Creds *saved) {
     memset(saved, 0, sizeof *saved);
     if (t->fsuid != c->own_uid || t->fsgid != c->own_gid) {
@@ -1023,12 +1046,13 @@ static int fast_open(Core *c, const struct seccomp_notif *n) {
     int err = 0, fresh = 0;
     struct stat st;
     if (creating) {
-        fd = openat(f.dfd, f.name, ours | O_CREAT | O_EXCL, 0);
+        mode_t plain = mode & ~(mode_t)(S_ISUID | S_ISGID);
+        int kernel_mode = with_umask(ids.umask); /* the kernel applies the task's umask, or a default ACL */
+        fd = openat(f.dfd, f.name, ours | O_CREAT | O_EXCL, kernel_mode ? plain : 0);
         fresh = fd >= 0;
         if (fd < 0 && errno == EEXIST && !(flags & O_EXCL)) fd = openat(f.dfd, f.name, ours | O_NONBLOCK);
         else if (fd >= 0) {
-            mode_t want = mode & ~ids.umask & ~(mode_t)(S_ISUID | S_ISGID);
-            if (fchmod(fd, want) != 0) err = errno;
+            if (!kernel_mode && fchmod(fd, plain & ~ids.umask) != 0) err = errno;
             else if ((ids.fsuid != c->own_uid || ids.fsgid != c->own_gid) && fchown(fd, ids.fsuid, ids.fsgid) != 0
                      && errno != EPERM) err = errno;
         }
@@ -1157,14 +1181,15 @@ static int fast_mkdir(Core *c, const struct seccomp_notif *n) {
     Creds saved;
     int err = enter_task(c, n, 1, &ids, &saved);
     if (!err) {
-        mode_t perms = mode & ~ids.umask & 01777;
+        int kernel_mode = with_umask(ids.umask); /* the kernel applies the task's umask, or a default ACL */
+        mode_t perms = kernel_mode ? mode & 01777 : mode & ~ids.umask & 01777;
         if (mkdirat(f.dfd, f.name, perms) != 0) err = errno;
         else {
             int obj = openat(f.dfd, f.name, O_PATH | O_NOFOLLOW | O_DIRECTORY | O_CLOEXEC);
             struct stat st;
             if (obj >= 0 && fstat(obj, &st) == 0) {
                 mode_t want = perms | (st.st_mode & S_ISGID);
-                if ((st.st_mode & 07777) != want) {
+                if (!kernel_mode && (st.st_mode & 07777) != want) {
                     char self_fd[64];
                     snprintf(self_fd, sizeof self_fd, "/proc/self/fd/%d", obj);
                     if (chmod(self_fd, want) != 0) err = errno;
@@ -1870,6 +1895,7 @@ static void *receiver_main(void *arg) {
     sigdelset(&all, WAKE_SIGNAL);
     pthread_sigmask(SIG_SETMASK, &all, NULL);
     lean_thread(c);
+    own_fs_thread();
     is_receiver = 1;
     struct seccomp_notif n;
     pthread_mutex_lock(guard);

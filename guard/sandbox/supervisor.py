@@ -48,6 +48,29 @@ from guard.sandbox.seccomp import ARCHES, FS_IOC_FSSETXATTR, SeccompSpec
 
 log = logging.getLogger(__name__)
 
+# A worker thread's own fs_struct (cwd, root, umask), unshared when it starts: it then creates with the
+# task's umask in effect, and the kernel applies it (or a directory's default ACL instead) as it does for
+# the task. A thread without one (a FIFO open's helper) creates with the mode masked and sets it after.
+_THREAD_FS = threading.local()
+
+
+def _own_fs() -> None:
+    """Only on a thread of its own: the main thread goes on to write guard's own files after serving."""
+    if threading.current_thread() is threading.main_thread():
+        return
+    _THREAD_FS.own = sc.unshare_fs()
+    _THREAD_FS.umask = None
+
+
+def _task_umask_here(umask: int) -> bool:
+    """Make this thread's umask the task's when the thread has its own; -> whether it did."""
+    if not getattr(_THREAD_FS, "own", False):
+        return False
+    if _THREAD_FS.umask != umask:
+        os.umask(umask)
+        _THREAD_FS.umask = umask
+    return True
+
 PATH_MAX = 4096
 ARGV_MAX_ARGS = 1024
 ARGV_MAX_BYTES = 128 * 1024
@@ -707,6 +730,7 @@ class Supervisor:
 
     def _worker(self, stop: threading.Event, done: threading.Event, lock: threading.Lock,
                 poll_ms: int) -> None:
+        _own_fs()
         if self._fast is not None:
             self._fast_worker(stop, done, poll_ms)
             return
@@ -1058,6 +1082,13 @@ class Supervisor:
         (the kernel applies the supervisor's process umask too), keeping a set-group-id directory's
         inherited bit."""
         umask = int(task.status("Umask") or "022", 8)
+        if _task_umask_here(umask):  # the kernel applies the task's umask (or a default ACL) and set-gid
+            if directory:
+                os.mkdir(dst.name, mode & 0o1777, dir_fd=dst.parent)
+            else:
+                kind = stat.S_IFMT(mode) or stat.S_IFREG
+                os.mknod(dst.name, kind | (mode & 0o1777), dev, dir_fd=dst.parent)
+            return
         perms = mode & 0o1777 & ~umask
         if directory:
             os.mkdir(dst.name, perms, dir_fd=dst.parent)
@@ -1408,8 +1439,10 @@ class Supervisor:
         umask = int(task.status("Umask") or "022", 8)
         with self._as_task(task):
             try:
+                kernel_mode = _task_umask_here(umask)  # bind makes the name with the thread's umask
                 sock.bind(where)
-                os.chmod(res.name, 0o777 & ~umask, dir_fd=res.parent, follow_symlinks=False)
+                if not kernel_mode:
+                    os.chmod(res.name, 0o777 & ~umask, dir_fd=res.parent, follow_symlinks=False)
                 st = os.stat(res.name, dir_fd=res.parent, follow_symlinks=False)
             except OSError as exc:
                 self._send(n.id, error=exc.errno or errno.EACCES)
@@ -1618,12 +1651,14 @@ class Supervisor:
             except FileNotFoundError:
                 pass
         umask = int(task.status("Umask") or "022", 8)
+        kernel_mode = _task_umask_here(umask)  # the kernel applies the task's umask, or a default ACL
+        create_mode = mode if kernel_mode else mode & ~umask
         for _ in range(3):
             try:
                 if (flags & O_TMPFILE) == O_TMPFILE:
-                    fd = os.open(name, ours, mode & ~umask, dir_fd=parent)
+                    fd = os.open(name, ours, create_mode, dir_fd=parent)
                 else:
-                    fd = os.open(name, ours | os.O_EXCL, mode & ~umask, dir_fd=parent)
+                    fd = os.open(name, ours | os.O_EXCL, create_mode, dir_fd=parent)
             except FileExistsError:
                 if flags & os.O_EXCL:
                     raise
@@ -1631,13 +1666,15 @@ class Supervisor:
                     return os.open(name, ours & ~os.O_CREAT, dir_fd=parent)
                 except FileNotFoundError:
                     continue  # removed between our two opens: try creating again
-            self._adopt(task, fd, mode & ~umask)
+            self._adopt(task, fd, None if kernel_mode else mode & ~umask)
             return fd
         raise OSError(errno.EAGAIN, "file kept appearing and disappearing")
 
-    def _adopt(self, task: _Task, fd: int, mode: int) -> None:
-        """Give a file the supervisor created the mode and owner the task would have given it."""
-        os.fchmod(fd, mode)
+    def _adopt(self, task: _Task, fd: int, mode: int | None) -> None:
+        """Give a file the supervisor created the mode (None: the kernel gave it already) and owner the
+        task would have given it."""
+        if mode is not None:
+            os.fchmod(fd, mode)
         uids, gids = task.status("Uid").split(), task.status("Gid").split()
         if len(uids) == 4 and len(gids) == 4:
             fsuid, fsgid = int(uids[3]), int(gids[3])

@@ -602,3 +602,42 @@ def test_a_mode_set_through_proc_self_fd_is_the_kernels_and_recorded_by_the_file
                and r["action"]["op"] == "write" and r["decision"]["verdict"] == "allow"]
     for name, count in (("f1", 2), ("sub", 2), ("f3", 2)):  # made, then its mode set
         assert targets.count(str(warm / name)) == count, (name, targets)
+
+
+# A directory with a default ACL: the kernel gives what is made in it the ACL's permissions and ignores the
+# umask. The supervisor makes the files and directories for the task; with the task's umask in effect on
+# its own thread the kernel decides the mode as it does bare (it used to be the umask's, always), through
+# the core and through Python alike.
+ACL_MODES = """
+os.umask(0o077)
+for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+os.mkdir(os.path.join(d, 'sub'))
+os.mkfifo(os.path.join(d, 'fifo'))
+m = lambda n: oct(os.stat(os.path.join(d, n)).st_mode & 0o7777)
+print(' '.join(n + '=' + m(n) for n in ('f0', 'f19', 'sub', 'fifo')))
+"""
+
+
+def _default_acl(directory):
+    """user::rwx group::rwx other::rwx as the directory's default ACL (the kernel's xattr format)."""
+    import struct
+    acl = struct.pack("<I", 2) + b"".join(struct.pack("<HHI", tag, 7, 0xFFFFFFFF) for tag in (0x01, 0x04, 0x20))
+    directory.mkdir(parents=True)
+    try:
+        os.setxattr(directory, "system.posix_acl_default", acl)
+    except OSError as exc:
+        pytest.skip(f"this file system takes no default ACL here ({exc.strerror}): the kernel's own modes "
+                    "cannot be shown")
+
+
+@pytest.mark.parametrize("core", ["core", "python"])
+def test_what_is_made_in_a_directory_with_a_default_acl_gets_the_kernels_mode(world, core):
+    bare_dir = world.scratch / f"fast-acl-{core}"
+    _default_acl(bare_dir)
+    bare = world.bare_run(_py(world, ACL_MODES, str(bare_dir)))
+    assert bare.returncode == 0 and "f19=0o666" in bare.stdout, bare  # the ACL's, not the umask's 0o600
+    warm = world.ws / f"fast-acl-{core}"
+    _default_acl(warm)
+    run = world.guard_run(_py(world, ACL_MODES, str(warm)), env={"GUARD_FAST_PATH": "1" if core == "core" else "0"})
+    assert run.returncode == 0, run
+    assert run.stdout == bare.stdout, (run.stdout, bare.stdout)
