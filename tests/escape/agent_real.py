@@ -279,14 +279,22 @@ def test_interactive_claude_in_tmux_an_ask_is_announced_and_answered(world: Any)
         assert world.wait_until(lambda: "Claude Code" in _tmux(sock, "capture-pane", "-p"), timeout=60), \
             _tmux(sock, "capture-pane", "-p")
         _tmux(sock, "send-keys", "-t", "eng", "Run the scripted steps.", "Enter")
-        assert world.wait_until(lambda: "waiting" in _tmux(sock, "display-message", "-p", "#{pane_title}"),
-                                timeout=90), (_tmux(sock, "display-message", "-p", "#{pane_title}"),
-                                              _tmux(sock, "capture-pane", "-p"))
-        pending = json.loads(world.guard("approvals", "--json").stdout)["approvals"]
-        assert pending and ".vscode" in pending[0]["action"]["target"], pending
-        title = _tmux(sock, "display-message", "-p", "#{pane_title}")
-        # the title names the newest waiting ask (the mkdir of .vscode may wait beside the file's creation)
-        assert any(item["approval"] in title for item in pending), (title, pending)
+        # The title names the newest waiting ask (the mkdir of .vscode may wait beside the file's creation).
+        # The agent's TUI sets the title too (its spinner), so the title is read once per look and judged
+        # as read: two reads could straddle one of the TUI's redraws.
+        seen: dict[str, Any] = {}
+
+        def announced() -> bool:
+            title = _tmux(sock, "display-message", "-p", "#{pane_title}")
+            if "waiting" not in title:
+                return False
+            pending = json.loads(world.guard("approvals", "--json").stdout)["approvals"]
+            seen.update(title=title, pending=pending)
+            return any(item["approval"] in title for item in pending)
+
+        assert world.wait_until(announced, timeout=90), (seen, _tmux(sock, "capture-pane", "-p"))
+        pending = seen["pending"]
+        assert ".vscode" in pending[0]["action"]["target"], pending
         answered: list[str] = []
 
         def approve_all_then_done() -> bool:  # the mkdir of .vscode asks, then the file's creation
