@@ -678,25 +678,18 @@ typedef struct {
 typedef struct { char path[PATH_LIMIT]; size_t len; int fd; int pins; struct stat st; } CachedDir;
 static __thread CachedDir dir_cache[DIR_CACHE];
 static __thread int dir_cache_next;
-static __thread int dir_cache_ready;
-
-static void dir_cache_init(void) {
-    if (dir_cache_ready) return;
-    for (int i = 0; i < DIR_CACHE; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
-    dir_cache_ready = 1;
-}
-
-/* Receivers only: other threads never locate (the cache is per thread, and theirs would never be freed). */
+/* Set by receiver_main, which sets up the cache and frees it: only a receiver keeps directories. */
 static __thread int is_receiver;
 
+static void dir_cache_init(void) {
+    for (int i = 0; i < DIR_CACHE; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
+}
+
 static void dir_cache_free(void) {
-    if (!dir_cache_ready) return;
     for (int i = 0; i < DIR_CACHE; i++) if (dir_cache[i].fd >= 0) { close(dir_cache[i].fd); dir_cache[i].fd = -1; }
 }
 
 static int dir_cache_find(const char *path, size_t len) {
-    if (!is_receiver) return -1;
-    dir_cache_init();
     for (int i = 0; i < DIR_CACHE; i++)
         if (dir_cache[i].fd >= 0 && dir_cache[i].len == len && memcmp(dir_cache[i].path, path, len) == 0) return i;
     return -1;
@@ -712,8 +705,7 @@ static void dir_cache_drop(int i) {
 /* Keep `fd` (a directory this call resolved and checked, named `path`): -> its slot, or -1 when every slot
  * is in use by this call (the caller then keeps and closes it). */
 static int dir_cache_put(const char *path, size_t len, int fd, const struct stat *st) {
-    if (!is_receiver || len >= PATH_LIMIT) return -1;
-    dir_cache_init();
+    if (len >= PATH_LIMIT) return -1;
     for (int tries = 0; tries < DIR_CACHE; tries++) {
         int i = dir_cache_next;
         dir_cache_next = (dir_cache_next + 1) % DIR_CACHE;
@@ -851,6 +843,37 @@ enum {
 
 enum { RECORDED = 2, LOCATED = 3 };
 
+/* The directory's path in the task's view, the key of a receiver's kept directories: "/" + dir for an
+ * absolute path, the task's cwd (as the kernel names it now) + "/" + dir for one relative to it. -> its
+ * length in `key`, or -1 (relative to another descriptor, a removed cwd, too long: no key). */
+static ssize_t cache_key(Core *c, const struct seccomp_notif *n, int dirfd, const Found *f, size_t dlen,
+                         char *key) {
+    size_t at;
+    if (f->path[0] == '/') {
+        key[0] = '/';
+        at = 1;
+    } else if (dirfd == AT_FDCWD) {
+        static const char gone[] = " (deleted)";
+        size_t gl = sizeof gone - 1;
+        char proc[64];
+        snprintf(proc, sizeof proc, "/proc/%u/cwd", n->pid);
+        ssize_t cl = readlink(proc, key, PATH_LIMIT - 1);
+        if (cl <= 0 || key[0] != '/') return -1;
+        key[cl] = '\0';
+        if ((size_t)cl >= gl && memcmp(key + cl - gl, gone, gl) == 0) return -1;
+        cl = strip_root(c, key, cl);
+        if (cl <= 0) return -1;
+        at = (size_t)cl;
+        if (at > 1 && dlen) key[at++] = '/'; /* at 1: the root, "/" + dir */
+    } else {
+        return -1;
+    }
+    if (at + dlen >= PATH_LIMIT) return -1;
+    memcpy(key + at, f->dir, dlen);
+    key[at + dlen] = '\0';
+    return (ssize_t)(at + dlen);
+}
+
 /* Read the path, resolve its directory without symlinks, find the directory (by inode) in the table and
  * check that it is still where the engine judged it (the kernel's own name for it now), check the final
  * name and what is there. Nothing is recorded. -> LOCATED, ANSWERED (the task is gone, or EEXIST/ENOENT comes
@@ -866,33 +889,8 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
 
     int rootfd = sandbox_root(c, n);
     if (rootfd < 0) return HANDED_BACK;
-    /* the directory's path in the task's view, for the cache: "/" + dir, or the task's cwd + "/" + dir */
     char key[PATH_LIMIT];
-    ssize_t klen = -1;
-    if (is_receiver && (f->path[0] == '/' || dirfd == AT_FDCWD)) {
-        size_t at = 0;
-        if (f->path[0] == '/') {
-            key[0] = '/';
-            at = 1;
-        } else {
-            char proc[64];
-            snprintf(proc, sizeof proc, "/proc/%u/cwd", n->pid);
-            ssize_t cl = readlink(proc, key, PATH_LIMIT - 1);
-            static const char gone[] = " (deleted)"; /* a removed cwd: resolved the general way */
-            if (cl > 0 && key[0] == '/') {
-                key[cl] = '\0';
-                size_t gl = sizeof gone - 1;
-                cl = (size_t)cl >= gl && memcmp(key + cl - gl, gone, gl) == 0 ? -1 : strip_root(c, key, cl);
-            }
-            if (cl > 0) at = (size_t)cl;
-            if (at > 1 && dlen) key[at++] = '/'; /* at 1: the root, "/" + dir */
-        }
-        if (at && at + dlen < PATH_LIMIT) {
-            memcpy(key + at, f->dir, dlen);
-            klen = (ssize_t)(at + dlen);
-            key[klen] = '\0';
-        }
-    }
+    ssize_t klen = is_receiver ? cache_key(c, n, dirfd, f, dlen, key) : -1;
     int cached = klen > 0 ? dir_cache_find(key, (size_t)klen) : -1;
     ssize_t checked = -1; /* canon holds the kernel's name for dfd, read once for this call */
     struct stat dst;
@@ -1543,17 +1541,18 @@ static int sandbox_proc_is_procfs(Core *c, int rootfd) {
  * name O_PATH (tar sets every mode that way): the task's descriptor N, changed as fchmod(N) would be, except
  * that an O_PATH descriptor is changed too (the kernel follows the link). Only for a thread-group leader
  * (its descriptor table is /proc/self's), and only where /proc is a proc file system. */
+static const char PROC_SELF_FD[] = "/proc/self/fd/";
+
+/* `path` starts with PROC_SELF_FD and `mode` has no set-uid bit (fast_path_attr looked). */
 static int fast_proc_fd_chmod(Core *c, const struct seccomp_notif *n, const char *path, mode_t mode) {
-    static const char prefix[] = "/proc/self/fd/";
-    size_t pl = sizeof prefix - 1;
-    if (strncmp(path, prefix, pl) != 0 || !path[pl]) return HANDED_BACK;
+    size_t pl = sizeof PROC_SELF_FD - 1;
+    if (!path[pl]) return HANDED_BACK;
     long fd = 0;
     for (const char *p = path + pl; *p; p++) {
         if (*p < '0' || *p > '9' || fd > 1000000) return HANDED_BACK;
         fd = fd * 10 + (*p - '0');
     }
     if (path[pl] == '0' && path[pl + 1]) return HANDED_BACK; /* "/proc/self/fd/05": Python's */
-    if (mode & S_ISUID) return HANDED_BACK;
     int rootfd = sandbox_root(c, n);
     if (rootfd < 0 || !sandbox_proc_is_procfs(c, rootfd)) return HANDED_BACK;
     int pidfd = (int)syscall(SYS_pidfd_open, (pid_t)n->pid, 0); /* EINVAL: not a thread-group leader */
@@ -1591,15 +1590,16 @@ static int fast_path_attr(Core *c, const struct seccomp_notif *n) {
         return HANDED_BACK;
     }
     if (mode & S_ISUID) return HANDED_BACK;
-    if (!chown_call) {
+    if (!chown_call) { /* chmod("/proc/self/fd/N"): the descriptor, not a path (see fast_proc_fd_chmod) */
         char procpath[64];
+        size_t pl = sizeof PROC_SELF_FD - 1;
         struct iovec local = {procpath, sizeof procpath - 1};
         struct iovec remote = {(void *)(uintptr_t)addr, sizeof procpath - 1};
         ssize_t got = process_vm_readv((pid_t)n->pid, &local, 1, &remote, 1, 0);
-        if (got >= 15 && memcmp(procpath, "/proc/self/fd/", 14) == 0) {
+        if (got > (ssize_t)pl && memcmp(procpath, PROC_SELF_FD, pl) == 0) {
             procpath[got] = '\0';
-            if (strnlen(procpath, (size_t)got) < (size_t)got) return fast_proc_fd_chmod(c, n, procpath, mode);
-            return HANDED_BACK;
+            return strnlen(procpath, (size_t)got) < (size_t)got ? fast_proc_fd_chmod(c, n, procpath, mode)
+                                                                 : HANDED_BACK;
         }
     }
     Found f;
@@ -1896,6 +1896,7 @@ static void *receiver_main(void *arg) {
     pthread_sigmask(SIG_SETMASK, &all, NULL);
     lean_thread(c);
     own_fs_thread();
+    dir_cache_init();
     is_receiver = 1;
     struct seccomp_notif n;
     pthread_mutex_lock(guard);
