@@ -86,6 +86,7 @@ SECBIT_NO_CAP_AMBIENT_RAISE = 1 << 6
 SECBIT_NO_CAP_AMBIENT_RAISE_LOCKED = 1 << 7
 
 # --- namespaces ------------------------------------------------------------------------------------------
+CLONE_FS = 0x00000200  # the calling thread's own cwd, root and umask
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000

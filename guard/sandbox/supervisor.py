@@ -42,6 +42,7 @@ from dataclasses import dataclass
 from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
+from guard.sandbox._syscalls import CLONE_FS, unshare
 from guard.sandbox.agent_config import rename_programs_action
 from guard.sandbox.fastpath import FastPath
 from guard.sandbox.seccomp import ARCHES, FS_IOC_FSSETXATTR, SeccompSpec
@@ -58,7 +59,12 @@ def _own_fs() -> None:
     """Only on a thread of its own: the main thread goes on to write guard's own files after serving."""
     if threading.current_thread() is threading.main_thread():
         return
-    _THREAD_FS.own = sc.unshare_fs()
+    try:
+        unshare(CLONE_FS)
+    except SandboxError:
+        _THREAD_FS.own = False
+        return
+    _THREAD_FS.own = True
     _THREAD_FS.umask = None
 
 
@@ -1079,21 +1085,18 @@ class Supervisor:
 
     def _make(self, task: _Task, dst: _Resolved, mode: int, *, directory: bool = False, dev: int = 0) -> None:
         """mkdir/mknod at the held parent, then the exact mode the task would get: its umask, not ours
-        (the kernel applies the supervisor's process umask too), keeping a set-group-id directory's
-        inherited bit."""
+        (on a worker with its own fs_struct the kernel applies it, or a default ACL, and keeps a set-group-id
+        parent's bit; elsewhere the kernel applies the supervisor's process umask too, so the mode is set
+        after, keeping a set-group-id directory's inherited bit)."""
         umask = int(task.status("Umask") or "022", 8)
-        if _task_umask_here(umask):  # the kernel applies the task's umask (or a default ACL) and set-gid
-            if directory:
-                os.mkdir(dst.name, mode & 0o1777, dir_fd=dst.parent)
-            else:
-                kind = stat.S_IFMT(mode) or stat.S_IFREG
-                os.mknod(dst.name, kind | (mode & 0o1777), dev, dir_fd=dst.parent)
-            return
-        perms = mode & 0o1777 & ~umask
+        kernel_mode = _task_umask_here(umask)
+        perms = mode & 0o1777 if kernel_mode else mode & 0o1777 & ~umask
         if directory:
             os.mkdir(dst.name, perms, dir_fd=dst.parent)
         else:
             os.mknod(dst.name, (stat.S_IFMT(mode) or stat.S_IFREG) | perms, dev, dir_fd=dst.parent)
+        if kernel_mode:
+            return
         fd = os.open(dst.name, O_PATH | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dst.parent)
         try:
             st = os.fstat(fd)

@@ -138,14 +138,6 @@ def notif_id_valid(fd: int, nid: int) -> bool:
     return True
 
 
-CLONE_FS = 0x200
-
-
-def unshare_fs() -> bool:
-    """Give the calling thread its own cwd, root and umask (unshare(CLONE_FS)); False where refused."""
-    return int(_libc.unshare(ctypes.c_int(CLONE_FS))) == 0
-
-
 def notif_addfd_send(fd: int, nid: int, srcfd: int, *, cloexec: bool) -> int:
     """Install `srcfd` in the notifying process and make it the syscall's return value, atomically."""
     buf = bytearray(_ADDFD.pack(nid, SECCOMP_ADDFD_FLAG_SEND, srcfd, 0, os.O_CLOEXEC if cloexec else 0))
