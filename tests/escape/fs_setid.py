@@ -106,19 +106,27 @@ def test_file_capabilities(world):
 @pytest.mark.skipif(not ROOT, reason="needs root: the guard's own DAC override is what the attack borrows")
 def test_the_supervisor_lends_no_privilege(world):
     """guard run as root: the agent is root without capabilities, so it cannot write a 0444 file owned by
-    another user; the supervisor, which opens and changes files for it, must not either."""
-    theirs = world.ws / "owned-by-nobody.txt"
+    another user; the supervisor, which opens and changes files for it, must not either. The directory is
+    written first, so the compiled core (whose receivers act without effective capabilities) answers the
+    attempts, not only Python."""
+    lend = world.ws / "lend"
+    lend.mkdir()
+    theirs = lend / "owned-by-nobody.txt"
     theirs.write_text("original\n")
     os.chown(theirs, 65534, 65534)
     theirs.chmod(0o444)
-    script = 'printf pwned >> "$F"; chmod 666 "$F"; printf pwned > "$F"; echo done'
-    bare_copy = world.scratch / "owned-by-nobody.txt"
+    script = ('for i in 1 2 3 4 5; do : > "$(dirname "$F")/warm$i"; done; '
+              'printf pwned >> "$F"; chmod 666 "$F"; printf pwned > "$F"; echo done')
+    bare_dir = world.scratch / "lend"
+    bare_dir.mkdir()
+    bare_copy = bare_dir / "owned-by-nobody.txt"
     shutil.copy(theirs, bare_copy)
     os.chown(bare_copy, 65534, 65534)
     bare_copy.chmod(0o444)
     world.bare_run(world.sh(script), env={"F": str(bare_copy)})
     assert "pwned" in bare_copy.read_text(), "bare root writes it (that is the privilege not to lend)"
-    run = world.guard_run(world.sh(script), env={"F": str(theirs)})
+    run = world.guard_run(world.sh(script), env={"F": str(theirs), "GUARD_SUPERVISOR_STATS": "1"})
+    assert "core: {'fast_writes'" in run.stderr and "'fast_writes': 0," not in run.stderr, run  # the core took part
     st = theirs.stat()
     assert theirs.read_text() == "original\n" and stat.S_IMODE(st.st_mode) == 0o444, run
     assert run.stderr.count("Permission denied") + run.stderr.count("Operation not permitted") >= 3, run
