@@ -2103,8 +2103,172 @@ static PyTypeObject CoreType = {
     .tp_getset = Core_getset,
 };
 
+
+/* ---- the walk for protected symlinks (guard.sandbox.link_names) ----------------------------------- */
+
+/* walk_links(root, pruned, max_entries, clock_id, deadline) -> (links, entries, stop)
+ *
+ * The same walk as link_names._walk_links, entry for entry: depth first in directory order from `root`,
+ * symlinks never followed, the kind from d_type (lstat only when the file system does not say), an
+ * unreadable directory or entry skipped, a subdirectory whose path is in `pruned` not entered. After each
+ * directory: stop (1) once max_entries entries were looked at, or (2) once `clock_id` reads past
+ * `deadline`. Paths are joined as os.path.join joins them. Why here: run beside the agent's start, the
+ * walk holds no GIL, so it takes the other core instead of the launch's. */
+typedef struct { char **v; size_t n, cap; } StrVec;
+
+static int vec_push(StrVec *vec, char *s) {
+    if (vec->n == vec->cap) {
+        size_t cap = vec->cap ? vec->cap * 2 : 64;
+        char **v = realloc(vec->v, cap * sizeof *v);
+        if (!v) { free(s); return -1; }
+        vec->v = v; vec->cap = cap;
+    }
+    vec->v[vec->n++] = s;
+    return 0;
+}
+
+static void vec_free(StrVec *vec) {
+    for (size_t i = 0; i < vec->n; i++) free(vec->v[i]);
+    free(vec->v);
+}
+
+static char *join_path(const char *dir, const char *name) {
+    size_t dl = strlen(dir), nl = strlen(name);
+    int slash = dl > 0 && dir[dl - 1] != '/';
+    char *out = malloc(dl + slash + nl + 1);
+    if (!out) return NULL;
+    memcpy(out, dir, dl);
+    if (slash) out[dl] = '/';
+    memcpy(out + dl + slash, name, nl + 1);
+    return out;
+}
+
+static double clock_read(clockid_t id) {
+    struct timespec ts;
+    clock_gettime(id, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+/* -> 0 walked, 1 entry bound, 2 time bound, -1 out of memory */
+static int walk_links_c(const char *root, char **pruned, size_t npruned, long max_entries, clockid_t clock_id,
+                        double deadline, StrVec *links, long *entries) {
+    StrVec stack = {0}, subdirs = {0};
+    long budget = max_entries;
+    int rc = 0;
+    char *first = strdup(root);
+    if (!first || vec_push(&stack, first) < 0) { vec_free(&stack); return -1; }
+    while (stack.n) {
+        char *top = stack.v[--stack.n];
+        int fd = open(top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+        DIR *dir = fd < 0 ? NULL : fdopendir(fd);
+        if (!dir) {
+            if (fd >= 0) close(fd);
+            free(top);
+            continue;
+        }
+        long count = 0;
+        struct dirent *e;
+        subdirs.n = 0;
+        while ((e = readdir(dir)) != NULL) {
+            const char *name = e->d_name;
+            if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) continue;
+            count++;
+            unsigned char type = e->d_type;
+            if (type == DT_UNKNOWN) {
+                struct stat st;
+                if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
+                type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
+            }
+            if (type != DT_LNK && type != DT_DIR) continue;
+            char *path = join_path(top, name);
+            if (!path) { rc = -1; break; }
+            if (type == DT_LNK) {
+                if (vec_push(links, path) < 0) { rc = -1; break; }
+                continue;
+            }
+            int skip = 0;
+            for (size_t i = 0; i < npruned && !skip; i++) skip = strcmp(path, pruned[i]) == 0;
+            if (skip) { free(path); continue; }
+            if (vec_push(&subdirs, path) < 0) { rc = -1; break; }
+        }
+        closedir(dir);
+        free(top);
+        *entries += count;
+        budget -= count;
+        /* the first subdirectory is walked next: push them in reverse */
+        for (size_t i = subdirs.n; i > 0 && rc == 0; i--) {
+            if (vec_push(&stack, subdirs.v[i - 1]) < 0) rc = -1;
+            subdirs.v[i - 1] = NULL;
+        }
+        for (size_t i = 0; i < subdirs.n; i++) free(subdirs.v[i]);
+        subdirs.n = 0;
+        if (rc) break;
+        if (clock_read(clock_id) > deadline) { rc = 2; break; }
+        if (budget <= 0) { rc = 1; break; }
+    }
+    vec_free(&stack);
+    vec_free(&subdirs);
+    return rc;
+}
+
+static PyObject *mod_walk_links(PyObject *mod, PyObject *args) {
+    (void)mod;
+    PyObject *root_bytes = NULL, *pruned_arg;
+    long max_entries;
+    int clock_id;
+    double deadline;
+    if (!PyArg_ParseTuple(args, "O&Olid", PyUnicode_FSConverter, &root_bytes, &pruned_arg, &max_entries,
+                          &clock_id, &deadline))
+        return NULL;
+    if (clock_id != CLOCK_MONOTONIC && clock_id != CLOCK_THREAD_CPUTIME_ID) {
+        Py_DECREF(root_bytes);
+        PyErr_SetString(PyExc_ValueError, "walk_links: the clock is CLOCK_MONOTONIC or CLOCK_THREAD_CPUTIME_ID");
+        return NULL;
+    }
+    PyObject *seq = PySequence_Fast(pruned_arg, "walk_links: pruned must be a sequence of str");
+    if (!seq) { Py_DECREF(root_bytes); return NULL; }
+    Py_ssize_t np = PySequence_Fast_GET_SIZE(seq);
+    char **pruned = calloc((size_t)np + 1, sizeof *pruned);
+    char *root = strdup(PyBytes_AS_STRING(root_bytes));
+    Py_DECREF(root_bytes);
+    int ok = pruned != NULL && root != NULL;
+    for (Py_ssize_t i = 0; ok && i < np; i++) {
+        PyObject *encoded = PyUnicode_EncodeFSDefault(PySequence_Fast_GET_ITEM(seq, i));
+        ok = encoded != NULL && (pruned[i] = strdup(PyBytes_AS_STRING(encoded))) != NULL;
+        Py_XDECREF(encoded);
+    }
+    Py_DECREF(seq);
+    StrVec links = {0};
+    long entries = 0;
+    int rc = -1;
+    if (ok) {
+        Py_BEGIN_ALLOW_THREADS
+        rc = walk_links_c(root, pruned, (size_t)np, max_entries, (clockid_t)clock_id, deadline, &links, &entries);
+        Py_END_ALLOW_THREADS
+    }
+    if (pruned) for (Py_ssize_t i = 0; i < np; i++) free(pruned[i]);
+    free(pruned);
+    free(root);
+    PyObject *out = NULL;
+    if (rc < 0) {
+        if (!PyErr_Occurred()) PyErr_NoMemory();
+    } else {
+        PyObject *list = PyList_New((Py_ssize_t)links.n);
+        for (size_t i = 0; list && i < links.n; i++) {
+            PyObject *text = PyUnicode_DecodeFSDefault(links.v[i]);
+            if (!text) { Py_CLEAR(list); break; }
+            PyList_SET_ITEM(list, (Py_ssize_t)i, text);
+        }
+        if (list) out = Py_BuildValue("(Nli)", list, entries, rc);
+    }
+    vec_free(&links);
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"glob_match", mod_glob_match, METH_VARARGS, "glob_match(pattern, name) -> bool"},
+    {"walk_links", mod_walk_links, METH_VARARGS,
+     "walk_links(root, pruned, max_entries, clock_id, deadline) -> (links, entries, stop)"},
     {NULL, NULL, 0, NULL},
 };
 

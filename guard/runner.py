@@ -136,12 +136,13 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.sandbox.git_launch import augment as augment_git
     from guard.sandbox.git_launch import bare_repos_under, include_targets, launch_configs, work_trees
     from guard.sandbox.launch import spawn
+    from guard.sandbox.link_names import LinkNames
     from guard.sandbox.plan import build_plan
     from guard.sandbox.scan import scan_launch_facts
     from guard.sandbox.seccomp import SeccompSpec
     from guard.sandbox.state_dirs import create_state_dirs
     from guard.sandbox.state_dirs import describe as describe_state_dirs
-    from guard.sandbox.supervisor import Supervisor, protected_link_names
+    from guard.sandbox.supervisor import Supervisor
     from guard.sandbox.tool_env import tool_env
 
     emit = out or (lambda line: print(line, file=sys.stderr))
@@ -177,6 +178,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     opening = _Background(lambda: _open_session(client, session_fields, home))
     protected = (home, *policy.sources)
     prepared: BaseException | None = None
+    link_names: LinkNames | None = None
     try:
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
         env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
@@ -198,8 +200,10 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
                                       max_entries=policy.scan_max_entries, credential_files=hideable,
                                       unhunted=[home / "layers"])
             facts = dataclasses.replace(facts, held_names=tuple(bare))
-        link_names = protected_link_names((m.path for m in facts.matches if Op.WRITE in m.ops),
-                                          skip=(str(workspace),))
+        # only writes need the map of protected symlinks, and none can happen before the agent runs: it
+        # is walked beside the start, and every write waits for it whole (guard.sandbox.link_names)
+        link_names = LinkNames.walking((m.path for m in facts.matches if Op.WRITE in m.ops),
+                                       skip=(str(workspace),))
     except BaseException as exc:  # raised below, inside the session: it ends with a record, exit 125
         prepared = exc
     session_id, spool = opening.result()
@@ -225,6 +229,8 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     try:
         if prepared is not None:
             raise prepared
+        if link_names is None:  # made by the preparation that just succeeded; never decide without it
+            raise SandboxError("guard run: the walk for protected symlinks was not started")
         if created:
             say(f"guard: {describe_state_dirs(created)}")
         layers = _private_layers(home, session_id)
@@ -322,6 +328,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
                 gc.enable()  # the session may last hours: its garbage is collected as usual
 
         status, signalled = _wait_forwarding_signals(proc, release)
+        link_names.cancel()  # the tree is gone: nothing is left to decide, a walk still going may stop
         if signalled is not None:
             ending = ("terminated", f"guard run received {signal.Signals(signalled).name}: passed to the "
                                     f"agent, the tree killed after {TERM_GRACE_S:g} s if still running")
@@ -344,6 +351,8 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
             watch.stop()
             watch = None
     finally:
+        if link_names is not None:
+            link_names.cancel()  # a walk still going has nothing left to serve
         if mask_server is not None:
             mask_server.stop()
         if watch is not None:

@@ -81,7 +81,9 @@ def main() -> None:
     wrap("guard.sandbox.state_dirs", "create_state_dirs")
     wrap("guard.runner", "agent_env")
     wrap("guard.sandbox.scan", "scan_launch_facts", "scan")
-    wrap("guard.sandbox.supervisor", "protected_link_names")
+    wrap("guard.sandbox.supervisor", "protected_link_names")  # an older guard: at launch
+    wrap("guard.sandbox.link_names", "protected_link_names",
+         "protected_link_names (its own thread, beside the agent's start)")
     wrap("guard.announce", "start", "announcer start", owner=lambda m: m.AskAnnouncer)
     wrap("guard.runner", "_private_layers")
     wrap("guard.sandbox.plan", "build_plan")

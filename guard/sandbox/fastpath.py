@@ -34,10 +34,12 @@ from __future__ import annotations
 import logging
 import os
 import threading
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
+from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox.link_names import LinkMap, LinkNames
 
 if TYPE_CHECKING:
     from guard.policy.engine import Policy
@@ -119,12 +121,13 @@ class FastPath:
     def __init__(self, core: Any, *, probe: Callable[[Action], Decision | None], segments: Sequence[str],
                  render: Callable[[dict[str, Any]], bytes],
                  record_of: Callable[[Action, Decision], dict[str, Any]],
-                 link_names: Mapping[str, Sequence[str]] | None = None) -> None:
+                 link_names: LinkNames | LinkMap | None = None) -> None:
         self.core = core
         self._probe = probe
         self._render = render
         self._record_of = record_of
-        self._links = [t.rstrip("/") or "/" for t in (link_names or {})]
+        self._link_names = LinkNames.of(link_names)
+        self._link_targets: list[str] | None = None
         self._seen: set[tuple[int, str, int, int]] = set()
         self._lock = threading.Lock()
         self._generation = 0  # bumped by forget(): a judgement begun before it is not entered
@@ -136,7 +139,7 @@ class FastPath:
     def create(cls, listener_fd: int, spec: SeccompSpec, *, policy: Policy,
                probe: Callable[[Action], Decision | None], spool: SpoolWriter,
                record_of: Callable[[Action, Decision], dict[str, Any]],
-               link_names: Mapping[str, Sequence[str]] | None = None) -> FastPath | None:
+               link_names: LinkNames | LinkMap | None = None) -> FastPath | None:
         core_mod, why = load_core()
         if core_mod is None:
             log.info("seccomp fast path off: %s", why)
@@ -206,6 +209,17 @@ class FastPath:
             self._seen.clear()
             self.core.clear()
 
+    def _links(self) -> list[str] | None:
+        """The targets of the protected symlinks, once their walk is whole (it may still be going beside
+        the agent's start: guard.sandbox.link_names); None when it failed: no directory is entered."""
+        if self._link_targets is None:
+            try:
+                names = self._link_names.get()
+            except SandboxError:
+                return None
+            self._link_targets = [t.rstrip("/") or "/" for t in names]
+        return self._link_targets
+
     def _entry(self, op: Op, directory: str) -> tuple[tuple[bytes, bytes, bytes], int] | None:
         """The record's parts for plain names in `directory`, and how many levels of plain directories
         below it get the very same decision: the core enters a directory it makes itself (mkdir of a plain
@@ -218,7 +232,10 @@ class FastPath:
         table forget."""
         if self._probe_name is None:
             return None
-        decision = uniform_decision(self._probe, op, directory, self._probe_name, self._links)
+        links = self._links()
+        if links is None:
+            return None
+        decision = uniform_decision(self._probe, op, directory, self._probe_name, links)
         if decision is None:
             return None
         sentinel = Action(op=op, target=_SENTINEL_TARGET, pid=_SENTINEL_PID)
@@ -226,11 +243,11 @@ class FastPath:
         if parts is None:
             return None
         inherit = 0
-        if not any(_under(link, directory) for link in self._links):
+        if not any(_under(link, directory) for link in links):
             deeper = directory.rstrip("/")
             while inherit < INHERIT_LEVELS:
                 deeper = f"{deeper}/{self._probe_name}"
-                if uniform_decision(self._probe, op, deeper, self._probe_name, self._links) != decision:
+                if uniform_decision(self._probe, op, deeper, self._probe_name, links) != decision:
                     break
                 inherit += 1
         return parts, inherit

@@ -35,7 +35,7 @@ import struct
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -45,6 +45,7 @@ from guard.sandbox import syscalls_seccomp as sc
 from guard.sandbox._syscalls import CLONE_FS, unshare
 from guard.sandbox.agent_config import rename_programs_action
 from guard.sandbox.fastpath import FastPath
+from guard.sandbox.link_names import LinkMap, LinkNames
 from guard.sandbox.seccomp import ARCHES, FS_IOC_FSSETXATTR, SeccompSpec
 
 log = logging.getLogger(__name__)
@@ -671,7 +672,7 @@ class Supervisor:
     def __init__(self, listener_fd: int, *, decide: Decide, record: Record,
                  spec: SeccompSpec | None = None, workers: int = 1, check: Decide | None = None,
                  sockets: Callable[[str], bool] | None = None,
-                 link_names: Mapping[str, Sequence[str]] | None = None,
+                 link_names: LinkNames | LinkMap | None = None,
                  fast: FastPath | None = None) -> None:
         if workers < 1:
             raise SandboxError(f"seccomp supervisor: workers must be at least 1, not {workers}")
@@ -685,8 +686,9 @@ class Supervisor:
         self._check_only = check
         # Whether a rule grants connecting to the unix socket at this canonical path; None: none does.
         self._sockets = sockets
-        # canonical target -> protected symlink names pointing at it (see protected_link_names)
-        self._link_names = dict(link_names or {})
+        # canonical target -> protected symlink names pointing at it (guard.sandbox.link_names); the map
+        # may still be walked beside the agent's start: every write waits for it whole
+        self._link_names = LinkNames.of(link_names)
         self._bound: set[tuple[int, int]] = set()  # (dev, ino) of the sockets this session bound
         self._bound_lock = threading.Lock()
         # Acting as the task (_as_task): our own capability sets (every worker thread starts with them and
@@ -861,7 +863,13 @@ class Supervisor:
         not refuse what the canonical path's grant allows. Aliases that pass are not recorded."""
         if not self._judge([Action(op=op, target=res.path, pid=pid)]):
             return False
-        for alias in (*res.aliases, *self._linked_names(res.path)):
+        try:
+            linked = self._linked_names(res.path)
+        except SandboxError as exc:  # the map of protected symlinks is missing: fail closed, recorded
+            self._record_safely(Action(op=op, target=res.path, pid=pid),
+                                Decision(Verdict.DENY, SUPERVISOR_RULE, f"guard: {exc.message}, refused"))
+            return False
+        for alias in (*res.aliases, *linked):
             action = Action(op=op, target=alias, pid=pid)
             try:
                 first = (self._check_only or self._decide)(action)
@@ -880,13 +888,14 @@ class Supervisor:
     def _linked_names(self, path: str) -> list[str]:
         """The protected names that are symlinks to `path` (or to a directory above it), found at launch
         (`link_names`): writing uv's copy of ruff is writing `~/.local/bin/ruff`, though the agent never
-        used that name."""
-        if not self._link_names:
+        used that name. Raises SandboxError when the map could not be made whole."""
+        names = self._link_names.get()
+        if not names:
             return []
         out: list[str] = []
         head, rest = path, ""
         while True:
-            for link in self._link_names.get(head, ()):
+            for link in names.get(head, ()):
                 out.append(link + rest)
             if head in ("/", ""):
                 return out
@@ -1795,85 +1804,6 @@ def _subtree(res: _Resolved, budget: int, deadline: float) -> list[str] | None:
     return out
 
 
-LINK_SCAN_MAX = 20_000  # entries looked at under the protected trees, at launch, at most
-LINK_SCAN_S = 1.0
-
-
-def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_MAX,
-                         seconds: float = LINK_SCAN_S,
-                         skip: Iterable[str] = ()) -> dict[str, tuple[str, ...]]:
-    """Symlinks at or under the protected `roots` (existing paths a deny or ask write rule covers, found
-    at launch) that lead out of them: canonical target -> the symlinks' own paths. `~/.local/bin/ruff`
-    points into uv's tool cache, which the agent may write; a write there is judged as a write of
-    `~/.local/bin/ruff` too. Bounded (entries and time): what is beyond is not mapped.
-
-    `skip`: trees the agent may write (the workspace) are not walked from a root above them: a link
-    there names a place the agent may write anyway, so it adds nothing to a decision, and a workspace
-    under the home (its node_modules) would spend the whole budget of the home's walk. A protected root
-    inside a skipped tree (the workspace's .git/hooks) is still walked."""
-    found: dict[str, list[str]] = {}
-    deadline = time.monotonic() + seconds
-    skipped = tuple(skip)
-
-    def add(link: str, root: str) -> None:
-        target = os.path.realpath(link)
-        if target == "/" or link.startswith(target + "/"):
-            return  # a link to an ancestor of itself (a loop, ~, /) names nothing of its own
-        if target != root and not target.startswith(root.rstrip("/") + "/") and os.path.exists(target):
-            found.setdefault(target, []).append(link)
-
-    # deepest first: small bin directories (~/.local/bin) before whole toolchain trees (~/.rustup)
-    for root in sorted(dict.fromkeys(roots), key=lambda r: -r.count("/")):
-        budget = max_entries
-        if os.path.islink(root):
-            add(root, root)
-            continue
-        if not os.path.isdir(root):
-            continue
-        pruned = frozenset(p for p in skipped if p != root and p.startswith(root.rstrip("/") + "/"))
-        for links, entries in _walk_links(root, pruned):
-            budget -= entries
-            for path in links:
-                add(path, root)
-            if time.monotonic() > deadline:
-                log.warning("seccomp supervisor: stopped looking for symlinks at %s (time budget)", root)
-                return {k: tuple(v) for k, v in found.items()}
-            if budget <= 0:
-                log.warning("seccomp supervisor: stopped looking for symlinks under %s (too many)", root)
-                break
-    return {k: tuple(v) for k, v in found.items()}
-
-
-def _walk_links(root: str, pruned: frozenset[str] = frozenset()) -> Iterator[tuple[list[str], int]]:
-    """Depth first from `root`, symlinks never followed: (a directory's symlinks, its number of entries).
-
-    The kind comes from the directory entry itself (d_type), so a tree costs one getdents per directory
-    and no stat per file: the protected trees include the guard's own interpreter and code (thousands of
-    files), and this walk is on the path of every launch. Unreadable directories are skipped, as os.walk
-    skips them."""
-    stack = [root]
-    while stack:
-        top = stack.pop()
-        links: list[str] = []
-        subdirs: list[str] = []
-        count = 0
-        try:
-            with os.scandir(top) as it:
-                for entry in it:
-                    count += 1
-                    try:
-                        if entry.is_symlink():
-                            links.append(entry.path)
-                        elif entry.is_dir(follow_symlinks=False) and entry.path not in pruned:
-                            subdirs.append(entry.path)
-                    except OSError:
-                        continue
-        except OSError:
-            continue
-        yield links, count
-        stack.extend(reversed(subdirs))
-
-
 def _quiet(fn: Callable[[], None]) -> Callable[[], None]:
     def run() -> None:
         try:
@@ -1992,7 +1922,7 @@ def _lstat_or_none(dirfd: int, name: str) -> os.stat_result | None:
 @contextmanager
 def serving(listener_fd: int, *, decide: Decide, record: Record, spec: SeccompSpec | None = None,
             workers: int = 1, check: Decide | None = None, sockets: Callable[[str], bool] | None = None,
-            link_names: Mapping[str, Sequence[str]] | None = None) -> Iterator[Supervisor]:
+            link_names: LinkNames | LinkMap | None = None) -> Iterator[Supervisor]:
     """Run a Supervisor on a thread for the duration of a `with` block (tests, simple embedders)."""
     sup = Supervisor(listener_fd, decide=decide, record=record, spec=spec, workers=workers, check=check,
                      sockets=sockets, link_names=link_names)

@@ -16,6 +16,7 @@ import struct
 import sys
 import termios
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,11 +26,11 @@ import pytest
 from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import seccomp
 from guard.sandbox import syscalls_seccomp as sc
+from guard.sandbox.link_names import LinkNames, protected_link_names
 from guard.sandbox.supervisor import (
     ARGV_MAX_ARGS,
     SUPERVISOR_RULE,
     TRUNCATED_MARK,
-    protected_link_names,
     serving,
 )
 
@@ -73,7 +74,7 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
                server: Callable[[int], None] | None = None,
                check: Callable[[Action], Decision] | None = None, workers: int = 1,
                sockets: Callable[[str], bool] | None = None,
-               link_names: dict[str, tuple[str, ...]] | None = None) -> Run:
+               link_names: LinkNames | dict[str, tuple[str, ...]] | None = None) -> Run:
     """Fork a child that installs the filter and then runs `child` (a function whose JSON result comes
     back over a pipe, or an argv to exec with stdout and stderr on the pipe); serve it until it exits,
     with the Supervisor or, for a control experiment, with `server(listener_fd)` on a thread."""
@@ -1388,6 +1389,70 @@ def test_the_target_of_a_guarded_symlink_is_written_as_the_symlink(ws: Path) -> 
     assert (ws / "cache" / "tool").read_text() == "v1"
     denied = {a.target for a, d in run.records if d.verdict is Verdict.DENY}
     assert denied == {str(ws / "binlinks" / "tool"), str(ws / "binlinks" / "sub" / "lib")}
+
+
+def test_a_write_waits_for_the_whole_map_of_protected_symlinks_while_it_is_walked(ws: Path) -> None:
+    """guard run walks for protected symlinks beside the agent's start (guard.sandbox.link_names): a
+    write that comes first is not answered until the map is whole, and is then judged with it. A
+    supervisor that answered without waiting would let the child truncate the cache's file and go on to
+    make its marker while the map is still missing."""
+    (ws / "cache").mkdir()
+    (ws / "cache" / "tool").write_text("v1")
+    (ws / "binlinks").mkdir()
+    os.symlink(str(ws / "cache" / "tool"), ws / "binlinks" / "tool")
+    pending = LinkNames()
+    asked = threading.Event()
+    early: list[str] = []
+    refuse = deny_if("binlinks")
+
+    def decide(action: Action) -> Decision:
+        if action.target == str(ws / "cache" / "tool"):
+            asked.set()
+        return refuse(action)
+
+    def settle_later() -> None:
+        asked.wait(60)
+        deadline = time.monotonic() + 0.5  # what must not happen would happen within microseconds
+        while time.monotonic() < deadline and not early:
+            if (ws / "cache" / "tool").read_text() != "v1" or (ws / "marker").exists():
+                early.append("answered before the map was whole")
+            time.sleep(0.01)
+        pending.settle(protected_link_names([str(ws / "binlinks")]))
+
+    def child() -> object:
+        tool = _try(lambda: os.close(os.open("cache/tool", os.O_WRONLY | os.O_TRUNC)))
+        marker = _try(lambda: os.close(os.open("marker", os.O_WRONLY | os.O_CREAT, 0o644)))
+        return {"tool": tool, "marker": marker}
+
+    settler = threading.Thread(target=settle_later)
+    settler.start()
+    try:
+        run = supervised(child, decide, cwd=ws, link_names=pending)
+    finally:
+        if not pending.done:
+            pending.settle({})
+        settler.join()
+    assert asked.is_set() and not early
+    assert run.result == {"tool": errno.EACCES, "marker": "done"}
+    assert (ws / "cache" / "tool").read_text() == "v1"
+    assert str(ws / "binlinks" / "tool") in {a.target for a, d in run.records if d.verdict is Verdict.DENY}
+
+
+def test_every_write_is_refused_and_recorded_when_the_map_of_protected_symlinks_could_not_be_made(
+        ws: Path) -> None:
+    """A walk that failed or was stopped leaves no map: a write is then refused (fail closed), with a
+    record that says why, though the policy alone would allow it."""
+    failed = LinkNames()
+    failed.settle(error="the walk for protected symlinks failed: OSError(5)")
+
+    def child() -> object:
+        return _try(lambda: os.close(os.open("made", os.O_WRONLY | os.O_CREAT, 0o644)))
+
+    run = supervised(child, deny_if("nothing-is-denied"), cwd=ws, link_names=failed)
+    assert run.result == errno.EACCES and not (ws / "made").exists()
+    refused = [(a.target, d) for a, d in run.records if d.verdict is Verdict.DENY]
+    assert [(t, d.rule_id) for t, d in refused] == [(str(ws / "made"), SUPERVISOR_RULE)]
+    assert "protected symlinks" in refused[0][1].reason
 
 
 def test_link_names_skip_the_agents_own_tree_under_a_protected_root_but_not_roots_inside_it(tmp_path: Path) -> None:
