@@ -5,6 +5,10 @@ from __future__ import annotations
 import os
 import sys
 
+from guard import dataclass_code as _dataclass_code
+
+_dataclass_code.install()  # before any module of guard defines a dataclass
+
 _DIST = "guard"
 
 

@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from guard import dataclass_code
 from guard.errors import GuardError, SandboxError
 from guard.home import guard_home
 from guard.model import Action, Decision
@@ -145,6 +146,7 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.sandbox.supervisor import Supervisor
     from guard.sandbox.tool_env import tool_env
 
+    dataclass_code.save()  # the run path's imports are done: keep what they compiled (first run only)
     emit = out or (lambda line: print(line, file=sys.stderr))
 
     def say(line: str) -> None:  # messages quote the agent's paths and commands: escaped (guard.text)
