@@ -2358,13 +2358,15 @@ static int frame_list(Frame *f, char *path, const Frame *above, size_t depth, Py
     /* from the directory above, by name (no lookup of the whole path again, no symlink followed), or by
      * path at the top and past KEEP_OPEN_DEPTH; listed with getdents64 itself (readdir's fdopendir would
      * add two system calls a directory) */
+    size_t cap = 0;
+    int head = 0, nomem = 0, err = 0, open_err = 0;
+    char buf[16384] __attribute__((aligned(8)));
+    /* the system calls without the GIL: the launch's other threads (the session's opening) go on */
+    PyThreadState *gil = PyEval_SaveThread();
     int fd = above && above->fd >= 0 ? openat(above->fd, f->parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                                      : open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) return note_unreadable(unreadable, path, errno) < 0 ? -1 : 0;
-    size_t cap = 0;
-    int head = 0, nomem = 0, err = 0;
-    char buf[16384] __attribute__((aligned(8)));
-    for (;;) {
+    if (fd < 0) open_err = errno;
+    for (; fd >= 0;) {
         long got = syscall(SYS_getdents64, fd, buf, sizeof buf);
         if (got < 0) { err = errno; break; }
         if (got == 0) break;
@@ -2389,8 +2391,12 @@ static int frame_list(Frame *f, char *path, const Frame *above, size_t depth, Py
         }
         if (nomem) break;
     }
-    if (depth < KEEP_OPEN_DEPTH && !nomem && !err) f->fd = fd;
-    else close(fd);
+    if (fd >= 0) {
+        if (depth < KEEP_OPEN_DEPTH && !nomem && !err) f->fd = fd;
+        else close(fd);
+    }
+    PyEval_RestoreThread(gil);
+    if (open_err) return note_unreadable(unreadable, path, open_err) < 0 ? -1 : 0;
     if (nomem) { PyErr_NoMemory(); return -1; }
     if (err) { /* a listing that fails part way counts as unreadable, whole (as os.scandir's error does) */
         for (size_t i = 0; i < f->n; i++) free(f->names[i]);
