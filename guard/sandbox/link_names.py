@@ -6,7 +6,7 @@ write to such a target (or beneath a linked directory) as a write of the symlink
 compiled fast path never answers for a directory such a link points into or above.
 
 The walk reads up to 20,000 entries of each protected tree (the home, mostly): about 25-35 ms on a real
-home, a seventh of a launch. Only writes need its answer, and nothing can write before the agent runs,
+home, a sixth of a launch. Only writes need its answer, and nothing can write before the agent runs,
 so `LinkNames.walking` walks on a thread of its own beside the agent's start, and every consumer asks
 `LinkNames.get()`, which waits for the walk to be complete: no write is decided, and no directory is
 entered in the fast path's table, without the whole map. `guard run -- true` never waits for it.
