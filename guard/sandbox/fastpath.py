@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from guard.errors import SandboxError
 from guard.model import Action, Decision, Op, Verdict
+from guard.sandbox.core import load_core
 from guard.sandbox.link_names import LinkMap, LinkNames
 
 if TYPE_CHECKING:
@@ -57,17 +58,6 @@ _SENTINEL_TARGET = "/guard\x01fast\x01target"
 INHERIT_LEVELS = 4
 _SENTINEL_PID = 987654321987
 OPS = {Op.WRITE: 0, Op.READ: 1}
-
-
-def load_core() -> tuple[Any | None, str]:
-    """The compiled module, or None and why not (the slow path then answers everything)."""
-    if os.environ.get("GUARD_FAST_PATH", "1") == "0":
-        return None, "switched off by GUARD_FAST_PATH=0"
-    try:
-        from guard import _core  # type: ignore[attr-defined]
-    except ImportError as exc:
-        return None, f"the compiled core is not built ({exc}); reinstall with a C compiler and Python headers"
-    return _core, "compiled"
 
 
 def spoken_segments(policy: Policy) -> list[str]:

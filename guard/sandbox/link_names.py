@@ -26,6 +26,7 @@ import time
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
 from guard.errors import SandboxError
+from guard.sandbox.core import compiled
 
 log = logging.getLogger("guard.sandbox")
 
@@ -88,10 +89,10 @@ def _walk_root(root: str, pruned: frozenset[str], budget: int, clock: Callable[[
     """The symlinks under one root in walk order, and why the walk stopped short ("time", "entries") if it
     did: by the compiled core when it is built and the clock is one it reads (the same walk, without the
     GIL, a third faster), else here."""
-    compiled = _compiled_walk()
+    walk = compiled("walk_links")
     clock_id = _CLOCK_IDS.get(clock)
-    if compiled is not None and clock_id is not None:
-        links, _entries, stop = compiled(root, sorted(pruned), budget, clock_id, deadline)
+    if walk is not None and clock_id is not None:
+        links, _entries, stop = walk(root, sorted(pruned), budget, clock_id, deadline)
         return links, _STOPS[stop]
     out: list[str] = []
     for links, entries in _walk_links(root, pruned):
@@ -109,15 +110,6 @@ def _walk_root(root: str, pruned: frozenset[str], budget: int, clock: Callable[[
 _CLOCK_IDS: dict[Callable[[], float], int] = {time.monotonic: time.CLOCK_MONOTONIC,
                                               time.thread_time: time.CLOCK_THREAD_CPUTIME_ID}
 _STOPS: dict[int, str | None] = {0: None, 1: "entries", 2: "time"}
-
-
-def _compiled_walk() -> Callable[..., tuple[list[str], int, int]] | None:
-    try:
-        from guard import _core  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    walk: Callable[..., tuple[list[str], int, int]] | None = getattr(_core, "walk_links", None)
-    return walk
 
 
 def _walk_links(root: str, pruned: frozenset[str] = frozenset()) -> Iterator[tuple[list[str], int]]:

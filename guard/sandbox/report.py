@@ -189,7 +189,7 @@ def probe_host() -> HostFacts:
     unpriv = namespaces.probe(drop_to=65534) if root else userns
     notif_avail = sc.seccomp_action_available(sc.SECCOMP_RET_USER_NOTIF)
     filt, addfd, wake, problem = _probe_seccomp()
-    from guard.sandbox.fastpath import load_core
+    from guard.sandbox.core import load_core
 
     core, why = load_core()
     return HostFacts(kernel=platform.release(), landlock_abi=sc.landlock_abi(), userns_problem=userns,

@@ -38,6 +38,7 @@ from typing import Protocol
 from guard.errors import SandboxError
 from guard.model import Op, Verdict
 from guard.policy.paths import GlobError, PathPattern, compile_path
+from guard.sandbox.core import compiled
 
 SELF_PROTECTION_RULE = "guard:self-protection"
 CREDENTIAL_VARIABLE_RULE = "guard:credential-variable"  # a file a withheld credential variable names
@@ -503,12 +504,7 @@ def _compiled_glob_walk(names: _Names) -> Callable[..., tuple[int, bool]] | None
     glob deny whose name has no literal start, or one that looks deeper than the parent, is Python's)."""
     if names.deeper or (names.any_glob is not None and names.glob_starts is None):
         return None
-    try:
-        from guard import _core  # type: ignore[attr-defined]
-    except ImportError:
-        return None
-    walk: Callable[..., tuple[int, bool]] | None = getattr(_core, "glob_walk", None)
-    return walk
+    return compiled("glob_walk")
 
 
 def _glob_walk_here(root: str, names: _Names, budget: _Budget, unreadable: list[str],

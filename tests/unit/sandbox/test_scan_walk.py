@@ -179,3 +179,12 @@ def test_the_walk_asks_the_same_questions_in_the_same_order(ws: Path, budget: in
         assert str(ws / "pkg0" / "mod2" / "lib" / ".env.local") in asked  # by its literal start
         assert not any(p.startswith(str(ws / "pkg3") + "/") for p in asked)  # pruned
         assert not any(p.startswith(str(ws / "vault" / "secrets") + "/") for p in asked)  # matched: covered
+
+
+def test_switched_off_the_scan_walks_in_python_with_the_same_facts(ws: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """GUARD_FAST_PATH=0 turns the whole compiled core off, the launch's walks included (guard.sandbox.core)."""
+    by_core = _facts(ws, compiled=True, monkeypatch=monkeypatch)
+    monkeypatch.setenv("GUARD_FAST_PATH", "0")
+    names = scan._Names([])
+    assert scan._compiled_glob_walk(names) is None
+    assert by_core == _facts(ws, compiled=False, monkeypatch=monkeypatch)
