@@ -2149,6 +2149,49 @@ static double clock_read(clockid_t id) {
     return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
 }
 
+/* One directory's entries in directory order, as getdents64 gives them (names and d_type kinds; "." and
+ * ".." left out), for both walks below. No GIL, no Python. -> 0 listed; an errno (the listing is then
+ * empty: a directory that fails part way is unreadable whole, as os.scandir's error makes it); -1 out of
+ * memory. `head`: an entry is named HEAD. */
+typedef struct { char **names; unsigned char *types; size_t n; int head; } Listing;
+
+static void listing_free(Listing *l) {
+    for (size_t i = 0; i < l->n; i++) free(l->names[i]);
+    free(l->names);
+    free(l->types);
+    memset(l, 0, sizeof *l);
+}
+
+static int list_entries(int fd, Listing *l) {
+    struct linux_dirent64 { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; };
+    char buf[16384] __attribute__((aligned(8)));
+    size_t cap = 0;
+    memset(l, 0, sizeof *l);
+    for (;;) {
+        long got = syscall(SYS_getdents64, fd, buf, sizeof buf);
+        if (got < 0) { int err = errno; listing_free(l); return err ? err : EIO; }
+        if (got == 0) return 0;
+        for (long at = 0; at < got;) {
+            const struct linux_dirent64 *e = (const struct linux_dirent64 *)(buf + at);
+            at += e->reclen;
+            const char *name = e->name;
+            if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) continue;
+            if (l->n == cap) {
+                size_t ncap = cap ? cap * 2 : 16;
+                char **nn = realloc(l->names, ncap * sizeof *nn);
+                if (nn) l->names = nn;
+                unsigned char *nt = nn ? realloc(l->types, ncap) : NULL;
+                if (nt) l->types = nt;
+                if (!nn || !nt) { listing_free(l); return -1; }
+                cap = ncap;
+            }
+            if (!(l->names[l->n] = strdup(name))) { listing_free(l); return -1; }
+            l->types[l->n++] = e->type;
+            l->head |= strcmp(name, "HEAD") == 0;
+        }
+    }
+}
+
 /* -> 0 walked, 1 entry bound, 2 time bound, -1 out of memory */
 static int walk_links_c(const char *root, char **pruned, size_t npruned, long max_entries, clockid_t clock_id,
                         double deadline, StrVec *links, long *entries) {
@@ -2160,41 +2203,40 @@ static int walk_links_c(const char *root, char **pruned, size_t npruned, long ma
     while (stack.n) {
         char *top = stack.v[--stack.n];
         int fd = open(top, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-        DIR *dir = fd < 0 ? NULL : fdopendir(fd);
-        if (!dir) {
+        Listing l;
+        int listed = fd < 0 ? errno : list_entries(fd, &l);
+        if (listed != 0) { /* unreadable: skipped, as os.walk skips it */
             if (fd >= 0) close(fd);
             free(top);
+            if (listed < 0) { rc = -1; break; }
             continue;
         }
-        long count = 0;
-        struct dirent *e;
         subdirs.n = 0;
-        while ((e = readdir(dir)) != NULL) {
-            const char *name = e->d_name;
-            if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) continue;
-            count++;
-            unsigned char type = e->d_type;
-            if (type == DT_UNKNOWN) {
+        for (size_t i = 0; i < l.n && rc == 0; i++) {
+            const char *name = l.names[i];
+            unsigned char type = l.types[i];
+            if (type == DT_UNKNOWN) { /* the file system does not say: ask, as os.DirEntry does */
                 struct stat st;
-                if (fstatat(dirfd(dir), name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
+                if (fstatat(fd, name, &st, AT_SYMLINK_NOFOLLOW) < 0) continue;
                 type = S_ISLNK(st.st_mode) ? DT_LNK : S_ISDIR(st.st_mode) ? DT_DIR : DT_REG;
             }
             if (type != DT_LNK && type != DT_DIR) continue;
             char *path = join_path(top, name);
             if (!path) { rc = -1; break; }
             if (type == DT_LNK) {
-                if (vec_push(links, path) < 0) { rc = -1; break; }
+                if (vec_push(links, path) < 0) rc = -1;
                 continue;
             }
             int skip = 0;
-            for (size_t i = 0; i < npruned && !skip; i++) skip = strcmp(path, pruned[i]) == 0;
+            for (size_t k = 0; k < npruned && !skip; k++) skip = strcmp(path, pruned[k]) == 0;
             if (skip) { free(path); continue; }
-            if (vec_push(&subdirs, path) < 0) { rc = -1; break; }
+            if (vec_push(&subdirs, path) < 0) rc = -1;
         }
-        closedir(dir);
+        close(fd);
         free(top);
-        *entries += count;
-        budget -= count;
+        *entries += (long)l.n;
+        budget -= (long)l.n;
+        listing_free(&l);
         /* the first subdirectory is walked next: push them in reverse */
         for (size_t i = subdirs.n; i > 0 && rc == 0; i--) {
             if (vec_push(&stack, subdirs.v[i - 1]) < 0) rc = -1;
@@ -2319,16 +2361,13 @@ typedef struct {
     const char *parent; /* the directory's own name: what `parent` means for its entries */
     int parent_listed;  /* that name is in by_parent: every entry is a candidate */
     int fd;             /* kept open while its entries are walked: subdirectories are opened from it */
-    char **names;
-    unsigned char *types;
-    size_t n, next;
+    Listing list;
+    size_t next;
 } Frame;
 
 static void frame_free(Frame *f) {
     if (f->fd >= 0) close(f->fd);
-    for (size_t i = 0; i < f->n; i++) free(f->names[i]);
-    free(f->names);
-    free(f->types);
+    listing_free(&f->list);
     free(f->path);
 }
 
@@ -2356,54 +2395,18 @@ static int frame_list(Frame *f, char *path, const Frame *above, size_t depth, Py
     const char *slash = strrchr(path, '/');
     f->parent = slash ? slash + 1 : path;
     /* from the directory above, by name (no lookup of the whole path again, no symlink followed), or by
-     * path at the top and past KEEP_OPEN_DEPTH; listed with getdents64 itself (readdir's fdopendir would
-     * add two system calls a directory) */
-    size_t cap = 0;
-    int head = 0, nomem = 0, err = 0, open_err = 0;
-    char buf[16384] __attribute__((aligned(8)));
-    /* the system calls without the GIL: the launch's other threads (the session's opening) go on */
+     * path at the top and past KEEP_OPEN_DEPTH; the system calls without the GIL, as os.scandir makes
+     * them, so the launch's other threads (the session's opening) go on */
     PyThreadState *gil = PyEval_SaveThread();
     int fd = above && above->fd >= 0 ? openat(above->fd, f->parent, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC)
                                      : open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-    if (fd < 0) open_err = errno;
-    for (; fd >= 0;) {
-        long got = syscall(SYS_getdents64, fd, buf, sizeof buf);
-        if (got < 0) { err = errno; break; }
-        if (got == 0) break;
-        for (long at = 0; at < got && !nomem;) {
-            struct linux_dirent64 { uint64_t ino; int64_t off; unsigned short reclen; unsigned char type; char name[]; };
-            const struct linux_dirent64 *e = (const struct linux_dirent64 *)(buf + at);
-            at += e->reclen;
-            const char *name = e->name;
-            if (name[0] == '.' && (!name[1] || (name[1] == '.' && !name[2]))) continue;
-            if (f->n == cap) {
-                size_t ncap = cap ? cap * 2 : 16;
-                char **nn = realloc(f->names, ncap * sizeof *nn);
-                if (nn) f->names = nn;
-                unsigned char *nt = nn ? realloc(f->types, ncap) : NULL;
-                if (nt) f->types = nt;
-                if (!nn || !nt) { nomem = 1; break; }
-                cap = ncap;
-            }
-            if (!(f->names[f->n] = strdup(name))) { nomem = 1; break; }
-            f->types[f->n++] = e->type; /* DT_UNKNOWN: asked when the entry is looked at, as os.DirEntry does */
-            head |= strcmp(name, "HEAD") == 0;
-        }
-        if (nomem) break;
-    }
-    if (fd >= 0) {
-        if (depth < KEEP_OPEN_DEPTH && !nomem && !err) f->fd = fd;
-        else close(fd);
-    }
+    int listed = fd < 0 ? errno : list_entries(fd, &f->list);
+    if (fd >= 0 && listed == 0 && depth < KEEP_OPEN_DEPTH) f->fd = fd;
+    else if (fd >= 0) close(fd);
     PyEval_RestoreThread(gil);
-    if (open_err) return note_unreadable(unreadable, path, open_err) < 0 ? -1 : 0;
-    if (nomem) { PyErr_NoMemory(); return -1; }
-    if (err) { /* a listing that fails part way counts as unreadable, whole (as os.scandir's error does) */
-        for (size_t i = 0; i < f->n; i++) free(f->names[i]);
-        f->n = 0;
-        return note_unreadable(unreadable, path, err) < 0 ? -1 : 0;
-    }
-    if (head && head_dirs != Py_None) {
+    if (listed < 0) { PyErr_NoMemory(); return -1; }
+    if (listed > 0) return note_unreadable(unreadable, path, listed) < 0 ? -1 : 0;
+    if (f->list.head && head_dirs != Py_None) {
         PyObject *text = PyUnicode_DecodeFSDefault(path);
         if (!text || PyList_Append(head_dirs, text) < 0) { Py_XDECREF(text); return -1; }
         Py_DECREF(text);
@@ -2475,11 +2478,11 @@ static PyObject *mod_glob_walk(PyObject *mod, PyObject *args) {
     depth = 1;
     while (depth) {
         Frame *top = &stack[depth - 1];
-        if (top->next == top->n) { frame_free(top); depth--; continue; }
+        if (top->next == top->list.n) { frame_free(top); depth--; continue; }
         size_t i = top->next++;
         if (++used > budget) { capped = 1; break; }
-        const char *name = top->names[i];
-        unsigned char type = top->types[i];
+        const char *name = top->list.names[i];
+        unsigned char type = top->list.types[i];
         int maybe = top->parent_listed || nameset_has(&by_name, name);
         for (Py_ssize_t s = 0; !maybe && s < nstarts; s++) maybe = strncmp(name, starts[s], start_len[s]) == 0;
         if (!maybe && type != DT_DIR && type != DT_UNKNOWN) continue; /* the common case: no path, no Python */
