@@ -117,3 +117,21 @@ def test_the_compiled_walk_is_the_same_walk_entry_for_entry(tmp_path: Path, budg
         assert not any(p.startswith(str(root / "a2") + "/") for p in got)
     finally:
         (root / "locked").chmod(0o755)
+
+
+def test_on_its_own_thread_the_walk_is_bounded_by_its_own_cpu_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Beside the agent, the walk's bound must be a clock the agent cannot spend: the walking thread's
+    CPU time, not the wall clock (an agent keeping both cores busy would stretch wall time past the bound
+    and leave links unmapped). The walk itself is the launch's walk, with its entry bound."""
+    from guard.sandbox import link_names
+
+    seen: dict[str, object] = {}
+
+    def spy(roots: list[str], **kwargs: object) -> dict[str, tuple[str, ...]]:
+        seen.update(kwargs, roots=roots)
+        return {}
+
+    monkeypatch.setattr(link_names, "protected_link_names", spy)
+    assert LinkNames.walking(["/r"], skip=["/r/ws"]).get() == {}
+    assert seen["clock"] is time.thread_time and seen["skip"] == ["/r/ws"] and seen["roots"] == ["/r"]
+    assert "max_entries" not in seen and "seconds" not in seen  # the launch's bounds, unchanged
