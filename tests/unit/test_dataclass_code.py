@@ -105,3 +105,19 @@ def test_a_kept_file_owned_by_another_user_is_not_read(tmp_path: Path) -> None:
     cache = _cache(tmp_path)
     os.chown(cache, 65534, 65534)
     assert _child(tmp_path)["loaded"] == 0
+
+
+def test_a_write_that_fails_part_way_leaves_nothing_behind(tmp_path: Path) -> None:
+    """As on a full disk: the kept file cannot be written whole (a file-size limit of 4 KiB, EFBIG as
+    ENOSPC would be). The run goes on with its classes compiled afresh, and no partial or temporary file
+    is left to be read by the next run."""
+    # importlib itself is kept from writing .pyc files here: it leaves them cut short under the limit
+    limited = ("import resource, sys; resource.setrlimit(resource.RLIMIT_FSIZE, (4096, 4096)); "
+               "sys.dont_write_bytecode = True\n")
+    environ = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    environ["PYTHONPYCACHEPREFIX"] = str(tmp_path)
+    res = subprocess.run([sys.executable, "-c", limited + CHILD], env=environ, capture_output=True, text=True,
+                         timeout=120, check=True)
+    assert json.loads(res.stdout.splitlines()[-1])["compiled"]
+    assert not list(tmp_path.rglob("*dataclass-code*"))
+    assert _child(tmp_path)["compiled"]  # the next run, unlimited, compiles and keeps them
