@@ -162,7 +162,7 @@ typedef struct {
     uid_t own_uid;
     gid_t own_gid;
     /* counters */
-    uint64_t fast_writes, fast_reads, handed_back;
+    uint64_t fast_writes, fast_reads, handed_back, kept_dirs;
 } Core;
 
 static uint64_t hash_key(int op, dev_t dev, ino_t ino) {
@@ -673,23 +673,33 @@ typedef struct {
  * general way. The path itself comes from the task's cwd as the kernel names it now (readlink of
  * /proc/<pid>/cwd, read before the notification is re-validated) and the call's path, which must be
  * plain. So the directory acted in is the one whose name was judged, as with a fresh openat2; the table
- * lookup by inode and every later check are unchanged. A descriptor in use by a call is never evicted. */
-#define DIR_CACHE 8
+ * lookup by inode and every later check are unchanged. A descriptor in use by a call is never evicted.
+ * Why 64: work spreads its writes over many directories at once (git's 256 object directories, a tar or a
+ * package manager filling a tree, a build's output directories); with 8 kept, a round of writes over 30
+ * directories missed on every write. 64 O_PATH descriptors a receiver; the table is allocated by each
+ * receiver (no other thread pays for it), and a receiver that cannot allocate it keeps nothing. */
+#define DIR_CACHE 64
 typedef struct { char path[PATH_LIMIT]; size_t len; int fd; int pins; struct stat st; } CachedDir;
-static __thread CachedDir dir_cache[DIR_CACHE];
+static __thread CachedDir *dir_cache;
 static __thread int dir_cache_next;
 /* Set by receiver_main, which sets up the cache and frees it: only a receiver keeps directories. */
 static __thread int is_receiver;
 
 static void dir_cache_init(void) {
+    dir_cache = malloc(sizeof(CachedDir) * DIR_CACHE);
+    if (!dir_cache) return;
     for (int i = 0; i < DIR_CACHE; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
 }
 
 static void dir_cache_free(void) {
+    if (!dir_cache) return;
     for (int i = 0; i < DIR_CACHE; i++) if (dir_cache[i].fd >= 0) { close(dir_cache[i].fd); dir_cache[i].fd = -1; }
+    free(dir_cache);
+    dir_cache = NULL;
 }
 
 static int dir_cache_find(const char *path, size_t len) {
+    if (!dir_cache) return -1;
     for (int i = 0; i < DIR_CACHE; i++)
         if (dir_cache[i].fd >= 0 && dir_cache[i].len == len && memcmp(dir_cache[i].path, path, len) == 0) return i;
     return -1;
@@ -705,7 +715,7 @@ static void dir_cache_drop(int i) {
 /* Keep `fd` (a directory this call resolved and checked, named `path`): -> its slot, or -1 when every slot
  * is in use by this call (the caller then keeps and closes it). */
 static int dir_cache_put(const char *path, size_t len, int fd, const struct stat *st) {
-    if (len >= PATH_LIMIT) return -1;
+    if (len >= PATH_LIMIT || !dir_cache) return -1;
     for (int tries = 0; tries < DIR_CACHE; tries++) {
         int i = dir_cache_next;
         dir_cache_next = (dir_cache_next + 1) % DIR_CACHE;
@@ -899,6 +909,7 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         if (cl == klen && memcmp(f->canon, key, (size_t)klen) == 0) {
             f->dfd = dir_cache[cached].fd;
             f->slot = cached;
+            __atomic_add_fetch(&c->kept_dirs, 1, __ATOMIC_RELAXED);
             dir_cache[cached].pins++;
             dst = dir_cache[cached].st;
             checked = cl;
@@ -2042,10 +2053,11 @@ static PyObject *Core_stop(Core *self, PyObject *unused) {
 }
 
 static PyObject *Core_counts(Core *self, PyObject *unused) {
-    return Py_BuildValue("{sKsKsKsn}", "fast_writes", (unsigned long long)__atomic_load_n(&self->fast_writes, __ATOMIC_RELAXED),
+    return Py_BuildValue("{sKsKsKsnsK}", "fast_writes", (unsigned long long)__atomic_load_n(&self->fast_writes, __ATOMIC_RELAXED),
                          "fast_reads", (unsigned long long)__atomic_load_n(&self->fast_reads, __ATOMIC_RELAXED),
                          "handed_back", (unsigned long long)__atomic_load_n(&self->handed_back, __ATOMIC_RELAXED),
-                         "dirs", (Py_ssize_t)self->nentries);
+                         "dirs", (Py_ssize_t)self->nentries,
+                         "kept_dirs", (unsigned long long)__atomic_load_n(&self->kept_dirs, __ATOMIC_RELAXED));
 }
 
 static PyObject *Core_get_last(Core *self, void *closure) {

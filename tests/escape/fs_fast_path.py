@@ -12,6 +12,7 @@ core answered is in the trail with its target and pid.
 
 from __future__ import annotations
 
+import ast
 import os
 import shutil
 import stat
@@ -563,6 +564,29 @@ def test_a_kept_directory_renamed_replaced_or_swapped_for_a_symlink_is_resolved_
     for name in ("a/f19", "a/x", "b/y", "a/g19"):
         assert str(warm / name) in targets, (name, targets)
     assert str(warm / "b/x") not in targets and str(warm / "c/pre-commit") not in targets, targets
+
+
+# Writes spread over many directories at once, as git's 256 object directories or a tar filling a tree
+# take them: each receiver keeps 64 directories, so after the first round every write in a directory it
+# already resolved is served from it (with 8 kept, a round over 40 directories missed on every write).
+SPREAD = """
+for i in range(40): os.makedirs(os.path.join(d, f'd{i:02}'))
+for r in range(6):
+    for i in range(40): open(os.path.join(d, f'd{i:02}', f'f{r}'), 'w').close()
+print('ok')
+"""
+
+
+def test_writes_spread_over_many_directories_are_served_from_the_kept_ones(world):
+    warm = world.ws / "fast-spread"
+    run = world.guard_run(_py(world, SPREAD, str(warm)), env={"GUARD_SUPERVISOR_STATS": "1"})
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run
+    counts = ast.literal_eval(run.stderr.split("core: ", 1)[1].splitlines()[0])
+    # 240 writes in 40 directories; each of the two receivers resolves each directory once at most
+    assert counts["fast_writes"] >= 240 and counts["kept_dirs"] >= 240 - 2 * 40, counts
+    targets = {r["action"]["target"] for r in world.records(run.session) if r.get("type") == "decision"
+               and r["action"]["op"] == "write"}
+    assert all(str(warm / f"d{i:02}" / f"f{r}") in targets for i in range(40) for r in range(6)), run
 
 
 # glibc's fchmodat(..., AT_SYMLINK_NOFOLLOW) opens the name O_PATH and chmods "/proc/self/fd/N" (tar sets
