@@ -30,7 +30,7 @@ import orjson
 
 from guard.errors import GuardError
 from guard.home import ensure_private_dir
-from guard.text import to_record_deep
+from guard.text import record_json
 
 SPOOL_SUFFIX = ".jsonl"
 ACK_SUFFIX = ".ack"
@@ -129,7 +129,7 @@ class SpoolWriter:
         """A record's line without its sequence number: the JSON object minus its closing brace. The
         number is added as the object's last member (`,"n":N}`) when the line is written."""
         # bytes are bytes: a name that is not UTF-8 is carried exactly ({"b64": ...}, guard.text)
-        return orjson.dumps(to_record_deep(dict(record)))[:-1]
+        return record_json(dict(record))[:-1]
 
     def append(self, record: Mapping[str, Any]) -> int:
         """Write one record as one line with one write(2); -> its sequence number.

@@ -16,7 +16,7 @@ import orjson
 
 from guard.errors import GuardError, ProtocolError
 from guard.model import Action, Decision, Verdict
-from guard.text import from_record, to_record_deep
+from guard.text import from_record, record_json
 
 # The protocol number: bumped whenever a request, a reply or what an acknowledgement means changes.
 # 2: `hello` is the handshake (answered whatever the envelope's version), replies to recording ops are sent
@@ -308,10 +308,7 @@ def _parse_body(data: dict[str, Any], request_id: int | str) -> Request:
 def encode(message: Mapping[str, Any]) -> bytes:
     """One message as a line, newline included. Strings that are not valid UTF-8 (paths, argv, environment
     values in file-system form) travel in the trail's tagged form, which the field checks here accept."""
-    try:
-        return orjson.dumps(message) + b"\n"
-    except TypeError:
-        return orjson.dumps(to_record_deep(message)) + b"\n"
+    return record_json(message) + b"\n"
 
 
 def ok_reply(request_id: RequestId, result: Mapping[str, Any]) -> bytes:

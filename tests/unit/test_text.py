@@ -8,7 +8,7 @@ import unicodedata
 
 import orjson
 import pytest
-from hypothesis import given
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from guard.text import (
@@ -16,10 +16,12 @@ from guard.text import (
     from_record,
     is_record_text,
     json_for_terminal,
+    record_json,
     record_key,
     shown,
     shown_text,
     to_record,
+    to_record_deep,
     utf8_text,
 )
 
@@ -117,3 +119,40 @@ def test_json_for_terminal_keeps_the_value_and_drops_every_hidden_character(valu
     safe = json_for_terminal(line)
     assert orjson.loads(safe) == value
     assert not any(unicodedata.category(ch) in HIDDEN for ch in safe) and "\x1b" not in safe
+
+
+# Records as guard builds them: str in file-system form (any bytes, so lone surrogates), bytes, numbers,
+# None, booleans, tuples and lists, nested maps with str, bytes or (unrecordable) int keys.
+_leaf = st.one_of(st.binary(max_size=12).map(os.fsdecode), st.text(max_size=8), st.binary(max_size=6),
+                  st.integers(-(2 ** 70), 2 ** 70), st.floats(allow_nan=False), st.none(), st.booleans())
+_key = st.one_of(st.binary(max_size=8).map(os.fsdecode), st.text(max_size=6), st.binary(max_size=4),
+                 st.integers(0, 3))
+_record = st.recursive(_leaf, lambda inner: st.one_of(st.lists(inner, max_size=4),
+                                                      st.lists(inner, max_size=4).map(tuple),
+                                                      st.dictionaries(_key, inner, max_size=4)), max_leaves=20)
+
+
+@settings(max_examples=400)
+@given(st.dictionaries(st.text(max_size=6), _record, max_size=5))
+@example({"a": {1: "x"}})
+@example({"a": (1, [2.5, None, True])})
+@example({"big": 2 ** 64})
+def test_record_json_is_the_walk_encoded_byte_for_byte(record: dict[str, object]) -> None:
+    """orjson's own encoding is taken only where it equals encoding `to_record_deep`'s result; what the
+    walk cannot record either (an int key, an int past 64 bits) fails both ways."""
+    try:
+        walked = orjson.dumps(to_record_deep(record))
+    except TypeError:
+        with pytest.raises(TypeError):
+            record_json(record)
+        return
+    assert record_json(record) == walked
+
+
+def test_record_json_tags_what_is_not_utf8_as_the_walk_does() -> None:
+    record = {"action": {"target": os.fsdecode(b"/w/caf\xe9"), "argv": ("rm", os.fsdecode(b"\xff"))},
+              os.fsdecode(b"k\xfe"): b"\x80", "n": 3}
+    assert orjson.loads(record_json(record)) == {
+        "action": {"target": {"b64": base64.b64encode(b"/w/caf\xe9").decode()},
+                   "argv": ["rm", {"b64": base64.b64encode(b"\xff").decode()}]},
+        "b64:" + base64.b64encode(b"k\xfe").decode(): {"b64": base64.b64encode(b"\x80").decode()}, "n": 3}
