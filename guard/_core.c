@@ -2550,8 +2550,62 @@ done:
     return out;
 }
 
+/* read_task(pid, addr, size) -> bytes
+ * Up to `size` bytes of the task's memory at `addr`, stopping at the first page it cannot read: what the
+ * Python supervisor's _Task.read returns by pread of /proc/<pid>/mem, page by page, in one
+ * process_vm_readv (one iovec a page, so a partial read stops at a page as the kernel's own copy from the
+ * task would) instead of an open, a pread a page and a close. Why: a decision made in Python reads its
+ * path (and an exec its argv) first, and each of those calls let another thread take the interpreter's
+ * lock; this one keeps it (the read does not block: the pages are the task's, which waits for us).
+ * b"" when not even the first byte can be read; raises ProcessLookupError when the task is gone and
+ * OSError for any other refusal (EPERM). */
+#define READ_TASK_MAX (1 << 20)
+static PyObject *mod_read_task(PyObject *self, PyObject *args) {
+    int pid;
+    unsigned long long addr;
+    Py_ssize_t size;
+    if (!PyArg_ParseTuple(args, "iKn", &pid, &addr, &size)) return NULL;
+    if (pid <= 0 || size < 0 || size > READ_TASK_MAX) {
+        PyErr_SetString(PyExc_ValueError, "read_task: pid > 0 and 0 <= size <= 1 MiB");
+        return NULL;
+    }
+    if (size == 0 || addr == 0) return PyBytes_FromStringAndSize(NULL, 0);
+    if (addr > UINT64_MAX - (unsigned long long)size) size = (Py_ssize_t)(UINT64_MAX - addr);
+    PyObject *out = PyBytes_FromStringAndSize(NULL, size);
+    if (!out) return NULL;
+    char *buf = PyBytes_AS_STRING(out);
+    enum { PAGES = 64 };
+    struct iovec remote[PAGES];
+    size_t have = 0;
+    while (have < (size_t)size) {
+        int n = 0;
+        size_t batch = 0;
+        while (n < PAGES && have + batch < (size_t)size) {
+            uint64_t at = addr + have + batch;
+            size_t want = 4096 - (size_t)(at % 4096);
+            if (want > (size_t)size - have - batch) want = (size_t)size - have - batch;
+            remote[n].iov_base = (void *)(uintptr_t)at;
+            remote[n].iov_len = want;
+            batch += want;
+            n++;
+        }
+        struct iovec local = {buf + have, batch};
+        ssize_t got = process_vm_readv((pid_t)pid, &local, 1, remote, (unsigned long)n, 0);
+        if (got < 0) {
+            if (errno == EFAULT) break; /* the first page of this batch cannot be read */
+            Py_DECREF(out);
+            return PyErr_SetFromErrno(PyExc_OSError);
+        }
+        have += (size_t)got;
+        if ((size_t)got < batch) break; /* stopped at a page it cannot read */
+    }
+    if (have < (size_t)size && _PyBytes_Resize(&out, (Py_ssize_t)have) < 0) return NULL;
+    return out;
+}
+
 static PyMethodDef module_methods[] = {
     {"glob_match", mod_glob_match, METH_VARARGS, "glob_match(pattern, name) -> bool"},
+    {"read_task", mod_read_task, METH_VARARGS, "read_task(pid, addr, size) -> bytes (up to the first unreadable page)"},
     {"walk_links", mod_walk_links, METH_VARARGS,
      "walk_links(root, pruned, max_entries, clock_id, deadline) -> (links, entries, stop)"},
     {"glob_walk", mod_glob_walk, METH_VARARGS,

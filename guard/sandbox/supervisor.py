@@ -44,6 +44,7 @@ from guard.model import Action, Decision, Op, Verdict
 from guard.sandbox import syscalls_seccomp as sc
 from guard.sandbox._syscalls import CLONE_FS, unshare
 from guard.sandbox.agent_config import rename_programs_action
+from guard.sandbox.core import compiled
 from guard.sandbox.fastpath import FastPath
 from guard.sandbox.link_names import LinkMap, LinkNames
 from guard.sandbox.seccomp import ARCHES, FS_IOC_FSSETXATTR, SeccompSpec
@@ -222,6 +223,12 @@ _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
 _SOCKADDR_UN_MAX = 110
 
 
+# The compiled core's reader of a task's memory (process_vm_readv, one call, the interpreter's lock kept):
+# the same bytes as the pread of /proc/<pid>/mem below (tests/integration/test_supervisor.py compares
+# them); None without the core, and then the pread it is.
+_read_task: Callable[[int, int, int], bytes] | None = compiled("read_task")
+
+
 def _s32(value: int) -> int:
     value &= 0xFFFFFFFF
     return value - (1 << 32) if value & 0x80000000 else value
@@ -258,6 +265,14 @@ class _Task:
         """Up to `size` bytes at `addr`, stopping early at an unmapped page; EFAULT if none."""
         if addr == 0:
             raise _Reply(errno.EFAULT)
+        if _read_task is not None:
+            try:
+                got = _read_task(self.pid, addr, size)
+            except ProcessLookupError as exc:
+                raise _Gone() from exc
+            if not got:
+                raise _Reply(errno.EFAULT)
+            return got
         out = bytearray()
         while len(out) < size:
             want = min(4096 - (addr + len(out)) % 4096, size - len(out))
@@ -274,10 +289,12 @@ class _Task:
 
     def read_str(self, addr: int, limit: int) -> tuple[bytes, bool]:
         """The NUL-terminated string at `addr`, at most `limit` bytes; (text, complete)."""
+        # With the core, a read may span pages (it stops where they do): up to the end of the next page.
+        pages = 2 if _read_task is not None else 1
         out = bytearray()
         while len(out) < limit:
             start = addr + len(out)
-            want = min(4096 - start % 4096, limit - len(out))
+            want = min(4096 * pages - start % 4096, limit - len(out))
             try:
                 chunk = self.read(start, want)
             except _Reply:
