@@ -36,7 +36,6 @@ from pathlib import Path
 from typing import Any
 
 PY = "/usr/bin/python3"
-GUARD = [sys.executable, "-m", "guard"]
 
 FILES_PY = r"""
 import os, sys
@@ -187,11 +186,18 @@ class Scratch:
                     "XDG_CONFIG_HOME": str(self.home / ".config"),
                     "XDG_CACHE_HOME": str(self.home / ".cache"),
                     "XDG_STATE_HOME": str(self.root / "state"), "GIT_CONFIG_NOSYSTEM": "1"}
+        # guard itself, as `python -m guard` with this interpreter (and its options: see below)
+        self.guard_cmd = [sys.executable, "-m", "guard"]
         if not cold_bytecode:
             # An installed guard runs from cached bytecode; a checkout under PYTHONDONTWRITEBYTECODE
-            # would recompile every module at every launch (~90 ms here) and measure that instead.
+            # would recompile every module at every launch (~90 ms here) and measure that instead. The
+            # cache prefix is an option of guard's own interpreter, not of the environment: the workload
+            # inherits the environment, and a prefix in the scratch directory is out of every sandbox's
+            # view (/tmp is private to each), so each sandboxed python would compile the standard library
+            # afresh at every run while the bare one reused its bytecode.
             self.env.pop("PYTHONDONTWRITEBYTECODE", None)
-            self.env["PYTHONPYCACHEPREFIX"] = str(self.root / "pycache")
+            self.env.pop("PYTHONPYCACHEPREFIX", None)
+            self.guard_cmd[1:1] = ["-X", f"pycache_prefix={self.root / 'pycache'}"]
         self._n = 0
 
     def fresh_run_dir(self) -> Path:
@@ -207,11 +213,11 @@ class Scratch:
         return ["/bin/sh", str(self.ws / "workload.sh"), str(self.ws), str(self.files), str(self.size)]
 
     def guard(self, *args: str) -> list[str]:
-        return [*GUARD, "run", "--workspace", str(self.ws), *args]
+        return [*self.guard_cmd, "run", "--workspace", str(self.ws), *args]
 
     def daemon_pid(self, env: Mapping[str, str] | None = None) -> int | None:
-        res = subprocess.run([*GUARD, "daemon", "status", "--json"], env=env or self.env, capture_output=True,
-                             text=True, check=False)
+        res = subprocess.run([*self.guard_cmd, "daemon", "status", "--json"], env=env or self.env,
+                             capture_output=True, text=True, check=False)
         try:
             info: dict[str, Any] = json.loads(res.stdout)
         except ValueError:
@@ -220,8 +226,8 @@ class Scratch:
 
     def stop_daemon(self, env: Mapping[str, str] | None = None) -> None:
         pid = self.daemon_pid(env)
-        subprocess.run([*GUARD, "daemon", "stop"], env=env or self.env, capture_output=True, check=False,
-                       timeout=30)
+        subprocess.run([*self.guard_cmd, "daemon", "stop"], env=env or self.env, capture_output=True,
+                       check=False, timeout=30)
         if pid is not None:
             deadline = time.monotonic() + 10
             while time.monotonic() < deadline:
@@ -339,7 +345,7 @@ def main() -> int:
         print(f"scratch {s.root}; workload: {args.files} files of {args.size} B, "
               f"{len(IMPORTS)} stdlib imports, tar, git add+commit; "
               f"{args.rounds} rounds of {', '.join(modes)}", flush=True)
-        subprocess.run([*GUARD, "daemon", "start"], env=s.env, check=True, capture_output=True)
+        subprocess.run([*s.guard_cmd, "daemon", "start"], env=s.env, check=True, capture_output=True)
         # Warm-up, untimed: page cache, the daemon's first session, bwrap's first namespace setup.
         for mode, argv_for in modes.items():
             run = s.fresh_run_dir()
@@ -351,7 +357,7 @@ def main() -> int:
         times = run_rounds(s, 0 if args.launch_only else args.rounds, modes)
 
         launch_modes: dict[str, list[str]] = {"guard": [*s.guard(*policy), "--", "true"], "bare": ["true"],
-                                              "floor": [*GUARD, "--version"]}
+                                              "floor": [*s.guard_cmd, "--version"]}
         if bwrap:
             launch_modes["bwrap"] = [*bwrap_prefix(s.ws, s.home), "--", "true"]
         envs: dict[str, dict[str, str]] = {}
