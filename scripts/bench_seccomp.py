@@ -1,6 +1,8 @@
 """Throughput of the seccomp decision tier: write-opens per second bare, under the filter alone
 (read-only opens, which never leave the kernel), and through the notification supervisor; chmod (every
-attribute change is notified, as Landlock cannot judge them) bare and through the supervisor.
+attribute change is notified, as Landlock cannot judge them) bare and through the supervisor; and the
+floor: umask(2), which the compiled core answers at once (CONTINUE, nothing read or recorded), so its rate
+is the kernel's notification round trip on this machine and bounds what any answer can reach.
 
 Each loop runs in a forked child that times itself; the same run measures the bare baseline, so the
 ratios compare like with like on this machine. Last line: one JSON object.
@@ -39,6 +41,14 @@ def chmod_loop(path: str, n: int) -> float:
     start = time.perf_counter()
     for i in range(n):
         os.chmod(path, 0o600 | (i & 0o44))
+    return n / (time.perf_counter() - start)
+
+
+def umask_loop(n: int) -> float:
+    """The cheapest notification there is: the core lets every umask(2) through at once."""
+    start = time.perf_counter()
+    for _ in range(n):
+        os.umask(0o022)
     return n / (time.perf_counter() - start)
 
 
@@ -142,6 +152,7 @@ def main() -> None:
             "bare_create_per_s": (lambda: create_loop(os.path.join(tmp, "bare-new"), args.n), None),
             "core_create_per_s": (lambda: create_loop(os.path.join(tmp, "core-new"), args.n),
                                   seccomp.SeccompSpec()),
+            "core_floor_per_s": (lambda: umask_loop(args.n), seccomp.SeccompSpec()),
         }
         best: dict[str, float] = {}
         for round_no in range(args.rounds):
@@ -162,6 +173,7 @@ def main() -> None:
     result["core_us"] = round(1e6 / best["core_per_s"], 1)
     result["core_ratio"] = round(best["bare_per_s"] / best["core_per_s"], 2)
     result["core_create_ratio"] = round(best["bare_create_per_s"] / best["core_create_per_s"], 2)
+    result["floor_us"] = round(1e6 / best["core_floor_per_s"], 1)
     print(f"write-open, bare:             {result['bare_per_s']:>9}/s")
     print(f"write-open, via supervisor:   {result['notified_per_s']:>9}/s "
           f"({result['notified_us']} us each, {result['notified_ratio']}x bare)")
@@ -175,6 +187,8 @@ def main() -> None:
           "one Python worker, recorded in a spool; target >= 100000/s)")
     print(f"create, bare / core:          {result['bare_create_per_s']:>9}/s / "
           f"{result['core_create_per_s']}/s ({result['core_create_ratio']}x bare)")
+    print(f"floor, umask let through:     {result['core_floor_per_s']:>9}/s ({result['floor_us']} us each: "
+          "the notification round trip alone, the ceiling of any answer on this machine)")
     print(json.dumps(result))
 
 
