@@ -136,8 +136,10 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3, help="interleaved rounds; the best of each is kept")
     ap.add_argument("--workers", type=int, default=4,
                     help="supervisor worker threads (guard run uses 4)")
+    ap.add_argument("--dir", type=Path, default=None,
+                    help="where the files are made (default: $TMPDIR); a tmpfs measures guard, not the disk")
     args = ap.parse_args()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         path = os.path.join(tmp, "f")
         open(path, "w").close()
         write = os.O_WRONLY | os.O_CREAT
