@@ -61,6 +61,15 @@ def _layout() -> dict[str, int]:
     at["argv_hole"] = put(base + 2 * PAGE - 48, struct.pack("<Q", at["short"]))
     put(base + 2 * PAGE - 40, b"x" * 33)  # argv_hole's next pointers are "xxxx...", then the hole
     at["none_page"] = put(base + 3 * PAGE, b"/w/protected\0")
+    at["argv_long"] = put(base + 1000, struct.pack("<101Q", *([at["short"]] * 100), 0))
+    cut = _map(2)  # a slot the end of the mapping cuts in two
+    at["argv_split"] = put(cut + PAGE - 12, struct.pack("<Q", at["short"]) + b"\0\0\0\0")
+    assert _libc.munmap(cut + PAGE, PAGE) == 0
+    many = _map(3)  # more pointers than ARGV_MAX_ARGS, then another: truncated
+    at["argv_many"] = put(many, struct.pack(f"<{sv.ARGV_MAX_ARGS + 2}Q", *([at["short"]] * (sv.ARGV_MAX_ARGS + 1)), 0))
+    big = _map(40)  # strings past ARGV_MAX_BYTES: truncated by the budget
+    put(big, b"y" * (70 * 1024) + b"\0")
+    at["argv_budget"] = put(big + 70 * 1024 + 8, struct.pack("<4Q", big, big, big, 0))
     assert _libc.munmap(base + 2 * PAGE, PAGE) == 0
     assert _libc.mprotect(base + 3 * PAGE, PAGE, PROT_NONE) == 0
     return at
@@ -125,6 +134,10 @@ CASES: dict[str, Callable[[Any, dict[str, int]], Any]] = {
     "argv": lambda t, at: t.read_argv(at["argv"]),
     "argv with a pointer into the hole": lambda t, at: t.read_argv(at["argv_bad"]),
     "argv running into the hole": lambda t, at: t.read_argv(at["argv_hole"]),
+    "argv of 100": lambda t, at: t.read_argv(at["argv_long"]),
+    "argv whose slot the hole cuts": lambda t, at: t.read_argv(at["argv_split"]),
+    "argv past its count": lambda t, at: t.read_argv(at["argv_many"]),
+    "argv past its bytes": lambda t, at: t.read_argv(at["argv_budget"]),
 }
 
 
@@ -149,6 +162,11 @@ def test_the_layout_is_the_one_the_cases_mean(task):
         assert t.read_argv(at["argv"]) == (("/w/short.txt", "/w/across-the-page"), False)
         assert _outcome(lambda: t.read_argv(at["argv_bad"])) == ("reply", errno.EFAULT)
         assert _outcome(lambda: t.read_argv(at["argv_hole"])) == ("reply", errno.EFAULT)
+        assert _outcome(lambda: t.read_argv(at["argv_split"])) == ("reply", errno.EFAULT)
+        assert t.read_argv(at["argv_long"]) == (("/w/short.txt",) * 100, False)
+        assert t.read_argv(at["argv_many"]) == (("/w/short.txt",) * sv.ARGV_MAX_ARGS, True)
+        budget = t.read_argv(at["argv_budget"])
+        assert budget[1] and len(budget[0]) == 2 and len(budget[0][1]) < 70 * 1024, [len(a) for a in budget[0]]
 
 
 def test_a_page_the_task_cannot_read_is_efault_as_for_the_kernel(monkeypatch, task):
