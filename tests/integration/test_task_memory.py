@@ -67,6 +67,9 @@ def _layout() -> dict[str, int]:
     assert _libc.munmap(cut + PAGE, PAGE) == 0
     many = _map(3)  # more pointers than ARGV_MAX_ARGS, then another: truncated
     at["argv_many"] = put(many, struct.pack(f"<{sv.ARGV_MAX_ARGS + 2}Q", *([at["short"]] * (sv.ARGV_MAX_ARGS + 1)), 0))
+    exact = _map(3)  # exactly ARGV_MAX_ARGS, then the end: not truncated
+    at["argv_exact"] = put(exact, struct.pack(f"<{sv.ARGV_MAX_ARGS + 1}Q", *([at["short"]] * sv.ARGV_MAX_ARGS), 0))
+    at["argv_to_hole"] = put(base + 200, struct.pack("<2Q", at["to_hole"], 0))  # a word running into the hole
     big = _map(40)  # strings past ARGV_MAX_BYTES: truncated by the budget
     put(big, b"y" * (70 * 1024) + b"\0")
     at["argv_budget"] = put(big + 70 * 1024 + 8, struct.pack("<4Q", big, big, big, 0))
@@ -137,6 +140,8 @@ CASES: dict[str, Callable[[Any, dict[str, int]], Any]] = {
     "argv of 100": lambda t, at: t.read_argv(at["argv_long"]),
     "argv whose slot the hole cuts": lambda t, at: t.read_argv(at["argv_split"]),
     "argv past its count": lambda t, at: t.read_argv(at["argv_many"]),
+    "argv of exactly its count": lambda t, at: t.read_argv(at["argv_exact"]),
+    "argv with a word running into the hole": lambda t, at: t.read_argv(at["argv_to_hole"]),
     "argv past its bytes": lambda t, at: t.read_argv(at["argv_budget"]),
 }
 
@@ -165,6 +170,8 @@ def test_the_layout_is_the_one_the_cases_mean(task):
         assert _outcome(lambda: t.read_argv(at["argv_split"])) == ("reply", errno.EFAULT)
         assert t.read_argv(at["argv_long"]) == (("/w/short.txt",) * 100, False)
         assert t.read_argv(at["argv_many"]) == (("/w/short.txt",) * sv.ARGV_MAX_ARGS, True)
+        assert t.read_argv(at["argv_exact"]) == (("/w/short.txt",) * sv.ARGV_MAX_ARGS, False)
+        assert _outcome(lambda: t.read_argv(at["argv_to_hole"])) == ("reply", errno.EFAULT)
         budget = t.read_argv(at["argv_budget"])
         assert budget[1] and len(budget[0]) == 2 and len(budget[0][1]) < 70 * 1024, [len(a) for a in budget[0]]
 
