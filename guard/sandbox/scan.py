@@ -27,6 +27,7 @@ opens it.
 
 from __future__ import annotations
 
+import functools
 import os
 import re
 import stat
@@ -263,10 +264,11 @@ def _kind(mode: int) -> str:
     return "other"
 
 
-def path_fact(path: str) -> PathFact:
+def path_fact(path: str, islink: Callable[[str], bool] = os.path.islink) -> PathFact:
     """Resolve like the kernel will, except through /proc: /proc/self and /dev/stdout resolve to *this*
-    process's entries, which mean nothing inside the sandbox (kind `proc-link`, left unresolved)."""
-    if _through_proc_pid(path):
+    process's entries, which mean nothing inside the sandbox (kind `proc-link`, left unresolved).
+    `islink` may answer from what this scan already looked at (the paths share their leading parts)."""
+    if _through_proc_pid(path, islink):
         return PathFact(path, "proc-link", path)
     resolved = os.path.realpath(path)
     links = _symlinks_on_the_way(path) if resolved != os.path.normpath(path) else ()
@@ -306,14 +308,14 @@ def _via_proc_pid(path: str) -> bool:
     return comps[1] in ("self", "thread-self") or comps[1].isdigit()
 
 
-def _through_proc_pid(path: str) -> bool:
+def _through_proc_pid(path: str, islink: Callable[[str], bool] = os.path.islink) -> bool:
     """Whether resolving `path` (symlink by symlink) passes through a per-process /proc entry."""
     parts, cur, hops = _components(path), "/", 0
     while parts:
         nxt = os.path.normpath(os.path.join(cur, parts.pop(0)))
         if _via_proc_pid(nxt):
             return True
-        if not os.path.islink(nxt):
+        if not islink(nxt):
             cur = nxt
             continue
         hops += 1
@@ -572,11 +574,15 @@ def _bounded(pattern: str) -> bool:
     return "**" not in _components(pattern)
 
 
-def _expand(pattern: str, budget: _Budget, unreadable: list[str]) -> list[str]:
+def _expand(pattern: str, budget: _Budget, unreadable: list[str],
+            listed: dict[str, list[str] | None] | None = None) -> list[str]:
     """Existing paths matching a `**`-free glob, level by level from its literal prefix (like glob(3),
-    without following a symlinked last component)."""
+    without following a symlinked last component). `listed` keeps each directory's sorted names for the
+    other globs of the same scan (five of the default policy's list /tmp, which on a workstation holds
+    hundreds of entries); None for one that could not be listed."""
     comps = _components(pattern)
     paths = ["/"]
+    listed = {} if listed is None else listed
     for i, comp in enumerate(comps):
         nxt: list[str] = []
         last = i == len(comps) - 1
@@ -587,19 +593,26 @@ def _expand(pattern: str, budget: _Budget, unreadable: list[str]) -> list[str]:
                 if os.path.lexists(cand) and (last or os.path.isdir(cand)):
                     nxt.append(cand)
                 continue
-            try:
-                with os.scandir(base) as it:
-                    names = [e.name for e in it]
-            except OSError as exc:
-                if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
-                    unreadable.append(f"{base}: {exc.strerror}")
+            if base not in listed:
+                try:
+                    with os.scandir(base) as it:
+                        listed[base] = sorted(e.name for e in it)
+                except OSError as exc:
+                    listed[base] = None
+                    if not isinstance(exc, (FileNotFoundError, NotADirectoryError)):
+                        unreadable.append(f"{base}: {exc.strerror}")
+                    continue
+                budget.left -= len(listed[base] or ())
+                if budget.left < 0:
+                    raise budget.exhausted(base)
+            names = listed[base]
+            if names is None:
                 continue
-            budget.left -= len(names)
-            if budget.left < 0:
-                raise budget.exhausted(base)
-            for name in sorted(names):
+            for name in names:
+                if not seg.matches("/" + name):
+                    continue
                 cand = os.path.join(base, name)
-                if seg.matches("/" + name) and (last or os.path.isdir(cand)):
+                if last or os.path.isdir(cand):
                     nxt.append(cand)
         paths = nxt
     return paths
@@ -622,9 +635,10 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
     unreadable: list[str] = []
 
     facts: dict[str, PathFact] = {}
+    islink = functools.lru_cache(maxsize=None)(os.path.islink)  # one look per name for this scan
     for path in [g[0] for g in grants] + [t.prefix for t in targets] + list(TERMINAL_PATHS) + [ws]:
         if path not in facts:
-            facts[path] = path_fact(path)
+            facts[path] = path_fact(path, islink)
 
     matches: dict[str, Match] = {}
     missing: list[MissingDeny] = []
@@ -683,11 +697,12 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
 
     # 2. globs without `**` (`/tmp/krb5cc_*`): their matches lie at one depth, found by listing
     globs = [t for t in targets if not t.subtree]
+    listed: dict[str, list[str] | None] = {}
     for t in globs:
         if not _bounded(t.pattern):
             continue
-        for path in _expand(t.pattern, budget, unreadable):
-            target = path_fact(path)  # a matched symlink hides what it points at
+        for path in _expand(t.pattern, budget, unreadable, listed):
+            target = path_fact(path, islink)  # a matched symlink hides what it points at
             if target.kind not in ("missing", "proc-link"):
                 protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),
                         walk_dir=True)
@@ -723,7 +738,7 @@ def scan_launch_facts(policy: PolicyLike, *, workspace: Path, protected: Sequenc
         def on_match(path: str, name: str, parent: str, kind: str, names: _Names = names) -> bool:
             for t in names.candidates(path, name, parent):
                 if t.glob.matches(path):
-                    target = path_fact(path)  # a matched symlink hides what it points at
+                    target = path_fact(path, islink)  # a matched symlink hides what it points at
                     if target.kind == "missing":
                         return False
                     protect(Match(target.resolved, target.kind, t.rule_id, t.ops, t.verdict, via(t)),

@@ -412,6 +412,47 @@ def test_globs_without_double_star_are_expanded_by_listing(tmp_path: Path) -> No
     assert hit == {str(t["scratch"] / "krb5cc_1000"): "file", str(t["scratch"] / "krb5cc_other"): "dir"}
 
 
+def test_a_directory_several_globs_list_is_listed_once_and_each_finds_its_own(tmp_path: Path,
+                                                                              monkeypatch) -> None:
+    """Five of the default policy's globs list /tmp (krb5cc_*, dbus-*, .s.PGSQL.*, vscode-*): one listing
+    serves them all, and each still gets exactly its matches."""
+    t = _home_layout(tmp_path)
+    for name in ("krb5cc_1000", "dbus-abc", ".s.PGSQL.5432", "other", "krb5cc_x"):
+        (t["scratch"] / name).write_text("x")
+    pol = Pol((*_home_policy(t).rules,
+               Rule("krb", Verdict.DENY, RW, (f"{t['scratch']}/krb5cc_*",)),
+               Rule("dbus", Verdict.DENY, RW, (f"{t['scratch']}/dbus-*",)),
+               Rule("pg", Verdict.DENY, RW, (f"{t['scratch']}/.s.PGSQL.*",))))
+    listed: list[str] = []
+    real = os.scandir
+
+    def counting(path: object = ".") -> object:
+        listed.append(os.fspath(path))  # type: ignore[arg-type]
+        return real(path)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(os, "scandir", counting)
+    facts = scan_launch_facts(pol, workspace=t["ws"], protected=[t["gh"]], home=t["home"])
+    assert listed.count(str(t["scratch"])) == 1, listed
+    hit = {(m.rule_id, os.path.basename(m.path)) for m in facts.matches if m.rule_id in ("krb", "dbus", "pg")}
+    assert hit == {("krb", "krb5cc_1000"), ("krb", "krb5cc_x"), ("dbus", "dbus-abc"), ("pg", ".s.PGSQL.5432")}
+
+
+def test_each_name_is_looked_at_once_a_scan_for_the_proc_check(tree: dict[str, Path], monkeypatch) -> None:
+    """The facts of a launch share their leading directories (the home, the workspace): whether a name on
+    the way is a symlink is asked of the kernel once per scan, not once per path."""
+    asked: list[str] = []
+    real = os.path.islink
+
+    def counting(path: str) -> bool:
+        asked.append(path)
+        return real(path)
+
+    monkeypatch.setattr(os.path, "islink", counting)
+    facts, _ = _plan(tree, _policy(tree))
+    assert asked and len(asked) == len(set(asked)), sorted(p for p in set(asked) if asked.count(p) > 1)
+    assert facts.fact(str(tree["home"] / ".ssh")) is not None
+
+
 def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) -> None:
     t = _home_layout(tmp_path)
 
