@@ -26,7 +26,7 @@ from guard.errors import Location, UsageError
 from guard.model import Action, Decision, Kind, Op, Verdict, parse_action, split_host_port
 from guard.policy._tools import Form, exec_forms, is_known_program, line_forms, window_forms
 from guard.policy.hosts import HostKind, IPAddress, normalize_host, parse_ip, proper_suffixes
-from guard.policy.paths import ancestors, normalize_path
+from guard.policy.paths import PathPattern, ancestors, normalize_path
 from guard.policy.rules import FileRule, Rule
 from guard.policy.shell import MANY, ONE, WILDCARDS
 
@@ -208,6 +208,12 @@ class Policy:
 
     def file_rules(self) -> tuple[FileRule, ...]:
         return tuple(rule.to_file_rule() for rule in self._rules if rule.kind is Kind.FILE)
+
+    def path_patterns(self) -> dict[str, PathPattern]:
+        """Every path pattern of the file rules (excepts too) by its text, as compiled: the launch scan
+        matches with these rather than compiling the same texts again (guard.sandbox.scan.deny_targets)."""
+        return {p.text: p for rule in self._rules if rule.kind is Kind.FILE
+                for p in (*rule.paths, *rule.except_paths)}
 
     @property
     def variables(self) -> Mapping[str, str]:

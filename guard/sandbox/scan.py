@@ -196,10 +196,14 @@ def deny_targets(policy: PolicyLike, protected: Sequence[Path],
     """Everything a mask or a write-protection may be needed for: deny and ask rules (not audit-only),
     the excepts of allow rules (carved out of a grant), and the guard's own files."""
     out: list[_Target] = []
+    # the engine's own compiled patterns, by text (a policy built from a policy document has them)
+    compiled_by_text = getattr(policy, "path_patterns", None)
+    known: dict[str, PathPattern] = compiled_by_text() if callable(compiled_by_text) else {}
 
     def add(pattern: str, rule_id: str, ops: frozenset[Op], verdict: Verdict, carve: bool = False) -> None:
         pattern = pattern if pattern.startswith("/") else "/" + pattern
-        out.append(_Target(pattern, rule_id, ops, verdict, matcher(pattern), literal_prefix(pattern),
+        glob = known.get(pattern) or matcher(pattern)
+        out.append(_Target(pattern, rule_id, ops, verdict, glob, literal_prefix(pattern),
                            is_subtree_pattern(pattern), carve))
 
     for rule in policy.file_rules():

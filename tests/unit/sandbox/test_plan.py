@@ -453,6 +453,31 @@ def test_each_name_is_looked_at_once_a_scan_for_the_proc_check(tree: dict[str, P
     assert facts.fact(str(tree["home"] / ".ssh")) is not None
 
 
+@pytest.mark.parametrize("name", ["base", "coding-agent", "offline", "review-readonly"])
+def test_the_scan_matches_with_the_engines_compiled_patterns_which_are_its_own(name: str, tmp_path: Path) -> None:
+    """deny_targets takes each rule's pattern as the engine compiled it (no second compile at launch): for
+    every shipped policy that is exactly what compiling the pattern's text gives, and the targets are the
+    same as without the engine's patterns."""
+    from guard.policy import load_policy
+    from guard.policy.paths import compile_path
+    from guard.sandbox.scan import deny_targets
+
+    home, ws = tmp_path / "home", tmp_path / "home" / "ws"
+    ws.mkdir(parents=True)
+    policy = load_policy(name, workspace=ws, home=home, env={"HOME": str(home), "TMPDIR": "/tmp"})
+    known = policy.path_patterns()
+    assert known and all(compile_path(text) == pattern for text, pattern in known.items())
+
+    class TextsOnly:  # the same rules, no compiled patterns to take
+        def file_rules(self):  # type: ignore[no-untyped-def]
+            return policy.file_rules()
+
+    with_engine = deny_targets(policy, [tmp_path / "gh"])
+    compiled_here = deny_targets(TextsOnly(), [tmp_path / "gh"])  # type: ignore[arg-type]
+    assert with_engine == compiled_here
+    assert any(t.glob is known.get(t.pattern) for t in with_engine)
+
+
 def test_private_write_grants_become_layers_or_lose_their_write(tmp_path: Path) -> None:
     t = _home_layout(tmp_path)
 
