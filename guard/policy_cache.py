@@ -24,7 +24,6 @@ import pickle
 import re
 import stat
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -143,6 +142,8 @@ def _write(entry_path: Path, policy: Policy, visited: list[Path], env: Mapping[s
     ensure_private_dir(directory)
     data = pickle.dumps({"format": FORMAT, "sources": sources, "variables": variables, "policy": policy},
                         protocol=pickle.HIGHEST_PROTOCOL)
+    import tempfile  # here: a launch that reads the cache does not pay for it (nor for `random`)
+
     fd, tmp = tempfile.mkstemp(prefix=".policy-", dir=directory)  # mode 0600
     try:
         with os.fdopen(fd, "wb") as fh:
