@@ -116,13 +116,16 @@ def _mount_kind(m: Match) -> MountKind:
     return MountKind.NO_EXEC
 
 
-def _grants(policy: PolicyLike, facts: LaunchFacts, handled: int) -> tuple[list[ll.PathGrant], list[str]]:
+Prefixes = Sequence[tuple[str, frozenset[Op], str]]  # grant_prefixes(policy), computed once a plan
+
+
+def _grants(prefixes: Prefixes, facts: LaunchFacts, handled: int) -> tuple[list[ll.PathGrant], list[str]]:
     merged: dict[str, tuple[int, bool, tuple[str, ...]]] = {}
     notes: list[str] = []
     missing: list[str] = []
     widened_proc: list[str] = []
     via_target: list[str] = []
-    for prefix, ops, rule_id in grant_prefixes(policy):
+    for prefix, ops, rule_id in prefixes:
         fact = facts.fact(prefix)
         if fact is None or fact.kind == "missing":
             missing.append(prefix)
@@ -268,14 +271,14 @@ def _flags(rights: int) -> tuple[bool, bool]:
     return not writable, not rights & ll.EXEC_RIGHTS
 
 
-def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant], policy: PolicyLike,
+def _carve(path: str, rule_id: str, reason: str, grants: Sequence[ll.PathGrant], prefixes: Prefixes,
            facts: LaunchFacts) -> MountOp:
     """The carve of `path`: the other rules' grants inside it, outermost first (a deeper one only when
     it needs other flags than the exposure around it), plus the symlinks leading to them."""
-    return MountOp(MountKind.CARVE, path, reason, _exposures(path, {rule_id}, grants, policy, facts))
+    return MountOp(MountKind.CARVE, path, reason, _exposures(path, {rule_id}, grants, prefixes, facts))
 
 
-def _exposures(path: str, own: set[str], grants: Sequence[ll.PathGrant], policy: PolicyLike,
+def _exposures(path: str, own: set[str], grants: Sequence[ll.PathGrant], prefixes: Prefixes,
                facts: LaunchFacts, nested: Sequence[str] = ()) -> tuple[Exposure, ...]:
     """What a tmpfs over `path` puts back: the grants inside it of rules other than `own`, and the
     symlinks leading to them. Within `nested` (carves applied after this tmpfs) only their root, as a
@@ -292,7 +295,7 @@ def _exposures(path: str, own: set[str], grants: Sequence[ll.PathGrant], policy:
             continue
         binds.append(Exposure(g.path, "dir" if g.is_dir else "file", read_only=ro, no_exec=nx))
     links: dict[str, str] = {}
-    for prefix, _, rid in grant_prefixes(policy):
+    for prefix, _, rid in prefixes:
         fact = facts.fact(prefix)
         if rid in own or fact is None:
             continue
@@ -314,7 +317,7 @@ AUDIT_MODE_RULE = "guard:audit-mode"
 AUDIT_NEVER_WRITABLE = ("/proc", "/sys", "/dev")
 
 
-def _scratch_tmpfs(grants: Sequence[ll.PathGrant], mounts: Sequence[MountOp], policy: PolicyLike,
+def _scratch_tmpfs(grants: Sequence[ll.PathGrant], mounts: Sequence[MountOp], prefixes: Prefixes,
                    facts: LaunchFacts, scratch: Sequence[str]) -> list[MountOp]:
     """A fresh tmpfs over each scratch directory the policy grants write on as a whole; the grants of
     other rules inside it (a workspace or home under /tmp) are bound back, same-rule directory grants
@@ -331,7 +334,7 @@ def _scratch_tmpfs(grants: Sequence[ll.PathGrant], mounts: Sequence[MountOp], po
         own = {r for g in own_grants for r in g.rule_ids}
         nested = [m.path for m in mounts if m.kind is MountKind.CARVE and is_beneath(m.path, path)
                   and m.path != path]
-        expose = list(_exposures(path, own, grants, policy, facts, nested))
+        expose = list(_exposures(path, own, grants, prefixes, facts, nested))
         exposed = [e.path for e in expose if e.kind != "link"]
         for g in grants:
             if (g.is_dir and g.path != path and is_beneath(g.path, path) and not set(g.rule_ids) - own
@@ -567,7 +570,8 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
     audit = getattr(policy, "mode", "enforce") == "audit"
     if audit:  # the host's /tmp stays shared: what the policy would refuse there is recorded, not hidden
         scratch = tuple(p for p in scratch if p not in ("/tmp", "/var/tmp"))
-    grants, missing_grants = _grants(policy, facts, handled)
+    prefixes = grant_prefixes(policy)
+    grants, missing_grants = _grants(prefixes, facts, handled)
     mounts, carvers = _mounts(facts, grants, abi > 0, decided_asks)
     # deny wins: a grant inside a hidden directory is dead (and its path is gone inside the sandbox)
     hidden = [m.path for m in mounts if m.kind is MountKind.HIDE_DIR]
@@ -576,12 +580,12 @@ def build_plan(policy: PolicyLike, facts: LaunchFacts, *, workspace: Path, prote
         grants = [g for g in grants if g not in dead]
         missing_grants.append("inside hidden (denied) directories, so not granted: "
                               + ", ".join(g.path for g in dead))
-    mounts = [_carve(m.path, carvers[m.path], m.reason, grants, policy, facts)
+    mounts = [_carve(m.path, carvers[m.path], m.reason, grants, prefixes, facts)
               if m.kind is MountKind.CARVE else m for m in mounts]
     # without Landlock (abi 0) no right is handled, but the scratch places are still made private: the
     # policy's tmp rule lets code run there, which is only safe in a tmpfs of the session's own
-    scratch_grants = grants if abi > 0 else _grants(policy, facts, ll.handled_fs(99))[0]
-    private = _scratch_tmpfs(scratch_grants, mounts, policy, facts, scratch)
+    scratch_grants = grants if abi > 0 else _grants(prefixes, facts, ll.handled_fs(99))[0]
+    private = _scratch_tmpfs(scratch_grants, mounts, prefixes, facts, scratch)
     mounts = [m for m in mounts if not any(m.path == p.path for p in private)] + private
     mounts, grants = _arrange(mounts, grants, facts)
     layers, grants, private_line = _cache_layers(policy, facts, grants, mounts, private_root)
