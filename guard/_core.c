@@ -46,6 +46,7 @@
 #include <string.h>
 #include <dirent.h>
 #include <sys/eventfd.h>
+#include <sys/resource.h>
 #include <sys/ioctl.h>
 #include <sys/stat.h>
 #include <sys/statfs.h>
@@ -674,33 +675,45 @@ typedef struct {
  * /proc/<pid>/cwd, read before the notification is re-validated) and the call's path, which must be
  * plain. So the directory acted in is the one whose name was judged, as with a fresh openat2; the table
  * lookup by inode and every later check are unchanged. A descriptor in use by a call is never evicted.
- * Why 64: work spreads its writes over many directories at once (git's 256 object directories, a tar or a
- * package manager filling a tree, a build's output directories); with 8 kept, a round of writes over 30
- * directories missed on every write. 64 O_PATH descriptors a receiver; the table is allocated by each
- * receiver (no other thread pays for it), and a receiver that cannot allocate it keeps nothing. */
-#define DIR_CACHE 64
+ * Why up to 64: work spreads its writes over many directories at once (git's 256 object directories, a
+ * tar or a package manager filling a tree, a build's output directories); with 8 kept, a round of writes
+ * over 30 directories missed on every write. Each receiver allocates its own table (no other thread pays
+ * for it) and keeps nothing when it cannot. The descriptors it holds count against guard run's limit of
+ * open files (the user's, often 1024, sometimes 256), which the proxy's connections and the rest of the
+ * supervisor need too: a receiver keeps at most 1/32 of the soft limit (64 from 2048 up, 8 at 256). */
+#define DIR_CACHE_MAX 64
+#define DIR_CACHE_MIN 4
 typedef struct { char path[PATH_LIMIT]; size_t len; int fd; int pins; struct stat st; } CachedDir;
 static __thread CachedDir *dir_cache;
+static __thread int dir_cache_size;
 static __thread int dir_cache_next;
 /* Set by receiver_main, which sets up the cache and frees it: only a receiver keeps directories. */
 static __thread int is_receiver;
 
+static int dir_cache_capacity(void) {
+    struct rlimit rl;
+    if (getrlimit(RLIMIT_NOFILE, &rl) != 0) return DIR_CACHE_MIN;
+    rlim_t share = rl.rlim_cur == RLIM_INFINITY ? DIR_CACHE_MAX : rl.rlim_cur / 32;
+    return share >= DIR_CACHE_MAX ? DIR_CACHE_MAX : share <= DIR_CACHE_MIN ? DIR_CACHE_MIN : (int)share;
+}
+
 static void dir_cache_init(void) {
-    dir_cache = malloc(sizeof(CachedDir) * DIR_CACHE);
+    dir_cache_size = dir_cache_capacity();
+    dir_cache = malloc(sizeof(CachedDir) * (size_t)dir_cache_size);
     if (!dir_cache) return;
-    for (int i = 0; i < DIR_CACHE; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
+    for (int i = 0; i < dir_cache_size; i++) { dir_cache[i].fd = -1; dir_cache[i].len = 0; dir_cache[i].pins = 0; }
 }
 
 static void dir_cache_free(void) {
     if (!dir_cache) return;
-    for (int i = 0; i < DIR_CACHE; i++) if (dir_cache[i].fd >= 0) { close(dir_cache[i].fd); dir_cache[i].fd = -1; }
+    for (int i = 0; i < dir_cache_size; i++) if (dir_cache[i].fd >= 0) { close(dir_cache[i].fd); dir_cache[i].fd = -1; }
     free(dir_cache);
     dir_cache = NULL;
 }
 
 static int dir_cache_find(const char *path, size_t len) {
     if (!dir_cache) return -1;
-    for (int i = 0; i < DIR_CACHE; i++)
+    for (int i = 0; i < dir_cache_size; i++)
         if (dir_cache[i].fd >= 0 && dir_cache[i].len == len && memcmp(dir_cache[i].path, path, len) == 0) return i;
     return -1;
 }
@@ -716,9 +729,9 @@ static void dir_cache_drop(int i) {
  * is in use by this call (the caller then keeps and closes it). */
 static int dir_cache_put(const char *path, size_t len, int fd, const struct stat *st) {
     if (len >= PATH_LIMIT || !dir_cache) return -1;
-    for (int tries = 0; tries < DIR_CACHE; tries++) {
+    for (int tries = 0; tries < dir_cache_size; tries++) {
         int i = dir_cache_next;
-        dir_cache_next = (dir_cache_next + 1) % DIR_CACHE;
+        dir_cache_next = (dir_cache_next + 1) % dir_cache_size;
         if (dir_cache[i].pins) continue;
         if (dir_cache[i].fd >= 0) close(dir_cache[i].fd);
         memcpy(dir_cache[i].path, path, len);
