@@ -49,8 +49,9 @@ def protected_link_names(roots: Iterable[str], *, max_entries: int = LINK_SCAN_M
     under the home (its node_modules) would spend the whole budget of the home's walk. A protected root
     inside a skipped tree (the workspace's .git/hooks) is still walked.
 
-    `cancelled` is asked after each directory; when it says yes the walk stops and raises SandboxError
-    (a partial map must never pass for a whole one)."""
+    `cancelled` is asked after each directory (after each root when the compiled core walks it, bounded
+    by the same entries and clock); when it says yes the walk raises SandboxError (a partial map must
+    never pass for a whole one)."""
     found: dict[str, list[str]] = {}
     deadline = clock() + seconds
     skipped = tuple(skip)
@@ -203,5 +204,6 @@ class LinkNames:
         return self._done.is_set()
 
     def cancel(self) -> None:
-        """Stop a walk still going (the session is ending); a later get() raises."""
+        """Stop a walk still going (the session is ending): it settles with an error, so a get() after
+        it raises. A map already whole stays whole."""
         self._cancel.set()

@@ -224,7 +224,7 @@ _SOCKADDR_UN_MAX = 110
 
 
 # The compiled core's reader of a task's memory (process_vm_readv, one call, the interpreter's lock kept):
-# the same bytes as the pread of /proc/<pid>/mem below (tests/integration/test_supervisor.py compares
+# the same bytes as the pread of /proc/<pid>/mem below (tests/integration/test_task_memory.py compares
 # them); None without the core, and then the pread it is.
 _read_task: Callable[[int, int, int], bytes] | None = compiled("read_task")
 
