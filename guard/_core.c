@@ -2568,8 +2568,8 @@ done:
  * Python supervisor's _Task.read returns by pread of /proc/<pid>/mem, page by page, in one
  * process_vm_readv (one iovec a page, so a partial read stops at a page as the kernel's own copy from the
  * task would) instead of an open, a pread a page and a close. Why: a decision made in Python reads its
- * path (and an exec its argv) first, and each of those calls let another thread take the interpreter's
- * lock; this one keeps it (the read does not block: the pages are the task's, which waits for us).
+ * path (and an exec its argv) first, three system calls each letting another thread take the
+ * interpreter's lock; this is one. The lock is let go for it: a page may be slow to fault in.
  * b"" when not even the first byte can be read; raises ProcessLookupError when the task is gone and
  * OSError for any other refusal (EPERM). */
 #define READ_TASK_MAX (1 << 20)
@@ -2603,7 +2603,15 @@ static PyObject *mod_read_task(PyObject *self, PyObject *args) {
             n++;
         }
         struct iovec local = {buf + have, batch};
-        ssize_t got = process_vm_readv((pid_t)pid, &local, 1, remote, (unsigned long)n, 0);
+        ssize_t got;
+        int err;
+        /* without the interpreter's lock: a page of the task's may be slow to fault in (a hung network
+         * mount, a userfaultfd), and every other thread of guard run must go on meanwhile */
+        Py_BEGIN_ALLOW_THREADS
+        got = process_vm_readv((pid_t)pid, &local, 1, remote, (unsigned long)n, 0);
+        err = errno;
+        Py_END_ALLOW_THREADS
+        errno = err;
         if (got < 0) {
             if (errno == EFAULT) break; /* the first page of this batch cannot be read */
             Py_DECREF(out);

@@ -223,7 +223,7 @@ _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
 _SOCKADDR_UN_MAX = 110
 
 
-# The compiled core's reader of a task's memory (process_vm_readv, one call, the interpreter's lock kept):
+# The compiled core's reader of a task's memory (one process_vm_readv, the interpreter's lock let go):
 # the same bytes as the pread of /proc/<pid>/mem below (tests/integration/test_task_memory.py compares
 # them); None without the core, and then the pread it is.
 _read_task: Callable[[int, int, int], bytes] | None = compiled("read_task")

@@ -199,3 +199,76 @@ def test_a_task_that_is_gone_is_gone_for_both(monkeypatch):
     os.waitpid(pid, 0)
     core, proc = _both(monkeypatch, pid, lambda t: t.read_path(4096))
     assert core == proc == ("gone", None)
+
+
+_UFFDIO_API = 0xC018AA3F  # _IOWR(0xAA, 0x3F, struct uffdio_api)
+_UFFDIO_REGISTER = 0xC020AA00  # _IOWR(0xAA, 0x00, struct uffdio_register)
+_NR_USERFAULTFD = 323  # x86_64
+
+
+def _stalling_page(report: int, go: int) -> None:
+    """In the child: a page whose first touch waits on a userfaultfd nobody serves; say where it is, say
+    when a reader is stuck on it, then wait (at most 20 s) to be told to let go; say which happened."""
+    import fcntl
+    import select
+
+    uffd = _libc.syscall(_NR_USERFAULTFD, os.O_CLOEXEC | os.O_NONBLOCK)
+    if uffd < 0:
+        os.write(report, b"none\n")
+        return
+    fcntl.ioctl(uffd, _UFFDIO_API, bytearray(struct.pack("<3Q", 0xAA, 0, 0)))
+    page = _map(1)
+    fcntl.ioctl(uffd, _UFFDIO_REGISTER, bytearray(struct.pack("<4Q", page, PAGE, 1, 0)))  # MODE_MISSING
+    os.write(report, f"{page}\n".encode())
+    stuck = select.select([uffd], [], [], 20)[0]
+    os.write(report, b"stuck\n" if stuck else b"never\n")
+    told = select.select([go], [], [], 20)[0]
+    os.write(report, b"released\n" if told else b"timed-out\n")
+    os.close(uffd)  # the reader's fault then completes (a zero page)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="a userfaultfd that stalls kernel reads needs root "
+                                                "(vm.unprivileged_userfaultfd)")
+@pytest.mark.skipif(os.uname().machine != "x86_64", reason="the userfaultfd syscall number is x86_64's")
+def test_a_read_that_stalls_on_the_tasks_page_does_not_stall_guard(monkeypatch):
+    """A task can make a page of its own slow to read (a userfaultfd; a hung network mount does it too).
+    The supervisor thread reading it waits; every other thread of guard run (the recorder, the watchdog
+    that would kill the sandbox, the proxy) must go on meanwhile: the reader lets the interpreter's lock
+    go. Here the main thread must answer the task while a worker is stuck in the read."""
+    import threading
+
+    report_r, report_w = os.pipe()
+    go_r, go_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.close(report_r)
+            os.close(go_w)
+            _stalling_page(report_w, go_r)
+        finally:
+            os._exit(0)
+    os.close(report_w)
+    os.close(go_r)
+    lines = os.fdopen(report_r, "rb")
+    try:
+        first = lines.readline().strip()
+        if first == b"none":
+            pytest.skip("userfaultfd is not available here")
+        page = int(first)
+        got: list[object] = []
+
+        def reader() -> None:
+            with ExitStack() as stack:
+                got.append(_outcome(lambda: sv._Task(pid, stack).read(page, 16)))
+
+        worker = threading.Thread(target=reader, daemon=True)
+        worker.start()
+        assert lines.readline().strip() == b"stuck"  # the worker is inside the read, waiting on the page
+        os.write(go_w, b"x")  # Python on another thread: impossible if the stuck read held the lock
+        assert lines.readline().strip() == b"released"
+        worker.join(timeout=30)
+        assert not worker.is_alive() and got == [("ok", bytes(16))], got
+    finally:
+        os.close(go_w)
+        lines.close()
+        os.waitpid(pid, 0)
