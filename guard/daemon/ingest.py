@@ -128,6 +128,12 @@ class SpoolIngest:
         return result
 
     def _append_line(self, session: str, n: int, record: dict[str, Any], result: IngestResult) -> int | None:
+        shaped = p.trail_decision(record)
+        if shaped is not None:  # the common record, already in the trail's shape (what decision_event makes)
+            action, decision, enforced = shaped
+            result.verdicts.append(enforced)
+            return self._append({"source": "client", "spool": n, "type": "decision", "session": session,
+                                 "action": action, "decision": decision})
         kind = record.get("type")
         if kind == END_MARKER:
             fields = {k: v for k, v in record.items() if k != "type"}
