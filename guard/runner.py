@@ -27,7 +27,7 @@ import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from guard import dataclass_code
 from guard.errors import GuardError, SandboxError
@@ -36,6 +36,9 @@ from guard.model import Action, Decision
 from guard.session import Decider, Recorder, RecordingLimits, Tally, decision_record
 from guard.spool import SpoolWriter
 from guard.text import shown_text
+
+if TYPE_CHECKING:
+    from guard.policy.engine import Policy
 
 # The loopback port inside the sandbox's network namespace where the proxy answers.
 PROXY_PORT = 3128
@@ -134,12 +137,11 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
     from guard.sandbox.audit_mode import enforce_kernel_state
     from guard.sandbox.config_watch import ConfigWatch
     from guard.sandbox.fastpath import FastPath
-    from guard.sandbox.git_launch import augment as augment_git
-    from guard.sandbox.git_launch import bare_repos_under, include_targets, launch_configs, work_trees
+    from guard.sandbox.git_launch import launch_policy as launch_git_policy
     from guard.sandbox.launch import spawn
     from guard.sandbox.link_names import LinkNames
     from guard.sandbox.plan import build_plan
-    from guard.sandbox.scan import scan_launch_facts
+    from guard.sandbox.scan import LaunchFacts, scan_launch_facts
     from guard.sandbox.seccomp import SeccompSpec
     from guard.sandbox.state_dirs import create_state_dirs
     from guard.sandbox.state_dirs import describe as describe_state_dirs
@@ -185,22 +187,17 @@ def _run_guarded(opts: RunOptions, out: Callable[[str], None] | None, collecting
         created = create_state_dirs(policy, Path(policy.home))  # before the scan: Landlock needs them
         env, credential_files = agent_env(opts.env, PROXY_PORT, policy.pass_env)
         hideable = _hideable(credential_files, workspace, opts.env)
-        facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                  max_entries=policy.scan_max_entries, credential_files=hideable,
-                                  unhunted=[home / "layers"])
-        # git's include targets and the workspace's bare repositories become rules of their own (see
-        # guard.sandbox.git_launch); the scan runs again with them, only when there are any
-        bare = bare_repos_under(os.path.realpath(workspace), facts.head_dirs)
-        configs = launch_configs((m.path for m in facts.matches), bare, opts.env, policy.home)
-        includes = include_targets(configs, policy.home,
-                                   work_trees(configs, os.path.realpath(workspace), bare))
-        augmented = augment_git(policy, workspace=os.path.realpath(workspace), includes=includes,
-                                bare_repos=bare)
-        if augmented is not policy:
-            policy = augmented
-            facts = scan_launch_facts(policy, workspace=workspace, protected=protected,
-                                      max_entries=policy.scan_max_entries, credential_files=hideable,
-                                      unhunted=[home / "layers"])
+
+        def scan(under: Policy) -> LaunchFacts:
+            return scan_launch_facts(under, workspace=workspace, protected=protected,
+                                     max_entries=under.scan_max_entries, credential_files=hideable,
+                                     unhunted=[home / "layers"])
+
+        # git's include targets and the workspace's bare repositories become rules of their own, and the
+        # facts are those of the policy with them (guard.sandbox.git_launch)
+        policy, facts, bare = launch_git_policy(policy, workspace=os.path.realpath(workspace), env=opts.env,
+                                                scan=scan)
+        if bare:
             facts = dataclasses.replace(facts, held_names=tuple(bare))
         # only writes need the map of protected symlinks, and none can happen before the agent runs: it
         # is walked beside the start, and every write waits for it whole (guard.sandbox.link_names)

@@ -6,8 +6,10 @@ alike; medians of the rounds.
 Also measured, in-process: `scan_ms`, the launch scan alone (guard.sandbox.scan) on each workspace, and the
 walkers it was chosen against on the 120,000-entry tree (os.scandir as guard walks it, os.walk, find(1)).
 
-Everything lives under a scratch directory with its own HOME (the workspaces under it, as an engineer keeps
-them) and GUARD_HOME; the daemon started for the run is stopped at the end (by pid if it will not stop).
+Everything lives under a scratch directory with its own HOME (the workspaces under it, each a git
+repository, as an engineer keeps them; a ~/.gitconfig naming programs by path, as `gh auth setup-git` and
+an editor leave it) and GUARD_HOME; the daemon started for the run is stopped at the end (by pid if it
+will not stop).
 One JSON line per workspace size, then the walkers' line. With --phases, first the breakdown of one
 launch (scripts/launch_phases.py, run --rounds times in the empty workspace; medians per phase).
 """
@@ -28,6 +30,15 @@ from pathlib import Path
 from typing import Any
 
 GUARD = [sys.executable, "-m", "guard"]
+GITCONFIG = """[user]
+	name = Dev Eloper
+	email = dev@example.invalid
+[core]
+	editor = /usr/bin/vim -f
+[credential "https://github.com"]
+	helper =
+	helper = !/usr/bin/gh auth git-credential
+"""
 SIZES = (0, 3_700, 120_000)
 
 
@@ -156,8 +167,8 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--phases", action="store_true", help="first print the breakdown of one launch")
     parser.add_argument("--baseline", type=Path, default=None, metavar="SRC",
-                        help="with --phases: also break down another guard's source tree (git archive REV), "
-                             "interleaved, with its own GUARD_HOME and daemon")
+                        help="also measure another guard's source tree (git archive REV), interleaved, with "
+                             "its own GUARD_HOME and daemon (its phases too, with --phases)")
     args = parser.parse_args()
     scratch = Path(tempfile.mkdtemp(prefix="guard-bench-launch-"))
     home, gh = scratch / "home", scratch / "gh"
@@ -167,39 +178,49 @@ def main() -> None:
     try:
         for d in (home / ".cache", gh):
             d.mkdir(parents=True)
+        # an engineer's git config as `gh auth setup-git` and an editor leave it (programs named by path:
+        # rules of the launch, guard.sandbox.git_launch), and each workspace a repository
+        (home / ".gitconfig").write_text(GITCONFIG)
         spaces = {n: home / "src" / f"ws{n}" for n in SIZES}
-        counted = {n: make_tree(ws, n) for n, ws in spaces.items()}
+        for n, ws in spaces.items():
+            make_tree(ws, n)
+            subprocess.run(["git", "init", "-q", str(ws)], env=env, check=True, capture_output=True,
+                           timeout=60)
+        counted = {n: sum(len(d) + len(f) for _, d, f in os.walk(ws)) for n, ws in spaces.items()}
         subprocess.run([*GUARD, "keys", "init"], env=env, check=True, capture_output=True, timeout=120)
         timed([*GUARD, "run", "--", "true"], env, spaces[0])  # warm: starts the daemon
         status = json.loads(subprocess.run([*GUARD, "daemon", "status", "--json"], env=env,
                                            capture_output=True, text=True, timeout=60).stdout or "{}")
         daemon_pid = status.get("pid") if status.get("running") else None
-        if args.phases:
-            envs = {"this": env}
-            if args.baseline is not None:
-                base_env = {**env, "PYTHONPATH": str(args.baseline.resolve()),
-                            "GUARD_HOME": str(scratch / "gh-base")}
-                (scratch / "gh-base").mkdir(mode=0o700)
-                timed([*GUARD, "run", "--", "true"], base_env, spaces[0])  # starts the baseline's daemon
-                envs["baseline"] = base_env
-            try:
+        envs = {"this": env}
+        if args.baseline is not None:
+            base_env = {**env, "PYTHONPATH": str(args.baseline.resolve()),
+                        "GUARD_HOME": str(scratch / "gh-base")}
+            (scratch / "gh-base").mkdir(mode=0o700)
+            timed([*GUARD, "run", "--", "true"], base_env, spaces[0])  # starts the baseline's daemon
+            envs["baseline"] = base_env
+        try:
+            if args.phases:
                 phases(args.rounds, envs, spaces[0])
-            finally:
-                if args.baseline is not None:
-                    subprocess.run([*GUARD, "daemon", "stop"], env=envs["baseline"], capture_output=True,
-                                   timeout=60)
-        bare: list[float] = []
-        guarded: dict[int, list[float]] = {n: [] for n in SIZES}
-        for _ in range(args.rounds):
-            bare.append(timed(["true"], env, spaces[0]))
-            for n in SIZES:
-                guarded[n].append(timed([*GUARD, "run", "--", "true"], env, spaces[n]))
+            bare: list[float] = []
+            guarded: dict[tuple[str, int], list[float]] = {(label, n): [] for label in envs for n in SIZES}
+            for _ in range(args.rounds):
+                bare.append(timed(["true"], env, spaces[0]))
+                for n in SIZES:
+                    for label, label_env in envs.items():
+                        guarded[label, n].append(timed([*GUARD, "run", "--", "true"], label_env, spaces[n]))
+        finally:
+            if args.baseline is not None:
+                subprocess.run([*GUARD, "daemon", "stop"], env=envs["baseline"], capture_output=True,
+                               timeout=60)
         bare_s = statistics.median(bare)
         for n in SIZES:
-            med = statistics.median(guarded[n])
+            med = statistics.median(guarded["this", n])
             line: dict[str, Any] = {"workspace_entries": counted[n], "launch_s": round(med, 3),
                                     "bare_true_s": round(bare_s, 4), "ratio_vs_bare": round(med / bare_s, 1),
                                     "scan_ms": scan_ms(spaces[n], home, gh), "rounds": args.rounds}
+            if args.baseline is not None:
+                line["baseline_launch_s"] = round(statistics.median(guarded["baseline", n]), 3)
             print(json.dumps(line), flush=True)
         print(json.dumps({"walk_120k": walkers(spaces[SIZES[-1]])}), flush=True)
     finally:

@@ -81,6 +81,7 @@ def main() -> None:
     wrap("guard.sandbox.state_dirs", "create_state_dirs")
     wrap("guard.runner", "agent_env")
     wrap("guard.sandbox.scan", "scan_launch_facts", "scan")
+    wrap("guard.sandbox.git_launch", "launch_policy", "git's rules, with the scan(s)")
     wrap("guard.sandbox.supervisor", "protected_link_names")  # an older guard: at launch
     wrap("guard.sandbox.link_names", "protected_link_names",
          "protected_link_names (its own thread, beside the agent's start)")

@@ -18,8 +18,10 @@ kinds of name git reads code from cannot be written as patterns, because they de
   policy gives a `.git`, by rewriting every `<workspace>/**/.git...` pattern of the policy onto it.
 
 Both are added to the policy itself (so the decision engine, the fast path's uniformity probe and the
-launch scan see them like any rule) before the scan that finds what exists runs again. Bounded and fail
-closed: a config that git cannot read stops the launch with what to fix.
+launch scan see them like any rule). What the engineer's own configs add is known before any scan and is
+in the policy the scan runs with; the scan runs again only when what it found (a repository's config, a
+bare repository) adds more (`launch_policy`). Bounded and fail closed: a config that git cannot read stops
+the launch with what to fix.
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ import os
 import shlex
 import shutil
 import subprocess
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, Protocol, TypeVar
 
 from guard.errors import Location, SandboxError
 from guard.model import Kind, Op, Verdict
@@ -48,6 +51,7 @@ HOOK_NAMES = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit
               "sendemail-validate", "fsmonitor-watchman", "post-index-change", "p4-changelist",
               "p4-prepare-changelist", "p4-post-changelist", "p4-pre-submit")
 _GLOB_CHARS = frozenset("*?[]{}")
+FactsT = TypeVar("FactsT", bound="ScannedFacts")
 _CONFIG_NAMES = ("config", "config.worktree")
 
 
@@ -89,11 +93,14 @@ _WORDS = (b"include", b"hookspath", b"fsmonitor", b"pager", b"editor", b"sshcomm
           b"program", b"helper", b"filter", b"command", b"textconv", b"driver")
 
 
-def _entries(git: str, config: str) -> list[tuple[str, str]]:
-    """The (key, value) pairs of one config file that lead git to read config or run code, without
-    following its includes (git runs nothing here). A file that names none of those keys anywhere
-    (section and key names are ASCII, any case) has none: git is asked only about the others, so a
-    launch costs a read per config."""
+# a config (canonical) -> the pairs _read_all found in it, for the rest of one launch
+Entries = dict[str, list[tuple[str, str]]]
+
+
+def _asks_git(config: str) -> bool:
+    """Whether a config file may hold keys that lead git to read config or run code: one that names none
+    of them anywhere (section and key names are ASCII, any case) has none, and git is not asked about
+    it, so most launches cost a read per config."""
     try:
         with open(config, "rb") as f:
             text = f.read().lower()
@@ -101,21 +108,51 @@ def _entries(git: str, config: str) -> list[tuple[str, str]]:
         raise SandboxError(f"cannot read the git config {config} ({exc.strerror}), so what it runs "
                            "cannot be protected",
                            hint="make it readable or remove it, then start the session again") from exc
-    if not any(w in text for w in _WORDS):
-        return []
-    proc = subprocess.run([git, "config", "--no-includes", "--null", "--file", config, "--get-regexp", _KEYS],
-                          capture_output=True, timeout=30, check=False,
-                          env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
-                               "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
+    return any(w in text for w in _WORDS)
+
+
+def _git_config(git: str, config: str) -> subprocess.Popen[bytes]:
+    """git started on the keys of one config file, without following its includes (git runs nothing)."""
+    argv = [git, "config", "--no-includes", "--null", "--file", config, "--get-regexp", _KEYS]
+    return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env={"PATH": os.environ.get("PATH", "/usr/bin:/bin"),
+                                 "GIT_CONFIG_NOSYSTEM": "1", "HOME": "/nonexistent"})
+
+
+def _answer(config: str, proc: subprocess.Popen[bytes]) -> list[tuple[str, str]]:
+    out, err = proc.communicate(timeout=30)
     if proc.returncode == 1:  # no such key
         return []
     if proc.returncode != 0:
         raise SandboxError(f"git cannot read {config}, so what it includes or runs cannot be protected: "
-                           f"{proc.stderr.decode(errors='replace').strip()}",
+                           f"{err.decode(errors='replace').strip()}",
                            hint="fix or remove that git config file, then start the session again")
     # with --null, --get-regexp prints "key\nvalue\0" per entry
     return [(k, v) for k, _, v in (item.partition("\n") for item in
-                                   proc.stdout.decode(errors="surrogateescape").split("\0")) if k]
+                                   out.decode(errors="surrogateescape").split("\0")) if k]
+
+
+def _read_all(git: str, configs: Iterable[str], read: Entries) -> None:
+    """The (key, value) pairs that lead git to read config or run code, of each config not in `read` yet,
+    into `read`. git is asked about all of them at once: a launch reads two or three (the engineer's, the
+    system's, a repository's), about 1.5 ms each one after the other. A file that cannot be read, or that
+    git cannot read, stops the launch (SandboxError); every git started is reaped whatever happens."""
+    asked: list[tuple[str, subprocess.Popen[bytes]]] = []
+    try:
+        for config in dict.fromkeys(configs):
+            if config in read:
+                continue
+            if _asks_git(config):
+                asked.append((config, _git_config(git, config)))
+            else:
+                read[config] = []
+        for config, proc in asked:
+            read[config] = _answer(config, proc)
+    finally:
+        for _, proc in asked:
+            if proc.returncode is None:
+                proc.kill()
+                proc.wait()
 
 
 def _program(key: str, value: str) -> str | None:
@@ -129,12 +166,14 @@ def _program(key: str, value: str) -> str | None:
     return words[0] if words and ("/" in words[0] or words[0].startswith("~")) else None
 
 
-def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = ()) -> list[str]:
+def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = (),
+                    read: Entries | None = None) -> list[str]:
     """What the given configs lead git to read or run, as policy paths: every file they include (directly
     or through nested includes, followed while they exist), every hooks directory they name with the
     hooks git runs from it, and every program they name by path. A relative hooks directory or program is
     resolved against each of `tops` (repository work trees and the workspace: git runs hooks and commands
-    there) as well as against the config's own directory. Bounded by MAX_CONFIGS and MAX_DEPTH."""
+    there) as well as against the config's own directory. Bounded by MAX_CONFIGS and MAX_DEPTH. `read`
+    keeps what each config held for later calls of the same launch (git is asked once per file)."""
     git = shutil.which("git")
     if git is None:
         return []  # no git on this host: nothing reads these files
@@ -150,6 +189,8 @@ def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = ())
                     out.append(pattern)
 
     frontier = [(os.path.realpath(c), 0) for c in configs if os.path.isfile(c)]
+    read = {} if read is None else read
+    _read_all(git, [c for c, _ in frontier], read)
     included = 0  # the configs themselves are bounded by the launch scan; what they include, here
     while frontier:
         config, depth = frontier.pop()
@@ -161,7 +202,9 @@ def include_targets(configs: Sequence[str], home: str, tops: Sequence[str] = ())
             raise SandboxError(f"the git configs include more than {MAX_CONFIGS} other files, each to read "
                                "for what it includes or runs",
                                hint="remove nested or repeated [include] sections from the git configs")
-        for key, value in _entries(git, config):
+        if config not in read:
+            _read_all(git, [config], read)  # an included file
+        for key, value in read[config]:
             if key.endswith(".path") and key.startswith("include"):
                 target = _resolve(value, config, home)
                 add(target)
@@ -252,5 +295,44 @@ def launch_configs(paths: Iterable[str], bare: Sequence[str], env: Mapping[str, 
     return [*home_configs(env, home), *repo_configs(paths), *(os.path.join(b, "config") for b in bare)]
 
 
+class ScannedFacts(Protocol):
+    """What `launch_policy` needs of the launch scan's facts (guard.sandbox.scan.LaunchFacts)."""
+
+    @property
+    def matches(self) -> Sequence[Any]: ...
+    @property
+    def head_dirs(self) -> Sequence[str]: ...
+
+
+def launch_policy(policy: Policy, *, workspace: str, env: Mapping[str, str],
+                  scan: Callable[[Policy], FactsT]) -> tuple[Policy, FactsT, list[str]]:
+    """The session's policy with git's other ways in protected, the scan's facts under it, and the bare
+    repositories of the workspace.
+
+    What git's configs lead to is known only after a scan (it finds the repositories' configs and the
+    bare repositories), and the rules it adds need a scan of their own. The engineer's own configs
+    (~/.gitconfig, /etc/gitconfig) are readable before any scan, and usually they alone add rules (a
+    credential helper or an editor named by path): so the first scan runs with their rules already in
+    the policy, and a second scan runs only when what the scan found adds anything (a repository's
+    config that names a hook directory or a program, a bare repository). The policy and the facts are
+    then those a scan of the final policy gives. If a rule of the guess itself matched a repository's
+    config, the repositories' configs cannot be told from the guess's own effects: the launch then scans
+    the policy as written first, as it always did."""
+    read: Entries = {}
+    home = policy.home
+    guess = include_targets(home_configs(env, home), home, [workspace], read)
+    first = augment(policy, workspace=workspace, includes=guess, bare_repos=[])
+    facts = scan(first)
+    if first is not policy and repo_configs(m.path for m in facts.matches if m.rule_id == INCLUDE_RULE):
+        first, facts = policy, scan(policy)
+    bare = bare_repos_under(workspace, facts.head_dirs)
+    configs = launch_configs((m.path for m in facts.matches), bare, env, home)
+    includes = include_targets(configs, home, work_trees(configs, workspace, bare), read)
+    if not bare and includes == (guess if first is not policy else []):
+        return first, facts, bare  # the scan ran with exactly the final policy
+    final = augment(policy, workspace=workspace, includes=includes, bare_repos=bare)
+    return final, scan(final), bare
+
+
 __all__ = ["HOOK_NAMES", "INCLUDE_RULE", "augment", "bare_repos_under", "include_targets", "is_bare_repo",
-           "launch_configs", "work_trees"]
+           "launch_configs", "launch_policy", "work_trees"]
