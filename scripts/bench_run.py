@@ -36,6 +36,17 @@ from pathlib import Path
 from typing import Any
 
 PY = "/usr/bin/python3"
+# An engineer's git config as `gh auth setup-git` and an editor leave it: programs named by path, which
+# become rules of every launch (guard.sandbox.git_launch). The home of both launch benchmarks holds it.
+GITCONFIG = """[user]
+	name = Dev Eloper
+	email = dev@example.invalid
+[core]
+	editor = /usr/bin/vim -f
+[credential "https://github.com"]
+	helper =
+	helper = !/usr/bin/gh auth git-credential
+"""
 
 FILES_PY = r"""
 import os, sys
@@ -177,6 +188,7 @@ class Scratch:
         self.ws = self.root / "ws"
         for d in (self.home, self.ws):
             d.mkdir()
+        (self.home / ".gitconfig").write_text(GITCONFIG)
         self.guard_home.mkdir(mode=0o700)
         (self.ws / "files.py").write_text(FILES_PY)
         (self.ws / "workload.sh").write_text(WORKLOAD_SH)
