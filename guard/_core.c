@@ -19,10 +19,10 @@
  *     capabilities), never following the final name, refusing set-id modes, deferring O_TRUNC until the
  *     file is known to be a regular file with one name; and install the descriptor in the task with
  *     SECCOMP_IOCTL_NOTIF_ADDFD (SEND), so the task gets the very file that was judged.
- * Anything else (a symlink on the way, "..", a name that needs escaping, a directory not in the table,
- * a special file, a hard-linked file, any error before the record) is handed back to the Python
- * supervisor unchanged, which decides it the slow, general way. Nothing here decides policy: the table
- * holds only what the engine computed.
+ * Anything else (a symlink on the way, a ".." that does not lead where the path names lexically, a name
+ * that needs escaping, a directory not in the table, a special file, a hard-linked file, any error before
+ * the record) is handed back to the Python supervisor unchanged, which decides it the slow, general way.
+ * Nothing here decides policy: the table holds only what the engine computed.
  *
  * The spool: both the fast path and Python's SpoolWriter append through Core.append, so record
  * numbers come from one counter under one lock.
@@ -319,18 +319,24 @@ static int plain_bytes(const char *s, size_t n) {
     return 1;
 }
 
-/* Split `path` into its directory (normalized: no "", no ".") and final name; refuse ".." anywhere
- * and a final name of "." or "" (a trailing slash). -> 1 ok. */
-static int split_path(const char *path, char *dir, size_t *dir_len, const char **name) {
+/* Split `path` into its directory (normalized: no "", no ".") and final name; refuse a final name of
+ * ".", ".." or "" (a trailing slash). ".." in the directory is refused too, unless `dotdot` is given: it
+ * is then kept in the directory (openat2 resolves it as the kernel does) and *dotdot says there was one.
+ * -> 1 ok. */
+static int split_path(const char *path, char *dir, size_t *dir_len, const char **name, int *dotdot) {
     size_t dl = 0;
     const char *p = path, *last = NULL;
+    if (dotdot) *dotdot = 0;
     while (*p) {
         while (*p == '/') p++;
         if (!*p) return 0; /* trailing slash */
         const char *start = p;
         while (*p && *p != '/') p++;
         size_t len = (size_t)(p - start);
-        if (len == 2 && start[0] == '.' && start[1] == '.') return 0;
+        if (len == 2 && start[0] == '.' && start[1] == '.') {
+            if (!*p || !dotdot) return 0;
+            *dotdot = 1;
+        }
         if (!*p) { last = start; break; }
         if (len == 1 && start[0] == '.') continue;
         if (dl) dir[dl++] = '/';
@@ -342,6 +348,36 @@ static int split_path(const char *path, char *dir, size_t *dir_len, const char *
     *dir_len = dl;
     *name = last;
     return 1;
+}
+
+/* `base` (an absolute path, no "." or ".." in it) joined with `rel` (components separated by "/"), ".."
+ * taking the last component off and stopping at the root, as posixpath.normpath does: the name a path
+ * with ".." stands for lexically. -> its length in `out`, or -1 when it does not fit. */
+static ssize_t lexical_join(const char *base, size_t blen, const char *rel, char *out) {
+    size_t n = blen;
+    if (n >= PATH_LIMIT) return -1;
+    memcpy(out, base, n);
+    while (n > 1 && out[n - 1] == '/') n--;
+    const char *p = rel;
+    while (*p) {
+        while (*p == '/') p++;
+        if (!*p) break;
+        const char *start = p;
+        while (*p && *p != '/') p++;
+        size_t len = (size_t)(p - start);
+        if (len == 1 && start[0] == '.') continue;
+        if (len == 2 && start[0] == '.' && start[1] == '.') {
+            while (n > 1 && out[n - 1] != '/') n--;
+            if (n > 1) n--; /* the slash before it, unless that is the root */
+            continue;
+        }
+        if (n + 1 + len >= PATH_LIMIT) return -1;
+        if (n > 1) out[n++] = '/';
+        memcpy(out + n, start, len);
+        n += len;
+    }
+    out[n] = '\0';
+    return (ssize_t)n;
 }
 
 static int openat2_dir(int base, const char *path, uint64_t resolve) {
@@ -907,13 +943,16 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
     ssize_t plen = read_task_str((pid_t)n->pid, addr, f->path);
     if (plen <= 0 || !plain_bytes(f->path, (size_t)plen)) return HANDED_BACK;
     size_t dlen;
-    if (!split_path(f->path, f->dir, &dlen, &f->name)) return HANDED_BACK;
+    int dotdot;
+    if (!split_path(f->path, f->dir, &dlen, &f->name, &dotdot)) return HANDED_BACK;
     /* the notification is re-validated below, after everything read through the pid (memory, cwd) */
 
     int rootfd = sandbox_root(c, n);
     if (rootfd < 0) return HANDED_BACK;
     char key[PATH_LIMIT];
-    ssize_t klen = is_receiver ? cache_key(c, n, dirfd, f, dlen, key) : -1;
+    /* a path with ".." is resolved afresh every time: a kept directory is named by where it is, and
+     * "a/../b" is there only when "a" is a directory of its own (not a symlink), which the walk checks */
+    ssize_t klen = is_receiver && !dotdot ? cache_key(c, n, dirfd, f, dlen, key) : -1;
     int cached = klen > 0 ? dir_cache_find(key, (size_t)klen) : -1;
     ssize_t checked = -1; /* canon holds the kernel's name for dfd, read once for this call */
     struct stat dst;
@@ -942,19 +981,34 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         f->basefd = open(proc, O_PATH | O_DIRECTORY | O_CLOEXEC);
         if (f->basefd < 0) return HANDED_BACK;
         if (f->dir[0]) {
-            f->dfd = openat2_dir(f->basefd, f->dir, RESOLVE_BENEATH);
+            /* ".." may leave the base, as it does for the kernel (it stops at the root): checked below */
+            f->dfd = openat2_dir(f->basefd, f->dir, dotdot ? 0 : RESOLVE_BENEATH);
         } else { /* a bare name: the directory is the one we hold (nothing to walk) */
             f->dfd = f->basefd;
             f->basefd = -1;
         }
     }
-    if (f->dfd < 0 && errno == ENOENT) {
+    if (f->dfd < 0 && errno == ENOENT && !dotdot) {
         /* a directory on the way is missing (no symlink met before it: that would be ELOOP): the kernel's
          * own lookup answers ENOENT whatever the policy, and Python answers it before any decision */
         if (id_valid(c, n->id)) send_reply(c, n->id, ENOENT, 0);
         return ANSWERED;
     }
     if (f->dfd < 0 || (checked < 0 && fstat(f->dfd, &dst) != 0)) return HANDED_BACK;
+    if (dotdot) {
+        /* The directory reached must be the one the path names lexically (the base's name in the task's
+         * view joined with the path, ".." taken off as posixpath.normpath does): that is the other name
+         * Python judges a write on, and with no symlink on the way (the walk refused them) it is the
+         * directory's own. Where the two differ (a root that is not the namespace's), Python decides. */
+        char base[PATH_LIMIT], lex[PATH_LIMIT];
+        ssize_t bl = 1;
+        if (f->path[0] == '/') { base[0] = '/'; base[1] = '\0'; }
+        else bl = dir_path(c, f->basefd, base);
+        ssize_t ll = bl > 0 && base[0] == '/' ? lexical_join(base, (size_t)bl, f->dir, lex) : -1;
+        ssize_t cl = ll > 0 ? dir_path(c, f->dfd, f->canon) : -1;
+        if (cl != ll || memcmp(f->canon, lex, (size_t)ll) != 0) return HANDED_BACK;
+        checked = cl;
+    }
 
     for (int pass = 0;; pass++) {
         pthread_rwlock_rdlock(&c->table_lock);
@@ -1158,7 +1212,7 @@ static int fast_exec_absent(Core *c, const struct seccomp_notif *n) {
     const char *name;
     size_t dlen;
     ssize_t plen = read_task_str((pid_t)n->pid, addr, path);
-    if (plen <= 0 || !split_path(path, dir, &dlen, &name)) return HANDED_BACK;
+    if (plen <= 0 || !split_path(path, dir, &dlen, &name, NULL)) return HANDED_BACK;
     int rootfd = sandbox_root(c, n), basefd = -1, dfd;
     if (rootfd < 0) return HANDED_BACK;
     if (path[0] == '/') {
@@ -1460,7 +1514,7 @@ static int attr_by_file(Core *c, const struct seccomp_notif *n, int obj, const A
                  && ((S_ISREG(ost.st_mode) && ost.st_nlink == 1) || S_ISDIR(ost.st_mode));
     ssize_t plen = usable ? dir_path(c, obj, f.path) : -1;
     size_t dlen;
-    if (plen > 1 && plain_bytes(f.path, (size_t)plen) && split_path(f.path, f.dir, &dlen, &f.name)) {
+    if (plen > 1 && plain_bytes(f.path, (size_t)plen) && split_path(f.path, f.dir, &dlen, &f.name, NULL)) {
         f.dfd = openat2_dir(rootfd, f.dir, RESOLVE_IN_ROOT);
         struct stat dst;
         if (f.dfd >= 0 && fstat(f.dfd, &dst) == 0) {

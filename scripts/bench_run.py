@@ -10,8 +10,8 @@ The workload, the same shell script in every mode, in a fresh directory of a scr
 Also measured: `launch_ms`, the median wall time of `guard run -- true` with the daemon warm;
 `notified_per_s`, write-opens per second that go through the seccomp supervisor inside `guard run`;
 `workflows`, the bare and guarded medians and ratio of developer workflows (pip install of 20 wheels
-into a fresh venv, git clone + checkout of a 400-file repository, tar x of it, make of a small C
-library), each in a fresh directory, one line per workflow.
+into a fresh venv, git clone + checkout of a 400-file repository by its absolute path and by a relative
+one, tar x of it, make of a small C library), each in a fresh directory, one line per workflow.
 
 Everything lives under a scratch directory with its own HOME and GUARD_HOME; the daemon started for the
 run is stopped at the end (by pid if it will not stop). Last line: one JSON object.
@@ -135,6 +135,9 @@ WORKFLOWS: dict[str, tuple[str, str]] = {
                    + " ".join(f"benchpkg{n}" for n in range(20))),
     "git-clone": ("", "git clone -q $A/upstream.git c && git -C c checkout -q -b topic && "
                       "git -C c status -s"),
+    # the same clone by a relative path: git links every object from a path through ".."
+    "git-clone-rel": ("", 'git clone -q "$(realpath --relative-to=. "$A")/upstream.git" c && '
+                          "git -C c checkout -q -b topic && git -C c status -s"),
     "tar-x": ("", "tar xf $A/big.tar && tar cf again.tar src"),
     "make": ("cp -r $A/cproj .", "make -s -C cproj -j2 && make -s -C cproj -B"),
 }

@@ -26,7 +26,8 @@ other name back. A directory is never entered in the table when:
 - a protected symlink points at the directory, above it or at a name inside it (`link_names`: the
   write must also be judged under the symlink's name).
 Names are further limited, in the core, to printable ASCII with no quote or backslash (so the record
-is byte-for-byte what Python writes), reached without a symlink or "..".
+is byte-for-byte what Python writes), reached without a symlink (a ".." only where the directory reached
+is the one the path names lexically: see docs/seccomp.md).
 """
 
 from __future__ import annotations

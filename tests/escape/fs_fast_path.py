@@ -694,3 +694,94 @@ def test_what_is_made_in_a_directory_with_a_default_acl_gets_the_kernels_mode(wo
     run = world.guard_run(_py(world, ACL_MODES, str(warm)), env={"GUARD_FAST_PATH": "1" if core == "core" else "0"})
     assert run.returncode == 0, run
     assert run.stdout == bare.stdout, (run.stdout, bare.stdout)
+
+
+# Paths with ".." (a build writing `../obj/x.o`, `git clone ../up.git` linking every object from a path
+# through ".."): the core takes them when its walk of the directory meets no symlink and the directory
+# reached is the one the path names lexically, the other name Python judges a write on.
+DOTDOT_HONEST = """
+os.umask(0o022)
+p = lambda *n: os.path.join(d, *n)
+for i in range(20): open(p(f'f{i}'), 'w').close()
+os.makedirs(p('a', 'b')); os.makedirs(p('obj'))
+os.chdir(p('a', 'b'))
+out = []
+for i in range(30): open(f'../../obj/o{i}', 'w').write(str(i))
+out.append('writes=' + ''.join(open(p('obj', f'o{i}')).read() for i in range(30)))
+os.mkdir('../m'); out.append('mkdir=' + str(os.path.isdir(p('a', 'm'))))
+open('../../a/./b/../y', 'w').write('Y')
+os.rename('../y', '../../z'); out.append('rename=' + open(p('z')).read() + str(os.path.exists(p('a', 'y'))))
+os.link('../../z', '../../obj/../z2'); out.append('link=' + str(os.stat(p('z')).st_nlink))
+os.utime('../../z2', (1_000_000_000, 1_100_000_000)); out.append('utime=' + str(int(os.stat(p('z')).st_mtime)))
+os.unlink('../../z2'); out.append('unlink=' + str(os.path.exists(p('z2'))))
+for what, act in (('missing', lambda: open('../nowhere/../x', 'w')),
+                  ('file-as-dir', lambda: open('../../z/../x', 'w'))):
+    try:
+        act(); out.append(what + '=done')
+    except OSError as exc:
+        out.append(what + '=' + type(exc).__name__)
+print(' '.join(out))
+"""
+
+
+def test_paths_with_dotdot_are_the_kernels_in_the_core_and_recorded_by_their_own_names(world):
+    bare = world.bare_run(_py(world, DOTDOT_HONEST, str(world.scratch / "fast-dotdot")))
+    assert bare.returncode == 0 and "missing=FileNotFoundError" in bare.stdout, bare
+    warm = world.ws / "fast-dotdot"
+    run = world.guard_run(_py(world, DOTDOT_HONEST, str(warm)), env={"GUARD_SUPERVISOR_STATS": "1"})
+    assert run.returncode == 0 and run.stdout == bare.stdout, (run, bare.stdout)
+    writes = [r for r in world.records(run.session) if r.get("type") == "decision"
+              and r["action"]["op"] == "write" and r["action"]["target"].startswith(str(warm) + "/")]
+    targets = [r["action"]["target"] for r in writes]
+    assert not [t for t in targets if "/../" in t or "/./" in t], targets  # each by its own name
+    for name in [f"obj/o{i}" for i in range(30)] + ["a/m", "a/y", "z", "z2"]:
+        assert str(warm / name) in targets, (name, targets)
+    # the 30 writes through ".." and the names made and moved were answered by the core, not by Python
+    python = int(run.stderr.split("guard: supervisor: ", 1)[1].split(" answered in Python", 1)[0])
+    assert python < 30, run.stderr
+
+
+DOTDOT_ATTACK = """
+for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+os.symlink(sys.argv[2], os.path.join(d, 's'))  # a directory inside a protected one
+os.makedirs(os.path.join(d, 'a'))
+os.symlink(sys.argv[2], os.path.join(d, 'a', 't'))
+out = []
+for label, path in (('through-link', os.path.join(d, 's', '..', 'pre-push')),
+                    ('relative', 's/../post-checkout'),
+                    ('deeper', os.path.join('a', 't', '..', '..', os.path.basename(os.path.dirname(sys.argv[2])),
+                                            'pre-rebase')),
+                    ('up-and-out', os.path.relpath(sys.argv[3], d))):
+    try:
+        open(path, 'w').write('PWNED\\n'); out.append(label + '=done')
+    except OSError as exc:
+        out.append(label + '=' + type(exc).__name__)
+print(' '.join(out))
+"""
+
+
+def test_dotdot_after_a_symlink_or_out_of_the_workspace_is_not_taken_by_the_core(world):
+    """`s/../pre-push` with `s` a symlink to `.git/hooks/inner` is `.git/hooks/pre-push` to the kernel,
+    and `../../outside/file` is outside the workspace: in a warm directory both go to Python, which
+    refuses; bare, each is written."""
+    bare_hooks = world.scratch / "fast-dotdot-bare-hooks"
+    (bare_hooks / "inner").mkdir(parents=True)
+    bare_out = world.scratch / "fast-dotdot-bare-outside.txt"
+    bare_dir = world.scratch / "fast-dotdot-attack"
+    bare_dir.mkdir()
+    bare = world.bare_run(["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(bare_dir),
+                           *_py(world, DOTDOT_ATTACK, str(bare_dir), str(bare_hooks / "inner"), str(bare_out))])
+    assert bare.stdout.split() == ["through-link=done", "relative=done", "deeper=done", "up-and-out=done"], bare
+    assert (bare_hooks / "pre-push").exists() and bare_out.exists(), bare
+    hooks = world.ws / ".git" / "hooks"
+    (hooks / "inner").mkdir(exist_ok=True)
+    victim = world.outside / "fast-dotdot-victim.txt"
+    warm = world.ws / "fast-dotdot-attack"
+    warm.mkdir()
+    run = world.guard_run(["/bin/sh", "-c", 'cd "$1" && shift && exec "$@"', "sh", str(warm),
+                           *_py(world, DOTDOT_ATTACK, str(warm), str(hooks / "inner"), str(victim))])
+    assert "=done" not in run.stdout, run
+    for name in ("pre-push", "post-checkout", "pre-rebase"):
+        assert not (hooks / name).exists() or "PWNED" not in (hooks / name).read_text(), (name, run)
+    assert not victim.exists(), run
+    world.assert_denied(run, "write", hooks / "pre-push")
