@@ -99,7 +99,7 @@ unprivileged_pass() {
   echo "== tests as nobody (uid 65534): tests/integration tests/escape"
   (cd "$dir" && run_pytest setpriv --reuid=65534 --regid=65534 --clear-groups --inh-caps=-all \
       env -i PATH=/usr/local/bin:/usr/bin:/bin HOME="$dir/home" LANG=C.UTF-8 CI="${CI:-}" \
-      "$dir/.venv/bin/python" -m pytest -q -p no:cacheprovider -o cache_dir="$dir/.pytest_cache" \
+      "$dir/.venv/bin/python" -m pytest -q -p no:cacheprovider \
       --basetemp="$dir/tmp" tests/integration tests/escape)
 }
 
