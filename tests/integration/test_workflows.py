@@ -304,6 +304,13 @@ def test_npm_install_offline_from_a_local_tarball_then_npm_test(world: World) ->
     lib.mkdir()
     (lib / "package.json").write_text(json.dumps({"name": "leftpad-local", "version": "1.0.0", "main": "index.js"}))
     (lib / "index.js").write_text("module.exports = (s, n) => String(s).padStart(n, '0');\n")
+    # what packages ship beside their code (two of the 95 packages of an eslint + typescript install carry
+    # a .github/workflows): in node_modules they are the package's, not the project's settings, and are
+    # written without asking anyone (policies/coding-agent.yaml, workspace-settings)
+    for name, text in ((".github/workflows/ci.yml", "on: push\n"), (".vscode/settings.json", "{}\n"),
+                       ("AGENTS.md", "Run the tests.\n")):
+        (lib / name).parent.mkdir(parents=True, exist_ok=True)
+        (lib / name).write_text(text)
     packed = subprocess.run(["npm", "pack", "--silent", str(lib)], cwd=world.ws, env=world.env,
                             capture_output=True, text=True, timeout=120, check=True).stdout.strip()
     tarball = world.ws / packed.splitlines()[-1]
@@ -318,11 +325,12 @@ def test_npm_install_offline_from_a_local_tarball_then_npm_test(world: World) ->
         printf 'const pad = require("leftpad-local");\\nif (pad(7, 3) !== "007") process.exit(1);\\nconsole.log("ok", pad(7, 3));\\n' > test.js
         npm install --offline --no-audit --no-fund --loglevel=error >/dev/null
         npm test --silent
-        ls node_modules/leftpad-local
+        ls -A node_modules/leftpad-local
         """)
     # README, "refused on purpose": npm reads ~/.npmrc (registry tokens); the hidden file's read is recorded
     b, _ = both(world, "npm", script, on_purpose=("/.npmrc (credentials)",))
-    assert b.stdout.splitlines() == ["ok 007", "index.js", "package.json"], b.stdout
+    assert b.stdout.splitlines() == ["ok 007", ".github", ".vscode", "AGENTS.md", "index.js", "package.json"], \
+        b.stdout
 
 
 # --- C ---------------------------------------------------------------------------------------------------
