@@ -1009,6 +1009,17 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         if (cl != ll || memcmp(f->canon, lex, (size_t)ll) != 0) return HANDED_BACK;
         checked = cl;
     }
+    if (excl) {
+        /* A name to create that is there (mkdir -p, npm creating every directory it extracts into,
+         * O_CREAT|O_EXCL): the kernel answers EEXIST before any permission is looked at, and Python
+         * answers it before any decision, wherever the directory is: so does the core, entered
+         * directory or not, nothing recorded. */
+        struct stat there;
+        if (fstatat(f->dfd, f->name, &there, AT_SYMLINK_NOFOLLOW) == 0) {
+            if (id_valid(c, n->id)) send_reply(c, n->id, EEXIST, 0);
+            return ANSWERED;
+        }
+    }
 
     for (int pass = 0;; pass++) {
         pthread_rwlock_rdlock(&c->table_lock);

@@ -785,3 +785,42 @@ def test_dotdot_after_a_symlink_or_out_of_the_workspace_is_not_taken_by_the_core
         assert not (hooks / name).exists() or "PWNED" not in (hooks / name).read_text(), (name, run)
     assert not victim.exists(), run
     world.assert_denied(run, "write", hooks / "pre-push")
+
+
+# A name to create that is already there: EEXIST from the kernel before any permission is looked at, and
+# from guard before any decision, whether the directory is one the core answers for or a protected one
+# (npm and mkdir -p ask to create every directory again and again: 920 of an npm install's mkdirs went
+# to Python before the core answered them too).
+EXISTING = """
+targets = sys.argv[2:]
+out = []
+for t in targets:
+    for what, act in (('mkdir', lambda: os.mkdir(t)), ('excl', lambda: os.open(t, os.O_CREAT | os.O_EXCL | os.O_WRONLY)),
+                      ('symlink', lambda: os.symlink('x', t))):
+        n = 0
+        for _ in range(40):
+            try:
+                act()
+            except FileExistsError:
+                n += 1
+        out.append(f'{what}={n}')
+print(' '.join(out))
+"""
+
+
+def test_a_name_that_is_there_is_eexist_from_the_core_anywhere_and_nothing_is_recorded(world):
+    hooks = world.ws / ".git" / "hooks"
+    targets = [hooks, world.ws / ".git" / "config", world.ws / "fast-exists"]
+    (world.ws / "fast-exists").mkdir()
+    bare_targets = [world.scratch / "fast-exists-a", world.scratch / "fast-exists-b"]
+    for t in bare_targets:
+        t.mkdir()
+    bare = world.bare_run(_py(world, EXISTING, str(world.scratch / "fast-exists-warm"), *map(str, bare_targets)))
+    assert bare.stdout.split() == ["mkdir=40", "excl=40", "symlink=40"] * 2, bare
+    run = world.guard_run(_py(world, EXISTING, str(world.ws / "fast-exists-warm"), *map(str, targets)),
+                          env={"GUARD_SUPERVISOR_STATS": "1"})
+    assert run.returncode == 0 and run.stdout.split() == ["mkdir=40", "excl=40", "symlink=40"] * 3, run
+    recorded = {r["action"]["target"] for r in world.records(run.session) if r.get("type") == "decision"}
+    assert not recorded & {str(t) for t in targets}, recorded
+    python = int(run.stderr.split("guard: supervisor: ", 1)[1].split(" answered in Python", 1)[0])
+    assert python < 40, run.stderr  # 360 calls, the core answered them
