@@ -1006,7 +1006,7 @@ static int locate(Core *c, const struct seccomp_notif *n, int op, int dirfd, uin
         else bl = dir_path(c, f->basefd, base);
         ssize_t ll = bl > 0 && base[0] == '/' ? lexical_join(base, (size_t)bl, f->dir, lex) : -1;
         ssize_t cl = ll > 0 ? dir_path(c, f->dfd, f->canon) : -1;
-        if (cl != ll || memcmp(f->canon, lex, (size_t)ll) != 0) return HANDED_BACK;
+        if (ll <= 0 || cl != ll || memcmp(f->canon, lex, (size_t)ll) != 0) return HANDED_BACK;
         checked = cl;
     }
     if (excl) {

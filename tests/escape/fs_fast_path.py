@@ -18,6 +18,7 @@ import resource
 import shutil
 import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 import pytest
 
@@ -824,3 +825,51 @@ def test_a_name_that_is_there_is_eexist_from_the_core_anywhere_and_nothing_is_re
     assert not recorded & {str(t) for t in targets}, recorded
     python = int(run.stderr.split("guard: supervisor: ", 1)[1].split(" answered in Python", 1)[0])
     assert python < 40, run.stderr  # 360 calls, the core answered them
+
+
+# A ".." path from a working directory whose name the kernel cannot even give back (longer than PATH_MAX):
+# the core cannot name the directory lexically, so it hands the call to Python, which cannot name it
+# either and answers ENAMETOOLONG. (The core compared the two names even when it had neither.)
+DEEP_CWD = """
+import errno
+for i in range(20): open(os.path.join(d, f'f{i}'), 'w').close()
+os.chdir(d)
+for i in range(20):
+    os.chdir('L%02d' % i + 'x' * 250)
+out = []
+for what, path in (('up', '../w1'), ('down-up', 'a/../w2')):
+    try:
+        open(path, 'w').write('x'); out.append(what + '=done')
+    except OSError as exc:
+        out.append(what + '=' + errno.errorcode[exc.errno])
+print(' '.join(out))
+"""
+
+
+def _deep_tree(top: Path) -> None:
+    """20 nested directories of 253-byte names under `top`, and `a` in the deepest (made with directory
+    descriptors: the whole path is longer than PATH_MAX)."""
+    top.mkdir(parents=True, exist_ok=True)
+    fd = os.open(top, os.O_DIRECTORY)
+    try:
+        for i in range(20):
+            name = f"L{i:02d}" + "x" * 250
+            os.mkdir(name, dir_fd=fd)
+            nxt = os.open(name, os.O_DIRECTORY, dir_fd=fd)
+            os.close(fd)
+            fd = nxt
+        os.mkdir("a", dir_fd=fd)
+    finally:
+        os.close(fd)
+
+
+def test_dotdot_from_a_working_directory_longer_than_path_max_is_left_to_python(world):
+    _deep_tree(world.scratch / "fast-deep")
+    bare = world.bare_run(_py(world, DEEP_CWD, str(world.scratch / "fast-deep")))
+    assert bare.stdout.split() == ["up=done", "down-up=done"], bare
+    _deep_tree(world.ws / "fast-deep")
+    run = world.guard_run(_py(world, DEEP_CWD, str(world.ws / "fast-deep")))
+    assert run.returncode == 0, run  # guard run survived and the agent's exit status is its own
+    # Python cannot name the working directory either: ENAMETOOLONG (where bare succeeds: README, refused)
+    assert run.stdout.split() == ["up=ENAMETOOLONG", "down-up=ENAMETOOLONG"], run
+    world.check_trail()
