@@ -43,6 +43,7 @@ from guard.policy.rules import Rule
 INCLUDE_RULE = "git-include-targets"
 MAX_CONFIGS = 400  # included configs read at launch; past this the launch stops
 MAX_DEPTH = 10  # git's own limit on nested includes
+GIT_AT_ONCE = 4  # git config processes a launch runs at the same time
 # the hooks git runs, by name (githooks(5)), looked up directly in the hooks directory
 HOOK_NAMES = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit", "pre-merge-commit",
               "prepare-commit-msg", "commit-msg", "post-commit", "pre-rebase", "post-checkout", "post-merge",
@@ -134,20 +135,30 @@ def _answer(config: str, proc: subprocess.Popen[bytes]) -> list[tuple[str, str]]
 
 def _read_all(git: str, configs: Iterable[str], read: Entries) -> None:
     """The (key, value) pairs that lead git to read config or run code, of each config not in `read` yet,
-    into `read`. git is asked about all of them at once: a launch reads two or three (the engineer's, the
-    system's, a repository's), about 1.5 ms each one after the other. A file that cannot be read, or that
-    git cannot read, stops the launch (SandboxError); every git started is reaped whatever happens."""
+    into `read`. git is asked about up to GIT_AT_ONCE of them at a time: a launch reads two or three (the
+    engineer's, the system's, a repository's), about 1.5 ms each one after the other, and a workspace of
+    many repositories must not start a git for each at once (processes, and descriptors under a low limit
+    of open files). A file that cannot be read, or that git cannot read, stops the launch (SandboxError);
+    every git started is reaped whatever happens."""
     asked: list[tuple[str, subprocess.Popen[bytes]]] = []
+
+    def answer_oldest() -> None:
+        config, proc = asked[0]
+        read[config] = _answer(config, proc)
+        asked.pop(0)  # only once it has exited: the `finally` below reaps what is still in the list
+
     try:
         for config in dict.fromkeys(configs):
             if config in read:
                 continue
-            if _asks_git(config):
-                asked.append((config, _git_config(git, config)))
-            else:
+            if not _asks_git(config):
                 read[config] = []
-        for config, proc in asked:
-            read[config] = _answer(config, proc)
+                continue
+            if len(asked) >= GIT_AT_ONCE:
+                answer_oldest()
+            asked.append((config, _git_config(git, config)))
+        while asked:
+            answer_oldest()
     finally:
         for _, proc in asked:
             if proc.returncode is None:

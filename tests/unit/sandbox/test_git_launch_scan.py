@@ -170,3 +170,36 @@ def test_when_git_refuses_one_config_of_several_the_launch_stops_and_no_git_is_l
     with pytest.raises(g.SandboxError, match="git cannot read"):
         g.include_targets(g.home_configs({}, str(home)), str(home))
     assert {c.pid for c in psutil.Process().children()} <= before
+
+
+def test_many_repositories_are_read_a_few_gits_at_a_time(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A workspace of many repositories whose configs name programs: every config is read, never more
+    than GIT_AT_ONCE gits at a time, and what each adds is the same as one by one."""
+    home = tmp_path / "home"
+    configs = []
+    for i in range(11):
+        repo = home / "src" / f"r{i}"
+        _git("init", "-q", str(repo), cwd=tmp_path)
+        _config(repo / ".git" / "config", "core.fsmonitor", f"/opt/tool{i}/fsmon")
+        configs.append(str(repo / ".git" / "config"))
+    in_flight = 0
+    most = 0
+    real_start, real_answer = g._git_config, g._answer
+
+    def started(git: str, config: str) -> Any:  # a git started and not yet answered counts until it is
+        nonlocal in_flight, most
+        in_flight += 1
+        most = max(most, in_flight)
+        return real_start(git, config)
+
+    def answered(config: str, proc: Any) -> Any:
+        nonlocal in_flight
+        in_flight -= 1
+        return real_answer(config, proc)
+
+    monkeypatch.setattr(g, "_git_config", started)
+    monkeypatch.setattr(g, "_answer", answered)
+    together = g.include_targets(configs, str(home))
+    assert most == g.GIT_AT_ONCE, most
+    one_by_one = [t for c in configs for t in g.include_targets([c], str(home))]
+    assert sorted(together) == sorted(one_by_one) and len(together) == 11, together
