@@ -173,6 +173,8 @@ def make_wheel(dist: Path, name: str = "tinypkg", version: str = "1.0") -> Path:
     info = f"{name}-{version}.dist-info"
     files = {
         f"{name}/__init__.py": f"VALUE = 42\nNAME = {name!r}\n",
+        # a package's own agent notes: in site-packages they are the package's, written without asking
+        f"{name}/AGENTS.md": "Run the tests.\n",
         f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
         f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: guard-tests\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
     }
