@@ -464,7 +464,7 @@ def trail_decision(event: Mapping[str, Any]) -> tuple[dict[str, Any], dict[str, 
     out: dict[str, Any] = {"kind": kind, "op": op, "target": target}
     pid = action.get("pid")
     if pid is not None:
-        if type(pid) is not int or not 0 <= pid < 2**53:
+        if type(pid) is not int or not 0 <= pid <= _MAX_INT:
             return None
         out["pid"] = pid
     for key in ("exe", "cwd"):

@@ -32,13 +32,16 @@ import shlex
 import shutil
 import subprocess
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import TYPE_CHECKING
 
 from guard.errors import Location, SandboxError
 from guard.model import Kind, Op, Verdict
 from guard.policy.engine import Policy
 from guard.policy.paths import compile_path
 from guard.policy.rules import Rule
+
+if TYPE_CHECKING:
+    from guard.sandbox.scan import LaunchFacts
 
 INCLUDE_RULE = "git-include-targets"
 MAX_CONFIGS = 400  # included configs read at launch; past this the launch stops
@@ -52,7 +55,6 @@ HOOK_NAMES = ("applypatch-msg", "pre-applypatch", "post-applypatch", "pre-commit
               "sendemail-validate", "fsmonitor-watchman", "post-index-change", "p4-changelist",
               "p4-prepare-changelist", "p4-post-changelist", "p4-pre-submit")
 _GLOB_CHARS = frozenset("*?[]{}")
-FactsT = TypeVar("FactsT", bound="ScannedFacts")
 _CONFIG_NAMES = ("config", "config.worktree")
 
 
@@ -306,17 +308,8 @@ def launch_configs(paths: Iterable[str], bare: Sequence[str], env: Mapping[str, 
     return [*home_configs(env, home), *repo_configs(paths), *(os.path.join(b, "config") for b in bare)]
 
 
-class ScannedFacts(Protocol):
-    """What `launch_policy` needs of the launch scan's facts (guard.sandbox.scan.LaunchFacts)."""
-
-    @property
-    def matches(self) -> Sequence[Any]: ...
-    @property
-    def head_dirs(self) -> Sequence[str]: ...
-
-
 def launch_policy(policy: Policy, *, workspace: str, env: Mapping[str, str],
-                  scan: Callable[[Policy], FactsT]) -> tuple[Policy, FactsT, list[str]]:
+                  scan: Callable[[Policy], LaunchFacts]) -> tuple[Policy, LaunchFacts, list[str]]:
     """The session's policy with git's other ways in protected, the scan's facts under it, and the bare
     repositories of the workspace.
 
