@@ -316,8 +316,11 @@ def test_flooding_the_proxy_leaves_other_sessions_working(world, net):
                             stdin=subprocess.DEVNULL)
     world.track(proc.pid)
     try:
-        assert world.wait_until(lambda: ready.exists() or proc.poll() is not None, timeout=60)
-        assert proc.poll() is None and ready.read_text() == "500", proc.communicate(timeout=10)
+        # the client creates the file, then writes the count: wait for the count, not the name
+        assert world.wait_until(lambda: proc.poll() is not None
+                                or (ready.exists() and ready.read_text() == "500"), timeout=60), \
+            f"the flood did not finish: {ready.read_text() if ready.exists() else 'no file'!r}"
+        assert proc.poll() is None, proc.communicate(timeout=60)
         other = net.run("".join(
             f"show('f{i}', http('GET http://allowed.test:{net.port}/secret.txt HTTP/1.1\\r\\n\\r\\n'))\n"
             for i in range(3)))
