@@ -1,8 +1,9 @@
 """Throughput of the seccomp decision tier: write-opens per second bare, under the filter alone
 (read-only opens, which never leave the kernel), and through the notification supervisor; chmod (every
 attribute change is notified, as Landlock cannot judge them) bare and through the supervisor; and the
-floor: umask(2), which the compiled core answers at once (CONTINUE, nothing read or recorded), so its rate
-is the kernel's notification round trip on this machine and bounds what any answer can reach.
+floor: umask(2), which the compiled core lets through at once (CONTINUE, nothing recorded; it then reads the
+task's umask back from /proc, to keep it): the cheapest answer of the core. The kernel's own round trip,
+without guard, is what scripts/bench_notify_floor.py measures.
 
 Each loop runs in a forked child that times itself; the same run measures the bare baseline, so the
 ratios compare like with like on this machine. Last line: one JSON object.
@@ -190,7 +191,7 @@ def main() -> None:
     print(f"create, bare / core:          {result['bare_create_per_s']:>9}/s / "
           f"{result['core_create_per_s']}/s ({result['core_create_ratio']}x bare)")
     print(f"floor, umask let through:     {result['core_floor_per_s']:>9}/s ({result['floor_us']} us each: "
-          "the notification round trip alone, the ceiling of any answer on this machine)")
+          "the core's cheapest answer; the kernel's own round trip: scripts/bench_notify_floor.py)")
     print(json.dumps(result))
 
 
