@@ -28,11 +28,12 @@ def test_every_variant_answers_every_call_and_reports_its_rate() -> None:
     assert res.returncode == 0, res.stderr
     result = json.loads(res.stdout.strip().splitlines()[-1])
     for key in ("bare", "filter", "continue_1", "continue_2", "continue_1_nosync", "addfd_1", "addfd_2",
-                "addfd_3", "addfd_1_one_cpu"):
+                "addfd_3", "addfd_2_one_in_recv", "addfd_1_spin", "addfd_1_one_cpu"):
         assert result[f"{key}_per_s"] > 0, key
     assert result["addfd_ceiling_per_s"] == max(v for k, v in result.items()
                                                 if k.startswith("addfd_") and "cpu" not in k and k != "addfd_ceiling_per_s")
     assert "ceiling of any write-open answer" in res.stdout
+    assert result["cpus"] >= 1
 
 
 def test_a_child_given_the_wrong_answer_fails_the_measurement(tmp_path: Path) -> None:
