@@ -5,7 +5,8 @@
 and pip write them by the hundred. Every other name of the same kinds still asks. Each attack below names
 one of the project's settings files through such a tree (a symlink planted in it, a `..` out of it, a
 hard link made in it, a rename out of it) and is shown to work bare; under guard the ask is not answered
-(fast-ask: one second) and the project's file stays as it was.
+(fast-ask: one second) and the project's file stays as it was. `vendor/` is not excepted: the realistic
+home's submodule lives there, a repository of the engineer's own.
 """
 
 from __future__ import annotations
@@ -87,3 +88,17 @@ def test_claude_settings_made_in_node_modules_then_renamed_into_the_project(worl
     assert not (world.ws / "sub-rename" / "CLAUDE.md").exists()
     assert not (world.ws / "dir-rename" / ".claude").exists()
     world.assert_denied(run, "write", world.ws / "sub-rename" / "CLAUDE.md")
+
+
+def test_settings_of_the_engineers_submodule_under_vendor_still_ask(world):
+    """vendor/ holds the realistic home's submodule (an engineer's own repository, where Claude Code reads
+    `.claude/settings.json` when the engineer works on it): composer and `cargo vendor` put packages there
+    too, but a path cannot tell the two apart, so vendor/ is not excepted and its settings ask."""
+    sub = world.ws / "vendor" / "lib"
+    assert (sub / ".git").exists()
+    script = ('mkdir -p "vendor/lib/$T/.claude" && echo "{\\"hooks\\": 1}" > "vendor/lib/$T/.claude/settings.json" '
+              '&& echo WROTE')
+    bare, run = _both(world, script, "submodule")
+    assert "WROTE" in bare.stdout and (sub / "submodule-bare" / ".claude" / "settings.json").exists(), bare
+    assert "WROTE" not in run.stdout, run
+    world.assert_write_refused(run, sub / "submodule" / ".claude" / "settings.json")
