@@ -1410,24 +1410,59 @@ class Supervisor:
             if self._privileged:
                 sc.set_thread_caps(self._caps)
 
-    def _sun_path(self, n: sc.Notif, task: _Task, addr: int, size: int) -> str | None:
-        """The path of a pathname AF_UNIX address the task passed, read once; None for every other
-        address (another family, abstract, unnamed), which the kernel judges itself."""
+    def _unix_address(self, n: sc.Notif, task: _Task, fd: int, addr: int, size: int,
+                      stack: ExitStack) -> tuple[socket.socket, bytes] | None:
+        """For connect, sendto and bind: the task's socket `fd` (ours, taken with pidfd_getfd) and the
+        address it passed, read once, when the socket is an AF_UNIX one and the address holds more than a
+        family. None when the call may go on to the kernel (CONTINUE), because nothing the kernel reads
+        again can name a unix socket: no address or one of at most a family, or a socket of another
+        family, which the kernel judges by the socket's own family (the sandbox's network namespace,
+        Landlock's TCP rules) whatever the address says.
+
+        The socket decides, never the address: after a CONTINUE the kernel reads the task's address
+        again, so a second thread that rewrote it after our read (an abstract name whose first byte
+        becomes a path's, a family that becomes AF_UNIX, an empty name that becomes one) had the kernel
+        reach any listener on the file system, undecided."""
         size &= 0xFFFFFFFF
         if addr == 0 or size <= _SUN_PATH_OFF:
             return None
-        raw = task.read(addr, min(size, _SOCKADDR_UN_MAX))
-        self._check(n.id)
-        if len(raw) < _SUN_PATH_OFF or int.from_bytes(raw[:2], "little") != socket.AF_UNIX:
+        sock = self._task_socket(task, n, fd, stack)
+        if sock.family != socket.AF_UNIX:
             return None
         if size > _SOCKADDR_UN_MAX:
-            raise _Reply(errno.EINVAL)
+            raise _Reply(errno.EINVAL)  # what unix_validate_addr answers
+        raw = task.read(addr, size)
+        self._check(n.id)
         if len(raw) < size:
             raise _Reply(errno.EFAULT)
-        sun_path = raw[_SUN_PATH_OFF:size].split(b"\0", 1)[0]
-        if raw[_SUN_PATH_OFF] == 0 or not sun_path:
-            return None  # abstract (Landlock's scope refuses those) or unnamed
-        return os.fsdecode(sun_path)
+        return sock, raw
+
+    @staticmethod
+    def _sun_path(raw: bytes) -> str | None:
+        """The path a unix address read from the task names; None for an abstract one, one whose family
+        is not AF_UNIX (the kernel refuses it, or disconnects a datagram socket for AF_UNSPEC), or an
+        empty name: those are passed to the kernel as read (`_raw_socket_call`), never as the task's."""
+        if int.from_bytes(raw[:_SUN_PATH_OFF], "little") != socket.AF_UNIX or raw[_SUN_PATH_OFF] == 0:
+            return None
+        return os.fsdecode(raw[_SUN_PATH_OFF:].split(b"\0", 1)[0])
+
+    def _raw_socket_call(self, n: sc.Notif, task: _Task, call: str, sock: socket.socket, raw: bytes,
+                         data: bytes = b"", flags: int = 0) -> None:
+        """connect, bind or sendto the task's unix socket with the address bytes we read, as the task,
+        and answer with the result: an abstract name (looked up in the socket's own network namespace,
+        the sandbox's), a family the kernel refuses, AF_UNSPEC. Our copy cannot change under us."""
+        self._check(n.id)
+        addr = ctypes.create_string_buffer(raw, len(raw))
+        with self._as_task(task):
+            if call == "sendto":
+                rc = _libc.sendto(sock.fileno(), data, len(data), flags, addr, len(raw))
+            else:
+                rc = getattr(_libc, call)(sock.fileno(), addr, len(raw))
+            err = ctypes.get_errno() if rc < 0 else 0
+        if err:
+            self._send(n.id, error=err)
+        else:
+            self._send(n.id, val=rc if call == "sendto" else 0)
 
     def _task_socket(self, task: _Task, n: sc.Notif, fd: int, stack: ExitStack) -> socket.socket:
         """Our own descriptor for the task's socket `fd` (the same open file description), taken with
@@ -1447,11 +1482,16 @@ class Supervisor:
         on every name the path passes through, recorded, then *performed by the supervisor* on the
         parent directory it holds (so a rewritten address after the check binds nothing else), as the
         task, with the task's umask. The socket's inode is remembered: connecting to a socket the
-        session created itself needs no rule."""
+        session created itself needs no rule. Any other address on a unix socket is bound as read."""
         a = n.args
-        path = self._sun_path(n, task, a[1], a[2])
-        if path is None:
+        found = self._unix_address(n, task, _s32(a[0]), a[1], a[2], stack)
+        if found is None:
             self._send(n.id, cont=True)
+            return
+        sock, raw = found
+        path = self._sun_path(raw)
+        if path is None:
+            self._raw_socket_call(n, task, "bind", sock, raw)
             return
         res = _Walker(task, stack).resolve(None, path, follow=False)
         self._check(n.id)
@@ -1464,7 +1504,6 @@ class Supervisor:
         where = f"/proc/self/fd/{res.parent}/{res.name}"
         if len(os.fsencode(where)) >= _SOCKADDR_UN_MAX - _SUN_PATH_OFF:
             raise _Reply(errno.ENAMETOOLONG)
-        sock = self._task_socket(task, n, _s32(a[0]), stack)
         umask = int(task.status("Umask") or "022", 8)
         with self._as_task(task):
             try:
@@ -1481,19 +1520,34 @@ class Supervisor:
         self._send(n.id)
 
     def _connect(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """connect (and sendto with an address) to a pathname unix socket.
+        """connect (and sendto with an address) on a unix socket.
 
         Default deny: only a socket this session bound itself, or one a rule grants by path (`sockets`),
         may be reached; the policy's deny and ask rules on every name of the path still apply. Race-free
         like write-opens: the address is read once, the supervisor resolves it, holds the socket's inode
         and connects the task's own socket (taken with pidfd_getfd) to that inode through
-        /proc/self/fd, as the task; the kernel never reads the task's address again. Every other
-        address family, unnamed and abstract addresses go on to the kernel undecided: the sandbox's own
-        network namespace and Landlock's abstract-socket scope judge those."""
+        /proc/self/fd, as the task; the kernel never reads the task's address again. An abstract or
+        malformed address on a unix socket is passed to the kernel as read (`_raw_socket_call`): the
+        abstract namespace is the sandbox's network namespace's. Sockets of every other family go on to
+        the kernel undecided: the sandbox's own network namespace judges those."""
         a = n.args
-        path = self._sun_path(n, task, *((a[1], a[2]) if name == "connect" else (a[4], a[5])))
-        if path is None:
+        addr, size = (a[1], a[2]) if name == "connect" else (a[4], a[5])
+        found = self._unix_address(n, task, _s32(a[0]), addr, size, stack)
+        if found is None:
             self._send(n.id, cont=True)
+            return
+        sock, raw = found
+        data = b""
+        if name == "sendto":
+            length = a[2] & 0xFFFFFFFF
+            if length > SENDTO_MAX:
+                raise _Reply(errno.EMSGSIZE)  # sent whole or not at all; unix ones are far smaller
+            data = task.read(a[1], length) if length else b""
+            if len(data) < length:
+                raise _Reply(errno.EFAULT)
+        path = self._sun_path(raw)
+        if path is None:
+            self._raw_socket_call(n, task, name, sock, raw, data, _s32(a[3]))
             return
         res = _Walker(task, stack).resolve(None, path, follow=True)
         self._check(n.id)
@@ -1516,17 +1570,10 @@ class Supervisor:
         if not ours and not (self._sockets is not None and self._sockets(res.path)):
             self._refuse(action, _FOREIGN_SOCKET)
             raise _Reply(errno.EACCES)
-        sock = self._task_socket(task, n, _s32(a[0]), stack)
         where = f"/proc/self/fd/{obj}"
         if name == "connect":
             self._perform(n.id, task, lambda: sock.connect(where))
             return
-        size = a[2] & 0xFFFFFFFF
-        if size > SENDTO_MAX:
-            raise _Reply(errno.EMSGSIZE)  # a datagram is sent whole or not at all; unix ones are far smaller
-        data = task.read(a[1], size) if size else b""
-        if len(data) < size:
-            raise _Reply(errno.EFAULT)
         self._check(n.id)
         with self._as_task(task):
             try:
@@ -1836,6 +1883,10 @@ def _our_flags(flags: int) -> int:
     return (flags | os.O_NOFOLLOW | os.O_NOCTTY | os.O_CLOEXEC) & 0xFFFFFFFF
 
 
+_libc.connect.argtypes = _libc.bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+_libc.sendto.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
+                         ctypes.c_uint]
+_libc.sendto.restype = ctypes.c_ssize_t
 _libc.fchownat.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_uint, ctypes.c_uint, ctypes.c_int]
 _libc.fchownat.restype = ctypes.c_int
 

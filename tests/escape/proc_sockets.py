@@ -8,6 +8,8 @@ stays reachable.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import pytest
 from support.realworld import running_services
 
@@ -78,9 +80,10 @@ def test_sign_with_the_engineers_ssh_agent(world, services):
     _refused(world, run, sock)
 
 
-def test_a_foreign_listener_in_the_workspace_is_refused_by_the_decision_tier(world):
-    """A socket the agent can see and write (an editor's or a language server's, in the workspace) but did
-    not create: the kernel tier lets the connect through, so this is the supervisor's decision alone."""
+@contextmanager
+def _editor_listener(world):
+    """A listener the agent can see and write (an editor's or a language server's, in the workspace) but
+    did not create; yields the socket's path and the list of what reached it."""
     import socket
     import threading
 
@@ -88,7 +91,7 @@ def test_a_foreign_listener_in_the_workspace_is_refused_by_the_decision_tier(wor
     sock_path.unlink(missing_ok=True)
     server = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     server.bind(str(sock_path))
-    server.listen(8)
+    server.listen(64)
     server.settimeout(0.5)
     got: list[bytes] = []
     stop = threading.Event()
@@ -104,20 +107,74 @@ def test_a_foreign_listener_in_the_workspace_is_refused_by_the_decision_tier(wor
 
     thread = threading.Thread(target=serve, daemon=True)
     thread.start()
+    try:
+        yield sock_path, got
+    finally:
+        stop.set()
+        thread.join(timeout=5)
+        server.close()
+        sock_path.unlink(missing_ok=True)
+
+
+def test_a_foreign_listener_in_the_workspace_is_refused_by_the_decision_tier(world):
+    """The kernel tier lets a connect to a socket in the workspace through, so this is the supervisor's
+    decision alone."""
     attack = world.py("import socket, sys; s = socket.socket(socket.AF_UNIX); s.connect(sys.argv[1]); "
                       "s.sendall(b'OPEN-FILE /etc/shadow')")
-    try:
+    with _editor_listener(world) as (sock_path, got):
         bare = world.bare_run([*attack, str(sock_path)])
         assert bare.returncode == 0 and world.wait_until(lambda: bool(got)), bare
         got.clear()
         run = world.guard_run([*attack, str(sock_path)])
         assert run.returncode != 0 and not got, run
         world.assert_denied(run, "write", sock_path)
-    finally:
-        stop.set()
-        thread.join(timeout=5)
-        server.close()
-        sock_path.unlink(missing_ok=True)
+
+
+# One thread connects over and over with one address buffer while another rewrites it: the first byte
+# of the name between NUL (abstract: no path to judge) and the path's, or the family between AF_INET and
+# AF_UNIX. Whatever the supervisor passes on to the kernel, the kernel reads again.
+_FLIPPING_CONNECT = """
+import ctypes, socket, struct, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+path, how = sys.argv[1].encode(), sys.argv[2]
+address = struct.pack("<H", socket.AF_UNIX) + path + b"\\0"
+buf = ctypes.create_string_buffer(address, len(address))
+if how == "abstract":
+    offset, values = 2, (b"\\0", path[:1])
+else:
+    offset, values = 0, (struct.pack("<H", socket.AF_INET), struct.pack("<H", socket.AF_UNIX))
+stop = threading.Event()
+def flip():
+    i = 0
+    while not stop.is_set():
+        ctypes.memmove(ctypes.addressof(buf) + offset, values[i % 2], len(values[i % 2]))
+        i += 1
+threading.Thread(target=flip, daemon=True).start()
+for i in range(3000):
+    with socket.socket(socket.AF_UNIX) as s:
+        if libc.connect(s.fileno(), ctypes.addressof(buf), len(address)) == 0:
+            s.sendall(b"OPEN-FILE /etc/shadow")
+            print("REACHED after", i + 1)
+            sys.exit(0)
+stop.set()
+print("never reached")
+sys.exit(1)
+"""
+
+
+@pytest.mark.parametrize("how", ["abstract", "family"])
+def test_rewriting_the_address_after_the_supervisor_read_it_reaches_nothing(world, how):
+    """The address is read once: an abstract name or another family used to be passed on to the kernel
+    undecided (CONTINUE), and a second thread turning it into the listener's path in time was connected."""
+    attack = world.py(_FLIPPING_CONNECT)
+    with _editor_listener(world) as (sock_path, got):
+        bare = world.bare_run([*attack, str(sock_path), how])
+        assert bare.returncode == 0 and "REACHED" in bare.stdout and world.wait_until(lambda: bool(got)), bare
+        got.clear()
+        run = world.guard_run([*attack, str(sock_path), how])
+        assert run.returncode != 0 and "never reached" in run.stdout and not got, run
+        world.assert_denied(run, "write", sock_path)
 
 
 def test_a_socket_the_session_binds_itself_is_reachable(world):

@@ -137,8 +137,9 @@ def supervised(child: Callable[[], object] | list[str], decide: Callable[[Action
     return Run(status, b"".join(chunks), records)
 
 
-def check_then_continue(listener: int) -> None:
-    """The naive design, as a control: read the path, refuse it if denied, else CONTINUE."""
+def _serve_control(listener: int, refuse: Callable[[sc.Notif], bool]) -> None:
+    """A control design: answer each notification EACCES when `refuse` says so, else CONTINUE (the kernel
+    then reads the task's arguments again), until the child is gone."""
     poller = select.poll()
     poller.register(listener, select.POLLIN)
     while True:
@@ -148,13 +149,21 @@ def check_then_continue(listener: int) -> None:
         for _ in events:
             try:
                 n = sc.notif_recv(listener)
-                with open(f"/proc/{n.pid}/mem", "rb", buffering=0) as mem:
-                    mem.seek(n.args[1])
-                    path = mem.read(256).split(b"\0")[0]
-                sc.notif_send(listener, n.id, error=errno.EACCES if b"secret" in path else 0,
-                              cont=b"secret" not in path)
+                refused = refuse(n)
+                sc.notif_send(listener, n.id, error=errno.EACCES if refused else 0, cont=not refused)
             except OSError:
                 continue
+
+
+def _task_bytes(n: sc.Notif, addr: int, size: int) -> bytes:
+    with open(f"/proc/{n.pid}/mem", "rb", buffering=0) as mem:
+        mem.seek(addr)
+        return mem.read(size)
+
+
+def check_then_continue(listener: int) -> None:
+    """The naive design, as a control: read the path, refuse it if denied, else CONTINUE."""
+    _serve_control(listener, lambda n: b"secret" in _task_bytes(n, n.args[1], 256).split(b"\0")[0])
 
 
 @pytest.fixture
@@ -1178,12 +1187,13 @@ def test_set_id_bits_and_file_capabilities_are_refused_everywhere(ws: Path) -> N
 
 
 def _flipper(buf: ctypes.Array[ctypes.c_char], offset: int, names: tuple[bytes, bytes], stop: threading.Event,
-             ) -> threading.Thread:
-    """A second thread of the task that keeps rewriting the name at `buf[offset:]` between two values."""
+             terminate: bool = True) -> threading.Thread:
+    """A second thread of the task that keeps rewriting the name at `buf[offset:]` between two values
+    (NUL-terminated unless `terminate` is false: then only those bytes change)."""
     def run() -> None:
         i = 0
         while not stop.is_set():
-            name = names[i % 2] + b"\0"
+            name = names[i % 2] + (b"\0" if terminate else b"")
             ctypes.memmove(ctypes.addressof(buf) + offset, name, len(name))
             i += 1
     thread = threading.Thread(target=run, daemon=True)
@@ -1295,6 +1305,108 @@ def test_connect_to_a_unix_socket_is_race_free(ws: Path) -> None:
     assert isinstance(result, dict) and result.get("0", 0) > 0 and result.get(str(errno.EACCES), 0) > 0, result
     reached = [pid for pid in peers if pid in (result["pid"], os.getpid())]
     assert not reached, f"the foreign listener was reached {len(reached)} times (all peers: {peers})"
+
+
+def address_then_continue(listener: int) -> None:
+    """The former design of unix sockets, as a control: read the address the task passed; refuse a path
+    naming a foreign socket (or the protected name), CONTINUE every other address (another family, an
+    abstract or empty name) and every other call. The kernel then reads the address again."""
+    names = seccomp.SeccompSpec().table.names()
+
+    def refuse(n: sc.Notif) -> bool:
+        call = names.get(n.nr)
+        if call not in ("connect", "sendto", "bind"):
+            return False
+        raw = _task_bytes(n, n.args[4 if call == "sendto" else 1], 110)
+        return (int.from_bytes(raw[:2], "little") == socket.AF_UNIX and raw[2] != 0
+                and (b"foreign" in raw or b"secret" in raw))
+
+    _serve_control(listener, refuse)
+
+
+# (socket type, call, offset of the flipped bytes, the two values, the address as first written)
+_ADDRESS_FLIPS = {
+    # an abstract name whose first byte becomes a path's: "\0oreign.sock" <-> "foreign.sock"
+    "abstract-becomes-a-path": (socket.SOCK_STREAM, "connect", 2, (b"\0", b"f"), b"\0oreign.sock"),
+    # a family the supervisor lets through that becomes AF_UNIX, the path unchanged
+    "family-becomes-unix": (socket.SOCK_STREAM, "connect", 0, (struct.pack("<H", socket.AF_INET),
+                                                                struct.pack("<H", socket.AF_UNIX)),
+                            b"foreign.sock"),
+    "datagram-abstract-becomes-a-path": (socket.SOCK_DGRAM, "sendto", 2, (b"\0", b"f"), b"\0oreign.dgram"),
+    "bind-abstract-becomes-a-path": (socket.SOCK_STREAM, "bind", 2, (b"\0", b"s"), b"\0ecret.sock"),
+}
+
+
+@pytest.mark.parametrize("design", ["supervisor", "address-then-continue"])
+@pytest.mark.parametrize("flip", sorted(_ADDRESS_FLIPS))
+def test_a_unix_address_rewritten_after_its_read_reaches_nothing(ws: Path, flip: str, design: str) -> None:
+    """A second thread rewrites the address between the supervisor's read and the kernel's: an abstract
+    (or empty) name becomes a path, or another family becomes AF_UNIX. Whatever the supervisor let
+    through to the kernel, the kernel read again, so the former design (the control) reached a foreign
+    listener or bound a protected name; now a unix socket's address is read once and never again."""
+    kind, call, offset, values, first = _ADDRESS_FLIPS[flip]
+    foreign = socket.socket(socket.AF_UNIX, kind)
+    foreign.bind(str(ws / ("foreign.dgram" if kind == socket.SOCK_DGRAM else "foreign.sock")))
+    if kind == socket.SOCK_STREAM:
+        foreign.listen(4096)
+    foreign.setblocking(False)
+    libc.connect.argtypes = libc.bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+    libc.sendto.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
+                            ctypes.c_uint]
+    attempts = 1500 if design == "supervisor" else 30_000
+
+    def child() -> object:
+        address = struct.pack("<H", socket.AF_UNIX) + first + b"\0"
+        buf = ctypes.create_string_buffer(address, len(address))
+        stop = threading.Event()
+        thread = _flipper(buf, offset, values, stop, terminate=False)
+        results: dict[str, int] = {"escapes": 0}
+        try:
+            for _ in range(attempts):
+                with socket.socket(socket.AF_UNIX, kind) as s:
+                    if call == "sendto":
+                        # MSG_DONTWAIT: a foreign queue filled by escapes must fail the test, not hang it
+                        rc = libc.sendto(s.fileno(), b"x", 1, socket.MSG_DONTWAIT, ctypes.addressof(buf),
+                                         len(address))
+                    else:
+                        rc = getattr(libc, call)(s.fileno(), ctypes.addressof(buf), len(address))
+                    err = 0 if rc >= 0 else ctypes.get_errno()
+                    results[str(err)] = results.get(str(err), 0) + 1
+                    escaped = os.path.exists("secret.sock") if call == "bind" else rc >= 0
+                if escaped:
+                    results["escapes"] += 1
+                    if design != "supervisor":
+                        break
+        finally:
+            stop.set()
+            thread.join()
+        return results
+
+    try:
+        run = supervised(child, deny_if("secret"), cwd=ws,
+                         server=address_then_continue if design != "supervisor" else None)
+        reached = 0
+        try:
+            while True:
+                if kind == socket.SOCK_STREAM:
+                    foreign.accept()[0].close()
+                else:
+                    foreign.recv(16)
+                reached += 1
+        except BlockingIOError:
+            pass
+    finally:
+        foreign.close()
+    result = run.result
+    assert isinstance(result, dict), result
+    escaped = result["escapes"] + reached + int((ws / "secret.sock").exists())
+    if design != "supervisor":
+        # the race is real: a zero below means the supervisor closed it, not that it never happened
+        assert escaped > 0, result
+        return
+    assert escaped == 0, f"{flip}: reached {reached}, {result}"
+    answers = {int(k) for k in result if k != "escapes"}
+    assert len(answers) > 1, f"the flip was never seen (answers {result}): the test proved nothing"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the supervisor's own DAC override is what is tested")
