@@ -75,16 +75,18 @@ def measure(fn: Callable[[], float], spec: seccomp.SeccompSpec | None, workers: 
                     drop_capabilities()
                 sc.set_no_new_privs()
                 fd = seccomp.install(spec)
+                socket.send_fds(child_sock, [b"L"], [fd] if fd is not None else [])
                 if fd is not None:
-                    seccomp.hand_over_listener(child_sock, fd)
+                    os.close(fd)
             os.write(w, json.dumps(fn()).encode())
         finally:
             os._exit(0)
     os.close(w)
     child_sock.close()
     listener = None
-    if spec is not None and spec.notify:
-        listener = seccomp.receive_listener(parent_sock, pid)
+    if spec is not None:
+        _, fds, _, _ = socket.recv_fds(parent_sock, 1, 1)
+        listener = fds[0] if fds else None
     parent_sock.close()
 
     def collect() -> float:

@@ -263,7 +263,6 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
     memfd: dict[str, Any] = {"enforced": False, "why": "not reported by the sandbox init"}
     ready = False
     listener_fd: int | None = None
-    agent_listener: tuple[int, int] | None = None  # (its number in the agent, the agent's pid in the sandbox)
     watched: list[tuple[int, str, str]] = []
     deadline = time.monotonic() + SETUP_TIMEOUT
     try:
@@ -308,19 +307,14 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
                 listeners.extend(socket.socket(fileno=fd) for fd in fds)
             elif kind == "ready":
                 ready = True
-                agent_listener = (int(msg["listener"]), int(msg["pid"])) if msg.get("listener") is not None \
-                    else None
-                if want_listener and agent_listener is None:
-                    raise SandboxError("seccomp filter installed but the agent reported no listener")
+                listener_fd = fds[0] if fds else None
+                if want_listener and listener_fd is None:
+                    raise SandboxError("seccomp filter installed but no listener fd was received")
             else:
                 raise SandboxError(f"unexpected message from the sandbox: {msg!r}")
             # the relay's "init" and the agent's "ready" race each other: wait for both
             if ready and init_pid > 0:
                 break
-        if agent_listener is not None:
-            from guard.sandbox.seccomp import take_listener
-
-            listener_fd = take_listener(_outer_pid(init_pid, agent_listener[1]), agent_listener[0])
         if len(listeners) != n_listeners:
             raise SandboxError(f"expected {n_listeners} inner listener(s), got {len(listeners)}")
         extra = _seccomp_protections(seccomp, listener_fd is not None)
@@ -345,29 +339,7 @@ def _receive(sock: socket.socket, pid: int, plan: SandboxPlan, seccomp: SeccompS
 
 
 def _send(sock: socket.socket, msg: dict[str, Any], fds: Sequence[int] = ()) -> None:
-    """One message to the supervisor; with descriptors only before the agent's filter is installed (its
-    sendmsg is notified), so a message without any goes by send(2)."""
-    if fds:
-        socket.send_fds(sock, [json.dumps(msg).encode()], list(fds))
-    else:
-        sock.send(json.dumps(msg).encode())
-
-
-def _outer_pid(init_pid: int, inner_pid: int) -> int:
-    """The pid, in our pid namespace, of the init's child whose pid in the sandbox is `inner_pid` (the
-    agent, the init's only child while it starts)."""
-    try:
-        children = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
-    except OSError as exc:
-        raise SandboxError(f"cannot list the sandbox init's children: {exc.strerror}") from None
-    for child in children:
-        try:
-            for line in Path(f"/proc/{child}/status").read_text().splitlines():
-                if line.startswith("NSpid:") and line.split()[-1] == str(inner_pid):
-                    return int(child)
-        except OSError:
-            continue
-    raise SandboxError(f"the agent (pid {inner_pid} in the sandbox) is not a child of the sandbox's init")
+    socket.send_fds(sock, [json.dumps(msg).encode()], list(fds))
 
 
 def _send_error(sock: socket.socket, stage: str, exc: BaseException) -> None:
@@ -600,11 +572,10 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
         from guard.sandbox import seccomp as seccomp_mod
 
         listener = seccomp_mod.install(seccomp)
-    # the listener's number, not the descriptor: the supervisor takes it (seccomp.take_listener)
-    _send(sock, {"t": "ready", "seccomp": listener is not None, "listener": listener, "pid": os.getpid()})
-    go = sock.recv(1)
+    _send(sock, {"t": "ready", "seccomp": listener is not None}, [listener] if listener is not None else [])
     if listener is not None:
         os.close(listener)  # the agent must never hold its own notification listener
+    go = sock.recv(1)
     if go != _GO:
         os._exit(125)  # the supervisor gave up on us: leave quietly
     sock.close()

@@ -17,18 +17,14 @@ Shape of the filter, and why:
 - With `notify`, exec, write-intent opens (decided in BPF from the flags, so read-only opens never leave
   the kernel), openat2, path-creating/removing syscalls and attribute changes (mode, owner, times,
   xattrs, inode flags, truncation) return SECCOMP_RET_USER_NOTIF. Landlock has no right for attribute
-  changes at all, so without this tier `chmod` reaches any file the user owns. connect, sendto with a
-  destination address, sendmsg and sendmmsg are notified too: Landlock does not judge reaching a pathname
-  unix socket. Because sendmsg is, the task hands its listener over by number (`take_listener`), never in
-  a message: nobody would answer that sendmsg yet.
+  changes at all, so without this tier `chmod` reaches any file the user owns. connect (and sendto with a
+  destination address) is notified too: Landlock does not judge connecting to a pathname unix socket.
   `full_audit` notifies every open as well, which roughly doubles the cost of file-heavy work.
 """
 
 from __future__ import annotations
 
 import errno
-import os
-import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -95,15 +91,12 @@ NOTIFIED = (
     # sockaddr: every connect goes to the supervisor, which decides only AF_UNIX paths. bind() of a
     # pathname unix socket creates a name on the file system, so it is decided like any create.
     "connect", "bind",
-    # A datagram's destination is inside struct msghdr, which BPF cannot read: every sendmsg goes to the
-    # supervisor, which lets through all but those on a unix datagram socket (the only kind that sends
-    # to a name) and sends those itself.
-    "sendmsg", "sendmmsg",
     # Not decided: the compiled core keeps each task's umask (a create must apply it) instead of reading
     # /proc/<pid>/status for every create; a umask call makes it forget what it kept, then continues.
     "umask",
 )
-# sendto with a destination address (arg 4 non-NULL) names a socket path too.
+# sendto with a destination address (arg 4 non-NULL) names a socket path too; sendmsg's address is
+# inside a struct BPF cannot read, so it stays a documented residual.
 SENDTO_ADDR_ARG = 4
 FLAG_OPENS = {"openat": 2, "open": 1}  # syscall -> index of its flags argument
 
@@ -128,7 +121,7 @@ _X86_64 = {
     "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
     "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 77,
-    "connect": 42, "sendto": 44, "bind": 49, "umask": 95, "sendmsg": 46, "sendmmsg": 307,
+    "connect": 42, "sendto": 44, "bind": 49, "umask": 95,
 }
 
 # The generic table (asm-generic/unistd.h) as arm64 uses it; it has no legacy path syscalls.
@@ -149,7 +142,7 @@ _AARCH64 = {
     "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
     "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 46,
-    "connect": 203, "sendto": 206, "bind": 200, "umask": 166, "sendmsg": 211, "sendmmsg": 269,
+    "connect": 203, "sendto": 206, "bind": 200, "umask": 166,
 }
 
 
@@ -264,47 +257,6 @@ def build_filter(spec: SeccompSpec) -> bytes:
     a.label("kill")
     a.ret(RET_KILL_PROCESS)
     return encode(a.assemble())
-
-
-_LISTENER_LINK = "anon_inode:seccomp notify"
-
-
-def take_listener(pid: int, fd: int) -> int:
-    """The notification listener `fd` of the task `pid`, duplicated into this process (pidfd_getfd).
-
-    The task that installed the filter cannot send it in a message: sendmsg is notified, and until its
-    listener is served nobody would answer. So it sends the number (with send, which is not notified)
-    and keeps the descriptor open until told to go on. Raises SandboxError when the descriptor is not a
-    seccomp listener or cannot be taken."""
-    try:
-        pidfd = os.pidfd_open(pid)
-        try:
-            ours = sc.pidfd_getfd(pidfd, fd)
-        finally:
-            os.close(pidfd)
-    except OSError as exc:
-        raise SandboxError(f"seccomp: cannot take the listener (fd {fd}) of pid {pid}: {exc.strerror}",
-                           hint="pidfd_getfd needs the right to ptrace the task (a same-user descendant)"
-                           ) from None
-    if os.readlink(f"/proc/self/fd/{ours}") != _LISTENER_LINK:
-        os.close(ours)
-        raise SandboxError(f"seccomp: fd {fd} of pid {pid} is not a seccomp listener")
-    return ours
-
-
-def hand_over_listener(sock: socket.socket, fd: int) -> None:
-    """In the task that installed the filter: tell the supervisor at the other end of `sock` the
-    listener's number, wait until it has taken it (`receive_listener`), then close ours."""
-    sock.send(str(fd).encode())
-    sock.recv(1)
-    os.close(fd)
-
-
-def receive_listener(sock: socket.socket, pid: int) -> int:
-    """In the supervisor: the listener the task `pid` announces on `sock` (`hand_over_listener`)."""
-    ours = take_listener(pid, int(sock.recv(32)))
-    sock.send(b"G")
-    return ours
 
 
 def install(spec: SeccompSpec) -> int | None:

@@ -36,7 +36,7 @@ import threading
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager, suppress
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
 from guard.errors import SandboxError
@@ -221,11 +221,6 @@ TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, a
 TREE_WALK_S = 0.5
 _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
 _SOCKADDR_UN_MAX = 110
-# struct msghdr (64-bit): name, namelen (+pad), iov, iovlen, control, controllen, flags (+pad)
-_MSGHDR = struct.Struct("<QI4xQQQQi4x")
-_CMSGHDR = struct.Struct("<Qii")  # struct cmsghdr: cmsg_len (size_t), cmsg_level, cmsg_type
-_UIO_MAXIOV = 1024
-_CONTROL_MAX = 1 << 16
 
 
 # The compiled core's reader of a task's memory (one process_vm_readv, the interpreter's lock let go):
@@ -291,16 +286,6 @@ class _Task:
         if not out:
             raise _Reply(errno.EFAULT)
         return bytes(out)
-
-    def write(self, addr: int, data: bytes) -> None:
-        """Write `data` into the task's memory at `addr`: what the kernel fills in for a call the
-        supervisor made on the task's behalf (sendmmsg's msg_len)."""
-        fd = os.open(f"/proc/{self.pid}/mem", os.O_WRONLY | os.O_CLOEXEC)
-        try:
-            if os.pwrite(fd, data, addr) != len(data):
-                raise OSError(errno.EFAULT, "short write into the task's memory")
-        finally:
-            os.close(fd)
 
     def read_str(self, addr: int, limit: int) -> tuple[bytes, bool]:
         """The NUL-terminated string at `addr`, at most `limit` bytes; (text, complete)."""
@@ -963,8 +948,6 @@ class Supervisor:
                     self._bind(n, task, stack)
                 elif name in ("connect", "sendto"):
                     self._connect(n, name, task, stack)
-                elif name in ("sendmsg", "sendmmsg"):
-                    self._sendmsg(n, name, task, stack)
                 elif name == "umask":  # nothing to decide (see seccomp.NOTIFIED): the compiled core's cue
                     self._send(n.id, cont=True)
                 else:
@@ -1566,25 +1549,6 @@ class Supervisor:
         if path is None:
             self._raw_socket_call(n, task, name, sock, raw, data, _s32(a[3]))
             return
-        where = self._reachable_socket(n, task, stack, path)
-        if name == "connect":
-            self._perform(n.id, task, lambda: sock.connect(where))
-            return
-        self._check(n.id)
-        with self._as_task(task):
-            try:
-                sent = sock.sendto(data, a[3] & 0xFFFFFFFF, where)
-            except OSError as exc:
-                self._send(n.id, error=exc.errno or errno.EACCES)
-                return
-        self._send(n.id, val=sent)
-
-    def _reachable_socket(self, n: sc.Notif, task: _Task, stack: ExitStack, path: str) -> str:
-        """The unix socket at `path` (in the task's view, symlinks followed), held, as a name that reaches
-        exactly that inode (/proc/self/fd/N), when the session may reach it: it bound it itself, or a
-        rule grants it by path, and the policy's deny and ask rules on every name of the path let it.
-        Raises _Reply otherwise: ENOENT, ECONNREFUSED for what is not a socket, EACCES refused and
-        recorded."""
         res = _Walker(task, stack).resolve(None, path, follow=True)
         self._check(n.id)
         action = Action(op=Op.WRITE, target=res.path, pid=n.pid)
@@ -1606,113 +1570,18 @@ class Supervisor:
         if not ours and not (self._sockets is not None and self._sockets(res.path)):
             self._refuse(action, _FOREIGN_SOCKET)
             raise _Reply(errno.EACCES)
-        return f"/proc/self/fd/{obj}"
-
-    def _sendmsg(self, n: sc.Notif, name: str, task: _Task, stack: ExitStack) -> None:
-        """sendmsg and sendmmsg. Only a unix datagram socket sends to a name given with the message (a
-        stream socket refuses one, a seqpacket socket ignores it, every other family is the sandbox's
-        network namespace's), so on every other socket the call goes on to the kernel (CONTINUE): its
-        outcome does not depend on the memory the kernel reads again. On a unix datagram socket the
-        message is read once (name, data, descriptors passed with SCM_RIGHTS, taken from the task) and
-        sent by the supervisor on the task's socket, as the task, to the destination judged as
-        connect's. sendmmsg sends its first message and answers 1, as the kernel may; callers send the
-        rest again. SCM_CREDENTIALS is refused (EPERM): the kernel would check the claimed pid against
-        the guard's, not the task's."""
-        a = n.args
-        sock = self._task_socket(task, n, _s32(a[0]), stack)
-        if sock.family != socket.AF_UNIX or sock.type != socket.SOCK_DGRAM:
-            self._send(n.id, cont=True)
+        where = f"/proc/self/fd/{obj}"
+        if name == "connect":
+            self._perform(n.id, task, lambda: sock.connect(where))
             return
-        many = name == "sendmmsg"
-        if many and a[2] & 0xFFFFFFFF == 0:
-            self._send(n.id, val=0)
-            return
-        flags = _s32(a[3] if many else a[2])
-        head = task.read(a[1], _MSGHDR.size)
-        if len(head) < _MSGHDR.size:
-            raise _Reply(errno.EFAULT)
-        name_at, name_len, iov_at, iov_len, control_at, control_len, _ = _MSGHDR.unpack(head)
-        buffers = self._read_iovecs(n, task, iov_at, iov_len)
-        ancillary = self._read_control(n, task, control_at, control_len, stack)
-        address: str | bytes | None = None
-        if name_at and name_len:
-            if name_len > _SOCKADDR_UN_MAX:
-                raise _Reply(errno.EINVAL)
-            raw = task.read(name_at, name_len)
-            if len(raw) < name_len:
-                raise _Reply(errno.EFAULT)
-            if name_len <= _SUN_PATH_OFF or int.from_bytes(raw[:_SUN_PATH_OFF], "little") != socket.AF_UNIX:
-                raise _Reply(errno.EINVAL)  # what unix_validate_addr answers
-            path = self._sun_path(raw)
-            address = raw[_SUN_PATH_OFF:] if path is None else self._reachable_socket(n, task, stack, path)
         self._check(n.id)
         with self._as_task(task):
             try:
-                sent = (sock.sendmsg(buffers, ancillary, flags) if address is None
-                        else sock.sendmsg(buffers, ancillary, flags, address))
+                sent = sock.sendto(data, a[3] & 0xFFFFFFFF, where)
             except OSError as exc:
                 self._send(n.id, error=exc.errno or errno.EACCES)
                 return
-        if many:
-            with suppress(OSError):  # msg_len, as the kernel fills it in
-                task.write(a[1] + _MSGHDR.size, struct.pack("<I", sent))
-            sent = 1
         self._send(n.id, val=sent)
-
-    def _read_iovecs(self, n: sc.Notif, task: _Task, at: int, count: int) -> list[bytes]:
-        """The data of a message's iovecs, read once (at most SENDTO_MAX bytes in all)."""
-        if count > _UIO_MAXIOV:
-            raise _Reply(errno.EMSGSIZE)
-        if count == 0:
-            return []
-        table = task.read(at, 16 * count)
-        if len(table) < 16 * count:
-            raise _Reply(errno.EFAULT)
-        out: list[bytes] = []
-        total = 0
-        for base, length in struct.iter_unpack("<QQ", table):
-            total += length
-            if total > SENDTO_MAX:
-                raise _Reply(errno.EMSGSIZE)  # sent whole or not at all; unix datagrams are far smaller
-            chunk = task.read(base, length) if length else b""
-            if len(chunk) < length:
-                raise _Reply(errno.EFAULT)
-            out.append(chunk)
-        self._check(n.id)
-        return out
-
-    def _read_control(self, n: sc.Notif, task: _Task, at: int, size: int,
-                      stack: ExitStack) -> list[tuple[int, int, bytes]]:
-        """A message's control data, read once: SCM_RIGHTS descriptors are the task's, taken with
-        pidfd_getfd (ours are closed when the call is answered); anything else is passed as read."""
-        if not at or not size:
-            return []
-        if size > _CONTROL_MAX:
-            raise _Reply(errno.ENOBUFS)  # beyond net.core.optmem_max, as the kernel answers
-        data = task.read(at, size)
-        if len(data) < size:
-            raise _Reply(errno.EFAULT)
-        out: list[tuple[int, int, bytes]] = []
-        off = 0
-        while off + _CMSGHDR.size <= size:
-            length, level, kind = _CMSGHDR.unpack_from(data, off)
-            if length < _CMSGHDR.size or off + length > size:
-                raise _Reply(errno.EINVAL)
-            body = data[off + _CMSGHDR.size:off + length]
-            if level == socket.SOL_SOCKET and kind == socket.SCM_CREDENTIALS:
-                raise _Reply(errno.EPERM)
-            if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-                theirs = struct.unpack(f"<{len(body) // 4}i", body[:len(body) // 4 * 4])
-                ours = []
-                for fd in theirs:
-                    dup = _task_fd(task, n, fd)
-                    stack.callback(os.close, dup)
-                    ours.append(dup)
-                body = struct.pack(f"<{len(ours)}i", *ours)
-            out.append((level, kind, body))
-            off += (length + 7) & ~7
-        self._check(n.id)
-        return out
 
     def _refuse(self, action: Action, reason: str) -> None:
         """Record a DENY the supervisor makes itself, without asking the policy."""

@@ -177,33 +177,6 @@ def test_rewriting_the_address_after_the_supervisor_read_it_reaches_nothing(worl
         world.assert_denied(run, "write", sock_path)
 
 
-def test_a_datagram_sent_with_sendmsg_to_a_foreign_socket_is_refused(world):
-    """A datagram service on a path (a syslog or journal socket, a notify socket): sendmsg names its
-    destination inside struct msghdr, which the filter cannot read, so it reaches the supervisor all the
-    same and is refused unless the session bound that socket or a rule grants it."""
-    import socket
-
-    sock_path = world.ws / ".log-dgram.sock"
-    sock_path.unlink(missing_ok=True)
-    server = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-    server.bind(str(sock_path))
-    server.settimeout(5)
-    attack = world.py("import socket, sys; s = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM); "
-                      "s.sendmsg([b'<13>forged: ', b'PWNED'], [], 0, sys.argv[1])")
-    try:
-        bare = world.bare_run([*attack, str(sock_path)])
-        assert bare.returncode == 0 and server.recv(64) == b"<13>forged: PWNED", bare
-        server.setblocking(False)
-        run = world.guard_run([*attack, str(sock_path)])
-        assert run.returncode != 0 and "PermissionError" in run.stderr, run
-        with pytest.raises(BlockingIOError):
-            server.recv(64)
-        world.assert_denied(run, "write", sock_path)
-    finally:
-        server.close()
-        sock_path.unlink(missing_ok=True)
-
-
 def test_a_socket_the_session_binds_itself_is_reachable(world):
     """Honest work: a test server, a language server, a tmux the agent starts for itself."""
     code = ("import os, socket\n"

@@ -35,8 +35,7 @@ class Child:
                 os.close(self.results)
                 sc.set_no_new_privs()
                 fd = seccomp.install(self.spec)
-                assert fd is not None
-                seccomp.hand_over_listener(child_sock, fd)
+                socket.send_fds(child_sock, [b"L"], [fd] if fd is not None else [])
                 with os.fdopen(orders_r, "rb", buffering=0) as orders:
                     while name := orders.read(1):
                         try:
@@ -50,8 +49,10 @@ class Child:
         os.close(orders_r)
         os.close(results_w)
         child_sock.close()
-        self.listener = seccomp.receive_listener(parent_sock, self.pid)
+        _, fds, _, _ = socket.recv_fds(parent_sock, 1, 1)
         parent_sock.close()
+        assert fds, "the child could not install its filter"
+        self.listener = fds[0]
 
     def order(self, name: str) -> None:
         os.write(self.orders, name.encode())
