@@ -534,6 +534,17 @@ def _memfd_noexec() -> dict[str, Any]:
 
 
 # --- the agent, up to exec ------------------------------------------------------------------------------
+def _without_socket_files(rules: landlock.LandlockPlan) -> landlock.LandlockPlan:
+    """The rules with MAKE_SOCK granted nowhere. With a supervisor, every socket file of the session is
+    made by it (bind of a path, mknod of a socket: decided, then performed), so the kernel's own path to
+    one is needed by nothing honest; refusing it there closes the window in which a thread swaps a unix
+    socket onto a descriptor the supervisor saw as another family's and lets the kernel bind it."""
+    from dataclasses import replace
+
+    return replace(rules, grants=tuple(replace(g, access=g.access & ~sc.ACCESS_FS_MAKE_SOCK)
+                                       for g in rules.grants))
+
+
 def _audit_grants(plan: SandboxPlan) -> landlock.LandlockPlan:  # pragma: no cover - runs in the agent
     """Audit mode: write on every top-level tree of the sandbox's root but /proc, /sys and /dev (listed
     here, at launch: the plan is pure). Write-opens are still notified, decided and recorded."""
@@ -561,7 +572,8 @@ def _agent(plan: SandboxPlan, argv: list[str], env: dict[str, str], cwd: str, se
     signal.pthread_sigmask(signal.SIG_SETMASK, [])
     sc.drop_capabilities()
     sc.set_no_new_privs()
-    landlock.restrict(_audit_grants(plan) if plan.audit else plan.landlock)
+    rules = _audit_grants(plan) if plan.audit else plan.landlock
+    landlock.restrict(_without_socket_files(rules) if seccomp is not None and seccomp.notify else rules)
     try:
         os.chdir(cwd)
     except OSError as exc:

@@ -221,6 +221,7 @@ TREE_WALK_MAX = 20_000  # entries under a renamed directory judged one by one, a
 TREE_WALK_S = 0.5
 _SUN_PATH_OFF = 2  # struct sockaddr_un: sa_family_t, then sun_path[108]
 _SOCKADDR_UN_MAX = 110
+_SOCKADDR_STORAGE = 128  # the longest address the kernel copies in
 
 
 # The compiled core's reader of a task's memory (one process_vm_readv, the interpreter's lock let go):
@@ -1410,27 +1411,25 @@ class Supervisor:
             if self._privileged:
                 sc.set_thread_caps(self._caps)
 
-    def _unix_address(self, n: sc.Notif, task: _Task, fd: int, addr: int, size: int,
-                      stack: ExitStack) -> tuple[socket.socket, bytes] | None:
+    def _socket_address(self, n: sc.Notif, task: _Task, fd: int, addr: int, size: int,
+                        stack: ExitStack) -> tuple[socket.socket, bytes] | None:
         """For connect, sendto and bind: the task's socket `fd` (ours, taken with pidfd_getfd) and the
-        address it passed, read once, when the socket is an AF_UNIX one and the address holds more than a
-        family. None when the call may go on to the kernel (CONTINUE), because nothing the kernel reads
-        again can name a unix socket: no address or one of at most a family, or a socket of another
-        family, which the kernel judges by the socket's own family (the sandbox's network namespace,
-        Landlock's TCP rules) whatever the address says.
+        address it passed, read once. None when the address holds at most a family, which is all the
+        kernel would read: such a call may go on to the kernel (CONTINUE) whatever the descriptor holds
+        by then, since no socket of any family is named by so little.
 
-        The socket decides, never the address: after a CONTINUE the kernel reads the task's address
-        again, so a second thread that rewrote it after our read (an abstract name whose first byte
-        becomes a path's, a family that becomes AF_UNIX, an empty name that becomes one) had the kernel
-        reach any listener on the file system, undecided."""
+        Nothing else goes on to the kernel: after a CONTINUE it reads the task's address again, and
+        looks the descriptor up again, so a second thread that rewrote the address after our read (an
+        abstract name whose first byte becomes a path's, a family that becomes AF_UNIX, an empty name
+        that becomes one) or dup2()ed a unix socket onto the number after our look had the kernel reach
+        any listener on the file system, undecided. The call is made on the socket we hold, with the
+        bytes we read."""
         size &= 0xFFFFFFFF
         if addr == 0 or size <= _SUN_PATH_OFF:
             return None
         sock = self._task_socket(task, n, fd, stack)
-        if sock.family != socket.AF_UNIX:
-            return None
-        if size > _SOCKADDR_UN_MAX:
-            raise _Reply(errno.EINVAL)  # what unix_validate_addr answers
+        if size > _SOCKADDR_STORAGE or (sock.family == socket.AF_UNIX and size > _SOCKADDR_UN_MAX):
+            raise _Reply(errno.EINVAL)  # what move_addr_to_kernel and unix_validate_addr answer
         raw = task.read(addr, size)
         self._check(n.id)
         if len(raw) < size:
@@ -1448,9 +1447,10 @@ class Supervisor:
 
     def _raw_socket_call(self, n: sc.Notif, task: _Task, call: str, sock: socket.socket, raw: bytes,
                          data: bytes = b"", flags: int = 0) -> None:
-        """connect, bind or sendto the task's unix socket with the address bytes we read, as the task,
-        and answer with the result: an abstract name (looked up in the socket's own network namespace,
-        the sandbox's), a family the kernel refuses, AF_UNSPEC. Our copy cannot change under us."""
+        """connect, bind or sendto the task's socket with the address bytes we read, as the task, and
+        answer with the result: an address on a socket of another family (judged by the socket's own
+        network namespace, the sandbox's), an abstract name (looked up there too), a family the kernel
+        refuses, AF_UNSPEC. Our copy cannot change under us, nor can the socket we hold."""
         self._check(n.id)
         addr = ctypes.create_string_buffer(raw, len(raw))
         with self._as_task(task):
@@ -1484,11 +1484,17 @@ class Supervisor:
         task, with the task's umask. The socket's inode is remembered: connecting to a socket the
         session created itself needs no rule. Any other address on a unix socket is bound as read."""
         a = n.args
-        found = self._unix_address(n, task, _s32(a[0]), a[1], a[2], stack)
+        found = self._socket_address(n, task, _s32(a[0]), a[1], a[2], stack)
         if found is None:
             self._send(n.id, cont=True)
             return
         sock, raw = found
+        if sock.family != socket.AF_UNIX:
+            # Landlock's port rules judge binds of the task's own, so those go on to the kernel. A unix
+            # socket swapped onto the number meanwhile, its address a path, is refused by Landlock too:
+            # MAKE_SOCK is never granted while a supervisor makes the session's socket files itself.
+            self._send(n.id, cont=True)
+            return
         path = self._sun_path(raw)
         if path is None:
             self._raw_socket_call(n, task, "bind", sock, raw)
@@ -1526,13 +1532,13 @@ class Supervisor:
         may be reached; the policy's deny and ask rules on every name of the path still apply. Race-free
         like write-opens: the address is read once, the supervisor resolves it, holds the socket's inode
         and connects the task's own socket (taken with pidfd_getfd) to that inode through
-        /proc/self/fd, as the task; the kernel never reads the task's address again. An abstract or
-        malformed address on a unix socket is passed to the kernel as read (`_raw_socket_call`): the
-        abstract namespace is the sandbox's network namespace's. Sockets of every other family go on to
-        the kernel undecided: the sandbox's own network namespace judges those."""
+        /proc/self/fd, as the task; the kernel never reads the task's address again. Every other
+        address, on a unix socket (abstract, malformed) or a socket of another family, is passed to the
+        kernel as read, on the socket we hold (`_raw_socket_call`): undecided, the sandbox's own network
+        namespace judges it."""
         a = n.args
         addr, size = (a[1], a[2]) if name == "connect" else (a[4], a[5])
-        found = self._unix_address(n, task, _s32(a[0]), addr, size, stack)
+        found = self._socket_address(n, task, _s32(a[0]), addr, size, stack)
         if found is None:
             self._send(n.id, cont=True)
             return
@@ -1545,7 +1551,7 @@ class Supervisor:
             data = task.read(a[1], length) if length else b""
             if len(data) < length:
                 raise _Reply(errno.EFAULT)
-        path = self._sun_path(raw)
+        path = self._sun_path(raw) if sock.family == socket.AF_UNIX else None
         if path is None:
             self._raw_socket_call(n, task, name, sock, raw, data, _s32(a[3]))
             return

@@ -177,6 +177,54 @@ def test_rewriting_the_address_after_the_supervisor_read_it_reaches_nothing(worl
         world.assert_denied(run, "write", sock_path)
 
 
+_SWAPPING_BIND = """
+import ctypes, os, socket, struct, sys, threading
+libc = ctypes.CDLL(None, use_errno=True)
+libc.bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+path = sys.argv[1]
+address = struct.pack("<H", socket.AF_UNIX) + path.encode() + b"\\0"
+buf = ctypes.create_string_buffer(address, len(address))
+tcp = socket.socket()
+target = os.dup(tcp.fileno())
+def swap():
+    while True:
+        unix = socket.socket(socket.AF_UNIX)
+        os.dup2(unix.fileno(), target)
+        unix.close()
+        os.dup2(tcp.fileno(), target)
+threading.Thread(target=swap, daemon=True).start()
+for i in range(3000):
+    if libc.bind(target, ctypes.addressof(buf), len(address)) == 0 and os.path.exists(path):
+        print("BOUND after", i + 1)
+        sys.exit(0)
+print("never bound")
+sys.exit(1)
+"""
+
+
+def test_a_unix_socket_swapped_onto_a_tcp_descriptor_binds_no_protected_name(world):
+    """A TCP socket's bind goes on to the kernel (Landlock's port rules judge it). A second thread that
+    dup2()s a unix socket onto the descriptor in that window, the address a protected path, had the
+    kernel make a socket file there, no rule asked; Landlock now grants the kernel's own MAKE_SOCK
+    nowhere (the supervisor makes every socket file the session binds)."""
+    # a name a rule denies on a writable mount: only the decision tier (and Landlock) stand in the way
+    hook = world.ws / "deploy-hook"
+    hook.unlink(missing_ok=True)
+    policy = world.root / "policies" / "deny-deploy-hook.yaml"
+    policy.write_text("version: 1\nname: deny-deploy-hook\nextends: [coding-agent]\nrules:\n"
+                      f"  - id: deploy-hook\n    deny: [write]\n    paths: ['{hook}']\n"
+                      "    reason: the deploy script runs it\n")
+    attack = world.py(_SWAPPING_BIND)
+    try:
+        bare = world.bare_run([*attack, str(hook)])
+        assert bare.returncode == 0 and "BOUND" in bare.stdout and hook.exists(), bare
+        hook.unlink()
+        run = world.guard_run([*attack, str(hook)], policy=policy)
+        assert run.returncode != 0 and "never bound" in run.stdout and not hook.exists(), run
+    finally:
+        hook.unlink(missing_ok=True)
+
+
 def test_a_socket_the_session_binds_itself_is_reachable(world):
     """Honest work: a test server, a language server, a tmux the agent starts for itself."""
     code = ("import os, socket\n"

@@ -1307,6 +1307,53 @@ def test_connect_to_a_unix_socket_is_race_free(ws: Path) -> None:
     assert not reached, f"the foreign listener was reached {len(reached)} times (all peers: {peers})"
 
 
+def _race(attempts: int, attempt: Callable[[], tuple[int, bool]], stop_at_first: bool,
+          racer: threading.Thread, stop: threading.Event) -> dict[str, int]:
+    """In the child: up to `attempts` calls of `attempt` (its errno or 0, and whether it escaped) while
+    `racer` runs: how often each answer came, and the escapes (a control stops at its first)."""
+    results: dict[str, int] = {"escapes": 0}
+    try:
+        for _ in range(attempts):
+            err, escaped = attempt()
+            results[str(err)] = results.get(str(err), 0) + 1
+            if escaped:
+                results["escapes"] += 1
+                if stop_at_first:
+                    break
+    finally:
+        stop.set()
+        racer.join()
+    return results
+
+
+def _raced(child: Callable[[], object], decide: Callable[[Action], Decision], ws: Path,
+           control: Callable[[int], None] | None, foreign: socket.socket) -> tuple[dict[str, int], int]:
+    """In the test: run the racing child under the supervisor (or `control`); its counts, and how many
+    connections or datagrams reached the foreign listener."""
+    try:
+        run = supervised(child, decide, cwd=ws, server=control)
+        reached = _drain(foreign)
+    finally:
+        foreign.close()
+    result = run.result
+    assert isinstance(result, dict), result
+    return result, reached
+
+
+def _drain(listener: socket.socket) -> int:
+    """How many connections (or datagrams) reached a non-blocking listener."""
+    reached = 0
+    try:
+        while True:
+            if listener.type == socket.SOCK_STREAM:
+                listener.accept()[0].close()
+            else:
+                listener.recv(16)
+            reached += 1
+    except BlockingIOError:
+        return reached
+
+
 def address_then_continue(listener: int) -> None:
     """The former design of unix sockets, as a control: read the address the task passed; refuse a path
     naming a foreign socket (or the protected name), CONTINUE every other address (another family, an
@@ -1360,45 +1407,22 @@ def test_a_unix_address_rewritten_after_its_read_reaches_nothing(ws: Path, flip:
         buf = ctypes.create_string_buffer(address, len(address))
         stop = threading.Event()
         thread = _flipper(buf, offset, values, stop, terminate=False)
-        results: dict[str, int] = {"escapes": 0}
-        try:
-            for _ in range(attempts):
-                with socket.socket(socket.AF_UNIX, kind) as s:
-                    if call == "sendto":
-                        # MSG_DONTWAIT: a foreign queue filled by escapes must fail the test, not hang it
-                        rc = libc.sendto(s.fileno(), b"x", 1, socket.MSG_DONTWAIT, ctypes.addressof(buf),
-                                         len(address))
-                    else:
-                        rc = getattr(libc, call)(s.fileno(), ctypes.addressof(buf), len(address))
-                    err = 0 if rc >= 0 else ctypes.get_errno()
-                    results[str(err)] = results.get(str(err), 0) + 1
-                    escaped = os.path.exists("secret.sock") if call == "bind" else rc >= 0
-                if escaped:
-                    results["escapes"] += 1
-                    if design != "supervisor":
-                        break
-        finally:
-            stop.set()
-            thread.join()
-        return results
 
-    try:
-        run = supervised(child, deny_if("secret"), cwd=ws,
-                         server=address_then_continue if design != "supervisor" else None)
-        reached = 0
-        try:
-            while True:
-                if kind == socket.SOCK_STREAM:
-                    foreign.accept()[0].close()
+        def attempt() -> tuple[int, bool]:
+            with socket.socket(socket.AF_UNIX, kind) as s:
+                if call == "sendto":
+                    # MSG_DONTWAIT: a foreign queue filled by escapes must fail the test, not hang it
+                    rc = libc.sendto(s.fileno(), b"x", 1, socket.MSG_DONTWAIT, ctypes.addressof(buf),
+                                     len(address))
                 else:
-                    foreign.recv(16)
-                reached += 1
-        except BlockingIOError:
-            pass
-    finally:
-        foreign.close()
-    result = run.result
-    assert isinstance(result, dict), result
+                    rc = getattr(libc, call)(s.fileno(), ctypes.addressof(buf), len(address))
+                err = 0 if rc >= 0 else ctypes.get_errno()
+                return err, os.path.exists("secret.sock") if call == "bind" else rc >= 0
+
+        return _race(attempts, attempt, design != "supervisor", thread, stop)
+
+    result, reached = _raced(child, deny_if("secret"), ws,
+                             address_then_continue if design != "supervisor" else None, foreign)
     escaped = result["escapes"] + reached + int((ws / "secret.sock").exists())
     if design != "supervisor":
         # the race is real: a zero below means the supervisor closed it, not that it never happened
@@ -1407,6 +1431,70 @@ def test_a_unix_address_rewritten_after_its_read_reaches_nothing(ws: Path, flip:
     assert escaped == 0, f"{flip}: reached {reached}, {result}"
     answers = {int(k) for k in result if k != "escapes"}
     assert len(answers) > 1, f"the flip was never seen (answers {result}): the test proved nothing"
+
+
+def family_then_continue(listener: int) -> None:
+    """A control for the descriptor swap: look at the socket the descriptor holds (pidfd_getfd), refuse a
+    unix one, CONTINUE the rest. The kernel then looks the descriptor up again."""
+    names = seccomp.SeccompSpec().table.names()
+
+    def refuse(n: sc.Notif) -> bool:
+        if names.get(n.nr) != "connect":
+            return False
+        pidfd = os.pidfd_open(n.pid)
+        try:
+            with socket.socket(fileno=sc.pidfd_getfd(pidfd, n.args[0] & 0xFFFFFFFF)) as sock:
+                return sock.family == socket.AF_UNIX
+        finally:
+            os.close(pidfd)
+
+    _serve_control(listener, refuse)
+
+
+@pytest.mark.parametrize("design", ["supervisor", "family-then-continue"])
+def test_a_unix_socket_swapped_onto_the_descriptor_reaches_nothing(ws: Path, design: str) -> None:
+    """One thread connects descriptor N to a foreign unix socket's path over and over; another keeps
+    dup2()ing a TCP socket and a unix socket onto N. A look at the descriptor followed by CONTINUE lets
+    the kernel connect whatever N holds by then (the control reaches the listener); the supervisor
+    connects the very socket it took, so a TCP socket gets the kernel's EAFNOSUPPORT and a unix one is
+    judged."""
+    foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    foreign.bind(str(ws / "foreign.sock"))
+    foreign.listen(4096)
+    foreign.setblocking(False)
+    libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+    attempts = 1500 if design == "supervisor" else 30_000
+
+    def child() -> object:
+        address = struct.pack("<H", socket.AF_UNIX) + b"foreign.sock\0"
+        buf = ctypes.create_string_buffer(address, len(address))
+        tcp = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        target = os.dup(tcp.fileno())
+        stop = threading.Event()
+
+        def swap() -> None:
+            while not stop.is_set():
+                unix = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+                os.dup2(unix.fileno(), target)
+                unix.close()
+                os.dup2(tcp.fileno(), target)
+
+        thread = threading.Thread(target=swap, daemon=True)
+        thread.start()
+
+        def attempt() -> tuple[int, bool]:
+            rc = libc.connect(target, ctypes.addressof(buf), len(address))
+            return (0 if rc == 0 else ctypes.get_errno()), rc == 0
+
+        return _race(attempts, attempt, design != "supervisor", thread, stop)
+
+    result, reached = _raced(child, deny_if("nothing"), ws,
+                             family_then_continue if design != "supervisor" else None, foreign)
+    if design != "supervisor":
+        assert result["escapes"] + reached > 0, result  # the race is real
+        return
+    assert result["escapes"] == 0 and reached == 0, (reached, result)
+    assert len(result) > 2, f"the swap was never seen (answers {result}): the test proved nothing"
 
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="needs root: the supervisor's own DAC override is what is tested")
