@@ -7,8 +7,9 @@ Shape of the filter, and why:
 - A foreign audit arch (i386 via `int 0x80`, arm32 compat) or an x32 syscall number kills the whole
   process: every other rule below is keyed on native numbers, so a second syscall table is a bypass.
 - Kernel surfaces an agent never needs (io_uring, ptrace, bpf, keyrings, mounts, modules, ...) return
-  EPERM. `clone3` returns ENOSYS because its flags live in memory the filter cannot read; libcs then fall
-  back to `clone`, whose flags the filter checks for CLONE_NEW*.
+  EPERM; sockets of a family other than unix, IPv4, IPv6 and netlink return EAFNOSUPPORT (vsock is not
+  confined by the network namespace). `clone3` returns ENOSYS because its flags live in memory the
+  filter cannot read; libcs then fall back to `clone`, whose flags the filter checks for CLONE_NEW*.
 - Arguments the kernel reads as `int`/`unsigned int` (open flags, ioctl cmd, clone flags, personality)
   are judged on their low 32 bits only, ignoring the high half: that is how the kernel reads them, so a
   value like 0x1_00005412 is still TIOCSTI (flatpak's CVE-2019-10063 was the opposite mistake).
@@ -99,6 +100,11 @@ NOTIFIED = (
 # inside a struct BPF cannot read, so it stays a documented residual.
 SENDTO_ADDR_ARG = 4
 FLAG_OPENS = {"openat": 2, "open": 1}  # syscall -> index of its flags argument
+# socket(2) families the sandbox may create; every other answers EAFNOSUPPORT, as for a family the kernel
+# lacks. The network namespace confines these four; AF_VSOCK is not confined by it and reaches the
+# hypervisor's host (a VM's, WSL2's) around the proxy, and the rest (bluetooth, CAN, TIPC, RDS, ...) are
+# kernel surface an agent has no use for.
+SOCKET_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
 
 _X86_64 = {
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101,
@@ -121,7 +127,7 @@ _X86_64 = {
     "lchown": 94, "fchownat": 260, "utime": 132, "utimes": 235, "futimesat": 261, "utimensat": 280,
     "setxattr": 188, "lsetxattr": 189, "fsetxattr": 190, "removexattr": 197, "lremovexattr": 198,
     "fremovexattr": 199, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 77,
-    "connect": 42, "sendto": 44, "bind": 49, "umask": 95,
+    "connect": 42, "sendto": 44, "bind": 49, "umask": 95, "socket": 41,
 }
 
 # The generic table (asm-generic/unistd.h) as arm64 uses it; it has no legacy path syscalls.
@@ -142,7 +148,7 @@ _AARCH64 = {
     "fchmod": 52, "fchmodat": 53, "fchmodat2": 452, "fchown": 55, "fchownat": 54, "utimensat": 88,
     "setxattr": 5, "lsetxattr": 6, "fsetxattr": 7, "removexattr": 14, "lremovexattr": 15,
     "fremovexattr": 16, "setxattrat": 463, "removexattrat": 466, "file_setattr": 469, "ftruncate": 46,
-    "connect": 203, "sendto": 206, "bind": 200, "umask": 166,
+    "connect": 203, "sendto": 206, "bind": 200, "umask": 166, "socket": 198,
 }
 
 
@@ -207,6 +213,7 @@ def build_filter(spec: SeccompSpec) -> bytes:
     a.jeq(nums["clone"], jt="clone")
     a.jeq(nums["unshare"], jt="unshare")
     a.jeq(nums["personality"], jt="personality")
+    a.jeq(nums["socket"], jt="socket")
     a.jeq(nums["clone3"], jt="enosys")
     for name in REFUSED:
         if name in nums:
@@ -245,6 +252,11 @@ def build_filter(spec: SeccompSpec) -> bytes:
     a.load_abs(arg_lo(0))
     a.jeq(PER_LINUX, jt="allow")
     a.jeq(PER_QUERY, jt="allow", jf="eperm")
+    a.label("socket")
+    a.load_abs(arg_lo(0))
+    for family in SOCKET_FAMILIES:
+        a.jeq(family, jt="allow")
+    a.ja("eafnosupport")
 
     a.label("allow")
     a.ret(RET_ALLOW)
@@ -254,6 +266,8 @@ def build_filter(spec: SeccompSpec) -> bytes:
     a.ret(RET_ERRNO | errno.EPERM)
     a.label("enosys")
     a.ret(RET_ERRNO | errno.ENOSYS)
+    a.label("eafnosupport")
+    a.ret(RET_ERRNO | errno.EAFNOSUPPORT)
     a.label("kill")
     a.ret(RET_KILL_PROCESS)
     return encode(a.assemble())

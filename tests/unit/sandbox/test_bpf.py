@@ -168,6 +168,18 @@ def test_personality_only_linux_or_query(spec: s.SeccompSpec) -> None:
         assert verdict(spec, "personality", bad) == EPERM
 
 
+@pytest.mark.parametrize("spec", [*SPECS, s.SeccompSpec(notify=False)], ids=lambda sp: f"{sp.arch}-{sp.notify}")
+@given(high=HIGH, family=st.integers(min_value=0, max_value=2**32 - 1), rest=st.lists(U64, min_size=2, max_size=2))
+@settings(max_examples=300)
+def test_socket_families_outside_the_network_namespace_refused(spec: s.SeccompSpec, high: int, family: int,
+                                                                rest: list[int]) -> None:
+    """Only unix, IPv4, IPv6 and netlink sockets (the kernel reads the family as an int: the high half is
+    ignored); vsock (40) reaches the hypervisor's host around the network namespace."""
+    got = verdict(spec, "socket", high << 32 | family, *rest)
+    assert got == (s.RET_ALLOW if family in (1, 2, 10, 16) else s.RET_ERRNO | errno.EAFNOSUPPORT)
+    assert verdict(spec, "socket", high << 32 | 40) == s.RET_ERRNO | errno.EAFNOSUPPORT
+
+
 @pytest.mark.parametrize("spec", SPECS, ids=lambda sp: sp.arch)
 @given(high=HIGH, low=st.integers(min_value=0, max_value=2**32 - 1))
 @settings(max_examples=200)
@@ -221,7 +233,7 @@ def test_full_audit_notifies_read_only_opens() -> None:
 
 
 # sendto is notified only with a destination address (a datagram to a path-named unix socket is a decision)
-ARG_DEPENDENT = {"ioctl", "clone", "unshare", "personality", "open", "openat", "sendto"}
+ARG_DEPENDENT = {"ioctl", "clone", "unshare", "personality", "open", "openat", "sendto", "socket"}
 
 
 @pytest.mark.parametrize("spec", SPECS, ids=lambda sp: sp.arch)
