@@ -1545,9 +1545,11 @@ class Supervisor:
         sock, raw = found
         data = b""
         if name == "sendto":
-            length = a[2] & 0xFFFFFFFF
+            length = a[2]
             if length > SENDTO_MAX:
-                raise _Reply(errno.EMSGSIZE)  # sent whole or not at all; unix ones are far smaller
+                if sock.type != socket.SOCK_STREAM:
+                    raise _Reply(errno.EMSGSIZE)  # a datagram is sent whole or not at all
+                length = SENDTO_MAX  # a stream takes part of it, as send(2) may; the caller sends the rest
             data = task.read(a[1], length) if length else b""
             if len(data) < length:
                 raise _Reply(errno.EFAULT)

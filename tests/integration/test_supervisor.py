@@ -1433,6 +1433,58 @@ def test_a_unix_address_rewritten_after_its_read_reaches_nothing(ws: Path, flip:
     assert len(answers) > 1, f"the flip was never seen (answers {result}): the test proved nothing"
 
 
+def test_inet_connect_and_sendto_are_made_on_the_socket_taken(ws: Path) -> None:
+    """TCP and UDP calls that name an address are made by the supervisor on the task's own socket, with
+    the address it read: they behave as the task's (a non-blocking connect in progress, a datagram to
+    itself, the kernel's errors), and a stream may take part of a large sendto, as send(2) may."""
+    libc.sendto.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_size_t, ctypes.c_int, ctypes.c_void_p,
+                            ctypes.c_uint]
+    libc.sendto.restype = ctypes.c_ssize_t
+    libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+
+    def child() -> object:
+        out: dict[str, object] = {}
+        srv = socket.socket()
+        srv.bind(("127.0.0.1", 0))
+        srv.listen(1)
+        cli = socket.socket()
+        cli.setblocking(False)
+        out["nonblocking"] = cli.connect_ex(srv.getsockname())
+        conn, _ = srv.accept()
+        select.select([], [cli], [], 5)
+        out["connected"] = cli.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+        cli.setblocking(True)
+        big = b"x" * (3 << 20)
+        addr = ctypes.create_string_buffer(socket.inet_aton("127.0.0.1"), 4)  # any address: TCP ignores it
+        sockaddr = ctypes.create_string_buffer(struct.pack("<HH4s8x", socket.AF_INET, 9, addr.raw), 16)
+        got = bytearray()
+
+        def drain() -> None:
+            while chunk := conn.recv(1 << 16):
+                got.extend(chunk)
+
+        reader = threading.Thread(target=drain)
+        reader.start()
+        sent = libc.sendto(cli.fileno(), big, len(big), 0, ctypes.addressof(sockaddr), 16)
+        cli.close()
+        reader.join()
+        out["stream-part"] = [0 < sent <= 1 << 20, sent == len(got)]  # at most what the guard sends at once
+        udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        udp.bind(("127.0.0.1", 0))
+        udp.sendto(b"to-myself", udp.getsockname())
+        out["udp"] = udp.recv(16).decode()
+        out["refused"] = socket.socket().connect_ex(("127.0.0.1", 9))
+        with socket.socket(socket.AF_INET6) as v6:  # an IPv4 address, too short for IPv6: the kernel's EINVAL
+            out["short-for-v6"] = 0 if libc.connect(v6.fileno(), ctypes.addressof(sockaddr), 16) == 0 \
+                else ctypes.get_errno()
+        return out
+
+    run = supervised(child, deny_if("nothing"), cwd=ws)
+    assert run.result == {"nonblocking": errno.EINPROGRESS, "connected": 0, "stream-part": [True, True],
+                          "udp": "to-myself", "refused": errno.ECONNREFUSED,
+                          "short-for-v6": errno.EINVAL}, run.result
+
+
 def family_then_continue(listener: int) -> None:
     """A control for the descriptor swap: look at the socket the descriptor holds (pidfd_getfd), refuse a
     unix one, CONTINUE the rest. The kernel then looks the descriptor up again."""
