@@ -26,6 +26,7 @@ Shape of the filter, and why:
 from __future__ import annotations
 
 import errno
+import socket
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -104,7 +105,7 @@ FLAG_OPENS = {"openat": 2, "open": 1}  # syscall -> index of its flags argument
 # lacks. The network namespace confines these four; AF_VSOCK is not confined by it and reaches the
 # hypervisor's host (a VM's, WSL2's) around the proxy, and the rest (bluetooth, CAN, TIPC, RDS, ...) are
 # kernel surface an agent has no use for.
-SOCKET_FAMILIES = (1, 2, 10, 16)  # AF_UNIX, AF_INET, AF_INET6, AF_NETLINK
+SOCKET_FAMILIES = (socket.AF_UNIX, socket.AF_INET, socket.AF_INET6, socket.AF_NETLINK)
 
 _X86_64 = {
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427, "ptrace": 101,

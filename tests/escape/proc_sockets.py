@@ -177,11 +177,14 @@ def test_rewriting_the_address_after_the_supervisor_read_it_reaches_nothing(worl
         world.assert_denied(run, "write", sock_path)
 
 
-_SWAPPING_BIND = """
+# One thread binds or connects descriptor N with a unix socket's path over and over; another keeps
+# dup2()ing a unix socket and a TCP socket onto N. A look at N that finds the TCP socket and lets the call
+# go on to the kernel, which looks N up again, has the kernel bind or connect the unix one.
+_SWAPPING_DESCRIPTOR = """
 import ctypes, os, socket, struct, sys, threading
 libc = ctypes.CDLL(None, use_errno=True)
-libc.bind.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
-path = sys.argv[1]
+libc.bind.argtypes = libc.connect.argtypes = [ctypes.c_int, ctypes.c_void_p, ctypes.c_uint]
+path, call = sys.argv[1], sys.argv[2]
 address = struct.pack("<H", socket.AF_UNIX) + path.encode() + b"\\0"
 buf = ctypes.create_string_buffer(address, len(address))
 tcp = socket.socket()
@@ -194,12 +197,27 @@ def swap():
         os.dup2(tcp.fileno(), target)
 threading.Thread(target=swap, daemon=True).start()
 for i in range(3000):
-    if libc.bind(target, ctypes.addressof(buf), len(address)) == 0 and os.path.exists(path):
-        print("BOUND after", i + 1)
+    # connected (the listener sees the connection), or bound (the name is there)
+    if getattr(libc, call)(target, ctypes.addressof(buf), len(address)) == 0 and (
+            call == "connect" or os.path.exists(path)):
+        print("DONE after", i + 1)
         sys.exit(0)
-print("never bound")
+print("never done")
 sys.exit(1)
 """
+
+
+def test_a_unix_socket_swapped_onto_a_tcp_descriptor_connects_nowhere(world):
+    """The supervisor connects the very socket it took from the agent, with the address it read: a
+    unix socket swapped onto the descriptor after its look is never connected by the kernel."""
+    attack = world.py(_SWAPPING_DESCRIPTOR)
+    with _editor_listener(world) as (sock_path, got):
+        bare = world.bare_run([*attack, str(sock_path), "connect"])
+        assert bare.returncode == 0 and "DONE" in bare.stdout and world.wait_until(lambda: bool(got)), bare
+        got.clear()
+        run = world.guard_run([*attack, str(sock_path), "connect"])
+        assert run.returncode != 0 and "never done" in run.stdout and not got, run
+        world.assert_denied(run, "write", sock_path)
 
 
 def test_a_unix_socket_swapped_onto_a_tcp_descriptor_binds_no_protected_name(world):
@@ -214,13 +232,13 @@ def test_a_unix_socket_swapped_onto_a_tcp_descriptor_binds_no_protected_name(wor
     policy.write_text("version: 1\nname: deny-deploy-hook\nextends: [coding-agent]\nrules:\n"
                       f"  - id: deploy-hook\n    deny: [write]\n    paths: ['{hook}']\n"
                       "    reason: the deploy script runs it\n")
-    attack = world.py(_SWAPPING_BIND)
+    attack = world.py(_SWAPPING_DESCRIPTOR)
     try:
-        bare = world.bare_run([*attack, str(hook)])
-        assert bare.returncode == 0 and "BOUND" in bare.stdout and hook.exists(), bare
+        bare = world.bare_run([*attack, str(hook), "bind"])
+        assert bare.returncode == 0 and "DONE" in bare.stdout and hook.exists(), bare
         hook.unlink()
-        run = world.guard_run([*attack, str(hook)], policy=policy)
-        assert run.returncode != 0 and "never bound" in run.stdout and not hook.exists(), run
+        run = world.guard_run([*attack, str(hook), "bind"], policy=policy)
+        assert run.returncode != 0 and "never done" in run.stdout and not hook.exists(), run
     finally:
         hook.unlink(missing_ok=True)
 

@@ -235,14 +235,16 @@ def test_mount_refused(tmp_path: Path) -> None:
 def test_sockets_of_families_the_network_namespace_does_not_confine_refused() -> None:
     """vsock is not confined by a network namespace: from a sandbox it reaches the hypervisor's host (a
     VM's, WSL2's) around the proxy. Only unix, IPv4, IPv6 and netlink sockets are made."""
+    kinds = {"AF_UNIX": socket.SOCK_STREAM, "AF_INET": socket.SOCK_STREAM, "AF_INET6": socket.SOCK_STREAM,
+             "AF_NETLINK": socket.SOCK_DGRAM, "AF_VSOCK": socket.SOCK_STREAM, "AF_ALG": socket.SOCK_SEQPACKET,
+             "AF_PACKET": socket.SOCK_DGRAM}
+
     def families() -> object:
         out = {}
-        for name in ("AF_UNIX", "AF_INET", "AF_INET6", "AF_NETLINK", "AF_VSOCK", "AF_ALG", "AF_PACKET"):
+        for name, kind in kinds.items():
             family = getattr(socket, name, None)
             if family is None:
                 continue
-            kind = socket.SOCK_DGRAM if name in ("AF_NETLINK", "AF_PACKET") else socket.SOCK_SEQPACKET \
-                if name == "AF_ALG" else socket.SOCK_STREAM
             try:
                 socket.socket(family, kind).close()
                 out[name] = 0

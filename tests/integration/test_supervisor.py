@@ -1473,7 +1473,11 @@ def test_inet_connect_and_sendto_are_made_on_the_socket_taken(ws: Path) -> None:
         udp.bind(("127.0.0.1", 0))
         udp.sendto(b"to-myself", udp.getsockname())
         out["udp"] = udp.recv(16).decode()
-        out["refused"] = socket.socket().connect_ex(("127.0.0.1", 9))
+        closed = socket.socket()
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        closed.close()  # a port nothing listens on, for sure
+        out["refused"] = socket.socket().connect_ex(("127.0.0.1", port))
         with socket.socket(socket.AF_INET6) as v6:  # an IPv4 address, too short for IPv6: the kernel's EINVAL
             out["short-for-v6"] = 0 if libc.connect(v6.fileno(), ctypes.addressof(sockaddr), 16) == 0 \
                 else ctypes.get_errno()
@@ -1508,8 +1512,8 @@ def test_a_unix_socket_swapped_onto_the_descriptor_reaches_nothing(ws: Path, des
     """One thread connects descriptor N to a foreign unix socket's path over and over; another keeps
     dup2()ing a TCP socket and a unix socket onto N. A look at the descriptor followed by CONTINUE lets
     the kernel connect whatever N holds by then (the control reaches the listener); the supervisor
-    connects the very socket it took, so a TCP socket gets the kernel's EAFNOSUPPORT and a unix one is
-    judged."""
+    connects the very socket it took, so a TCP socket gets the kernel's EINVAL (a unix address is too
+    short for it) and a unix one is judged (EACCES)."""
     foreign = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     foreign.bind(str(ws / "foreign.sock"))
     foreign.listen(4096)
